@@ -1,0 +1,269 @@
+"""Generation-indexed block maps: the point-in-time structure behind volumes and snapshots.
+
+See ``layout.py`` ("How a point in time is read") for the model. In short: a *lineage* is a
+volume's history; each entry ``(lineage, idx, gen) -> chunk key | tombstone`` says what chunk
+``idx`` holds from generation ``gen`` on; a *point* ``(lineage, gen)`` names a frozen view
+(a snapshot) or the live head. All functions take the caller's LMDB transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Iterator
+
+import lmdb
+
+from . import layout as L
+from .errors import CorruptStore
+from .store import ChunkStore, Store
+
+Point = tuple[int, int]  # (lineage, gen)
+
+
+@dataclass
+class Lineage:
+    """Metadata of one lineage (the JSON value in ``lineages``)."""
+
+    id: int
+    head: int | None = None
+    owner: str | None = None
+    base: list[int] | None = None  # [lineage, gen]
+    points: dict[int, str] = field(default_factory=dict)  # gen -> snapshot id
+    pins: dict[int, int] = field(default_factory=dict)  # gen -> number of child lineages
+    allocated: int = 0  # data chunks visible at the head
+
+    def live_points(self) -> list[int]:
+        pts = set(self.points) | set(self.pins)
+        if self.head is not None:
+            pts.add(self.head)
+        return sorted(pts)
+
+    def to_json(self) -> bytes:
+        d = asdict(self)
+        d["points"] = {str(k): v for k, v in self.points.items()}
+        d["pins"] = {str(k): v for k, v in self.pins.items()}
+        del d["id"]
+        return json.dumps(d, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, lid: int, raw: bytes) -> "Lineage":
+        d = json.loads(raw)
+        return cls(id=lid, head=d["head"], owner=d["owner"], base=d["base"],
+                   points={int(k): v for k, v in d["points"].items()},
+                   pins={int(k): int(v) for k, v in d["pins"].items()},
+                   allocated=d["allocated"])
+
+
+class BlockMaps:
+    """Operations on ``maps``/``gens``/``lineages``; chunk references through ``chunks``."""
+
+    def __init__(self, store: Store, chunks: ChunkStore) -> None:
+        self.store = store
+        self.chunks = chunks
+        self.maps = store.db["maps"]
+        self.gens = store.db["gens"]
+        self.lineages = store.db["lineages"]
+
+    # --- lineage records --------------------------------------------------------------------
+
+    def load(self, txn: lmdb.Transaction, lid: int) -> Lineage:
+        raw = txn.get(L.lineage_key(lid), db=self.lineages)
+        if raw is None:
+            raise CorruptStore(f"lineage {lid} is referenced but missing")
+        return Lineage.from_json(lid, raw)
+
+    def save(self, txn: lmdb.Transaction, lin: Lineage) -> None:
+        txn.put(L.lineage_key(lin.id), lin.to_json(), db=self.lineages)
+
+    def create(self, txn: lmdb.Transaction, owner: str | None, base: Point | None,
+               allocated: int = 0) -> Lineage:
+        """A new lineage with head generation 1, reading through ``base`` (pinned)."""
+        lin = Lineage(id=self.store.next_lineage(txn), head=1, owner=owner,
+                      base=list(base) if base else None, allocated=allocated)
+        if base is not None:
+            parent = self.load(txn, base[0])
+            parent.pins[base[1]] = parent.pins.get(base[1], 0) + 1
+            self.save(txn, parent)
+        self.save(txn, lin)
+        return lin
+
+    def chain(self, txn: lmdb.Transaction, point: Point) -> list[Point]:
+        """The point followed by the bases it reads through, nearest first."""
+        out = [point]
+        lin = self.load(txn, point[0])
+        while lin.base is not None:
+            out.append((lin.base[0], lin.base[1]))
+            lin = self.load(txn, lin.base[0])
+        return out
+
+    # --- lookups ----------------------------------------------------------------------------
+
+    def entry(self, txn: lmdb.Transaction, lid: int, idx: int, gen: int,
+              cur: lmdb.Cursor | None = None) -> tuple[int, bytes] | None:
+        """Newest entry ``(gen', value)`` of ``idx`` in lineage ``lid`` with ``gen' <= gen``."""
+        if gen <= 0:
+            return None
+        cur = cur or txn.cursor(db=self.maps)
+        if not cur.set_range(L.map_key(lid, idx, gen)):
+            return None
+        key = cur.key()
+        klid, kidx, kgen = L.parse_map_key(key)
+        if klid != lid or kidx != idx:
+            return None
+        return kgen, cur.value()
+
+    def resolve(self, txn: lmdb.Transaction, chain: list[Point], idx: int,
+                cur: lmdb.Cursor | None = None) -> bytes | None:
+        """Chunk key visible at ``chain[0]`` for ``idx``; None = reads as zeros."""
+        cur = cur or txn.cursor(db=self.maps)
+        for lid, gen in chain:
+            e = self.entry(txn, lid, idx, gen, cur)
+            if e is not None:
+                return e[1] or None
+        return None
+
+    def visible(self, txn: lmdb.Transaction, chain: list[Point], lo: int = 0,
+                hi: int = 1 << 32) -> dict[int, bytes]:
+        """``{idx: chunk key}`` of every data chunk visible at ``chain[0]`` in ``[lo, hi)``.
+
+        Costs O(entries in the range over the chain), never O(volume size).
+        """
+        decided: dict[int, bytes] = {}
+        cur = txn.cursor(db=self.maps)
+        for lid, gen in chain:
+            if not cur.set_range(L.map_key(lid, lo, L.MAX_GEN)):
+                continue
+            for key, value in cur:
+                klid, kidx, kgen = L.parse_map_key(key)
+                if klid != lid or kidx >= hi:
+                    break
+                if kgen > gen or kidx in decided:
+                    continue
+                decided[kidx] = value
+        return {i: v for i, v in decided.items() if v}
+
+    def changed_candidates(self, txn: lmdb.Transaction, lid: int, after: int,
+                           upto: int) -> set[int]:
+        """Chunk indexes with an entry in generations ``(after, upto]`` of lineage ``lid``."""
+        out: set[int] = set()
+        if upto <= after:
+            return out
+        cur = txn.cursor(db=self.gens)
+        if not cur.set_range(L.gen_key(lid, after + 1, 0)):
+            return out
+        for key in cur.iternext(keys=True, values=False):
+            klid, kgen, kidx = L.parse_gen_key(key)
+            if klid != lid or kgen > upto:
+                break
+            out.add(kidx)
+        return out
+
+    def interval_entries(self, txn: lmdb.Transaction, lid: int, after: int,
+                         upto: int) -> Iterator[tuple[int, int]]:
+        """``(gen, idx)`` of entries in generations ``(after, upto]``, materialised first so
+        the caller may modify the databases while iterating."""
+        cur = txn.cursor(db=self.gens)
+        items: list[tuple[int, int]] = []
+        if cur.set_range(L.gen_key(lid, after + 1, 0)):
+            for key in cur.iternext(keys=True, values=False):
+                klid, kgen, kidx = L.parse_gen_key(key)
+                if klid != lid or kgen > upto:
+                    break
+                items.append((kgen, kidx))
+        return iter(items)
+
+    # --- writes at the head -----------------------------------------------------------------
+
+    def head_floor(self, lin: Lineage) -> int:
+        """The newest live point below the head (0 if none): the head interval's floor."""
+        assert lin.head is not None
+        return max((p for p in set(lin.points) | set(lin.pins) if p < lin.head), default=0)
+
+    def set_head(self, txn: lmdb.Transaction, lin: Lineage, chain: list[Point], idx: int,
+                 key: bytes | None, floor: int, cur: lmdb.Cursor | None = None) -> None:
+        """Make ``idx`` hold chunk ``key`` (None = zeros) at the head of ``lin``.
+
+        ``floor`` is :meth:`head_floor`. The head interval ``(floor, head]`` keeps at most one
+        entry per index: an entry already in it is replaced (its reference released), even if
+        it has an older generation left there by a merged snapshot deletion. The caller has
+        taken the reference on ``key`` and saves ``lin`` (``allocated`` is kept up to date).
+        """
+        assert lin.head is not None
+        head = lin.head
+        cur = cur or txn.cursor(db=self.maps)
+        e = self.entry(txn, lin.id, idx, head, cur)
+        if e is not None and e[0] > floor:
+            was_data = bool(e[1])
+            below = self.resolve(txn, [(lin.id, floor)] + chain[1:], idx, cur)
+            if e[0] != head or key is None:
+                self._drop_entry(txn, lin.id, idx, e[0])
+            elif e[1]:
+                self.chunks.decref(txn, e[1])
+        else:
+            below = (e[1] or None) if e is not None else self.resolve(txn, chain[1:], idx, cur)
+            was_data = below is not None
+        mk = L.map_key(lin.id, idx, head)
+        if key is not None:
+            txn.put(mk, key, db=self.maps)
+            txn.put(L.gen_key(lin.id, head, idx), b"", db=self.gens)
+        elif below is not None:
+            txn.put(mk, L.TOMBSTONE, db=self.maps)
+            txn.put(L.gen_key(lin.id, head, idx), b"", db=self.gens)
+        lin.allocated += int(key is not None) - int(was_data)
+
+    def _drop_entry(self, txn: lmdb.Transaction, lid: int, idx: int, gen: int) -> None:
+        mk = L.map_key(lid, idx, gen)
+        value = txn.get(mk, db=self.maps)
+        if value is None:
+            raise CorruptStore(f"gens index names a missing map entry {lid}/{idx}/{gen}")
+        if value:
+            self.chunks.decref(txn, value)
+        txn.delete(mk, db=self.maps)
+        txn.delete(L.gen_key(lid, gen, idx), db=self.gens)
+
+    # --- dropping points --------------------------------------------------------------------
+
+    def drop_point(self, txn: lmdb.Transaction, lin: Lineage, gen: int) -> None:
+        """Forget live point ``gen`` of ``lin`` (already removed from points/pins/head by the
+        caller), merging its interval into its successor; then collect the lineage if no
+        point is left. Saves ``lin`` (or deletes it)."""
+        live = lin.live_points()
+        if gen in live:  # still needed by something else: nothing to merge
+            self.save(txn, lin)
+            return
+        prev = max((p for p in live if p < gen), default=0)
+        nxt = min((p for p in live if p > gen), default=None)
+        cur = txn.cursor(db=self.maps)
+        first_interval_without_base = prev == 0 and lin.base is None
+        for egen, idx in self.interval_entries(txn, lin.id, prev, gen):
+            if nxt is None:
+                self._drop_entry(txn, lin.id, idx, egen)
+                continue
+            newer = self.entry(txn, lin.id, idx, nxt, cur)
+            assert newer is not None
+            if newer[0] > gen:
+                self._drop_entry(txn, lin.id, idx, egen)  # superseded: nobody sees it now
+            elif first_interval_without_base and newer[1] == L.TOMBSTONE:
+                self._drop_entry(txn, lin.id, idx, egen)  # a tombstone over nothing
+        if not live:
+            self.destroy(txn, lin)
+        else:
+            self.save(txn, lin)
+
+    def destroy(self, txn: lmdb.Transaction, lin: Lineage) -> None:
+        """Delete a lineage that has no live point left and release its base pin."""
+        for egen, idx in self.interval_entries(txn, lin.id, 0, L.MAX_GEN - 1):
+            self._drop_entry(txn, lin.id, idx, egen)
+        txn.delete(L.lineage_key(lin.id), db=self.lineages)
+        if lin.base is not None:
+            parent = self.load(txn, lin.base[0])
+            g = lin.base[1]
+            n = parent.pins.get(g, 0) - 1
+            if n < 0:
+                raise CorruptStore(f"lineage {parent.id} pin count at {g} went negative")
+            if n:
+                parent.pins[g] = n
+            else:
+                parent.pins.pop(g, None)
+            self.drop_point(txn, parent, g)

@@ -1,0 +1,190 @@
+"""``fsck``: verify every invariant written down in ``layout.py`` (I1-I8).
+
+The check reads one LMDB snapshot, so it may run while other processes write. It reports
+every violation it finds instead of stopping at the first.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+
+from . import layout as L
+from .blockmap import BlockMaps, Lineage
+from .errors import CorruptStore
+from .model import FsckReport
+from .store import ChunkStore, Store, decode_chunk
+
+MAX_REPORTED = 200
+
+
+def check_store(store: Store, chunks: ChunkStore, maps: BlockMaps) -> FsckReport:
+    problems: list[str] = []
+
+    def bad(msg: str) -> None:
+        if len(problems) < MAX_REPORTED:
+            problems.append(msg)
+        elif len(problems) == MAX_REPORTED:
+            problems.append("... more problems not listed")
+
+    db = store.db
+    stats: Counter[str] = Counter()
+    with store.read() as txn:
+        # I1 format
+        fmt = txn.get(b"format", db=db["meta"])
+        if fmt is None or int(fmt) != L.FORMAT_VERSION:
+            bad(f"I1: format version is {fmt!r}, expected {L.FORMAT_VERSION}")
+        cs = txn.get(b"chunk_size", db=db["meta"])
+        if cs is None or int(cs) != L.CHUNK_SIZE:
+            bad(f"I1: chunk size is {cs!r}, expected {L.CHUNK_SIZE}")
+
+        # lineages
+        lineages: dict[int, Lineage] = {}
+        for k, v in txn.cursor(db=db["lineages"]):
+            lid = L.read_u64(k)
+            try:
+                lineages[lid] = Lineage.from_json(lid, v)
+            except (ValueError, KeyError) as exc:
+                bad(f"I7: lineage {lid} record unreadable: {exc}")
+        stats["lineages"] = len(lineages)
+
+        # maps: I2, I6 (membership, generation bound, one entry per interval)
+        refcount: Counter[bytes] = Counter()
+        map_triples: set[tuple[int, int, int]] = set()
+        per_interval: dict[tuple[int, int, int], int] = defaultdict(int)
+        visible_data: Counter[int] = Counter()
+        live_cache: dict[int, list[int]] = {}
+        last_seen: tuple[int, int] | None = None
+        for k, v in txn.cursor(db=db["maps"]):
+            stats["map_entries"] += 1
+            lid, idx, gen = L.parse_map_key(k)
+            map_triples.add((lid, idx, gen))
+            lin = lineages.get(lid)
+            if lin is None:
+                bad(f"I6: map entry {lid}/{idx}/{gen} belongs to unknown lineage {lid}")
+                continue
+            if v:
+                if len(v) != L.KEY_SIZE:
+                    bad(f"I2: map entry {lid}/{idx}/{gen} has a malformed value")
+                    continue
+                refcount[v] += 1
+            live = live_cache.setdefault(lid, lin.live_points())
+            if not live or gen > live[-1]:
+                bad(f"I6: map entry {lid}/{idx}/{gen} is newer than every live point of its "
+                    f"lineage {live}")
+                continue
+            upper = next(p for p in live if p >= gen)
+            per_interval[(lid, idx, upper)] += 1
+            if per_interval[(lid, idx, upper)] == 2:
+                bad(f"I6: chunk {idx} of lineage {lid} has several entries in the interval "
+                    f"ending at generation {upper}")
+            # I8: the newest entry of each index (first in key order) at or below the head
+            if lin.head is not None and (lid, idx) != last_seen and gen <= lin.head:
+                last_seen = (lid, idx)
+                if v:
+                    visible_data[lid] += 1
+        # entries below the head that come from the base chain count as visible too
+        for lid, lin in lineages.items():
+            if lin.head is None:
+                continue
+            chain = maps.chain(txn, (lid, lin.head))
+            n = len(maps.visible(txn, chain))
+            if n != lin.allocated:
+                bad(f"I8: lineage {lid} records {lin.allocated} allocated chunks, "
+                    f"{n} are visible at its head")
+        del visible_data
+
+        # I3 / I4: chunks and reference counts
+        for k, v in txn.cursor(db=db["chunks"]):
+            stats["chunks"] += 1
+            stats["stored_bytes"] += len(v) - 1
+            if len(k) != L.KEY_SIZE:
+                bad(f"I3: chunk key {k.hex()} has a bad length")
+                continue
+            try:
+                data = decode_chunk(v)
+            except CorruptStore as exc:
+                bad(f"I3: chunk {k.hex()}: {exc}")
+                continue
+            fp = chunks.fingerprints(data)[0]
+            if fp is None:
+                bad(f"I3: chunk {k.hex()} is all zeros (zero chunks are never stored)")
+            elif fp != k[:L.FP_SIZE]:
+                bad(f"I3: chunk {k.hex()} does not match its fingerprint")
+            want = refcount.get(k, 0)
+            raw = txn.get(k, db=db["refs"])
+            have = L.read_u64(raw) if raw else 0
+            if want == 0:
+                bad(f"I4: chunk {k.hex()} is stored but nothing references it (orphan)")
+            if have != want:
+                bad(f"I4: chunk {k.hex()} has reference count {have}, but {want} references")
+        for k, v in txn.cursor(db=db["refs"]):
+            if txn.get(k, db=db["chunks"]) is None:
+                bad(f"I4: reference count for missing chunk {k.hex()}")
+        for k in refcount:
+            if txn.get(k, db=db["chunks"]) is None:
+                bad(f"I2: map entries reference missing chunk {k.hex()} ({refcount[k]}x)")
+
+        # I5 gens index
+        gen_triples = set()
+        for k in txn.cursor(db=db["gens"]).iternext(keys=True, values=False):
+            lid, gen, idx = L.parse_gen_key(k)
+            gen_triples.add((lid, idx, gen))
+        for t in sorted(map_triples - gen_triples)[:20]:
+            bad(f"I5: map entry {t[0]}/{t[1]}/{t[2]} is missing from the gens index")
+        for t in sorted(gen_triples - map_triples)[:20]:
+            bad(f"I5: gens index names missing map entry {t[0]}/{t[1]}/{t[2]}")
+
+        # I7 records vs lineages
+        owners: dict[int, str] = {}
+        for k, v in txn.cursor(db=db["volumes"]):
+            stats["volumes"] += 1
+            rec = json.loads(v)
+            lin = lineages.get(rec.get("lineage"))
+            if lin is None:
+                bad(f"I7: volume {rec['id']} names missing lineage {rec.get('lineage')}")
+            elif lin.owner != rec["id"] or lin.head is None:
+                bad(f"I7: volume {rec['id']}'s lineage {lin.id} is owned by {lin.owner}")
+            else:
+                owners[lin.id] = rec["id"]
+        snaps_at: set[tuple[int, int]] = set()
+        for k, v in txn.cursor(db=db["snapshots"]):
+            stats["snapshots"] += 1
+            rec = json.loads(v)
+            if rec["state"] == "error":
+                continue
+            lin = lineages.get(rec.get("lineage"))
+            if lin is None:
+                bad(f"I7: snapshot {rec['id']} names missing lineage {rec.get('lineage')}")
+            elif rec["state"] == "pending":
+                if lin.owner != rec["id"] or lin.head is None:
+                    bad(f"I7: pending snapshot {rec['id']} does not own lineage {lin.id}")
+                owners[lin.id] = rec["id"]
+            elif lin.points.get(rec["gen"]) != rec["id"]:
+                bad(f"I7: snapshot {rec['id']} is not point {rec['gen']} of lineage {lin.id}")
+            else:
+                snaps_at.add((lin.id, rec["gen"]))
+        pins: Counter[tuple[int, int]] = Counter()
+        for lid, lin in lineages.items():
+            for g, sid in lin.points.items():
+                if (lid, g) not in snaps_at:
+                    bad(f"I7: lineage {lid} point {g} names unknown snapshot {sid}")
+            if lin.head is not None and owners.get(lid) != lin.owner:
+                bad(f"I7: lineage {lid} has a head owned by unknown {lin.owner}")
+            if lin.base is not None:
+                blid, bgen = lin.base
+                if blid not in lineages:
+                    bad(f"I7: lineage {lid} reads through missing lineage {blid}")
+                pins[(blid, bgen)] += 1
+            if not lin.live_points():
+                bad(f"I7: lineage {lid} has no live point but still exists")
+        for lid, lin in lineages.items():
+            for g, n in lin.pins.items():
+                if pins.get((lid, g), 0) != n:
+                    bad(f"I7: lineage {lid} pins generation {g} {n} times, "
+                        f"{pins.get((lid, g), 0)} lineages read through it")
+        for (blid, bgen), n in pins.items():
+            if blid in lineages and lineages[blid].pins.get(bgen, 0) != n:
+                bad(f"I7: {n} lineages read through {blid}@{bgen}, which records "
+                    f"{lineages[blid].pins.get(bgen, 0)} pins")
+    return FsckReport(ok=not problems, problems=problems, stats=dict(stats))

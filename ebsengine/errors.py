@@ -1,0 +1,154 @@
+"""The one error hierarchy of ebsengine.
+
+Every failure a caller can act on is an :class:`EbsError` subclass carrying
+
+* ``code``: the AWS error code where AWS has one (``InvalidVolume.NotFound``, ...), so the
+  HTTP layer renders it without a second table of meanings;
+* ``exit_code``: what the CLI exits with (scripts rely on these; see ``cli.py``).
+
+Boundaries translate these classes, each with one table: the HTTP API maps ``code`` to an
+HTTP status, the NBD server maps classes to errno values. Classes that mean "bad argument"
+also derive from the matching builtin (``ValueError``, ``KeyError``, ``PermissionError``)
+so plain Python callers can catch them idiomatically.
+"""
+
+from __future__ import annotations
+
+
+class EbsError(Exception):
+    """Root of every ebsengine error."""
+
+    code: str = "InternalError"
+    exit_code: int = 1
+
+    def __init__(self, message: str = "", *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# --- lookups -------------------------------------------------------------------------------
+
+
+class NotFound(EbsError, KeyError):
+    """A named resource does not exist."""
+
+    code = "NotFound"
+    exit_code = 3
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.message
+
+
+class VolumeNotFound(NotFound):
+    code = "InvalidVolume.NotFound"
+
+
+class SnapshotNotFound(NotFound):
+    code = "InvalidSnapshot.NotFound"
+
+
+class MalformedId(EbsError, ValueError):
+    """An id that cannot name a resource of the expected kind (``InvalidVolumeID.Malformed``)."""
+
+    code = "InvalidParameterValue"
+    exit_code = 2
+
+
+# --- bad arguments -------------------------------------------------------------------------
+
+
+class InvalidParameter(EbsError, ValueError):
+    """A value is out of its allowed range or badly formed."""
+
+    code = "InvalidParameterValue"
+    exit_code = 2
+
+
+class InvalidParameterCombination(InvalidParameter):
+    code = "InvalidParameterCombination"
+
+
+class MissingParameter(InvalidParameter):
+    code = "MissingParameter"
+
+
+class OutOfRange(InvalidParameter):
+    """A device access (offset, length) falls outside the device; nothing was read or written."""
+
+    code = "InvalidParameterValue"
+
+
+# --- state ---------------------------------------------------------------------------------
+
+
+class IncorrectState(EbsError):
+    """The resource is not in a state that allows the operation."""
+
+    code = "IncorrectState"
+    exit_code = 4
+
+
+class VolumeInUse(IncorrectState):
+    code = "VolumeInUse"
+
+
+class SnapshotInUse(IncorrectState):
+    code = "InvalidSnapshot.InUse"
+
+
+class IncorrectModificationState(IncorrectState):
+    code = "IncorrectModificationState"
+
+
+class ModificationRateExceeded(IncorrectState):
+    code = "VolumeModificationRateExceeded"
+
+
+class ReadOnlyDevice(EbsError, PermissionError):
+    """A write, trim or zero was sent to a read-only device (a snapshot)."""
+
+    code = "OperationNotPermitted"
+    exit_code = 4
+
+
+class Closed(EbsError):
+    """The device or engine was closed."""
+
+    code = "IncorrectState"
+    exit_code = 4
+
+
+# --- storage -------------------------------------------------------------------------------
+
+
+class StoreFull(EbsError):
+    """The store cannot grow any further (LMDB map at its limit or the disk is full).
+
+    The operation that hit it was rolled back as a whole.
+    """
+
+    code = "InsufficientVolumeCapacity"
+    exit_code = 5
+
+
+class StoreLocked(EbsError):
+    """Another process holds the store in a way that excludes this request."""
+
+    code = "Unavailable"
+    exit_code = 5
+
+
+class CorruptStore(EbsError):
+    """The store violates one of its invariants (see ``layout.py``); run ``ebsengine fsck``."""
+
+    code = "InternalError"
+    exit_code = 6
+
+
+class FormatError(CorruptStore):
+    """The store was written by an incompatible format version."""

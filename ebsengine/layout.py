@@ -1,0 +1,156 @@
+"""The on-disk format of an ebsengine store, in one place.
+
+A store is a directory holding one LMDB environment (``data.mdb``, ``lock.mdb``). Everything
+durable lives in that environment, so every durable change is one LMDB transaction: the
+commit of that transaction is its single commit point. Writers order their work toward it:
+chunks are put first, then the map entries that reference them, then reference counts and
+metadata, then the commit. An aborted transaction leaves nothing behind.
+
+Units
+-----
+* chunk: ``CHUNK_SIZE`` (64 KiB) bytes of a volume, the unit of dedup, compression and the
+  block maps. Chunk index ``idx`` covers bytes ``[idx * CHUNK_SIZE, (idx + 1) * CHUNK_SIZE)``.
+* block: ``BLOCK_SIZE`` (512 KiB), the EBS direct API's unit; block ``b`` is chunks
+  ``[b * 8, b * 8 + 8)``. Volume sizes are whole GiB, so both divide every volume size.
+
+Sub-databases (key -> value; integers are unsigned big-endian so byte order = numeric order)
+---------------------------------------------------------------------------------------------
+``meta``
+    ``b"format"`` -> ASCII decimal ``FORMAT_VERSION``; ``b"chunk_size"`` -> ASCII decimal;
+    ``b"zstd_level"`` -> ASCII decimal; ``b"next_lineage"`` -> u64 (next free lineage id).
+``chunks``
+    chunk key (``fingerprint[16] | collision_no u32``) -> ``codec u8 | payload``.
+    ``codec`` 0 = raw (compression did not pay), 1 = zstd frame. The fingerprint is xxh3-128 of
+    the uncompressed chunk (``codec.fingerprint``). Chunks whose bytes differ but whose
+    fingerprints collide get distinct ``collision_no`` values: before a chunk is shared, its
+    stored bytes are compared with the new bytes, so equal fingerprints alone never make two
+    volumes share data (DESIGN invariant 5).
+``refs``
+    chunk key -> u64 reference count = number of ``maps`` entries whose value is that key.
+``maps``
+    ``lineage u64 | idx u32 | ~gen u32`` -> chunk key (20 bytes), or ``b""`` (a tombstone:
+    the chunk reads as zeros from this generation on). ``~gen`` is ``0xFFFFFFFF - gen`` so that a
+    cursor ``set_range(lineage|idx|~G)`` lands on the newest entry with ``gen <= G``.
+``gens``
+    ``lineage u64 | gen u32 | idx u32`` -> ``b""``: the same entries indexed by generation,
+    which makes "what changed in generations (a, b]" a range scan (changed-block tracking).
+``lineages``
+    lineage u64 -> JSON object (see :class:`ebsengine.blockmap.Lineage`): ``head`` (the
+    generation writes go to, or null when no volume or pending snapshot owns the lineage),
+    ``owner`` (volume id or pending snapshot id owning the head), ``base`` (``[lineage, gen]``
+    whose data shows through where this lineage has no entry, or null), ``points`` (live
+    snapshot generations: ``{gen: snapshot_id}``), ``pins`` (``{gen: n}``, generations that
+    ``n`` child lineages read through), ``allocated`` (data chunks visible at the head).
+``volumes``
+    volume id (ASCII) -> JSON volume record (``ebsengine.model.Volume`` fields plus
+    ``lineage``).
+``snapshots``
+    snapshot id -> JSON snapshot record (``ebsengine.model.Snapshot`` fields plus
+    ``lineage`` and ``gen``).
+``service``
+    ``namespace | 0x00 | key`` -> JSON, opaque to the engine (AWS model state and the like).
+
+How a point in time is read
+---------------------------
+A lineage is one volume's history. Each snapshot of it freezes a generation: the snapshot
+gets generation ``H`` (the head) and the head moves to ``H + 1``. Writes to the volume put
+entries at the head generation, replacing an entry of the same generation in place. The
+content of chunk ``idx`` at generation ``G`` is the newest entry with ``gen <= G``; if there
+is none it comes from ``base`` (a volume created from a snapshot starts as an empty lineage
+whose base is that snapshot: O(1)), and with no base it reads as zeros. Lookup cost does
+not depend on how many snapshots the lineage has.
+
+"Live points" of a lineage are its snapshot generations, its pinned generations and its
+head. Deleting a point ``p`` with predecessor ``q`` and successor ``s`` merges interval
+``(q, p]`` into ``(p, s]``: an entry of the older interval that the newer interval also
+holds is no longer visible to anybody and is dropped (its chunk reference released); the
+others stay, now serving ``s``. With no successor the whole interval is dropped. The cost is
+O(entries of the deleted interval).
+
+Invariants (``check.py`` verifies each one; ``fsck`` reports every violation)
+------------------------------------------------------------------------------
+I1  ``meta`` holds this ``FORMAT_VERSION`` and ``CHUNK_SIZE``.
+I2  Every ``maps`` value is ``b""`` or the key of a chunk present in ``chunks``.
+I3  Every chunk decodes to exactly ``CHUNK_SIZE`` bytes, is not all zeros, and its
+    fingerprint equals the first 16 bytes of its key.
+I4  ``refs[k]`` equals the number of ``maps`` values equal to ``k``, for every chunk; no
+    chunk has zero references and no ``refs`` entry lacks its chunk (no orphans).
+I5  ``gens`` holds exactly the ``(lineage, gen, idx)`` triples of ``maps``.
+I6  Every ``maps`` entry belongs to a known lineage; its generation is at most the
+    lineage's newest live point; between two consecutive live points (and below the first)
+    there is at most one entry per chunk index.
+I7  Every volume names a lineage whose ``owner`` is that volume; every snapshot names a
+    lineage and a generation that is a live point of it mapped to that snapshot; every
+    ``base`` names a known lineage, and ``pins`` count exactly the lineages whose base is that
+    generation. A lineage with no live point and no pin does not exist.
+I8  ``allocated`` of a lineage with a head equals the number of data chunks visible there.
+"""
+
+from __future__ import annotations
+
+import struct
+
+FORMAT_VERSION = 1
+CHUNK_SIZE = 64 * 1024
+BLOCK_SIZE = 512 * 1024
+CHUNKS_PER_BLOCK = BLOCK_SIZE // CHUNK_SIZE
+GIB = 1024**3
+CHUNKS_PER_GIB = GIB // CHUNK_SIZE
+
+FP_SIZE = 16
+KEY_SIZE = FP_SIZE + 4
+MAX_GEN = 0xFFFFFFFF
+
+CODEC_RAW = 0
+CODEC_ZSTD = 1
+
+DBS = ("meta", "chunks", "refs", "maps", "gens", "lineages", "volumes", "snapshots", "service")
+
+_MAPKEY = struct.Struct(">QII")
+_U64 = struct.Struct(">Q")
+_U32 = struct.Struct(">I")
+TOMBSTONE = b""
+
+
+def chunk_key(fp: bytes, collision_no: int) -> bytes:
+    """Key of a chunk in ``chunks``/``refs``: its fingerprint and a collision number."""
+    return fp + _U32.pack(collision_no)
+
+
+def map_key(lineage: int, idx: int, gen: int) -> bytes:
+    """Key of a ``maps`` entry; newer generations of one index sort first."""
+    return _MAPKEY.pack(lineage, idx, MAX_GEN - gen)
+
+
+def parse_map_key(key: bytes) -> tuple[int, int, int]:
+    """Inverse of :func:`map_key`: ``(lineage, idx, gen)``."""
+    lineage, idx, inv = _MAPKEY.unpack(key)
+    return lineage, idx, MAX_GEN - inv
+
+
+def gen_key(lineage: int, gen: int, idx: int) -> bytes:
+    """Key of a ``gens`` entry (changed-block index)."""
+    return _MAPKEY.pack(lineage, gen, idx)
+
+
+def parse_gen_key(key: bytes) -> tuple[int, int, int]:
+    """Inverse of :func:`gen_key`: ``(lineage, gen, idx)``."""
+    return _MAPKEY.unpack(key)
+
+
+def lineage_key(lineage: int) -> bytes:
+    return _U64.pack(lineage)
+
+
+def u64(n: int) -> bytes:
+    return _U64.pack(n)
+
+
+def read_u64(b: bytes) -> int:
+    return _U64.unpack(b)[0]
+
+
+def service_key(namespace: str, key: str) -> bytes:
+    if "\x00" in namespace:
+        raise ValueError("namespace must not contain NUL")
+    return namespace.encode() + b"\x00" + key.encode()

@@ -1,0 +1,251 @@
+"""The LMDB environment and the content-addressed chunk store on top of it.
+
+:class:`Store` owns the environment and hands out transactions; :class:`ChunkStore`
+operations run inside a write transaction given by the caller, so that chunks, the maps that
+reference them and their reference counts change in one commit (see ``layout.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import threading
+from collections.abc import Iterator
+from typing import Callable, Sequence
+
+import lmdb
+import zstandard
+
+from . import codec
+from . import layout as L
+from .errors import CorruptStore, FormatError, StoreFull
+
+DEFAULT_MAP_SIZE = 1 << 40  # 1 TiB of address space; the file grows only as data is written
+DEFAULT_ZSTD_LEVEL = 1
+
+Fingerprinter = Callable[[bytes | bytearray | memoryview, int], list]
+
+
+class Store:
+    """One LMDB environment in directory ``path``, created if missing.
+
+    Write transactions are serialised by a process-local lock (LMDB also serialises them
+    across processes). ``sync=True`` makes every commit durable when it returns.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, map_size: int = DEFAULT_MAP_SIZE,
+                 readonly: bool = False, zstd_level: int = DEFAULT_ZSTD_LEVEL) -> None:
+        self.path = os.fspath(path)
+        if not readonly:
+            os.makedirs(self.path, exist_ok=True)
+        try:
+            self.env = lmdb.open(self.path, map_size=map_size, max_dbs=len(L.DBS) + 2,
+                                 subdir=True, readonly=readonly, sync=True, metasync=True,
+                                 readahead=True, writemap=False, max_readers=1024, lock=True)
+        except lmdb.Error as exc:
+            raise CorruptStore(f"cannot open store at {self.path}: {exc}") from exc
+        self.readonly = readonly
+        self.db = {name: self.env.open_db(name.encode(), create=not readonly) for name in L.DBS}
+        self.write_lock = threading.RLock()
+        self._init_meta(zstd_level)
+
+    def _init_meta(self, zstd_level: int) -> None:
+        with self.env.begin(db=self.db["meta"]) as txn:
+            fmt = txn.get(b"format")
+        if fmt is None:
+            if self.readonly:
+                raise FormatError(f"{self.path} is not an ebsengine store")
+            with self.write() as txn:
+                txn.put(b"format", str(L.FORMAT_VERSION).encode(), db=self.db["meta"])
+                txn.put(b"chunk_size", str(L.CHUNK_SIZE).encode(), db=self.db["meta"])
+                txn.put(b"zstd_level", str(zstd_level).encode(), db=self.db["meta"])
+                txn.put(b"next_lineage", L.u64(1), db=self.db["meta"])
+            fmt = str(L.FORMAT_VERSION).encode()
+        if int(fmt) != L.FORMAT_VERSION:
+            raise FormatError(f"store format {fmt.decode()} is not supported "
+                              f"(this ebsengine reads format {L.FORMAT_VERSION})")
+        with self.env.begin(db=self.db["meta"]) as txn:
+            cs = int(txn.get(b"chunk_size", b"0"))
+            self.zstd_level = int(txn.get(b"zstd_level", str(DEFAULT_ZSTD_LEVEL).encode()))
+        if cs != L.CHUNK_SIZE:
+            raise FormatError(f"store chunk size {cs} differs from {L.CHUNK_SIZE}")
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[lmdb.Transaction]:
+        """A write transaction: commits (durably) on success, aborts on any exception.
+
+        LMDB's "map full" and the disk's ENOSPC become :class:`StoreFull`; in both cases the
+        transaction was aborted, so the store is exactly as before.
+        """
+        with self.write_lock:
+            try:
+                txn = self.env.begin(write=True)
+            except lmdb.Error as exc:
+                raise _translate(exc) from exc
+            try:
+                yield txn
+            except BaseException:
+                txn.abort()
+                raise
+            try:
+                txn.commit()
+            except lmdb.Error as exc:
+                raise _translate(exc) from exc
+
+    def read(self) -> lmdb.Transaction:
+        """A read-only snapshot transaction (use as a context manager)."""
+        return self.env.begin(buffers=False)
+
+    def next_lineage(self, txn: lmdb.Transaction) -> int:
+        n = L.read_u64(txn.get(b"next_lineage", db=self.db["meta"]))
+        txn.put(b"next_lineage", L.u64(n + 1), db=self.db["meta"])
+        return n
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def _translate(exc: lmdb.Error) -> Exception:
+    if isinstance(exc, lmdb.MapFullError):
+        return StoreFull("the store is full (LMDB map size reached); nothing was changed")
+    if isinstance(exc, lmdb.DiskError) or getattr(exc, "errno", None) == errno.ENOSPC \
+            or "No space left" in str(exc):
+        return StoreFull(f"the disk holding the store is full; nothing was changed ({exc})")
+    return CorruptStore(f"LMDB error: {exc}")
+
+
+class _Codecs(threading.local):
+    """Per-thread zstd objects (they are not thread-safe)."""
+
+    def __init__(self) -> None:
+        self.level = DEFAULT_ZSTD_LEVEL
+        self.c: zstandard.ZstdCompressor | None = None
+        self.d = zstandard.ZstdDecompressor()
+
+    def compressor(self, level: int) -> zstandard.ZstdCompressor:
+        if self.c is None or self.level != level:
+            self.c = zstandard.ZstdCompressor(level=level, write_content_size=True,
+                                              write_checksum=False)
+            self.level = level
+        return self.c
+
+
+_codecs = _Codecs()
+
+
+def encode_chunk(data: bytes | bytearray | memoryview, level: int) -> bytes:
+    """Stored form of one chunk: zstd when it saves at least 1/16, else raw."""
+    z = _codecs.compressor(level).compress(data)
+    if len(z) < len(data) - len(data) // 16:
+        return bytes((L.CODEC_ZSTD,)) + z
+    return bytes((L.CODEC_RAW,)) + bytes(data)
+
+
+def decode_chunk(value: bytes | memoryview) -> bytes:
+    """Uncompressed bytes of a stored chunk value; :class:`CorruptStore` if it cannot be."""
+    kind = value[0]
+    if kind == L.CODEC_RAW:
+        out = bytes(value[1:])
+    elif kind == L.CODEC_ZSTD:
+        try:
+            out = _codecs.d.decompress(bytes(value[1:]), max_output_size=L.CHUNK_SIZE)
+        except zstandard.ZstdError as exc:
+            raise CorruptStore(f"chunk does not decompress: {exc}") from exc
+    else:
+        raise CorruptStore(f"unknown chunk codec {kind}")
+    if len(out) != L.CHUNK_SIZE:
+        raise CorruptStore(f"chunk decodes to {len(out)} bytes, not {L.CHUNK_SIZE}")
+    return out
+
+
+class ChunkStore:
+    """Content-addressed, reference-counted chunks. Methods take the caller's transaction."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.chunks = store.db["chunks"]
+        self.refs = store.db["refs"]
+        # Module attribute looked up per call, so tests can replace the fingerprint function
+        # (a forced collision, DESIGN invariant 5).
+        self.level = store.zstd_level
+
+    @staticmethod
+    def fingerprints(buf: bytes | bytearray | memoryview) -> list[bytes | None]:
+        """Fingerprint each CHUNK_SIZE piece of ``buf``; None marks an all-zero chunk."""
+        return codec.scan_chunks(buf, L.CHUNK_SIZE)
+
+    def get(self, txn: lmdb.Transaction, key: bytes) -> bytes:
+        value = txn.get(key, db=self.chunks)
+        if value is None:
+            raise CorruptStore(f"chunk {key.hex()} is referenced but missing")
+        return decode_chunk(value)
+
+    def find(self, txn: lmdb.Transaction, fp: bytes, data: bytes | memoryview) -> bytes | None:
+        """Key of the stored chunk holding exactly ``data`` (fingerprint ``fp``), or None.
+
+        Compares bytes, not only fingerprints: a colliding chunk is never returned.
+        """
+        cur = txn.cursor(db=self.chunks)
+        if not cur.set_range(fp):
+            return None
+        for key, value in cur:
+            if key[:L.FP_SIZE] != fp:
+                break
+            if decode_chunk(value) == data:
+                return key
+        return None
+
+    def _free_key(self, txn: lmdb.Transaction, fp: bytes) -> bytes:
+        cur = txn.cursor(db=self.chunks)
+        n = 0
+        if cur.set_range(fp):
+            for key in cur.iternext(keys=True, values=False):
+                if key[:L.FP_SIZE] != fp:
+                    break
+                n = max(n, int.from_bytes(key[L.FP_SIZE:], "big") + 1)
+        return L.chunk_key(fp, n)
+
+    def put(self, txn: lmdb.Transaction, fp: bytes, data: bytes | memoryview,
+            encoded: bytes | None = None) -> bytes:
+        """Store ``data`` (or find it stored) and take one reference; returns its key."""
+        key = self.find(txn, fp, data)
+        if key is None:
+            key = self._free_key(txn, fp)
+            txn.put(key, encoded if encoded is not None else encode_chunk(data, self.level),
+                    db=self.chunks)
+        self.incref(txn, key)
+        return key
+
+    def incref(self, txn: lmdb.Transaction, key: bytes, n: int = 1) -> None:
+        old = txn.get(key, db=self.refs)
+        txn.put(key, L.u64((L.read_u64(old) if old else 0) + n), db=self.refs)
+
+    def decref(self, txn: lmdb.Transaction, key: bytes) -> None:
+        """Release one reference; the chunk is freed when none is left."""
+        old = txn.get(key, db=self.refs)
+        if old is None:
+            raise CorruptStore(f"releasing chunk {key.hex()} that has no reference count")
+        n = L.read_u64(old) - 1
+        if n > 0:
+            txn.put(key, L.u64(n), db=self.refs)
+        else:
+            txn.delete(key, db=self.refs)
+            txn.delete(key, db=self.chunks)
+
+    def stored_size(self, txn: lmdb.Transaction, key: bytes) -> int:
+        value = txn.get(key, db=self.chunks)
+        return 0 if value is None else len(value) - 1
+
+    def refcount(self, txn: lmdb.Transaction, key: bytes) -> int:
+        old = txn.get(key, db=self.refs)
+        return L.read_u64(old) if old else 0
+
+
+def encode_many(datas: Sequence[bytes | memoryview], level: int,
+                pool: "object | None" = None) -> list[bytes]:
+    """Encode chunks, in parallel on ``pool`` (a ThreadPoolExecutor) when given: zstd
+    releases the GIL, so two threads compress about twice as fast."""
+    if pool is None or len(datas) < 4:
+        return [encode_chunk(d, level) for d in datas]
+    return list(pool.map(lambda d: encode_chunk(d, level), datas))  # type: ignore[attr-defined]

@@ -1,0 +1,477 @@
+"""Block devices over the chunk store: a volume's write-back cache, snapshot views, and the
+file-like :class:`Device` handed to users.
+
+Write protocol of a volume (one :class:`VolumeCache` per volume per engine, shared by every
+device opened on it, so several NBD connections see one volume):
+
+* ``pwrite``/``trim``/``write_zeroes`` change whole-chunk buffers in ``dirty`` under
+  ``lock`` (read-modify-write for partial chunks). Nothing touches LMDB, so a 4 KiB write
+  costs a memcpy, not a compression.
+* ``flush`` (one at a time, ``flush_lock``) moves ``dirty`` to ``flushing``, fingerprints and
+  compresses outside any transaction, then commits chunks + map entries + reference counts in
+  one LMDB write transaction at the lineage head (a synced commit: durable on return).
+  Readers consult ``dirty``, then ``flushing``, then LMDB; the switch from ``flushing`` to
+  LMDB happens under ``lock`` after the commit, and a reader that falls through to LMDB opens
+  its read transaction while still holding ``lock``, so it never sees neither.
+* A snapshot is a flush whose transaction also freezes the head generation, so it holds
+  exactly the writes acknowledged before it (DESIGN invariant 2).
+* When ``dirty`` exceeds ``dirty_limit`` bytes the writer flushes on its own.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from typing import TYPE_CHECKING, Callable
+
+import lmdb
+
+from . import layout as L
+from .errors import Closed, OutOfRange, ReadOnlyDevice, SnapshotNotFound
+from .store import encode_many
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+ZERO_CHUNK = bytes(L.CHUNK_SIZE)
+HOLE = 3  # NBD base:allocation: STATE_HOLE | STATE_ZERO
+DATA = 0
+
+Buf = bytes | bytearray | memoryview
+
+
+def _check_range(offset: int, length: int, size: int) -> None:
+    if offset < 0 or length < 0:
+        raise OutOfRange(f"negative offset or length ({offset}, {length})")
+    if offset + length > size:
+        raise OutOfRange(f"range [{offset}, {offset + length}) is beyond the device size {size}")
+
+
+def _merge_runs(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for length, flags in runs:
+        if length <= 0:
+            continue
+        if out and out[-1][1] == flags:
+            out[-1] = (out[-1][0] + length, flags)
+        else:
+            out.append((length, flags))
+    return out
+
+
+class _Source:
+    """Common read side of volumes and snapshots: resolve chunk keys along a chain."""
+
+    readonly = True
+
+    def __init__(self, eng: "Engine") -> None:
+        self.eng = eng
+
+    # subclasses provide: size, _chain(txn), _overlay(idx) and _begin_read()
+    size: int
+
+    def _chain(self, txn: lmdb.Transaction) -> list[tuple[int, int]]:
+        raise NotImplementedError
+
+    def _read_chunks(self, txn: lmdb.Transaction, idxs: list[int]) -> dict[int, bytes]:
+        chain = self._chain(txn)
+        cur = txn.cursor(db=self.eng._maps.maps)
+        out: dict[int, bytes] = {}
+        for idx in idxs:
+            key = self.eng._maps.resolve(txn, chain, idx, cur)
+            out[idx] = ZERO_CHUNK if key is None else self.eng._chunks.get(txn, key)
+        return out
+
+    def _stored_extents(self, txn: lmdb.Transaction, lo: int, hi: int) -> set[int]:
+        return set(self.eng._maps.visible(txn, self._chain(txn), lo, hi))
+
+
+class SnapshotView(_Source):
+    """Read-only view of a completed snapshot (no copy: reads resolve along its chain)."""
+
+    def __init__(self, eng: "Engine", snap_id: str, lineage: int, gen: int, size: int) -> None:
+        super().__init__(eng)
+        self.id = snap_id
+        self.lineage = lineage
+        self.gen = gen
+        self.size = size
+
+    def _chain(self, txn: lmdb.Transaction) -> list[tuple[int, int]]:
+        lin = self.eng._maps.load(txn, self.lineage) if txn.get(
+            L.lineage_key(self.lineage), db=self.eng._maps.lineages) else None
+        if lin is None or lin.points.get(self.gen) != self.id:
+            raise SnapshotNotFound(f"The snapshot '{self.id}' does not exist.")
+        return self.eng._maps.chain(txn, (self.lineage, self.gen))
+
+    def read_into(self, mv: memoryview, offset: int) -> None:
+        first, last = offset // L.CHUNK_SIZE, (offset + len(mv) - 1) // L.CHUNK_SIZE
+        with self.eng._store.read() as txn:
+            chunks = self._read_chunks(txn, list(range(first, last + 1)))
+        _copy_out(mv, offset, chunks)
+
+    def extents(self, offset: int, length: int) -> list[tuple[int, int]]:
+        first, last = offset // L.CHUNK_SIZE, (offset + length - 1) // L.CHUNK_SIZE
+        with self.eng._store.read() as txn:
+            data = self._stored_extents(txn, first, last + 1)
+        return _runs(offset, length, lambda idx: DATA if idx in data else HOLE)
+
+
+def _copy_out(mv: memoryview, offset: int, chunks: dict[int, Buf]) -> None:
+    pos = 0
+    n = len(mv)
+    while pos < n:
+        idx, within = divmod(offset + pos, L.CHUNK_SIZE)
+        take = min(L.CHUNK_SIZE - within, n - pos)
+        src = chunks[idx]
+        mv[pos:pos + take] = src[within:within + take] if src is not None else ZERO_CHUNK[:take]
+        pos += take
+
+
+def _runs(offset: int, length: int, flags_of: Callable[[int], int]) -> list[tuple[int, int]]:
+    runs = []
+    pos = offset
+    end = offset + length
+    while pos < end:
+        idx = pos // L.CHUNK_SIZE
+        nxt = min((idx + 1) * L.CHUNK_SIZE, end)
+        runs.append((nxt - pos, flags_of(idx)))
+        pos = nxt
+    return _merge_runs(runs)
+
+
+class VolumeCache(_Source):
+    """The shared, write-back state of one volume inside one engine (see module doc)."""
+
+    readonly = False
+
+    def __init__(self, eng: "Engine", volume_id: str, lineage: int, size: int,
+                 dirty_limit: int) -> None:
+        super().__init__(eng)
+        self.id = volume_id
+        self.lineage = lineage
+        self.size = size
+        self.dirty_limit = dirty_limit
+        self.lock = threading.Lock()
+        self.flush_lock = threading.Lock()
+        self.dirty: dict[int, bytearray | None] = {}
+        self.flushing: dict[int, bytearray | None] = {}
+        self.dirty_bytes = 0
+        self.users = 0
+        self.deleted = False
+
+    def _chain(self, txn: lmdb.Transaction) -> list[tuple[int, int]]:
+        lin = self.eng._maps.load(txn, self.lineage)
+        assert lin.head is not None
+        return self.eng._maps.chain(txn, (self.lineage, lin.head))
+
+    def _check(self) -> None:
+        if self.deleted:
+            raise Closed(f"volume {self.id} was deleted")
+
+    # --- reads ------------------------------------------------------------------------------
+
+    def _cached(self, idx: int) -> tuple[bool, bytearray | None]:
+        if idx in self.dirty:
+            return True, self.dirty[idx]
+        if idx in self.flushing:
+            return True, self.flushing[idx]
+        return False, None
+
+    def read_into(self, mv: memoryview, offset: int) -> None:
+        first, last = offset // L.CHUNK_SIZE, (offset + len(mv) - 1) // L.CHUNK_SIZE
+        chunks: dict[int, Buf] = {}
+        missing: list[int] = []
+        with self.lock:
+            self._check()
+            for idx in range(first, last + 1):
+                hit, buf = self._cached(idx)
+                if hit:
+                    # A copy: the buffer may be changed by a writer once the lock is dropped.
+                    chunks[idx] = bytes(buf) if buf is not None else ZERO_CHUNK
+                else:
+                    missing.append(idx)
+            txn = self.eng._store.read() if missing else None
+        if txn is not None:
+            with txn:
+                chunks.update(self._read_chunks(txn, missing))
+        _copy_out(mv, offset, chunks)
+
+    def extents(self, offset: int, length: int) -> list[tuple[int, int]]:
+        first, last = offset // L.CHUNK_SIZE, (offset + length - 1) // L.CHUNK_SIZE
+        with self.lock:
+            self._check()
+            overlay = {**self.flushing, **self.dirty}
+            overlay = {i: v for i, v in overlay.items() if first <= i <= last}
+            txn = self.eng._store.read()
+        with txn:
+            data = self._stored_extents(txn, first, last + 1)
+
+        def flags(idx: int) -> int:
+            if idx in overlay:
+                return HOLE if overlay[idx] is None else DATA
+            return DATA if idx in data else HOLE
+
+        return _runs(offset, length, flags)
+
+    # --- writes -----------------------------------------------------------------------------
+
+    def _buffer_for(self, idx: int, txn_box: list) -> bytearray:
+        """The dirty buffer of ``idx`` for a partial update (lock held)."""
+        hit, buf = self._cached(idx)
+        if idx in self.dirty and buf is not None:
+            return buf
+        if hit:
+            new = bytearray(buf) if buf is not None else bytearray(L.CHUNK_SIZE)
+        else:
+            if not txn_box:
+                txn_box.append(self.eng._store.read())
+            new = bytearray(self._read_chunks(txn_box[0], [idx])[idx])
+        self._set_dirty(idx, new)
+        return new
+
+    def _set_dirty(self, idx: int, buf: bytearray | None) -> None:
+        old = self.dirty.get(idx)
+        if old is not None:
+            self.dirty_bytes -= L.CHUNK_SIZE
+        if buf is not None:
+            self.dirty_bytes += L.CHUNK_SIZE
+        self.dirty[idx] = buf
+
+    def write(self, data: Buf, offset: int) -> None:
+        mv = memoryview(data).cast("B")
+        n = len(mv)
+        txn_box: list[lmdb.Transaction] = []
+        try:
+            with self.lock:
+                self._check()
+                pos = 0
+                while pos < n:
+                    idx, within = divmod(offset + pos, L.CHUNK_SIZE)
+                    take = min(L.CHUNK_SIZE - within, n - pos)
+                    if take == L.CHUNK_SIZE:
+                        self._set_dirty(idx, bytearray(mv[pos:pos + take]))
+                    else:
+                        self._buffer_for(idx, txn_box)[within:within + take] = mv[pos:pos + take]
+                    pos += take
+                over = self.dirty_bytes > self.dirty_limit
+        finally:
+            for t in txn_box:
+                t.abort()
+        if over:
+            self.flush()
+
+    def zero(self, offset: int, length: int) -> None:
+        """Make ``[offset, offset+length)`` read as zeros; whole chunks become holes."""
+        txn_box: list[lmdb.Transaction] = []
+        try:
+            with self.lock:
+                self._check()
+                pos, end = offset, offset + length
+                while pos < end:
+                    idx, within = divmod(pos, L.CHUNK_SIZE)
+                    take = min(L.CHUNK_SIZE - within, end - pos)
+                    if take == L.CHUNK_SIZE:
+                        self._set_dirty(idx, None)
+                    else:
+                        buf = self._buffer_for(idx, txn_box)
+                        buf[within:within + take] = bytes(take)
+                    pos += take
+        finally:
+            for t in txn_box:
+                t.abort()
+
+    def flush(self, in_txn: Callable[[lmdb.Transaction, object], None] | None = None) -> None:
+        """Commit every acknowledged write durably; ``in_txn(txn, lineage)`` runs inside the
+        same transaction (after the writes) when given — used to freeze a snapshot."""
+        eng = self.eng
+        with self.flush_lock:
+            with self.lock:
+                self._check()
+                self.flushing, self.dirty = self.dirty, {}
+                self.dirty_bytes = 0
+            try:
+                items = sorted(self.flushing.items())
+                if items or in_txn is not None:
+                    self._commit(items, in_txn)
+            except BaseException:
+                with self.lock:
+                    for idx, buf in self.flushing.items():
+                        if idx not in self.dirty:
+                            self._set_dirty(idx, buf)
+                    self.flushing = {}
+                raise
+            with self.lock:
+                self.flushing = {}
+        del eng
+
+    def _commit(self, items: list[tuple[int, bytearray | None]],
+                in_txn: Callable[[lmdb.Transaction, object], None] | None) -> None:
+        eng = self.eng
+        fps = [eng._chunks.fingerprints(buf)[0] if buf is not None else None
+               for _, buf in items]
+        # Compress, outside the write transaction, the chunks not stored yet.
+        with eng._store.read() as txn:
+            todo = [i for i, (fp, (_, buf)) in enumerate(zip(fps, items))
+                    if fp is not None and eng._chunks.find(txn, fp, buf) is None]
+        encoded: dict[int, bytes] = dict(zip(
+            todo, encode_many([items[i][1] for i in todo], eng._chunks.level, eng._pool)))
+        with eng._store.write() as txn:
+            maps = eng._maps
+            lin = maps.load(txn, self.lineage)
+            chain = maps.chain(txn, (lin.id, lin.head))
+            floor = maps.head_floor(lin)
+            cur = txn.cursor(db=maps.maps)
+            for i, ((idx, buf), fp) in enumerate(zip(items, fps)):
+                key = None if fp is None else eng._chunks.put(txn, fp, buf, encoded.get(i))
+                maps.set_head(txn, lin, chain, idx, key, floor, cur)
+            if in_txn is not None:
+                in_txn(txn, lin)
+            maps.save(txn, lin)
+
+
+class Device(io.RawIOBase):
+    """A file-like block device over a volume (read-write) or a snapshot (read-only).
+
+    Thread-safe. ``pread``/``pwrite`` take explicit offsets; ``read``/``write``/``seek``
+    use the device's own position. Out-of-range access raises :class:`OutOfRange` and
+    changes nothing.
+    """
+
+    def __init__(self, src: VolumeCache | SnapshotView, on_close: Callable[[], None]) -> None:
+        super().__init__()
+        self._src = src
+        self._on_close = on_close
+        self._pos = 0
+        self.id = src.id
+
+    # --- properties -------------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Current size in bytes (grows when the volume is modified)."""
+        return self._src.size
+
+    @property
+    def readonly(self) -> bool:
+        return self._src.readonly
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return not self._src.readonly
+
+    def seekable(self) -> bool:
+        return True
+
+    def _live(self) -> None:
+        if self.closed:
+            raise Closed(f"device {self.id} is closed")
+
+    def _writable(self) -> VolumeCache:
+        self._live()
+        if self._src.readonly:
+            raise ReadOnlyDevice(f"{self.id} is read-only")
+        assert isinstance(self._src, VolumeCache)
+        return self._src
+
+    # --- positional I/O ---------------------------------------------------------------------
+
+    def preadinto(self, buf: Buf, offset: int) -> int:
+        """Fill ``buf`` from ``offset``; returns ``len(buf)``."""
+        self._live()
+        mv = memoryview(buf).cast("B")
+        _check_range(offset, len(mv), self._src.size)
+        if len(mv):
+            self._src.read_into(mv, offset)
+        return len(mv)
+
+    def pread(self, length: int, offset: int) -> bytes:
+        out = bytearray(length) if length >= 0 else bytearray()
+        if length < 0:
+            raise OutOfRange(f"negative length {length}")
+        self.preadinto(out, offset)
+        return bytes(out)
+
+    def pwrite(self, data: Buf, offset: int) -> int:
+        """Write ``data`` at ``offset``; acknowledged now, durable after :meth:`flush`."""
+        src = self._writable()
+        n = memoryview(data).nbytes
+        _check_range(offset, n, src.size)
+        if n:
+            src.write(data, offset)
+        return n
+
+    def trim(self, offset: int, length: int) -> None:
+        """Discard a range: it reads as zeros afterwards and whole chunks free their space."""
+        src = self._writable()
+        _check_range(offset, length, src.size)
+        if length:
+            src.zero(offset, length)
+
+    def write_zeroes(self, offset: int, length: int) -> None:
+        """Make a range read as zeros (stored as holes: zero chunks are never stored)."""
+        self.trim(offset, length)
+
+    def flush(self) -> None:
+        """Make every acknowledged write of this volume durable (all devices of it)."""
+        if self.closed:
+            return
+        if not self._src.readonly:
+            assert isinstance(self._src, VolumeCache)
+            self._src.flush()
+
+    def extents(self, offset: int, length: int) -> list[tuple[int, int]]:
+        """Allocation map of ``[offset, offset+length)`` as contiguous ``(length, flags)``
+        runs; flags 3 = hole reading as zeros, 0 = data. Answered from maps, reads no data."""
+        self._live()
+        _check_range(offset, length, self._src.size)
+        if not length:
+            return []
+        return self._src.extents(offset, length)
+
+    # --- stream I/O -------------------------------------------------------------------------
+
+    def readinto(self, b: Buf) -> int:  # type: ignore[override]
+        self._live()
+        mv = memoryview(b).cast("B")
+        n = max(0, min(len(mv), self._src.size - self._pos))
+        if n:
+            self.preadinto(mv[:n], self._pos)
+            self._pos += n
+        return n
+
+    def write(self, b: Buf) -> int:  # type: ignore[override]
+        n = self.pwrite(b, self._pos)
+        self._pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self._live()
+        if whence == os.SEEK_SET:
+            pos = offset
+        elif whence == os.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == os.SEEK_END:
+            pos = self._src.size + offset
+        else:
+            raise ValueError(f"invalid whence {whence}")
+        if pos < 0:
+            raise OutOfRange(f"negative position {pos}")
+        self._pos = pos
+        return pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self.flush()
+            finally:
+                super().close()
+                self._on_close()
+
+    def __enter__(self) -> "Device":
+        return self
