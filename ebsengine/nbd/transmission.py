@@ -1,0 +1,376 @@
+"""The transmission phase: read requests, validate them, run them, send (possibly out of order) replies.
+
+Threading protocol (one connection):
+
+* one *reader* thread (the connection's thread) reads request headers and WRITE payloads in
+  stream order, validates each request against the negotiated export (NBD.md §3, §4, §7),
+  and answers invalid ones at once; the engine never sees an invalid request;
+* valid requests that are cheap (READ / WRITE up to ``inline_limit`` bytes without FUA,
+  BLOCK_STATUS, CACHE) run on the reader thread itself; slow ones (FLUSH, FUA writes,
+  TRIM, WRITE_ZEROES, large READ / WRITE) go to the server's shared :class:`WorkerPool`,
+  so replies may overtake each other, as the protocol allows;
+* every reply is written whole under ``send_lock``, so chunks of different replies never
+  interleave mid-frame;
+* on DISC, EOF or shutdown the reader stops reading, waits until the in-flight count drops
+  to zero, flushes the device if this connection changed it, and closes the device.
+
+FLUSH needs no ordering against other requests: it must cover the writes *already
+answered*, and an answered write is complete in the engine's shared per-volume cache,
+which ``dev.flush()`` makes durable for every connection (hence CAN_MULTI_CONN).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import threading
+from collections.abc import Callable
+
+from ebsengine.nbd import protocol as p
+from ebsengine.nbd.exports import errno_for
+from ebsengine.nbd.handshake import Negotiated
+
+log = logging.getLogger("ebsengine.nbd")
+
+# READ / WRITE no longer than this run inline on the reader thread (see module docstring).
+DEFAULT_INLINE_LIMIT = 256 * 1024
+# Structured reads shorter than this skip the extent lookup and go out as one data chunk.
+HOLE_SCAN_MIN = 64 * 1024
+
+_KNOWN_FLAGS = {
+    p.CMD_READ: p.CMD_FLAG_FUA | p.CMD_FLAG_DF,
+    p.CMD_WRITE: p.CMD_FLAG_FUA,
+    p.CMD_DISC: p.CMD_FLAG_FUA,
+    p.CMD_FLUSH: p.CMD_FLAG_FUA,
+    p.CMD_TRIM: p.CMD_FLAG_FUA,
+    p.CMD_CACHE: p.CMD_FLAG_FUA,
+    p.CMD_WRITE_ZEROES: p.CMD_FLAG_FUA | p.CMD_FLAG_NO_HOLE | p.CMD_FLAG_FAST_ZERO,
+    p.CMD_BLOCK_STATUS: p.CMD_FLAG_FUA | p.CMD_FLAG_REQ_ONE,
+}
+_WRITING = (p.CMD_WRITE, p.CMD_TRIM, p.CMD_WRITE_ZEROES)
+_RANGED = (p.CMD_READ, p.CMD_WRITE, p.CMD_TRIM, p.CMD_CACHE, p.CMD_WRITE_ZEROES, p.CMD_BLOCK_STATUS)
+
+
+class WorkerPool:
+    """A few daemon threads running callables; shared by all connections of one server."""
+
+    def __init__(self, workers: int) -> None:
+        self._q: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"nbd-worker-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        self._q.put(fn)
+
+    def _work(self) -> None:
+        while True:
+            fn = self._q.get()
+            if fn is None:
+                return
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - a task must never kill the worker
+                log.exception("nbd: worker task failed")
+
+    def shutdown(self) -> None:
+        for _ in self._threads:
+            self._q.put(None)
+        for t in self._threads:
+            t.join()
+
+
+class Transmission:
+    """Serves one negotiated connection until DISC, EOF, a protocol violation or shutdown."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        session: Negotiated,
+        pool: WorkerPool | None,
+        *,
+        inline_limit: int = DEFAULT_INLINE_LIMIT,
+    ) -> None:
+        self.sock = sock
+        self.session = session
+        self.export = session.export
+        self.dev = session.export.device
+        self.size = session.export.size  # the size this client was told
+        self.readonly = session.export.readonly
+        self.structured = session.structured
+        self.tflags = session.tflags
+        self.meta_id = session.meta_context_id
+        self.pool = pool
+        self.inline_limit = inline_limit
+        self.send_lock = threading.Lock()
+        self._cv = threading.Condition()
+        self._inflight = 0
+        self._dirty = False
+        self._broken = False  # a reply could not be sent: stop serving
+
+    # --- the reader loop ------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self._loop()
+        except p.Disconnect:
+            pass
+        except OSError as exc:
+            log.debug("nbd: connection error: %s", exc)
+        finally:
+            self._finish()
+
+    def _loop(self) -> None:
+        sock = self.sock
+        unpack = p.REQUEST.unpack
+        recv = p.recv_exact
+        while not self._broken:
+            magic, flags, cmd, cookie, offset, length = unpack(recv(sock, 28))
+            if magic != p.REQUEST_MAGIC:
+                log.info("nbd: bad request magic %#x; closing (framing lost)", magic)
+                return
+            error, why = self._validate(flags, cmd, offset, length)
+            data = b""
+            if cmd == p.CMD_WRITE:
+                if error:
+                    p.drain(sock, length)  # keep the stream in frame
+                else:
+                    data = recv(sock, length)
+            if error:
+                log.debug("nbd: refused %s: %s", p.CMD_NAMES.get(cmd, cmd), why)
+                self._send_error(cmd, cookie, error, why)
+                continue
+            if cmd == p.CMD_DISC:
+                return
+            if (
+                self.pool is not None
+                and (
+                    cmd in (p.CMD_FLUSH, p.CMD_TRIM, p.CMD_WRITE_ZEROES)
+                    or flags & p.CMD_FLAG_FUA
+                    or length > self.inline_limit
+                )
+                and cmd not in (p.CMD_CACHE, p.CMD_BLOCK_STATUS)
+            ):
+                with self._cv:
+                    self._inflight += 1
+                self.pool.submit(
+                    lambda a=(flags, cmd, cookie, offset, length, data): self._pooled(*a)
+                )
+            else:
+                self._execute(flags, cmd, cookie, offset, length, data)
+
+    def _pooled(self, flags: int, cmd: int, cookie: int, offset: int, length: int, data: bytes) -> None:
+        try:
+            self._execute(flags, cmd, cookie, offset, length, data)
+        finally:
+            with self._cv:
+                self._inflight -= 1
+                if self._inflight == 0:
+                    self._cv.notify_all()
+
+    def _finish(self) -> None:
+        with self._cv:
+            while self._inflight:
+                self._cv.wait()
+        try:
+            if self._dirty:
+                self.dev.flush()
+        except Exception as exc:  # noqa: BLE001 - nobody left to tell but the log
+            log.error("nbd: flush at disconnect of %s failed: %s", self.export.name, exc)
+        finally:
+            try:
+                self.export.close()
+            except Exception as exc:  # noqa: BLE001
+                log.error("nbd: closing %s failed: %s", self.export.name, exc)
+
+    # --- validation (before the engine sees anything) -------------------------------------
+
+    def _validate(self, flags: int, cmd: int, offset: int, length: int) -> tuple[int, str]:
+        """(0, "") for a valid request, else (NBD errno, reason)."""
+        known = _KNOWN_FLAGS.get(cmd)
+        if known is None:
+            return p.NBD_EINVAL, f"unknown command {cmd}"
+        if cmd in _WRITING and self.readonly:
+            return p.NBD_EPERM, "export is read-only"
+        if flags & ~known:
+            return p.NBD_EINVAL, f"flags {flags:#x} not valid on {p.CMD_NAMES[cmd]}"
+        if flags & p.CMD_FLAG_FUA and not self.tflags & p.TF_SEND_FUA:
+            return p.NBD_EINVAL, "FUA was not negotiated"
+        if flags & p.CMD_FLAG_DF and not self.structured:
+            return p.NBD_EINVAL, "DF needs structured replies"
+        if cmd == p.CMD_DISC:
+            return 0, ""
+        if cmd == p.CMD_FLUSH:
+            if offset or length:
+                return p.NBD_EINVAL, "FLUSH takes no offset or length"
+            return 0, ""
+        if cmd in (p.CMD_READ, p.CMD_WRITE) and length > p.MAX_PAYLOAD:
+            return p.NBD_EINVAL, f"length {length} exceeds the maximum payload {p.MAX_PAYLOAD}"
+        if offset + length > self.size:
+            if cmd in (p.CMD_WRITE, p.CMD_WRITE_ZEROES):
+                return p.NBD_ENOSPC, "write past the end of the export"
+            return p.NBD_EINVAL, "request past the end of the export"
+        if cmd == p.CMD_BLOCK_STATUS and self.meta_id is None:
+            return p.NBD_EINVAL, "no meta context was negotiated"
+        return 0, ""
+
+    # --- execution ------------------------------------------------------------------------
+
+    def _execute(self, flags: int, cmd: int, cookie: int, offset: int, length: int, data: bytes) -> None:
+        dev = self.dev
+        try:
+            if cmd == p.CMD_READ:
+                self._read(flags, cookie, offset, length)
+                return
+            if cmd == p.CMD_BLOCK_STATUS:
+                self._block_status(flags, cookie, offset, length)
+                return
+            if cmd == p.CMD_WRITE:
+                if length:
+                    dev.pwrite(data, offset)
+                    self._dirty = True
+            elif cmd == p.CMD_WRITE_ZEROES:
+                if length:
+                    # NO_HOLE: the engine never stores zeroes (DESIGN.md invariant 4), so a
+                    # zeroed range is always "allocated" as a zero range; reads give 0 either way.
+                    # FAST_ZERO: zeroing is a map update here, never slower than writing.
+                    dev.write_zeroes(offset, length)
+                    self._dirty = True
+            elif cmd == p.CMD_TRIM:
+                if length:
+                    dev.trim(offset, length)
+                    self._dirty = True
+            elif cmd == p.CMD_FLUSH:
+                dev.flush()
+            # CACHE: a prefetch hint; the range was validated, nothing to do.
+            if flags & p.CMD_FLAG_FUA and cmd in _WRITING:
+                dev.flush()
+        except Exception as exc:  # noqa: BLE001 - every engine failure becomes an errno
+            self._engine_error(cmd, cookie, exc)
+            return
+        self._send([p.simple_reply(cookie)])
+
+    def _engine_error(self, cmd: int, cookie: int, exc: Exception) -> None:
+        code = errno_for(exc, write=cmd in (p.CMD_WRITE, p.CMD_WRITE_ZEROES))
+        level = logging.ERROR if code == p.NBD_EIO else logging.INFO
+        log.log(level, "nbd: %s on %s failed: %r", p.CMD_NAMES.get(cmd, cmd), self.export.name, exc)
+        self._send_error(cmd, cookie, code, str(exc))
+
+    def _read(self, flags: int, cookie: int, offset: int, length: int) -> None:
+        dev = self.dev
+        if not self.structured:
+            try:
+                data = dev.pread(length, offset) if length else b""
+            except Exception as exc:  # noqa: BLE001
+                self._engine_error(p.CMD_READ, cookie, exc)
+                return
+            self._send([p.simple_reply(cookie), data])
+            return
+        if length == 0:
+            self._send([p.chunk_header(cookie, p.CHUNK_NONE, 0, True)])
+            return
+        try:
+            if flags & p.CMD_FLAG_DF or length < HOLE_SCAN_MIN:
+                pieces: list[tuple[int, int, bytes | None]] = [
+                    (offset, length, dev.pread(length, offset))
+                ]
+            else:
+                pieces = self._read_pieces(offset, length)
+        except Exception as exc:  # noqa: BLE001
+            self._engine_error(p.CMD_READ, cookie, exc)
+            return
+        out: list[bytes | bytearray | memoryview] = []
+        last = len(pieces) - 1
+        for i, (off, n, blob) in enumerate(pieces):
+            if blob is None:
+                out.append(p.chunk_header(cookie, p.CHUNK_OFFSET_HOLE, 12, i == last))
+                out.append(p.OFFSET_HOLE_PAYLOAD.pack(off, n))
+            else:
+                out.append(p.chunk_header(cookie, p.CHUNK_OFFSET_DATA, 8 + n, i == last))
+                out.append(p.U64.pack(off))
+                out.append(blob)
+        self._send(out)
+
+    def _read_pieces(self, offset: int, length: int) -> list[tuple[int, int, bytes | None]]:
+        """Split a read into data pieces (with their bytes) and hole pieces (``None``)."""
+        spans: list[list[int]] = []  # [offset, length, is_zero]
+        pos = offset
+        end = offset + length
+        for ext_len, ext_flags in self.dev.extents(offset, length):
+            if pos >= end:
+                break
+            n = min(ext_len, end - pos)
+            if n <= 0:
+                continue
+            zero = 1 if (ext_flags & p.STATE_ZERO and n >= p.MIN_HOLE_CHUNK) else 0
+            if spans and spans[-1][2] == zero:
+                spans[-1][1] += n
+            else:
+                spans.append([pos, n, zero])
+            pos += n
+        if pos < end:  # the engine covered less than asked: read the rest as data
+            if spans and not spans[-1][2]:
+                spans[-1][1] += end - pos
+            else:
+                spans.append([pos, end - pos, 0])
+        dev = self.dev
+        return [
+            (off, n, None if zero else dev.pread(n, off)) for off, n, zero in spans
+        ]
+
+    def _block_status(self, flags: int, cookie: int, offset: int, length: int) -> None:
+        assert self.meta_id is not None  # validated
+        if length == 0:
+            self._send([p.chunk_header(cookie, p.CHUNK_NONE, 0, True)])
+            return
+        try:
+            raw = self.dev.extents(offset, length)
+        except Exception as exc:  # noqa: BLE001
+            self._engine_error(p.CMD_BLOCK_STATUS, cookie, exc)
+            return
+        extents: list[list[int]] = []
+        covered = 0
+        for ext_len, ext_flags in raw:
+            n = min(ext_len, length - covered)
+            if n <= 0:
+                break
+            f = ext_flags & (p.STATE_HOLE | p.STATE_ZERO)
+            if extents and extents[-1][1] == f:
+                extents[-1][0] += n
+            else:
+                if len(extents) == p.MAX_EXTENTS:
+                    break
+                extents.append([n, f])
+            covered += n
+        if not extents:  # the spec allows one safe extent for the whole range
+            extents = [[length, 0]]
+        if flags & p.CMD_FLAG_REQ_ONE:
+            extents = extents[:1]
+        payload = p.U32.pack(self.meta_id) + b"".join(p.EXTENT.pack(n, f) for n, f in extents)
+        self._send([p.chunk_header(cookie, p.CHUNK_BLOCK_STATUS, len(payload), True), payload])
+
+    # --- replies --------------------------------------------------------------------------
+
+    def _send_error(self, cmd: int, cookie: int, error: int, message: str) -> None:
+        if self.structured and cmd in (p.CMD_READ, p.CMD_BLOCK_STATUS):
+            self._send([p.error_chunk(cookie, error, message)])
+        else:
+            self._send([p.simple_reply(cookie, error)])
+
+    def _send(self, buffers: list[bytes | bytearray | memoryview]) -> None:
+        try:
+            with self.send_lock:
+                p.send_all(self.sock, buffers)
+        except OSError as exc:
+            # The client is gone (or we are shutting down): stop reading more requests.
+            if not self._broken:
+                log.debug("nbd: reply could not be sent: %s", exc)
+            self._broken = True
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
