@@ -1,0 +1,89 @@
+"""API errors and the one translation table from engine errors to AWS code + HTTP status.
+
+The engine's :class:`~ebsengine.errors.EbsError` already carries the EC2 error code; this
+module only adds what the wire needs: the HTTP status of each code (EC2 query protocol)
+and, for the EBS direct APIs (rest-json), the exception name, status and ``Reason``.
+"""
+
+from __future__ import annotations
+
+from ebsengine import errors as engine_errors
+
+#: HTTP status of an EC2 error code; anything not listed is a client error (400).
+EC2_STATUS: dict[str, int] = {
+    "DryRunOperation": 412,
+    "UnauthorizedOperation": 403,
+    "AuthFailure": 401,
+    "InternalError": 500,
+    "Unavailable": 503,
+    "RequestLimitExceeded": 503,
+}
+
+
+class ApiError(Exception):
+    """A request refused with an AWS error code; nothing was changed.
+
+    ``code``: the AWS code (``InvalidVolume.NotFound``, ``ValidationException`` ...);
+    ``status``: the HTTP status (defaults per protocol when None); ``reason``: the EBS
+    direct APIs' ``Reason`` field (rest-json only).
+    """
+
+    def __init__(self, code: str, message: str = "", *, status: int | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+def ec2_error(exc: BaseException) -> tuple[str, str, int]:
+    """``(code, message, http status)`` of any exception raised while serving an EC2 action."""
+    if isinstance(exc, ApiError):
+        return exc.code, exc.message, exc.status or EC2_STATUS.get(exc.code, 400)
+    if isinstance(exc, engine_errors.EbsError):
+        code = exc.code
+        return code, exc.message or code, EC2_STATUS.get(code, 400)
+    return "InternalError", "An internal error has occurred", 500
+
+
+#: engine error class -> (EBS exception, HTTP status, Reason); first match wins.
+_EBS_TABLE: list[tuple[type[BaseException], str, int, str | None]] = [
+    (engine_errors.SnapshotNotFound, "ResourceNotFoundException", 404, "SNAPSHOT_NOT_FOUND"),
+    (engine_errors.NotFound, "ResourceNotFoundException", 404, "DEPENDENCY_RESOURCE_NOT_FOUND"),
+    (engine_errors.StoreFull, "ServiceQuotaExceededException", 402, "DEPENDENCY_SERVICE_QUOTA_EXCEEDED"),
+    (engine_errors.InvalidParameter, "ValidationException", 400, "INVALID_PARAMETER_VALUE"),
+    (engine_errors.MalformedId, "ValidationException", 400, "INVALID_SNAPSHOT_ID"),
+    (engine_errors.IncorrectState, "ValidationException", 400, "INVALID_SNAPSHOT_ID"),
+]
+
+_EBS_STATUS: dict[str, int] = {
+    "ValidationException": 400,
+    "ResourceNotFoundException": 404,
+    "ConflictException": 409,
+    "AccessDeniedException": 403,
+    "RequestThrottledException": 400,
+    "ServiceQuotaExceededException": 402,
+    "ConcurrentLimitExceededException": 400,
+    "InternalServerException": 500,
+}
+
+
+#: ``ValidationException`` reasons the engine may put in ``EbsError.code`` itself
+_EBS_REASONS = {"INVALID_BLOCK", "INVALID_VOLUME_SIZE", "UNRELATED_SNAPSHOTS", "INVALID_SNAPSHOT_ID",
+                "INVALID_PARAMETER_VALUE", "INVALID_TAG", "INVALID_BLOCK_TOKEN", "INVALID_PAGE_TOKEN",
+                "CONFLICTING_BLOCK_UPDATE", "WRITE_REQUEST_TIMEOUT"}
+
+
+def ebs_error(exc: BaseException) -> tuple[str, str, int, str | None]:
+    """``(exception name, message, http status, reason)`` for an EBS direct-API failure."""
+    if isinstance(exc, ApiError):
+        return exc.code, exc.message, exc.status or _EBS_STATUS.get(exc.code, 400), exc.reason
+    if isinstance(exc, engine_errors.EbsError) and exc.code in _EBS_REASONS:
+        return "ValidationException", str(exc) or exc.code, 400, exc.code
+    for cls, code, status, reason in _EBS_TABLE:
+        if isinstance(exc, cls):
+            return code, str(exc) or code, status, reason
+    return "InternalServerException", "An internal error has occurred", 500, None

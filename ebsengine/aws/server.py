@@ -1,0 +1,318 @@
+"""The AWS-compatible HTTP endpoint: one port speaking EC2 Query and the EBS direct APIs.
+
+Layers, each with one job:
+
+* :class:`AwsApp` (WSGI): routes a request to a protocol (``/snapshots...`` is EBS
+  rest-json, everything else is the EC2 Query protocol), takes the region from the SigV4
+  credential scope, parses with :mod:`.shapes`, calls the model (:mod:`.ec2`, :mod:`.ebs`)
+  and renders the result or the error. No AWS rule lives here.
+* :class:`ApiServer`: werkzeug's threaded WSGI server on a thread of its own, so it runs
+  beside the NBD server in ``ebsengine serve``.
+
+Signatures are not verified yet; :class:`Authenticator` is where that plugs in (it sees
+the method, path, headers and the payload hash the client signed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http
+import logging
+import re
+import threading
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+from urllib.parse import parse_qsl
+
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+
+from ebsengine import errors as engine_errors
+
+from .ebs import BLOCK_SIZE, EbsModel
+from .ec2 import Ec2Model, InstanceDirectory, ModificationRules
+from .errors import ApiError, ebs_error, ec2_error
+from .shapes import Ec2Protocol, RestJsonProtocol, RestRequest
+from .store import AwsStore, Context
+
+log = logging.getLogger("ebsengine.aws")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8788
+DEFAULT_REGION = "us-east-1"
+DEFAULT_ACCOUNT = "123456789012"
+#: largest request body read (PutSnapshotBlock is exactly one block; JSON/form bodies are small)
+MAX_BODY = 2 * BLOCK_SIZE
+
+_CREDENTIAL_RE = re.compile(r"Credential=([^/,\s]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request")
+
+StartResponse = Callable[..., Any]
+
+
+class Authenticator(Protocol):
+    """Checks a request's SigV4 signature; raises ApiError (``AuthFailure``...) to refuse it."""
+
+    def verify(self, environ: dict[str, Any], service: str, region: str) -> None: ...
+
+
+class AcceptAll:
+    """Signatures are not checked (issue 4); the credential scope still selects the region."""
+
+    def verify(self, environ: dict[str, Any], service: str, region: str) -> None:
+        return None
+
+
+def _status(code: int) -> str:
+    try:
+        return f"{code} {http.HTTPStatus(code).phrase}"
+    except ValueError:
+        return f"{code} Error"
+
+
+class AwsApp:
+    """WSGI application: parse -> call the model -> render."""
+
+    def __init__(self, engine: Any, *, default_region: str = DEFAULT_REGION, account_id: str = DEFAULT_ACCOUNT,
+                 instances: InstanceDirectory | None = None, modification: ModificationRules | None = None,
+                 authenticator: Authenticator | None = None, clock: Callable[[], float] | None = None) -> None:
+        kwargs: dict[str, Any] = {"default_region": default_region}
+        if clock is not None:
+            kwargs["clock"] = clock
+        self.store = AwsStore(engine, **kwargs)
+        self.ec2 = Ec2Model(self.store, instances=instances, modification=modification)
+        self.ebs = EbsModel(self.store)
+        self.ec2_protocol = Ec2Protocol()
+        self.ebs_protocol = RestJsonProtocol("ebs")
+        self.default_region = default_region
+        self.account_id = account_id
+        self.auth: Authenticator = authenticator or AcceptAll()
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO") or "/"
+        if path.startswith("/snapshots"):
+            return self._ebs(environ, start_response, path)
+        return self._ec2(environ, start_response)
+
+    # helpers
+
+    def _context(self, environ: dict[str, Any]) -> tuple[Context, str]:
+        """Region and signing service from the SigV4 credential scope (header or presigned query)."""
+        auth = environ.get("HTTP_AUTHORIZATION") or ""
+        m = _CREDENTIAL_RE.search(auth)
+        if m is None and "X-Amz-Credential" in (environ.get("QUERY_STRING") or ""):
+            from urllib.parse import unquote
+
+            m = _CREDENTIAL_RE.search("Credential=" + unquote(environ["QUERY_STRING"].split("X-Amz-Credential=")[1]))
+        region = m.group(3) if m else self.default_region
+        service = m.group(4) if m else ""
+        return Context(region, self.account_id, str(uuid.uuid4())), service
+
+    @staticmethod
+    def _read_body(environ: dict[str, Any], into: bytearray | None = None) -> bytes | bytearray:
+        """The request body, read straight into one buffer (no intermediate copies)."""
+        stream = environ["wsgi.input"]
+        length_text = environ.get("CONTENT_LENGTH")
+        if not length_text:
+            if environ.get("wsgi.input_terminated"):
+                data = stream.read(MAX_BODY + 1)
+                if len(data) > MAX_BODY:
+                    raise ApiError("ValidationException", "Request body too large", status=413)
+                return data  # type: ignore[no-any-return]
+            return b""
+        length = int(length_text)
+        if length > MAX_BODY or length < 0:
+            raise ApiError("ValidationException", "Request body too large", status=413)
+        buf = bytearray(length)
+        view = memoryview(buf)
+        got = 0
+        while got < length:
+            n = stream.readinto(view[got:])
+            if not n:
+                break
+            got += n
+        view.release()
+        if got != length:
+            raise ApiError("ValidationException", "Request body shorter than Content-Length", status=400)
+        return buf
+
+    # EC2 query protocol
+
+    def _ec2(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        ctx, service = self._context(environ)
+        try:
+            form: dict[str, str] = {}
+            query = environ.get("QUERY_STRING") or ""
+            if query:
+                form.update(parse_qsl(query, keep_blank_values=True))
+            if environ.get("REQUEST_METHOD") == "POST":
+                body = self._read_body(environ)
+                if body:
+                    form.update(parse_qsl(bytes(body).decode("utf-8"), keep_blank_values=True))
+            self.auth.verify(environ, "ec2", ctx.region)
+            action = form.get("Action")
+            if not action:
+                raise ApiError("MissingAction", "The request must contain the parameter Action")
+            if not (self.ec2_protocol.has_action(action) and self.ec2.supports(action)):
+                raise ApiError("InvalidAction", f"The action {action} is not valid for this web service.")
+            params = self.ec2_protocol.parse(action, form)
+            result = self.ec2.call(ctx, action, params)
+            body_out = self.ec2_protocol.render(action, result, ctx.request_id)
+            status = 200
+        except Exception as exc:  # one translation table: errors.ec2_error
+            if not isinstance(exc, (ApiError, engine_errors.EbsError)):
+                log.exception("EC2 request failed")
+            code, message, status = ec2_error(exc)
+            body_out = self.ec2_protocol.render_error(code, message, ctx.request_id)
+        start_response(_status(status), [
+            ("Content-Type", "text/xml;charset=UTF-8"),
+            ("Content-Length", str(len(body_out))),
+            ("x-amzn-RequestId", ctx.request_id),
+        ])
+        return [body_out]
+
+    # EBS direct APIs (rest-json)
+
+    def _ebs(self, environ: dict[str, Any], start_response: StartResponse, path: str) -> Iterable[bytes]:
+        ctx, _ = self._context(environ)
+        method = environ.get("REQUEST_METHOD", "GET")
+        try:
+            found = self.ebs_protocol.route(method, path)
+            if found is None:
+                raise ApiError("ValidationException", f"No operation matches {method} {path}",
+                               status=404, reason="INVALID_PARAMETER_VALUE")
+            operation, uri = found
+            body: Any = None
+            if method in ("PUT", "POST"):
+                body = self._read_body(environ)
+            query = dict(parse_qsl(environ.get("QUERY_STRING") or "", keep_blank_values=True))
+            headers = {k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")}
+            self.auth.verify(environ, "ebs", ctx.region)
+            params = self.ebs_protocol.parse(operation, uri, RestRequest(method, path, query, headers, body))
+            result = self.ebs.call(ctx, operation, params)
+            status, out_headers, chunks = self.ebs_protocol.render(operation, result)
+        except Exception as exc:  # one translation table: errors.ebs_error
+            if not isinstance(exc, (ApiError, engine_errors.EbsError)):
+                log.exception("EBS request failed")
+            code, message, status, reason = ebs_error(exc)
+            status, out_headers, chunks = self.ebs_protocol.render_error(code, message, status, reason)
+        out_headers.append(("x-amzn-RequestId", ctx.request_id))
+        start_response(_status(status), out_headers)
+        return chunks
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """werkzeug's handler without the per-request access log line."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        return None
+
+    def log(self, type: str, message: str, *args: Any) -> None:
+        log.debug(message, *args)
+
+
+class ApiServer:
+    """The HTTP endpoint on its own thread.
+
+    ``ApiServer(engine, host="127.0.0.1", port=8788, **app_options)``; ``port=0`` picks a
+    free port. ``start()`` returns once the socket listens; ``url`` is then
+    ``http://host:port``. ``stop()`` finishes in-flight requests and closes the socket.
+    ``app_options`` go to :class:`AwsApp` (``default_region``, ``account_id``, ``instances``,
+    ``modification``, ``authenticator``, ``clock``).
+    """
+
+    def __init__(self, engine: Any, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, **app_options: Any) -> None:
+        self.app = AwsApp(engine, **app_options)
+        self.host = host
+        self._requested_port = port
+        self._server: BaseWSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            return self._requested_port
+        return int(self._server.server_port)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> ApiServer:
+        if self._server is not None:
+            return self
+        server = make_server(self.host, self._requested_port, self.app, threaded=True,
+                             request_handler=_QuietHandler)
+        server.daemon_threads = True
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name=f"aws-api:{self.port}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join()
+        self._server = self._thread = None
+
+    def wait(self) -> None:
+        """Block until :meth:`stop` is called from elsewhere."""
+        thread = self._thread
+        while thread is not None and thread.is_alive():
+            thread.join(0.5)
+
+    def __enter__(self) -> ApiServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve(engine: Any, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, block: bool = True,
+          **app_options: Any) -> ApiServer:
+    """Start the endpoint for ``ebsengine serve``.
+
+    With ``block=False`` it returns the started :class:`ApiServer` at once (run the NBD
+    server alongside, call ``stop()`` at shutdown). With ``block=True`` it serves until
+    KeyboardInterrupt, then stops and returns the server.
+    """
+    server = ApiServer(engine, host, port, **app_options).start()
+    log.info("AWS API listening on %s", server.url)
+    if not block:
+        return server
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return server
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m ebsengine.aws.server --store DIR [--host H] [--port P]`` (benchmarks, manual use)."""
+    import ebsengine
+
+    parser = argparse.ArgumentParser(description="ebsengine AWS-compatible endpoint (EC2 + EBS direct APIs)")
+    parser.add_argument("--store", required=True)
+    parser.add_argument("--host", default=DEFAULT_HOST)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--region", default=DEFAULT_REGION)
+    args = parser.parse_args(argv)
+    with ebsengine.Engine(args.store) as engine:  # type: ignore[attr-defined]
+        server = ApiServer(engine, args.host, args.port, default_region=args.region).start()
+        print(server.url, flush=True)
+        try:
+            server.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
