@@ -532,53 +532,10 @@ def test_nbd_truncated_handshakes_and_garbage(server: NbdServer, engine: Any, vo
     assert engine.fsck().ok
 
 
-def _random_frame(rng: random.Random, size: int) -> bytes:
-    kind = rng.random()
-    if kind < 0.5:  # a plausible request with random fields
-        cmd = rng.choice([0, 0, 1, 2, 3, 4, 5, 6, 7, 8, rng.randrange(65536)])
-        flags = rng.choice([0, 0, 1, 2, 4, 8, 16, rng.randrange(65536)])
-        offset = rng.choice([0, rng.randrange(size), size - 1, size, rng.randrange(2**64)])
-        length = rng.choice([0, 1, 512, 4096, rng.randrange(1 << 20), rng.randrange(2**32)])
-        frame = struct.pack(">IHHQQI", nc.REQUEST_MAGIC, flags, cmd, rng.randrange(2**64), offset, length)
-        if cmd == nc.CMD_WRITE and length < (1 << 20):
-            frame += rng.randbytes(length)
-        return frame
-    if kind < 0.8:
-        return rng.randbytes(rng.randrange(1, 64))
-    return struct.pack(">IHHQQI", nc.REQUEST_MAGIC, 0, nc.CMD_READ, 1, 0, 512)
-
-
-def fuzz(server: NbdServer, vol_id: str, seconds: float, seed: int) -> int:
-    """Random frames on fresh connections (handshake and transmission). Returns frames sent."""
-    rng = random.Random(seed)
-    deadline = time.monotonic() + seconds
-    sent = 0
-    while time.monotonic() < deadline:
-        c = connect(server)
-        try:
-            if rng.random() < 0.3:  # handshake-phase fuzz
-                c.greet(rng.choice([0, 1, 3, rng.randrange(2**32)]))
-                for _ in range(rng.randrange(1, 6)):
-                    opt = rng.choice([1, 2, 3, 6, 7, 8, 9, 10, rng.randrange(2**32)])
-                    data = rng.randbytes(rng.randrange(0, 40))
-                    c.send(struct.pack(">QII", nc.IHAVEOPT, opt, len(data)) + data)
-                    sent += 1
-            else:
-                c.go(vol_id, structured=rng.random() < 0.7)
-                for _ in range(rng.randrange(1, 20)):
-                    c.send(_random_frame(rng, c.size))
-                    sent += 1
-        except (nc.Closed, OSError, AssertionError):
-            pass
-        finally:
-            c.close()
-    return sent
-
-
 def test_nbd_fuzz_short(server: NbdServer, engine: Any, vol: Any) -> None:
     snap = engine.create_snapshot(vol.id)
     bystander = opened(server, vol.id)
-    sent = fuzz(server, vol.id, 3.0, seed=1234)
+    sent = nc.fuzz(str(server.unix_path), vol.id, 3.0, seed=1234)
     assert sent > 50
     bystander.pwrite(0, b"alive")
     assert bystander.pread(0, 5) == b"alive"
