@@ -9,7 +9,8 @@ namespace              key                          value
 ``aws.snapshot``       snapshot id                  ``{"region": str}`` -- region it was made in
 ``aws.direct``         snapshot id                  pending EBS-direct snapshot: ``{"timeout": min,
                                                     "last": epoch, "progress": int, ...}``
-``aws.block``          ``<snap>/<index:08d>``       base64 SHA-256 of a block put to a pending snapshot
+``aws.block``          ``<snap>/<sequence>``        ``{index: base64 SHA-256}`` of blocks put to a pending
+                                                    snapshot (one group commit each; later keys win)
 ``aws.volmod``         volume id                    list of modification records (newest last)
 ``aws.snapattr``       snapshot id                  ``{"users": [...], "groups": [...]}``
 ``aws.token``          ``<region>|<action>|<tok>``  ``{"digest": str, "id": str, "time": epoch}``
