@@ -1,0 +1,41 @@
+"""Shared fixtures: a fresh engine per test and a digest of a store's whole content."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+
+import pytest
+
+import ebsengine
+from ebsengine import layout as L
+
+
+@pytest.fixture
+def store_path(tmp_path) -> str:
+    return str(tmp_path / "store")
+
+
+@pytest.fixture
+def eng(store_path) -> Iterator[ebsengine.Engine]:
+    with ebsengine.Engine(store_path) as e:
+        yield e
+
+
+def store_digest(e: ebsengine.Engine) -> str:
+    """SHA-256 over every key and value of every sub-database: equal digests mean the
+    store is exactly as it was (DESIGN invariant 7)."""
+    h = hashlib.sha256()
+    with e._store.read() as txn:
+        for name in L.DBS:
+            h.update(name.encode())
+            for k, v in txn.cursor(db=e._store.db[name]):
+                h.update(len(k).to_bytes(4, "big") + k + len(v).to_bytes(4, "big") + v)
+    return h.hexdigest()
+
+
+def pytest_report_header(config) -> str:
+    from ebsengine import codec
+    return f"ebsengine C core: {'yes' if codec.HAVE_C else 'NO (pure Python)'}; " \
+           f"slow mode: {os.environ.get('EBSENGINE_SLOW', '0')}"
