@@ -67,7 +67,8 @@ class ExportNotFound(Exception):
 class Export:
     """One opened export: a device plus the facts the handshake advertises."""
 
-    name: str
+    name: str  # as the client asked for it ("" = the default export)
+    ident: str  # the engine id it resolved to
     device: Device
     size: int
     readonly: bool
@@ -104,7 +105,7 @@ def open_export(engine: EngineLike, name: str, default_export: str | None = None
     except errors.IncorrectState as exc:  # e.g. a pending snapshot
         raise ExportNotFound(f"export {target!r} cannot be served now: {exc}") from exc
     try:
-        return Export(name=name, device=dev, size=int(dev.size), readonly=bool(dev.readonly))
+        return Export(name=name, ident=target, device=dev, size=int(dev.size), readonly=bool(dev.readonly))
     except BaseException:
         dev.close()
         raise

@@ -33,7 +33,8 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from ebsengine.nbd import protocol as p
-from ebsengine.nbd.exports import EngineLike
+from ebsengine.nbd.exports import EngineLike, Export
+from ebsengine.nbd.flusher import Flusher
 from ebsengine.nbd.handshake import Handshake
 from ebsengine.nbd.transmission import DEFAULT_INLINE_LIMIT, Transmission, WorkerPool
 
@@ -57,6 +58,8 @@ class NbdServer:
         workers: threads shared by all connections for slow requests.
         inline_limit: READ/WRITE up to this many bytes run on the connection's own thread.
         handshake_timeout: seconds a client may idle during option haggling.
+        background_flush: flush written volumes in the background (see ``flusher.py``)
+            so that request threads never pay for the engine's inline flush.
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class NbdServer:
         workers: int = 4,
         inline_limit: int = DEFAULT_INLINE_LIMIT,
         handshake_timeout: float | None = 30.0,
+        background_flush: bool = True,
     ) -> None:
         if unix_path is None and tcp is None:
             raise ValueError("NbdServer needs a Unix socket path, a TCP address, or both")
@@ -79,6 +83,8 @@ class NbdServer:
         self.workers = workers
         self.inline_limit = inline_limit
         self.handshake_timeout = handshake_timeout
+        self.background_flush = background_flush
+        self._flushers: dict[str, Flusher] = {}
         self.tcp_address: tuple[str, int] | None = None  # actual bound address
         self._listeners: list[socket.socket] = []
         self._unix_ino: tuple[int, int] | None = None
@@ -275,7 +281,14 @@ class NbdServer:
             if self._stopping.is_set():  # raced with stop(): do not start serving
                 session.export.close()
                 return
-            Transmission(conn, session, self._pool, inline_limit=self.inline_limit).run()
+            flusher = self._acquire_flusher(session.export)
+            try:
+                Transmission(
+                    conn, session, self._pool, inline_limit=self.inline_limit, flusher=flusher
+                ).run()
+            finally:
+                if flusher is not None:
+                    self._release_flusher(session.export.ident)
         except (p.Disconnect, OSError) as exc:
             log.debug("nbd: connection ended during handshake: %s", exc)
         except Exception:  # noqa: BLE001 - one bad connection must not take the server down
@@ -284,6 +297,32 @@ class NbdServer:
             with self._lock:
                 self._conns.pop(conn, None)
             conn.close()
+
+
+    def _acquire_flusher(self, export: Export) -> Flusher | None:
+        if export.readonly or not self.background_flush:
+            return None
+        with self._lock:
+            flusher = self._flushers.get(export.ident)
+            if flusher is None:
+                try:
+                    dev = self.engine.open_volume(export.ident)
+                except Exception as exc:  # noqa: BLE001 - serve without write-back then
+                    log.warning("nbd: no background flusher for %s: %s", export.ident, exc)
+                    return None
+                flusher = Flusher(dev, name=export.ident)
+                self._flushers[export.ident] = flusher
+            flusher.users += 1
+            return flusher
+
+    def _release_flusher(self, ident: str) -> None:
+        with self._lock:
+            flusher = self._flushers[ident]
+            flusher.users -= 1
+            if flusher.users:
+                return
+            del self._flushers[ident]
+        flusher.close()
 
 
 def _remove_stale_socket(path: Path) -> None:
@@ -315,6 +354,7 @@ def serve(
     *,
     default_export: str | None = None,
     workers: int = 4,
+    background_flush: bool = True,
 ) -> int:
     """Open the store at ``store_path`` and serve it over NBD until SIGTERM or SIGINT.
 
@@ -326,6 +366,7 @@ def serve(
             Use :data:`DEFAULT_TCP_PORT` (10809) for the conventional port, 0 for any.
         default_export: id served under the empty export name (default: none).
         workers: worker threads for slow requests.
+        background_flush: write back dirty data in the background (``flusher.py``).
 
     Returns the process exit status (0 after a clean shutdown). On SIGTERM/SIGINT the
     server stops accepting, finishes and flushes in-flight writes, removes its socket
@@ -348,7 +389,14 @@ def serve(
         done.set()
 
     with Engine(store_path) as engine:
-        server = NbdServer(engine, unix, tcp, default_export=default_export, workers=workers)
+        server = NbdServer(
+            engine,
+            unix,
+            tcp,
+            default_export=default_export,
+            workers=workers,
+            background_flush=background_flush,
+        )
         if in_main:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 previous[sig] = signal.signal(sig, _on_signal)

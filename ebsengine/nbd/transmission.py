@@ -29,6 +29,7 @@ from collections.abc import Callable
 
 from ebsengine.nbd import protocol as p
 from ebsengine.nbd.exports import errno_for
+from ebsengine.nbd.flusher import Flusher, dirty_estimate
 from ebsengine.nbd.handshake import Negotiated
 
 log = logging.getLogger("ebsengine.nbd")
@@ -94,8 +95,10 @@ class Transmission:
         pool: WorkerPool | None,
         *,
         inline_limit: int = DEFAULT_INLINE_LIMIT,
+        flusher: Flusher | None = None,
     ) -> None:
         self.sock = sock
+        self.flusher = flusher
         self.session = session
         self.export = session.export
         self.dev = session.export.device
@@ -233,6 +236,8 @@ class Transmission:
                 if length:
                     dev.pwrite(data, offset)
                     self._dirty = True
+                    if self.flusher is not None:
+                        self.flusher.note(dirty_estimate(offset, length))
             elif cmd == p.CMD_WRITE_ZEROES:
                 if length:
                     # NO_HOLE: the engine never stores zeroes (DESIGN.md invariant 4), so a
