@@ -1,0 +1,367 @@
+"""The ``ebsengine`` command line.
+
+Tables for people, ``--json`` for scripts. Exit codes (stable, scripts rely on them):
+0 success, 1 internal error, 2 bad arguments or parameter values, 3 not found,
+4 wrong state (in use, read-only, ...), 5 store full or locked, 6 fsck found problems.
+User errors print one line on stderr and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict
+from typing import Any, Callable, Sequence
+
+from . import __version__
+from .engine import Engine, default_store_path
+from .errors import EbsError
+from .model import VOLUME_TYPES, Snapshot, Volume
+
+EXIT_USAGE = 2
+EXIT_FSCK = 6
+
+
+class Progress:
+    """A one-line progress bar on stderr (only when stderr is a terminal, or forced)."""
+
+    def __init__(self, label: str, enabled: bool) -> None:
+        self.label = label
+        self.enabled = enabled
+        self.start = time.monotonic()
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self.last < 0.1 and done < total:
+            return
+        self.last = now
+        frac = done / total if total else 1.0
+        width = 30
+        bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
+        rate = done / max(now - self.start, 1e-9) / 2**20
+        sys.stderr.write(f"\r{self.label} [{bar}] {frac * 100:5.1f}% "
+                         f"{done / 2**20:,.0f}/{total / 2**20:,.0f} MiB {rate:,.0f} MiB/s")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _tags(pairs: Sequence[str] | None) -> dict[str, str]:
+    out = {}
+    for p in pairs or []:
+        k, sep, v = p.partition("=")
+        if not sep:
+            raise EbsError(f"--tag wants KEY=VALUE, got {p!r}", code="InvalidParameterValue")
+        out[k] = v
+    return out
+
+
+def _when(t: float | None) -> str:
+    return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    cells = [[str(r.get(c, "")) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(cols, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def _vol_row(v: Volume) -> dict[str, Any]:
+    return {"id": v.id, "size": f"{v.size_gib}GiB", "type": v.volume_type, "state": v.state,
+            "iops": v.iops or "-", "from": v.snapshot_id or "-", "created": _when(v.create_time)}
+
+
+def _snap_row(s: Snapshot) -> dict[str, Any]:
+    return {"id": s.id, "volume": s.volume_id or "-", "size": f"{s.volume_size_gib}GiB",
+            "state": s.state, "written": f"{s.full_size_bytes / 2**20:,.1f}MiB",
+            "started": _when(s.start_time), "description": s.description}
+
+
+class Out:
+    def __init__(self, as_json: bool) -> None:
+        self.json = as_json
+
+    def emit(self, obj: Any, text: Callable[[], str]) -> None:
+        if self.json:
+            print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+        else:
+            print(text())
+
+
+def _record(x: Volume | Snapshot) -> dict[str, Any]:
+    d = asdict(x)
+    d["kind"] = "volume" if isinstance(x, Volume) else "snapshot"
+    return d
+
+
+def _show(x: Volume | Snapshot) -> str:
+    return "\n".join(f"{k:22} {v}" for k, v in _record(x).items())
+
+
+# --- commands ---------------------------------------------------------------------------
+
+
+def cmd_create(eng: Engine, a: argparse.Namespace, out: Out) -> int:
+    v = eng.create_volume(size_gib=a.size, volume_type=a.type, iops=a.iops,
+                          throughput=a.throughput, availability_zone=a.az,
+                          encrypted=a.encrypted, tags=_tags(a.tag))
+    out.emit(_record(v), lambda: v.id)
+    return 0
+
+
+def cmd_list(eng: Engine, a: argparse.Namespace, out: Out) -> int:
+    vols = [] if a.snapshots else eng.list_volumes()
+    snaps = [] if a.volumes else eng.list_snapshots(a.volume)
+    if a.volume:
+        vols = [v for v in vols if v.id == a.volume]
+    parts = []
+    if not a.snapshots:
+        parts.append("VOLUMES\n" + _table([_vol_row(v) for v in vols],
+                                          ["id", "size", "type", "state", "iops", "from",
+                                           "created"]))
+    if not a.volumes:
+        parts.append("SNAPSHOTS\n" + _table([_snap_row(s) for s in snaps],
+                                            ["id", "volume", "size", "state", "written",
+                                             "started", "description"]))
+    out.emit({"volumes": [_record(v) for v in vols], "snapshots": [_record(s) for s in snaps]},
+             lambda: "\n\n".join(parts))
+    return 0
+
+
+def _get(eng: Engine, rid: str) -> Volume | Snapshot:
+    return eng.get_snapshot(rid) if rid.startswith("snap-") else eng.get_volume(rid)
+
+
+def cmd_show(eng: Engine, a: argparse.Namespace, out: Out) -> int:
+    x = _get(eng, a.id)
+    out.emit(_record(x), lambda: _show(x))
+    return 0
+
+
+def cmd_delete(eng: Engine, a: argparse.Namespace, out: Out) -> int:
+    if a.id.startswith("snap-"):
+        eng.delete_snapshot(a.id)
+    else:
+        eng.delete_volume(a.id)
+    out.emit({"deleted": a.id}, lambda: f"deleted {a.id}")
+    return 0
+
+
+def cmd_resize(eng: Engine, a: argparse.Namespace, out: Out) -> int:
+    v = eng.modify_volume(a.volume, size_gib=a.size, volume_type=a.type, iops=a.iops,
+                          throughput=a.throughput)
+    out.emit(_record(v), lambda: f"{v.id} is now {v.size_gib}GiB {v.volume_type}")
+    return 0
+
+
+def cmd_import(eng: Engine, a: argparse.Namespace, out: Out) -> int:
+    t0 = time.monotonic()
+    v = eng.import_image(a.image, volume_id=a.volume, volume_type=a.type,
+                         progress=Progress("import", a.progress or sys.stderr.isatty()))
+    result: dict[str, Any] = {"volume": _record(v), "seconds": round(time.monotonic() - t0, 3)}
+    text = [f"{v.id} ({v.size_gib}GiB) imported from {a.image}"]
+    if a.snapshot:
+        s = eng.create_snapshot(v.id, description=a.description or f"import of {a.image}")
+        result["snapshot"] = _record(s)
+        text.append(f"{s.id} taken")
+    out.emit(result, lambda: "\n".join(text))
+    return 0
+
+
+def cmd_export(eng: Engine, a: argparse.Namespace, out: Out) -> int:
+    t0 = time.monotonic()
+    n = eng.export(a.id, a.output, progress=Progress("export", a.progress or sys.stderr.isatty()))
+    out.emit({"id": a.id, "path": a.output, "data_bytes": n,
+              "seconds": round(time.monotonic() - t0, 3)},
+             lambda: f"{a.id} exported to {a.output} ({n / 2**20:,.1f} MiB of data)")
+    return 0
+
+
+def cmd_snapshot(eng: Engine, a: argparse.Namespace, out: Out) -> int:
+    s = eng.create_snapshot(a.volume, description=a.description, tags=_tags(a.tag))
+    out.emit(_record(s), lambda: s.id)
+    return 0
+
+
+def cmd_restore(eng: Engine, a: argparse.Namespace, out: Out) -> int:
+    v = eng.create_volume(snapshot_id=a.snapshot, size_gib=a.size, volume_type=a.type,
+                          iops=a.iops, throughput=a.throughput, tags=_tags(a.tag))
+    out.emit(_record(v), lambda: v.id)
+    return 0
+
+
+def cmd_diff(eng: Engine, a: argparse.Namespace, out: Out) -> int:
+    first = None if a.first in ("-", "none") else a.first
+    blocks = eng.list_changed_blocks(first, a.second)
+    out.emit({"first": first, "second": a.second, "block_size": 524288,
+              "changed_blocks": blocks},
+             lambda: f"{len(blocks)} changed 512 KiB block(s)"
+                     + (":\n" + " ".join(map(str, blocks)) if blocks else ""))
+    return 0
+
+
+def cmd_blocks(eng: Engine, a: argparse.Namespace, out: Out) -> int:
+    blocks = eng.list_snapshot_blocks(a.snapshot)
+    out.emit({"snapshot": a.snapshot, "block_size": 524288, "blocks": blocks},
+             lambda: f"{len(blocks)} block(s) with data"
+                     + (":\n" + " ".join(map(str, blocks)) if blocks else ""))
+    return 0
+
+
+def cmd_usage(eng: Engine, a: argparse.Namespace, out: Out) -> int:
+    u = eng.usage(a.id)
+
+    def text() -> str:
+        return "\n".join(f"{k:14} {v:>16,} bytes" for k, v in asdict(u).items())
+
+    out.emit({"id": a.id, **asdict(u)}, text)
+    return 0
+
+
+def cmd_fsck(eng: Engine, a: argparse.Namespace, out: Out) -> int:
+    r = eng.fsck()
+    out.emit({"ok": r.ok, "problems": r.problems, "stats": r.stats},
+             lambda: ("clean" if r.ok else "PROBLEMS:\n  " + "\n  ".join(r.problems))
+             + "\n" + ", ".join(f"{k}={v}" for k, v in sorted(r.stats.items())))
+    return 0 if r.ok else EXIT_FSCK
+
+
+def cmd_serve(eng: Engine, a: argparse.Namespace, out: Out) -> int:
+    from .serve import run_services
+    return run_services(eng, a)
+
+
+COMMANDS: dict[str, Callable[[Engine, argparse.Namespace, Out], int]] = {
+    "create": cmd_create, "list": cmd_list, "show": cmd_show, "delete": cmd_delete,
+    "resize": cmd_resize, "import": cmd_import, "export": cmd_export,
+    "snapshot": cmd_snapshot, "restore": cmd_restore, "diff": cmd_diff, "blocks": cmd_blocks,
+    "usage": cmd_usage, "fsck": cmd_fsck, "serve": cmd_serve,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ebsengine", description=(
+        "EBS-style volumes and incremental snapshots in a local store."))
+    p.add_argument("--store", default=None, metavar="PATH",
+                   help=f"store directory (default: $EBSENGINE_STORE or {default_store_path()})")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.add_argument("--version", action="version", version=f"ebsengine {__version__}")
+    # --store and --json are accepted before or after the command.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--store", default=argparse.SUPPRESS, metavar="PATH",
+                        help=argparse.SUPPRESS)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print JSON for scripts")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           parser_class=lambda **kw: argparse.ArgumentParser(
+                               parents=[common], **kw))
+    types = sorted(VOLUME_TYPES)
+
+    def spec(sp: argparse.ArgumentParser, type_default: str | None) -> None:
+        sp.add_argument("--type", choices=types, default=type_default)
+        sp.add_argument("--iops", type=int)
+        sp.add_argument("--throughput", type=int, help="MiB/s (gp3)")
+
+    s = sub.add_parser("create", help="create an empty volume")
+    s.add_argument("--size", type=int, required=True, help="GiB")
+    spec(s, "gp3")
+    s.add_argument("--az", default="us-east-1a", help="availability zone")
+    s.add_argument("--encrypted", action="store_true")
+    s.add_argument("--tag", action="append", metavar="KEY=VALUE")
+
+    s = sub.add_parser("list", help="list volumes and snapshots")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--volumes", action="store_true", help="volumes only")
+    g.add_argument("--snapshots", action="store_true", help="snapshots only")
+    s.add_argument("--volume", help="only this volume and its snapshots")
+
+    sub.add_parser("show", help="show one volume or snapshot").add_argument("id")
+    sub.add_parser("delete", help="delete a volume or snapshot").add_argument("id")
+
+    s = sub.add_parser("resize", help="grow a volume or change its type/IOPS/throughput")
+    s.add_argument("volume")
+    s.add_argument("--size", type=int, help="new size in GiB (may only grow)")
+    spec(s, None)
+
+    s = sub.add_parser("import", help="copy a raw image file into a new (or given) volume")
+    s.add_argument("image")
+    s.add_argument("--volume", help="import into this existing volume instead")
+    s.add_argument("--type", choices=types, default="gp3")
+    s.add_argument("--snapshot", action="store_true", help="take a snapshot afterwards")
+    s.add_argument("--description", default="")
+    s.add_argument("--progress", action="store_true", help="show progress even if not a tty")
+
+    s = sub.add_parser("export", help="write a volume or snapshot to a sparse raw file")
+    s.add_argument("id")
+    s.add_argument("output")
+    s.add_argument("--progress", action="store_true", help="show progress even if not a tty")
+
+    s = sub.add_parser("snapshot", help="take a point-in-time snapshot of a volume")
+    s.add_argument("volume")
+    s.add_argument("--description", default="")
+    s.add_argument("--tag", action="append", metavar="KEY=VALUE")
+
+    s = sub.add_parser("restore", help="create a volume from a snapshot (instant, lazy)")
+    s.add_argument("snapshot")
+    s.add_argument("--size", type=int, help="GiB (default: the snapshot's size)")
+    spec(s, "gp3")
+    s.add_argument("--tag", action="append", metavar="KEY=VALUE")
+
+    s = sub.add_parser("diff", help="512 KiB blocks that differ between two snapshots")
+    s.add_argument("first", help="older snapshot, or - for all blocks of SECOND")
+    s.add_argument("second")
+
+    s = sub.add_parser("blocks", help="512 KiB blocks holding data in a snapshot")
+    s.add_argument("snapshot")
+
+    sub.add_parser("usage", help="storage accounting of a volume or snapshot").add_argument("id")
+    sub.add_parser("fsck", help="verify every storage invariant (exit 6 on problems)")
+
+    s = sub.add_parser("serve", help="serve volumes over NBD and the AWS-compatible HTTP API")
+    s.add_argument("--nbd-socket", default=None,
+                   help="Unix socket path for NBD (default: STORE/nbd.sock; 'none' disables)")
+    s.add_argument("--nbd-port", type=int, default=10809,
+                   help="loopback TCP port for NBD (default 10809; 0 disables)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind TCP listeners to")
+    s.add_argument("--http-port", type=int, default=8788,
+                   help="port of the AWS-compatible API (default 8788; 0 disables)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    out = Out(a.json)
+    try:
+        with Engine(a.store) as eng:
+            return COMMANDS[a.command](eng, a, out)
+    except EbsError as exc:
+        if a.json:
+            print(json.dumps({"error": {"code": exc.code, "message": str(exc)}}),
+                  file=sys.stderr)
+        else:
+            print(f"ebsengine: error: {exc} [{exc.code}]", file=sys.stderr)
+        return exc.exit_code
+    except FileNotFoundError as exc:
+        print(f"ebsengine: error: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # e.g. `ebsengine list | head`
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
