@@ -15,8 +15,8 @@ Corpus: ``../shared/bench/gen_image.py --size-mib N --seed 20240601`` (holes, wr
 text-like and random extents), the image every ebsengine benchmark uses, cut into 512 KiB
 blocks. Baselines: ``moto_server`` (moto's Flask/werkzeug server, data kept in memory) and a
 null server (werkzeug, canned replies: the client + HTTP ceiling on this machine, since
-boto3 itself costs CPU). Figures: medians over ``--rounds`` rounds, wall time and the CPU
-time of the client and of the server process.
+boto3 itself costs CPU). Each server gets a small unmeasured warm-up first. Figures: medians
+over ``--rounds`` rounds, wall time and the CPU time of the client and of the server process.
 """
 
 from __future__ import annotations
@@ -246,6 +246,13 @@ def main() -> None:
             ebs, ec2 = clients(server.url, args.threads)
             null = name == "null"
             res: dict[str, list[tuple[float, float, float, int]]] = {"put": [], "get": [], "vol": []}
+            # warm-up (not measured): first requests pay imports and lazy set-up on every server
+            go, sids = run_put(ebs, corpus[:16], sums[:16], args.threads, size_gib, null)
+            go()
+            run_get(ebs, sids[0] if not null else "snap-0123456789abcdef0", dict(corpus[:16]), args.threads,
+                    null)()
+            if not null:
+                run_volumes(ec2, 20, args.threads)()
             for _ in range(args.rounds):
                 go, sids = run_put(ebs, corpus, sums, args.threads, size_gib, null)
                 res["put"].append(timed(go, server))

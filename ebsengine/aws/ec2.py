@@ -373,14 +373,11 @@ class Ec2Model:
         if ids and p.get("MaxResults") is not None:
             raise ApiError("InvalidParameterCombination",
                            "The parameter volumeSet cannot be used with the parameter maxResults")
-        vols = self.store.volumes(ctx)
-        if ids:
-            by_id = {v.id: v for v in vols}
-            for vid in ids:
-                if vid not in by_id:
-                    self.store.volume(ctx, vid)  # raises Malformed / NotFound
-            wanted = set(ids)
-            vols = [v for v in vols if v.id in wanted]
+        if ids:  # direct lookups: O(ids), not O(all volumes)
+            found = {vid: self.store.volume(ctx, vid) for vid in ids}  # raises Malformed / NotFound
+            vols = sorted(found.values(), key=lambda v: (v.create_time, v.id))
+        else:
+            vols = self.store.volumes(ctx)
         vols = apply_filters(vols, p.get("Filters"), self._VOLUME_FILTERS, lambda v: v.tags)
         return paginator.page(vols, lambda v: [v.create_time, v.id], p.get("MaxResults"), p.get("NextToken"))
 
@@ -400,11 +397,11 @@ class Ec2Model:
             "action.code": lambda v: [],
         }
         ids = p.get("VolumeIds")
-        vols = self.store.volumes(ctx)
         if ids:
-            for vid in ids:
-                self.store.volume(ctx, vid)
-            vols = [v for v in vols if v.id in set(ids)]
+            found = {vid: self.store.volume(ctx, vid) for vid in ids}
+            vols = sorted(found.values(), key=lambda v: (v.create_time, v.id))
+        else:
+            vols = self.store.volumes(ctx)
         vols = apply_filters(vols, p.get("Filters"), table, None)
         page, token = Paginator("volstatus", 5, 1000).page(
             vols, lambda v: [v.create_time, v.id], p.get("MaxResults"), p.get("NextToken"))
@@ -625,13 +622,11 @@ class Ec2Model:
         if ids and p.get("MaxResults") is not None:
             raise ApiError("InvalidParameterCombination",
                            "The parameter snapshotSet cannot be used with the parameter maxResults")
-        snaps = self.store.snapshots(ctx)
         if ids:
-            have = {s.id for s in snaps}
-            for sid in ids:
-                if sid not in have:
-                    self.store.snapshot(ctx, sid)
-            snaps = [s for s in snaps if s.id in set(ids)]
+            found = {sid: self.store.snapshot(ctx, sid) for sid in ids}
+            snaps = sorted(found.values(), key=lambda s: (s.start_time, s.id))
+        else:
+            snaps = self.store.snapshots(ctx)
         owners = p.get("OwnerIds")
         if owners and not any(o in ("self", ctx.account_id) for o in owners):
             snaps = []
