@@ -319,3 +319,37 @@ def test_rest_json_error_shape(aws: Aws) -> None:
     except urllib.error.HTTPError as err:
         with err:
             assert err.code == 400 and err.headers["x-amzn-ErrorType"] == "ValidationException"
+
+
+def test_nbd_writes_and_reads_meet_the_direct_apis(aws: Aws) -> None:
+    """NBD -> CreateSnapshot -> GetSnapshotBlock, and PutSnapshotBlock -> CreateVolume -> NBD read."""
+    from nbd_client import CMD_FLUSH, NbdClient
+
+    from ebsengine.nbd.server import NbdServer
+
+    nbd = NbdServer(aws.engine, None, ("127.0.0.1", 0), background_flush=False)
+    nbd.start()
+    try:
+        assert nbd.tcp_address is not None
+        vid = aws.volume(1)
+        written = {2: _block(22), 9: os.urandom(BLOCK)}
+        with NbdClient(tuple(nbd.tcp_address)) as c:  # type: ignore[arg-type]
+            c.go(vid)
+            for i, data in written.items():
+                c.pwrite(i * BLOCK, data)
+            c.pwrite(5 * BLOCK + 512, b"unaligned" * 7)
+            assert c.cmd(CMD_FLUSH).error == 0
+            expected5 = c.pread(5 * BLOCK, BLOCK)
+        sid = aws.ec2.create_snapshot(VolumeId=vid)["SnapshotId"]
+        assert all_blocks(aws.ebs, sid) == {**written, 5: expected5}
+
+        upload = {0: _block(1), 2047: os.urandom(BLOCK)}
+        up = _direct_snapshot(aws, upload)
+        restored = aws.ec2.create_volume(AvailabilityZone=AZ, SnapshotId=up)["VolumeId"]
+        with NbdClient(tuple(nbd.tcp_address)) as c:  # type: ignore[arg-type]
+            c.go(restored)
+            for i, data in upload.items():
+                assert c.pread(i * BLOCK, BLOCK) == data
+            assert c.pread(BLOCK, BLOCK) == bytes(BLOCK)
+    finally:
+        nbd.stop()
