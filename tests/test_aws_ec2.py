@@ -336,6 +336,11 @@ def test_snapshot_attributes(aws: Aws) -> None:
     got = aws.ec2.describe_snapshot_attribute(SnapshotId=sid, Attribute="createVolumePermission")
     assert got["CreateVolumePermissions"] == [{"UserId": "111122223333"}]
     assert aws.ec2.describe_snapshot_attribute(SnapshotId=sid, Attribute="productCodes")["ProductCodes"] == []
+    other = aws.ec2.create_snapshot(VolumeId=aws.volume())["SnapshotId"]
+    assert [s["SnapshotId"] for s in aws.ec2.describe_snapshots(RestorableByUserIds=["111122223333"])[
+        "Snapshots"]] == [sid]
+    assert {s["SnapshotId"] for s in aws.ec2.describe_snapshots(RestorableByUserIds=["self"])["Snapshots"]} == {
+        sid, other}
     with aws.unchanged():
         expect_error(aws.ec2.modify_snapshot_attribute, "InvalidParameterValue", 400, SnapshotId=sid,
                      Attribute="createVolumePermission", OperationType="add", UserIds=["bob"])
@@ -532,3 +537,36 @@ def test_state_survives_restart(aws: Aws) -> None:
     assert perms["CreateVolumePermissions"] == [{"UserId": "111122223333"}]
     with aws.engine.open_snapshot(sid) as dev:
         assert dev.pread(7000, 0) == b"persist" * 1000
+
+
+class _RefuseWithoutScope:
+    """A stand-in signature checker: proves the hook sees every request before any model runs."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, bool]] = []
+
+    def verify(self, environ: dict[str, Any], service: str, region: str, payload: Any) -> None:
+        from ebsengine.aws.errors import ApiError
+
+        self.seen.append((service, region, payload is not None))
+        if "Credential=AKIDBAD/" in environ.get("HTTP_AUTHORIZATION", ""):
+            raise ApiError("AuthFailure", "AWS was not able to validate the provided access credentials",
+                           status=401)
+
+
+def test_authenticator_hook_can_refuse(tmp_path: Any) -> None:
+    import boto3
+
+    auth = _RefuseWithoutScope()
+    a = Aws(str(tmp_path / "s"), authenticator=auth)
+    try:
+        a.volume()
+        assert ("ec2", "us-east-1", True) in auth.seen
+        a.ebs.start_snapshot(VolumeSize=1)
+        assert ("ebs", "us-east-1", True) in auth.seen
+        bad = boto3.client("ec2", endpoint_url=a.url, region_name="us-east-1", aws_access_key_id="AKIDBAD",
+                           aws_secret_access_key="x")
+        with a.unchanged():
+            expect_error(bad.create_volume, "AuthFailure", 401, AvailabilityZone=AZ, Size=1)
+    finally:
+        a.stop()

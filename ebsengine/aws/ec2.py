@@ -630,6 +630,14 @@ class Ec2Model:
         owners = p.get("OwnerIds")
         if owners and not any(o in ("self", ctx.account_id) for o in owners):
             snaps = []
+        restorable = p.get("RestorableByUserIds")
+        if restorable and not any(u in ("self", ctx.account_id) for u in restorable):
+            # only snapshots shared with one of those accounts, or public ones
+            def shared(s: Any) -> bool:
+                perm = self.engine.service_get(NS_SNAPATTR, s.id) or {"users": [], "groups": []}
+                return "all" in perm["groups"] or any(u in perm["users"] for u in restorable)
+
+            snaps = [s for s in snaps if shared(s)]
         table = dict(self._SNAPSHOT_FILTERS)
         table["owner-id"] = lambda s: [ctx.account_id]
         snaps = apply_filters(snaps, p.get("Filters"), table, lambda s: s.tags)

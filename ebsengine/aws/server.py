@@ -50,15 +50,21 @@ StartResponse = Callable[..., Any]
 
 
 class Authenticator(Protocol):
-    """Checks a request's SigV4 signature; raises ApiError (``AuthFailure``...) to refuse it."""
+    """Checks a request's SigV4 signature; raises ApiError (``AuthFailure``...) to refuse it.
 
-    def verify(self, environ: dict[str, Any], service: str, region: str) -> None: ...
+    ``environ`` carries the method, path, query and headers (``HTTP_AUTHORIZATION``,
+    ``HTTP_X_AMZ_DATE``, ``HTTP_X_AMZ_CONTENT_SHA256``); ``payload`` is the request body as
+    read (the form of an EC2 request, the JSON of an EBS call, a PutSnapshotBlock block whose
+    signature covers ``UNSIGNED-PAYLOAD`` instead), or None when there was none.
+    """
+
+    def verify(self, environ: dict[str, Any], service: str, region: str, payload: Any) -> None: ...
 
 
 class AcceptAll:
     """Signatures are not checked (issue 4); the credential scope still selects the region."""
 
-    def verify(self, environ: dict[str, Any], service: str, region: str) -> None:
+    def verify(self, environ: dict[str, Any], service: str, region: str, payload: Any) -> None:
         return None
 
 
@@ -144,11 +150,12 @@ class AwsApp:
             query = environ.get("QUERY_STRING") or ""
             if query:
                 form.update(parse_qsl(query, keep_blank_values=True))
+            body: bytes | bytearray | None = None
             if environ.get("REQUEST_METHOD") == "POST":
                 body = self._read_body(environ)
                 if body:
                     form.update(parse_qsl(bytes(body).decode("utf-8"), keep_blank_values=True))
-            self.auth.verify(environ, "ec2", ctx.region)
+            self.auth.verify(environ, "ec2", ctx.region, body)
             action = form.get("Action")
             if not action:
                 raise ApiError("MissingAction", "The request must contain the parameter Action")
@@ -186,7 +193,7 @@ class AwsApp:
                 body = self._read_body(environ)
             query = dict(parse_qsl(environ.get("QUERY_STRING") or "", keep_blank_values=True))
             headers = {k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")}
-            self.auth.verify(environ, "ebs", ctx.region)
+            self.auth.verify(environ, "ebs", ctx.region, body)
             params = self.ebs_protocol.parse(operation, uri, RestRequest(method, path, query, headers, body))
             result = self.ebs.call(ctx, operation, params)
             status, out_headers, chunks = self.ebs_protocol.render(operation, result)
