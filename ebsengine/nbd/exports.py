@@ -105,7 +105,9 @@ def open_export(engine: EngineLike, name: str, default_export: str | None = None
     except errors.IncorrectState as exc:  # e.g. a pending snapshot
         raise ExportNotFound(f"export {target!r} cannot be served now: {exc}") from exc
     try:
-        return Export(name=name, ident=target, device=dev, size=int(dev.size), readonly=bool(dev.readonly))
+        return Export(
+            name=name, ident=target, device=dev, size=int(dev.size), readonly=bool(dev.readonly)
+        )
     except BaseException:
         dev.close()
         raise

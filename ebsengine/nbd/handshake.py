@@ -288,7 +288,7 @@ def _decode(raw: bytes) -> str | None:
 
 
 def _parse_meta(data: bytes) -> tuple[str, list[str]]:
-    """Parse ``u32 namelen · name · u32 nq · nq×(u32 len · query)``; ERR_INVALID if malformed."""
+    """Parse ``u32 namelen · name · u32 nq · nq×(u32 len · query)`` (ERR_INVALID if bad)."""
     bad = _OptionError(p.REP_ERR_INVALID, "malformed meta context request")
     if len(data) < 8:
         raise bad

@@ -256,7 +256,9 @@ class NbdServer:
     def _spawn(self, conn: socket.socket) -> None:
         if conn.family in (socket.AF_INET, socket.AF_INET6):
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        t = threading.Thread(target=self._serve_connection, args=(conn,), name="nbd-conn", daemon=True)
+        t = threading.Thread(
+            target=self._serve_connection, args=(conn,), name="nbd-conn", daemon=True
+        )
         with self._lock:
             if self._stopping.is_set():
                 conn.close()
@@ -383,7 +385,7 @@ def serve(
     tcp = (tcp_host, tcp_port) if tcp_port is not None else None
     done = threading.Event()
     in_main = threading.current_thread() is threading.main_thread()
-    previous: dict[int, Any] = {}
+    previous: dict[signal.Signals, Any] = {}
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:
         done.set()

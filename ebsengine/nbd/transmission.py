@@ -1,4 +1,4 @@
-"""The transmission phase: read requests, validate them, run them, send (possibly out of order) replies.
+"""The transmission phase: read, validate and run requests; send (maybe out-of-order) replies.
 
 Threading protocol (one connection):
 
@@ -21,6 +21,7 @@ which ``dev.flush()`` makes durable for every connection (hence CAN_MULTI_CONN).
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import socket
@@ -161,12 +162,14 @@ class Transmission:
                 with self._cv:
                     self._inflight += 1
                 self.pool.submit(
-                    lambda a=(flags, cmd, cookie, offset, length, data): self._pooled(*a)
+                    functools.partial(self._pooled, flags, cmd, cookie, offset, length, data)
                 )
             else:
                 self._execute(flags, cmd, cookie, offset, length, data)
 
-    def _pooled(self, flags: int, cmd: int, cookie: int, offset: int, length: int, data: bytes) -> None:
+    def _pooled(
+        self, flags: int, cmd: int, cookie: int, offset: int, length: int, data: bytes
+    ) -> None:
         try:
             self._execute(flags, cmd, cookie, offset, length, data)
         finally:
@@ -223,7 +226,9 @@ class Transmission:
 
     # --- execution ------------------------------------------------------------------------
 
-    def _execute(self, flags: int, cmd: int, cookie: int, offset: int, length: int, data: bytes) -> None:
+    def _execute(
+        self, flags: int, cmd: int, cookie: int, offset: int, length: int, data: bytes
+    ) -> None:
         dev = self.dev
         try:
             if cmd == p.CMD_READ:
