@@ -546,3 +546,17 @@ def test_nbd_fuzz_short(server: NbdServer, engine: Any, vol: Any) -> None:
     # the snapshot was never touched by the fuzzing
     with opened(server, snap.id) as c:
         assert c.pread(0, 4096) == bytes(4096)
+
+
+def test_nbd_stop_cuts_off_client_that_reads_no_replies(engine: Any, tmp_path: Path, vol: Any) -> None:
+    srv = NbdServer(engine, unix_path=tmp_path / "s.sock", tcp=None)
+    srv.start()
+    c = opened(srv, vol.id)
+    for _ in range(200):  # ~200 MiB of replies nobody reads: the server blocks in send
+        c.request(nc.CMD_READ, 0, MiB)
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    srv.stop(timeout=2)
+    assert time.monotonic() - t0 < 15
+    assert srv.connection_count == 0
+    c.close()

@@ -28,6 +28,7 @@ import signal
 import socket
 import stat
 import threading
+import time
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
@@ -173,8 +174,16 @@ class NbdServer:
                 sock.shutdown(socket.SHUT_RD)
             except OSError:
                 pass
-        for _, thread in conns:
-            thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for sock, thread in conns:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():  # stuck sending to a client that reads no replies
+                log.warning("nbd: a connection did not finish in %.0f s; cutting it off", timeout)
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                thread.join(5.0)
         if self._pool is not None:
             self._pool.shutdown()
         for w in (self._wake_r, self._wake_w):
