@@ -15,7 +15,8 @@ Corpus: ``../shared/bench/gen_image.py --size-mib N --seed 20240601`` (holes, wr
 text-like and random extents), the image every ebsengine benchmark uses, cut into 512 KiB
 blocks. Baselines: ``moto_server`` (moto's Flask/werkzeug server, data kept in memory) and a
 null server (werkzeug, canned replies: the client + HTTP ceiling on this machine, since
-boto3 itself costs CPU). Each server gets a small unmeasured warm-up first. Figures: medians
+boto3 itself costs CPU). Also the engine alone, called in-process by the same number of
+threads with no HTTP at all: the ceiling of any endpoint over it. Each server gets a small unmeasured warm-up first. Figures: medians
 over ``--rounds`` rounds, wall time and the CPU time of the client and of the server process.
 """
 
@@ -216,6 +217,27 @@ def run_volumes(ec2: Any, pairs: int, threads: int) -> Callable[[], int]:
     return go
 
 
+def engine_alone(corpus: list[tuple[int, bytes]], threads: int, size_gib: int) -> tuple[float, float]:
+    """(put MiB/s, get MiB/s) of the engine called in-process by ``threads`` threads, no HTTP:
+    the ceiling any endpoint over this engine can reach."""
+    sys.path.insert(0, ROOT)
+    import ebsengine
+
+    mib = len(corpus) * BLOCK / 2**20
+    with tempfile.TemporaryDirectory(prefix="ebsengine-bench-engine-") as d, ebsengine.Engine(d) as eng:
+        snap = eng.start_snapshot(size_gib)
+        t0 = time.perf_counter()
+        with cf.ThreadPoolExecutor(threads) as ex:
+            list(ex.map(lambda b: eng.put_snapshot_block(snap.id, b[0], b[1]), corpus))
+        put = mib / (time.perf_counter() - t0)
+        eng.complete_snapshot(snap.id)
+        t0 = time.perf_counter()
+        with cf.ThreadPoolExecutor(threads) as ex:
+            list(ex.map(lambda b: eng.read_snapshot_block(snap.id, b[0]), corpus))
+        get = mib / (time.perf_counter() - t0)
+    return put, get
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--image-mib", type=int, default=256)
@@ -273,6 +295,7 @@ def main() -> None:
             server.stop()
 
     mib = len(corpus) * BLOCK / 2**20
+    alone = [engine_alone(corpus, args.threads, size_gib) for _ in range(args.rounds)]
     print()
     print(f"{'server':<10} {'operation':<28} {'wall s':>8} {'client cpu':>11} {'server cpu':>11} {'rate':>16}")
     for name, kinds in results.items():
@@ -281,6 +304,10 @@ def main() -> None:
                      "vol": "CreateVolume+DescribeVolumes"}[kind]
             unit = f"{mib / wall:8.1f} MiB/s" if kind != "vol" else f"{rate:8.1f} req/s"
             print(f"{name:<10} {label:<28} {wall:8.2f} {ccpu:11.2f} {scpu:11.2f} {unit:>16}")
+    print(f"{'engine':<10} {'put_snapshot_block, no HTTP':<28} {'':>8} {'':>11} {'':>11} "
+          f"{statistics.median(a[0] for a in alone):8.1f} MiB/s")
+    print(f"{'engine':<10} {'read_snapshot_block, no HTTP':<28} {'':>8} {'':>11} {'':>11} "
+          f"{statistics.median(a[1] for a in alone):8.1f} MiB/s")
     print()
     for kind, label in (("put", "PutSnapshotBlock"), ("get", "GetSnapshotBlock"), ("vol", "CreateVolume+Describe")):
         ours, moto = results["ebsengine"][kind][3], results["moto"][kind][3]
