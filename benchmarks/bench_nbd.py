@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     srv.stop()
             med = {k: round(statistics.median(v), 3) for k, v in results[variant].items()}
-            print(f"rep {rep + 1}/{args.reps} {variant}: {json.dumps(med)}", flush=True)
+            print(f"medians after rep {rep + 1}/{args.reps}, {variant}: {json.dumps(med)}", flush=True)
 
     summary: dict[str, Any] = {"image": str(image), "image_bytes": size, "reps": args.reps,
                                "fio_runtime_s": args.fio_runtime, "median": {}, "ratio_vs_nbdkit": {}}

@@ -173,3 +173,43 @@ def test_nbd_snapshot_point_in_time_under_multi_conn_writes(engine: Any, tmp_pat
                     (v,) = vals
                     assert before[i] <= v <= after[i], (i, before[i], v, after[i])
     assert engine.fsck().ok
+
+
+@needs_engine
+def test_nbd_flush_on_one_connection_covers_all_then_kill9(tmp_path: Path) -> None:
+    """Multi-conn durability: writes answered on A and C, FLUSH on B, FUA on D, then SIGKILL.
+    After reopening, all of them are there and fsck is clean (DESIGN invariant 6)."""
+    store = tmp_path / "store"
+    eng = nc.make_engine(store)
+    vol = eng.create_volume(size_gib=1)
+    eng.close()
+    sock = tmp_path / "nbd.sock"
+    proc = start_serve(store, sock)
+    a_data, c_data, d_data = os.urandom(MiB + 3), os.urandom(4096), os.urandom(70000)
+    try:
+        clients = [NbdClient(str(sock)) for _ in range(4)]
+        for c in clients:
+            c.go(vol.id)
+        a, b, c3, d = clients
+        a.pwrite(5, a_data)
+        c3.pwrite(64 * MiB + 1, c_data)
+        assert b.cmd(nc.CMD_FLUSH).error == 0
+        d.pwrite(100 * MiB + 7, d_data, flags=nc.F_FUA)
+        proc.kill()  # no clean shutdown: only what FLUSH/FUA made durable survives
+        proc.wait(30)
+        for cl in clients:
+            cl.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    eng = nc.make_engine(store)
+    try:
+        assert eng.fsck().ok
+        dev = eng.open_volume(vol.id)
+        assert dev.pread(len(a_data), 5) == a_data
+        assert dev.pread(len(c_data), 64 * MiB + 1) == c_data
+        assert dev.pread(len(d_data), 100 * MiB + 7) == d_data
+        dev.close()
+    finally:
+        eng.close()
