@@ -39,3 +39,21 @@ def pytest_report_header(config) -> str:
     from ebsengine import codec
     return f"ebsengine C core: {'yes' if codec.HAVE_C else 'NO (pure Python)'}; " \
            f"slow mode: {os.environ.get('EBSENGINE_SLOW', '0')}"
+
+
+# --- tests that need apt-installed or root-only tools ---------------------------------------
+# They may skip elsewhere with a clear reason, but in CI (CI=true, or EBSENGINE_REQUIRE_TOOLS=1)
+# a skip of a test marked ``needs_tools`` is turned into a failure.
+
+REQUIRE_TOOLS = os.environ.get("EBSENGINE_REQUIRE_TOOLS") == "1" or \
+    os.environ.get("CI", "").lower() == "true"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if REQUIRE_TOOLS and report.skipped and item.get_closest_marker("needs_tools"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"needs_tools test skipped in CI (a tool is missing): {reason}"

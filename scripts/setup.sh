@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Set up ebsengine on a fresh Debian machine (run as root, or with sudo available).
+#   bash scripts/setup.sh           runtime: C-core build header + the package (editable)
+#   bash scripts/setup.sh --test    also what the test suite needs (block clients, FUSE,
+#                                   aws-cli, boto3, hypothesis, ...)
+#   bash scripts/setup.sh --bench   also what the benchmarks compare against (restic, moto)
+# Safe to run again: installed packages are skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test=0; want_bench=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) want_test=1 ;;
+    --bench) want_test=1; want_bench=1 ;;
+    *) echo "usage: $0 [--test|--bench]" >&2; exit 2 ;;
+  esac
+done
+
+# libxxhash-dev: the C core includes <xxhash.h> (header-only use, no link dependency).
+apt_pkgs=(libxxhash-dev gcc)
+if [ "$want_test" = 1 ]; then
+  # real NBD clients, the kernel mount pipeline and its checks (tests/test_nbd_*.py)
+  apt_pkgs+=(qemu-utils libnbd-bin nbdkit fuse3 fio e2fsprogs util-linux kmod)
+fi
+if [ "$want_bench" = 1 ]; then
+  apt_pkgs+=(restic)
+fi
+missing=()
+for p in "${apt_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+extras=""
+[ "$want_test" = 1 ] && extras="test"
+[ "$want_bench" = 1 ] && extras="test,bench"
+python3 -m pip install -q --disable-pip-version-check -e ".${extras:+[$extras]}"
+python3 -c "import ebsengine.codec as c; assert c.HAVE_C, 'C core did not build'; print('ebsengine ready (C core built)')"
