@@ -64,9 +64,15 @@ def opened(server: NbdServer, name: str, **kw: Any) -> NbdClient:
 
 
 def store_snapshot(engine: Any, vol_id: str) -> bytes:
-    """What a client could observe of a volume: its extents, and the bytes of its data extents."""
+    """What a client could observe of a volume (its extents and the bytes of its data extents)
+    plus, with the real engine, a digest of every key and value in the store."""
     import hashlib
 
+    raw = b""
+    if hasattr(engine, "_store"):
+        from conftest import store_digest
+
+        raw = store_digest(engine).encode()
     dev = engine.open_volume(vol_id)
     try:
         ext = dev.extents(0, dev.size)
@@ -77,7 +83,7 @@ def store_snapshot(engine: Any, vol_id: str) -> bytes:
                 for o in range(pos, pos + n, 32 * MiB):
                     h.update(dev.pread(min(32 * MiB, pos + n - o), o))
             pos += n
-        return h.digest()
+        return raw + h.digest()
     finally:
         dev.close()
 
@@ -294,6 +300,7 @@ def test_nbd_invalid_requests_get_errors_and_connection_survives(
 ) -> None:
     with opened(server, vol.id, structured=structured) as c:
         c.pwrite(0, b"keep")
+        assert c.cmd(nc.CMD_FLUSH).error == 0
         before = store_snapshot(engine, vol.id)
         size = c.size
         cases = [
@@ -497,6 +504,7 @@ def _alive(server: NbdServer, vol_id: str) -> None:
 def test_nbd_truncated_handshakes_and_garbage(server: NbdServer, engine: Any, vol: Any) -> None:
     bystander = opened(server, vol.id)
     bystander.pwrite(MiB, b"bystander")
+    assert bystander.cmd(nc.CMD_FLUSH).error == 0
     before = store_snapshot(engine, vol.id)
     assert server.unix_path is not None
     path = str(server.unix_path)
