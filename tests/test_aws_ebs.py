@@ -353,3 +353,17 @@ def test_nbd_writes_and_reads_meet_the_direct_apis(aws: Aws) -> None:
             assert c.pread(BLOCK, BLOCK) == bytes(BLOCK)
     finally:
         nbd.stop()
+
+
+def test_concurrent_puts_share_commits_and_complete(aws: Aws) -> None:
+    """8 threads upload at once (checksum records group-committed); the aggregate still matches."""
+    import concurrent.futures as cf
+
+    blocks = {i * 3: _block(1000 + i) for i in range(48)}
+    sid = aws.ebs.start_snapshot(VolumeSize=1)["SnapshotId"]
+    with cf.ThreadPoolExecutor(8) as ex:
+        list(ex.map(lambda item: put_block(aws.ebs, sid, item[0], item[1]), blocks.items()))
+    aws.ebs.complete_snapshot(SnapshotId=sid, ChangedBlocksCount=len(blocks), Checksum=linear_checksum(blocks),
+                              ChecksumAlgorithm="SHA256", ChecksumAggregationMethod="LINEAR")
+    assert all_blocks(aws.ebs, sid) == blocks
+    assert aws.engine.service_items("aws.block", sid + "/") == []      # records dropped once completed
