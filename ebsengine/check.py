@@ -7,7 +7,9 @@ every violation it finds instead of stopping at the first.
 from __future__ import annotations
 
 import json
+import struct
 from collections import Counter, defaultdict
+from typing import Any
 
 from . import layout as L
 from .blockmap import BlockMaps, Lineage
@@ -16,6 +18,23 @@ from .model import FsckReport
 from .store import ChunkStore, Store, decode_chunk
 
 MAX_REPORTED = 200
+
+
+def _int(raw: bytes | None) -> int | None:
+    try:
+        return int(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
+def _record(raw: bytes) -> dict[str, Any] | None:
+    try:
+        rec = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(rec, dict) or not isinstance(rec.get("id"), str) or "state" not in rec:
+        return None
+    return rec
 
 
 def check_store(store: Store, chunks: ChunkStore, maps: BlockMaps) -> FsckReport:
@@ -32,20 +51,20 @@ def check_store(store: Store, chunks: ChunkStore, maps: BlockMaps) -> FsckReport
     with store.read() as txn:
         # I1 format
         fmt = txn.get(b"format", db=db["meta"])
-        if fmt is None or int(fmt) != L.FORMAT_VERSION:
+        if _int(fmt) != L.FORMAT_VERSION:
             bad(f"I1: format version is {fmt!r}, expected {L.FORMAT_VERSION}")
         cs = txn.get(b"chunk_size", db=db["meta"])
-        if cs is None or int(cs) != L.CHUNK_SIZE:
+        if _int(cs) != L.CHUNK_SIZE:
             bad(f"I1: chunk size is {cs!r}, expected {L.CHUNK_SIZE}")
 
         # lineages
         lineages: dict[int, Lineage] = {}
         for k, v in txn.cursor(db=db["lineages"]):
-            lid = L.read_u64(k)
             try:
+                lid = L.read_u64(k)
                 lineages[lid] = Lineage.from_json(lid, v)
-            except (ValueError, KeyError) as exc:
-                bad(f"I7: lineage {lid} record unreadable: {exc}")
+            except (ValueError, KeyError, TypeError, AttributeError, struct.error) as exc:
+                bad(f"I7: lineage record {k.hex()} unreadable: {exc}")
         stats["lineages"] = len(lineages)
 
         # maps: I2, I6 (membership, generation bound, one entry per interval)
@@ -57,7 +76,11 @@ def check_store(store: Store, chunks: ChunkStore, maps: BlockMaps) -> FsckReport
         last_seen: tuple[int, int] | None = None
         for k, v in txn.cursor(db=db["maps"]):
             stats["map_entries"] += 1
-            lid, idx, gen = L.parse_map_key(k)
+            try:
+                lid, idx, gen = L.parse_map_key(k)
+            except struct.error:
+                bad(f"I6: malformed map key {k.hex()}")
+                continue
             map_triples.add((lid, idx, gen))
             lin = lineages.get(lid)
             if lin is None:
@@ -87,7 +110,11 @@ def check_store(store: Store, chunks: ChunkStore, maps: BlockMaps) -> FsckReport
         for lid, lin in lineages.items():
             if lin.head is None:
                 continue
-            chain = maps.chain(txn, (lid, lin.head))
+            try:
+                chain = maps.chain(txn, (lid, lin.head))
+            except CorruptStore as exc:
+                bad(f"I7: lineage {lid} cannot be read through its bases: {exc}")
+                continue
             n = len(maps.visible(txn, chain))
             if n != lin.allocated:
                 bad(f"I8: lineage {lid} records {lin.allocated} allocated chunks, "
@@ -103,8 +130,8 @@ def check_store(store: Store, chunks: ChunkStore, maps: BlockMaps) -> FsckReport
                 continue
             try:
                 data = decode_chunk(v)
-            except CorruptStore as exc:
-                bad(f"I3: chunk {k.hex()}: {exc}")
+            except (CorruptStore, IndexError) as exc:
+                bad(f"I3: chunk {k.hex()} does not decode: {exc or 'empty value'}")
                 continue
             fp = chunks.fingerprints(data)[0]
             if fp is None:
@@ -113,7 +140,11 @@ def check_store(store: Store, chunks: ChunkStore, maps: BlockMaps) -> FsckReport
                 bad(f"I3: chunk {k.hex()} does not match its fingerprint")
             want = refcount.get(k, 0)
             raw = txn.get(k, db=db["refs"])
-            have = L.read_u64(raw) if raw else 0
+            try:
+                have = L.read_u64(raw) if raw else 0
+            except struct.error:
+                bad(f"I4: reference count of chunk {k.hex()} is malformed")
+                continue
             if want == 0:
                 bad(f"I4: chunk {k.hex()} is stored but nothing references it (orphan)")
             if have != want:
@@ -128,7 +159,11 @@ def check_store(store: Store, chunks: ChunkStore, maps: BlockMaps) -> FsckReport
         # I5 gens index
         gen_triples = set()
         for k in txn.cursor(db=db["gens"]).iternext(keys=True, values=False):
-            lid, gen, idx = L.parse_gen_key(k)
+            try:
+                lid, gen, idx = L.parse_gen_key(k)
+            except struct.error:
+                bad(f"I5: malformed gens key {k.hex()}")
+                continue
             gen_triples.add((lid, idx, gen))
         for t in sorted(map_triples - gen_triples)[:20]:
             bad(f"I5: map entry {t[0]}/{t[1]}/{t[2]} is missing from the gens index")
@@ -139,7 +174,10 @@ def check_store(store: Store, chunks: ChunkStore, maps: BlockMaps) -> FsckReport
         owners: dict[int, str] = {}
         for k, v in txn.cursor(db=db["volumes"]):
             stats["volumes"] += 1
-            rec = json.loads(v)
+            rec = _record(v)
+            if rec is None:
+                bad(f"I7: volume record {k!r} is unreadable")
+                continue
             lin = lineages.get(rec.get("lineage"))
             if lin is None:
                 bad(f"I7: volume {rec['id']} names missing lineage {rec.get('lineage')}")
@@ -150,7 +188,10 @@ def check_store(store: Store, chunks: ChunkStore, maps: BlockMaps) -> FsckReport
         snaps_at: set[tuple[int, int]] = set()
         for k, v in txn.cursor(db=db["snapshots"]):
             stats["snapshots"] += 1
-            rec = json.loads(v)
+            rec = _record(v)
+            if rec is None:
+                bad(f"I7: snapshot record {k!r} is unreadable")
+                continue
             if rec["state"] == "error":
                 continue
             lin = lineages.get(rec.get("lineage"))

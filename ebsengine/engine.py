@@ -20,7 +20,7 @@ from . import layout as L
 from .blockmap import BlockMaps, Lineage
 from .errors import (EbsError, IncorrectState, InvalidParameter, MissingParameter,
                      SnapshotNotFound, VolumeInUse, VolumeNotFound)
-from .model import (FsckReport, Snapshot, Usage, Volume, check_id, new_id,
+from .model import (FsckReport, Snapshot, Usage, Volume, check_id, check_int, new_id,
                     validate_volume_spec)
 from .store import DEFAULT_MAP_SIZE, DEFAULT_ZSTD_LEVEL, ChunkStore, Store, decode_chunk
 from .volume import Device, SnapshotView, VolumeCache
@@ -41,6 +41,8 @@ def default_store_path() -> str:
 
 
 def _check_tags(tags: dict[str, str] | None) -> dict[str, str]:
+    if tags is not None and not isinstance(tags, dict):
+        raise InvalidParameter(f"Tags must be a mapping of key to value, not {type(tags).__name__}")
     tags = dict(tags or {})
     if len(tags) > MAX_TAGS:
         raise InvalidParameter(f"A resource can have at most {MAX_TAGS} tags.")
@@ -144,6 +146,7 @@ class Engine:
         """
         if size_gib is None and snapshot_id is None:
             raise MissingParameter("The request must contain the parameter size or snapshotId")
+        check_int("size", size_gib)
         tags = _check_tags(tags)
         if kms_key_id is not None and not encrypted:
             raise MissingParameter("The parameter KmsKeyId requires the parameter Encrypted "
@@ -209,6 +212,7 @@ class Engine:
                 lin.allocated = 0
                 self._maps.drop_point(txn, lin, head)
                 txn.delete(volume_id.encode(), db=self._store.db["volumes"])
+            self._store.after_free()
             if cache is not None:
                 with cache.lock:
                     cache.deleted = True
@@ -389,6 +393,7 @@ class Engine:
                 del lin.points[rec["gen"]]
                 self._maps.drop_point(txn, lin, rec["gen"])
             txn.delete(snapshot_id.encode(), db=self._store.db["snapshots"])
+        self._store.after_free()
 
     def copy_snapshot(self, snapshot_id: str, description: str = "",
                       tags: dict[str, str] | None = None) -> Snapshot:
@@ -465,7 +470,8 @@ class Engine:
     def read_snapshot_block(self, snapshot_id: str, block_index: int) -> bytes:
         """The 524,288 bytes of one block of a completed snapshot."""
         with self.open_snapshot(snapshot_id) as dev:
-            if not 0 <= block_index < dev.size // L.BLOCK_SIZE:
+            if isinstance(block_index, bool) or not isinstance(block_index, int) or \
+                    not 0 <= block_index < dev.size // L.BLOCK_SIZE:
                 raise InvalidParameter(f"Block index {block_index} is beyond the volume size "
                                        f"extent.", code="INVALID_BLOCK")
             return dev.pread(L.BLOCK_SIZE, block_index * L.BLOCK_SIZE)
@@ -585,6 +591,8 @@ class Engine:
     # --- tags -------------------------------------------------------------------------------
 
     def _retag(self, resource_id: str, change: Callable[[dict[str, str]], dict[str, str]]) -> None:
+        if not isinstance(resource_id, str):
+            raise InvalidParameter(f"Resource id {resource_id!r} is not a volume or snapshot")
         with self._store.write() as txn:
             if resource_id.startswith("vol-"):
                 rec = self._vol_rec(txn, resource_id)

@@ -29,6 +29,13 @@ def check_id(value: str, prefix: str) -> None:
         raise MalformedId(f'Invalid id: "{value}" (expecting "{prefix}-...")')
 
 
+def check_int(name: str, value: object) -> None:
+    """Refuse a present value that is not a whole number (bools included)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise InvalidParameter(f"Value ({value!r}) for parameter {name} is invalid: "
+                               f"expected a whole number.")
+
+
 @dataclass(frozen=True)
 class TypeRule:
     min_gib: int
@@ -70,8 +77,9 @@ def validate_volume_spec(volume_type: str, size_gib: int, iops: int | None,
     if rule is None:
         raise InvalidParameter(f"The volume type '{volume_type}' is not valid. Valid types: "
                                + ", ".join(VOLUME_TYPES))
-    if isinstance(size_gib, bool) or not isinstance(size_gib, int):
-        raise InvalidParameter(f"Volume size must be a whole number of GiB, not {size_gib!r}")
+    check_int("size", size_gib)
+    check_int("iops", iops)
+    check_int("throughput", throughput)
     if not rule.min_gib <= size_gib <= rule.max_gib:
         raise InvalidParameter(f"Volume of {size_gib}GiB is out of range for volume type "
                                f"{volume_type}: size must be {rule.min_gib}-{rule.max_gib} GiB")

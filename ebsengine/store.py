@@ -56,20 +56,26 @@ class Store:
         if fmt is None:
             if self.readonly:
                 raise FormatError(f"{self.path} is not an ebsengine store")
+            with self.env.begin() as txn:
+                used = [n for n in L.DBS if n != "meta" and txn.stat(self.db[n])["entries"]]
+            if used:  # data without a format record: never re-initialise over it
+                raise FormatError(f"{self.path} holds data ({', '.join(used)}) but no format "
+                                  f"record; refusing to open it")
             with self.write() as txn:
                 txn.put(b"format", str(L.FORMAT_VERSION).encode(), db=self.db["meta"])
                 txn.put(b"chunk_size", str(L.CHUNK_SIZE).encode(), db=self.db["meta"])
                 txn.put(b"zstd_level", str(zstd_level).encode(), db=self.db["meta"])
                 txn.put(b"next_lineage", L.u64(1), db=self.db["meta"])
             fmt = str(L.FORMAT_VERSION).encode()
-        if int(fmt) != L.FORMAT_VERSION:
-            raise FormatError(f"store format {fmt.decode()} is not supported "
+        if not fmt.isdigit() or int(fmt) != L.FORMAT_VERSION:
+            raise FormatError(f"store format {fmt!r} is not supported "
                               f"(this ebsengine reads format {L.FORMAT_VERSION})")
         with self.env.begin(db=self.db["meta"]) as txn:
-            cs = int(txn.get(b"chunk_size", b"0"))
-            self.zstd_level = int(txn.get(b"zstd_level", str(DEFAULT_ZSTD_LEVEL).encode()))
-        if cs != L.CHUNK_SIZE:
-            raise FormatError(f"store chunk size {cs} differs from {L.CHUNK_SIZE}")
+            cs = txn.get(b"chunk_size", b"")
+            level = txn.get(b"zstd_level", str(DEFAULT_ZSTD_LEVEL).encode())
+        if not cs.isdigit() or int(cs) != L.CHUNK_SIZE:
+            raise FormatError(f"store chunk size {cs!r} differs from {L.CHUNK_SIZE}")
+        self.zstd_level = int(level) if level.lstrip(b"-").isdigit() else DEFAULT_ZSTD_LEVEL
 
     @contextlib.contextmanager
     def write(self) -> Iterator[lmdb.Transaction]:
@@ -85,13 +91,40 @@ class Store:
                 raise _translate(exc) from exc
             try:
                 yield txn
+                txn.commit()
+            except lmdb.Error as exc:
+                txn.abort()
+                err = _translate(exc)
+                if isinstance(err, StoreFull):
+                    self._advance()
+                raise err from exc
             except BaseException:
                 txn.abort()
                 raise
+
+    def _advance(self) -> None:
+        """Commit two tiny transactions (best effort).
+
+        LMDB hands pages freed by commit N to writers only from commit N+2 on, and a refused
+        (aborted) transaction does not move that clock. After a "full" refusal, or after a
+        delete when the map is nearly full, this makes freed space usable by the very next
+        request instead of leaving every retry refused.
+        """
+        for _ in range(2):
             try:
-                txn.commit()
-            except lmdb.Error as exc:
-                raise _translate(exc) from exc
+                with self.env.begin(write=True) as txn:
+                    # dirties a page and leaves the content as it was
+                    txn.put(b"tick", b"", db=self.db["meta"])
+                    txn.delete(b"tick", db=self.db["meta"])
+            except lmdb.Error:
+                return
+
+    def after_free(self) -> None:
+        """Call after a transaction that freed space (deletes): see :meth:`_advance`."""
+        info = self.env.info()
+        if (info["last_pgno"] + 1) * self.env.stat()["psize"] > 0.8 * info["map_size"]:
+            with self.write_lock:
+                self._advance()
 
     def read(self) -> lmdb.Transaction:
         """A read-only snapshot transaction (use as a context manager)."""
