@@ -343,6 +343,7 @@ class Device(io.RawIOBase):
         self._src = src
         self._on_close = on_close
         self._pos = 0
+        self._finalizing = False
         self.id = src.id
 
     # --- properties -------------------------------------------------------------------------
@@ -416,7 +417,7 @@ class Device(io.RawIOBase):
 
     def flush(self) -> None:
         """Make every acknowledged write of this volume durable (all devices of it)."""
-        if self.closed:
+        if self.closed or self._finalizing:
             return
         if not self._src.readonly:
             assert isinstance(self._src, VolumeCache)
@@ -475,3 +476,13 @@ class Device(io.RawIOBase):
 
     def __enter__(self) -> "Device":
         return self
+
+    def __del__(self) -> None:
+        # A device dropped without close() releases its volume but does not flush here: a
+        # finalizer may run at any point (inside a lock, inside the executor), so its writes
+        # stay in the volume's shared cache until the next flush or Engine.close().
+        self._finalizing = True
+        try:
+            self.close()
+        except Exception:
+            pass
