@@ -367,3 +367,20 @@ def test_concurrent_puts_share_commits_and_complete(aws: Aws) -> None:
                               ChecksumAlgorithm="SHA256", ChecksumAggregationMethod="LINEAR")
     assert all_blocks(aws.ebs, sid) == blocks
     assert aws.engine.service_items("aws.block", sid + "/") == []      # records dropped once completed
+
+
+def test_oversized_body_is_refused(aws: Aws) -> None:
+    sid = aws.ebs.start_snapshot(VolumeSize=1)["SnapshotId"]
+    data = b"x" * (4 * BLOCK)
+    req = urllib.request.Request(f"{aws.url}/snapshots/{sid}/blocks/0", data=data, method="PUT",
+                                 headers={"x-amz-Data-Length": str(len(data)), "x-amz-Checksum": sha_b64(data),
+                                          "x-amz-Checksum-Algorithm": "SHA256"})
+    with aws.unchanged():
+        try:
+            urllib.request.urlopen(req)
+            raise AssertionError("expected an HTTP error")
+        except urllib.error.HTTPError as err:
+            with err:
+                assert err.code == 413 and err.headers["x-amzn-ErrorType"] == "ValidationException"
+        except (ConnectionResetError, BrokenPipeError):
+            pass  # the server may close before the client finished sending

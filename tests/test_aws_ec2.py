@@ -249,6 +249,11 @@ def test_describe_volumes_modifications_filters_and_pages(aws: Aws) -> None:
     assert "NextToken" not in rest
     expect_error(aws.ec2.describe_volumes_modifications, "InvalidVolume.NotFound", 400,
                  VolumeIds=["vol-0000000000000dead"])
+    never = aws.volume(1)
+    r = expect_error(aws.ec2.describe_volumes_modifications, "InvalidVolumeModification.NotFound", 400,
+                     VolumeIds=[vols[1], never])
+    assert r["Error"]["Message"] == f"Modification for volume '{never}' does not exist."
+    assert never not in {m["VolumeId"] for m in aws.ec2.describe_volumes_modifications()["VolumesModifications"]}
 
 
 # --- snapshots -----------------------------------------------------------------------------

@@ -501,6 +501,9 @@ class Ec2Model:
         for vid, history in self.engine.service_items(NS_VOLMOD):
             if vid in vols and history and (not ids or vid in ids):
                 recs.append(self._mod_view(history[-1], now))
+        for vid in ids or []:
+            if not any(r["VolumeId"] == vid for r in recs):
+                raise ApiError("InvalidVolumeModification.NotFound", f"Modification for volume '{vid}' does not exist.")
         s = str
         table: dict[str, Extractor] = {
             "volume-id": lambda r: [r["VolumeId"]],

@@ -208,7 +208,13 @@ class AwsApp:
 
 
 class _QuietHandler(WSGIRequestHandler):
-    """werkzeug's handler without the per-request access log line."""
+    """werkzeug's handler without the per-request access log line.
+
+    ``timeout`` bounds every socket read/write, so a stalled client cannot hold
+    :meth:`ApiServer.stop` (which waits for in-flight requests) for ever.
+    """
+
+    timeout = 60
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         return None
@@ -222,7 +228,8 @@ class ApiServer:
 
     ``ApiServer(engine, host="127.0.0.1", port=8788, **app_options)``; ``port=0`` picks a
     free port. ``start()`` returns once the socket listens; ``url`` is then
-    ``http://host:port``. ``stop()`` finishes in-flight requests and closes the socket.
+    ``http://host:port``. ``stop()`` stops accepting, waits for in-flight requests to finish
+    and closes the socket.
     ``app_options`` go to :class:`AwsApp` (``default_region``, ``account_id``, ``instances``,
     ``modification``, ``authenticator``, ``clock``).
     """
@@ -250,7 +257,10 @@ class ApiServer:
             return self
         server = make_server(self.host, self._requested_port, self.app, threaded=True,
                              request_handler=_QuietHandler)
-        server.daemon_threads = True
+        # stop() waits for in-flight requests (server_close joins request threads), so none
+        # of them can touch the engine after the caller closes it
+        server.daemon_threads = False
+        server.block_on_close = True
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name=f"aws-api:{self.port}", daemon=True)
         self._thread.start()
