@@ -39,6 +39,13 @@ log = logging.getLogger("ebsengine.nbd")
 DEFAULT_INLINE_LIMIT = 256 * 1024
 # Structured reads shorter than this skip the extent lookup and go out as one data chunk.
 HOLE_SCAN_MIN = 64 * 1024
+# Input is read in gulps of up to this many bytes, so one recv() can carry many pipelined
+# requests; payloads at least BIG_PAYLOAD long bypass the buffer (no extra copy).
+RECV_SIZE = 256 * 1024
+BIG_PAYLOAD = 64 * 1024
+# Replies of requests run on the reader thread are corked while more requests are already
+# buffered, and sent in one write before the reader would block (or past this many bytes).
+CORK_LIMIT = 128 * 1024
 
 _KNOWN_FLAGS = {
     p.CMD_READ: p.CMD_FLAG_FUA | p.CMD_FLAG_DF,
@@ -115,10 +122,16 @@ class Transmission:
         self._inflight = 0
         self._dirty = False
         self._broken = False  # a reply could not be sent: stop serving
+        self._in = b""  # buffered input and the read position in it
+        self._inpos = 0
+        self._out: list[bytes | bytearray | memoryview] = []  # corked replies (send_lock)
+        self._outlen = 0
+        self._reader_id: int | None = None
 
     # --- the reader loop ------------------------------------------------------------------
 
     def run(self) -> None:
+        self._reader_id = threading.get_ident()
         try:
             self._loop()
         except p.Disconnect:
@@ -126,14 +139,69 @@ class Transmission:
         except OSError as exc:
             log.debug("nbd: connection error: %s", exc)
         finally:
+            self._flush_out()
             self._finish()
 
-    def _loop(self) -> None:
+    def _recv(self, n: int) -> bytes:
+        """Exactly ``n`` bytes of input, from the buffer first (Disconnect on EOF)."""
+        buf, pos = self._in, self._inpos
+        end = pos + n
+        if end <= len(buf):
+            self._inpos = end
+            return buf[pos:end]
+        head = buf[pos:]
+        self._in, self._inpos = b"", 0
+        need = n - len(head)
+        if need >= BIG_PAYLOAD:
+            self._flush_out()  # we may block: let the client have its replies first
+            body = p.recv_exact(self.sock, need)
+            return head + body if head else body
+        data = head + self._fill(need)
+        self._in, self._inpos = data, n
+        return data[:n]
+
+    def _fill(self, need: int) -> bytes:
+        """At least ``need`` more bytes: whatever is there, flushing corked replies before
+        any recv() that would block."""
         sock = self.sock
+        chunk: bytes | None = None
+        if self._out:
+            try:
+                chunk = sock.recv(max(need, RECV_SIZE), socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                chunk = None
+            if chunk is None:
+                self._flush_out()
+        if chunk is None:
+            chunk = sock.recv(max(need, RECV_SIZE))
+        if not chunk:
+            raise p.Disconnect("peer closed the connection")
+        if len(chunk) >= need:
+            return chunk
+        parts = [chunk]
+        got = len(chunk)
+        while got < need:
+            more = sock.recv(max(need - got, RECV_SIZE))
+            if not more:
+                raise p.Disconnect("peer closed the connection mid-frame")
+            parts.append(more)
+            got += len(more)
+        return b"".join(parts)
+
+    def _drain(self, n: int) -> None:
+        """Discard ``n`` bytes of input (a refused WRITE's payload)."""
+        avail = len(self._in) - self._inpos
+        take = min(avail, n)
+        self._inpos += take
+        if n > take:
+            self._flush_out()
+            p.drain(self.sock, n - take)
+
+    def _loop(self) -> None:
         unpack = p.REQUEST.unpack
-        recv = p.recv_exact
+        recv = self._recv
         while not self._broken:
-            magic, flags, cmd, cookie, offset, length = unpack(recv(sock, 28))
+            magic, flags, cmd, cookie, offset, length = unpack(recv(28))
             if magic != p.REQUEST_MAGIC:
                 log.info("nbd: bad request magic %#x; closing (framing lost)", magic)
                 return
@@ -141,9 +209,9 @@ class Transmission:
             data = b""
             if cmd == p.CMD_WRITE:
                 if error:
-                    p.drain(sock, length)  # keep the stream in frame
+                    self._drain(length)  # keep the stream in frame
                 else:
-                    data = recv(sock, length)
+                    data = recv(length)
             if error:
                 log.debug("nbd: refused %s: %s", p.CMD_NAMES.get(cmd, cmd), why)
                 self._send_error(cmd, cookie, error, why)
@@ -372,15 +440,43 @@ class Transmission:
             self._send([p.simple_reply(cookie, error)])
 
     def _send(self, buffers: list[bytes | bytearray | memoryview]) -> None:
+        """Send one whole reply; the reader thread's replies are corked (see ``_fill``)."""
         try:
             with self.send_lock:
-                p.send_all(self.sock, buffers)
+                if threading.get_ident() == self._reader_id:
+                    self._out.extend(buffers)
+                    self._outlen += sum(len(b) for b in buffers)
+                    if self._outlen >= CORK_LIMIT:
+                        self._send_out_locked()
+                else:
+                    if self._out:
+                        self._send_out_locked()
+                    p.send_all(self.sock, buffers)
         except OSError as exc:
-            # The client is gone (or we are shutting down): stop reading more requests.
-            if not self._broken:
-                log.debug("nbd: reply could not be sent: %s", exc)
-            self._broken = True
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            self._lost(exc)
+
+    def _flush_out(self) -> None:
+        if not self._out:
+            return
+        try:
+            with self.send_lock:
+                self._send_out_locked()
+        except OSError as exc:
+            self._lost(exc)
+
+    def _send_out_locked(self) -> None:
+        out = self._out
+        self._out = []
+        self._outlen = 0
+        if out:
+            p.send_all(self.sock, out)
+
+    def _lost(self, exc: OSError) -> None:
+        # The client is gone (or we are shutting down): stop reading more requests.
+        if not self._broken:
+            log.debug("nbd: reply could not be sent: %s", exc)
+        self._broken = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
