@@ -53,6 +53,37 @@ def is_mounted(path: Path) -> bool:
     return subprocess.run(["findmnt", "-n", "-M", str(path)], capture_output=True).returncode == 0
 
 
+def abort_fuse(fuse: Path) -> None:
+    """Last resort for a hung server (MOUNT_TESTING.md §6): abort the FUSE connection, which
+    fails the blocked I/O so that umount and fusermount3 can proceed."""
+    minor = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == str(fuse):
+                minor = fields[2].split(":")[1]
+    if minor is None:
+        return
+    conn = Path("/sys/fs/fuse/connections")
+    if not (conn / minor).exists():
+        subprocess.run(["mount", "-t", "fusectl", "none", str(conn)], capture_output=True)
+    try:
+        (conn / minor / "abort").write_text("1")
+    except OSError:
+        pass
+
+
+def run_or_abort(cmd: list[str], fuse: Path, timeout: float = 60) -> int:
+    """Run ``cmd``; if it hangs (I/O stuck behind FUSE), abort the FUSE connection."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        abort_fuse(fuse)
+        proc.kill()
+        return proc.wait(30)
+
+
 class Pipeline:
     """nbdfuse exposures and loop mounts under one tmp dir, torn down in the safe order."""
 
@@ -86,11 +117,11 @@ class Pipeline:
             return
         if is_mounted(self.fuse):
             for _ in range(5):
-                if sh("fusermount3", "-u", str(self.fuse), check=False).returncode == 0:
+                if run_or_abort(["fusermount3", "-u", str(self.fuse)], self.fuse) == 0:
                     break
                 time.sleep(0.2)
             else:
-                sh("fusermount3", "-uz", str(self.fuse), check=False)
+                run_or_abort(["fusermount3", "-uz", str(self.fuse)], self.fuse)
         try:
             rc = self.nbdfuse.wait(15)
         except subprocess.TimeoutExpired:
@@ -106,8 +137,8 @@ class Pipeline:
     def umount(self) -> None:
         os.chdir(self.tmp)  # never hold the mountpoint busy
         if is_mounted(self.mnt):
-            if sh("umount", str(self.mnt), check=False).returncode != 0:
-                sh("umount", "-l", str(self.mnt), check=False)
+            if run_or_abort(["umount", str(self.mnt)], self.fuse) != 0:
+                run_or_abort(["umount", "-l", str(self.mnt)], self.fuse)
         out = subprocess.run(["losetup", "-n", "-O", "NAME", "-j", str(self.img)],
                              capture_output=True, text=True).stdout.split()
         for loop in out:
