@@ -10,7 +10,11 @@ Threading protocol (one connection):
   TRIM, WRITE_ZEROES, large READ / WRITE) go to the server's shared :class:`WorkerPool`,
   so replies may overtake each other, as the protocol allows;
 * every reply is written whole under ``send_lock``, so chunks of different replies never
-  interleave mid-frame;
+  interleave mid-frame. Input is read in large gulps (one recv() may hold many pipelined
+  requests), and replies of requests run on the reader thread are *corked*: collected and
+  sent in one write just before the reader would block waiting for input (or once
+  ``CORK_LIMIT`` bytes are waiting), so a deep queue costs a few syscalls per batch rather
+  than three per request, and a lone request (QD1) is answered at once;
 * on DISC, EOF or shutdown the reader stops reading, waits until the in-flight count drops
   to zero, flushes the device if this connection changed it, and closes the device.
 
