@@ -165,7 +165,7 @@ def test_delete_volume_and_waiters_finish_at_first_poll(aws: Aws) -> None:
         expect_error(aws.ec2.delete_volume, "InvalidVolumeID.Malformed", 400, VolumeId="nope")
     assert aws.ec2.delete_volume(VolumeId=vid)["ResponseMetadata"]["HTTPStatusCode"] == 200
     aws.ec2.get_waiter("volume_deleted").wait(VolumeIds=[vid])
-    assert time.monotonic() - t0 < 5          # waiters delay 15 s between polls: none was needed
+    assert time.monotonic() - t0 < 14         # waiters delay 15 s between polls: none was needed
     expect_error(aws.ec2.delete_volume, "InvalidVolume.NotFound", 400, VolumeId=vid)
     # the snapshot outlives its volume
     assert aws.ec2.describe_snapshots(SnapshotIds=[sid])["Snapshots"][0]["State"] == "completed"
@@ -212,25 +212,48 @@ def test_modify_volume_refusals(aws: Aws) -> None:
     assert aws.engine.get_volume(vid).size_gib == 12
 
 
+class _Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_modification_states_and_incorrect_modification_state(tmp_path: Any) -> None:
-    a = Aws(str(tmp_path / "s"), modification=ModificationRules(modifying_seconds=0.6, optimizing_seconds=0.6))
+    clock = _Clock()
+    a = Aws(str(tmp_path / "s"), clock=clock,
+            modification=ModificationRules(modifying_seconds=60, optimizing_seconds=120))
     try:
         vid = a.volume(4)
         a.ec2.modify_volume(VolumeId=vid, Size=5)
         state = a.ec2.describe_volumes_modifications(VolumeIds=[vid])["VolumesModifications"][0]
-        assert state["ModificationState"] == "modifying"
+        assert state["ModificationState"] == "modifying" and state["Progress"] == 0
         with a.unchanged():
             resp = expect_error(a.ec2.modify_volume, "IncorrectModificationState", 400, VolumeId=vid, Size=6)
         assert "MODIFYING" in resp["Error"]["Message"]
-        time.sleep(0.7)
+        clock.now += 30
+        assert a.ec2.describe_volumes_modifications(VolumeIds=[vid])["VolumesModifications"][0]["Progress"] == 25
+        clock.now += 60
         got = a.ec2.describe_volumes_modifications(
             Filters=[{"Name": "modification-state", "Values": ["optimizing"]}])["VolumesModifications"]
         assert [m["VolumeId"] for m in got] == [vid]
-        time.sleep(0.6)
+        resp = expect_error(a.ec2.modify_volume, "IncorrectModificationState", 400, VolumeId=vid, Size=6)
+        assert "OPTIMIZING" in resp["Error"]["Message"]
+        clock.now += 120
         got = a.ec2.describe_volumes_modifications(
             Filters=[{"Name": "modification-state", "Values": ["completed"]}])["VolumesModifications"]
         assert [m["VolumeId"] for m in got] == [vid]
+        assert got[0]["EndTime"].timestamp() == pytest.approx(got[0]["StartTime"].timestamp() + 180, abs=1)
         a.ec2.modify_volume(VolumeId=vid, Size=6)
+        # the rate limit counts a rolling window: 4 in 24 h, the 5th waits until the 1st ages out
+        for size in (7, 8):
+            clock.now += 200
+            a.ec2.modify_volume(VolumeId=vid, Size=size)
+        clock.now += 200
+        expect_error(a.ec2.modify_volume, "VolumeModificationRateExceeded", 400, VolumeId=vid, Size=9)
+        clock.now += 86400
+        a.ec2.modify_volume(VolumeId=vid, Size=9)
     finally:
         a.stop()
 
