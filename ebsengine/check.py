@@ -1,4 +1,4 @@
-"""``fsck``: verify every invariant written down in ``layout.py`` (I1-I8).
+"""``fsck``: verify every invariant written down in ``layout.py`` (I1-I9).
 
 The check reads one LMDB snapshot, so it may run while other processes write. It reports
 every violation it finds instead of stopping at the first.
@@ -205,6 +205,15 @@ def check_store(store: Store, chunks: ChunkStore, maps: BlockMaps) -> FsckReport
                 bad(f"I7: snapshot {rec['id']} is not point {rec['gen']} of lineage {lin.id}")
             else:
                 snaps_at.add((lin.id, rec["gen"]))
+        # I9 checksums of pending snapshots' blocks
+        for k in txn.cursor(db=db["blocksums"]).iternext(keys=True, values=False):
+            sid, sep, blk = k.partition(b"\x00")
+            raw = txn.get(sid, db=db["snapshots"]) if sep and len(blk) == 4 else None
+            rec = _record(raw) if raw is not None else None
+            if rec is None or rec["state"] != "pending":
+                bad(f"I9: block checksum {k!r} does not belong to a pending snapshot")
+            elif int.from_bytes(blk, "big") >= rec["volume_size_gib"] * L.GIB // L.BLOCK_SIZE:
+                bad(f"I9: block checksum {k!r} names a block beyond its snapshot")
         pins: Counter[tuple[int, int]] = Counter()
         for lid, lin in lineages.items():
             for g, sid in lin.points.items():

@@ -22,7 +22,8 @@ from .errors import (EbsError, IncorrectState, InvalidParameter, MissingParamete
                      SnapshotNotFound, VolumeInUse, VolumeNotFound)
 from .model import (FsckReport, Snapshot, Usage, Volume, check_id, check_int, new_id,
                     validate_volume_spec)
-from .store import DEFAULT_MAP_SIZE, DEFAULT_ZSTD_LEVEL, ChunkStore, Store, decode_chunk
+from .store import (DEFAULT_MAP_SIZE, DEFAULT_ZSTD_LEVEL, ChunkStore, Store, decode_chunk,
+                    encode_chunk)
 from .volume import Device, SnapshotView, VolumeCache
 
 DEFAULT_DIRTY_LIMIT = 256 * 1024 * 1024
@@ -508,22 +509,32 @@ class Engine:
         return snap
 
     def put_snapshot_block(self, snapshot_id: str, block_index: int, data: bytes | memoryview,
-                           progress: int | None = None) -> None:
-        """Write one 512 KiB block of a pending snapshot (durable on return)."""
+                           progress: int | None = None, checksum: str | None = None) -> None:
+        """Write one 512 KiB block of a pending snapshot (durable on return).
+
+        ``checksum`` (opaque text, e.g. the client's base64 SHA-256) is kept with the block
+        until the snapshot completes: see :meth:`snapshot_block_checksums`. Concurrent calls
+        share commits (group commit), so parallel uploaders are not serialised on fsync.
+        """
+        with self._store.coming():
+            self._put_block(snapshot_id, block_index, data, progress, checksum)
+
+    def _put_block(self, snapshot_id: str, block_index: int, data: bytes | memoryview,
+                   progress: int | None, checksum: str | None) -> None:
         mv = memoryview(data).cast("B")
         if len(mv) != L.BLOCK_SIZE:
             raise InvalidParameter(f"Block data must be exactly {L.BLOCK_SIZE} bytes, "
                                    f"not {len(mv)}.", code="INVALID_BLOCK")
         fps = self._chunks.fingerprints(mv)
+        pieces = [mv[i * L.CHUNK_SIZE:(i + 1) * L.CHUNK_SIZE] for i in range(len(fps))]
         with self._store.read() as txn:
             rec = self._snap_rec(txn, snapshot_id)
             self._check_block(rec, block_index)
-            todo = [i for i, fp in enumerate(fps) if fp is not None and self._chunks.find(
-                txn, fp, mv[i * L.CHUNK_SIZE:(i + 1) * L.CHUNK_SIZE]) is None]
-        from .store import encode_chunk
-        enc = {i: encode_chunk(mv[i * L.CHUNK_SIZE:(i + 1) * L.CHUNK_SIZE], self._chunks.level)
-               for i in todo}
-        with self._store.write() as txn:
+            todo = [i for i, fp in enumerate(fps)
+                    if fp is not None and self._chunks.find(txn, fp, pieces[i]) is None]
+        enc = {i: encode_chunk(pieces[i], self._chunks.level) for i in todo}
+
+        def apply(txn: lmdb.Transaction) -> None:
             rec = self._snap_rec(txn, snapshot_id)
             self._check_block(rec, block_index)
             lin = self._maps.load(txn, rec["lineage"])
@@ -531,14 +542,42 @@ class Engine:
             floor = self._maps.head_floor(lin)
             cur = txn.cursor(db=self._maps.maps)
             for i, fp in enumerate(fps):
-                piece = mv[i * L.CHUNK_SIZE:(i + 1) * L.CHUNK_SIZE]
-                key = None if fp is None else self._chunks.put(txn, fp, piece, enc.get(i))
+                key = None if fp is None else self._chunks.put(txn, fp, pieces[i], enc.get(i))
                 self._maps.set_head(txn, lin, chain, block_index * L.CHUNKS_PER_BLOCK + i, key,
                                     floor, cur)
             self._maps.save(txn, lin)
             if progress is not None:
                 rec["progress"] = max(0, min(100, int(progress)))
                 self._put_snap(txn, rec)
+            bkey = L.blocksum_key(snapshot_id, block_index)
+            if checksum is not None:
+                txn.put(bkey, checksum.encode(), db=self._store.db["blocksums"])
+            else:
+                txn.delete(bkey, db=self._store.db["blocksums"])
+
+        self._store.group(apply)
+
+    def snapshot_block_checksums(self, snapshot_id: str) -> dict[int, str]:
+        """``{block index: checksum}`` given with the blocks of a pending snapshot."""
+        prefix = snapshot_id.encode() + b"\x00"
+        out: dict[int, str] = {}
+        with self._store.read() as txn:
+            self._snap_rec(txn, snapshot_id)
+            cur = txn.cursor(db=self._store.db["blocksums"])
+            if cur.set_range(prefix):
+                for k, v in cur:
+                    if not k.startswith(prefix):
+                        break
+                    out[int.from_bytes(k[len(prefix):], "big")] = v.decode()
+        return out
+
+    def _drop_blocksums(self, txn: lmdb.Transaction, snapshot_id: str) -> None:
+        prefix = snapshot_id.encode() + b"\x00"
+        cur = txn.cursor(db=self._store.db["blocksums"])
+        if cur.set_range(prefix):
+            while cur.key().startswith(prefix):
+                if not cur.delete():
+                    break
 
     @staticmethod
     def _check_block(rec: dict[str, Any], block_index: int) -> None:
@@ -567,6 +606,7 @@ class Engine:
             lin.allocated = 0
             self._maps.save(txn, lin)
             self._put_snap(txn, rec)
+            self._drop_blocksums(txn, snapshot_id)
         return Snapshot.from_dict(rec)
 
     def fail_snapshot(self, snapshot_id: str) -> Snapshot:
@@ -587,6 +627,7 @@ class Engine:
         lin.head = None
         lin.owner = None
         self._maps.drop_point(txn, lin, head)
+        self._drop_blocksums(txn, rec["id"])
 
     # --- tags -------------------------------------------------------------------------------
 

@@ -49,6 +49,10 @@ Sub-databases (key -> value; integers are unsigned big-endian so byte order = nu
     ``lineage`` and ``gen``).
 ``service``
     ``namespace | 0x00 | key`` -> JSON, opaque to the engine (AWS model state and the like).
+``blocksums``
+    ``snapshot id | 0x00 | block u32`` -> ASCII checksum a client gave with a block of a
+    *pending* snapshot (EBS direct API: needed to check CompleteSnapshot's aggregate).
+    Written in the same commit as the block; dropped when the snapshot completes or fails.
 
 How a point in time is read
 ---------------------------
@@ -84,6 +88,7 @@ I7  Every volume names a lineage whose ``owner`` is that volume; every snapshot 
     ``base`` names a known lineage, and ``pins`` count exactly the lineages whose base is that
     generation. A lineage with no live point and no pin does not exist.
 I8  ``allocated`` of a lineage with a head equals the number of data chunks visible there.
+I9  ``blocksums`` entries belong to pending snapshots and name blocks inside them.
 """
 
 from __future__ import annotations
@@ -104,7 +109,8 @@ MAX_GEN = 0xFFFFFFFF
 CODEC_RAW = 0
 CODEC_ZSTD = 1
 
-DBS = ("meta", "chunks", "refs", "maps", "gens", "lineages", "volumes", "snapshots", "service")
+DBS = ("meta", "chunks", "refs", "maps", "gens", "lineages", "volumes", "snapshots", "service",
+       "blocksums")
 
 _MAPKEY = struct.Struct(">QII")
 _U64 = struct.Struct(">Q")
@@ -148,6 +154,10 @@ def u64(n: int) -> bytes:
 
 def read_u64(b: bytes) -> int:
     return _U64.unpack(b)[0]
+
+
+def blocksum_key(snapshot_id: str, block: int) -> bytes:
+    return snapshot_id.encode() + b"\x00" + _U32.pack(block)
 
 
 def service_key(namespace: str, key: str) -> bytes:

@@ -11,8 +11,9 @@ import contextlib
 import errno
 import os
 import threading
+import time
 from collections.abc import Iterator
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 import lmdb
 import zstandard
@@ -23,7 +24,9 @@ from .errors import CorruptStore, FormatError, StoreFull
 
 DEFAULT_MAP_SIZE = 1 << 40  # 1 TiB of address space; the file grows only as data is written
 DEFAULT_ZSTD_LEVEL = 1
+GROUP_LINGER = 0.004  # seconds a group-commit leader waits for announced callers
 
+T = TypeVar("T")
 Fingerprinter = Callable[[bytes | bytearray | memoryview, int], list]
 
 
@@ -48,6 +51,9 @@ class Store:
         self.readonly = readonly
         self.db = {name: self.env.open_db(name.encode(), create=not readonly) for name in L.DBS}
         self.write_lock = threading.RLock()
+        self._group_mutex = threading.Lock()
+        self._group_queue: list[_Job] = []
+        self._coming = 0
         self._init_meta(zstd_level)
 
     def _init_meta(self, zstd_level: int) -> None:
@@ -126,6 +132,61 @@ class Store:
             with self.write_lock:
                 self._advance()
 
+    def group(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        """Run ``fn(txn)`` in a write transaction shared with concurrent callers.
+
+        Group commit: callers queue their work; whoever takes the write lock first applies
+        every queued job, each in its own nested transaction (so one job's error undoes only
+        that job), and commits them all with one synced commit. Returns ``fn``'s result once
+        the commit holding it is durable, or raises its error (or the commit's).
+        """
+        job = _Job(fn)
+        with self._group_mutex:
+            self._group_queue.append(job)
+        with self.write_lock:
+            if not job.done:
+                # Callers still preparing (see :meth:`coming`) will queue within moments:
+                # waiting briefly for them turns several fsyncs into one.
+                deadline = time.monotonic() + GROUP_LINGER
+                while len(self._group_queue) < self._coming and time.monotonic() < deadline:
+                    time.sleep(0.0002)
+                with self._group_mutex:
+                    batch, self._group_queue = self._group_queue, []
+                try:
+                    with self.write() as txn:
+                        for j in batch:
+                            child = self.env.begin(write=True, parent=txn)
+                            try:
+                                j.result = j.fn(child)
+                                child.commit()
+                            except lmdb.Error as exc:
+                                child.abort()
+                                j.error = _translate(exc)
+                            except Exception as exc:
+                                child.abort()
+                                j.error = exc
+                except Exception as exc:
+                    for j in batch:
+                        if j.error is None:
+                            j.error, j.result = exc, None
+                finally:
+                    for j in batch:
+                        j.done = True
+        if job.error is not None:
+            raise job.error
+        return job.result  # type: ignore[return-value]
+
+    @contextlib.contextmanager
+    def coming(self) -> Iterator[None]:
+        """Announce a :meth:`group` call being prepared (lets the leader wait for it)."""
+        with self._group_mutex:
+            self._coming += 1
+        try:
+            yield
+        finally:
+            with self._group_mutex:
+                self._coming -= 1
+
     def read(self) -> lmdb.Transaction:
         """A read-only snapshot transaction (use as a context manager)."""
         return self.env.begin(buffers=False)
@@ -137,6 +198,16 @@ class Store:
 
     def close(self) -> None:
         self.env.close()
+
+
+class _Job:
+    __slots__ = ("fn", "done", "result", "error")
+
+    def __init__(self, fn: Callable[[lmdb.Transaction], object]) -> None:
+        self.fn = fn
+        self.done = False
+        self.result: object = None
+        self.error: BaseException | None = None
 
 
 def _translate(exc: lmdb.Error) -> Exception:

@@ -188,3 +188,36 @@ def test_engine_reopen_keeps_everything(store_path):
         with eng.open_volume(vid) as dev:
             assert dev.pread(len(images[-1]), 0) == images[-1]
         assert eng.fsck().ok
+
+
+def test_concurrent_block_puts_share_commits_and_fail_alone(eng):
+    """Group commit: parallel puts all land; a refused put (bad index) fails only itself and
+    leaves no trace; checksums ride along until completion."""
+    import threading
+
+    snap = eng.start_snapshot(1)
+    rng = random.Random(4)
+    blocks = {i: rng.randbytes(BS) for i in range(0, 64, 2)}
+    errors: list[Exception] = []
+
+    def put(items):
+        for i, data in items:
+            try:
+                eng.put_snapshot_block(snap.id, i, data, checksum=f"sum-{i}")
+            except Exception as exc:  # noqa: BLE001 - collected for the assertion below
+                errors.append(exc)
+
+    work = list(blocks.items()) + [(5000, bytes(BS))]
+    threads = [threading.Thread(target=put, args=(work[k::8],)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(errors) == 1 and isinstance(errors[0], InvalidParameter)
+    assert eng.snapshot_block_checksums(snap.id) == {i: f"sum-{i}" for i in blocks}
+    eng.complete_snapshot(snap.id)
+    assert eng.snapshot_block_checksums(snap.id) == {}
+    assert eng.list_snapshot_blocks(snap.id) == sorted(blocks)
+    for i, data in blocks.items():
+        assert eng.read_snapshot_block(snap.id, i) == data
+    assert eng.fsck().ok
