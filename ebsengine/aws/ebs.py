@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import threading
 import time
 from typing import Any
 
 from ebsengine import errors as engine_errors
 
 from .errors import ApiError
-from .store import NS_BLOCK, NS_DIRECT, SNAPSHOT_ID_RE, AwsStore, Context
+from .store import NS_DIRECT, SNAPSHOT_ID_RE, AwsStore, Context
 
 BLOCK_SIZE = 524288
 BLOCKS_PER_GIB = (1 << 30) // BLOCK_SIZE
@@ -45,67 +44,6 @@ def checksum(data: Any) -> str:
     return base64.b64encode(hashlib.sha256(data).digest()).decode()
 
 
-class _Batch:
-    __slots__ = ("items", "done", "error")
-
-    def __init__(self) -> None:
-        self.items: list[tuple[str, int, str]] = []
-        self.done = False
-        self.error: BaseException | None = None
-
-
-class ChecksumLog:
-    """Durable per-block checksums of pending snapshots, group-committed.
-
-    Each PutSnapshotBlock must not be acknowledged before its checksum is durable (the
-    aggregate and ChangedBlocksCount are checked against them at CompleteSnapshot, also
-    after a restart). One store commit per block would double the synchronous commits of
-    the upload, so concurrent puts share one: a put appends to the open batch, then the
-    first of them to get the commit lock closes the batch and writes it (one key per
-    snapshot: ``<snap>/<sequence>`` -> ``{index: checksum}``); the others find it done.
-    """
-
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
-        self._lock = threading.Lock()
-        self._commit = threading.Lock()
-        self._batch = _Batch()
-        self._seq = 0
-
-    def record(self, snap_id: str, index: int, digest: str) -> None:
-        with self._lock:
-            batch = self._batch
-            batch.items.append((snap_id, index, digest))
-        with self._commit:
-            if not batch.done:
-                with self._lock:
-                    self._batch = _Batch()
-                try:
-                    per_snap: dict[str, dict[str, str]] = {}
-                    for sid, idx, dig in batch.items:
-                        per_snap.setdefault(sid, {})[str(idx)] = dig
-                    for sid, entries in per_snap.items():
-                        self._seq += 1
-                        key = f"{sid}/{time.time_ns():020d}{self._seq % 1000:03d}"
-                        self.engine.service_put(NS_BLOCK, key, entries)
-                except BaseException as exc:  # every waiter of this batch sees the failure
-                    batch.error = exc
-                finally:
-                    batch.done = True
-        if batch.error is not None:
-            raise batch.error
-
-    def written(self, snap_id: str) -> tuple[dict[int, str], list[str]]:
-        """``({index: checksum}, keys)`` of everything recorded for ``snap_id``; later puts win."""
-        out: dict[int, str] = {}
-        keys = []
-        for key, entries in self.engine.service_items(NS_BLOCK, snap_id + "/"):
-            keys.append(key)
-            for idx, dig in entries.items():
-                out[int(idx)] = str(dig)
-        return out, keys
-
-
 class EbsModel:
     """The six EBS direct-API operations over an :class:`AwsStore`."""
 
@@ -123,7 +61,6 @@ class EbsModel:
         self.engine: Any = store.engine
         #: snapshot id -> last activity persisted (avoids one store write per block for Timeout)
         self._persisted_activity: dict[str, float] = {}
-        self.checksums = ChecksumLog(self.engine)
 
     def call(self, ctx: Context, action: str, params: Params) -> Result:
         return getattr(self, self.ACTIONS[action])(ctx, params)  # type: ignore[no-any-return]
@@ -251,8 +188,8 @@ class EbsModel:
         progress = p.get("Progress")
         if progress is not None and not 0 <= progress <= 100:
             raise _validation("Progress must be between 0 and 100", "INVALID_PARAMETER_VALUE")
-        self.engine.put_snapshot_block(snap.id, index, data)
-        self.checksums.record(snap.id, index, digest)
+        # The checksum is stored with the block in the same (group-)commit: durable together.
+        self.engine.put_snapshot_block(snap.id, index, data, checksum=digest)
         if progress is not None and progress != rec.get("progress"):
             self._touch(snap.id, rec, progress=progress)
         else:
@@ -262,7 +199,7 @@ class EbsModel:
     def complete_snapshot(self, ctx: Context, p: Params) -> Result:
         with self.store.lock:
             snap, rec = self._pending(ctx, p["SnapshotId"])
-            written, keys = self.checksums.written(snap.id)
+            written = self.engine.snapshot_block_checksums(snap.id)
             count = p["ChangedBlocksCount"]
             if count < 0 or count != len(written):
                 raise _validation(f"ChangedBlocksCount {count} does not match the {len(written)} blocks written",
@@ -283,8 +220,6 @@ class EbsModel:
                     raise _validation("The aggregated checksum does not match the blocks written",
                                       "INVALID_PARAMETER_VALUE")
             done = self.engine.complete_snapshot(snap.id)
-            for key in keys:
-                self.engine.service_put(NS_BLOCK, key, None)
             self.engine.service_put(NS_DIRECT, snap.id, None)
             self._persisted_activity.pop(snap.id, None)
         return {"Status": done.state}

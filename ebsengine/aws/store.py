@@ -42,7 +42,6 @@ from .errors import ApiError
 
 NS_SNAPSHOT = "aws.snapshot"
 NS_DIRECT = "aws.direct"
-NS_BLOCK = "aws.block"
 NS_VOLMOD = "aws.volmod"
 NS_SNAPATTR = "aws.snapattr"
 NS_TOKEN = "aws.token"
@@ -116,8 +115,6 @@ class AwsStore:
     def forget_snapshot(self, snap_id: str) -> None:
         for ns in (NS_SNAPSHOT, NS_DIRECT, NS_SNAPATTR):
             self.engine.service_put(ns, snap_id, None)
-        for key, _ in self.engine.service_items(NS_BLOCK, snap_id + "/"):
-            self.engine.service_put(NS_BLOCK, key, None)
 
     # region-scoped lookups (EC2 error codes; the EBS model translates)
 
