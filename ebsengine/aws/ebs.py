@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import time
 from typing import Any
 
 from ebsengine import errors as engine_errors
