@@ -89,8 +89,9 @@ class Server:
             )
             vol = sh([sys.executable, "-c", code], env=env).stdout.strip()
             bg = self.kind != "ours-nobg"
+            swi = "sys.setswitchinterval(0.0005); " if self.kind == "ours-swi" else ""
             code = (
-                "import sys; from ebsengine.nbd.server import serve; "
+                "import sys; from ebsengine.nbd.server import serve; " + swi +
                 f"sys.exit(serve({str(store)!r}, {str(self.sock)!r}, background_flush={bg}))"
             )
             cmd = [sys.executable, "-c", code]
@@ -192,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fio-runtime", type=float, default=10.0)
     ap.add_argument("--image", type=Path, default=None, help="raw image to copy (default: gen_image 2 GiB)")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "ebsengine-bench")
-    ap.add_argument("--variants", default="nbdkit,ours", help="comma list of nbdkit, ours, ours-nobg")
+    ap.add_argument("--variants", default="nbdkit,ours", help="comma list of nbdkit, ours, ours-nobg (no background flush), "
+                    "ours-swi (GIL switch interval 0.5 ms)")
     ap.add_argument("--skip", default="", help="comma list of steps to skip: in,out,fio,mount")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
