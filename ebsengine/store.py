@@ -293,12 +293,14 @@ class ChunkStore:
         cur = txn.cursor(db=self.chunks)
         if not cur.set_range(fp):
             return None
-        for key, value in cur:
+        while True:
+            key = cur.key()  # look at the key first: the neighbour's value is not copied
             if key[:L.FP_SIZE] != fp:
-                break
-            if decode_chunk(value) == data:
+                return None
+            if decode_chunk(cur.value()) == data:
                 return key
-        return None
+            if not cur.next():
+                return None
 
     def _free_key(self, txn: lmdb.Transaction, fp: bytes) -> bytes:
         cur = txn.cursor(db=self.chunks)
@@ -344,6 +346,11 @@ class ChunkStore:
     def refcount(self, txn: lmdb.Transaction, key: bytes) -> int:
         old = txn.get(key, db=self.refs)
         return L.read_u64(old) if old else 0
+
+
+def encode_list(datas: Sequence[bytes | memoryview], level: int) -> list[bytes]:
+    """Encode several chunks on one thread (one pool task per list: less overhead)."""
+    return [encode_chunk(d, level) for d in datas]
 
 
 def encode_many(datas: Sequence[bytes | memoryview], level: int,
