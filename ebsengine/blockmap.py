@@ -64,14 +64,29 @@ class BlockMaps:
         self.maps = store.db["maps"]
         self.gens = store.db["gens"]
         self.lineages = store.db["lineages"]
+        self._parsed: dict[int, tuple[bytes, Lineage]] = {}
 
     # --- lineage records --------------------------------------------------------------------
 
     def load(self, txn: lmdb.Transaction, lid: int) -> Lineage:
+        """The lineage record as stored in ``txn`` (a private copy: callers may change it).
+
+        Parsed records are cached by their exact stored bytes, so a read path that loads the
+        same unchanged record for every request skips the JSON decoding.
+        """
         raw = txn.get(L.lineage_key(lid), db=self.lineages)
         if raw is None:
             raise CorruptStore(f"lineage {lid} is referenced but missing")
-        return Lineage.from_json(lid, raw)
+        hit = self._parsed.get(lid)
+        if hit is None or hit[0] != raw:
+            hit = (raw, Lineage.from_json(lid, raw))
+            if len(self._parsed) > 4096:
+                self._parsed.clear()
+            self._parsed[lid] = hit
+        lin = hit[1]
+        return Lineage(id=lid, head=lin.head, owner=lin.owner,
+                       base=list(lin.base) if lin.base is not None else None,
+                       points=dict(lin.points), pins=dict(lin.pins), allocated=lin.allocated)
 
     def save(self, txn: lmdb.Transaction, lin: Lineage) -> None:
         txn.put(L.lineage_key(lin.id), lin.to_json(), db=self.lineages)

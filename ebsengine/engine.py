@@ -532,7 +532,7 @@ class Engine:
             rec = self._snap_rec(txn, snapshot_id)
             self._check_block(rec, block_index)
             todo = [i for i, fp in enumerate(fps)
-                    if fp is not None and self._chunks.find(txn, fp, pieces[i]) is None]
+                    if fp is not None and not self._chunks.maybe_stored(txn, fp)]
         enc = {i: encode_chunk(pieces[i], self._chunks.level) for i in todo}
 
         def apply(txn: lmdb.Transaction) -> None:

@@ -302,6 +302,11 @@ class ChunkStore:
             if not cur.next():
                 return None
 
+    def maybe_stored(self, txn: lmdb.Transaction, fp: bytes) -> bool:
+        """Whether some chunk has fingerprint ``fp`` (no bytes compared: a cheap hint)."""
+        cur = txn.cursor(db=self.chunks)
+        return bool(cur.set_range(fp)) and cur.key()[:L.FP_SIZE] == fp
+
     def _free_key(self, txn: lmdb.Transaction, fp: bytes) -> bytes:
         cur = txn.cursor(db=self.chunks)
         n = 0

@@ -310,10 +310,11 @@ class VolumeCache(_Source):
         eng = self.eng
         fps = [eng._chunks.fingerprints(buf)[0] if buf is not None else None
                for _, buf in items]
-        # Compress, outside the write transaction, the chunks not stored yet.
+        # Compress, outside the write transaction, the chunks probably not stored yet (a
+        # colliding fingerprint that turns out to hold other bytes is encoded inline by put).
         with eng._store.read() as txn:
-            todo = [i for i, (fp, (_, buf)) in enumerate(zip(fps, items))
-                    if fp is not None and eng._chunks.find(txn, fp, buf) is None]
+            todo = [i for i, fp in enumerate(fps)
+                    if fp is not None and not eng._chunks.maybe_stored(txn, fp)]
         encoded: dict[int, bytes] = dict(zip(
             todo, encode_many([items[i][1] for i in todo], eng._chunks.level, eng._pool)))
         with eng._store.write() as txn:
