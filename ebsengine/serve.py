@@ -23,11 +23,11 @@ def run_services(eng: Engine, a: argparse.Namespace) -> int:
     from .nbd.server import DEFAULT_SOCKET_NAME, NbdServer
 
     if a.nbd_socket is None:
-        unix: str | None = os.path.join(eng.path, DEFAULT_SOCKET_NAME)
+        unix: str | None = os.path.join(os.path.abspath(eng.path), DEFAULT_SOCKET_NAME)
     elif a.nbd_socket in ("", "none"):
         unix = None
     else:
-        unix = a.nbd_socket
+        unix = os.path.abspath(a.nbd_socket)
     tcp = (a.host, a.nbd_port) if a.nbd_port else None
     done = threading.Event()
 

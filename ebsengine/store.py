@@ -23,7 +23,7 @@ from . import layout as L
 from .errors import CorruptStore, FormatError, StoreFull
 
 DEFAULT_MAP_SIZE = 1 << 40  # 1 TiB of address space; the file grows only as data is written
-DEFAULT_ZSTD_LEVEL = 1
+DEFAULT_ZSTD_LEVEL = 3  # 64 KiB chunks alone: level 1 stores 1.078x restic, level 3 1.043x
 GROUP_LINGER = 0.004  # seconds a group-commit leader waits for announced callers
 
 T = TypeVar("T")

@@ -157,6 +157,7 @@ class VolumeCache(_Source):
         self.dirty: dict[int, bytearray | None] = {}
         self.flushing: dict[int, bytearray | None] = {}
         self.dirty_bytes = 0
+        self.epoch = 0  # flushes committed; stale-read detection in write()
         self.users = 0
         self.deleted = False
 
@@ -239,27 +240,59 @@ class VolumeCache(_Source):
         self.dirty[idx] = buf
 
     def write(self, data: Buf, offset: int) -> None:
+        """Apply a write to the cache. The stored content of partially written chunks that
+        are not cached is read *outside* the lock (a decompression would otherwise stall
+        every other request on this volume); ``epoch`` tells if a flush committed in the
+        meantime, in which case those reads are stale and are done again."""
         mv = memoryview(data).cast("B")
         n = len(mv)
-        txn_box: list[lmdb.Transaction] = []
-        try:
+        first, within_first = divmod(offset, L.CHUNK_SIZE)
+        last = (offset + n - 1) // L.CHUNK_SIZE
+        partial = [i for i in {first, last}
+                   if not (i * L.CHUNK_SIZE >= offset
+                           and (i + 1) * L.CHUNK_SIZE <= offset + n)]
+        bases: dict[int, bytes] = {}
+        seen = -1
+        while True:
             with self.lock:
                 self._check()
-                pos = 0
-                while pos < n:
-                    idx, within = divmod(offset + pos, L.CHUNK_SIZE)
-                    take = min(L.CHUNK_SIZE - within, n - pos)
-                    if take == L.CHUNK_SIZE:
-                        self._set_dirty(idx, bytearray(mv[pos:pos + take]))
-                    else:
-                        self._buffer_for(idx, txn_box)[within:within + take] = mv[pos:pos + take]
-                    pos += take
-                over = self.dirty_bytes > self.dirty_limit
-        finally:
-            for t in txn_box:
-                t.abort()
+                if self.epoch != seen:
+                    bases = {}
+                need = [i for i in partial if i not in self.dirty and i not in self.flushing
+                        and i not in bases]
+                if not need:
+                    self._apply(mv, offset, bases)
+                    over = self.dirty_bytes > self.dirty_limit
+                    break
+                seen = self.epoch
+                txn = self.eng._store.read()  # begun under the lock: see the flush protocol
+            with txn:
+                bases.update(self._read_chunks(txn, need))
         if over:
             self.flush()
+
+    def _apply(self, mv: memoryview, offset: int, bases: dict[int, bytes]) -> None:
+        """Copy ``mv`` into dirty buffers (lock held; partial chunks are cached or in
+        ``bases``)."""
+        n = len(mv)
+        pos = 0
+        while pos < n:
+            idx, within = divmod(offset + pos, L.CHUNK_SIZE)
+            take = min(L.CHUNK_SIZE - within, n - pos)
+            if take == L.CHUNK_SIZE:
+                self._set_dirty(idx, bytearray(mv[pos:pos + take]))
+            else:
+                buf = self.dirty.get(idx)
+                if buf is None:
+                    if idx in self.dirty or (idx in self.flushing and self.flushing[idx] is None):
+                        buf = bytearray(L.CHUNK_SIZE)
+                    elif idx in self.flushing:
+                        buf = bytearray(self.flushing[idx])  # type: ignore[arg-type]
+                    else:
+                        buf = bytearray(bases[idx])
+                    self._set_dirty(idx, buf)
+                buf[within:within + take] = mv[pos:pos + take]
+            pos += take
 
     def zero(self, offset: int, length: int) -> None:
         """Make ``[offset, offset+length)`` read as zeros; whole chunks become holes."""
@@ -303,6 +336,7 @@ class VolumeCache(_Source):
                 raise
             with self.lock:
                 self.flushing = {}
+                self.epoch += 1
         del eng
 
     def _commit(self, items: list[tuple[int, bytearray | None]],
