@@ -23,6 +23,18 @@ def eng(store_path) -> Iterator[ebsengine.Engine]:
         yield e
 
 
+@pytest.fixture
+def engine(tmp_path):
+    """The engine the NBD tests serve: the real one, or with EBSENGINE_NBD_FAKE_ENGINE=1 the
+    in-memory stand-in of tests/nbd_client.py (to test the protocol layer alone)."""
+    import nbd_client
+    e = nbd_client.make_engine(tmp_path / "store")
+    try:
+        yield e
+    finally:
+        e.close()
+
+
 def store_digest(e: ebsengine.Engine) -> str:
     """SHA-256 over every key and value of every sub-database: equal digests mean the
     store is exactly as it was (DESIGN invariant 7)."""

@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import nbd_client as nc  # noqa: E402
 
 from ebsengine.nbd.server import NbdServer  # noqa: E402
 
@@ -51,15 +50,6 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(4 * MiB):
             h.update(chunk)
     return h.hexdigest()
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Any]:
-    eng = nc.make_engine(tmp_path / "store")
-    try:
-        yield eng
-    finally:
-        eng.close()
 
 
 @pytest.fixture

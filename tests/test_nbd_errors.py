@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,15 +89,6 @@ class FaultyEngine:
 
     def open_volume(self, vid: str) -> FaultyDevice:
         return FaultyDevice(self._engine.open_volume(vid), self.fault)
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Any]:
-    eng = nc.make_engine(tmp_path / "store")
-    try:
-        yield eng
-    finally:
-        eng.close()
 
 
 @pytest.mark.parametrize(

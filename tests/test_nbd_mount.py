@@ -180,15 +180,6 @@ def write_tree(root: Path) -> None:
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Any]:
-    eng = nc.make_engine(tmp_path / "store")
-    try:
-        yield eng
-    finally:
-        eng.close()
-
-
-@pytest.fixture
 def pipeline(engine: Any, tmp_path: Path) -> Iterator[Pipeline]:
     preflight()
     work = tmp_path / "work"

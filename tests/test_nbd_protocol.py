@@ -23,19 +23,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import nbd_client as nc  # noqa: E402
 from nbd_client import NbdClient  # noqa: E402
 
-from ebsengine.nbd import protocol as p  # noqa: E402
 from ebsengine.nbd.server import NbdServer  # noqa: E402
 
 MiB = 1 << 20
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Any]:
-    eng = nc.make_engine(tmp_path / "store")
-    try:
-        yield eng
-    finally:
-        eng.close()
 
 
 @pytest.fixture

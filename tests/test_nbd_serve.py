@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,15 +110,6 @@ def test_nbd_serve_default_socket_in_store(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Any]:
-    eng = nc.make_engine(tmp_path / "store")
-    try:
-        yield eng
-    finally:
-        eng.close()
 
 
 def test_nbd_snapshot_point_in_time_under_multi_conn_writes(engine: Any, tmp_path: Path) -> None:
