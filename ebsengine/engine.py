@@ -89,13 +89,19 @@ class Engine:
         """Flush every open volume and close the store."""
         if self._closed:
             return
+        error: BaseException | None = None
         with self._lock:
             for cache in list(self._caches.values()):
                 if not cache.deleted:
-                    cache.flush()
+                    try:
+                        cache.flush()
+                    except Exception as exc:  # close the store anyway; report the first
+                        error = error or exc
             self._closed = True
         self._pool.shutdown(wait=True)
         self._store.close()
+        if error is not None:
+            raise error
 
     def __enter__(self) -> "Engine":
         return self
@@ -293,6 +299,7 @@ class Engine:
     # --- devices ----------------------------------------------------------------------------
 
     def _cache(self, volume_id: str) -> VolumeCache:
+        self._store._live()
         with self._lock:
             cache = self._caches.get(volume_id)
             if cache is None:

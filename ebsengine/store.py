@@ -20,7 +20,7 @@ import zstandard
 
 from . import codec
 from . import layout as L
-from .errors import CorruptStore, FormatError, StoreFull
+from .errors import Closed, CorruptStore, FormatError, StoreFull
 
 DEFAULT_MAP_SIZE = 1 << 40  # 1 TiB of address space; the file grows only as data is written
 DEFAULT_ZSTD_LEVEL = 3  # 64 KiB chunks alone: level 1 stores 1.078x restic, level 3 1.043x
@@ -49,6 +49,7 @@ class Store:
         except lmdb.Error as exc:
             raise CorruptStore(f"cannot open store at {self.path}: {exc}") from exc
         self.readonly = readonly
+        self.closed = False
         self.db = {name: self.env.open_db(name.encode(), create=not readonly) for name in L.DBS}
         self.write_lock = threading.RLock()
         self._group_mutex = threading.Lock()
@@ -90,6 +91,7 @@ class Store:
         LMDB's "map full" and the disk's ENOSPC become :class:`StoreFull`; in both cases the
         transaction was aborted, so the store is exactly as before.
         """
+        self._live()
         with self.write_lock:
             try:
                 txn = self.env.begin(write=True)
@@ -189,7 +191,12 @@ class Store:
 
     def read(self) -> lmdb.Transaction:
         """A read-only snapshot transaction (use as a context manager)."""
+        self._live()
         return self.env.begin(buffers=False)
+
+    def _live(self) -> None:
+        if self.closed:
+            raise Closed(f"the store at {self.path} is closed")
 
     def next_lineage(self, txn: lmdb.Transaction) -> int:
         n = L.read_u64(txn.get(b"next_lineage", db=self.db["meta"]))
@@ -197,6 +204,7 @@ class Store:
         return n
 
     def close(self) -> None:
+        self.closed = True
         self.env.close()
 
 

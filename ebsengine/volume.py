@@ -74,6 +74,10 @@ class _Source:
     def _chain(self, txn: lmdb.Transaction) -> list[tuple[int, int]]:
         raise NotImplementedError
 
+    def _engine_open(self) -> None:
+        if self.eng._closed:
+            raise Closed(f"the engine holding {self.id} is closed")
+
     def _read_chunks(self, txn: lmdb.Transaction, idxs: list[int]) -> dict[int, bytes]:
         chain = self._chain(txn)
         cur = txn.cursor(db=self.eng._maps.maps)
@@ -106,12 +110,14 @@ class SnapshotView(_Source):
 
     def read_into(self, mv: memoryview, offset: int) -> None:
         first, last = offset // L.CHUNK_SIZE, (offset + len(mv) - 1) // L.CHUNK_SIZE
+        self._engine_open()
         with self.eng._store.read() as txn:
             chunks = self._read_chunks(txn, list(range(first, last + 1)))
         _copy_out(mv, offset, chunks)
 
     def extents(self, offset: int, length: int) -> list[tuple[int, int]]:
         first, last = offset // L.CHUNK_SIZE, (offset + length - 1) // L.CHUNK_SIZE
+        self._engine_open()
         with self.eng._store.read() as txn:
             data = self._stored_extents(txn, first, last + 1)
         return _runs(offset, length, lambda idx: DATA if idx in data else HOLE)
@@ -169,6 +175,7 @@ class VolumeCache(_Source):
     def _check(self) -> None:
         if self.deleted:
             raise Closed(f"volume {self.id} was deleted")
+        self._engine_open()
 
     # --- reads ------------------------------------------------------------------------------
 
@@ -454,7 +461,7 @@ class Device(io.RawIOBase):
         """Make every acknowledged write of this volume durable (all devices of it)."""
         if self.closed or self._finalizing:
             return
-        if not self._src.readonly:
+        if not self._src.readonly and not self._src.eng._closed:
             assert isinstance(self._src, VolumeCache)
             self._src.flush()
 
