@@ -16,7 +16,10 @@ call returned, so a line the parent reads is a promise:
 * ``flushed <i>``: records ``<= i`` are durable;
 * ``snap <snapshot id> <i>``: likewise, and the snapshot holds exactly records ``<= i``
   (its description is ``rec <i>``, so unreported snapshots can be checked too);
-* ``delsnap <snapshot id>``: that snapshot is deleted.
+* ``delsnap <snapshot id>``: that snapshot is deleted;
+* ``restore <volume id> <i>``: a volume created from the snapshot of record ``i`` (tagged
+  ``rec=<i>``, never written) exists; then ``delvol <volume id>`` for each such volume
+  but the two newest, as it is deleted.
 
 Reader (``crash_writer.py STORE --read SECONDS``): opens its own Engine on the store and
 for SECONDS reads every completed snapshot it finds in a loop, comparing each with the
@@ -38,6 +41,7 @@ VOLUME_GIB = 1
 FLUSH_EVERY = 8                   # a commit after records FLUSH_EVERY-1, 2*FLUSH_EVERY-1, ...
 SNAP_EVERY = 5 * FLUSH_EVERY      # ... of which every fifth is a snapshot
 MAX_LIVE_SNAPSHOTS = 4            # beyond this, the second oldest is deleted
+RESTORE_EVERY = 2 * SNAP_EVERY    # then a volume is restored from a snapshot
 SEED = 0x5EB5
 LENGTHS = (1, 7, 511, 512, 4096, 3 * 4096 + 17, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK,
            100_000, 3 * CHUNK)
@@ -121,7 +125,7 @@ def run_writer(store: str, start: int, stop: int) -> int:
     import ebsengine
 
     eng = ebsengine.Engine(store)
-    vols = eng.list_volumes()
+    vols = [v for v in eng.list_volumes() if "rec" not in v.tags]
     vol = vols[0].id if vols else eng.create_volume(size_gib=VOLUME_GIB).id
     say(f"ready {vol} {start}")
     with eng.open_volume(vol) as dev:
@@ -139,12 +143,29 @@ def run_writer(store: str, start: int, stop: int) -> int:
                     victim = sorted(live, key=lambda s: int(s.description.split()[1]))[1]
                     eng.delete_snapshot(victim.id)
                     say(f"delsnap {victim.id}")
+                if (i + 1) % RESTORE_EVERY == 0:
+                    restore_one(eng, vol)
             elif is_commit(i):
                 dev.flush()
                 say(f"flushed {i}")
     eng.close()
     say("done")
     return 0
+
+
+def restore_one(eng: "ebsengine.Engine", vol: str) -> None:  # type: ignore[name-defined]
+    """Restore a volume from a middle snapshot, then delete all restored volumes but the
+    two newest (so one lives on while the writer deletes the snapshot it came from)."""
+    live = sorted(eng.list_snapshots(vol), key=lambda s: int(s.description.split()[1]))
+    src = live[len(live) // 2]
+    n = int(src.description.split()[1])
+    old = [v.id for v in sorted((v for v in eng.list_volumes() if "rec" in v.tags),
+                                key=lambda v: v.create_time)][:-1]
+    new = eng.create_volume(snapshot_id=src.id, tags={"rec": str(n)})
+    say(f"restore {new.id} {n}")
+    for vid in old:
+        eng.delete_volume(vid)
+        say(f"delvol {vid}")
 
 
 def run_reader(store: str, seconds: float) -> int:
