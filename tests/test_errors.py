@@ -376,12 +376,8 @@ def test_closed_device_refuses(w: World) -> None:
     assert store_digest(w.eng) == before
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine.py: public Engine methods do not check self._closed. After close() they raise a "
-    "raw lmdb.Error (get_volume, fsck, ...) or CorruptStore('LMDB error: ...') (create_volume: "
-    "tells the user the store is corrupt, exit code 6), and open_volume even succeeds; "
-    "errors.Closed exists for this"))
 def test_closed_engine_refuses(store_path: str) -> None:
+    """Every call on a closed engine says so (Closed), not "LMDB error"/"corrupt store"."""
     eng = ebsengine.Engine(store_path)
     vol = eng.create_volume(size_gib=1).id
     snap = eng.create_snapshot(vol).id
@@ -397,12 +393,9 @@ def test_closed_engine_refuses(store_path: str) -> None:
     eng.close()  # still idempotent
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "volume.py VolumeCache.write/read_into check only cache.deleted, not whether the engine "
-    "was closed: after Engine.close() a full-chunk pwrite on a still-open device is "
-    "acknowledged and reads back, but can never be made durable (flush/close then raise a "
-    "raw lmdb.Error) and is lost"))
 def test_device_of_closed_engine_refuses_writes(store_path: str) -> None:
+    """A device left open past Engine.close() must not acknowledge a write it can never
+    make durable."""
     eng = ebsengine.Engine(store_path)
     vol = eng.create_volume(size_gib=1).id
     dev = eng.open_volume(vol)
