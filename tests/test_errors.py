@@ -654,3 +654,41 @@ def test_store_full_on_direct_api_block(store_path: str) -> None:
         eng.complete_snapshot(snap)
         for idx, block in kept.items():
             assert eng.read_snapshot_block(snap, idx) == block
+
+
+@pytest.mark.xfail(strict=True, raises=StoreFull, reason=(
+    "once the LMDB map is completely full, delete_volume/delete_snapshot are refused with "
+    "StoreFull too (their transaction needs fresh pages for copy-on-write), so nothing can "
+    "ever free space: the store is wedged until reopened with a larger map_size. The engine "
+    "needs headroom that only deletes may use (e.g. refuse data commits above a soft limit "
+    "below map_size)"))
+def test_a_completely_full_store_can_still_free_space(store_path: str) -> None:
+    rnd = random.Random(13)
+    eng = ebsengine.Engine(store_path, map_size=MAP_SIZE)
+    try:
+        keep = eng.create_volume(size_gib=1).id
+        filler = eng.create_volume(size_gib=1).id
+        with eng.open_volume(filler) as dev:
+            dev.pwrite(rnd.randbytes(12 * CS), 0)
+        with eng.open_volume(keep) as dev:
+            flushed, _, _, _ = _fill(eng, dev, rnd)
+            _discard_unflushable(eng)  # the client gives the refused write up
+            for k in range(5000):  # then small metadata commits take the last pages
+                try:
+                    eng.service_put("test-fill", f"k{k}", "v" * 1000)
+                except StoreFull:
+                    break
+            else:
+                pytest.fail("metadata commits never filled the store")
+            digest = store_digest(eng)
+            eng.delete_volume(filler)  # must be possible: it is how space is freed
+            assert store_digest(eng) != digest
+            dev.pwrite(rnd.randbytes(CS), 900 * CS)
+            dev.flush()
+        report = eng.fsck()
+        assert report.ok, report.problems
+    except BaseException:
+        _discard_unflushable(eng)
+        raise
+    finally:
+        eng.close()
