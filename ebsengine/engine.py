@@ -207,7 +207,7 @@ class Engine:
             cache = self._caches.get(volume_id)
             if cache is not None and cache.users > 0:
                 raise VolumeInUse(f"Volume {volume_id} is open ({cache.users} device(s)).")
-            with self._store.write() as txn:
+            with self._store.write(freeing=True) as txn:
                 rec = self._vol_rec(txn, volume_id)
                 if rec["attachments"]:
                     raise VolumeInUse(f"Volume {volume_id} is currently attached to "
@@ -393,7 +393,7 @@ class Engine:
         """Delete a snapshot. Its still-needed entries merge into its successor, so no other
         snapshot or volume changes; chunks nobody references any more are freed. Costs
         O(entries the snapshot recorded). A pending snapshot is cancelled."""
-        with self._store.write() as txn:
+        with self._store.write(freeing=True) as txn:
             rec = self._snap_rec(txn, snapshot_id)
             if rec["state"] == "pending":
                 self._abandon_pending(txn, rec)
@@ -619,7 +619,7 @@ class Engine:
 
     def fail_snapshot(self, snapshot_id: str) -> Snapshot:
         """Move a pending snapshot to ``error`` and free what it had written."""
-        with self._store.write() as txn:
+        with self._store.write(freeing=True) as txn:
             rec = self._snap_rec(txn, snapshot_id)
             if rec["state"] != "pending":
                 raise IncorrectState(f"Snapshot {snapshot_id} is {rec['state']}, not pending.")

@@ -50,6 +50,9 @@ class Store:
             raise CorruptStore(f"cannot open store at {self.path}: {exc}") from exc
         self.readonly = readonly
         self.closed = False
+        self.map_size = map_size
+        self.reserve = max(map_size // 32, 256 * 1024)
+        self._psize = self.env.stat()["psize"]
         self.db = {name: self.env.open_db(name.encode(), create=not readonly) for name in L.DBS}
         self.write_lock = threading.RLock()
         self._group_mutex = threading.Lock()
@@ -85,11 +88,13 @@ class Store:
         self.zstd_level = int(level) if level.lstrip(b"-").isdigit() else DEFAULT_ZSTD_LEVEL
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[lmdb.Transaction]:
+    def write(self, *, freeing: bool = False) -> Iterator[lmdb.Transaction]:
         """A write transaction: commits (durably) on success, aborts on any exception.
 
         LMDB's "map full" and the disk's ENOSPC become :class:`StoreFull`; in both cases the
-        transaction was aborted, so the store is exactly as before.
+        transaction was aborted, so the store is exactly as before. The last ``reserve``
+        bytes of the map are kept for transactions that free space (``freeing=True``:
+        deletions): a full store can always be emptied again.
         """
         self._live()
         with self.write_lock:
@@ -99,6 +104,8 @@ class Store:
                 raise _translate(exc) from exc
             try:
                 yield txn
+                if not freeing:
+                    self._check_room(txn)
                 txn.commit()
             except lmdb.Error as exc:
                 txn.abort()
@@ -109,6 +116,23 @@ class Store:
             except BaseException:
                 txn.abort()
                 raise
+
+    def _check_room(self, txn: lmdb.Transaction) -> None:
+        """Refuse (StoreFull) a transaction that would leave less than ``reserve`` free."""
+        info = self.env.info()
+        psize = self._psize
+        if (info["last_pgno"] + 1) * psize <= self.map_size - self.reserve:
+            return  # the file has not even reached the soft limit
+        used = 0
+        for name in L.DBS:
+            st = txn.stat(self.db[name])
+            used += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
+        st = txn.stat()  # the main DB, which names the sub-databases
+        used += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
+        if used * psize > self.map_size - self.reserve:
+            raise StoreFull(f"the store is full ({used * psize >> 20} MiB of "
+                            f"{self.map_size >> 20} MiB in use; the rest is kept so that "
+                            f"deletions can free space); nothing was changed")
 
     def _advance(self) -> None:
         """Commit two tiny transactions (best effort).

@@ -656,12 +656,6 @@ def test_store_full_on_direct_api_block(store_path: str) -> None:
             assert eng.read_snapshot_block(snap, idx) == block
 
 
-@pytest.mark.xfail(strict=True, raises=StoreFull, reason=(
-    "once the LMDB map is completely full, delete_volume is refused with StoreFull too (its "
-    "transaction needs fresh pages for copy-on-write), so nothing can free space: the store "
-    "is wedged until reopened with a larger map_size. The engine "
-    "needs headroom that only deletes may use (e.g. refuse data commits above a soft limit "
-    "below map_size)"))
 def test_a_completely_full_store_can_still_free_space(store_path: str) -> None:
     rnd = random.Random(13)
     eng = ebsengine.Engine(store_path, map_size=MAP_SIZE)
