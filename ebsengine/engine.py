@@ -20,7 +20,7 @@ import lmdb
 from . import layout as L
 from .blockmap import BlockMaps, Lineage
 from .errors import (EbsError, IncorrectState, InvalidParameter, MissingParameter,
-                     SnapshotNotFound, VolumeInUse, VolumeNotFound)
+                     SnapshotNotFound, StoreFull, VolumeInUse, VolumeNotFound)
 from .model import (FsckReport, Snapshot, Usage, Volume, check_id, check_int, new_id,
                     validate_volume_spec)
 from .store import (DEFAULT_MAP_SIZE, DEFAULT_ZSTD_LEVEL, ChunkStore, Store, decode_chunk,
@@ -740,7 +740,10 @@ class Engine:
         with self._lock:
             for cache in list(self._caches.values()):
                 if not cache.deleted:
-                    cache.flush()
+                    try:
+                        cache.flush()
+                    except StoreFull:
+                        pass  # a full store still deserves a check of what it holds
         return check_store(self._store, self._chunks, self._maps)
 
     # --- bulk transfer ----------------------------------------------------------------------
