@@ -21,8 +21,8 @@ from . import layout as L
 from .blockmap import BlockMaps, Lineage
 from .errors import (EbsError, IncorrectState, InvalidParameter, MissingParameter,
                      SnapshotNotFound, StoreFull, VolumeInUse, VolumeNotFound)
-from .model import (FsckReport, Snapshot, Usage, Volume, check_id, check_int, new_id,
-                    validate_volume_spec)
+from .model import (VOLUME_TYPES, FsckReport, Snapshot, Usage, Volume, check_id, check_int,
+                    new_id, validate_volume_spec)
 from .store import (DEFAULT_MAP_SIZE, DEFAULT_ZSTD_LEVEL, ChunkStore, Store, decode_chunk,
                     encode_chunk, encode_list)
 from .volume import Device, SnapshotView, VolumeCache
@@ -243,7 +243,6 @@ class Engine:
                     f"{rec['size_gib']}GiB).")
             new_type = volume_type or rec["volume_type"]
             type_changed = new_type != rec["volume_type"]
-            from .model import VOLUME_TYPES
             rule = VOLUME_TYPES.get(new_type)
             new_iops = iops
             if new_iops is None and rule is not None and rule.iops is not None:
