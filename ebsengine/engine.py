@@ -19,8 +19,8 @@ import lmdb
 
 from . import layout as L
 from .blockmap import BlockMaps, Lineage
-from .errors import (EbsError, IncorrectState, InvalidParameter, MissingParameter,
-                     SnapshotNotFound, StoreFull, VolumeInUse, VolumeNotFound)
+from .errors import (EbsError, IncorrectState, InvalidParameter, InvalidParameterCombination,
+                     MissingParameter, SnapshotNotFound, VolumeInUse, VolumeNotFound)
 from .model import (VOLUME_TYPES, FsckReport, Snapshot, Usage, Volume, check_id, check_int,
                     new_id, validate_volume_spec)
 from .store import (DEFAULT_MAP_SIZE, DEFAULT_ZSTD_LEVEL, ChunkStore, Store, decode_chunk,
@@ -741,8 +741,8 @@ class Engine:
                 if not cache.deleted:
                     try:
                         cache.flush()
-                    except StoreFull:
-                        pass  # a full store still deserves a check of what it holds
+                    except EbsError:
+                        pass  # a full store or disk still deserves a check of what it holds
         return check_store(self._store, self._chunks, self._maps)
 
     # --- bulk transfer ----------------------------------------------------------------------
@@ -818,6 +818,10 @@ class Engine:
                      **create_args: Any) -> Volume:
         """Copy a raw image into a new volume (size rounded up to whole GiB) or into an
         existing one (which must be at least as large). Holes in the file are skipped."""
+        if "snapshot_id" in create_args:
+            raise InvalidParameterCombination(
+                "import_image creates an empty volume; restore the snapshot first and import "
+                "into it with volume_id=")
         size = os.path.getsize(path)
         if volume_id is None:
             gib = max(1, -(-size // L.GIB))

@@ -20,7 +20,7 @@ import zstandard
 
 from . import codec
 from . import layout as L
-from .errors import Closed, CorruptStore, FormatError, StoreFull
+from .errors import Closed, CorruptStore, FormatError, StoreFull, StoreLocked
 
 DEFAULT_MAP_SIZE = 1 << 40  # 1 TiB of address space; the file grows only as data is written
 DEFAULT_ZSTD_LEVEL = 3  # 64 KiB chunks alone: level 1 stores 1.078x restic, level 3 1.043x
@@ -101,7 +101,7 @@ class Store:
             try:
                 txn = self.env.begin(write=True)
             except lmdb.Error as exc:
-                raise _translate(exc) from exc
+                raise self._translate(exc) from exc
             try:
                 yield txn
                 if not freeing:
@@ -109,7 +109,7 @@ class Store:
                 txn.commit()
             except lmdb.Error as exc:
                 txn.abort()
-                err = _translate(exc)
+                err = self._translate(exc)
                 if isinstance(err, StoreFull):
                     self._advance()
                 raise err from exc
@@ -119,11 +119,8 @@ class Store:
 
     def _check_room(self, txn: lmdb.Transaction) -> None:
         """Refuse (StoreFull) a transaction that would leave less than ``reserve`` free."""
-        info = self.env.info()
         psize = self._psize
-        if (info["last_pgno"] + 1) * psize <= self.map_size - self.reserve:
-            return  # the file has not even reached the soft limit
-        used = 0
+        used = 0  # pages in use after this transaction (freed pages are not counted)
         for name in L.DBS:
             st = txn.stat(self.db[name])
             used += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
@@ -178,6 +175,7 @@ class Store:
                     time.sleep(0.0002)
                 with self._group_mutex:
                     batch, self._group_queue = self._group_queue, []
+                committed = False
                 try:
                     with self.write() as txn:
                         for j in batch:
@@ -187,16 +185,21 @@ class Store:
                                 child.commit()
                             except lmdb.Error as exc:
                                 child.abort()
-                                j.error = _translate(exc)
+                                j.error = self._translate(exc)
                             except Exception as exc:
                                 child.abort()
                                 j.error = exc
+                    committed = True
                 except Exception as exc:
                     for j in batch:
                         if j.error is None:
                             j.error, j.result = exc, None
                 finally:
                     for j in batch:
+                        if not committed and j.error is None:  # e.g. KeyboardInterrupt
+                            j.error = StoreLocked("the shared commit was interrupted; "
+                                                     "nothing of this request was stored")
+                            j.result = None
                         j.done = True
         if job.error is not None:
             raise job.error
@@ -217,6 +220,9 @@ class Store:
         """A read-only snapshot transaction (use as a context manager)."""
         self._live()
         return self.env.begin(buffers=False)
+
+    def _translate(self, exc: lmdb.Error) -> Exception:
+        return _translate(exc, self.path)
 
     def _live(self) -> None:
         if self.closed:
@@ -242,13 +248,27 @@ class _Job:
         self.error: BaseException | None = None
 
 
-def _translate(exc: lmdb.Error) -> Exception:
+def _translate(exc: lmdb.Error, path: str | None = None) -> Exception:
+    """One table from LMDB failures to ours. A commit that fails with EIO on a nearly full
+    disk is a full disk (LMDB reports a short write as EIO), not a corrupt store."""
     if isinstance(exc, lmdb.MapFullError):
         return StoreFull("the store is full (LMDB map size reached); nothing was changed")
     if isinstance(exc, lmdb.DiskError) or getattr(exc, "errno", None) == errno.ENOSPC \
             or "No space left" in str(exc):
         return StoreFull(f"the disk holding the store is full; nothing was changed ({exc})")
+    if path is not None and ("Input/output error" in str(exc)
+                             or getattr(exc, "errno", None) == errno.EIO) and _disk_nearly_full(path):
+        return StoreFull(f"the disk holding the store is full; nothing was changed ({exc})")
     return CorruptStore(f"LMDB error: {exc}")
+
+
+def _disk_nearly_full(path: str) -> bool:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    free = st.f_bavail * st.f_frsize
+    return free < max(64 * 1024 * 1024, st.f_blocks * st.f_frsize // 100)
 
 
 class _Codecs(threading.local):

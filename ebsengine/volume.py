@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Callable
 import lmdb
 
 from . import layout as L
-from .errors import Closed, OutOfRange, ReadOnlyDevice, SnapshotNotFound
+from .errors import Closed, OutOfRange, ReadOnlyDevice, SnapshotNotFound, VolumeNotFound
 from .store import encode_many
 
 if TYPE_CHECKING:
@@ -258,6 +258,7 @@ class VolumeCache(_Source):
         partial = [i for i in {first, last}
                    if not (i * L.CHUNK_SIZE >= offset
                            and (i + 1) * L.CHUNK_SIZE <= offset + n)]
+        self._make_room()
         bases: dict[int, bytes] = {}
         seen = -1
         while True:
@@ -269,13 +270,16 @@ class VolumeCache(_Source):
                         and i not in bases]
                 if not need:
                     self._apply(mv, offset, bases)
-                    over = self.dirty_bytes > self.dirty_limit
                     break
                 seen = self.epoch
                 txn = self.eng._store.read()  # begun under the lock: see the flush protocol
             with txn:
                 bases.update(self._read_chunks(txn, need))
-        if over:
+
+    def _make_room(self) -> None:
+        """Flush *before* taking a write when the cache is over its limit: if the flush is
+        refused (store full), the write is refused with it and leaves no trace."""
+        if self.dirty_bytes >= self.dirty_limit:
             self.flush()
 
     def _apply(self, mv: memoryview, offset: int, bases: dict[int, bytes]) -> None:
@@ -302,21 +306,39 @@ class VolumeCache(_Source):
             pos += take
 
     def zero(self, offset: int, length: int) -> None:
-        """Make ``[offset, offset+length)`` read as zeros; whole chunks become holes."""
+        """Make ``[offset, offset+length)`` read as zeros; whole chunks become holes.
+
+        Whole chunks that hold nothing (neither stored nor cached) are skipped, so trimming
+        a whole large device (mkfs does) costs O(chunks holding data), not O(size).
+        """
+        self._make_room()
         txn_box: list[lmdb.Transaction] = []
+        end = offset + length
+        lo = -(-offset // L.CHUNK_SIZE)  # whole chunks: [lo, hi)
+        hi = end // L.CHUNK_SIZE
         try:
             with self.lock:
                 self._check()
-                pos, end = offset, offset + length
+                if hi > lo:
+                    txn_box.append(self.eng._store.read())
+                    targets = set(self._stored_extents(txn_box[0], lo, hi))
+                    for cached in (self.dirty, self.flushing):
+                        if len(cached) < hi - lo:
+                            targets.update(i for i in cached if lo <= i < hi)
+                        else:
+                            targets.update(i for i in range(lo, hi) if i in cached)
+                    for idx in sorted(targets):
+                        self._set_dirty(idx, None)
+                pos = offset
                 while pos < end:
                     idx, within = divmod(pos, L.CHUNK_SIZE)
                     take = min(L.CHUNK_SIZE - within, end - pos)
-                    if take == L.CHUNK_SIZE:
-                        self._set_dirty(idx, None)
-                    else:
+                    if take < L.CHUNK_SIZE:
                         buf = self._buffer_for(idx, txn_box)
                         buf[within:within + take] = bytes(take)
-                    pos += take
+                        pos += take
+                    else:
+                        pos = max(pos + take, hi * L.CHUNK_SIZE)  # whole chunks done above
         finally:
             for t in txn_box:
                 t.abort()
@@ -360,7 +382,10 @@ class VolumeCache(_Source):
             todo, encode_many([items[i][1] for i in todo], eng._chunks.level, eng._pool)))
         with eng._store.write() as txn:
             maps = eng._maps
-            lin = maps.load(txn, self.lineage)
+            raw = txn.get(L.lineage_key(self.lineage), db=maps.lineages)
+            lin = maps.load(txn, self.lineage) if raw is not None else None
+            if lin is None or lin.owner != self.id or lin.head is None:
+                raise VolumeNotFound(f"The volume '{self.id}' does not exist.")
             chain = maps.chain(txn, (lin.id, lin.head))
             floor = maps.head_floor(lin)
             cur = txn.cursor(db=maps.maps)
@@ -509,12 +534,17 @@ class Device(io.RawIOBase):
         return self._pos
 
     def close(self) -> None:
+        """Flush, then release the volume. The volume is released even if the flush fails
+        (its error is raised): a failed close must not keep the volume "open" forever."""
         if not self.closed:
             try:
                 self.flush()
             finally:
-                super().close()
-                self._on_close()
+                self._finalizing = True  # IOBase.close() flushes again: once is enough
+                try:
+                    super().close()
+                finally:
+                    self._on_close()
 
     def __enter__(self) -> "Device":
         return self
