@@ -139,12 +139,14 @@ class BlockMaps:
         return None
 
     def visible(self, txn: lmdb.Transaction, chain: list[Point], lo: int = 0,
-                hi: int = 1 << 32) -> dict[int, bytes]:
+                hi: int = L.MAX_CHUNKS) -> dict[int, bytes]:
         """``{idx: chunk key}`` of every data chunk visible at ``chain[0]`` in ``[lo, hi)``.
 
         Costs O(entries in the range over the chain), never O(volume size).
         """
         decided: dict[int, bytes] = {}
+        if lo >= hi:
+            return decided
         cur = txn.cursor(db=self.maps)
         for lid, gen in chain:
             if not cur.set_range(L.map_key(lid, lo, L.MAX_GEN)):

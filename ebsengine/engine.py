@@ -55,7 +55,23 @@ def _check_tags(tags: dict[str, str] | None) -> dict[str, str]:
             raise InvalidParameter(f"Tag value for {k!r} must be at most 256 characters.")
         if k.lower().startswith("aws:"):
             raise InvalidParameter(f"Tag keys starting with 'aws:' are reserved ({k!r}).")
+        _check_text(f"tag {k!r}", k)
+        _check_text(f"tag value for {k!r}", v)
     return tags
+
+
+def _check_text(what: str, text: str) -> None:
+    """Refuse control characters: they cannot travel in AWS's XML responses (a stored one
+    would break every later Describe) and no EBS name or value allows them."""
+    if any(ord(c) < 32 and c not in "\t\n\r" or ord(c) == 0x7F or 0xD800 <= ord(c) < 0xE000
+           or ord(c) in (0xFFFE, 0xFFFF) for c in text):
+        raise InvalidParameter(f"The {what} contains a control character.")
+
+
+def _check_description(description: str) -> None:
+    if not isinstance(description, str) or len(description) > 255:
+        raise InvalidParameter("Description must be a string of at most 255 characters.")
+    _check_text("description", description)
 
 
 class Engine:
@@ -344,8 +360,7 @@ class Engine:
         none after. The first snapshot is full; later ones record only what changed since
         the previous one: O(chunks changed)."""
         tags = _check_tags(tags)
-        if len(description) > 255:
-            raise InvalidParameter("Description must be at most 255 characters.")
+        _check_description(description)
         sid = new_id("snap")
         out: list[Snapshot] = []
 
@@ -407,6 +422,7 @@ class Engine:
                       tags: dict[str, str] | None = None) -> Snapshot:
         """A new snapshot with the same content, sharing every chunk: O(1)."""
         tags = _check_tags(tags)
+        _check_description(description)
         sid = new_id("snap")
         with self._store.write() as txn:
             src = self._completed(txn, snapshot_id)
@@ -433,9 +449,10 @@ class Engine:
     def list_snapshot_blocks(self, snapshot_id: str, start_block: int = 0) -> list[int]:
         """Indexes of the 512 KiB blocks holding data in a snapshot, ascending, from
         ``start_block``. Costs O(entries), not O(volume size)."""
+        lo = min(max(0, start_block) * L.CHUNKS_PER_BLOCK, L.MAX_CHUNKS)
         with self._store.read() as txn:
             chain = self._point(txn, snapshot_id)
-            idxs = self._maps.visible(txn, chain, lo=max(0, start_block) * L.CHUNKS_PER_BLOCK)
+            idxs = self._maps.visible(txn, chain, lo=lo)
         return sorted({i // L.CHUNKS_PER_BLOCK for i in idxs})
 
     def list_changed_blocks(self, first_snapshot_id: str | None, second_snapshot_id: str,
@@ -446,7 +463,7 @@ class Engine:
         ``UNRELATED_SNAPSHOTS`` when neither descends from the other."""
         if first_snapshot_id is None:
             return self.list_snapshot_blocks(second_snapshot_id, start_block)
-        lo = max(0, start_block) * L.CHUNKS_PER_BLOCK
+        lo = min(max(0, start_block) * L.CHUNKS_PER_BLOCK, L.MAX_CHUNKS)
         with self._store.read() as txn:
             a = self._point(txn, first_snapshot_id)
             b = self._point(txn, second_snapshot_id)
@@ -493,8 +510,7 @@ class Engine:
                 not 1 <= volume_size_gib <= MAX_SNAPSHOT_GIB:
             raise InvalidParameter(f"VolumeSize must be 1-{MAX_SNAPSHOT_GIB} GiB.",
                                    code="INVALID_VOLUME_SIZE")
-        if len(description) > 255:
-            raise InvalidParameter("Description must be at most 255 characters.")
+        _check_description(description)
         sid = new_id("snap")
         with self._store.write() as txn:
             base = None
@@ -566,16 +582,19 @@ class Engine:
 
     def snapshot_block_checksums(self, snapshot_id: str) -> dict[int, str]:
         """``{block index: checksum}`` given with the blocks of a pending snapshot."""
-        prefix = snapshot_id.encode() + b"\x00"
-        out: dict[int, str] = {}
         with self._store.read() as txn:
             self._snap_rec(txn, snapshot_id)
-            cur = txn.cursor(db=self._store.db["blocksums"])
-            if cur.set_range(prefix):
-                for k, v in cur:
-                    if not k.startswith(prefix):
-                        break
-                    out[int.from_bytes(k[len(prefix):], "big")] = v.decode()
+            return self._blocksums(txn, snapshot_id)
+
+    def _blocksums(self, txn: lmdb.Transaction, snapshot_id: str) -> dict[int, str]:
+        prefix = snapshot_id.encode() + b"\x00"
+        out: dict[int, str] = {}
+        cur = txn.cursor(db=self._store.db["blocksums"])
+        if cur.set_range(prefix):
+            for k, v in cur:
+                if not k.startswith(prefix):
+                    break
+                out[int.from_bytes(k[len(prefix):], "big")] = v.decode()
         return out
 
     def _drop_blocksums(self, txn: lmdb.Transaction, snapshot_id: str) -> None:
@@ -596,12 +615,20 @@ class Engine:
             raise InvalidParameter(f"Block index {block_index} is beyond the volume size "
                                    f"extent.", code="INVALID_BLOCK")
 
-    def complete_snapshot(self, snapshot_id: str) -> Snapshot:
-        """Seal a pending snapshot: it becomes ``completed`` and readable."""
+    def complete_snapshot(self, snapshot_id: str,
+                          verify: Callable[[dict[int, str]], None] | None = None) -> Snapshot:
+        """Seal a pending snapshot: it becomes ``completed`` and readable.
+
+        ``verify(checksums)`` runs inside the sealing transaction with the block checksums
+        written so far (see :meth:`snapshot_block_checksums`); if it raises, nothing changes.
+        A block put concurrently is either seen by ``verify`` or refused (not pending).
+        """
         with self._store.write() as txn:
             rec = self._snap_rec(txn, snapshot_id)
             if rec["state"] != "pending":
                 raise IncorrectState(f"Snapshot {snapshot_id} is {rec['state']}, not pending.")
+            if verify is not None:
+                verify(self._blocksums(txn, snapshot_id))
             lin = self._maps.load(txn, rec["lineage"])
             assert lin.head is not None
             gen = lin.head

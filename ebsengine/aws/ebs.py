@@ -140,9 +140,12 @@ class EbsModel:
                 if size < parent.volume_size_gib:
                     raise _validation(f"Volume size {size} GiB is smaller than the parent snapshot's "
                                       f"{parent.volume_size_gib} GiB", "INVALID_VOLUME_SIZE")
+            kms = None
+            if encrypted:  # AWS's default key for EBS when none is given
+                kms = p.get("KmsKeyArn") or f"arn:aws:kms:{ctx.region}:{ctx.account_id}:alias/aws/ebs"
             snap = self.engine.start_snapshot(size, parent_snapshot_id=parent_id or None,
                                               description=p.get("Description") or "", tags=tags or None,
-                                              encrypted=encrypted)
+                                              encrypted=encrypted, kms_key_id=kms)
             now = self.store.clock()
             self.store.record_snapshot(snap.id, ctx.region)
             self.engine.service_put(NS_DIRECT, snap.id, {"state": "pending", "timeout": timeout, "last": now,
@@ -163,7 +166,8 @@ class EbsModel:
             "Tags": [{"Key": k, "Value": v} for k, v in sorted(snap.tags.items())] or None,
             "ParentSnapshotId": snap.parent_id,
             "Description": snap.description or None,
-            "SseType": "none",
+            "KmsKeyArn": snap.kms_key_id if snap.encrypted else None,
+            "SseType": "sse-kms" if snap.encrypted else "none",
         }
 
     def put_snapshot_block(self, ctx: Context, p: Params) -> Result:
@@ -198,30 +202,35 @@ class EbsModel:
     def complete_snapshot(self, ctx: Context, p: Params) -> Result:
         with self.store.lock:
             snap, rec = self._pending(ctx, p["SnapshotId"])
-            written = self.engine.snapshot_block_checksums(snap.id)
-            count = p["ChangedBlocksCount"]
-            if count < 0 or count != len(written):
-                raise _validation(f"ChangedBlocksCount {count} does not match the {len(written)} blocks written",
-                                  "INVALID_PARAMETER_VALUE")
-            given = p.get("Checksum")
-            if given is not None or p.get("ChecksumAlgorithm") or p.get("ChecksumAggregationMethod"):
-                if p.get("ChecksumAlgorithm", "SHA256") != "SHA256":
-                    raise _validation("ChecksumAlgorithm must be SHA256", "INVALID_PARAMETER_VALUE")
-                if p.get("ChecksumAggregationMethod", "LINEAR") != "LINEAR":
-                    raise _validation("ChecksumAggregationMethod must be LINEAR", "INVALID_PARAMETER_VALUE")
-                if given is None:
-                    raise _validation("x-amz-Checksum is required with a checksum algorithm",
-                                      "INVALID_PARAMETER_VALUE")
-                sums = [written[i] for i in sorted(written)]
-                raw = hashlib.sha256(b"".join(base64.b64decode(s) for s in sums)).digest()
-                text = hashlib.sha256("".join(sums).encode()).digest()
-                if given not in (base64.b64encode(raw).decode(), base64.b64encode(text).decode()):
-                    raise _validation("The aggregated checksum does not match the blocks written",
-                                      "INVALID_PARAMETER_VALUE")
-            done = self.engine.complete_snapshot(snap.id)
+            # The checks run inside the engine's sealing transaction (verify below), so a
+            # block put concurrently is either counted here or refused as not pending.
+            self.engine.complete_snapshot(snap.id, verify=lambda written: self._check_completion(p, written))
             self.engine.service_put(NS_DIRECT, snap.id, None)
             self._persisted_activity.pop(snap.id, None)
-        return {"Status": done.state}
+        return {"Status": "completed"}
+
+    @staticmethod
+    def _check_completion(p: Params, written: dict[int, str]) -> None:
+        """ChangedBlocksCount and the LINEAR aggregate against the blocks written."""
+        count = p["ChangedBlocksCount"]
+        if count < 0 or count != len(written):
+            raise _validation(f"ChangedBlocksCount {count} does not match the {len(written)} blocks written",
+                              "INVALID_PARAMETER_VALUE")
+        given = p.get("Checksum")
+        if given is not None or p.get("ChecksumAlgorithm") or p.get("ChecksumAggregationMethod"):
+            if p.get("ChecksumAlgorithm", "SHA256") != "SHA256":
+                raise _validation("ChecksumAlgorithm must be SHA256", "INVALID_PARAMETER_VALUE")
+            if p.get("ChecksumAggregationMethod", "LINEAR") != "LINEAR":
+                raise _validation("ChecksumAggregationMethod must be LINEAR", "INVALID_PARAMETER_VALUE")
+            if given is None:
+                raise _validation("x-amz-Checksum is required with a checksum algorithm",
+                                  "INVALID_PARAMETER_VALUE")
+            sums = [written[i] for i in sorted(written)]
+            raw = hashlib.sha256(b"".join(base64.b64decode(s) for s in sums)).digest()
+            text = hashlib.sha256("".join(sums).encode()).digest()
+            if given not in (base64.b64encode(raw).decode(), base64.b64encode(text).decode()):
+                raise _validation("The aggregated checksum does not match the blocks written",
+                                  "INVALID_PARAMETER_VALUE")
 
     # --- reading -------------------------------------------------------------------------
 
@@ -303,12 +312,12 @@ class EbsModel:
     def get_snapshot_block(self, ctx: Context, p: Params) -> Result:
         snap = self._completed(ctx, p["SnapshotId"])
         index = int(p["BlockIndex"])
+        if not 0 <= index < snap.volume_size_gib * BLOCKS_PER_GIB:
+            raise _validation(f"Block index {index} is beyond the volume size extent", "INVALID_BLOCK")
         payload = self.store.open_token(p["BlockToken"], "block", snap.id, index)
         if payload is None or float(payload) < self.store.clock():
             raise _validation("The block token is not valid for this snapshot and block index",
                               "INVALID_BLOCK_TOKEN")
-        if not 0 <= index < snap.volume_size_gib * BLOCKS_PER_GIB:
-            raise _validation(f"Block index {index} is beyond the volume size extent", "INVALID_BLOCK")
         data = self.engine.read_snapshot_block(snap.id, index)
         return {"BlockData": data, "DataLength": len(data), "Checksum": checksum(data),
                 "ChecksumAlgorithm": "SHA256"}

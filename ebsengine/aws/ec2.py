@@ -129,12 +129,12 @@ class Paginator:
         if next_token:
             try:
                 doc = json.loads(base64.b64decode(next_token, validate=True))
-                if doc.get("k") != self.kind:
+                if not isinstance(doc, dict) or doc.get("k") != self.kind:
                     raise ValueError
                 after = doc["a"]
+                items = [i for i in items if key(i) > after]  # a forged key may not compare
             except (ValueError, KeyError, TypeError):
                 raise ApiError("InvalidParameterValue", f"Invalid value '{next_token}' for nextToken") from None
-            items = [i for i in items if key(i) > after]
         if max_results is None and not next_token:
             return items, None
         limit = min(max_results if max_results is not None else self.hi, self.hi)
@@ -427,9 +427,9 @@ class Ec2Model:
     def _mod_view(self, rec: dict[str, Any], now: float) -> Result:
         out = dict(rec)
         if rec["ModificationState"] in ("modifying", "optimizing"):
-            elapsed = now - rec["StartTime"]
+            elapsed = max(0.0, now - rec["StartTime"])  # a clock stepped back is "just started"
             r = self.rules
-            if elapsed < r.modifying_seconds:
+            if elapsed < r.modifying_seconds:  # (so modifying_seconds > 0 here)
                 out["ModificationState"] = "modifying"
                 out["Progress"] = int(50 * elapsed / r.modifying_seconds)
             elif elapsed < r.modifying_seconds + r.optimizing_seconds:

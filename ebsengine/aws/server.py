@@ -125,7 +125,11 @@ class AwsApp:
                     raise ApiError("ValidationException", "Request body too large", status=413)
                 return data  # type: ignore[no-any-return]
             return b""
-        length = int(length_text)
+        try:
+            length = int(length_text)
+        except ValueError:
+            raise ApiError("InvalidParameterValue", "Content-Length is not a number",
+                           status=400) from None
         if length > MAX_BODY or length < 0:
             raise ApiError("ValidationException", "Request body too large", status=413)
         buf = bytearray(length)
@@ -154,7 +158,12 @@ class AwsApp:
             if environ.get("REQUEST_METHOD") == "POST":
                 body = self._read_body(environ)
                 if body:
-                    form.update(parse_qsl(bytes(body).decode("utf-8"), keep_blank_values=True))
+                    try:
+                        text = bytes(body).decode("utf-8")
+                    except UnicodeDecodeError:
+                        raise ApiError("InvalidParameterValue",
+                                       "The request body is not valid UTF-8") from None
+                    form.update(parse_qsl(text, keep_blank_values=True))
             self.auth.verify(environ, "ec2", ctx.region, body)
             action = form.get("Action")
             if not action:

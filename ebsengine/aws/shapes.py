@@ -31,7 +31,15 @@ import re
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
-from xml.sax.saxutils import escape as _xml_escape
+from xml.sax.saxutils import escape as _sax_escape
+
+# Characters XML 1.0 cannot carry at all: rendered as U+FFFD so that one bad stored value
+# (the engine refuses them on input) can never make a whole response unparseable.
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _xml_escape(text: str) -> str:
+    return _sax_escape(_XML_INVALID.sub("\ufffd", text))
 
 import botocore.loaders
 import botocore.model
@@ -370,7 +378,7 @@ class RestJsonProtocol:
         if body_members and req.body:
             try:
                 doc = json.loads(bytes(req.body))
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise ApiError("ValidationException", "The request body is not valid JSON",
                                reason="INVALID_PARAMETER_VALUE") from None
             if not isinstance(doc, dict):
