@@ -546,6 +546,13 @@ class Device(io.RawIOBase):
                 finally:
                     self._on_close()
 
+    def release(self) -> None:
+        """Close without flushing: this device's acknowledged writes stay in the volume's
+        shared cache (other devices, the next flush or Engine.close() make them durable).
+        For short-lived opens that wrote nothing, e.g. a probe that the volume exists."""
+        self._finalizing = True
+        self.close()
+
     def __enter__(self) -> "Device":
         return self
 

@@ -76,6 +76,15 @@ class Export:
     def close(self) -> None:
         self.device.close()
 
+    def release(self) -> None:
+        """Close without flushing the volume (handshake probes: INFO, META_CONTEXT): a
+        probe must neither pay for nor fail on a flush of other clients' writes."""
+        release = getattr(self.device, "release", None)
+        if release is not None:
+            release()
+        else:
+            self.device.close()
+
 
 def resolve_name(name: str, default_export: str | None) -> str:
     """The engine id an export name refers to; ``""`` maps to ``default_export`` if set."""

@@ -240,10 +240,10 @@ class Handshake:
             frames.append(p.option_reply(option, p.REP_ACK))
             self.sock.sendall(b"".join(frames))
         except BaseException:
-            export.close()
+            export.release()
             raise
         if option == p.OPT_INFO:
-            export.close()
+            export.release()
             return None
         return Negotiated(export, self.structured, tflags, self._meta_id_for(name))
 
@@ -253,13 +253,13 @@ class Handshake:
             raise _OptionError(
                 p.REP_ERR_INVALID, "SET_META_CONTEXT needs STRUCTURED_REPLY first"
             )
-        name, queries = _parse_meta(data)
-        # the export must exist (its contexts are what we list); do not keep it open
-        self._open(name).close()
         if setting:
             # a SET replaces the previous selection, even when it then fails below
             self.meta_export = None
             self.meta_selected = False
+        name, queries = _parse_meta(data)
+        # the export must exist (its contexts are what we list); do not keep it open
+        self._open(name).release()
         if not queries:
             matched = not setting  # LIST with no query lists all; SET selects nothing
         else:

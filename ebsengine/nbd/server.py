@@ -67,7 +67,7 @@ class NbdServer:
         self,
         engine: EngineLike,
         unix_path: str | os.PathLike[str] | None = None,
-        tcp: tuple[str, int] | None = (DEFAULT_TCP_HOST, DEFAULT_TCP_PORT),
+        tcp: tuple[str, int] | None = None,
         *,
         default_export: str | None = None,
         workers: int = 4,
@@ -280,12 +280,23 @@ class NbdServer:
     def _serve_connection(self, conn: socket.socket) -> None:
         try:
             conn.settimeout(self.handshake_timeout)
-            session = Handshake(
-                conn,
-                self.engine,
-                default_export=self.default_export,
-                stopping=self._stopping.is_set,
-            ).run()
+            # The timeout above bounds each read; this bounds the whole negotiation, so a
+            # client trickling one byte at a time cannot hold a thread for ever.
+            watchdog = None
+            if self.handshake_timeout is not None:
+                watchdog = threading.Timer(self.handshake_timeout, _hang_up, (conn,))
+                watchdog.daemon = True
+                watchdog.start()
+            try:
+                session = Handshake(
+                    conn,
+                    self.engine,
+                    default_export=self.default_export,
+                    stopping=self._stopping.is_set,
+                ).run()
+            finally:
+                if watchdog is not None:
+                    watchdog.cancel()
             if session is None:
                 return
             conn.settimeout(None)
@@ -336,6 +347,13 @@ class NbdServer:
         flusher.close()
 
 
+def _hang_up(conn: socket.socket) -> None:
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
 def _remove_stale_socket(path: Path) -> None:
     """Unlink ``path`` if it is a socket nobody listens on; refuse to touch anything else."""
     try:
@@ -348,8 +366,12 @@ def _remove_stale_socket(path: Path) -> None:
     try:
         probe.settimeout(1.0)
         probe.connect(str(path))
-    except OSError:
-        os.unlink(path)  # stale: nobody answered
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            # EAGAIN (a live server's backlog is full), a timeout...: somebody may be there
+            raise OSError(errno.EADDRINUSE, f"cannot tell whether a server listens on this "
+                          f"socket ({exc}); not removing it", str(path)) from exc
+        os.unlink(path)  # stale: refused, nobody listens
         log.info("nbd: removed stale socket %s", path)
         return
     finally:

@@ -37,6 +37,9 @@ from ebsengine.nbd.exports import errno_for
 from ebsengine.nbd.flusher import Flusher, dirty_estimate
 from ebsengine.nbd.handshake import Negotiated
 
+MAX_INFLIGHT_REQUESTS = 64  # queued to the worker pool, per connection
+MAX_INFLIGHT_BYTES = 64 * 1024 * 1024  # WRITE payloads queued, per connection
+
 log = logging.getLogger("ebsengine.nbd")
 
 # READ / WRITE no longer than this run inline on the reader thread (see module docstring).
@@ -124,6 +127,7 @@ class Transmission:
         self.send_lock = threading.Lock()
         self._cv = threading.Condition()
         self._inflight = 0
+        self._inflight_bytes = 0
         self._dirty = False
         self._broken = False  # a reply could not be sent: stop serving
         self._in = b""  # buffered input and the read position in it
@@ -209,6 +213,8 @@ class Transmission:
             if magic != p.REQUEST_MAGIC:
                 log.info("nbd: bad request magic %#x; closing (framing lost)", magic)
                 return
+            if cmd == p.CMD_DISC:
+                return  # never answered, whatever its flags; in-flight requests finish
             error, why = self._validate(flags, cmd, offset, length)
             data = b""
             if cmd == p.CMD_WRITE:
@@ -220,8 +226,6 @@ class Transmission:
                 log.debug("nbd: refused %s: %s", p.CMD_NAMES.get(cmd, cmd), why)
                 self._send_error(cmd, cookie, error, why)
                 continue
-            if cmd == p.CMD_DISC:
-                return
             if (
                 self.pool is not None
                 and (
@@ -232,7 +236,13 @@ class Transmission:
                 and cmd not in (p.CMD_CACHE, p.CMD_BLOCK_STATUS)
             ):
                 with self._cv:
+                    # Back-pressure: stop reading requests (and their payloads) while this
+                    # connection has too much queued, so one client cannot fill memory.
+                    while (self._inflight >= MAX_INFLIGHT_REQUESTS
+                           or self._inflight_bytes >= MAX_INFLIGHT_BYTES):
+                        self._cv.wait()
                     self._inflight += 1
+                    self._inflight_bytes += len(data)
                 self.pool.submit(
                     functools.partial(self._pooled, flags, cmd, cookie, offset, length, data)
                 )
@@ -247,8 +257,8 @@ class Transmission:
         finally:
             with self._cv:
                 self._inflight -= 1
-                if self._inflight == 0:
-                    self._cv.notify_all()
+                self._inflight_bytes -= len(data)
+                self._cv.notify_all()
 
     def _finish(self) -> None:
         with self._cv:
@@ -322,10 +332,14 @@ class Transmission:
                     # FAST_ZERO: zeroing is a map update here, never slower than writing.
                     dev.write_zeroes(offset, length)
                     self._dirty = True
+                    if self.flusher is not None:
+                        self.flusher.note(dirty_estimate(offset, length))
             elif cmd == p.CMD_TRIM:
                 if length:
                     dev.trim(offset, length)
                     self._dirty = True
+                    if self.flusher is not None:
+                        self.flusher.note(dirty_estimate(offset, length))
             elif cmd == p.CMD_FLUSH:
                 dev.flush()
             # CACHE: a prefetch hint; the range was validated, nothing to do.
