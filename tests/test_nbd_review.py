@@ -79,3 +79,24 @@ def test_library_default_listens_on_no_tcp_port(engine: Any, tmp_path: Path) -> 
         assert a.tcp_address is None
         with NbdServer(engine, unix_path=tmp_path / "b.sock") as b:  # no EADDRINUSE on 10809
             assert b.tcp_address is None
+
+
+def test_a_client_that_reads_no_replies_cannot_stall_the_others(engine: Any, tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    import ebsengine.nbd.server as server_mod
+    monkeypatch.setattr(server_mod, "SEND_TIMEOUT", 2)
+    vol = engine.create_volume(size_gib=1)
+    sock = str(tmp_path / "nbd.sock")
+    with NbdServer(engine, unix_path=sock, workers=2):
+        hog = nc.NbdClient(sock)
+        hog.go(vol.id, structured=False)
+        for _ in range(8):  # large reads go to the shared workers; their replies pile up
+            hog.request(nc.CMD_READ, 0, 32 << 20)
+        time.sleep(0.5)
+        with nc.NbdClient(sock, timeout=20) as other:
+            other.go(vol.id)
+            start = time.monotonic()
+            other.pwrite(0, b"x" * 4096, flags=1)  # FUA: served by a worker
+            assert other.cmd(nc.CMD_FLUSH).error == 0
+            assert time.monotonic() - start < 15
+        hog.close()

@@ -27,6 +27,7 @@ import selectors
 import signal
 import socket
 import stat
+import struct
 import threading
 import time
 from pathlib import Path
@@ -43,6 +44,7 @@ log = logging.getLogger("ebsengine.nbd")
 
 DEFAULT_TCP_HOST = "127.0.0.1"
 DEFAULT_TCP_PORT = 10809
+SEND_TIMEOUT = 30  # seconds a reply may wait for a client to read
 DEFAULT_SOCKET_NAME = "nbd.sock"  # inside the store directory, for serve()
 
 
@@ -300,6 +302,10 @@ class NbdServer:
             if session is None:
                 return
             conn.settimeout(None)
+            # A reply that cannot be sent for SEND_TIMEOUT seconds (a client that stopped
+            # reading) fails the connection instead of holding a shared worker for ever.
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                            struct.pack("ll", SEND_TIMEOUT, 0))
             if self._stopping.is_set():  # raced with stop(): do not start serving
                 session.export.close()
                 return
