@@ -85,3 +85,14 @@ def test_encrypted_start_snapshot_reports_its_key(aws: Aws) -> None:
     assert out["KmsKeyArn"].endswith(":alias/aws/ebs")
     plain = aws.ebs.start_snapshot(VolumeSize=1)
     assert plain["SseType"] == "none" and "KmsKeyArn" not in plain
+
+
+def test_a_pending_snapshot_without_its_api_record_is_adopted(aws: Aws) -> None:
+    """A crash between the engine's commit and the endpoint's record (simulated by deleting
+    the record) must not leave a snapshot that can neither be written nor completed."""
+    sid = aws.ebs.start_snapshot(VolumeSize=1)["SnapshotId"]
+    aws.engine.service_put("aws.direct", sid, None)
+    aws.restart()
+    put_block(aws.ebs, sid, 2, b"\x02" * BLOCK)
+    assert aws.ebs.complete_snapshot(SnapshotId=sid, ChangedBlocksCount=1)["Status"] == "completed"
+    assert [b["BlockIndex"] for b in aws.ebs.list_snapshot_blocks(SnapshotId=sid)["Blocks"]] == [2]

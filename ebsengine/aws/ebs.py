@@ -84,6 +84,13 @@ class EbsModel:
     def _pending(self, ctx: Context, snapshot_id: str) -> tuple[Any, dict[str, Any]]:
         snap = self._snapshot(ctx, snapshot_id)
         rec = self.engine.service_get(NS_DIRECT, snap.id)
+        if snap.state == "pending" and rec is None:
+            # A crash between the engine's StartSnapshot commit and this record: adopt the
+            # snapshot with the default Timeout counted from its start, so it can still be
+            # written, completed, or time out (never stuck pending for ever).
+            rec = {"state": "pending", "timeout": DEFAULT_TIMEOUT_MIN, "last": snap.start_time,
+                   "progress": snap.progress}
+            self.engine.service_put(NS_DIRECT, snap.id, rec)
         if snap.state == "error" and rec and rec.get("state") == "error":
             raise _validation(f"The snapshot '{snapshot_id}' timed out waiting for writes and was cancelled",
                               "WRITE_REQUEST_TIMEOUT")
