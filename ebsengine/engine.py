@@ -28,6 +28,9 @@ from .store import (DEFAULT_MAP_SIZE, DEFAULT_ZSTD_LEVEL, ChunkStore, Store, dec
 from .volume import Device, SnapshotView, VolumeCache
 
 DEFAULT_DIRTY_LIMIT = 256 * 1024 * 1024
+#: ``service=`` hooks: given the new/changed resource, the (namespace, key, JSON value or None)
+#: records a service layer wants committed atomically with it.
+ServiceHook = Callable[[Any], Iterable[tuple[str, str, Any]]]
 MAX_SNAPSHOT_GIB = 65536
 MAX_TAGS = 50
 
@@ -155,6 +158,19 @@ class Engine:
             raise IncorrectState(f"Snapshot '{snap_id}' is {rec['state']}, not completed.")
         return rec
 
+    def _service_records(self, txn: lmdb.Transaction, service: ServiceHook | None,
+                         resource: Any) -> None:
+        """Write a service layer's records about ``resource`` in the engine's own
+        transaction, so they commit (or vanish) together with the resource."""
+        if service is None:
+            return
+        for namespace, key, value in service(resource):
+            k = L.service_key(namespace, key)
+            if value is None:
+                txn.delete(k, db=self._store.db["service"])
+            else:
+                txn.put(k, json.dumps(value).encode(), db=self._store.db["service"])
+
     # --- volumes ----------------------------------------------------------------------------
 
     def create_volume(self, size_gib: int | None = None, volume_type: str = "gp2", *,
@@ -162,7 +178,8 @@ class Engine:
                       throughput: int | None = None, availability_zone: str = "us-east-1a",
                       multi_attach_enabled: bool = False, encrypted: bool = False,
                       kms_key_id: str | None = None,
-                      tags: dict[str, str] | None = None) -> Volume:
+                      tags: dict[str, str] | None = None,
+                      service: ServiceHook | None = None) -> Volume:
         """Create an empty volume, or one from a snapshot in O(1) (data read through lazily).
 
         Raises MissingParameter (no size and no snapshot), InvalidParameter (size/type/IOPS
@@ -203,6 +220,7 @@ class Engine:
                          kms_key_id=kms_key_id if encrypted else None,
                          multi_attach_enabled=multi_attach_enabled, tags=tags)
             self._put_vol(txn, {**vol.to_dict(), "lineage": lin.id})
+            self._service_records(txn, service, vol)
         return vol
 
     def get_volume(self, volume_id: str) -> Volume:
@@ -246,7 +264,8 @@ class Engine:
     def modify_volume(self, volume_id: str, size_gib: int | None = None,
                       volume_type: str | None = None, iops: int | None = None,
                       throughput: int | None = None,
-                      multi_attach_enabled: bool | None = None) -> Volume:
+                      multi_attach_enabled: bool | None = None,
+                      service: ServiceHook | None = None) -> Volume:
         """Elastic Volumes: grow, change type/IOPS/throughput. Shrinking is refused."""
         with self._lock, self._store.write() as txn:
             rec = self._vol_rec(txn, volume_id)
@@ -272,6 +291,7 @@ class Engine:
             rec.update(size_gib=new_size, volume_type=new_type, iops=new_iops,
                        throughput=new_tp, multi_attach_enabled=multi)
             self._put_vol(txn, rec)
+            self._service_records(txn, service, Volume.from_dict(rec))
         cache = self._caches.get(volume_id)
         if cache is not None:
             cache.size = new_size * L.GIB
@@ -355,7 +375,8 @@ class Engine:
     # --- snapshots --------------------------------------------------------------------------
 
     def create_snapshot(self, volume_id: str, description: str = "",
-                        tags: dict[str, str] | None = None) -> Snapshot:
+                        tags: dict[str, str] | None = None,
+                        service: ServiceHook | None = None) -> Snapshot:
         """Snapshot a volume at this point in time: every write acknowledged before the call,
         none after. The first snapshot is full; later ones record only what changed since
         the previous one: O(chunks changed)."""
@@ -384,6 +405,7 @@ class Engine:
             lin.points[gen] = sid
             lin.head = gen + 1
             self._put_snap(txn, {**snap.to_dict(), "lineage": lin.id, "gen": gen})
+            self._service_records(txn, service, snap)
             out.append(snap)
 
         with self._store.read() as txn:
@@ -419,7 +441,8 @@ class Engine:
         self._store.after_free()
 
     def copy_snapshot(self, snapshot_id: str, description: str = "",
-                      tags: dict[str, str] | None = None) -> Snapshot:
+                      tags: dict[str, str] | None = None,
+                      service: ServiceHook | None = None) -> Snapshot:
         """A new snapshot with the same content, sharing every chunk: O(1)."""
         tags = _check_tags(tags)
         _check_description(description)
@@ -438,6 +461,7 @@ class Engine:
                             encrypted=src["encrypted"], kms_key_id=src["kms_key_id"],
                             parent_id=None, full_size_bytes=src["full_size_bytes"], tags=tags)
             self._put_snap(txn, {**snap.to_dict(), "lineage": lin.id, "gen": 1})
+            self._service_records(txn, service, snap)
         return snap
 
     # --- EBS direct API units (512 KiB blocks) ---------------------------------------------
@@ -503,7 +527,8 @@ class Engine:
 
     def start_snapshot(self, volume_size_gib: int, *, parent_snapshot_id: str | None = None,
                        description: str = "", tags: dict[str, str] | None = None,
-                       encrypted: bool = False, kms_key_id: str | None = None) -> Snapshot:
+                       encrypted: bool = False, kms_key_id: str | None = None,
+                       service: ServiceHook | None = None) -> Snapshot:
         """Begin a snapshot written block by block (EBS direct API StartSnapshot)."""
         tags = _check_tags(tags)
         if isinstance(volume_size_gib, bool) or not isinstance(volume_size_gib, int) or \
@@ -529,6 +554,7 @@ class Engine:
                             description=description, encrypted=bool(encrypted),
                             kms_key_id=kms_key_id, parent_id=parent_snapshot_id, tags=tags)
             self._put_snap(txn, {**snap.to_dict(), "lineage": lin.id, "gen": None})
+            self._service_records(txn, service, snap)
         return snap
 
     def put_snapshot_block(self, snapshot_id: str, block_index: int, data: bytes | memoryview,

@@ -150,16 +150,20 @@ class EbsModel:
             kms = None
             if encrypted:  # AWS's default key for EBS when none is given
                 kms = p.get("KmsKeyArn") or f"arn:aws:kms:{ctx.region}:{ctx.account_id}:alias/aws/ebs"
+            now = self.store.clock()
+
+            def records(s: Any) -> list[tuple[str, str, Any]]:
+                # region, Timeout bookkeeping and ClientToken commit with the snapshot itself
+                out = [self.store.snapshot_record(s.id, ctx.region),
+                       (NS_DIRECT, s.id, {"state": "pending", "timeout": timeout, "last": now, "progress": 0})]
+                if token:
+                    out.append(self.store.token_record(ctx, "StartSnapshot", token, digest, s.id))
+                return out
+
             snap = self.engine.start_snapshot(size, parent_snapshot_id=parent_id or None,
                                               description=p.get("Description") or "", tags=tags or None,
-                                              encrypted=encrypted, kms_key_id=kms)
-            now = self.store.clock()
-            self.store.record_snapshot(snap.id, ctx.region)
-            self.engine.service_put(NS_DIRECT, snap.id, {"state": "pending", "timeout": timeout, "last": now,
-                                                         "progress": 0})
+                                              encrypted=encrypted, kms_key_id=kms, service=records)
             self._persisted_activity[snap.id] = now
-            if token:
-                self.store.token_store(ctx, "StartSnapshot", token, digest, snap.id)
         return self._start_view(ctx, snap)
 
     def _start_view(self, ctx: Context, snap: Any) -> Result:

@@ -340,9 +340,9 @@ class Ec2Model:
                 size, p.get("VolumeType") or "gp2", snapshot_id=snap_id or None, iops=p.get("Iops"),
                 throughput=p.get("Throughput"), availability_zone=zone,
                 multi_attach_enabled=bool(p.get("MultiAttachEnabled", False)),
-                encrypted=bool(p.get("Encrypted", False)), kms_key_id=p.get("KmsKeyId"), tags=tags or None)
-            if token:
-                self.store.token_store(ctx, "CreateVolume", token, digest, vol.id)
+                encrypted=bool(p.get("Encrypted", False)), kms_key_id=p.get("KmsKeyId"), tags=tags or None,
+                service=lambda v: [self.store.token_record(ctx, "CreateVolume", token, digest, v.id)]
+                if token else [])
         return volume_view(vol, state="creating")
 
     def delete_volume(self, ctx: Context, p: Params) -> None:
@@ -473,22 +473,30 @@ class Ec2Model:
                     and throughput in (None, vol.throughput) and multi in (None, vol.multi_attach_enabled)):
                 raise ApiError("InvalidParameterValue",
                                f"New configuration for volume {vol.id} is identical to the current one")
-            new = self.engine.modify_volume(
+            made: list[dict[str, Any]] = []
+
+            def modification(new: Any) -> list[tuple[str, str, Any]]:
+                # committed with the modification itself: the history (and the 4-per-24 h
+                # count) can never miss a change that happened
+                rec = {
+                    "VolumeId": vol.id,
+                    "ModificationState": "modifying",
+                    "TargetSize": new.size_gib, "TargetIops": new.iops, "TargetVolumeType": new.volume_type,
+                    "TargetThroughput": new.throughput,
+                    "TargetMultiAttachEnabled": bool(new.multi_attach_enabled),
+                    "OriginalSize": vol.size_gib, "OriginalIops": vol.iops, "OriginalVolumeType": vol.volume_type,
+                    "OriginalThroughput": vol.throughput,
+                    "OriginalMultiAttachEnabled": bool(vol.multi_attach_enabled),
+                    "Progress": 0, "StartTime": now,
+                }
+                made.append(rec)
+                history = (recent + [rec])[-max(self.rules.max_per_window, 1):]
+                return [(NS_VOLMOD, vol.id, history)]
+
+            self.engine.modify_volume(
                 vol.id, size_gib=size, volume_type=p.get("VolumeType"), iops=iops, throughput=throughput,
-                multi_attach_enabled=multi)
-            rec = {
-                "VolumeId": vol.id,
-                "ModificationState": "modifying",
-                "TargetSize": new.size_gib, "TargetIops": new.iops, "TargetVolumeType": new.volume_type,
-                "TargetThroughput": new.throughput, "TargetMultiAttachEnabled": bool(new.multi_attach_enabled),
-                "OriginalSize": vol.size_gib, "OriginalIops": vol.iops, "OriginalVolumeType": vol.volume_type,
-                "OriginalThroughput": vol.throughput,
-                "OriginalMultiAttachEnabled": bool(vol.multi_attach_enabled),
-                "Progress": 0, "StartTime": now,
-            }
-            history = (recent + [rec])[-max(self.rules.max_per_window, 1):]
-            self.engine.service_put(NS_VOLMOD, vol.id, history)
-        return {"VolumeModification": rec}
+                multi_attach_enabled=multi, service=modification)
+        return {"VolumeModification": made[0]}
 
     def describe_volumes_modifications(self, ctx: Context, p: Params) -> Result:
         now = self.store.clock()
@@ -572,8 +580,8 @@ class Ec2Model:
         desc = p.get("Description") or ""
         if len(desc) > 255:
             raise ApiError("InvalidParameterValue", "Description must be at most 255 characters")
-        snap = self.engine.create_snapshot(vol.id, description=desc, tags=tags or None)
-        self.store.record_snapshot(snap.id, ctx.region)
+        snap = self.engine.create_snapshot(vol.id, description=desc, tags=tags or None,
+                                           service=lambda s: [self.store.snapshot_record(s.id, ctx.region)])
         return self._snapshot_view(ctx, snap, state="pending")
 
     def create_snapshots(self, ctx: Context, p: Params) -> Result:
@@ -594,8 +602,9 @@ class Ec2Model:
         for v in vols:
             t = dict(v.tags) if p.get("CopyTagsFromSource") == "volume" else {}
             t.update(tags)
-            snap = self.engine.create_snapshot(v.id, description=p.get("Description") or "", tags=t or None)
-            self.store.record_snapshot(snap.id, ctx.region)
+            snap = self.engine.create_snapshot(
+                v.id, description=p.get("Description") or "", tags=t or None,
+                service=lambda s: [self.store.snapshot_record(s.id, ctx.region)])
             view = self._snapshot_view(ctx, snap, state="pending")
             out.append({k: view.get(k) for k in ("SnapshotId", "VolumeId", "State", "StartTime", "Progress",
                                                  "OwnerId", "Description", "VolumeSize", "Encrypted", "Tags")})
@@ -667,8 +676,8 @@ class Ec2Model:
         if dur is not None and (dur < 15 or dur > 2880 or dur % 15):
             raise ApiError("InvalidParameterValue", "CompletionDurationMinutes must be a multiple of 15 in 15-2880")
         tags = self._spec_tags(p.get("TagSpecifications"), "snapshot")
-        copy = self.engine.copy_snapshot(snap.id, description=p.get("Description") or "", tags=tags or None)
-        self.store.record_snapshot(copy.id, ctx.region)
+        copy = self.engine.copy_snapshot(snap.id, description=p.get("Description") or "", tags=tags or None,
+                                         service=lambda s: [self.store.snapshot_record(s.id, ctx.region)])
         return {"SnapshotId": copy.id, "Tags": _tag_list(copy.tags)}
 
     def modify_snapshot_attribute(self, ctx: Context, p: Params) -> None:

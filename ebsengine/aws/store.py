@@ -110,7 +110,12 @@ class AwsStore:
             return self.default_region
 
     def record_snapshot(self, snap_id: str, region: str) -> None:
-        self.engine.service_put(NS_SNAPSHOT, snap_id, {"region": region})
+        self.engine.service_put(NS_SNAPSHOT, snap_id, self.snapshot_record(snap_id, region)[2])
+
+    @staticmethod
+    def snapshot_record(snap_id: str, region: str) -> tuple[str, str, Any]:
+        """The snapshot's region record, for an engine ``service=`` hook (same commit)."""
+        return NS_SNAPSHOT, snap_id, {"region": region}
 
     def forget_snapshot(self, snap_id: str) -> None:
         for ns in (NS_SNAPSHOT, NS_DIRECT, NS_SNAPATTR):
@@ -180,8 +185,14 @@ class AwsStore:
         return self.engine.service_get(NS_TOKEN, f"{ctx.region}|{action}|{token}")
 
     def token_store(self, ctx: Context, action: str, token: str, digest: str, resource_id: str) -> None:
-        self.engine.service_put(NS_TOKEN, f"{ctx.region}|{action}|{token}",
-                                {"digest": digest, "id": resource_id, "time": self.clock()})
+        self.engine.service_put(*self.token_record(ctx, action, token, digest, resource_id))
+
+    def token_record(self, ctx: Context, action: str, token: str, digest: str,
+                     resource_id: str) -> tuple[str, str, Any]:
+        """The ClientToken record, for an engine ``service=`` hook: committed with the
+        resource it names, so a crash cannot leave one without the other."""
+        return (NS_TOKEN, f"{ctx.region}|{action}|{token}",
+                {"digest": digest, "id": resource_id, "time": self.clock()})
 
     @staticmethod
     def digest(params: dict[str, Any]) -> str:
