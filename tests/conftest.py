@@ -47,6 +47,15 @@ def store_digest(e: ebsengine.Engine) -> str:
     return h.hexdigest()
 
 
+def discard_unflushable(e: ebsengine.Engine) -> None:
+    """After a refused flush (store full): drop the writes the store cannot take, as a client
+    that gives them up would, so closing devices and the engine does not retry them."""
+    for cache in list(e._caches.values()):
+        with cache.lock:
+            cache.dirty.clear()
+            cache.dirty_bytes = 0
+
+
 def pytest_report_header(config) -> str:
     from ebsengine import codec
     return f"ebsengine C core: {'yes' if codec.HAVE_C else 'NO (pure Python)'}; " \

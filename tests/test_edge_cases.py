@@ -13,7 +13,8 @@ import pytest
 
 import ebsengine
 from ebsengine import layout as L
-from ebsengine.errors import (InvalidParameterCombination, StoreFull, VolumeNotFound)
+from conftest import discard_unflushable
+from ebsengine.errors import InvalidParameterCombination, StoreFull, VolumeNotFound
 
 CS = L.CHUNK_SIZE
 
@@ -32,10 +33,7 @@ def test_write_refused_by_a_full_store_leaves_no_trace(tmp_path):
                 break
         else:
             pytest.fail("the store never filled")
-        for c in list(eng._caches.values()):  # the client gives up its unflushable writes
-            with c.lock:
-                c.dirty.clear()
-                c.dirty_bytes = 0
+        discard_unflushable(eng)  # the client gives up its unflushable writes
         dev.close()
         assert eng.fsck().ok
 
@@ -145,10 +143,7 @@ def test_a_full_disk_is_reported_as_full_not_corrupt(tmp_path):
                 for i in range(400):
                     dev.pwrite(rng.randbytes(CS), i * CS)
                     dev.flush()
-            for c in list(eng._caches.values()):
-                with c.lock:
-                    c.dirty.clear()
-                    c.dirty_bytes = 0
+            discard_unflushable(eng)
             dev.close()
         with ebsengine.Engine(mnt / "s") as eng:
             assert eng.fsck().ok

@@ -10,14 +10,13 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lmdb
 import pytest
-from conftest import store_digest
+from conftest import discard_unflushable, store_digest
 
 import ebsengine
 from ebsengine import layout as L
@@ -520,13 +519,16 @@ def _fsck_elsewhere(path: str) -> tuple[bool, list[str]]:
     return ok, problems
 
 
-def _discard_unflushable(eng: ebsengine.Engine) -> None:
-    """Test cleanup after a failure: drop writes the full store cannot take, so closing the
-    devices and the engine does not retry (and fail) the flush."""
-    for cache in list(eng._caches.values()):
-        with cache.lock:
-            cache.dirty.clear()
-            cache.dirty_bytes = 0
+_discard_unflushable = discard_unflushable
+
+
+def _keep_and_filler(eng: ebsengine.Engine, rnd: random.Random) -> tuple[str, str]:
+    """An empty volume to keep writing to, and a 'filler' holding 12 chunks to delete."""
+    keep = eng.create_volume(size_gib=1).id
+    filler = eng.create_volume(size_gib=1).id
+    with eng.open_volume(filler) as dev:
+        dev.pwrite(rnd.randbytes(12 * CS), 0)
+    return keep, filler
 
 
 Written = list[tuple[int, bytes]]
@@ -609,10 +611,7 @@ def test_freed_space_is_usable_by_the_next_flush(store_path: str) -> None:
     rnd = random.Random(12)
     eng = ebsengine.Engine(store_path, map_size=MAP_SIZE)
     try:
-        keep = eng.create_volume(size_gib=1).id
-        filler = eng.create_volume(size_gib=1).id
-        with eng.open_volume(filler) as dev:
-            dev.pwrite(rnd.randbytes(12 * CS), 0)
+        keep, filler = _keep_and_filler(eng, rnd)
         with eng.open_volume(keep) as dev:
             flushed, _, _, (off, data) = _fill(eng, dev, rnd)
             eng.delete_volume(filler)  # frees 12 chunks; the refused write needs 4
@@ -660,10 +659,7 @@ def test_a_completely_full_store_can_still_free_space(store_path: str) -> None:
     rnd = random.Random(13)
     eng = ebsengine.Engine(store_path, map_size=MAP_SIZE)
     try:
-        keep = eng.create_volume(size_gib=1).id
-        filler = eng.create_volume(size_gib=1).id
-        with eng.open_volume(filler) as dev:
-            dev.pwrite(rnd.randbytes(12 * CS), 0)
+        keep, filler = _keep_and_filler(eng, rnd)
         with eng.open_volume(keep) as dev:
             flushed, _, _, _ = _fill(eng, dev, rnd)
             _discard_unflushable(eng)  # the client gives the refused write up
