@@ -27,7 +27,6 @@ DEFAULT_ZSTD_LEVEL = 3  # 64 KiB chunks alone: level 1 stores 1.078x restic, lev
 GROUP_LINGER = 0.004  # seconds a group-commit leader waits for announced callers
 
 T = TypeVar("T")
-Fingerprinter = Callable[[bytes | bytearray | memoryview, int], list]
 
 
 class Store:
@@ -322,13 +321,14 @@ class ChunkStore:
         self.store = store
         self.chunks = store.db["chunks"]
         self.refs = store.db["refs"]
-        # Module attribute looked up per call, so tests can replace the fingerprint function
-        # (a forced collision, DESIGN invariant 5).
         self.level = store.zstd_level
 
     @staticmethod
     def fingerprints(buf: bytes | bytearray | memoryview) -> list[bytes | None]:
-        """Fingerprint each CHUNK_SIZE piece of ``buf``; None marks an all-zero chunk."""
+        """Fingerprint each CHUNK_SIZE piece of ``buf``; None marks an all-zero chunk.
+
+        Every caller goes through this one method, so a test can replace it to force
+        fingerprint collisions (DESIGN invariant 5)."""
         return codec.scan_chunks(buf, L.CHUNK_SIZE)
 
     def get(self, txn: lmdb.Transaction, key: bytes) -> bytes:

@@ -224,20 +224,6 @@ class VolumeCache(_Source):
 
     # --- writes -----------------------------------------------------------------------------
 
-    def _buffer_for(self, idx: int, txn_box: list) -> bytearray:
-        """The dirty buffer of ``idx`` for a partial update (lock held)."""
-        hit, buf = self._cached(idx)
-        if idx in self.dirty and buf is not None:
-            return buf
-        if hit:
-            new = bytearray(buf) if buf is not None else bytearray(L.CHUNK_SIZE)
-        else:
-            if not txn_box:
-                txn_box.append(self.eng._store.read())
-            new = bytearray(self._read_chunks(txn_box[0], [idx])[idx])
-        self._set_dirty(idx, new)
-        return new
-
     def _set_dirty(self, idx: int, buf: bytearray | None) -> None:
         old = self.dirty.get(idx)
         if old is not None:
@@ -309,44 +295,36 @@ class VolumeCache(_Source):
         """Make ``[offset, offset+length)`` read as zeros; whole chunks become holes.
 
         Whole chunks that hold nothing (neither stored nor cached) are skipped, so trimming
-        a whole large device (mkfs does) costs O(chunks holding data), not O(size).
+        a whole large device (mkfs does) costs O(chunks holding data), not O(size). The
+        partial chunks at either end are a write of zeros (see :meth:`write`).
         """
         self._make_room()
-        txn_box: list[lmdb.Transaction] = []
         end = offset + length
         lo = -(-offset // L.CHUNK_SIZE)  # whole chunks: [lo, hi)
         hi = end // L.CHUNK_SIZE
-        try:
+        if hi > lo:
             with self.lock:
                 self._check()
-                if hi > lo:
-                    txn_box.append(self.eng._store.read())
-                    targets = set(self._stored_extents(txn_box[0], lo, hi))
-                    for cached in (self.dirty, self.flushing):
-                        if len(cached) < hi - lo:
-                            targets.update(i for i in cached if lo <= i < hi)
-                        else:
-                            targets.update(i for i in range(lo, hi) if i in cached)
-                    for idx in sorted(targets):
-                        self._set_dirty(idx, None)
-                pos = offset
-                while pos < end:
-                    idx, within = divmod(pos, L.CHUNK_SIZE)
-                    take = min(L.CHUNK_SIZE - within, end - pos)
-                    if take < L.CHUNK_SIZE:
-                        buf = self._buffer_for(idx, txn_box)
-                        buf[within:within + take] = bytes(take)
-                        pos += take
+                with self.eng._store.read() as txn:  # begun under the lock: flush protocol
+                    targets = set(self._stored_extents(txn, lo, hi))
+                for cached in (self.dirty, self.flushing):
+                    if len(cached) < hi - lo:
+                        targets.update(i for i in cached if lo <= i < hi)
                     else:
-                        pos = max(pos + take, hi * L.CHUNK_SIZE)  # whole chunks done above
-        finally:
-            for t in txn_box:
-                t.abort()
+                        targets.update(i for i in range(lo, hi) if i in cached)
+                for idx in sorted(targets):
+                    self._set_dirty(idx, None)
+        start = offset
+        if offset % L.CHUNK_SIZE:
+            start = min(end, lo * L.CHUNK_SIZE)
+            self.write(bytes(start - offset), offset)
+        if end % L.CHUNK_SIZE and end > start:
+            tail = max(start, hi * L.CHUNK_SIZE)
+            self.write(bytes(end - tail), tail)
 
     def flush(self, in_txn: Callable[[lmdb.Transaction, object], None] | None = None) -> None:
         """Commit every acknowledged write durably; ``in_txn(txn, lineage)`` runs inside the
         same transaction (after the writes) when given — used to freeze a snapshot."""
-        eng = self.eng
         with self.flush_lock:
             with self.lock:
                 self._check()
@@ -366,7 +344,6 @@ class VolumeCache(_Source):
             with self.lock:
                 self.flushing = {}
                 self.epoch += 1
-        del eng
 
     def _commit(self, items: list[tuple[int, bytearray | None]],
                 in_txn: Callable[[lmdb.Transaction, object], None] | None) -> None:
