@@ -47,6 +47,16 @@ def store_digest(e: ebsengine.Engine) -> str:
     return h.hexdigest()
 
 
+def sha_bytes(tag: str, n: int = L.CHUNK_SIZE) -> bytes:
+    """``n`` deterministic, incompressible bytes named by ``tag`` (never all zeros)."""
+    out = bytearray()
+    i = 0
+    while len(out) < n:
+        out += hashlib.sha256(f"{tag}/{i}".encode()).digest()
+        i += 1
+    return bytes(out[:n])
+
+
 def discard_unflushable(e: ebsengine.Engine) -> None:
     """After a refused flush (store full): drop the writes the store cannot take, as a client
     that gives them up would, so closing devices and the engine does not retry them."""

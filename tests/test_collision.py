@@ -8,13 +8,13 @@ other one and only the byte comparison in ``ChunkStore.find`` keeps them apart.
 
 from __future__ import annotations
 
-import hashlib
 
 import pytest
 
 import ebsengine
 from ebsengine import layout as L
 from ebsengine.store import ChunkStore
+from conftest import sha_bytes
 
 CS = L.CHUNK_SIZE
 FAKE_FP = bytes.fromhex("c0111de5") * 4  # 16 bytes shared by every non-zero chunk
@@ -30,14 +30,7 @@ def collide(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ChunkStore, "fingerprints", staticmethod(_colliding_fingerprints))
 
 
-def pattern(tag: str, n: int = CS) -> bytes:
-    """``n`` deterministic, incompressible-ish bytes named by ``tag`` (never all zeros)."""
-    out = bytearray()
-    i = 0
-    while len(out) < n:
-        out += hashlib.sha256(f"{tag}/{i}".encode()).digest()
-        i += 1
-    return bytes(out[:n])
+pattern = sha_bytes  # deterministic incompressible bytes (conftest)
 
 
 def stored_keys(eng: ebsengine.Engine) -> list[bytes]:

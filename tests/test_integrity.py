@@ -9,7 +9,6 @@ engine that was open and on a freshly opened one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,18 +22,12 @@ from ebsengine import codec
 from ebsengine import layout as L
 from ebsengine.errors import FormatError
 from ebsengine.store import encode_chunk
+from conftest import sha_bytes
 
 CS = L.CHUNK_SIZE
 
 
-def noise(tag: str, n: int = CS) -> bytes:
-    """Incompressible deterministic bytes (stored raw)."""
-    out = bytearray()
-    i = 0
-    while len(out) < n:
-        out += hashlib.sha256(f"{tag}/{i}".encode()).digest()
-        i += 1
-    return bytes(out[:n])
+noise = sha_bytes  # deterministic incompressible bytes (conftest)
 
 
 def text(tag: str, n: int = CS) -> bytes:
