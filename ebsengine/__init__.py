@@ -7,11 +7,11 @@
 See README.md for the whole API; ``layout.py`` for the on-disk format.
 """
 
+from .block.device import Device
 from .engine import Engine, default_store_path
 from .errors import EbsError
 from .layout import BLOCK_SIZE, CHUNK_SIZE
 from .model import FsckReport, Snapshot, Usage, Volume
-from .volume import Device
 
 __version__ = "0.1.0"
 

@@ -12,10 +12,12 @@ from collections import Counter, defaultdict
 from typing import Any
 
 from . import layout as L
-from .blockmap import BlockMaps, Lineage
+from .block.maps import BlockMaps, Lineage
 from .errors import CorruptStore
 from .model import FsckReport
-from .store import ChunkStore, Store, decode_chunk
+from .storage.chunks import ChunkStore
+from .storage.envelope import decode_chunk
+from .storage.lmdb_env import Store
 
 MAX_REPORTED = 200
 

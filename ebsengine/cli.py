@@ -19,7 +19,8 @@ from typing import Any, Callable, Sequence
 from . import __version__
 from .engine import Engine, default_store_path
 from .errors import EbsError
-from .model import VOLUME_TYPES, Snapshot, Volume
+from .model import Snapshot, Volume
+from .rules import VOLUME_TYPES
 
 EXIT_USAGE = 2
 EXIT_FSCK = 6

@@ -18,21 +18,23 @@ from typing import Any, Callable, Iterable
 import lmdb
 
 from . import layout as L
-from .blockmap import BlockMaps, Lineage
+from .block.device import Device
+from .block.maps import BlockMaps, Lineage
+from .block.volume import SnapshotView, VolumeCache
 from .errors import (EbsError, IncorrectState, InvalidParameter, InvalidParameterCombination,
                      MissingParameter, SnapshotNotFound, VolumeInUse, VolumeNotFound)
-from .model import (VOLUME_TYPES, FsckReport, Snapshot, Usage, Volume, check_id, check_int,
-                    new_id, validate_volume_spec)
-from .store import (DEFAULT_MAP_SIZE, DEFAULT_ZSTD_LEVEL, ChunkStore, Store, decode_chunk,
-                    encode_chunk, encode_list)
-from .volume import Device, SnapshotView, VolumeCache
+from .model import FsckReport, Snapshot, Usage, Volume
+from .rules import (VOLUME_TYPES, check_description, check_id, check_int, check_tags, new_id,
+                    validate_volume_spec)
+from .storage.chunks import ChunkStore
+from .storage.envelope import DEFAULT_ZSTD_LEVEL, decode_chunk, encode_chunk, encode_list
+from .storage.lmdb_env import DEFAULT_MAP_SIZE, Store
 
 DEFAULT_DIRTY_LIMIT = 256 * 1024 * 1024
 #: ``service=`` hooks: given the new/changed resource, the (namespace, key, JSON value or None)
 #: records a service layer wants committed atomically with it.
 ServiceHook = Callable[[Any], Iterable[tuple[str, str, Any]]]
 MAX_SNAPSHOT_GIB = 65536
-MAX_TAGS = 50
 
 
 def default_store_path() -> str:
@@ -43,38 +45,6 @@ def default_store_path() -> str:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local",
                                                            "share")
     return os.path.join(base, "ebsengine")
-
-
-def _check_tags(tags: dict[str, str] | None) -> dict[str, str]:
-    if tags is not None and not isinstance(tags, dict):
-        raise InvalidParameter(f"Tags must be a mapping of key to value, not {type(tags).__name__}")
-    tags = dict(tags or {})
-    if len(tags) > MAX_TAGS:
-        raise InvalidParameter(f"A resource can have at most {MAX_TAGS} tags.")
-    for k, v in tags.items():
-        if not isinstance(k, str) or not k or len(k) > 128:
-            raise InvalidParameter(f"Tag key {k!r} must be 1-128 characters.")
-        if not isinstance(v, str) or len(v) > 256:
-            raise InvalidParameter(f"Tag value for {k!r} must be at most 256 characters.")
-        if k.lower().startswith("aws:"):
-            raise InvalidParameter(f"Tag keys starting with 'aws:' are reserved ({k!r}).")
-        _check_text(f"tag {k!r}", k)
-        _check_text(f"tag value for {k!r}", v)
-    return tags
-
-
-def _check_text(what: str, text: str) -> None:
-    """Refuse control characters: they cannot travel in AWS's XML responses (a stored one
-    would break every later Describe) and no EBS name or value allows them."""
-    if any(ord(c) < 32 and c not in "\t\n\r" or ord(c) == 0x7F or 0xD800 <= ord(c) < 0xE000
-           or ord(c) in (0xFFFE, 0xFFFF) for c in text):
-        raise InvalidParameter(f"The {what} contains a control character.")
-
-
-def _check_description(description: str) -> None:
-    if not isinstance(description, str) or len(description) > 255:
-        raise InvalidParameter("Description must be a string of at most 255 characters.")
-    _check_text("description", description)
 
 
 class Engine:
@@ -188,7 +158,7 @@ class Engine:
         if size_gib is None and snapshot_id is None:
             raise MissingParameter("The request must contain the parameter size or snapshotId")
         check_int("size", size_gib)
-        tags = _check_tags(tags)
+        tags = check_tags(tags)
         if kms_key_id is not None and not encrypted:
             raise MissingParameter("The parameter KmsKeyId requires the parameter Encrypted "
                                    "to be set.")
@@ -380,8 +350,8 @@ class Engine:
         """Snapshot a volume at this point in time: every write acknowledged before the call,
         none after. The first snapshot is full; later ones record only what changed since
         the previous one: O(chunks changed)."""
-        tags = _check_tags(tags)
-        _check_description(description)
+        tags = check_tags(tags)
+        check_description(description)
         sid = new_id("snap")
         out: list[Snapshot] = []
 
@@ -444,8 +414,8 @@ class Engine:
                       tags: dict[str, str] | None = None,
                       service: ServiceHook | None = None) -> Snapshot:
         """A new snapshot with the same content, sharing every chunk: O(1)."""
-        tags = _check_tags(tags)
-        _check_description(description)
+        tags = check_tags(tags)
+        check_description(description)
         sid = new_id("snap")
         with self._store.write() as txn:
             src = self._completed(txn, snapshot_id)
@@ -530,12 +500,12 @@ class Engine:
                        encrypted: bool = False, kms_key_id: str | None = None,
                        service: ServiceHook | None = None) -> Snapshot:
         """Begin a snapshot written block by block (EBS direct API StartSnapshot)."""
-        tags = _check_tags(tags)
+        tags = check_tags(tags)
         if isinstance(volume_size_gib, bool) or not isinstance(volume_size_gib, int) or \
                 not 1 <= volume_size_gib <= MAX_SNAPSHOT_GIB:
             raise InvalidParameter(f"VolumeSize must be 1-{MAX_SNAPSHOT_GIB} GiB.",
                                    code="INVALID_VOLUME_SIZE")
-        _check_description(description)
+        check_description(description)
         sid = new_id("snap")
         with self._store.write() as txn:
             base = None
@@ -697,11 +667,11 @@ class Engine:
         with self._store.write() as txn:
             if resource_id.startswith("vol-"):
                 rec = self._vol_rec(txn, resource_id)
-                rec["tags"] = _check_tags(change(dict(rec["tags"])))
+                rec["tags"] = check_tags(change(dict(rec["tags"])))
                 self._put_vol(txn, rec)
             elif resource_id.startswith("snap-"):
                 rec = self._snap_rec(txn, resource_id)
-                rec["tags"] = _check_tags(change(dict(rec["tags"])))
+                rec["tags"] = check_tags(change(dict(rec["tags"])))
                 self._put_snap(txn, rec)
             else:
                 raise InvalidParameter(f"Resource id {resource_id!r} is not a volume or snapshot")

@@ -35,7 +35,7 @@ Sub-databases (key -> value; integers are unsigned big-endian so byte order = nu
     ``lineage u64 | gen u32 | idx u32`` -> ``b""``: the same entries indexed by generation,
     which makes "what changed in generations (a, b]" a range scan (changed-block tracking).
 ``lineages``
-    lineage u64 -> JSON object (see :class:`ebsengine.blockmap.Lineage`): ``head`` (the
+    lineage u64 -> JSON object (see :class:`ebsengine.block.maps.Lineage`): ``head`` (the
     generation writes go to, or null when no volume or pending snapshot owns the lineage),
     ``owner`` (volume id or pending snapshot id owning the head), ``base`` (``[lineage, gen]``
     whose data shows through where this lineage has no entry, or null), ``points`` (live

@@ -13,7 +13,7 @@ import pytest
 
 import ebsengine
 from ebsengine import layout as L
-from ebsengine.store import ChunkStore
+from ebsengine.storage.chunks import ChunkStore
 from conftest import sha_bytes
 
 CS = L.CHUNK_SIZE

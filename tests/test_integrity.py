@@ -21,7 +21,7 @@ import ebsengine
 from ebsengine import codec
 from ebsengine import layout as L
 from ebsengine.errors import FormatError
-from ebsengine.store import encode_chunk
+from ebsengine.storage.envelope import encode_chunk
 from conftest import sha_bytes
 
 CS = L.CHUNK_SIZE

@@ -1,8 +1,7 @@
-"""The LMDB environment and the content-addressed chunk store on top of it.
+"""The LMDB environment: :class:`Store` owns it and hands out transactions.
 
-:class:`Store` owns the environment and hands out transactions; :class:`ChunkStore`
-operations run inside a write transaction given by the caller, so that chunks, the maps that
-reference them and their reference counts change in one commit (see ``layout.py``).
+Every durable change is one write transaction (see ``layout.py``); the chunk store and the
+block maps run inside the caller's transaction.
 """
 
 from __future__ import annotations
@@ -13,17 +12,15 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, TypeVar
 
 import lmdb
-import zstandard
 
-from . import codec
-from . import layout as L
-from .errors import Closed, CorruptStore, FormatError, StoreFull, StoreLocked
+from .. import layout as L
+from .envelope import DEFAULT_ZSTD_LEVEL
+from ..errors import Closed, CorruptStore, FormatError, StoreFull, StoreLocked
 
 DEFAULT_MAP_SIZE = 1 << 40  # 1 TiB of address space; the file grows only as data is written
-DEFAULT_ZSTD_LEVEL = 3  # 64 KiB chunks alone: level 1 stores 1.078x restic, level 3 1.043x
 GROUP_LINGER = 0.004  # seconds a group-commit leader waits for announced callers
 
 T = TypeVar("T")
@@ -268,152 +265,3 @@ def _disk_nearly_full(path: str) -> bool:
         return False
     free = st.f_bavail * st.f_frsize
     return free < max(64 * 1024 * 1024, st.f_blocks * st.f_frsize // 100)
-
-
-class _Codecs(threading.local):
-    """Per-thread zstd objects (they are not thread-safe)."""
-
-    def __init__(self) -> None:
-        self.level = DEFAULT_ZSTD_LEVEL
-        self.c: zstandard.ZstdCompressor | None = None
-        self.d = zstandard.ZstdDecompressor()
-
-    def compressor(self, level: int) -> zstandard.ZstdCompressor:
-        if self.c is None or self.level != level:
-            self.c = zstandard.ZstdCompressor(level=level, write_content_size=True,
-                                              write_checksum=False)
-            self.level = level
-        return self.c
-
-
-_codecs = _Codecs()
-
-
-def encode_chunk(data: bytes | bytearray | memoryview, level: int) -> bytes:
-    """Stored form of one chunk: zstd when it saves at least 1/16, else raw."""
-    z = _codecs.compressor(level).compress(data)
-    if len(z) < len(data) - len(data) // 16:
-        return bytes((L.CODEC_ZSTD,)) + z
-    return bytes((L.CODEC_RAW,)) + bytes(data)
-
-
-def decode_chunk(value: bytes | memoryview) -> bytes:
-    """Uncompressed bytes of a stored chunk value; :class:`CorruptStore` if it cannot be."""
-    kind = value[0]
-    if kind == L.CODEC_RAW:
-        out = bytes(value[1:])
-    elif kind == L.CODEC_ZSTD:
-        try:
-            out = _codecs.d.decompress(bytes(value[1:]), max_output_size=L.CHUNK_SIZE)
-        except zstandard.ZstdError as exc:
-            raise CorruptStore(f"chunk does not decompress: {exc}") from exc
-    else:
-        raise CorruptStore(f"unknown chunk codec {kind}")
-    if len(out) != L.CHUNK_SIZE:
-        raise CorruptStore(f"chunk decodes to {len(out)} bytes, not {L.CHUNK_SIZE}")
-    return out
-
-
-class ChunkStore:
-    """Content-addressed, reference-counted chunks. Methods take the caller's transaction."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.chunks = store.db["chunks"]
-        self.refs = store.db["refs"]
-        self.level = store.zstd_level
-
-    @staticmethod
-    def fingerprints(buf: bytes | bytearray | memoryview) -> list[bytes | None]:
-        """Fingerprint each CHUNK_SIZE piece of ``buf``; None marks an all-zero chunk.
-
-        Every caller goes through this one method, so a test can replace it to force
-        fingerprint collisions (DESIGN invariant 5)."""
-        return codec.scan_chunks(buf, L.CHUNK_SIZE)
-
-    def get(self, txn: lmdb.Transaction, key: bytes) -> bytes:
-        value = txn.get(key, db=self.chunks)
-        if value is None:
-            raise CorruptStore(f"chunk {key.hex()} is referenced but missing")
-        return decode_chunk(value)
-
-    def find(self, txn: lmdb.Transaction, fp: bytes, data: bytes | memoryview) -> bytes | None:
-        """Key of the stored chunk holding exactly ``data`` (fingerprint ``fp``), or None.
-
-        Compares bytes, not only fingerprints: a colliding chunk is never returned.
-        """
-        cur = txn.cursor(db=self.chunks)
-        if not cur.set_range(fp):
-            return None
-        while True:
-            key = cur.key()  # look at the key first: the neighbour's value is not copied
-            if key[:L.FP_SIZE] != fp:
-                return None
-            if decode_chunk(cur.value()) == data:
-                return key
-            if not cur.next():
-                return None
-
-    def maybe_stored(self, txn: lmdb.Transaction, fp: bytes) -> bool:
-        """Whether some chunk has fingerprint ``fp`` (no bytes compared: a cheap hint)."""
-        cur = txn.cursor(db=self.chunks)
-        return bool(cur.set_range(fp)) and cur.key()[:L.FP_SIZE] == fp
-
-    def _free_key(self, txn: lmdb.Transaction, fp: bytes) -> bytes:
-        cur = txn.cursor(db=self.chunks)
-        n = 0
-        if cur.set_range(fp):
-            for key in cur.iternext(keys=True, values=False):
-                if key[:L.FP_SIZE] != fp:
-                    break
-                n = max(n, int.from_bytes(key[L.FP_SIZE:], "big") + 1)
-        return L.chunk_key(fp, n)
-
-    def put(self, txn: lmdb.Transaction, fp: bytes, data: bytes | memoryview,
-            encoded: bytes | None = None) -> bytes:
-        """Store ``data`` (or find it stored) and take one reference; returns its key."""
-        key = self.find(txn, fp, data)
-        if key is None:
-            key = self._free_key(txn, fp)
-            txn.put(key, encoded if encoded is not None else encode_chunk(data, self.level),
-                    db=self.chunks)
-        self.incref(txn, key)
-        return key
-
-    def incref(self, txn: lmdb.Transaction, key: bytes, n: int = 1) -> None:
-        old = txn.get(key, db=self.refs)
-        txn.put(key, L.u64((L.read_u64(old) if old else 0) + n), db=self.refs)
-
-    def decref(self, txn: lmdb.Transaction, key: bytes) -> None:
-        """Release one reference; the chunk is freed when none is left."""
-        old = txn.get(key, db=self.refs)
-        if old is None:
-            raise CorruptStore(f"releasing chunk {key.hex()} that has no reference count")
-        n = L.read_u64(old) - 1
-        if n > 0:
-            txn.put(key, L.u64(n), db=self.refs)
-        else:
-            txn.delete(key, db=self.refs)
-            txn.delete(key, db=self.chunks)
-
-    def stored_size(self, txn: lmdb.Transaction, key: bytes) -> int:
-        value = txn.get(key, db=self.chunks)
-        return 0 if value is None else len(value) - 1
-
-    def refcount(self, txn: lmdb.Transaction, key: bytes) -> int:
-        old = txn.get(key, db=self.refs)
-        return L.read_u64(old) if old else 0
-
-
-def encode_list(datas: Sequence[bytes | memoryview], level: int) -> list[bytes]:
-    """Encode several chunks on one thread (one pool task per list: less overhead)."""
-    return [encode_chunk(d, level) for d in datas]
-
-
-def encode_many(datas: Sequence[bytes | memoryview], level: int,
-                pool: "object | None" = None) -> list[bytes]:
-    """Encode chunks, in parallel on ``pool`` (a ThreadPoolExecutor) when given: zstd
-    releases the GIL, so two threads compress about twice as fast."""
-    if pool is None or len(datas) < 4:
-        return [encode_chunk(d, level) for d in datas]
-    return list(pool.map(lambda d: encode_chunk(d, level), datas))  # type: ignore[attr-defined]

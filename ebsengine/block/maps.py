@@ -14,9 +14,10 @@ from typing import Iterator
 
 import lmdb
 
-from . import layout as L
-from .errors import CorruptStore
-from .store import ChunkStore, Store
+from .. import layout as L
+from ..errors import CorruptStore
+from ..storage.chunks import ChunkStore
+from ..storage.lmdb_env import Store
 
 Point = tuple[int, int]  # (lineage, gen)
 
