@@ -13,8 +13,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from . import __version__
 from .engine import Engine, default_store_path
@@ -72,8 +73,8 @@ def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
         return "(none)"
     cells = [[str(r.get(c, "")) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(cols, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join(lines)
 
 
@@ -238,8 +239,27 @@ def cmd_fsck(eng: Engine, a: argparse.Namespace, out: Out) -> int:
 
 
 def cmd_serve(eng: Engine, a: argparse.Namespace, out: Out) -> int:
-    from .serve import run_services
-    return run_services(eng, a)
+    """NBD (Unix socket and/or TCP) and the AWS API on ``eng``, in the one serve loop."""
+    from .aws.server import ApiServer
+    from .nbd.server import DEFAULT_SOCKET_NAME, NbdServer
+    from .serve import Service, run_services
+
+    if a.nbd_socket is None:
+        unix: str | None = os.path.join(os.path.abspath(eng.path), DEFAULT_SOCKET_NAME)
+    elif a.nbd_socket in ("", "none"):
+        unix = None
+    else:
+        unix = os.path.abspath(a.nbd_socket)
+    tcp = (a.host, a.nbd_port) if a.nbd_port else None
+    services: list[Service] = []
+    if unix is not None or tcp is not None:
+        services.append(NbdServer(eng, unix, tcp))
+    if a.http_port:
+        services.append(ApiServer(eng, a.host, a.http_port))
+    if not services:
+        print("ebsengine: error: nothing to serve (NBD and HTTP both disabled)", file=sys.stderr)
+        return EXIT_USAGE
+    return run_services(services, store=eng.path)
 
 
 COMMANDS: dict[str, Callable[[Engine, argparse.Namespace, Out], int]] = {
@@ -263,9 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help=argparse.SUPPRESS)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print JSON for scripts")
+
+    class CommandParser(argparse.ArgumentParser):
+        def __init__(self, **kw: Any) -> None:
+            super().__init__(parents=[common], **kw)
+
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                           parser_class=lambda **kw: argparse.ArgumentParser(
-                               parents=[common], **kw))
+                           parser_class=CommandParser)
     types = sorted(VOLUME_TYPES)
 
     def spec(sp: argparse.ArgumentParser, type_default: str | None) -> None:

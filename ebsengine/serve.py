@@ -1,62 +1,138 @@
-"""``ebsengine serve``: the NBD server and the AWS-compatible HTTP API on one engine.
+"""The one serve loop: run services on one engine until SIGTERM/SIGINT, then stop them in order.
 
-Both services share one :class:`~ebsengine.Engine`, so a block written over NBD is the block
-GetSnapshotBlock returns and a snapshot taken through the API is point in time for NBD
-writers. SIGTERM/SIGINT stop both cleanly: NBD finishes and flushes in-flight writes and
-removes its socket file, the API finishes in-flight requests, then the engine flushes and
-closes the store.
+Every way of serving goes through :func:`run_services`: ``ebsengine serve`` (NBD and the
+AWS-compatible API on one engine, see ``cli.py``), ``ebsengine.nbd.serve()`` (NBD alone) and
+``python -m ebsengine.aws.server`` (the API alone). The loop knows no service: anything with
+``start()``, ``stop()``, ``addresses()`` and a ``label`` is one (:class:`Service`), so this
+module sits below ``ebsengine.nbd`` and ``ebsengine.aws`` and imports neither.
+
+Lifecycle, in order:
+
+1. SIGTERM and SIGINT handlers are installed before anything listens (a signal that arrives
+   while a service starts is not lost, and does not raise ``KeyboardInterrupt`` mid-start).
+2. The services start in the order given; each announces its addresses on stdout
+   (``ebsengine: serving NBD on unix:/.../nbd.sock``), then the store line
+   (``ebsengine: store PATH; stop with Ctrl-C or SIGTERM``) says all are up. If one fails to
+   start, the ones already started are stopped (in reverse order) and the error propagates.
+3. On the first SIGTERM/SIGINT (or when the caller's ``stop`` event is set) the services stop
+   in reverse order of starting: each ``stop()`` finishes its in-flight requests (NBD also
+   flushes what its connections wrote and removes its socket file). A service whose
+   ``stop()`` fails does not keep the others running: they are all stopped, then the first
+   error propagates. The signal handlers stay installed until every service has stopped, so a
+   second Ctrl-C cannot interrupt a flush; then the previous handlers are restored.
+4. ``ebsengine: stopped`` is printed and 0 returned; the caller then closes the engine (which
+   flushes and closes the store).
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import signal
 import threading
+from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import Protocol
 
-from .engine import Engine
+#: what ``signal.signal`` returns and takes: a handler, SIG_DFL/SIG_IGN, or None
+_Handler = Callable[[int, FrameType | None], object] | int | None
+
+EXIT_OK = 0
+EXIT_NOTHING_TO_SERVE = 2
 
 
-def run_services(eng: Engine, a: argparse.Namespace) -> int:
-    from .aws.server import ApiServer
-    from .nbd.server import DEFAULT_SOCKET_NAME, NbdServer
+class Service(Protocol):
+    """A server that runs on threads of its own (``NbdServer``, ``ApiServer``)."""
 
-    if a.nbd_socket is None:
-        unix: str | None = os.path.join(os.path.abspath(eng.path), DEFAULT_SOCKET_NAME)
-    elif a.nbd_socket in ("", "none"):
-        unix = None
-    else:
-        unix = os.path.abspath(a.nbd_socket)
-    tcp = (a.host, a.nbd_port) if a.nbd_port else None
-    done = threading.Event()
+    #: how the announcement names it: "NBD", "the AWS API"
+    label: str
+
+    def start(self) -> object:
+        """Listen and serve in background threads; return once listening."""
+        ...
+
+    def stop(self) -> None:
+        """Stop accepting, finish in-flight work, close the listeners. Idempotent."""
+        ...
+
+    def addresses(self) -> list[str]:
+        """Where it listens, for people (``unix:PATH``, ``tcp:HOST:PORT``, a URL)."""
+        ...
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def run_services(
+    services: Sequence[Service],
+    *,
+    store: str | None = None,
+    stop: threading.Event | None = None,
+    announce: Callable[[str], None] = _print,
+) -> int:
+    """Start ``services`` in order, serve until SIGTERM/SIGINT or ``stop``, stop them in reverse.
+
+    Args:
+        services: the services to run (already constructed on one engine, not started).
+        store: the engine's store path, for the ready line; ``None`` leaves it out of it.
+        stop: an event that ends the loop when set. Required when not called from the main
+            thread (only the main thread can receive signals); from the main thread SIGTERM
+            and SIGINT end the loop as well.
+        announce: where the lines for people go (default: stdout, flushed).
+
+    Returns:
+        0 after a clean shutdown, 2 when ``services`` is empty (nothing was started).
+
+    Raises:
+        whatever a service's ``start()`` or ``stop()`` raised (after stopping all the others).
+        RuntimeError: called off the main thread without a ``stop`` event.
+    """
+    if not services:
+        announce("ebsengine: nothing to serve (every service is disabled)")
+        return EXIT_NOTHING_TO_SERVE
+    in_main = threading.current_thread() is threading.main_thread()
+    if not in_main and stop is None:
+        raise RuntimeError("run_services() off the main thread needs a stop event "
+                           "(signals reach only the main thread)")
+    done = stop if stop is not None else threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         done.set()
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    nbd = api = None
+    previous: dict[signal.Signals, _Handler] = {}
+    if in_main:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, on_signal)
+    started: list[Service] = []
     try:
-        if unix is not None or tcp is not None:
-            nbd = NbdServer(eng, unix, tcp)
-            nbd.start()
-            for addr in nbd.addresses():
-                print(f"ebsengine: serving NBD on {addr}", flush=True)
-        if a.http_port:
-            api = ApiServer(eng, a.host, a.http_port).start()
-            print(f"ebsengine: serving the AWS API on {api.url}", flush=True)
-        if nbd is None and api is None:
-            print("ebsengine: nothing to serve (NBD and HTTP both disabled)", flush=True)
-            return 2
-        print(f"ebsengine: store {eng.path}; stop with Ctrl-C or SIGTERM", flush=True)
+        for svc in services:
+            svc.start()
+            started.append(svc)
+            for addr in svc.addresses():
+                announce(f"ebsengine: serving {svc.label} on {addr}")
+        where = f"store {store}; " if store is not None else ""
+        announce(f"ebsengine: {where}stop with Ctrl-C or SIGTERM")
+        # a timed wait, so that a signal's handler runs within a second even where a lock
+        # wait cannot be interrupted
         while not done.wait(1.0):
             pass
     finally:
-        if api is not None:
-            api.stop()
-        if nbd is not None:
-            nbd.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    print("ebsengine: stopped", flush=True)
-    return 0
+        try:
+            _stop_all(started)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    announce("ebsengine: stopped")
+    return EXIT_OK
+
+
+def _stop_all(started: list[Service]) -> None:
+    """Stop ``started`` in reverse order; every one is stopped even if one fails."""
+    first: BaseException | None = None
+    for svc in reversed(started):
+        try:
+            svc.stop()
+        except BaseException as exc:  # noqa: BLE001 - the others must stop too; re-raised below
+            if first is None:
+                first = exc
+    if first is not None:
+        raise first

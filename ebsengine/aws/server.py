@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
 from ebsengine import errors as engine_errors
 
@@ -148,7 +148,7 @@ class AwsApp:
     # EC2 query protocol
 
     def _ec2(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        ctx, service = self._context(environ)
+        ctx, _service = self._context(environ)
         try:
             form: dict[str, str] = {}
             query = environ.get("QUERY_STRING") or ""
@@ -243,11 +243,13 @@ class ApiServer:
     ``modification``, ``authenticator``, ``clock``).
     """
 
+    label = "the AWS API"  # what the serve loop calls it
+
     def __init__(self, engine: Any, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, **app_options: Any) -> None:
         self.app = AwsApp(engine, **app_options)
         self.host = host
         self._requested_port = port
-        self._server: BaseWSGIServer | None = None
+        self._server: ThreadedWSGIServer | None = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -261,11 +263,14 @@ class ApiServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
+    def addresses(self) -> list[str]:
+        """Where it listens (for the serve loop's announcement): ``[url]``."""
+        return [self.url]
+
     def start(self) -> ApiServer:
         if self._server is not None:
             return self
-        server = make_server(self.host, self._requested_port, self.app, threaded=True,
-                             request_handler=_QuietHandler)
+        server = ThreadedWSGIServer(self.host, self._requested_port, self.app, handler=_QuietHandler)
         # stop() waits for in-flight requests (server_close joins request threads), so none
         # of them can touch the engine after the caller closes it
         server.daemon_threads = False
@@ -285,12 +290,6 @@ class ApiServer:
             thread.join()
         self._server = self._thread = None
 
-    def wait(self) -> None:
-        """Block until :meth:`stop` is called from elsewhere."""
-        thread = self._thread
-        while thread is not None and thread.is_alive():
-            thread.join(0.5)
-
     def __enter__(self) -> ApiServer:
         return self.start()
 
@@ -300,28 +299,26 @@ class ApiServer:
 
 def serve(engine: Any, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, block: bool = True,
           **app_options: Any) -> ApiServer:
-    """Start the endpoint for ``ebsengine serve``.
+    """Start the endpoint on ``engine``.
 
     With ``block=False`` it returns the started :class:`ApiServer` at once (run the NBD
-    server alongside, call ``stop()`` at shutdown). With ``block=True`` it serves until
-    KeyboardInterrupt, then stops and returns the server.
+    server alongside, call ``stop()`` at shutdown). With ``block=True`` it serves in
+    :func:`ebsengine.serve.run_services` (the one serve loop: from the main thread, until
+    SIGTERM or SIGINT), then returns the stopped server.
     """
-    server = ApiServer(engine, host, port, **app_options).start()
-    log.info("AWS API listening on %s", server.url)
+    from ebsengine.serve import run_services
+
+    server = ApiServer(engine, host, port, **app_options)
     if not block:
-        return server
-    try:
-        server.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
+        return server.start()
+    run_services([server])
     return server
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     """``python -m ebsengine.aws.server --store DIR [--host H] [--port P]`` (benchmarks, manual use)."""
-    import ebsengine
+    from ebsengine import Engine
+    from ebsengine.serve import run_services
 
     parser = argparse.ArgumentParser(description="ebsengine AWS-compatible endpoint (EC2 + EBS direct APIs)")
     parser.add_argument("--store", required=True)
@@ -329,16 +326,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--region", default=DEFAULT_REGION)
     args = parser.parse_args(argv)
-    with ebsengine.Engine(args.store) as engine:  # type: ignore[attr-defined]
-        server = ApiServer(engine, args.host, args.port, default_region=args.region).start()
-        print(server.url, flush=True)
-        try:
-            server.wait()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            server.stop()
+    with Engine(args.store) as engine:
+        server = ApiServer(engine, args.host, args.port, default_region=args.region)
+        return run_services([server], store=args.store)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -5,7 +5,8 @@ Library use (tests, embedding)::
     with NbdServer(engine, unix_path=tmp / "nbd.sock", tcp=None) as srv:
         ...  # nbd+unix:///vol-...?socket=<tmp>/nbd.sock
 
-Command-line use goes through :func:`serve`, which ``ebsengine serve`` calls.
+Command-line use: :func:`serve` (NBD alone) or ``ebsengine serve`` (NBD beside the AWS API);
+both run the server in :func:`ebsengine.serve.run_services`, the one serve loop.
 
 Defaults: a Unix socket ``<store>/nbd.sock`` (``serve``), TCP off unless a port is given
 (the conventional port is :data:`DEFAULT_TCP_PORT`, bound to 127.0.0.1 only by default).
@@ -24,15 +25,13 @@ import errno
 import logging
 import os
 import selectors
-import signal
 import socket
 import stat
 import struct
 import threading
 import time
 from pathlib import Path
-from types import FrameType, TracebackType
-from typing import Any
+from types import TracebackType
 
 from ebsengine.nbd import protocol as p
 from ebsengine.nbd.exports import EngineLike, Export
@@ -64,6 +63,8 @@ class NbdServer:
         background_flush: flush written volumes in the background (see ``flusher.py``)
             so that request threads never pay for the engine's inline flush.
     """
+
+    label = "NBD"  # what the serve loop calls it
 
     def __init__(
         self,
@@ -319,7 +320,7 @@ class NbdServer:
                     self._release_flusher(session.export.ident)
         except (p.Disconnect, OSError) as exc:
             log.debug("nbd: connection ended during handshake: %s", exc)
-        except Exception:  # noqa: BLE001 - one bad connection must not take the server down
+        except Exception:  # one bad connection must not take the server down (logged)
             log.exception("nbd: connection failed")
         finally:
             with self._lock:
@@ -409,9 +410,11 @@ def serve(
 
     Returns the process exit status (0 after a clean shutdown). On SIGTERM/SIGINT the
     server stops accepting, finishes and flushes in-flight writes, removes its socket
-    file, and the engine is closed.
+    file, and the engine is closed. Call it from the main thread (signals stop it); the
+    loop is :func:`ebsengine.serve.run_services`.
     """
     from ebsengine import Engine  # the facade; imported late so the protocol layer stands alone
+    from ebsengine.serve import run_services
 
     if unix_path is None:
         unix = Path(store_path) / DEFAULT_SOCKET_NAME
@@ -420,13 +423,6 @@ def serve(
     else:
         unix = Path(unix_path)
     tcp = (tcp_host, tcp_port) if tcp_port is not None else None
-    done = threading.Event()
-    in_main = threading.current_thread() is threading.main_thread()
-    previous: dict[signal.Signals, Any] = {}
-
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        done.set()
-
     with Engine(store_path) as engine:
         server = NbdServer(
             engine,
@@ -436,17 +432,4 @@ def serve(
             workers=workers,
             background_flush=background_flush,
         )
-        if in_main:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                previous[sig] = signal.signal(sig, _on_signal)
-        try:
-            server.start()
-            for addr in server.addresses():
-                print(f"ebsengine: serving NBD on {addr}", flush=True)
-            while not done.wait(1.0):
-                pass
-        finally:
-            server.stop()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-    return 0
+        return run_services([server], store=str(store_path))
