@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Any, Callable, Union
+from collections.abc import Callable
+from typing import Any
 
 import xxhash
 
@@ -42,7 +43,7 @@ __all__ = [
     "zero_runs",
 ]
 
-BytesLike = Union[bytes, bytearray, memoryview]
+BytesLike = bytes | bytearray | memoryview
 """What the functions here accept; any C-contiguous buffer-protocol object works."""
 
 _UINT32_MAX = 0xFFFFFFFF
@@ -216,7 +217,8 @@ def _c_scan_chunks(mv: memoryview, chunk_size: int) -> list[bytes | None]:
         "ebs_scan_chunks",
     )
     fp = _ffi.buffer(fps)[:]
-    return [None if z else fp[i * FP_SIZE : (i + 1) * FP_SIZE] for i, z in enumerate(_ffi.buffer(zeros)[:])]
+    zeros_flags = _ffi.buffer(zeros)[:]
+    return [None if z else fp[i * FP_SIZE : (i + 1) * FP_SIZE] for i, z in enumerate(zeros_flags)]
 
 
 def _c_diff_records(a: memoryview, b: memoryview, width: int) -> list[int]:
@@ -260,7 +262,8 @@ def _c_zero_runs(mv: memoryview, granule: int) -> list[tuple[int, bool]]:
     runs: list[tuple[int, bool]] = []
     if granule <= _UINT32_MAX:
         step = (_UINT32_MAX // granule) * granule
-        pieces = (_c_zero_runs_segment(mv[off : off + step], granule) for off in range(0, size, step))
+        pieces = (_c_zero_runs_segment(mv[off : off + step], granule)
+                  for off in range(0, size, step))
     else:  # granules beyond 4 GiB: one C zero test per granule
         pieces = (
             [(len(mv[off : off + granule]), _c_is_zero(mv[off : off + granule]))]
@@ -362,7 +365,8 @@ def diff_records(a: BytesLike, b: BytesLike, width: int) -> list[int]:
     va, vb = _view("a", a), _view("b", b)
     width = _positive("width", width)
     if len(va) != len(vb):
-        raise InvalidParameter(f"a and b must have the same length, got {len(va)} and {len(vb)} bytes")
+        raise InvalidParameter(
+            f"a and b must have the same length, got {len(va)} and {len(vb)} bytes")
     if len(va) % width:
         raise InvalidParameter(f"length {len(va)} is not a multiple of the record width {width}")
     if len(va) // width > _UINT32_MAX + 1:
@@ -438,7 +442,8 @@ def _selftest() -> None:
     for width in (1, 7, 16):
         n = len(mv) // width * width
         checks.append(
-            (f"diff_records({width})", _c_diff_records(mv[:n], mo[:n], width), _py_diff_records(mv[:n], mo[:n], width))
+            (f"diff_records({width})", _c_diff_records(mv[:n], mo[:n], width),
+             _py_diff_records(mv[:n], mo[:n], width))
         )
     for what, c_result, py_result in checks:
         if c_result != py_result:

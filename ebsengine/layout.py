@@ -154,7 +154,7 @@ def u64(n: int) -> bytes:
 
 
 def read_u64(b: bytes) -> int:
-    return _U64.unpack(b)[0]
+    return int(_U64.unpack(b)[0])
 
 
 def blocksum_key(snapshot_id: str, block: int) -> bytes:

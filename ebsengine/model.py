@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, TypeVar
 
 from .layout import GIB
 
+_R = TypeVar("_R", bound="_Record")
 
+
+@dataclass(frozen=True)
 class _Record:
     """JSON (de)serialisation shared by the records; unknown keys are kept out."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)  # type: ignore[call-overload]
+        return asdict(self)
 
     def to_json(self, **extra: Any) -> bytes:
         d = self.to_dict()
@@ -21,8 +24,8 @@ class _Record:
         return json.dumps(d, sort_keys=True).encode()
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Any:
-        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    def from_dict(cls: type[_R], d: dict[str, Any]) -> _R:
+        names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
 

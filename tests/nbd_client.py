@@ -108,7 +108,7 @@ class NbdClient:
         self.sock.settimeout(wait)
         try:
             return self.sock.recv(1) == b""
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             return False
         except ConnectionResetError:
             return True

@@ -9,6 +9,7 @@ import subprocess
 from typing import Any
 
 import pytest
+
 from test_aws_support import BLOCK, Aws, aws, sha_b64  # noqa: F401  (aws is a fixture)
 
 pytestmark = pytest.mark.skipif(shutil.which("aws") is None, reason="aws-cli not installed")

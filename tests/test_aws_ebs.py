@@ -323,9 +323,8 @@ def test_rest_json_error_shape(aws: Aws) -> None:
 
 def test_nbd_writes_and_reads_meet_the_direct_apis(aws: Aws) -> None:
     """NBD -> CreateSnapshot -> GetSnapshotBlock, and PutSnapshotBlock -> CreateVolume -> NBD read."""
-    from nbd_client import CMD_FLUSH, NbdClient
-
     from ebsengine.nbd.server import NbdServer
+    from nbd_client import CMD_FLUSH, NbdClient
 
     nbd = NbdServer(aws.engine, None, ("127.0.0.1", 0), background_flush=False)
     nbd.start()

@@ -8,9 +8,9 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 import pytest
-from test_aws_support import Aws, aws, expect_error  # noqa: F401  (fixture)
 
 from ebsengine.aws.ec2 import ModificationRules
+from test_aws_support import Aws, aws, expect_error  # noqa: F401  (fixture)
 
 AZ = "us-east-1a"
 
@@ -173,9 +173,8 @@ def test_delete_volume_and_waiters_finish_at_first_poll(aws: Aws) -> None:
 
 def test_delete_volume_open_on_a_device_is_refused(aws: Aws) -> None:
     vid = aws.volume()
-    with aws.engine.open_volume(vid):
-        with aws.unchanged():
-            expect_error(aws.ec2.delete_volume, "VolumeInUse", 400, VolumeId=vid)
+    with aws.engine.open_volume(vid), aws.unchanged():
+        expect_error(aws.ec2.delete_volume, "VolumeInUse", 400, VolumeId=vid)
 
 
 # --- ModifyVolume --------------------------------------------------------------------------

@@ -16,7 +16,14 @@ import botocore.serialize
 import pytest
 
 from ebsengine.aws.errors import ApiError
-from ebsengine.aws.shapes import Ec2Protocol, RestJsonProtocol, RestRequest, iso8601, parse_timestamp, service_model
+from ebsengine.aws.shapes import (
+    Ec2Protocol,
+    RestJsonProtocol,
+    RestRequest,
+    iso8601,
+    parse_timestamp,
+    service_model,
+)
 
 EC2 = Ec2Protocol()
 EBS = RestJsonProtocol("ebs")

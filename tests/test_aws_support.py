@@ -15,9 +15,9 @@ import boto3
 import botocore.config
 import pytest
 from botocore.exceptions import ClientError
-from conftest import store_digest
 
 import ebsengine
+from conftest import store_digest
 from ebsengine.aws.server import ApiServer
 
 BLOCK = 524288

@@ -18,8 +18,8 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
-from typing import Callable, Iterator
 
 import pytest
 import xxhash
@@ -207,7 +207,7 @@ def test_is_zero_every_position(impl: SimpleNamespace) -> None:
     # a single nonzero byte at each position of a buffer that spans the C block sizes,
     # at several alignments
     base = bytearray(200)
-    for start in range(0, 9):
+    for start in range(9):
         assert impl.is_zero(memoryview(base)[start:])
     for pos in range(200):
         base[pos] = 0x80
@@ -245,7 +245,7 @@ def test_zero_runs_matches_reference(case: tuple[bytes, int], granule: int) -> N
     buf = case[0]
     expect = ref_zero_runs(buf, granule)
     assert sum(n for n, _ in expect) == len(buf)
-    assert all(x[1] != y[1] for x, y in zip(expect, expect[1:]))
+    assert all(x[1] != y[1] for x, y in itertools.pairwise(expect))
     assert codec._py_zero_runs(memoryview(buf), granule) == expect
     if codec.HAVE_C:
         assert codec._c_zero_runs(memoryview(buf), granule) == expect

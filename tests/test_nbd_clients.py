@@ -22,7 +22,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from ebsengine.nbd.server import NbdServer  # noqa: E402
+from ebsengine.nbd.server import NbdServer
 
 MiB = 1 << 20
 pytestmark = pytest.mark.needs_tools

@@ -11,13 +11,12 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import nbd_client as nc  # noqa: E402
-from nbd_client import NbdClient  # noqa: E402
-
-from ebsengine import errors  # noqa: E402
-from ebsengine.nbd import protocol as p  # noqa: E402
-from ebsengine.nbd.exports import errno_for  # noqa: E402
-from ebsengine.nbd.server import NbdServer  # noqa: E402
+import nbd_client as nc
+from ebsengine import errors
+from ebsengine.nbd import protocol as p
+from ebsengine.nbd.exports import errno_for
+from ebsengine.nbd.server import NbdServer
+from nbd_client import NbdClient
 
 MiB = 1 << 20
 FAULT_AT = 512 * MiB  # every access at or beyond this offset fails

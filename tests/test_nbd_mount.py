@@ -21,9 +21,8 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import nbd_client as nc  # noqa: E402
-
-from ebsengine.nbd.server import NbdServer  # noqa: E402
+import nbd_client as nc
+from ebsengine.nbd.server import NbdServer
 
 MiB = 1 << 20
 pytestmark = pytest.mark.needs_tools
@@ -136,9 +135,8 @@ class Pipeline:
 
     def umount(self) -> None:
         os.chdir(self.tmp)  # never hold the mountpoint busy
-        if is_mounted(self.mnt):
-            if run_or_abort(["umount", str(self.mnt)], self.fuse) != 0:
-                run_or_abort(["umount", "-l", str(self.mnt)], self.fuse)
+        if is_mounted(self.mnt) and run_or_abort(["umount", str(self.mnt)], self.fuse) != 0:
+            run_or_abort(["umount", "-l", str(self.mnt)], self.fuse)
         out = subprocess.run(["losetup", "-n", "-O", "NAME", "-j", str(self.img)],
                              capture_output=True, text=True).stdout.split()
         for loop in out:

@@ -20,10 +20,9 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import nbd_client as nc  # noqa: E402
-from nbd_client import NbdClient  # noqa: E402
-
-from ebsengine.nbd.server import NbdServer  # noqa: E402
+import nbd_client as nc
+from ebsengine.nbd.server import NbdServer
+from nbd_client import NbdClient
 
 MiB = 1 << 20
 

@@ -17,10 +17,9 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import nbd_client as nc  # noqa: E402
-from nbd_client import NbdClient  # noqa: E402
-
-from ebsengine.nbd.server import NbdServer  # noqa: E402
+import nbd_client as nc
+from ebsengine.nbd.server import NbdServer
+from nbd_client import NbdClient
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
@@ -96,7 +95,7 @@ def test_nbd_serve_signal_flushes_and_removes_socket(tmp_path: Path, sig: int) -
 def test_nbd_serve_default_socket_in_store(tmp_path: Path) -> None:
     store = tmp_path / "store"
     nc.make_engine(store).close()
-    code = ("from ebsengine.nbd.server import serve; import sys; sys.exit(serve(%r))" % str(store))
+    code = f"from ebsengine.nbd.server import serve; import sys; sys.exit(serve({str(store)!r}))"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, "-c", code], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -52,8 +52,8 @@ def server(tmp_path):
 
 
 def clients(url: str):
-    kw = dict(endpoint_url=url, region_name="us-east-1", aws_access_key_id="any",
-              aws_secret_access_key="any", config=Config(retries={"max_attempts": 1}))
+    kw = {"endpoint_url": url, "region_name": "us-east-1", "aws_access_key_id": "any",
+          "aws_secret_access_key": "any", "config": Config(retries={"max_attempts": 1})}
     return boto3.client("ec2", **kw), boto3.client("ebs", **kw)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from typing import Any
+from typing import Any, ClassVar
 
 from ebsengine import errors as engine_errors
 
@@ -46,7 +46,7 @@ def checksum(data: Any) -> str:
 class EbsModel:
     """The six EBS direct-API operations over an :class:`AwsStore`."""
 
-    ACTIONS = {
+    ACTIONS: ClassVar[dict[str, str]] = {
         "StartSnapshot": "start_snapshot",
         "PutSnapshotBlock": "put_snapshot_block",
         "CompleteSnapshot": "complete_snapshot",
@@ -212,7 +212,7 @@ class EbsModel:
 
     def complete_snapshot(self, ctx: Context, p: Params) -> Result:
         with self.store.lock:
-            snap, rec = self._pending(ctx, p["SnapshotId"])
+            snap, _rec = self._pending(ctx, p["SnapshotId"])
             # The checks run inside the engine's sealing transaction (verify below), so a
             # block put concurrently is either counted here or refused as not pending.
             self.engine.complete_snapshot(snap.id, verify=lambda written: self._check_completion(p, written))

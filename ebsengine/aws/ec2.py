@@ -17,7 +17,7 @@ import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from ebsengine import errors as engine_errors
 
@@ -185,7 +185,7 @@ def volume_view(vol: Any, state: str | None = None) -> Result:
 class Ec2Model:
     """The EC2 actions of issue 4 over an :class:`AwsStore`."""
 
-    ACTIONS = {
+    ACTIONS: ClassVar[dict[str, str]] = {
         "CreateVolume": "create_volume",
         "DeleteVolume": "delete_volume",
         "DescribeVolumes": "describe_volumes",
@@ -273,7 +273,8 @@ class Ec2Model:
         return tags
 
     def _zone(self, ctx: Context, params: Params) -> str:
-        zone, zone_id = params.get("AvailabilityZone"), params.get("AvailabilityZoneId")
+        zone: str | None = params.get("AvailabilityZone")
+        zone_id: str | None = params.get("AvailabilityZoneId")
         if zone and zone_id:
             raise ApiError("InvalidParameterCombination",
                            "Only one of AvailabilityZone or AvailabilityZoneId can be specified")
@@ -350,7 +351,7 @@ class Ec2Model:
         self.engine.delete_volume(vol.id)
         self.engine.service_put(NS_VOLMOD, vol.id, None)
 
-    _VOLUME_FILTERS: dict[str, Extractor] = {
+    _VOLUME_FILTERS: ClassVar[dict[str, Extractor]] = {
         "volume-id": lambda v: [v.id],
         "status": lambda v: [v.state],
         "volume-type": lambda v: [v.volume_type],
@@ -490,7 +491,7 @@ class Ec2Model:
                     "Progress": 0, "StartTime": now,
                 }
                 made.append(rec)
-                history = (recent + [rec])[-max(self.rules.max_per_window, 1):]
+                history = [*recent, rec][-max(self.rules.max_per_window, 1):]
                 return [(NS_VOLMOD, vol.id, history)]
 
             self.engine.modify_volume(
@@ -615,7 +616,7 @@ class Ec2Model:
         self.engine.delete_snapshot(snap.id)
         self.store.forget_snapshot(snap.id)
 
-    _SNAPSHOT_FILTERS: dict[str, Extractor] = {
+    _SNAPSHOT_FILTERS: ClassVar[dict[str, Extractor]] = {
         "snapshot-id": lambda s: [s.id],
         "volume-id": lambda s: [s.volume_id or "vol-ffffffff"],
         "status": lambda s: [s.state],
@@ -756,7 +757,7 @@ class Ec2Model:
                 raise ApiError("InvalidParameterValue", "Tag keys starting with 'aws:' are reserved for internal use")
         for r in resources:
             if tags is None:
-                spec: dict[str, str | None] = {k: None for k in r.tags}
+                spec: dict[str, str | None] = dict.fromkeys(r.tags)
             else:
                 spec = {t.get("Key", ""): t.get("Value") for t in tags}
             if spec:

@@ -33,6 +33,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from xml.sax.saxutils import escape as _sax_escape
 
+import botocore.loaders
+import botocore.model
+
+from .errors import ApiError
+
+EC2_XMLNS = "http://ec2.amazonaws.com/doc/2016-11-15/"
+
 # Characters XML 1.0 cannot carry at all: rendered as U+FFFD so that one bad stored value
 # (the engine refuses them on input) can never make a whole response unparseable.
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
@@ -41,12 +48,11 @@ _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]
 def _xml_escape(text: str) -> str:
     return _sax_escape(_XML_INVALID.sub("\ufffd", text))
 
-import botocore.loaders
-import botocore.model
 
-from .errors import ApiError
-
-EC2_XMLNS = "http://ec2.amazonaws.com/doc/2016-11-15/"
+def _either(form: Mapping[str, str], first: str, second: str) -> str | None:
+    """``form[first]`` if present (even empty), else ``form[second]``, else None."""
+    value = form.get(first)
+    return value if value is not None else form.get(second)
 
 
 @functools.cache
@@ -65,10 +71,10 @@ def iso8601(value: float | _dt.datetime) -> str:
     if isinstance(value, _dt.datetime):
         value = value.timestamp()
     secs = int(value)
-    millis = int(round((value - secs) * 1000))
+    millis = round((value - secs) * 1000)
     if millis >= 1000:
         secs, millis = secs + 1, millis - 1000
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + ".%03dZ" % millis
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{millis:03d}Z"
 
 
 _ISO_RE = re.compile(
@@ -187,10 +193,9 @@ class Ec2Protocol:
             result: dict[str, Any] = {}
             i = 1
             while f"{key}.{i}" in prefixes:
-                k = form.get(f"{key}.{i}.key", form.get(f"{key}.{i}.Key"))
-                v = form.get(f"{key}.{i}.value", form.get(f"{key}.{i}.Value"))
-                if k is not None:
-                    result[k] = v
+                name = _either(form, f"{key}.{i}.key", f"{key}.{i}.Key")
+                if name is not None:
+                    result[name] = _either(form, f"{key}.{i}.value", f"{key}.{i}.Value")
                 i += 1
             return result or None
         raw = form.get(key)

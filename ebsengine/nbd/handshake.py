@@ -181,7 +181,7 @@ class Handshake:
             raise _OptionError(p.REP_ERR_INVALID, "LIST takes no data")
         try:
             exports = list_exports(self.engine)
-        except Exception as exc:  # noqa: BLE001 - report, keep haggling
+        except Exception as exc:  # report, keep haggling
             log.warning("nbd: listing exports failed: %s", exc)
             raise _OptionError(p.REP_ERR_PLATFORM, "cannot list exports") from exc
         frames = []
@@ -288,7 +288,7 @@ def _decode(raw: bytes) -> str | None:
 
 
 def _parse_meta(data: bytes) -> tuple[str, list[str]]:
-    """Parse ``u32 namelen · name · u32 nq · nq×(u32 len · query)`` (ERR_INVALID if bad)."""
+    """Parse ``u32 namelen · name · u32 nq · nq*(u32 len · query)`` (ERR_INVALID if bad)."""
     bad = _OptionError(p.REP_ERR_INVALID, "malformed meta context request")
     if len(data) < 8:
         raise bad

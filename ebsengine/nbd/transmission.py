@@ -90,7 +90,7 @@ class WorkerPool:
                 return
             try:
                 fn()
-            except Exception:  # noqa: BLE001 - a task must never kill the worker
+            except Exception:  # a task must never kill the worker
                 log.exception("nbd: worker task failed")
 
     def shutdown(self) -> None:

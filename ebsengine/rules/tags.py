@@ -28,7 +28,7 @@ def check_tags(tags: dict[str, str] | None) -> dict[str, str]:
 def check_text(what: str, text: str) -> None:
     """Refuse control characters: they cannot travel in AWS's XML responses (a stored one
     would break every later Describe) and no EBS name or value allows them."""
-    if any(ord(c) < 32 and c not in "\t\n\r" or ord(c) == 0x7F or 0xD800 <= ord(c) < 0xE000
+    if any((ord(c) < 32 and c not in "\t\n\r") or ord(c) == 0x7F or 0xD800 <= ord(c) < 0xE000
            or ord(c) in (0xFFFE, 0xFFFF) for c in text):
         raise InvalidParameter(f"The {what} contains a control character.")
 
