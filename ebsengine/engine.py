@@ -80,13 +80,15 @@ class Transaction:
     :meth:`Engine.transaction`, passed as ``tx=`` to the engine's record methods.
 
     ``flushed``: the volumes whose caches were flushed before the unit began (the ones
-    :meth:`Engine.create_snapshot` may snapshot in it).
+    :meth:`Engine.create_snapshot` may snapshot in it). ``now``: the unit's time, the start
+    time of every snapshot it takes (one point in time, one timestamp).
     """
 
     def __init__(self, engine: "Engine", txn: lmdb.Transaction, flushed: frozenset[str]) -> None:
         self._engine = engine
         self._txn = txn
         self.flushed = flushed
+        self.now = time.time()
         self._thread = threading.get_ident()
         self._open = True
         self._grows = False   # something was added: the commit must leave the deletion reserve
@@ -490,7 +492,7 @@ class Engine:
                         f"transaction(flush=...) so its snapshot holds every acknowledged write.")
                 rec = self._vol_rec(txn, volume_id)
                 lin = self._maps.load(txn, rec["lineage"])
-                snap = self._freeze(txn, lin, rec, sid, description, tags)
+                snap = self._freeze(txn, lin, rec, sid, description, tags, unit.now)
                 self._maps.save(txn, lin)
                 return snap
         self._no_unit("create_snapshot without tx=")
@@ -499,7 +501,7 @@ class Engine:
         def freeze(txn: lmdb.Transaction, lin: object) -> None:
             assert isinstance(lin, Lineage)
             out.append(self._freeze(txn, lin, self._vol_rec(txn, volume_id), sid,
-                                    description, tags))
+                                    description, tags, time.time()))
 
         with self._store.read() as txn:
             self._vol_rec(txn, volume_id)
@@ -507,7 +509,7 @@ class Engine:
         return out[0]
 
     def _freeze(self, txn: lmdb.Transaction, lin: Lineage, rec: dict[str, Any], sid: str,
-                description: str, tags: dict[str, str]) -> Snapshot:
+                description: str, tags: dict[str, str], now: float) -> Snapshot:
         """Make the volume's head generation snapshot ``sid`` (the caller saves ``lin``)."""
         assert lin.head is not None
         gen = lin.head
@@ -516,7 +518,6 @@ class Engine:
             parent = lin.points[prev]
         else:
             parent = rec["snapshot_id"] if lin.base is not None else None
-        now = time.time()
         snap = Snapshot(id=sid, volume_id=rec["id"], volume_size_gib=rec["size_gib"],
                         state="completed", start_time=now, progress=100,
                         completion_time=now, description=description,

@@ -1,6 +1,6 @@
 """EBS's volume-type rules: sizes, IOPS and throughput limits and defaults, Multi-Attach.
 
-Limits follow ../shared/spec/AWS_SEMANTICS.md section 1.1 (the current botocore model).
+Limits follow the current botocore model of EC2 (CreateVolume, ModifyVolume).
 """
 
 from __future__ import annotations

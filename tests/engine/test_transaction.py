@@ -4,6 +4,7 @@ all, and snapshots in one unit are one point in time (library API)."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from conftest import store_digest
@@ -112,6 +113,7 @@ def test_snapshots_in_one_unit_freeze_one_point_in_time(eng: ebsengine.Engine) -
         for _ in range(25):
             with eng.transaction(flush=[a.id, b.id]) as tx:
                 sa = eng.create_snapshot(a.id, tx=tx)
+                time.sleep(0.005)  # a slow step: nothing may commit in between
                 sb = eng.create_snapshot(b.id, tx=tx)
             pairs.append((sa.id, sb.id))
     finally:
