@@ -84,7 +84,7 @@ class Transaction:
     time of every snapshot it takes (one point in time, one timestamp).
     """
 
-    def __init__(self, engine: "Engine", txn: lmdb.Transaction, flushed: frozenset[str]) -> None:
+    def __init__(self, engine: Engine, txn: lmdb.Transaction, flushed: frozenset[str]) -> None:
         self._engine = engine
         self._txn = txn
         self.flushed = flushed
@@ -100,7 +100,7 @@ class Transaction:
         """True until the unit has committed or aborted."""
         return self._open
 
-    def _use(self, engine: "Engine") -> lmdb.Transaction:
+    def _use(self, engine: Engine) -> lmdb.Transaction:
         if engine is not self._engine:
             raise InvalidParameter("This unit of work belongs to another engine.")
         if not self._open:
