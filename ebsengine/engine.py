@@ -409,8 +409,9 @@ class Engine:
             self._put_vol(txn, rec)
         return Volume.from_dict(rec)
 
-    def detach_volume(self, volume_id: str, instance_id: str | None = None,
-                      force: bool = False, *, tx: Transaction | None = None) -> Volume:
+    def detach_volume(self, volume_id: str, instance_id: str | None = None, *,
+                      tx: Transaction | None = None) -> Volume:
+        """Remove an attachment (of ``instance_id``, or every one when None)."""
         with self._unit(tx, grows=True) as (_, txn):
             rec = self._vol_rec(txn, volume_id)
             atts = rec["attachments"]
@@ -1135,4 +1136,4 @@ def _data_ranges(fd: int, size: int) -> Iterable[tuple[int, int]]:
         pos = end
 
 
-__all__ = ["Engine", "EbsError", "default_store_path"]
+__all__ = ["Engine", "EbsError", "Transaction", "default_store_path"]

@@ -545,7 +545,8 @@ class Ec2Model:
         if att is None:
             raise ApiError("InvalidAttachment.NotFound",
                            f"The volume '{vol.id}' is not attached to instance '{instance_id}'")
-        self.engine.detach_volume(vol.id, instance_id=att.get("instance_id"), force=bool(p.get("Force")))
+        # Force only matters for an attachment a guest holds; these always detach at once
+        self.engine.detach_volume(vol.id, instance_id=att.get("instance_id"))
         return {"VolumeId": vol.id, "InstanceId": att.get("instance_id"), "Device": att.get("device"),
                 "State": "detaching", "AttachTime": att.get("attach_time"),
                 "DeleteOnTermination": bool(att.get("delete_on_termination", False))}
