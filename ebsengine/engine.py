@@ -515,6 +515,7 @@ class Engine:
         assert lin.head is not None
         gen = lin.head
         prev = max((g for g in lin.points if g < gen), default=None)
+        parent: str | None
         if prev is not None:
             parent = lin.points[prev]
         else:
