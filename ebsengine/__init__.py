@@ -8,12 +8,12 @@ See README.md for the whole API; ``layout.py`` for the on-disk format.
 """
 
 from .block.device import Device
-from .engine import Engine, default_store_path
+from .engine import Engine, Transaction, default_store_path
 from .errors import EbsError
 from .layout import BLOCK_SIZE, CHUNK_SIZE
 from .model import FsckReport, Snapshot, Usage, Volume
 
 __version__ = "0.1.0"
 
-__all__ = ["Engine", "EbsError", "Volume", "Snapshot", "Usage", "FsckReport", "Device",
+__all__ = ["Engine", "Transaction", "EbsError", "Volume", "Snapshot", "Usage", "FsckReport", "Device",
            "BLOCK_SIZE", "CHUNK_SIZE", "default_store_path", "__version__"]

@@ -19,7 +19,7 @@ from typing import Any
 
 from . import __version__
 from .engine import Engine, default_store_path
-from .errors import EbsError
+from .errors import EbsError, InvalidParameter
 from .model import Snapshot, Volume
 from .rules import VOLUME_TYPES
 
@@ -59,7 +59,7 @@ def _tags(pairs: Sequence[str] | None) -> dict[str, str]:
     for p in pairs or []:
         k, sep, v = p.partition("=")
         if not sep:
-            raise EbsError(f"--tag wants KEY=VALUE, got {p!r}", code="InvalidParameterValue")
+            raise InvalidParameter(f"--tag wants KEY=VALUE, got {p!r}")
         out[k] = v
     return out
 

@@ -1,17 +1,48 @@
 """The engine facade: volumes, snapshots and their AWS-style rules over the chunk store.
 
-Every public method is one unit of work: it validates first, then changes the store in one
-LMDB write transaction, so a refused request leaves the store exactly as it was (DESIGN
-invariant 7). Services (NBD, the HTTP API, the CLI) call only this module.
+Every public method that changes records is one unit of work: it validates first, then
+changes the store in one LMDB write transaction, so a refused request leaves the store
+exactly as it was (DESIGN invariant 7). Services (NBD, the HTTP API, the CLI) call only this
+module.
+
+Several changes become one unit of work with :meth:`Engine.transaction`::
+
+    with eng.transaction(flush=[a.id, b.id]) as tx:
+        s1 = eng.create_snapshot(a.id, tx=tx)
+        s2 = eng.create_snapshot(b.id, tx=tx)
+        eng.service_put("app", "pair", [s1.id, s2.id], tx=tx)
+
+Every record method (create/modify/delete/attach/detach volumes, create/copy/start/complete/
+fail/delete snapshots, tags, ``service_get/put/items``, ``get_volume``/``get_snapshot``)
+takes ``tx=``: given, it runs inside that unit (and sees its uncommitted changes); omitted,
+it is a unit of its own. A unit is one LMDB write transaction: it commits when the ``with``
+block ends, and an exception (a refused step included) aborts all of it, leaving the store
+byte-identical. While it is open it holds the store's write lock, so no other change, flush
+included, commits in between: the unit sees and freezes one state.
+
+Snapshots in a unit: a volume's acknowledged writes may still sit in its write-back cache,
+and a cache can only commit in a transaction of its own. So the volumes to snapshot are
+named up front (``flush=``): their caches are flushed just before the unit begins, and
+:meth:`Engine.create_snapshot` with ``tx=`` refuses a volume not named. Each snapshot then
+holds every write acknowledged before :meth:`Engine.transaction` was called and is a point
+in time of its volume (all writes acknowledged before some instant while the unit opened,
+none after); snapshots of several volumes freeze in the one commit, so they hold together
+every write whose flush completed before it: crash-consistent with each other.
+
+A unit belongs to the thread that opened it. On that thread, engine calls without ``tx=``
+and device I/O would need a second write transaction and are refused (no nesting).
+Bulk transfers (``import_image``, ``export``, ``put_snapshot_block``) are not part of units.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable
 
@@ -21,20 +52,17 @@ from . import layout as L
 from .block.device import Device
 from .block.maps import BlockMaps, Lineage
 from .block.volume import SnapshotView, VolumeCache
-from .errors import (EbsError, IncorrectState, InvalidParameter, InvalidParameterCombination,
-                     MissingParameter, SnapshotNotFound, VolumeInUse, VolumeNotFound)
+from .errors import (AttachmentNotFound, EbsError, IncorrectState, InvalidBlock, InvalidParameter,
+                     InvalidParameterCombination, InvalidVolumeSize, MissingParameter,
+                     SnapshotNotFound, UnrelatedSnapshots, VolumeInUse, VolumeNotFound)
 from .model import FsckReport, Snapshot, Usage, Volume
-from .rules import (VOLUME_TYPES, check_description, check_id, check_int, check_tags, new_id,
-                    validate_volume_spec)
+from .rules import (DEFAULT_AVAILABILITY_ZONE, MAX_SNAPSHOT_GIB, check_description, check_id,
+                    check_int, check_tags, modified_spec, new_id, validate_volume_spec)
 from .storage.chunks import ChunkStore
 from .storage.envelope import DEFAULT_ZSTD_LEVEL, decode_chunk, encode_chunk, encode_list
 from .storage.lmdb_env import DEFAULT_MAP_SIZE, Store
 
 DEFAULT_DIRTY_LIMIT = 256 * 1024 * 1024
-#: ``service=`` hooks: given the new/changed resource, the (namespace, key, JSON value or None)
-#: records a service layer wants committed atomically with it.
-ServiceHook = Callable[[Any], Iterable[tuple[str, str, Any]]]
-MAX_SNAPSHOT_GIB = 65536
 
 
 def default_store_path() -> str:
@@ -45,6 +73,41 @@ def default_store_path() -> str:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local",
                                                            "share")
     return os.path.join(base, "ebsengine")
+
+
+class Transaction:
+    """One unit of work of an :class:`Engine` (see the module docstring): made by
+    :meth:`Engine.transaction`, passed as ``tx=`` to the engine's record methods.
+
+    ``flushed``: the volumes whose caches were flushed before the unit began (the ones
+    :meth:`Engine.create_snapshot` may snapshot in it). ``now``: the unit's time, the start
+    time of every snapshot it takes (one point in time, one timestamp).
+    """
+
+    def __init__(self, engine: Engine, txn: lmdb.Transaction, flushed: frozenset[str]) -> None:
+        self._engine = engine
+        self._txn = txn
+        self.flushed = flushed
+        self.now = time.time()
+        self._thread = threading.get_ident()
+        self._open = True
+        self._grows = False   # something was added: the commit must leave the deletion reserve
+        self._freed = False   # something was deleted: free space may need to be made usable
+        self._after: list[Callable[[], None]] = []
+
+    @property
+    def open(self) -> bool:
+        """True until the unit has committed or aborted."""
+        return self._open
+
+    def _use(self, engine: Engine) -> lmdb.Transaction:
+        if engine is not self._engine:
+            raise InvalidParameter("This unit of work belongs to another engine.")
+        if not self._open:
+            raise IncorrectState("This unit of work has already ended.")
+        if threading.get_ident() != self._thread:
+            raise IncorrectState("A unit of work can only be used on the thread that opened it.")
+        return self._txn
 
 
 class Engine:
@@ -70,6 +133,7 @@ class Engine:
         self._dirty_limit = dirty_limit
         self._caches: dict[str, VolumeCache] = {}
         self._lock = threading.RLock()
+        self._units = threading.local()  # .current: the unit open on this thread, if any
         self._closed = False
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -97,6 +161,73 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # --- units of work ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self, *, flush: Iterable[str] = ()) -> Iterator[Transaction]:
+        """Open a unit of work: every engine call given ``tx=`` the yielded
+        :class:`Transaction` commits with the others when the block ends, or not at all.
+
+        ``flush``: ids of volumes to snapshot in the unit; their caches are flushed first (not
+        part of the unit: it commits writes already acknowledged), see the module docstring.
+        Raises StoreFull at the end when the unit would not leave the deletion reserve (a
+        unit that only deletes may use it), then nothing of it is stored.
+        """
+        if getattr(self._units, "current", None) is not None:
+            raise IncorrectState("A unit of work is already open on this thread; pass tx= to "
+                                 "join it instead of opening another.")
+        names = list(dict.fromkeys(flush))
+        for vid in names:
+            check_id(vid, "vol")
+        for vid in sorted(names):
+            self.flush_volume(vid)
+        # Lock order everywhere: engine lock, then the store's write lock.
+        with self._lock:
+            with self._store.write(freeing=True) as txn:
+                tx = Transaction(self, txn, frozenset(names))
+                self._units.current = tx
+                try:
+                    yield tx
+                    if tx._grows:
+                        self._store._check_room(txn)
+                finally:
+                    self._units.current = None
+                    tx._open = False
+            if tx._freed:
+                self._store.after_free()
+            for fn in tx._after:
+                fn()
+
+    @contextlib.contextmanager
+    def _unit(self, tx: Transaction | None, *, grows: bool = False,
+              frees: bool = False) -> Iterator[tuple[Transaction, lmdb.Transaction]]:
+        """The unit a record method runs in: the caller's ``tx``, else one of its own."""
+        if tx is None:
+            with self.transaction() as own:
+                own._grows |= grows
+                own._freed |= frees
+                yield own, own._txn
+        else:
+            txn = tx._use(self)
+            tx._grows |= grows
+            tx._freed |= frees
+            yield tx, txn
+
+    def _no_unit(self, what: str) -> None:
+        """Refuse work that needs a write transaction of its own on a thread inside a unit."""
+        if getattr(self._units, "current", None) is not None:
+            raise IncorrectState(f"{what} cannot run inside a unit of work (it needs a "
+                                 f"transaction of its own): do it before or after the unit.")
+
+    @contextlib.contextmanager
+    def _reading(self, tx: Transaction | None) -> Iterator[lmdb.Transaction]:
+        """A read transaction, or the unit's own (which sees its uncommitted changes)."""
+        if tx is not None:
+            yield tx._use(self)
+        else:
+            with self._store.read() as txn:
+                yield txn
 
     # --- records ----------------------------------------------------------------------------
 
@@ -128,32 +259,21 @@ class Engine:
             raise IncorrectState(f"Snapshot '{snap_id}' is {rec['state']}, not completed.")
         return rec
 
-    def _service_records(self, txn: lmdb.Transaction, service: ServiceHook | None,
-                         resource: Any) -> None:
-        """Write a service layer's records about ``resource`` in the engine's own
-        transaction, so they commit (or vanish) together with the resource."""
-        if service is None:
-            return
-        for namespace, key, value in service(resource):
-            k = L.service_key(namespace, key)
-            if value is None:
-                txn.delete(k, db=self._store.db["service"])
-            else:
-                txn.put(k, json.dumps(value).encode(), db=self._store.db["service"])
-
     # --- volumes ----------------------------------------------------------------------------
 
     def create_volume(self, size_gib: int | None = None, volume_type: str = "gp2", *,
                       snapshot_id: str | None = None, iops: int | None = None,
-                      throughput: int | None = None, availability_zone: str = "us-east-1a",
+                      throughput: int | None = None, availability_zone: str | None = None,
                       multi_attach_enabled: bool = False, encrypted: bool = False,
                       kms_key_id: str | None = None,
                       tags: dict[str, str] | None = None,
-                      service: ServiceHook | None = None) -> Volume:
+                      tx: Transaction | None = None) -> Volume:
         """Create an empty volume, or one from a snapshot in O(1) (data read through lazily).
 
-        Raises MissingParameter (no size and no snapshot), InvalidParameter (size/type/IOPS
-        limits, size below the snapshot's), SnapshotNotFound, IncorrectState.
+        ``availability_zone``: the zone to record (default: the rules'
+        ``DEFAULT_AVAILABILITY_ZONE``). Raises MissingParameter (no size and no snapshot),
+        InvalidParameter (size/type/IOPS limits), InvalidVolumeSize (below the snapshot's),
+        SnapshotNotFound, IncorrectState.
         """
         if size_gib is None and snapshot_id is None:
             raise MissingParameter("The request must contain the parameter size or snapshotId")
@@ -162,8 +282,12 @@ class Engine:
         if kms_key_id is not None and not encrypted:
             raise MissingParameter("The parameter KmsKeyId requires the parameter Encrypted "
                                    "to be set.")
+        if availability_zone is None:
+            availability_zone = DEFAULT_AVAILABILITY_ZONE
+        elif not isinstance(availability_zone, str) or not availability_zone:
+            raise InvalidParameter(f"Invalid availability zone: {availability_zone!r}")
         vid = new_id("vol")
-        with self._store.write() as txn:
+        with self._unit(tx, grows=True) as (_, txn):
             base = None
             allocated = 0
             if snapshot_id is not None:
@@ -171,7 +295,7 @@ class Engine:
                 if size_gib is None:
                     size_gib = snap["volume_size_gib"]
                 if size_gib < snap["volume_size_gib"]:
-                    raise InvalidParameter(
+                    raise InvalidVolumeSize(
                         f"Volume of size {size_gib}GiB is smaller than snapshot "
                         f"'{snapshot_id}', expect size >= {snap['volume_size_gib']}GiB")
                 base = (snap["lineage"], snap["gen"])
@@ -190,11 +314,10 @@ class Engine:
                          kms_key_id=kms_key_id if encrypted else None,
                          multi_attach_enabled=multi_attach_enabled, tags=tags)
             self._put_vol(txn, {**vol.to_dict(), "lineage": lin.id})
-            self._service_records(txn, service, vol)
         return vol
 
-    def get_volume(self, volume_id: str) -> Volume:
-        with self._store.read() as txn:
+    def get_volume(self, volume_id: str, *, tx: Transaction | None = None) -> Volume:
+        with self._reading(tx) as txn:
             return Volume.from_dict(self._vol_rec(txn, volume_id))
 
     def list_volumes(self) -> list[Volume]:
@@ -202,75 +325,77 @@ class Engine:
             return [Volume.from_dict(json.loads(v)) for _, v in
                     txn.cursor(db=self._store.db["volumes"])]
 
-    def delete_volume(self, volume_id: str) -> None:
+    def delete_volume(self, volume_id: str, *, tx: Transaction | None = None) -> None:
         """Delete a volume and free what only it referenced. Its snapshots stay.
 
         Raises VolumeInUse if it is attached or open on a device of this engine.
         """
-        with self._lock:
+        with self._unit(tx, frees=True) as (unit, txn):
+            # the unit holds the engine lock: no device can open the volume meanwhile
             cache = self._caches.get(volume_id)
             if cache is not None and cache.users > 0:
                 raise VolumeInUse(f"Volume {volume_id} is open ({cache.users} device(s)).")
-            with self._store.write(freeing=True) as txn:
-                rec = self._vol_rec(txn, volume_id)
-                if rec["attachments"]:
-                    raise VolumeInUse(f"Volume {volume_id} is currently attached to "
-                                      f"{rec['attachments'][0]['instance_id']}")
-                lin = self._maps.load(txn, rec["lineage"])
-                head = lin.head
-                assert head is not None
-                lin.head = None
-                lin.owner = None
-                lin.allocated = 0
-                self._maps.drop_point(txn, lin, head)
-                txn.delete(volume_id.encode(), db=self._store.db["volumes"])
-            self._store.after_free()
-            if cache is not None:
-                with cache.lock:
-                    cache.deleted = True
-                    cache.dirty.clear()
-                self._caches.pop(volume_id, None)
+            rec = self._vol_rec(txn, volume_id)
+            if rec["attachments"]:
+                raise VolumeInUse(f"Volume {volume_id} is currently attached to "
+                                  f"{rec['attachments'][0]['instance_id']}")
+            lin = self._maps.load(txn, rec["lineage"])
+            head = lin.head
+            assert head is not None
+            lin.head = None
+            lin.owner = None
+            lin.allocated = 0
+            self._maps.drop_point(txn, lin, head)
+            txn.delete(volume_id.encode(), db=self._store.db["volumes"])
+
+            def forget() -> None:  # once committed: the cache's writes have nowhere to go
+                if cache is not None:
+                    with cache.lock:
+                        cache.deleted = True
+                        cache.dirty.clear()
+                    self._caches.pop(volume_id, None)
+
+            unit._after.append(forget)
 
     def modify_volume(self, volume_id: str, size_gib: int | None = None,
                       volume_type: str | None = None, iops: int | None = None,
                       throughput: int | None = None,
-                      multi_attach_enabled: bool | None = None,
-                      service: ServiceHook | None = None) -> Volume:
-        """Elastic Volumes: grow, change type/IOPS/throughput. Shrinking is refused."""
-        with self._lock, self._store.write() as txn:
+                      multi_attach_enabled: bool | None = None, *,
+                      tx: Transaction | None = None) -> Volume:
+        """Elastic Volumes: grow, change type/IOPS/throughput. Shrinking is refused
+        (InvalidVolumeSize)."""
+        with self._unit(tx, grows=True) as (unit, txn):
             rec = self._vol_rec(txn, volume_id)
             new_size = rec["size_gib"] if size_gib is None else size_gib
             if isinstance(new_size, bool) or not isinstance(new_size, int):
                 raise InvalidParameter(f"Size must be a whole number of GiB, not {new_size!r}")
             if new_size < rec["size_gib"]:
-                raise InvalidParameter(
+                raise InvalidVolumeSize(
                     f"New size cannot be smaller than existing size ({new_size}GiB < "
                     f"{rec['size_gib']}GiB).")
-            new_type = volume_type or rec["volume_type"]
-            type_changed = new_type != rec["volume_type"]
-            rule = VOLUME_TYPES.get(new_type)
-            new_iops = iops
-            if new_iops is None and rule is not None and rule.iops is not None:
-                new_iops = 3000 if type_changed else rec["iops"]
-            new_tp = throughput
-            if new_tp is None and rule is not None and rule.throughput is not None:
-                new_tp = 125 if type_changed or rec["throughput"] is None else rec["throughput"]
+            new_type, new_iops, new_tp = modified_spec(
+                (rec["volume_type"], rec["iops"], rec["throughput"]), volume_type, iops,
+                throughput)
             multi = rec["multi_attach_enabled"] if multi_attach_enabled is None \
                 else multi_attach_enabled
             new_iops, new_tp = validate_volume_spec(new_type, new_size, new_iops, new_tp, multi)
             rec.update(size_gib=new_size, volume_type=new_type, iops=new_iops,
                        throughput=new_tp, multi_attach_enabled=multi)
             self._put_vol(txn, rec)
-            self._service_records(txn, service, Volume.from_dict(rec))
-        cache = self._caches.get(volume_id)
-        if cache is not None:
-            cache.size = new_size * L.GIB
+
+            def resize() -> None:  # once committed
+                cache = self._caches.get(volume_id)
+                if cache is not None:
+                    cache.size = new_size * L.GIB
+
+            unit._after.append(resize)
         return Volume.from_dict(rec)
 
     def attach_volume(self, volume_id: str, instance_id: str, device: str,
-                      delete_on_termination: bool = False) -> Volume:
+                      delete_on_termination: bool = False, *,
+                      tx: Transaction | None = None) -> Volume:
         """Record an attachment (the instance layer checks the instance itself)."""
-        with self._store.write() as txn:
+        with self._unit(tx, grows=True) as (_, txn):
             rec = self._vol_rec(txn, volume_id)
             atts = rec["attachments"]
             if atts and not rec["multi_attach_enabled"]:
@@ -284,18 +409,18 @@ class Engine:
             self._put_vol(txn, rec)
         return Volume.from_dict(rec)
 
-    def detach_volume(self, volume_id: str, instance_id: str | None = None,
-                      force: bool = False) -> Volume:
-        with self._store.write() as txn:
+    def detach_volume(self, volume_id: str, instance_id: str | None = None, *,
+                      tx: Transaction | None = None) -> Volume:
+        """Remove an attachment (of ``instance_id``, or every one when None)."""
+        with self._unit(tx, grows=True) as (_, txn):
             rec = self._vol_rec(txn, volume_id)
             atts = rec["attachments"]
             if not atts:
                 raise IncorrectState(f"Volume '{volume_id}' is in the 'available' state.")
             keep = [a for a in atts if instance_id is not None and a["instance_id"] != instance_id]
             if len(keep) == len(atts):
-                raise IncorrectState(
-                    f"The volume {volume_id} is not attached to instance {instance_id}",
-                    code="InvalidAttachment.NotFound")
+                raise AttachmentNotFound(
+                    f"The volume {volume_id} is not attached to instance {instance_id}")
             rec["attachments"] = keep
             rec["state"] = "in-use" if keep else "available"
             self._put_vol(txn, rec)
@@ -337,6 +462,8 @@ class Engine:
         return Device(view, lambda: None)
 
     def flush_volume(self, volume_id: str) -> None:
+        """Commit the volume's acknowledged writes (durable on return)."""
+        self._no_unit("flush_volume")
         with self._lock:
             cache = self._caches.get(volume_id)
         if cache is not None:
@@ -345,46 +472,67 @@ class Engine:
     # --- snapshots --------------------------------------------------------------------------
 
     def create_snapshot(self, volume_id: str, description: str = "",
-                        tags: dict[str, str] | None = None,
-                        service: ServiceHook | None = None) -> Snapshot:
+                        tags: dict[str, str] | None = None, *,
+                        tx: Transaction | None = None) -> Snapshot:
         """Snapshot a volume at this point in time: every write acknowledged before the call,
         none after. The first snapshot is full; later ones record only what changed since
-        the previous one: O(chunks changed)."""
+        the previous one: O(chunks changed).
+
+        Alone, the volume's cache is flushed and the snapshot frozen in that one commit. In a
+        unit (``tx=``) the volume must be one the unit flushed (``transaction(flush=...)``),
+        else IncorrectState: see the module docstring.
+        """
         tags = check_tags(tags)
         check_description(description)
         sid = new_id("snap")
+        if tx is not None:
+            with self._unit(tx, grows=True) as (unit, txn):
+                if volume_id not in unit.flushed:
+                    raise IncorrectState(
+                        f"Volume {volume_id} was not flushed for this unit of work: name it in "
+                        f"transaction(flush=...) so its snapshot holds every acknowledged write.")
+                rec = self._vol_rec(txn, volume_id)
+                lin = self._maps.load(txn, rec["lineage"])
+                snap = self._freeze(txn, lin, rec, sid, description, tags, unit.now)
+                self._maps.save(txn, lin)
+                return snap
+        self._no_unit("create_snapshot without tx=")
         out: list[Snapshot] = []
 
-        def freeze(txn: lmdb.Transaction, lin_obj: object) -> None:
-            lin = lin_obj
-            assert isinstance(lin, Lineage) and lin.head is not None
-            rec = self._vol_rec(txn, volume_id)
-            gen = lin.head
-            prev = max((g for g in lin.points if g < gen), default=None)
-            if prev is not None:
-                parent = lin.points[prev]
-            else:
-                parent = rec["snapshot_id"] if lin.base is not None else None
-            now = time.time()
-            snap = Snapshot(id=sid, volume_id=volume_id, volume_size_gib=rec["size_gib"],
-                            state="completed", start_time=now, progress=100,
-                            completion_time=now, description=description,
-                            encrypted=rec["encrypted"], kms_key_id=rec["kms_key_id"],
-                            parent_id=parent, full_size_bytes=lin.allocated * L.CHUNK_SIZE,
-                            tags=tags)
-            lin.points[gen] = sid
-            lin.head = gen + 1
-            self._put_snap(txn, {**snap.to_dict(), "lineage": lin.id, "gen": gen})
-            self._service_records(txn, service, snap)
-            out.append(snap)
+        def freeze(txn: lmdb.Transaction, lin: object) -> None:
+            assert isinstance(lin, Lineage)
+            out.append(self._freeze(txn, lin, self._vol_rec(txn, volume_id), sid,
+                                    description, tags, time.time()))
 
         with self._store.read() as txn:
             self._vol_rec(txn, volume_id)
-        self._cache(volume_id).flush(in_txn=freeze)
+        self._cache(volume_id).flush(in_txn=freeze)  # the flush's commit holds the freeze
         return out[0]
 
-    def get_snapshot(self, snapshot_id: str) -> Snapshot:
-        with self._store.read() as txn:
+    def _freeze(self, txn: lmdb.Transaction, lin: Lineage, rec: dict[str, Any], sid: str,
+                description: str, tags: dict[str, str], now: float) -> Snapshot:
+        """Make the volume's head generation snapshot ``sid`` (the caller saves ``lin``)."""
+        assert lin.head is not None
+        gen = lin.head
+        prev = max((g for g in lin.points if g < gen), default=None)
+        parent: str | None
+        if prev is not None:
+            parent = lin.points[prev]
+        else:
+            parent = rec["snapshot_id"] if lin.base is not None else None
+        snap = Snapshot(id=sid, volume_id=rec["id"], volume_size_gib=rec["size_gib"],
+                        state="completed", start_time=now, progress=100,
+                        completion_time=now, description=description,
+                        encrypted=rec["encrypted"], kms_key_id=rec["kms_key_id"],
+                        parent_id=parent, full_size_bytes=lin.allocated * L.CHUNK_SIZE,
+                        tags=tags)
+        lin.points[gen] = sid
+        lin.head = gen + 1
+        self._put_snap(txn, {**snap.to_dict(), "lineage": lin.id, "gen": gen})
+        return snap
+
+    def get_snapshot(self, snapshot_id: str, *, tx: Transaction | None = None) -> Snapshot:
+        with self._reading(tx) as txn:
             return Snapshot.from_dict(self._snap_rec(txn, snapshot_id))
 
     def list_snapshots(self, volume_id: str | None = None) -> list[Snapshot]:
@@ -395,11 +543,11 @@ class Engine:
             snaps = [s for s in snaps if s.volume_id == volume_id]
         return sorted(snaps, key=lambda s: (s.start_time, s.id))
 
-    def delete_snapshot(self, snapshot_id: str) -> None:
+    def delete_snapshot(self, snapshot_id: str, *, tx: Transaction | None = None) -> None:
         """Delete a snapshot. Its still-needed entries merge into its successor, so no other
         snapshot or volume changes; chunks nobody references any more are freed. Costs
         O(entries the snapshot recorded). A pending snapshot is cancelled."""
-        with self._store.write(freeing=True) as txn:
+        with self._unit(tx, frees=True) as (_, txn):
             rec = self._snap_rec(txn, snapshot_id)
             if rec["state"] == "pending":
                 self._abandon_pending(txn, rec)
@@ -408,16 +556,15 @@ class Engine:
                 del lin.points[rec["gen"]]
                 self._maps.drop_point(txn, lin, rec["gen"])
             txn.delete(snapshot_id.encode(), db=self._store.db["snapshots"])
-        self._store.after_free()
 
     def copy_snapshot(self, snapshot_id: str, description: str = "",
-                      tags: dict[str, str] | None = None,
-                      service: ServiceHook | None = None) -> Snapshot:
+                      tags: dict[str, str] | None = None, *,
+                      tx: Transaction | None = None) -> Snapshot:
         """A new snapshot with the same content, sharing every chunk: O(1)."""
         tags = check_tags(tags)
         check_description(description)
         sid = new_id("snap")
-        with self._store.write() as txn:
+        with self._unit(tx, grows=True) as (_, txn):
             src = self._completed(txn, snapshot_id)
             lin = self._maps.create(txn, None, (src["lineage"], src["gen"]))
             lin.head = None
@@ -431,7 +578,6 @@ class Engine:
                             encrypted=src["encrypted"], kms_key_id=src["kms_key_id"],
                             parent_id=None, full_size_bytes=src["full_size_bytes"], tags=tags)
             self._put_snap(txn, {**snap.to_dict(), "lineage": lin.id, "gen": 1})
-            self._service_records(txn, service, snap)
         return snap
 
     # --- EBS direct API units (512 KiB blocks) ---------------------------------------------
@@ -453,8 +599,8 @@ class Engine:
                             start_block: int = 0) -> list[int]:
         """Blocks whose content differs between two snapshots of one lineage (the second
         may descend from the first through restores and copies). With no first snapshot,
-        every block holding data in the second. Raises InvalidParameter with code
-        ``UNRELATED_SNAPSHOTS`` when neither descends from the other."""
+        every block holding data in the second. Raises UnrelatedSnapshots when neither
+        descends from the other."""
         if first_snapshot_id is None:
             return self.list_snapshot_blocks(second_snapshot_id, start_block)
         lo = min(max(0, start_block) * L.CHUNKS_PER_BLOCK, L.MAX_CHUNKS)
@@ -465,9 +611,8 @@ class Engine:
             if cands is None:
                 cands = self._diff_candidates(txn, b, a)
             if cands is None:
-                raise InvalidParameter(
-                    f"Snapshots {first_snapshot_id} and {second_snapshot_id} are not related.",
-                    code="UNRELATED_SNAPSHOTS")
+                raise UnrelatedSnapshots(
+                    f"Snapshots {first_snapshot_id} and {second_snapshot_id} are not related.")
             cur = txn.cursor(db=self._maps.maps)
             changed = {i for i in cands if i >= lo and
                        self._maps.resolve(txn, a, i, cur) != self._maps.resolve(txn, b, i, cur)}
@@ -491,31 +636,30 @@ class Engine:
         with self.open_snapshot(snapshot_id) as dev:
             if isinstance(block_index, bool) or not isinstance(block_index, int) or \
                     not 0 <= block_index < dev.size // L.BLOCK_SIZE:
-                raise InvalidParameter(f"Block index {block_index} is beyond the volume size "
-                                       f"extent.", code="INVALID_BLOCK")
+                raise InvalidBlock(f"Block index {block_index} is beyond the volume size "
+                                   f"extent.")
             return dev.pread(L.BLOCK_SIZE, block_index * L.BLOCK_SIZE)
 
     def start_snapshot(self, volume_size_gib: int, *, parent_snapshot_id: str | None = None,
                        description: str = "", tags: dict[str, str] | None = None,
                        encrypted: bool = False, kms_key_id: str | None = None,
-                       service: ServiceHook | None = None) -> Snapshot:
+                       tx: Transaction | None = None) -> Snapshot:
         """Begin a snapshot written block by block (EBS direct API StartSnapshot)."""
         tags = check_tags(tags)
         if isinstance(volume_size_gib, bool) or not isinstance(volume_size_gib, int) or \
                 not 1 <= volume_size_gib <= MAX_SNAPSHOT_GIB:
-            raise InvalidParameter(f"VolumeSize must be 1-{MAX_SNAPSHOT_GIB} GiB.",
-                                   code="INVALID_VOLUME_SIZE")
+            raise InvalidVolumeSize(f"VolumeSize must be 1-{MAX_SNAPSHOT_GIB} GiB.")
         check_description(description)
         sid = new_id("snap")
-        with self._store.write() as txn:
+        with self._unit(tx, grows=True) as (_, txn):
             base = None
             allocated = 0
             if parent_snapshot_id is not None:
                 parent = self._completed(txn, parent_snapshot_id)
                 if parent["volume_size_gib"] > volume_size_gib:
-                    raise InvalidParameter(
+                    raise InvalidVolumeSize(
                         f"VolumeSize {volume_size_gib} is smaller than the parent snapshot's "
-                        f"{parent['volume_size_gib']}.", code="INVALID_VOLUME_SIZE")
+                        f"{parent['volume_size_gib']}.")
                 base = (parent["lineage"], parent["gen"])
                 allocated = parent["full_size_bytes"] // L.CHUNK_SIZE
             lin = self._maps.create(txn, sid, base, allocated)
@@ -524,7 +668,6 @@ class Engine:
                             description=description, encrypted=bool(encrypted),
                             kms_key_id=kms_key_id, parent_id=parent_snapshot_id, tags=tags)
             self._put_snap(txn, {**snap.to_dict(), "lineage": lin.id, "gen": None})
-            self._service_records(txn, service, snap)
         return snap
 
     def put_snapshot_block(self, snapshot_id: str, block_index: int, data: bytes | memoryview,
@@ -542,8 +685,8 @@ class Engine:
                    progress: int | None, checksum: str | None) -> None:
         mv = memoryview(data).cast("B")
         if len(mv) != L.BLOCK_SIZE:
-            raise InvalidParameter(f"Block data must be exactly {L.BLOCK_SIZE} bytes, "
-                                   f"not {len(mv)}.", code="INVALID_BLOCK")
+            raise InvalidBlock(f"Block data must be exactly {L.BLOCK_SIZE} bytes, "
+                               f"not {len(mv)}.")
         fps = self._chunks.fingerprints(mv)
         pieces = [mv[i * L.CHUNK_SIZE:(i + 1) * L.CHUNK_SIZE] for i in range(len(fps))]
         with self._store.read() as txn:
@@ -608,18 +751,19 @@ class Engine:
         nblocks = rec["volume_size_gib"] * L.GIB // L.BLOCK_SIZE
         if isinstance(block_index, bool) or not isinstance(block_index, int) or \
                 not 0 <= block_index < nblocks:
-            raise InvalidParameter(f"Block index {block_index} is beyond the volume size "
-                                   f"extent.", code="INVALID_BLOCK")
+            raise InvalidBlock(f"Block index {block_index} is beyond the volume size "
+                               f"extent.")
 
     def complete_snapshot(self, snapshot_id: str,
-                          verify: Callable[[dict[int, str]], None] | None = None) -> Snapshot:
+                          verify: Callable[[dict[int, str]], None] | None = None, *,
+                          tx: Transaction | None = None) -> Snapshot:
         """Seal a pending snapshot: it becomes ``completed`` and readable.
 
         ``verify(checksums)`` runs inside the sealing transaction with the block checksums
         written so far (see :meth:`snapshot_block_checksums`); if it raises, nothing changes.
         A block put concurrently is either seen by ``verify`` or refused (not pending).
         """
-        with self._store.write() as txn:
+        with self._unit(tx, grows=True) as (_, txn):
             rec = self._snap_rec(txn, snapshot_id)
             if rec["state"] != "pending":
                 raise IncorrectState(f"Snapshot {snapshot_id} is {rec['state']}, not pending.")
@@ -639,9 +783,9 @@ class Engine:
             self._drop_blocksums(txn, snapshot_id)
         return Snapshot.from_dict(rec)
 
-    def fail_snapshot(self, snapshot_id: str) -> Snapshot:
+    def fail_snapshot(self, snapshot_id: str, *, tx: Transaction | None = None) -> Snapshot:
         """Move a pending snapshot to ``error`` and free what it had written."""
-        with self._store.write(freeing=True) as txn:
+        with self._unit(tx, frees=True) as (_, txn):
             rec = self._snap_rec(txn, snapshot_id)
             if rec["state"] != "pending":
                 raise IncorrectState(f"Snapshot {snapshot_id} is {rec['state']}, not pending.")
@@ -661,10 +805,11 @@ class Engine:
 
     # --- tags -------------------------------------------------------------------------------
 
-    def _retag(self, resource_id: str, change: Callable[[dict[str, str]], dict[str, str]]) -> None:
+    def _retag(self, resource_id: str, change: Callable[[dict[str, str]], dict[str, str]],
+               tx: Transaction | None) -> None:
         if not isinstance(resource_id, str):
             raise InvalidParameter(f"Resource id {resource_id!r} is not a volume or snapshot")
-        with self._store.write() as txn:
+        with self._unit(tx, grows=True) as (_, txn):
             if resource_id.startswith("vol-"):
                 rec = self._vol_rec(txn, resource_id)
                 rec["tags"] = check_tags(change(dict(rec["tags"])))
@@ -676,40 +821,48 @@ class Engine:
             else:
                 raise InvalidParameter(f"Resource id {resource_id!r} is not a volume or snapshot")
 
-    def set_tags(self, resource_id: str, tags: dict[str, str]) -> None:
+    def set_tags(self, resource_id: str, tags: dict[str, str], *,
+                 tx: Transaction | None = None) -> None:
         """Add or overwrite tags of a volume or snapshot."""
-        self._retag(resource_id, lambda cur: {**cur, **tags})
+        self._retag(resource_id, lambda cur: {**cur, **tags}, tx)
 
-    def delete_tags(self, resource_id: str, tags: dict[str, str | None]) -> None:
+    def delete_tags(self, resource_id: str, tags: dict[str, str | None], *,
+                    tx: Transaction | None = None) -> None:
         """Remove tags; a None value removes the key whatever its value."""
         self._retag(resource_id, lambda cur: {
             k: v for k, v in cur.items()
-            if not (k in tags and (tags[k] is None or tags[k] == v))})
+            if not (k in tags and (tags[k] is None or tags[k] == v))}, tx)
 
     # --- service key/value space -------------------------------------------------------------
 
-    def service_get(self, namespace: str, key: str) -> Any:
-        with self._store.read() as txn:
+    def service_get(self, namespace: str, key: str, *, tx: Transaction | None = None) -> Any:
+        """The JSON value a service layer stored under ``(namespace, key)``, or None."""
+        with self._reading(tx) as txn:
             raw = txn.get(L.service_key(namespace, key), db=self._store.db["service"])
         return None if raw is None else json.loads(raw)
 
-    def service_put(self, namespace: str, key: str, value: Any) -> None:
-        with self._store.write() as txn:
-            k = L.service_key(namespace, key)
+    def service_put(self, namespace: str, key: str, value: Any, *,
+                    tx: Transaction | None = None) -> None:
+        """Store a JSON ``value`` under ``(namespace, key)``; None deletes it."""
+        k = L.service_key(namespace, key)
+        with self._unit(tx, grows=value is not None, frees=value is None) as (_, txn):
             if value is None:
                 txn.delete(k, db=self._store.db["service"])
             else:
                 txn.put(k, json.dumps(value).encode(), db=self._store.db["service"])
 
-    def service_items(self, namespace: str, prefix: str = "") -> list[tuple[str, Any]]:
+    def service_items(self, namespace: str, prefix: str = "", *, limit: int | None = None,
+                      tx: Transaction | None = None) -> list[tuple[str, Any]]:
+        """``(key, value)`` of a namespace whose keys start with ``prefix``, in key order
+        (the first ``limit`` of them when given)."""
         start = L.service_key(namespace, prefix)
         ns = L.service_key(namespace, "")
-        out = []
-        with self._store.read() as txn:
+        out: list[tuple[str, Any]] = []
+        with self._reading(tx) as txn:
             cur = txn.cursor(db=self._store.db["service"])
             if cur.set_range(start):
                 for k, v in cur:
-                    if not k.startswith(start):
+                    if not k.startswith(start) or (limit is not None and len(out) >= limit):
                         break
                     out.append((k[len(ns):].decode(), json.loads(v)))
         return out
@@ -759,6 +912,7 @@ class Engine:
     def fsck(self) -> FsckReport:
         """Verify every storage invariant of ``layout.py``; flushes open volumes first."""
         from .check import check_store
+        self._no_unit("fsck")
         with self._lock:
             for cache in list(self._caches.values()):
                 if not cache.deleted:
@@ -983,4 +1137,4 @@ def _data_ranges(fd: int, size: int) -> Iterable[tuple[int, int]]:
         pos = end
 
 
-__all__ = ["Engine", "EbsError", "default_store_path"]
+__all__ = ["Engine", "EbsError", "Transaction", "default_store_path"]

@@ -2,12 +2,13 @@
 
 Every failure a caller can act on is an :class:`EbsError` subclass carrying
 
-* ``code``: the AWS error code where AWS has one (``InvalidVolume.NotFound``, ...), so the
-  HTTP layer renders it without a second table of meanings;
+* ``code``: the EC2 error code where EC2 has one (``InvalidVolume.NotFound``, ...), so the
+  EC2 endpoint renders it without a second table of meanings;
 * ``exit_code``: what the CLI exits with (scripts rely on these; see ``cli.py``).
 
 Boundaries translate these classes, each with one table: the HTTP API maps ``code`` to an
-HTTP status, the NBD server maps classes to errno values. Classes that mean "bad argument"
+HTTP status and classes to the EBS direct API's reasons (``aws/errors.py``), the NBD server
+maps classes to errno values. Classes that mean "bad argument"
 also derive from the matching builtin (``ValueError``, ``KeyError``, ``PermissionError``)
 so plain Python callers can catch them idiomatically.
 """
@@ -21,11 +22,9 @@ class EbsError(Exception):
     code: str = "InternalError"
     exit_code: int = 1
 
-    def __init__(self, message: str = "", *, code: str | None = None) -> None:
+    def __init__(self, message: str = "") -> None:
         super().__init__(message)
         self.message = message
-        if code is not None:
-            self.code = code
 
     def __str__(self) -> str:
         return self.message
@@ -77,6 +76,35 @@ class MissingParameter(InvalidParameter):
     code = "MissingParameter"
 
 
+class InvalidVolumeSize(InvalidParameter):
+    """A volume size outside its limits, or smaller than the size it must hold (a snapshot's,
+    the volume's current size)."""
+
+
+class InvalidBlock(InvalidParameter):
+    """A block index beyond a snapshot's size, or block data that is not one block."""
+
+
+class UnrelatedSnapshots(InvalidParameter):
+    """Two snapshots compared for changed blocks where neither descends from the other."""
+
+
+class InvalidTag(InvalidParameter):
+    """A tag key or value outside the tag rules (length, reserved ``aws:`` prefix, ...)."""
+
+
+class TagLimitExceeded(InvalidTag):
+    """More tags than a resource may carry."""
+
+    code = "TagLimitExceeded"
+
+
+class IdempotencyMismatch(InvalidParameter):
+    """A client token reused with different parameters."""
+
+    code = "IdempotentParameterMismatch"
+
+
 class OutOfRange(InvalidParameter):
     """A device access (offset, length) falls outside the device; nothing was read or written."""
 
@@ -97,16 +125,10 @@ class VolumeInUse(IncorrectState):
     code = "VolumeInUse"
 
 
-class SnapshotInUse(IncorrectState):
-    code = "InvalidSnapshot.InUse"
+class AttachmentNotFound(IncorrectState):
+    """A detach from an instance the volume is not attached to."""
 
-
-class IncorrectModificationState(IncorrectState):
-    code = "IncorrectModificationState"
-
-
-class ModificationRateExceeded(IncorrectState):
-    code = "VolumeModificationRateExceeded"
+    code = "InvalidAttachment.NotFound"
 
 
 class ReadOnlyDevice(EbsError, PermissionError):

@@ -38,7 +38,7 @@ class Volume(_Record):
     volume_type: str
     state: str
     create_time: float
-    availability_zone: str = "us-east-1a"
+    availability_zone: str
     iops: int | None = None
     throughput: int | None = None
     snapshot_id: str | None = None

@@ -4,7 +4,7 @@
 (libnbd, qemu) refuse to send: out-of-range and oversized requests, bad flags, unknown
 commands and options, truncated frames and garbage.
 
-``MemEngine`` implements just the part of the ``ENGINE_API.md`` contract the server uses
+``MemEngine`` implements just the part of the engine's API (README, library section) the server uses
 (devices with pread/pwrite/trim/write_zeroes/flush/extents, volumes, snapshots); tests use it
 only while the real ``ebsengine.Engine`` cannot be imported.
 """

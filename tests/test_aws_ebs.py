@@ -362,10 +362,12 @@ def test_concurrent_puts_share_commits_and_complete(aws: Aws) -> None:
     sid = aws.ebs.start_snapshot(VolumeSize=1)["SnapshotId"]
     with cf.ThreadPoolExecutor(8) as ex:
         list(ex.map(lambda item: put_block(aws.ebs, sid, item[0], item[1]), blocks.items()))
+    assert len(aws.engine.snapshot_block_checksums(sid)) == len(blocks)  # every put's checksum kept
     aws.ebs.complete_snapshot(SnapshotId=sid, ChangedBlocksCount=len(blocks), Checksum=linear_checksum(blocks),
                               ChecksumAlgorithm="SHA256", ChecksumAggregationMethod="LINEAR")
     assert all_blocks(aws.ebs, sid) == blocks
-    assert aws.engine.service_items("aws.block", sid + "/") == []      # records dropped once completed
+    assert aws.engine.snapshot_block_checksums(sid) == {}               # and dropped once completed
+    assert aws.engine.service_get("aws.direct", sid) is None
 
 
 def test_oversized_body_is_refused(aws: Aws) -> None:

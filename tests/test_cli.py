@@ -140,3 +140,10 @@ def test_default_store_from_environment(tmp_path):
                        capture_output=True, text=True, env=env, timeout=60, check=True)
     assert p.stdout.startswith("vol-")
     assert os.path.exists(tmp_path / "envstore" / "data.mdb")
+
+
+def test_bad_tag_argument_exits_2(tmp_path) -> None:
+    store = str(tmp_path / "s")
+    p = run(store, "create", "--size", "1", "--tag", "foo", check=False)
+    assert p.returncode == 2 and "KEY=VALUE" in p.stderr
+    assert js(store, "list")["volumes"] == []  # and nothing was created

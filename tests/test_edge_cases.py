@@ -149,26 +149,3 @@ def test_a_full_disk_is_reported_as_full_not_corrupt(tmp_path):
             assert eng.fsck().ok
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def test_service_records_commit_with_the_resource_or_not_at_all(eng):
-    from conftest import store_digest
-
-    vol = eng.create_volume(size_gib=1, service=lambda v: [("t", v.id, {"made": v.size_gib})])
-    assert eng.service_get("t", vol.id) == {"made": 1}
-
-    def broken(resource):
-        raise RuntimeError("the service layer failed")
-
-    before = store_digest(eng)
-    for call in (lambda: eng.create_volume(size_gib=2, service=broken),
-                 lambda: eng.create_snapshot(vol.id, service=broken),
-                 lambda: eng.start_snapshot(1, service=broken),
-                 lambda: eng.modify_volume(vol.id, size_gib=5, service=broken)):
-        with pytest.raises(RuntimeError):
-            call()
-        assert store_digest(eng) == before  # neither the resource nor any record
-    snap = eng.create_snapshot(vol.id, service=lambda s: [("t", s.id, "snap"), ("t", vol.id, None)])
-    assert eng.service_get("t", snap.id) == "snap" and eng.service_get("t", vol.id) is None
-    copy = eng.copy_snapshot(snap.id, service=lambda s: [("t", s.id, "copy")])
-    assert eng.service_get("t", copy.id) == "copy"

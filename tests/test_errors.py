@@ -20,7 +20,8 @@ from conftest import discard_unflushable, store_digest
 
 import ebsengine
 from ebsengine import layout as L
-from ebsengine.errors import (Closed, EbsError, IncorrectState, InvalidParameter,
+from ebsengine.errors import (Closed, EbsError, IncorrectState, InvalidBlock, InvalidParameter,
+                              InvalidVolumeSize, UnrelatedSnapshots,
                               InvalidParameterCombination, MalformedId, MissingParameter,
                               NotFound, OutOfRange, ReadOnlyDevice, SnapshotNotFound, StoreFull,
                               VolumeInUse, VolumeNotFound)
@@ -426,23 +427,23 @@ def test_snapshot_refusals(w: World) -> None:
     refused(e, IncorrectState, "IncorrectState", "error", e.read_snapshot_block, w.failed, 0)
     refused(e, IncorrectState, "IncorrectState", "not pending", e.complete_snapshot, w.snap)
     refused(e, IncorrectState, "IncorrectState", "not pending", e.fail_snapshot, w.failed)
-    refused(e, InvalidParameter, "INVALID_BLOCK", "beyond", e.read_snapshot_block, w.snap,
+    refused(e, InvalidBlock, "InvalidParameterValue", "beyond", e.read_snapshot_block, w.snap,
             2 * GIB // L.BLOCK_SIZE)
-    refused(e, InvalidParameter, "INVALID_BLOCK", "beyond", e.read_snapshot_block, w.snap, -1)
+    refused(e, InvalidBlock, "InvalidParameterValue", "beyond", e.read_snapshot_block, w.snap, -1)
     other = e.create_volume(size_gib=1).id
     other_snap = e.create_snapshot(other).id
-    refused(e, InvalidParameter, "UNRELATED_SNAPSHOTS", "not related", e.list_changed_blocks,
+    refused(e, UnrelatedSnapshots, "InvalidParameterValue", "not related", e.list_changed_blocks,
             w.snap, other_snap)
 
 
 @pytest.mark.parametrize("size", [0, -1, 65537, True, "1", 1.0])
 def test_start_snapshot_bad_size(w: World, size: Any) -> None:
-    refused(w.eng, InvalidParameter, "INVALID_VOLUME_SIZE", "volumesize", w.eng.start_snapshot,
+    refused(w.eng, InvalidVolumeSize, "InvalidParameterValue", "volumesize", w.eng.start_snapshot,
             size)
 
 
 def test_start_snapshot_smaller_than_parent(w: World) -> None:
-    refused(w.eng, InvalidParameter, "INVALID_VOLUME_SIZE", "smaller", w.eng.start_snapshot, 1,
+    refused(w.eng, InvalidVolumeSize, "InvalidParameterValue", "smaller", w.eng.start_snapshot, 1,
             parent_snapshot_id=w.snap)
     refused(w.eng, IncorrectState, "IncorrectState", "pending", w.eng.start_snapshot, 2,
             parent_snapshot_id=w.pending)
@@ -452,10 +453,10 @@ def test_put_snapshot_block_refusals(w: World) -> None:
     e = w.eng
     block = random.Random(3).randbytes(L.BLOCK_SIZE)
     for n in (0, 1, L.BLOCK_SIZE - 1, L.BLOCK_SIZE + 1, L.CHUNK_SIZE):
-        refused(e, InvalidParameter, "INVALID_BLOCK", str(L.BLOCK_SIZE), e.put_snapshot_block,
+        refused(e, InvalidBlock, "InvalidParameterValue", str(L.BLOCK_SIZE), e.put_snapshot_block,
                 w.pending, 0, block[:n] if n <= L.BLOCK_SIZE else block + b"x")
     for idx in (-1, 2048, 2**40, True, "3", 1.0, None):
-        refused(e, InvalidParameter, "INVALID_BLOCK", "beyond", e.put_snapshot_block,
+        refused(e, InvalidBlock, "InvalidParameterValue", "beyond", e.put_snapshot_block,
                 w.pending, idx, block)
     refused(e, IncorrectState, "IncorrectState", "completed", e.put_snapshot_block, w.snap, 0,
             block)
@@ -471,7 +472,7 @@ def test_put_snapshot_block_refusals(w: World) -> None:
 
 @pytest.mark.parametrize("idx", ["0", 0.0, True, None])
 def test_read_snapshot_block_bad_index_type(w: World, idx: Any) -> None:
-    refused(w.eng, InvalidParameter, "INVALID_BLOCK", "beyond", w.eng.read_snapshot_block,
+    refused(w.eng, InvalidBlock, "InvalidParameterValue", "beyond", w.eng.read_snapshot_block,
             w.snap, idx)
 
 
@@ -481,12 +482,12 @@ def test_read_snapshot_block_bad_index_type(w: World, idx: Any) -> None:
 def test_tag_refusals(w: World) -> None:
     e = w.eng
     many = {f"k{i}": "v" for i in range(51)}
-    refused(e, InvalidParameter, IPV, "50", e.create_volume, size_gib=1, tags=many)
-    refused(e, InvalidParameter, IPV, "50", e.create_snapshot, w.vol, tags=many)
-    refused(e, InvalidParameter, IPV, "50", e.start_snapshot, 1, tags=many)
-    refused(e, InvalidParameter, IPV, "50", e.copy_snapshot, w.snap, tags=many)
+    refused(e, InvalidParameter, "TagLimitExceeded", "50", e.create_volume, size_gib=1, tags=many)
+    refused(e, InvalidParameter, "TagLimitExceeded", "50", e.create_snapshot, w.vol, tags=many)
+    refused(e, InvalidParameter, "TagLimitExceeded", "50", e.start_snapshot, 1, tags=many)
+    refused(e, InvalidParameter, "TagLimitExceeded", "50", e.copy_snapshot, w.snap, tags=many)
     # vol has 2 tags: 48 more is fine, 49 is one too many
-    refused(e, InvalidParameter, IPV, "50", e.set_tags, w.vol,
+    refused(e, InvalidParameter, "TagLimitExceeded", "50", e.set_tags, w.vol,
             {f"n{i}": "v" for i in range(49)})
     for key in ("aws:name", "AWS:x", "Aws:"):
         refused(e, InvalidParameter, IPV, "aws:", e.create_volume, size_gib=1, tags={key: "v"})

@@ -19,7 +19,7 @@ from hypothesis.stateful import (Bundle, RuleBasedStateMachine, consumes, initia
 
 import ebsengine
 from ebsengine import layout as L
-from ebsengine.errors import EbsError
+from ebsengine.errors import EbsError, UnrelatedSnapshots
 
 GIB = L.GIB
 CS = L.CHUNK_SIZE
@@ -217,7 +217,7 @@ class EngineMachine(RuleBasedStateMachine):
         try:
             got = self.eng.list_changed_blocks(a, b)
         except EbsError as exc:
-            assert exc.code == "UNRELATED_SNAPSHOTS"
+            assert isinstance(exc, UnrelatedSnapshots), exc
             assert self.snap_vol[a] != self.snap_vol[b] or a != b
             return
         idxs = set(ma.chunks) | set(mb.chunks)

@@ -9,7 +9,8 @@ import pytest
 
 import ebsengine
 from ebsengine import layout as L
-from ebsengine.errors import IncorrectState, InvalidParameter, SnapshotNotFound
+from ebsengine.errors import (IncorrectState, InvalidParameter, SnapshotNotFound,
+                              UnrelatedSnapshots)
 
 CS = L.CHUNK_SIZE
 BS = L.BLOCK_SIZE
@@ -135,7 +136,7 @@ def test_restore_is_lazy_larger_and_independent(eng):
     assert eng.list_changed_blocks(snaps[0], s_clone.id) == [0, 3 * L.GIB // BS - 1]
     with pytest.raises(InvalidParameter) as exc:
         eng.list_changed_blocks(snaps[1], s_clone.id)
-    assert exc.value.code == "UNRELATED_SNAPSHOTS"
+    assert isinstance(exc.value, UnrelatedSnapshots)
 
 
 def test_direct_api_snapshot_roundtrip(eng):

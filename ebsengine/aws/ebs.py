@@ -13,9 +13,11 @@ import hashlib
 from typing import Any, ClassVar
 
 from ebsengine import errors as engine_errors
+from ebsengine.rules import EBS_DIRECT_TAG_LIMITS, MAX_SNAPSHOT_GIB, check_tags, is_aws_id
+from ebsengine.rules import tokens as token_rules
 
 from .errors import ApiError
-from .store import NS_DIRECT, SNAPSHOT_ID_RE, AwsStore, Context
+from .store import NS_DIRECT, AwsStore, Context
 
 BLOCK_SIZE = 524288
 BLOCKS_PER_GIB = (1 << 30) // BLOCK_SIZE
@@ -67,7 +69,7 @@ class EbsModel:
     # --- lookups -------------------------------------------------------------------------
 
     def _snapshot(self, ctx: Context, snapshot_id: str) -> Any:
-        if not SNAPSHOT_ID_RE.match(snapshot_id or ""):
+        if not is_aws_id(snapshot_id, "snap"):
             raise _validation(f"Invalid snapshot id: {snapshot_id}", "INVALID_SNAPSHOT_ID")
         try:
             return self.store.snapshot(ctx, snapshot_id)
@@ -85,12 +87,17 @@ class EbsModel:
         snap = self._snapshot(ctx, snapshot_id)
         rec = self.engine.service_get(NS_DIRECT, snap.id)
         if snap.state == "pending" and rec is None:
-            # A crash between the engine's StartSnapshot commit and this record: adopt the
-            # snapshot with the default Timeout counted from its start, so it can still be
-            # written, completed, or time out (never stuck pending for ever).
-            rec = {"state": "pending", "timeout": DEFAULT_TIMEOUT_MIN, "last": snap.start_time,
-                   "progress": snap.progress}
-            self.engine.service_put(NS_DIRECT, snap.id, rec)
+            # A pending snapshot without its record (made through the library, or by a
+            # release that did not commit the two together): adopt it with the default
+            # Timeout counted from its start, so it can still be written, completed, or time
+            # out (never stuck pending for ever). Only while it is still pending.
+            with self.engine.transaction() as tx:
+                snap = self.engine.get_snapshot(snap.id, tx=tx)
+                rec = self.engine.service_get(NS_DIRECT, snap.id, tx=tx)
+                if snap.state == "pending" and rec is None:
+                    rec = {"state": "pending", "timeout": DEFAULT_TIMEOUT_MIN, "last": snap.start_time,
+                           "progress": snap.progress}
+                    self.engine.service_put(NS_DIRECT, snap.id, rec, tx=tx)
         if snap.state == "error" and rec and rec.get("state") == "error":
             raise _validation(f"The snapshot '{snapshot_id}' timed out waiting for writes and was cancelled",
                               "WRITE_REQUEST_TIMEOUT")
@@ -99,18 +106,28 @@ class EbsModel:
                               "blocks can only be written to a pending snapshot", "INVALID_SNAPSHOT_ID")
         return snap, rec
 
-    def _touch(self, snap_id: str, rec: dict[str, Any], **changes: Any) -> None:
+    def _touch(self, snap_id: str, **changes: Any) -> None:
+        """Persist activity (for Timeout) and progress of a pending snapshot.
+
+        A read-modify-write of the record in one unit, and only while the record still says
+        pending: a CompleteSnapshot (or a timeout) that ended the snapshot since this block
+        was put is never undone by writing back an older copy of the record."""
         now = self.store.clock()
-        if changes or now - self._persisted_activity.get(snap_id, 0.0) >= ACTIVITY_PERSIST_SECONDS:
-            self.engine.service_put(NS_DIRECT, snap_id, dict(rec, last=now, **changes))
-            self._persisted_activity[snap_id] = now
+        if not changes and now - self._persisted_activity.get(snap_id, 0.0) < ACTIVITY_PERSIST_SECONDS:
+            return
+        with self.engine.transaction() as tx:
+            cur = self.engine.service_get(NS_DIRECT, snap_id, tx=tx)
+            if cur is None or cur.get("state") != "pending":
+                return
+            self.engine.service_put(NS_DIRECT, snap_id, dict(cur, last=now, **changes), tx=tx)
+        self._persisted_activity[snap_id] = now
 
     # --- writing -------------------------------------------------------------------------
 
     def start_snapshot(self, ctx: Context, p: Params) -> Result:
         size = int(p["VolumeSize"])
-        if not 1 <= size <= 65536:
-            raise _validation(f"Volume size {size} GiB is outside 1-65536", "INVALID_VOLUME_SIZE")
+        if not 1 <= size <= MAX_SNAPSHOT_GIB:
+            raise _validation(f"Volume size {size} GiB is outside 1-{MAX_SNAPSHOT_GIB}", "INVALID_VOLUME_SIZE")
         parent_id = p.get("ParentSnapshotId")
         encrypted = bool(p.get("Encrypted", False))
         if parent_id and encrypted:
@@ -120,50 +137,52 @@ class EbsModel:
         timeout = int(p.get("Timeout") or DEFAULT_TIMEOUT_MIN)
         if not 10 <= timeout <= 4320:
             raise _validation("Timeout must be between 10 and 4320 minutes", "INVALID_PARAMETER_VALUE")
-        tags = {}
-        for t in p.get("Tags") or []:
-            key = t.get("Key") or ""
-            if not key or key.lower().startswith("aws:") or len(key) > 127 or len(t.get("Value") or "") > 255:
-                raise _validation(f"Invalid tag key '{key}'", "INVALID_TAG")
-            tags[key] = t.get("Value") or ""
-        if len(tags) > 50:
-            raise _validation("At most 50 tags", "INVALID_TAG")
-        with self.store.lock:
-            token = p.get("ClientToken")
-            digest = self.store.digest(p)
-            if token:
-                prev = self.store.token_lookup(ctx, "StartSnapshot", token)
-                if prev is not None:
-                    if prev["digest"] != digest:
-                        raise ApiError("ConflictException",
-                                       f"Client token '{token}' was already used with different parameters",
-                                       status=409)
-                    snap = self._snapshot(ctx, prev["id"])
-                    return self._start_view(ctx, snap)
-            if parent_id:
-                parent = self._snapshot(ctx, parent_id)
-                if parent.state != "completed":
-                    raise _validation(f"The parent snapshot '{parent_id}' is not completed", "INVALID_SNAPSHOT_ID")
-                if size < parent.volume_size_gib:
-                    raise _validation(f"Volume size {size} GiB is smaller than the parent snapshot's "
-                                      f"{parent.volume_size_gib} GiB", "INVALID_VOLUME_SIZE")
-            kms = None
-            if encrypted:  # AWS's default key for EBS when none is given
-                kms = p.get("KmsKeyArn") or f"arn:aws:kms:{ctx.region}:{ctx.account_id}:alias/aws/ebs"
-            now = self.store.clock()
-
-            def records(s: Any) -> list[tuple[str, str, Any]]:
-                # region, Timeout bookkeeping and ClientToken commit with the snapshot itself
-                out = [self.store.snapshot_record(s.id, ctx.region),
-                       (NS_DIRECT, s.id, {"state": "pending", "timeout": timeout, "last": now, "progress": 0})]
-                if token:
-                    out.append(self.store.token_record(ctx, "StartSnapshot", token, digest, s.id))
-                return out
-
+        tags = check_tags({t.get("Key") or "": t.get("Value") or "" for t in p.get("Tags") or []},
+                          EBS_DIRECT_TAG_LIMITS)
+        token = token_rules.check_client_token(p.get("ClientToken"), token_rules.EBS_DIRECT_TOKEN_MAX)
+        digest = token_rules.request_digest(p)
+        done = self._replay(ctx, token, digest)
+        if done is not None:
+            return done
+        if parent_id:
+            parent = self._snapshot(ctx, parent_id)  # region-scoped; the engine checks the rest
+            if parent.state != "completed":
+                raise _validation(f"The parent snapshot '{parent_id}' is not completed", "INVALID_SNAPSHOT_ID")
+        kms = None
+        if encrypted:  # AWS's default key for EBS when none is given
+            kms = p.get("KmsKeyArn") or f"arn:aws:kms:{ctx.region}:{ctx.account_id}:alias/aws/ebs"
+        now = self.store.clock()
+        # The snapshot, its region, its Timeout bookkeeping and its ClientToken: one unit.
+        with self.engine.transaction() as tx:
+            done = self._replay(ctx, token, digest, tx)
+            if done is not None:
+                return done
             snap = self.engine.start_snapshot(size, parent_snapshot_id=parent_id or None,
                                               description=p.get("Description") or "", tags=tags or None,
-                                              encrypted=encrypted, kms_key_id=kms, service=records)
-            self._persisted_activity[snap.id] = now
+                                              encrypted=encrypted, kms_key_id=kms, tx=tx)
+            self.store.put_snapshot_region(tx, snap.id, ctx.region)
+            self.engine.service_put(NS_DIRECT, snap.id, {"state": "pending", "timeout": timeout, "last": now,
+                                                         "progress": 0}, tx=tx)
+            if token is not None:
+                self.store.put_token(tx, ctx, "StartSnapshot", token, digest, snap.id)
+        self._persisted_activity[snap.id] = now
+        return self._start_view(ctx, snap)
+
+    def _replay(self, ctx: Context, token: str | None, digest: str, tx: Any = None) -> Result | None:
+        """The first response of a StartSnapshot retried with its ClientToken, else None (a new
+        request). The same token with other parameters is a ConflictException."""
+        if token is None:
+            return None
+        try:
+            prev = self.store.token_previous(ctx, "StartSnapshot", token, digest, tx=tx)
+        except engine_errors.IdempotencyMismatch as exc:
+            raise ApiError("ConflictException", str(exc), status=409) from None
+        if prev is None:
+            return None
+        try:
+            snap = self.engine.get_snapshot(prev, tx=tx)
+        except engine_errors.NotFound:  # deleted outside this API: a new request
+            return None
         return self._start_view(ctx, snap)
 
     def _start_view(self, ctx: Context, snap: Any) -> Result:
@@ -205,19 +224,20 @@ class EbsModel:
         # The checksum is stored with the block in the same (group-)commit: durable together.
         self.engine.put_snapshot_block(snap.id, index, data, checksum=digest)
         if progress is not None and progress != rec.get("progress"):
-            self._touch(snap.id, rec, progress=progress)
+            self._touch(snap.id, progress=progress)
         else:
-            self._touch(snap.id, rec)
+            self._touch(snap.id)
         return {"Checksum": digest, "ChecksumAlgorithm": "SHA256"}
 
     def complete_snapshot(self, ctx: Context, p: Params) -> Result:
-        with self.store.lock:
-            snap, _rec = self._pending(ctx, p["SnapshotId"])
-            # The checks run inside the engine's sealing transaction (verify below), so a
-            # block put concurrently is either counted here or refused as not pending.
-            self.engine.complete_snapshot(snap.id, verify=lambda written: self._check_completion(p, written))
-            self.engine.service_put(NS_DIRECT, snap.id, None)
-            self._persisted_activity.pop(snap.id, None)
+        snap, _ = self._pending(ctx, p["SnapshotId"])
+        # The checks run inside the sealing unit (verify below), so a block put concurrently
+        # is either counted here or refused as not pending; the record goes in the same commit.
+        with self.engine.transaction() as tx:
+            self.engine.complete_snapshot(snap.id, verify=lambda written: self._check_completion(p, written),
+                                          tx=tx)
+            self.engine.service_put(NS_DIRECT, snap.id, None, tx=tx)
+        self._persisted_activity.pop(snap.id, None)
         return {"Status": "completed"}
 
     @staticmethod
@@ -292,7 +312,7 @@ class EbsModel:
         limit = int(p.get("MaxResults") or 10000)
         try:
             changed = self.engine.list_changed_blocks(first.id if first else None, second.id, start)
-        except engine_errors.InvalidParameter as exc:
+        except engine_errors.UnrelatedSnapshots as exc:
             raise _validation(str(exc) or "The snapshots are not related", "UNRELATED_SNAPSHOTS") from None
         page = changed[:limit]
         expiry = int(now + BLOCK_TOKEN_TTL)

@@ -2,12 +2,15 @@
 
 One method per action, named like boto3's (``create_volume``), taking a :class:`Context`
 and the action's parsed input dict (botocore member names) and returning its output dict.
-The engine owns volume rules (types, sizes, IOPS limits, shrink, attached-delete); this
-layer owns what only AWS has: regions, owner id, ClientToken idempotency, DryRun,
-TagSpecifications, Describe filters and pagination, modification states and their rate
-limit, snapshot permissions, and the transient states of create responses.
+The rules (volume types, sizes, IOPS defaults and limits, Multi-Attach, tags, ids,
+ClientTokens) live in ``ebsengine.rules``, shared with the engine; this layer owns what only
+the EC2 API has: regions, owner id, DryRun, TagSpecifications, Describe filters and
+pagination, modification states and their rate limit, snapshot permissions, and the
+transient states of create responses.
 
-Every check runs before the first change, so a refused request changes nothing.
+A request that changes several records (a resource and its AWS records, several snapshots,
+the tags of several resources) makes them in one unit of work of the engine, so they commit
+together or not at all; a refused request changes nothing.
 """
 
 from __future__ import annotations
@@ -20,15 +23,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from ebsengine import errors as engine_errors
+from ebsengine.rules import check_tags, is_aws_id, modified_spec
+from ebsengine.rules import tokens as token_rules
 
 from .errors import ApiError
-from .store import (
-    INSTANCE_ID_RE,
-    NS_SNAPATTR,
-    NS_VOLMOD,
-    AwsStore,
-    Context,
-)
+from .store import NS_DIRECT, NS_SNAPATTR, NS_VOLMOD, AwsStore, Context
 
 Params = dict[str, Any]
 Result = dict[str, Any]
@@ -227,7 +226,7 @@ class Ec2Model:
 
     def _snapshot_view(self, ctx: Context, snap: Any, state: str | None = None) -> Result:
         progress = snap.progress
-        direct = self.engine.service_get("aws.direct", snap.id)
+        direct = self.engine.service_get(NS_DIRECT, snap.id)
         if snap.state == "pending" and direct:
             progress = int(direct.get("progress", 0))
         return {
@@ -247,19 +246,6 @@ class Ec2Model:
             "FullSnapshotSizeInBytes": snap.full_size_bytes if snap.state == "completed" else None,
         }
 
-    @staticmethod
-    def _check_tags(tags: dict[str, str]) -> None:
-        for k, v in tags.items():
-            if k.lower().startswith("aws:"):
-                raise ApiError("InvalidParameterValue",
-                               "Tag keys starting with 'aws:' are reserved for internal use")
-            if not k or len(k) > 128:
-                raise ApiError("InvalidParameterValue", f"Tag key '{k}' must be 1-128 characters long")
-            if len(v) > 256:
-                raise ApiError("InvalidParameterValue", f"Tag value for key '{k}' exceeds 256 characters")
-        if len(tags) > 50:
-            raise ApiError("TagLimitExceeded", "The maximum number of Tags for a resource has been reached.")
-
     def _spec_tags(self, specs: list[dict[str, Any]] | None, resource_type: str) -> dict[str, str]:
         tags: dict[str, str] = {}
         for spec in specs or []:
@@ -269,8 +255,7 @@ class Ec2Model:
                                f"'{rtype}' is not a valid taggable resource type for this operation.")
             for t in spec.get("Tags") or []:
                 tags[t.get("Key", "")] = t.get("Value", "")
-        self._check_tags(tags)
-        return tags
+        return check_tags(tags)
 
     def _zone(self, ctx: Context, params: Params) -> str:
         zone: str | None = params.get("AvailabilityZone")
@@ -290,66 +275,69 @@ class Ec2Model:
         return zone
 
     def _instance(self, ctx: Context, instance_id: str) -> dict[str, Any]:
-        if not INSTANCE_ID_RE.match(instance_id or ""):
+        if not is_aws_id(instance_id, "i"):
             raise ApiError("InvalidInstanceID.Malformed", f'Invalid id: "{instance_id}"')
         found = self.instances.find(ctx, instance_id)
         if found is None:
             raise ApiError("InvalidInstanceID.NotFound", f"The instance ID '{instance_id}' does not exist")
         return found
 
-    def _idempotent(self, ctx: Context, action: str, params: Params) -> tuple[str | None, str, Any]:
-        """``(token, digest, previous resource id or None)``; mismatch raises."""
-        token = params.get("ClientToken")
-        digest = self.store.digest(params)
-        if not token:
-            return None, digest, None
-        prev = self.store.token_lookup(ctx, action, token)
+    def _replay(self, ctx: Context, token: str | None, digest: str,
+                tx: Any = None) -> Result | None:
+        """The first response of a CreateVolume retried with its ClientToken, else None (a
+        new request: no token, or one past its TTL or whose volume is gone)."""
+        if token is None:
+            return None
+        prev = self.store.token_previous(ctx, "CreateVolume", token, digest, tx=tx)
         if prev is None:
-            return token, digest, None
-        if prev["digest"] != digest:
-            raise ApiError("IdempotentParameterMismatch",
-                           f"Client token '{token}' was already used with different parameters")
-        return token, digest, prev["id"]
+            return None
+        try:
+            return volume_view(self.engine.get_volume(prev, tx=tx))
+        except engine_errors.NotFound:  # deleted outside this API (the library): a new request
+            return None
 
     # --- volumes -----------------------------------------------------------------------
 
     def create_volume(self, ctx: Context, p: Params) -> Result:
-        with self.store.lock:
-            token, digest, prev = self._idempotent(ctx, "CreateVolume", p)
-            if prev is not None:
-                try:
-                    return volume_view(self.engine.get_volume(prev))
-                except engine_errors.NotFound:
-                    raise ApiError("IdempotentParameterMismatch",
-                                   f"Client token '{token}' belongs to a volume that no longer exists") from None
-            zone = self._zone(ctx, p)
-            size, snap_id = p.get("Size"), p.get("SnapshotId")
-            if size is None and not snap_id:
-                raise ApiError("MissingParameter", "The request must contain the parameter size or snapshotId")
-            if snap_id:
-                snap = self.store.snapshot(ctx, snap_id)
-                if snap.state != "completed":
-                    raise ApiError("IncorrectState", f"Snapshot '{snap_id}' is not in the completed state")
-            if p.get("KmsKeyId") and not p.get("Encrypted"):
-                raise ApiError("InvalidParameterDependency",
-                               "The parameter KmsKeyId requires the parameter Encrypted to be set.")
-            if "VolumeInitializationRate" in p and not snap_id:
-                raise ApiError("InvalidParameterCombination",
-                               "VolumeInitializationRate can only be specified with SnapshotId")
-            tags = self._spec_tags(p.get("TagSpecifications"), "volume")
+        token = token_rules.check_client_token(p.get("ClientToken"))
+        digest = token_rules.request_digest(p)
+        done = self._replay(ctx, token, digest)
+        if done is not None:
+            return done
+        zone = self._zone(ctx, p)
+        size, snap_id = p.get("Size"), p.get("SnapshotId")
+        if size is None and not snap_id:
+            raise ApiError("MissingParameter", "The request must contain the parameter size or snapshotId")
+        if snap_id:
+            snap = self.store.snapshot(ctx, snap_id)
+            if snap.state != "completed":
+                raise ApiError("IncorrectState", f"Snapshot '{snap_id}' is not in the completed state")
+        if p.get("KmsKeyId") and not p.get("Encrypted"):
+            raise ApiError("InvalidParameterDependency",
+                           "The parameter KmsKeyId requires the parameter Encrypted to be set.")
+        if "VolumeInitializationRate" in p and not snap_id:
+            raise ApiError("InvalidParameterCombination",
+                           "VolumeInitializationRate can only be specified with SnapshotId")
+        tags = self._spec_tags(p.get("TagSpecifications"), "volume")
+        with self.engine.transaction() as tx:
+            done = self._replay(ctx, token, digest, tx)  # a concurrent retry may have won
+            if done is not None:
+                return done
             vol = self.engine.create_volume(
                 size, p.get("VolumeType") or "gp2", snapshot_id=snap_id or None, iops=p.get("Iops"),
                 throughput=p.get("Throughput"), availability_zone=zone,
                 multi_attach_enabled=bool(p.get("MultiAttachEnabled", False)),
                 encrypted=bool(p.get("Encrypted", False)), kms_key_id=p.get("KmsKeyId"), tags=tags or None,
-                service=lambda v: [self.store.token_record(ctx, "CreateVolume", token, digest, v.id)]
-                if token else [])
+                tx=tx)
+            if token is not None:  # commits with the volume: a crash cannot split them
+                self.store.put_token(tx, ctx, "CreateVolume", token, digest, vol.id)
         return volume_view(vol, state="creating")
 
     def delete_volume(self, ctx: Context, p: Params) -> None:
         vol = self.store.volume(ctx, p["VolumeId"])
-        self.engine.delete_volume(vol.id)
-        self.engine.service_put(NS_VOLMOD, vol.id, None)
+        with self.engine.transaction() as tx:
+            self.engine.delete_volume(vol.id, tx=tx)
+            self.store.forget_volume(tx, vol.id)
 
     _VOLUME_FILTERS: ClassVar[dict[str, Extractor]] = {
         "volume-id": lambda v: [v.id],
@@ -443,12 +431,15 @@ class Ec2Model:
         return out
 
     def modify_volume(self, ctx: Context, p: Params) -> Result:
-        with self.store.lock:
-            vol = self.store.volume(ctx, p["VolumeId"])
+        vol = self.store.volume(ctx, p["VolumeId"])
+        # One unit: the rules see the history as it is, and the history (with its 4-per-24 h
+        # count) commits with the modification itself, so it can never miss one.
+        with self.engine.transaction() as tx:
+            vol = self.engine.get_volume(vol.id, tx=tx)
             if vol.state not in ("available", "in-use"):
                 raise ApiError("IncorrectState", f"Volume '{vol.id}' is in the '{vol.state}' state.")
             now = self.store.clock()
-            history: list[dict[str, Any]] = self.engine.service_get(NS_VOLMOD, vol.id) or []
+            history: list[dict[str, Any]] = self.engine.service_get(NS_VOLMOD, vol.id, tx=tx) or []
             if history:
                 last = self._mod_view(history[-1], now)
                 if last["ModificationState"] in ("modifying", "optimizing"):
@@ -461,43 +452,32 @@ class Ec2Model:
                 raise ApiError("VolumeModificationRateExceeded",
                                f"You've reached the maximum modification rate per volume limit. "
                                f"Wait until {_iso(nxt)} before modifying volume {vol.id} again.")
-            target_type = p.get("VolumeType") or vol.volume_type
-            iops, throughput = p.get("Iops"), p.get("Throughput")
-            if target_type != vol.volume_type:
-                if target_type in ("gp3", "io1", "io2") and iops is None:
-                    iops = 3000
-                if target_type == "gp3" and throughput is None:
-                    throughput = 125
+            target_type, iops, throughput = modified_spec(
+                (vol.volume_type, vol.iops, vol.throughput), p.get("VolumeType"), p.get("Iops"),
+                p.get("Throughput"))
             size = p.get("Size")
             multi = p.get("MultiAttachEnabled")
             if (size in (None, vol.size_gib) and target_type == vol.volume_type and iops in (None, vol.iops)
                     and throughput in (None, vol.throughput) and multi in (None, vol.multi_attach_enabled)):
                 raise ApiError("InvalidParameterValue",
                                f"New configuration for volume {vol.id} is identical to the current one")
-            made: list[dict[str, Any]] = []
-
-            def modification(new: Any) -> list[tuple[str, str, Any]]:
-                # committed with the modification itself: the history (and the 4-per-24 h
-                # count) can never miss a change that happened
-                rec = {
-                    "VolumeId": vol.id,
-                    "ModificationState": "modifying",
-                    "TargetSize": new.size_gib, "TargetIops": new.iops, "TargetVolumeType": new.volume_type,
-                    "TargetThroughput": new.throughput,
-                    "TargetMultiAttachEnabled": bool(new.multi_attach_enabled),
-                    "OriginalSize": vol.size_gib, "OriginalIops": vol.iops, "OriginalVolumeType": vol.volume_type,
-                    "OriginalThroughput": vol.throughput,
-                    "OriginalMultiAttachEnabled": bool(vol.multi_attach_enabled),
-                    "Progress": 0, "StartTime": now,
-                }
-                made.append(rec)
-                history = [*recent, rec][-max(self.rules.max_per_window, 1):]
-                return [(NS_VOLMOD, vol.id, history)]
-
-            self.engine.modify_volume(
+            new = self.engine.modify_volume(
                 vol.id, size_gib=size, volume_type=p.get("VolumeType"), iops=iops, throughput=throughput,
-                multi_attach_enabled=multi, service=modification)
-        return {"VolumeModification": made[0]}
+                multi_attach_enabled=multi, tx=tx)
+            rec = {
+                "VolumeId": vol.id,
+                "ModificationState": "modifying",
+                "TargetSize": new.size_gib, "TargetIops": new.iops, "TargetVolumeType": new.volume_type,
+                "TargetThroughput": new.throughput,
+                "TargetMultiAttachEnabled": bool(new.multi_attach_enabled),
+                "OriginalSize": vol.size_gib, "OriginalIops": vol.iops, "OriginalVolumeType": vol.volume_type,
+                "OriginalThroughput": vol.throughput,
+                "OriginalMultiAttachEnabled": bool(vol.multi_attach_enabled),
+                "Progress": 0, "StartTime": now,
+            }
+            history = [*recent, rec][-max(self.rules.max_per_window, 1):]
+            self.engine.service_put(NS_VOLMOD, vol.id, history, tx=tx)
+        return {"VolumeModification": rec}
 
     def describe_volumes_modifications(self, ctx: Context, p: Params) -> Result:
         now = self.store.clock()
@@ -549,8 +529,6 @@ class Ec2Model:
             raise ApiError("InvalidVolume.ZoneMismatch",
                            f"The volume '{vol.id}' is not in the same availability zone as instance "
                            f"'{p['InstanceId']}'")
-        if vol.attachments and not vol.multi_attach_enabled:
-            raise ApiError("VolumeInUse", f"{vol.id} is already attached to an instance")
         new = self.engine.attach_volume(vol.id, p["InstanceId"], device)
         att = next(a for a in new.attachments if a.get("instance_id") == p["InstanceId"])
         return {"VolumeId": vol.id, "InstanceId": p["InstanceId"], "Device": att.get("device", device),
@@ -568,7 +546,8 @@ class Ec2Model:
         if att is None:
             raise ApiError("InvalidAttachment.NotFound",
                            f"The volume '{vol.id}' is not attached to instance '{instance_id}'")
-        self.engine.detach_volume(vol.id, instance_id=att.get("instance_id"), force=bool(p.get("Force")))
+        # Force only matters for an attachment a guest holds; these always detach at once
+        self.engine.detach_volume(vol.id, instance_id=att.get("instance_id"))
         return {"VolumeId": vol.id, "InstanceId": att.get("instance_id"), "Device": att.get("device"),
                 "State": "detaching", "AttachTime": att.get("attach_time"),
                 "DeleteOnTermination": bool(att.get("delete_on_termination", False))}
@@ -581,11 +560,13 @@ class Ec2Model:
         desc = p.get("Description") or ""
         if len(desc) > 255:
             raise ApiError("InvalidParameterValue", "Description must be at most 255 characters")
-        snap = self.engine.create_snapshot(vol.id, description=desc, tags=tags or None,
-                                           service=lambda s: [self.store.snapshot_record(s.id, ctx.region)])
+        with self.engine.transaction(flush=[vol.id]) as tx:
+            snap = self.engine.create_snapshot(vol.id, description=desc, tags=tags or None, tx=tx)
+            self.store.put_snapshot_region(tx, snap.id, ctx.region)
         return self._snapshot_view(ctx, snap, state="pending")
 
     def create_snapshots(self, ctx: Context, p: Params) -> Result:
+        """One crash-consistent set: every snapshot of the set freezes in one unit of work."""
         spec = p["InstanceSpecification"]
         instance_id = spec.get("InstanceId")
         if not instance_id:
@@ -599,13 +580,20 @@ class Ec2Model:
         vols = [v for v in self.store.volumes(ctx)
                 if any(a.get("instance_id") == instance_id for a in v.attachments)
                 and v.id not in excluded and not (spec.get("ExcludeBootVolume") and v.id == root)]
-        out = []
+        desc = p.get("Description") or ""
+        plans = []
         for v in vols:
             t = dict(v.tags) if p.get("CopyTagsFromSource") == "volume" else {}
             t.update(tags)
-            snap = self.engine.create_snapshot(
-                v.id, description=p.get("Description") or "", tags=t or None,
-                service=lambda s: [self.store.snapshot_record(s.id, ctx.region)])
+            plans.append((v.id, check_tags(t)))
+        snaps = []
+        with self.engine.transaction(flush=[v.id for v in vols]) as tx:
+            for vid, t in plans:
+                snap = self.engine.create_snapshot(vid, description=desc, tags=t or None, tx=tx)
+                self.store.put_snapshot_region(tx, snap.id, ctx.region)
+                snaps.append(snap)
+        out = []
+        for snap in snaps:
             view = self._snapshot_view(ctx, snap, state="pending")
             out.append({k: view.get(k) for k in ("SnapshotId", "VolumeId", "State", "StartTime", "Progress",
                                                  "OwnerId", "Description", "VolumeSize", "Encrypted", "Tags")})
@@ -613,8 +601,9 @@ class Ec2Model:
 
     def delete_snapshot(self, ctx: Context, p: Params) -> None:
         snap = self.store.snapshot(ctx, p["SnapshotId"])
-        self.engine.delete_snapshot(snap.id)
-        self.store.forget_snapshot(snap.id)
+        with self.engine.transaction() as tx:
+            self.engine.delete_snapshot(snap.id, tx=tx)
+            self.store.forget_snapshot(tx, snap.id)
 
     _SNAPSHOT_FILTERS: ClassVar[dict[str, Extractor]] = {
         "snapshot-id": lambda s: [s.id],
@@ -677,8 +666,10 @@ class Ec2Model:
         if dur is not None and (dur < 15 or dur > 2880 or dur % 15):
             raise ApiError("InvalidParameterValue", "CompletionDurationMinutes must be a multiple of 15 in 15-2880")
         tags = self._spec_tags(p.get("TagSpecifications"), "snapshot")
-        copy = self.engine.copy_snapshot(snap.id, description=p.get("Description") or "", tags=tags or None,
-                                         service=lambda s: [self.store.snapshot_record(s.id, ctx.region)])
+        with self.engine.transaction() as tx:
+            copy = self.engine.copy_snapshot(snap.id, description=p.get("Description") or "",
+                                             tags=tags or None, tx=tx)
+            self.store.put_snapshot_region(tx, copy.id, ctx.region)
         return {"SnapshotId": copy.id, "Tags": _tag_list(copy.tags)}
 
     def modify_snapshot_attribute(self, ctx: Context, p: Params) -> None:
@@ -706,19 +697,21 @@ class Ec2Model:
                 raise ApiError("InvalidParameterValue", f"Value ({e['UserId']}) for parameter userId is invalid")
         if snap.encrypted and any(e.get("Group") == "all" for e in add):
             raise ApiError("InvalidParameterValue", "Encrypted snapshots cannot be made public")
-        cur = self.engine.service_get(NS_SNAPATTR, snap.id) or {"users": [], "groups": []}
-        users, groups = list(cur["users"]), list(cur["groups"])
-        for e in add:
-            if e.get("UserId") and e["UserId"] not in users:
-                users.append(e["UserId"])
-            if e.get("Group") and e["Group"] not in groups:
-                groups.append(e["Group"])
-        for e in remove:
-            if e.get("UserId") in users:
-                users.remove(e["UserId"])
-            if e.get("Group") in groups:
-                groups.remove(e["Group"])
-        self.engine.service_put(NS_SNAPATTR, snap.id, {"users": users, "groups": groups})
+        with self.engine.transaction() as tx:  # read-modify-write; not after a concurrent delete
+            self.engine.get_snapshot(snap.id, tx=tx)
+            cur = self.engine.service_get(NS_SNAPATTR, snap.id, tx=tx) or {"users": [], "groups": []}
+            users, groups = list(cur["users"]), list(cur["groups"])
+            for e in add:
+                if e.get("UserId") and e["UserId"] not in users:
+                    users.append(e["UserId"])
+                if e.get("Group") and e["Group"] not in groups:
+                    groups.append(e["Group"])
+            for e in remove:
+                if e.get("UserId") in users:
+                    users.remove(e["UserId"])
+                if e.get("Group") in groups:
+                    groups.remove(e["Group"])
+            self.engine.service_put(NS_SNAPATTR, snap.id, {"users": users, "groups": groups}, tx=tx)
 
     def describe_snapshot_attribute(self, ctx: Context, p: Params) -> Result:
         snap = self.store.snapshot(ctx, p["SnapshotId"])
@@ -741,13 +734,11 @@ class Ec2Model:
         raise ApiError("InvalidID", f"The ID '{rid}' is not valid")
 
     def create_tags(self, ctx: Context, p: Params) -> None:
-        new = {t.get("Key", ""): t.get("Value", "") for t in p["Tags"]}
-        self._check_tags(new)
+        new = check_tags({t.get("Key", ""): t.get("Value", "") for t in p["Tags"]})
         resources = [self._resource(ctx, rid) for rid in p["Resources"]]
-        for r in resources:
-            self._check_tags({**r.tags, **new})
-        for r in resources:
-            self.engine.set_tags(r.id, new)
+        with self.engine.transaction() as tx:  # every resource or none (the engine checks the sum)
+            for r in resources:
+                self.engine.set_tags(r.id, new, tx=tx)
 
     def delete_tags(self, ctx: Context, p: Params) -> None:
         resources = [self._resource(ctx, rid) for rid in p["Resources"]]
@@ -755,13 +746,14 @@ class Ec2Model:
         for t in tags or []:
             if t.get("Key", "").lower().startswith("aws:"):
                 raise ApiError("InvalidParameterValue", "Tag keys starting with 'aws:' are reserved for internal use")
-        for r in resources:
-            if tags is None:
-                spec: dict[str, str | None] = dict.fromkeys(r.tags)
-            else:
-                spec = {t.get("Key", ""): t.get("Value") for t in tags}
-            if spec:
-                self.engine.delete_tags(r.id, spec)
+        with self.engine.transaction() as tx:
+            for r in resources:
+                if tags is None:
+                    spec: dict[str, str | None] = dict.fromkeys(r.tags)
+                else:
+                    spec = {t.get("Key", ""): t.get("Value") for t in tags}
+                if spec:
+                    self.engine.delete_tags(r.id, spec, tx=tx)
 
     def describe_tags(self, ctx: Context, p: Params) -> Result:
         rows = []

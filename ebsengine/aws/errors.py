@@ -2,7 +2,8 @@
 
 The engine's :class:`~ebsengine.errors.EbsError` already carries the EC2 error code; this
 module only adds what the wire needs: the HTTP status of each code (EC2 query protocol)
-and, for the EBS direct APIs (rest-json), the exception name, status and ``Reason``.
+and, for the EBS direct APIs (rest-json), the exception name, status and ``Reason`` of each
+engine error class (the engine speaks no EBS-direct reasons itself).
 """
 
 from __future__ import annotations
@@ -54,6 +55,11 @@ _EBS_TABLE: list[tuple[type[BaseException], str, int, str | None]] = [
     (engine_errors.SnapshotNotFound, "ResourceNotFoundException", 404, "SNAPSHOT_NOT_FOUND"),
     (engine_errors.NotFound, "ResourceNotFoundException", 404, "DEPENDENCY_RESOURCE_NOT_FOUND"),
     (engine_errors.StoreFull, "ServiceQuotaExceededException", 402, "DEPENDENCY_SERVICE_QUOTA_EXCEEDED"),
+    (engine_errors.IdempotencyMismatch, "ConflictException", 409, None),
+    (engine_errors.InvalidBlock, "ValidationException", 400, "INVALID_BLOCK"),
+    (engine_errors.InvalidVolumeSize, "ValidationException", 400, "INVALID_VOLUME_SIZE"),
+    (engine_errors.UnrelatedSnapshots, "ValidationException", 400, "UNRELATED_SNAPSHOTS"),
+    (engine_errors.InvalidTag, "ValidationException", 400, "INVALID_TAG"),
     (engine_errors.InvalidParameter, "ValidationException", 400, "INVALID_PARAMETER_VALUE"),
     (engine_errors.MalformedId, "ValidationException", 400, "INVALID_SNAPSHOT_ID"),
     (engine_errors.IncorrectState, "ValidationException", 400, "INVALID_SNAPSHOT_ID"),
@@ -71,18 +77,10 @@ _EBS_STATUS: dict[str, int] = {
 }
 
 
-#: ``ValidationException`` reasons the engine may put in ``EbsError.code`` itself
-_EBS_REASONS = {"INVALID_BLOCK", "INVALID_VOLUME_SIZE", "UNRELATED_SNAPSHOTS", "INVALID_SNAPSHOT_ID",
-                "INVALID_PARAMETER_VALUE", "INVALID_TAG", "INVALID_BLOCK_TOKEN", "INVALID_PAGE_TOKEN",
-                "CONFLICTING_BLOCK_UPDATE", "WRITE_REQUEST_TIMEOUT"}
-
-
 def ebs_error(exc: BaseException) -> tuple[str, str, int, str | None]:
     """``(exception name, message, http status, reason)`` for an EBS direct-API failure."""
     if isinstance(exc, ApiError):
         return exc.code, exc.message, exc.status or _EBS_STATUS.get(exc.code, 400), exc.reason
-    if isinstance(exc, engine_errors.EbsError) and exc.code in _EBS_REASONS:
-        return "ValidationException", str(exc) or exc.code, 400, exc.code
     for cls, code, status, reason in _EBS_TABLE:
         if isinstance(exc, cls):
             return code, str(exc) or code, status, reason

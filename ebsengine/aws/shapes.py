@@ -340,11 +340,6 @@ class RestJsonProtocol:
                 return name, match.groupdict()
         return None
 
-    def payload_member(self, operation: str) -> str | None:
-        """The name of the streaming blob input member of ``operation`` (None if it has none)."""
-        shape = self.model.operation_model(operation).input_shape
-        return shape.serialization.get("payload") if shape is not None else None
-
     def parse(self, operation: str, uri: Mapping[str, str], req: RestRequest) -> dict[str, Any]:
         """Bind URI, query, header and body members of ``operation``'s input.
 

@@ -8,14 +8,18 @@ namespace              key                          value
 =====================  ==========================  ============================================
 ``aws.snapshot``       snapshot id                  ``{"region": str}`` -- region it was made in
 ``aws.direct``         snapshot id                  pending EBS-direct snapshot: ``{"timeout": min,
-                                                    "last": epoch, "progress": int, ...}``
-``aws.block``          ``<snap>/<sequence>``        ``{index: base64 SHA-256}`` of blocks put to a pending
-                                                    snapshot (one group commit each; later keys win)
+                                                    "last": epoch, "progress": int, "state": str}``
 ``aws.volmod``         volume id                    list of modification records (newest last)
 ``aws.snapattr``       snapshot id                  ``{"users": [...], "groups": [...]}``
-``aws.token``          ``<region>|<action>|<tok>``  ``{"digest": str, "id": str, "time": epoch}``
+``aws.token``          ``<region>|<action>|<tok>``  ClientToken record (``rules/tokens.py``)
+``aws.token-of``       resource id                  ``[token key, ...]``: the tokens that made it
+``aws.token-expiry``   ``<expiry>|<token key>``     resource id; the tokens in order of expiry
 ``aws.secret``         ``hmac``                     hex key signing block and page tokens
 =====================  ==========================  ============================================
+
+Every record commits in the engine's unit of work together with the resource it describes
+(``with engine.transaction() as tx``), so a crash or a refused step cannot split them: a
+resource's records are written with it and deleted with it.
 
 Volumes need no record: a volume's region is its availability zone minus the zone letter.
 Resources made through the library (no record) belong to the region of their volume, else
@@ -27,16 +31,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
-import re
 import secrets
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from ebsengine import errors as engine_errors
+from ebsengine.engine import Engine, Transaction
+from ebsengine.rules import is_aws_id
+from ebsengine.rules import tokens as token_rules
 
 from .errors import ApiError
 
@@ -45,24 +49,11 @@ NS_DIRECT = "aws.direct"
 NS_VOLMOD = "aws.volmod"
 NS_SNAPATTR = "aws.snapattr"
 NS_TOKEN = "aws.token"
+NS_TOKEN_OF = "aws.token-of"
+NS_TOKEN_EXPIRY = "aws.token-expiry"
 NS_SECRET = "aws.secret"
-
-VOLUME_ID_RE = re.compile(r"^vol-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
-SNAPSHOT_ID_RE = re.compile(r"^snap-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
-INSTANCE_ID_RE = re.compile(r"^i-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
-
-
-class EngineLike(Protocol):
-    """The slice of :class:`ebsengine.Engine` this package calls (see ENGINE_API.md)."""
-
-    def get_volume(self, id: str) -> Any: ...
-    def list_volumes(self) -> list[Any]: ...
-    def get_snapshot(self, id: str) -> Any: ...
-    def list_snapshots(self, volume_id: str | None = None) -> list[Any]: ...
-    def fail_snapshot(self, snap_id: str) -> None: ...
-    def service_get(self, namespace: str, key: str) -> Any: ...
-    def service_put(self, namespace: str, key: str, value: Any) -> None: ...
-    def service_items(self, namespace: str, prefix: str = "") -> list[tuple[str, Any]]: ...
+#: expired tokens removed per token written (more expire only as fast as tokens are made)
+TOKEN_SWEEP = 64
 
 
 @dataclass(frozen=True)
@@ -82,13 +73,11 @@ def region_of_zone(zone: str) -> str:
 class AwsStore:
     """Lookups scoped to a region plus the persisted AWS-only records."""
 
-    def __init__(self, engine: EngineLike, *, default_region: str = "us-east-1",
+    def __init__(self, engine: Engine, *, default_region: str = "us-east-1",
                  clock: Callable[[], float] = time.time) -> None:
         self.engine = engine
         self.default_region = default_region
         self.clock = clock
-        #: serialises check-then-act sequences (client tokens, modification rules)
-        self.lock = threading.RLock()
         key = engine.service_get(NS_SECRET, "hmac")
         if key is None:
             key = secrets.token_hex(32)
@@ -109,22 +98,25 @@ class AwsStore:
         except (engine_errors.EbsError, AttributeError, TypeError):
             return self.default_region
 
-    def record_snapshot(self, snap_id: str, region: str) -> None:
-        self.engine.service_put(NS_SNAPSHOT, snap_id, self.snapshot_record(snap_id, region)[2])
+    def put_snapshot_region(self, tx: Transaction, snap_id: str, region: str) -> None:
+        """Record the region a snapshot was made in, in the unit that makes it."""
+        self.engine.service_put(NS_SNAPSHOT, snap_id, {"region": region}, tx=tx)
 
-    @staticmethod
-    def snapshot_record(snap_id: str, region: str) -> tuple[str, str, Any]:
-        """The snapshot's region record, for an engine ``service=`` hook (same commit)."""
-        return NS_SNAPSHOT, snap_id, {"region": region}
-
-    def forget_snapshot(self, snap_id: str) -> None:
+    def forget_snapshot(self, tx: Transaction, snap_id: str) -> None:
+        """Drop a snapshot's records, in the unit that deletes it."""
         for ns in (NS_SNAPSHOT, NS_DIRECT, NS_SNAPATTR):
-            self.engine.service_put(ns, snap_id, None)
+            self.engine.service_put(ns, snap_id, None, tx=tx)
+        self.drop_tokens(tx, snap_id)
+
+    def forget_volume(self, tx: Transaction, volume_id: str) -> None:
+        """Drop a volume's records, in the unit that deletes it."""
+        self.engine.service_put(NS_VOLMOD, volume_id, None, tx=tx)
+        self.drop_tokens(tx, volume_id)
 
     # region-scoped lookups (EC2 error codes; the EBS model translates)
 
     def volume(self, ctx: Context, volume_id: str) -> Any:
-        if not VOLUME_ID_RE.match(volume_id or ""):
+        if not is_aws_id(volume_id, "vol"):
             raise ApiError("InvalidVolumeID.Malformed", f'Invalid id: "{volume_id}" (expecting "vol-...")')
         try:
             vol = self.engine.get_volume(volume_id)
@@ -135,7 +127,7 @@ class AwsStore:
         return vol
 
     def snapshot(self, ctx: Context, snapshot_id: str) -> Any:
-        if not SNAPSHOT_ID_RE.match(snapshot_id or ""):
+        if not is_aws_id(snapshot_id, "snap"):
             raise ApiError("InvalidSnapshotID.Malformed", f'Invalid id: "{snapshot_id}" (expecting "snap-...")')
         try:
             snap = self.engine.get_snapshot(snapshot_id)
@@ -160,7 +152,10 @@ class AwsStore:
     # pending EBS-direct snapshots: Timeout
 
     def expire_pending(self, snap_id: str | None = None) -> None:
-        """Fail pending direct snapshots idle longer than their Timeout (all, or just one)."""
+        """Fail pending direct snapshots idle longer than their Timeout (all, or just one).
+
+        Each one fails in a unit of its own, together with its record, and only if it is
+        still pending then (a concurrent CompleteSnapshot wins cleanly)."""
         now = self.clock()
         if snap_id is not None:
             rec = self.engine.service_get(NS_DIRECT, snap_id)
@@ -168,36 +163,77 @@ class AwsStore:
         else:
             items = self.engine.service_items(NS_DIRECT)
         for sid, rec in items:
-            if rec.get("state") != "pending":
+            if not _timed_out(rec, now):
                 continue
-            if now > float(rec["last"]) + 60 * float(rec["timeout"]):
-                with self.lock:
-                    try:
-                        self.engine.fail_snapshot(sid)
-                    except engine_errors.EbsError:
-                        pass
-                    rec = dict(rec, state="error")
-                    self.engine.service_put(NS_DIRECT, sid, rec)
+            with self.engine.transaction() as tx:
+                cur = self.engine.service_get(NS_DIRECT, sid, tx=tx)
+                if cur is None or not _timed_out(cur, now):
+                    continue
+                try:
+                    snap = self.engine.get_snapshot(sid, tx=tx)
+                except engine_errors.NotFound:
+                    snap = None
+                if snap is None or snap.state != "pending":  # a record its snapshot outlived
+                    self.engine.service_put(NS_DIRECT, sid, None, tx=tx)
+                    continue
+                self.engine.fail_snapshot(sid, tx=tx)
+                self.engine.service_put(NS_DIRECT, sid, dict(cur, state="error"), tx=tx)
 
-    # client tokens
+    # client tokens (the rules: ebsengine/rules/tokens.py)
 
-    def token_lookup(self, ctx: Context, action: str, token: str) -> Any:
-        return self.engine.service_get(NS_TOKEN, f"{ctx.region}|{action}|{token}")
+    def token_previous(self, ctx: Context, action: str, token: str, digest: str,
+                       tx: Transaction | None = None) -> str | None:
+        """The id of the resource an earlier request with this token made, or None when this
+        request is new. Raises IdempotencyMismatch (token reused with other parameters)."""
+        key = token_rules.token_key(ctx.region, action, token)
+        rec = self.engine.service_get(NS_TOKEN, key, tx=tx)
+        return token_rules.previous(rec, digest, token, self.clock())
 
-    def token_store(self, ctx: Context, action: str, token: str, digest: str, resource_id: str) -> None:
-        self.engine.service_put(*self.token_record(ctx, action, token, digest, resource_id))
+    def put_token(self, tx: Transaction, ctx: Context, action: str, token: str, digest: str,
+                  resource_id: str) -> None:
+        """Record a token in the unit that makes its resource (and sweep expired ones)."""
+        key = token_rules.token_key(ctx.region, action, token)
+        old = self.engine.service_get(NS_TOKEN, key, tx=tx)
+        if old is not None:  # expired, or its resource is gone: it names the new one now
+            self._drop_token(tx, key, old)
+        rec = token_rules.token_record(digest, resource_id, self.clock())
+        self.engine.service_put(NS_TOKEN, key, rec, tx=tx)
+        self.engine.service_put(NS_TOKEN_EXPIRY, token_rules.expiry_key(rec, key), resource_id,
+                                tx=tx)
+        mine = self.engine.service_get(NS_TOKEN_OF, resource_id, tx=tx) or []
+        self.engine.service_put(NS_TOKEN_OF, resource_id, [*mine, key], tx=tx)
+        self.sweep_tokens(tx)
 
-    def token_record(self, ctx: Context, action: str, token: str, digest: str,
-                     resource_id: str) -> tuple[str, str, Any]:
-        """The ClientToken record, for an engine ``service=`` hook: committed with the
-        resource it names, so a crash cannot leave one without the other."""
-        return (NS_TOKEN, f"{ctx.region}|{action}|{token}",
-                {"digest": digest, "id": resource_id, "time": self.clock()})
+    def drop_tokens(self, tx: Transaction, resource_id: str) -> None:
+        """Forget the tokens that made a resource, in the unit that deletes it."""
+        for key in self.engine.service_get(NS_TOKEN_OF, resource_id, tx=tx) or []:
+            rec = self.engine.service_get(NS_TOKEN, key, tx=tx)
+            if rec is not None and rec.get("id") == resource_id:
+                self._drop_token(tx, key, rec)
+        self.engine.service_put(NS_TOKEN_OF, resource_id, None, tx=tx)
 
-    @staticmethod
-    def digest(params: dict[str, Any]) -> str:
-        clean = {k: v for k, v in params.items() if k not in ("ClientToken", "DryRun")}
-        return hashlib.sha256(json.dumps(clean, sort_keys=True, default=str).encode()).hexdigest()
+    def sweep_tokens(self, tx: Transaction, limit: int = TOKEN_SWEEP) -> int:
+        """Delete up to ``limit`` tokens past their TTL, oldest first; returns how many."""
+        now = self.clock()
+        n = 0
+        for ekey, _ in self.engine.service_items(NS_TOKEN_EXPIRY, limit=limit, tx=tx):
+            if not token_rules.due(ekey, now):
+                break
+            key = ekey.split("|", 1)[1]
+            rec = self.engine.service_get(NS_TOKEN, key, tx=tx)
+            if rec is not None and token_rules.expiry_key(rec, key) == ekey:
+                self._drop_token(tx, key, rec)
+            else:
+                self.engine.service_put(NS_TOKEN_EXPIRY, ekey, None, tx=tx)
+            n += 1
+        return n
+
+    def _drop_token(self, tx: Transaction, key: str, rec: dict[str, Any]) -> None:
+        self.engine.service_put(NS_TOKEN, key, None, tx=tx)
+        self.engine.service_put(NS_TOKEN_EXPIRY, token_rules.expiry_key(rec, key), None, tx=tx)
+        rid = str(rec.get("id"))
+        mine = [k for k in self.engine.service_get(NS_TOKEN_OF, rid, tx=tx) or [] if k != key]
+        self.engine.service_put(NS_TOKEN_OF, rid, mine or None, tx=tx)
 
     # signed opaque tokens (block tokens, page tokens): standard base64, <= 256 chars
 
@@ -221,3 +257,7 @@ class AwsStore:
         if not hmac.compare_digest(mac, self.sign(payload, *bound)):
             return None
         return payload
+
+
+def _timed_out(rec: dict[str, Any], now: float) -> bool:
+    return rec.get("state") == "pending" and now > float(rec["last"]) + 60 * float(rec["timeout"])

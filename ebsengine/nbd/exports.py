@@ -11,7 +11,7 @@ given a ``default_export`` id; there is deliberately no implicit default, so tha
 client that forgot the name gets an error instead of someone else's disk.
 
 Only this module and the transmission phase touch the engine, and only through the
-device interface below (``ENGINE_API.md``).
+device interface below (:class:`ebsengine.block.device.Device`).
 """
 
 from __future__ import annotations

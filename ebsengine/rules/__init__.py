@@ -1,9 +1,42 @@
 """AWS's rules and formats, in one home shared by every layer: ids, volume types and their
-limits, tags. Pure functions over plain values; they import nothing but ``errors``."""
+limits, tags, ClientTokens. Pure functions over plain values; they import nothing but
+``errors``."""
 
-from .ids import check_id, check_int, new_id
-from .tags import MAX_TAGS, check_description, check_tags, check_text
-from .volumes import VOLUME_TYPES, TypeRule, gp2_iops, validate_volume_spec
+from .ids import check_id, check_int, is_aws_id, new_id
+from .tags import (
+                   EBS_DIRECT_TAG_LIMITS,
+                   EC2_TAG_LIMITS,
+                   MAX_TAGS,
+                   check_description,
+                   check_tags,
+                   check_text,
+)
+from .volumes import (
+                   DEFAULT_AVAILABILITY_ZONE,
+                   MAX_SNAPSHOT_GIB,
+                   VOLUME_TYPES,
+                   TypeRule,
+                   gp2_iops,
+                   modified_spec,
+                   validate_volume_spec,
+)
 
-__all__ = ["check_id", "check_int", "new_id", "MAX_TAGS", "check_description", "check_tags",
-           "check_text", "VOLUME_TYPES", "TypeRule", "gp2_iops", "validate_volume_spec"]
+__all__ = [
+                   "DEFAULT_AVAILABILITY_ZONE",
+                   "EBS_DIRECT_TAG_LIMITS",
+                   "EC2_TAG_LIMITS",
+                   "MAX_SNAPSHOT_GIB",
+                   "MAX_TAGS",
+                   "VOLUME_TYPES",
+                   "TypeRule",
+                   "check_description",
+                   "check_id",
+                   "check_int",
+                   "check_tags",
+                   "check_text",
+                   "gp2_iops",
+                   "is_aws_id",
+                   "modified_spec",
+                   "new_id",
+                   "validate_volume_spec",
+]

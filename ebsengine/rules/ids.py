@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 
 from ..errors import InvalidParameter, MalformedId
@@ -10,6 +11,17 @@ from ..errors import InvalidParameter, MalformedId
 def new_id(prefix: str) -> str:
     """An AWS-style id: prefix, dash, 17 lowercase hex digits."""
     return f"{prefix}-{secrets.token_hex(9)[:17]}"
+
+
+_AWS_ID = re.compile(r"^[a-z]+-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
+
+
+def is_aws_id(value: object, prefix: str) -> bool:
+    """True when ``value`` is an id AWS could have issued: ``prefix-`` and 8 or 17 lowercase
+    hex digits (``vol-``, ``snap-``, ``i-`` ...). The engine itself accepts any short hex tail
+    (:func:`check_id`); the AWS endpoint answers ``*.Malformed`` for anything else."""
+    return isinstance(value, str) and value.startswith(prefix + "-") and \
+        _AWS_ID.match(value) is not None
 
 
 def check_id(value: str, prefix: str) -> None:

@@ -2,35 +2,43 @@
 
 from __future__ import annotations
 
-from ..errors import InvalidParameter
+from ..errors import InvalidParameter, InvalidTag, TagLimitExceeded
 
 MAX_TAGS = 50
+#: (longest key, longest value): EC2's tags, and the EBS direct API's (its model's Tag shape)
+EC2_TAG_LIMITS = (128, 256)
+EBS_DIRECT_TAG_LIMITS = (127, 255)
 
 
-def check_tags(tags: dict[str, str] | None) -> dict[str, str]:
+def check_tags(tags: dict[str, str] | None,
+               limits: tuple[int, int] = EC2_TAG_LIMITS) -> dict[str, str]:
+    """A copy of ``tags`` if they obey the tag rules, else InvalidTag (TagLimitExceeded for
+    more than ``MAX_TAGS``). ``limits``: the longest key and value allowed."""
+    max_key, max_value = limits
     if tags is not None and not isinstance(tags, dict):
-        raise InvalidParameter(f"Tags must be a mapping of key to value, not {type(tags).__name__}")
+        raise InvalidTag(f"Tags must be a mapping of key to value, not {type(tags).__name__}")
     tags = dict(tags or {})
     if len(tags) > MAX_TAGS:
-        raise InvalidParameter(f"A resource can have at most {MAX_TAGS} tags.")
+        raise TagLimitExceeded(f"A resource can have at most {MAX_TAGS} tags.")
     for k, v in tags.items():
-        if not isinstance(k, str) or not k or len(k) > 128:
-            raise InvalidParameter(f"Tag key {k!r} must be 1-128 characters.")
-        if not isinstance(v, str) or len(v) > 256:
-            raise InvalidParameter(f"Tag value for {k!r} must be at most 256 characters.")
+        if not isinstance(k, str) or not k or len(k) > max_key:
+            raise InvalidTag(f"Tag key {k!r} must be 1-{max_key} characters.")
+        if not isinstance(v, str) or len(v) > max_value:
+            raise InvalidTag(f"Tag value for {k!r} must be at most {max_value} characters.")
         if k.lower().startswith("aws:"):
-            raise InvalidParameter(f"Tag keys starting with 'aws:' are reserved ({k!r}).")
-        check_text(f"tag {k!r}", k)
-        check_text(f"tag value for {k!r}", v)
+            raise InvalidTag(f"Tag keys starting with 'aws:' are reserved ({k!r}).")
+        check_text(f"tag {k!r}", k, InvalidTag)
+        check_text(f"tag value for {k!r}", v, InvalidTag)
     return tags
 
 
-def check_text(what: str, text: str) -> None:
+def check_text(what: str, text: str,
+               error: type[InvalidParameter] = InvalidParameter) -> None:
     """Refuse control characters: they cannot travel in AWS's XML responses (a stored one
     would break every later Describe) and no EBS name or value allows them."""
     if any((ord(c) < 32 and c not in "\t\n\r") or ord(c) == 0x7F or 0xD800 <= ord(c) < 0xE000
            or ord(c) in (0xFFFE, 0xFFFF) for c in text):
-        raise InvalidParameter(f"The {what} contains a control character.")
+        raise error(f"The {what} contains a control character.")
 
 
 def check_description(description: str) -> None:

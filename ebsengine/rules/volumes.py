@@ -1,6 +1,6 @@
 """EBS's volume-type rules: sizes, IOPS and throughput limits and defaults, Multi-Attach.
 
-Limits follow ../shared/spec/AWS_SEMANTICS.md section 1.1 (the current botocore model).
+Limits follow the current botocore model of EC2 (CreateVolume, ModifyVolume).
 """
 
 from __future__ import annotations
@@ -23,6 +23,11 @@ class TypeRule:
     multi_attach: bool = False
 
 
+#: the zone of a volume whose creator names none (the library, the CLI)
+DEFAULT_AVAILABILITY_ZONE = "us-east-1a"
+#: largest snapshot (EBS direct StartSnapshot VolumeSize) in GiB
+MAX_SNAPSHOT_GIB = 65536
+
 VOLUME_TYPES: dict[str, TypeRule] = {
     "gp2": TypeRule(1, 16384),
     "gp3": TypeRule(1, 65536, iops=(3000, 80000, 500), iops_default=3000,
@@ -38,6 +43,23 @@ VOLUME_TYPES: dict[str, TypeRule] = {
 def gp2_iops(size_gib: int) -> int:
     """gp2 baseline IOPS: 3 per GiB, at least 100, at most 16,000."""
     return max(100, min(16000, 3 * size_gib))
+
+
+def modified_spec(current: tuple[str, int | None, int | None], volume_type: str | None,
+                  iops: int | None, throughput: int | None) -> tuple[str, int | None, int | None]:
+    """ModifyVolume's target ``(type, iops, throughput)`` from the current ones and the
+    request's: omitted values keep theirs, except that a type change defaults IOPS and
+    throughput to the new type's defaults (gp3/io1/io2: 3,000 IOPS; gp3: 125 MiB/s), as does
+    a value the old type did not have. Not validated: see :func:`validate_volume_spec`."""
+    old_type, old_iops, old_tp = current
+    new_type = volume_type or old_type
+    changed = new_type != old_type
+    rule = VOLUME_TYPES.get(new_type)
+    if iops is None and rule is not None and rule.iops is not None:
+        iops = 3000 if changed or old_iops is None else old_iops
+    if throughput is None and rule is not None and rule.throughput is not None:
+        throughput = rule.throughput_default if changed or old_tp is None else old_tp
+    return new_type, iops, throughput
 
 
 def validate_volume_spec(volume_type: str, size_gib: int, iops: int | None,
