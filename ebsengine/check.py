@@ -17,7 +17,7 @@ from .errors import CorruptStore
 from .model import FsckReport
 from .storage.chunks import ChunkStore
 from .storage.envelope import decode_chunk
-from .storage.lmdb_env import Store
+from .storage.store import Store
 
 MAX_REPORTED = 200
 

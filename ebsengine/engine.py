@@ -15,8 +15,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable
 
-import lmdb
-
 from . import layout as L
 from .block.device import Device
 from .block.maps import BlockMaps, Lineage
@@ -26,9 +24,10 @@ from .errors import (EbsError, IncorrectState, InvalidParameter, InvalidParamete
 from .model import FsckReport, Snapshot, Usage, Volume
 from .rules import (VOLUME_TYPES, check_description, check_id, check_int, check_tags, new_id,
                     validate_volume_spec)
+from .storage.base import DEFAULT_MAP_SIZE, KvBackend, Txn
 from .storage.chunks import ChunkStore
 from .storage.envelope import DEFAULT_ZSTD_LEVEL, decode_chunk, encode_chunk, encode_list
-from .storage.lmdb_env import DEFAULT_MAP_SIZE, Store
+from .storage.store import Store
 
 DEFAULT_DIRTY_LIMIT = 256 * 1024 * 1024
 #: ``service=`` hooks: given the new/changed resource, the (namespace, key, JSON value or None)
@@ -52,17 +51,28 @@ class Engine:
 
     Args:
         path: store directory (created if missing); default :func:`default_store_path`.
+            ``"memory://"`` is a fresh in-memory store (nothing durable; for tests).
         map_size: LMDB map size in bytes: the most the store may hold.
         dirty_limit: bytes of unflushed writes per volume before a writer flushes itself.
         zstd_level: compression level for a new store (an existing store keeps its own).
+        backend: an opened storage backend (:class:`ebsengine.storage.base.KvBackend`, e.g.
+            ``ebsengine.storage.memory.MemoryBackend()``) instead of ``path``; the engine
+            closes it with itself.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *,
                  map_size: int = DEFAULT_MAP_SIZE, dirty_limit: int = DEFAULT_DIRTY_LIMIT,
-                 zstd_level: int = DEFAULT_ZSTD_LEVEL, readonly: bool = False) -> None:
-        self.path = os.fspath(path) if path is not None else default_store_path()
-        self._store = Store(self.path, map_size=map_size, readonly=readonly,
-                            zstd_level=zstd_level)
+                 zstd_level: int = DEFAULT_ZSTD_LEVEL, readonly: bool = False,
+                 backend: KvBackend | None = None) -> None:
+        if backend is not None:
+            if path is not None:
+                raise InvalidParameterCombination("give a store path or a backend, not both")
+            self._store = Store(backend=backend, zstd_level=zstd_level)
+            self.path = self._store.path
+        else:
+            self.path = os.fspath(path) if path is not None else default_store_path()
+            self._store = Store(self.path, map_size=map_size, readonly=readonly,
+                                zstd_level=zstd_level)
         self._chunks = ChunkStore(self._store)
         self._maps = BlockMaps(self._store, self._chunks)
         self._pool = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2)),
@@ -100,35 +110,35 @@ class Engine:
 
     # --- records ----------------------------------------------------------------------------
 
-    def _vol_rec(self, txn: lmdb.Transaction, volume_id: str) -> dict[str, Any]:
+    def _vol_rec(self, txn: Txn, volume_id: str) -> dict[str, Any]:
         check_id(volume_id, "vol")
         raw = txn.get(volume_id.encode(), db=self._store.db["volumes"])
         if raw is None:
             raise VolumeNotFound(f"The volume '{volume_id}' does not exist.")
         return json.loads(raw)
 
-    def _snap_rec(self, txn: lmdb.Transaction, snap_id: str) -> dict[str, Any]:
+    def _snap_rec(self, txn: Txn, snap_id: str) -> dict[str, Any]:
         check_id(snap_id, "snap")
         raw = txn.get(snap_id.encode(), db=self._store.db["snapshots"])
         if raw is None:
             raise SnapshotNotFound(f"The snapshot '{snap_id}' does not exist.")
         return json.loads(raw)
 
-    def _put_vol(self, txn: lmdb.Transaction, rec: dict[str, Any]) -> None:
+    def _put_vol(self, txn: Txn, rec: dict[str, Any]) -> None:
         txn.put(rec["id"].encode(), json.dumps(rec, sort_keys=True).encode(),
                 db=self._store.db["volumes"])
 
-    def _put_snap(self, txn: lmdb.Transaction, rec: dict[str, Any]) -> None:
+    def _put_snap(self, txn: Txn, rec: dict[str, Any]) -> None:
         txn.put(rec["id"].encode(), json.dumps(rec, sort_keys=True).encode(),
                 db=self._store.db["snapshots"])
 
-    def _completed(self, txn: lmdb.Transaction, snap_id: str) -> dict[str, Any]:
+    def _completed(self, txn: Txn, snap_id: str) -> dict[str, Any]:
         rec = self._snap_rec(txn, snap_id)
         if rec["state"] != "completed":
             raise IncorrectState(f"Snapshot '{snap_id}' is {rec['state']}, not completed.")
         return rec
 
-    def _service_records(self, txn: lmdb.Transaction, service: ServiceHook | None,
+    def _service_records(self, txn: Txn, service: ServiceHook | None,
                          resource: Any) -> None:
         """Write a service layer's records about ``resource`` in the engine's own
         transaction, so they commit (or vanish) together with the resource."""
@@ -355,7 +365,7 @@ class Engine:
         sid = new_id("snap")
         out: list[Snapshot] = []
 
-        def freeze(txn: lmdb.Transaction, lin_obj: object) -> None:
+        def freeze(txn: Txn, lin_obj: object) -> None:
             lin = lin_obj
             assert isinstance(lin, Lineage) and lin.head is not None
             rec = self._vol_rec(txn, volume_id)
@@ -436,7 +446,7 @@ class Engine:
 
     # --- EBS direct API units (512 KiB blocks) ---------------------------------------------
 
-    def _point(self, txn: lmdb.Transaction, snapshot_id: str) -> list[tuple[int, int]]:
+    def _point(self, txn: Txn, snapshot_id: str) -> list[tuple[int, int]]:
         rec = self._completed(txn, snapshot_id)
         return self._maps.chain(txn, (rec["lineage"], rec["gen"]))
 
@@ -473,7 +483,7 @@ class Engine:
                        self._maps.resolve(txn, a, i, cur) != self._maps.resolve(txn, b, i, cur)}
         return sorted({i // L.CHUNKS_PER_BLOCK for i in changed})
 
-    def _diff_candidates(self, txn: lmdb.Transaction, a: list[tuple[int, int]],
+    def _diff_candidates(self, txn: Txn, a: list[tuple[int, int]],
                          b: list[tuple[int, int]]) -> set[int] | None:
         """Chunk indexes that may differ between chain ``a`` and the descendant chain ``b``,
         or None if ``b`` does not descend from ``a``'s point."""
@@ -553,7 +563,7 @@ class Engine:
                     if fp is not None and not self._chunks.maybe_stored(txn, fp)]
         enc = {i: encode_chunk(pieces[i], self._chunks.level) for i in todo}
 
-        def apply(txn: lmdb.Transaction) -> None:
+        def apply(txn: Txn) -> None:
             rec = self._snap_rec(txn, snapshot_id)
             self._check_block(rec, block_index)
             lin = self._maps.load(txn, rec["lineage"])
@@ -582,7 +592,7 @@ class Engine:
             self._snap_rec(txn, snapshot_id)
             return self._blocksums(txn, snapshot_id)
 
-    def _blocksums(self, txn: lmdb.Transaction, snapshot_id: str) -> dict[int, str]:
+    def _blocksums(self, txn: Txn, snapshot_id: str) -> dict[int, str]:
         prefix = snapshot_id.encode() + b"\x00"
         out: dict[int, str] = {}
         cur = txn.cursor(db=self._store.db["blocksums"])
@@ -593,7 +603,7 @@ class Engine:
                 out[int.from_bytes(k[len(prefix):], "big")] = v.decode()
         return out
 
-    def _drop_blocksums(self, txn: lmdb.Transaction, snapshot_id: str) -> None:
+    def _drop_blocksums(self, txn: Txn, snapshot_id: str) -> None:
         prefix = snapshot_id.encode() + b"\x00"
         cur = txn.cursor(db=self._store.db["blocksums"])
         if cur.set_range(prefix):
@@ -650,7 +660,7 @@ class Engine:
             self._put_snap(txn, rec)
         return Snapshot.from_dict(rec)
 
-    def _abandon_pending(self, txn: lmdb.Transaction, rec: dict[str, Any]) -> None:
+    def _abandon_pending(self, txn: Txn, rec: dict[str, Any]) -> None:
         lin = self._maps.load(txn, rec["lineage"])
         head = lin.head
         assert head is not None
@@ -770,7 +780,7 @@ class Engine:
 
     # --- bulk transfer ----------------------------------------------------------------------
 
-    def _view_chain(self, txn: lmdb.Transaction,
+    def _view_chain(self, txn: Txn,
                     resource_id: str) -> tuple[list[tuple[int, int]], int]:
         """The chain and size in bytes of a volume (at its head) or a completed snapshot."""
         if isinstance(resource_id, str) and resource_id.startswith("snap-"):
