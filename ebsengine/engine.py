@@ -7,6 +7,7 @@ invariant 7). Services (NBD, the HTTP API, the CLI) call only this module.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -34,6 +35,8 @@ DEFAULT_DIRTY_LIMIT = 256 * 1024 * 1024
 #: records a service layer wants committed atomically with it.
 ServiceHook = Callable[[Any], Iterable[tuple[str, str, Any]]]
 MAX_SNAPSHOT_GIB = 65536
+EXPORT_BATCH = 256  # chunks (16 MiB) per read transaction of an export
+EXPORT_ATTEMPTS = 3
 
 
 def default_store_path() -> str:
@@ -798,51 +801,86 @@ class Engine:
         Returns the number of data bytes written. ``progress(done, total)`` is called with
         bytes of data chunks written so far. Decompression of the next batch runs on the
         pool while this thread writes the previous one.
+
+        The image is the resource as it was when the export began (a volume is flushed
+        first). The chunk keys are resolved once; the chunks are then read in batches of
+        ``EXPORT_BATCH``, each in a fresh short read transaction, so a long export does not
+        keep the store from reusing the space concurrent writers free. Chunks are
+        immutable, so a key still stored still holds the bytes it had; if a concurrent
+        flush freed one the export still needs, the export starts over from a new point in
+        time, and its last attempt holds the volume's flush lock (writers of that volume
+        wait for it; other volumes are not held up).
         """
-        if isinstance(resource_id, str) and resource_id.startswith("vol-"):
+        is_vol = isinstance(resource_id, str) and resource_id.startswith("vol-")
+        if is_vol:
             self.flush_volume(resource_id)
-        batch = 256
+        fd = os.open(os.fspath(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            for attempt in range(EXPORT_ATTEMPTS):
+                hold: Any = contextlib.nullcontext()
+                if is_vol and attempt == EXPORT_ATTEMPTS - 1:
+                    with self._lock:
+                        cache = self._caches.get(resource_id)
+                    if cache is not None:
+                        hold = cache.flush_lock
+                with hold:
+                    total = self._export_once(resource_id, fd, progress)
+                if total is not None:
+                    os.fsync(fd)
+                    return total
+            raise IncorrectState(f"{resource_id} kept changing during the export (another "
+                                 f"process writes to it); snapshot it and export the snapshot")
+        finally:
+            os.close(fd)
+
+    def _export_once(self, resource_id: str, fd: int,
+                     progress: Callable[[int, int], None] | None) -> int | None:
+        """One export attempt (see :meth:`export`); None if a chunk it needs was freed."""
+        batch = EXPORT_BATCH
         with self._store.read() as txn:
             chain, size = self._view_chain(txn, resource_id)
             visible = sorted(self._maps.visible(txn, chain).items())
-            total = len(visible) * L.CHUNK_SIZE
-            fd = os.open(os.fspath(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                os.ftruncate(fd, size)
+        total = len(visible) * L.CHUNK_SIZE
+        os.ftruncate(fd, 0)  # a retry leaves nothing of the attempt before
+        os.ftruncate(fd, size)
 
-                def fetch(start: int) -> tuple[list[int], Any]:
-                    part = visible[start:start + batch]
-                    values = [txn.get(k, db=self._chunks.chunks) for _, k in part]
-                    half = (len(values) + 1) // 2
-                    futs = [self._pool.submit(lambda vs: [decode_chunk(v) for v in vs], vs)
-                            for vs in (values[:half], values[half:]) if vs]
-                    return [i for i, _ in part], futs
+        def fetch(start: int) -> tuple[list[int], Any] | None:
+            part = visible[start:start + batch]
+            with self._store.read() as txn:
+                values = self._chunks.backend.get_many(txn, [k for _, k in part])
+            if any(v is None for v in values):
+                with self._store.read() as txn:
+                    self._view_chain(txn, resource_id)  # VolumeNotFound if it was deleted
+                return None
+            half = (len(values) + 1) // 2
+            futs = [self._pool.submit(lambda vs: [decode_chunk(v) for v in vs], vs)
+                    for vs in (values[:half], values[half:]) if vs]
+            return [i for i, _ in part], futs
 
-                done = 0
-                nxt = fetch(0) if visible else None
-                for start in range(0, len(visible), batch):
-                    idxs, futs = nxt  # type: ignore[misc]
-                    nxt = fetch(start + batch) if start + batch < len(visible) else None
-                    datas = [d for f in futs for d in f.result()]
-                    run_start, run = 0, []
-                    for idx, data in zip(idxs, datas):
-                        if run and idx != run_start + len(run):
-                            os.pwritev(fd, run, run_start * L.CHUNK_SIZE)
-                            run = []
-                        if not run:
-                            run_start = idx
-                        run.append(data)
-                        if len(run) >= 512:  # stay well under IOV_MAX
-                            os.pwritev(fd, run, run_start * L.CHUNK_SIZE)
-                            run = []
-                    if run:
-                        os.pwritev(fd, run, run_start * L.CHUNK_SIZE)
-                    done += len(idxs) * L.CHUNK_SIZE
-                    if progress:
-                        progress(done, total)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        done = 0
+        nxt = fetch(0) if visible else None
+        for start in range(0, len(visible), batch):
+            if nxt is None:
+                return None
+            idxs, futs = nxt
+            nxt = fetch(start + batch) if start + batch < len(visible) else None
+            datas = [d for f in futs for d in f.result()]
+            run_start, run = 0, []
+            for idx, data in zip(idxs, datas):
+                if run and idx != run_start + len(run):
+                    os.pwritev(fd, run, run_start * L.CHUNK_SIZE)
+                    run = []
+                if not run:
+                    run_start = idx
+                run.append(data)
+                if len(run) >= 512:  # stay well under IOV_MAX
+                    os.pwritev(fd, run, run_start * L.CHUNK_SIZE)
+                    run = []
+            if run:
+                os.pwritev(fd, run, run_start * L.CHUNK_SIZE)
+            done += len(idxs) * L.CHUNK_SIZE
+            if progress:
+                progress(done, total)
         return total
 
     def import_image(self, path: str | os.PathLike[str], *, volume_id: str | None = None,

@@ -113,6 +113,6 @@ def _disk_nearly_full(path: str) -> bool:
 
 
 # ``Store`` was defined here before the backend seam; existing imports keep working.
-from .store import Store  # noqa: E402
+from .store import Store
 
 __all__ = ["DEFAULT_MAP_SIZE", "LmdbBackend", "Store"]

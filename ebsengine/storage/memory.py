@@ -24,7 +24,7 @@ import itertools
 import threading
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, Self
 
 from ..errors import CorruptStore, StoreFull
 from .base import DEFAULT_MAP_SIZE, MAX_KEY_SIZE, Buf, Table, Txn
@@ -50,7 +50,7 @@ class MapFull(MemoryError_):
 class _Handle:
     """A table handle: a name, bound to one backend."""
 
-    __slots__ = ("name", "env_id")
+    __slots__ = ("env_id", "name")
 
     def __init__(self, name: bytes | None, env_id: int) -> None:
         self.name = name
@@ -375,13 +375,10 @@ class MemoryTxn:
             self._env._writer.release()
 
     def __del__(self) -> None:  # like LMDB: a forgotten transaction is aborted
-        try:
-            if not self._done:
-                self.abort()
-        except Exception:  # pragma: no cover - interpreter shutdown
-            pass
+        if not getattr(self, "_done", True):
+            self.abort()
 
-    def __enter__(self) -> MemoryTxn:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:

@@ -13,13 +13,13 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator
-from typing import Callable, TypeVar
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from .. import layout as L
+from ..errors import Closed, FormatError, StoreFull, StoreLocked
 from .base import DEFAULT_MAP_SIZE, KvBackend, Table, Txn
 from .envelope import DEFAULT_ZSTD_LEVEL
-from ..errors import Closed, FormatError, StoreFull, StoreLocked
 
 GROUP_LINGER = 0.004  # seconds a group-commit leader waits for announced callers
 MEMORY_URL = "memory://"
@@ -177,11 +177,11 @@ class Store:
                             except self.backend.errors as exc:
                                 child.abort()
                                 j.error = self._translate(exc)
-                            except Exception as exc:
+                            except Exception as exc:  # noqa: BLE001 - handed to its caller
                                 child.abort()
                                 j.error = exc
                     committed = True
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - handed to every caller
                     for j in batch:
                         if j.error is None:
                             j.error, j.result = exc, None
@@ -264,7 +264,7 @@ class Store:
 
 
 class _Job:
-    __slots__ = ("fn", "done", "result", "error")
+    __slots__ = ("done", "error", "fn", "result")
 
     def __init__(self, fn: Callable[[Txn], object]) -> None:
         self.fn = fn
