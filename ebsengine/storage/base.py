@@ -30,10 +30,13 @@ Semantics a :class:`KvBackend` must keep (LMDB's, which the engine relies on):
 * ``begin(write=True, parent=txn)`` starts a nested transaction: it sees ``txn``'s changes,
   its own commit merges into ``txn`` (durable only when ``txn`` commits), its abort undoes
   only itself. ``txn`` must not be used while the child is open.
-* Cursors follow py-lmdb: an unpositioned cursor's ``key()``/``value()`` are ``b""``;
-  ``next()`` on an unpositioned cursor moves to the first item, ``prev()`` to the last;
-  iterating a positioned cursor starts at its current item; ``delete()`` removes the
-  current item and moves to the next one.
+* Cursors follow py-lmdb: a new cursor is unpositioned, its ``key()``/``value()`` are
+  ``b""``, and its first ``next()`` moves to the first item (``prev()``: the last); a
+  move that fails (``set_range`` past the end, ``next()`` at the last item) leaves it
+  unpositioned with ``key() == b""`` and a further ``next()`` returns False (where a
+  further ``prev()`` lands is unspecified); iterating a positioned cursor starts at its
+  current item, iterating an unpositioned one at the first (``iterprev``: the last);
+  ``delete()`` removes the current item and moves to the next one (unpositioned if none).
 """
 
 from __future__ import annotations

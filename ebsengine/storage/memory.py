@@ -279,7 +279,10 @@ class MemoryTxn:
 
     def get(self, key: Buf, default: Any = None, db: Table | None = None) -> Any:
         self._usable()
-        v = self._lookup(self._name(db), _key(key))
+        k = bytes(key)
+        if not k:
+            raise BadValsize("empty key")
+        v = self._lookup(self._name(db), k) if len(k) <= MAX_KEY_SIZE else None
         return default if v is None else v
 
     def cursor(self, db: Table | None = None) -> MemoryCursor:
@@ -430,9 +433,11 @@ class MemoryCursor:
         self._txn = txn
         self._name = name
         self._key: bytes | None = None
+        self._moved = False  # a cursor never moved: next()/prev() go to the first/last item
 
     def _go(self, key: bytes | None) -> bool:
         self._key = key
+        self._moved = True
         return key is not None
 
     def set_range(self, key: Buf) -> bool:
@@ -457,7 +462,7 @@ class MemoryCursor:
 
     def next(self) -> bool:
         if self._key is None:
-            return self.first()
+            return False if self._moved else self.first()
         self._txn._usable()
         return self._go(self._txn._seek(self._name, self._key, forward=True, strict=True))
 
@@ -499,7 +504,8 @@ class MemoryCursor:
                 yield self.key()
             else:
                 yield self.value()
-            if not (self.next() if forward else self.prev()):
+            step = self._txn._seek(self._name, self._key, forward=forward, strict=True)
+            if not self._go(step):
                 return
 
     def iternext(self, keys: bool = True, values: bool = True) -> Iterator[Any]:
