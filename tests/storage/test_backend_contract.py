@@ -134,9 +134,8 @@ def test_large_values_round_trip(kv):
 
 def test_read_transaction_cannot_write(kv):
     t = kv.open_db(b"t")
-    with kv.begin() as txn:
-        with pytest.raises(kv.errors):
-            txn.put(b"a", b"1", db=t)
+    with kv.begin() as txn, pytest.raises(kv.errors):
+        txn.put(b"a", b"1", db=t)
 
 
 def test_cursor_order_is_unsigned_byte_order_both_ways(kv):
@@ -258,10 +257,9 @@ def test_abort_and_exceptions_discard_everything(kv):
     txn.put(b"y", b"1", db=u)
     txn.delete(b"keep", db=t)
     txn.abort()
-    with pytest.raises(RuntimeError):
-        with kv.begin(write=True) as txn:
-            txn.put(b"z", b"1", db=t)
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), kv.begin(write=True) as txn:
+        txn.put(b"z", b"1", db=t)
+        raise RuntimeError("boom")
     assert content(kv, t) == [(b"keep", b"1")] and content(kv, u) == []
     assert kv.commit_id() == before  # aborts commit nothing
     with kv.begin(write=True) as txn:
@@ -365,11 +363,10 @@ def test_an_aborted_transaction_keeps_its_deletes_undone(store, chunks):
     a, n = chunk_key("a"), chunk_key("new")
     with store.write() as txn:
         chunks.put_many(txn, [(a, b"A")])
-    with pytest.raises(RuntimeError):
-        with store.write() as txn:
-            chunks.delete_many(txn, [a])
-            chunks.put_many(txn, [(n, b"N")])
-            raise RuntimeError("the metadata commit fails")
+    with pytest.raises(RuntimeError), store.write() as txn:
+        chunks.delete_many(txn, [a])
+        chunks.put_many(txn, [(n, b"N")])
+        raise RuntimeError("the metadata commit fails")
     with store.read() as txn:
         assert chunks.get_many(txn, [a]) == [b"A"]  # a delete never outruns its commit
         if chunks.transactional_puts:
@@ -460,10 +457,10 @@ def test_store_full_refuses_whole_commits_and_deletions_free_space(kind, tmp_pat
                 txn.put(f"k{n:03d}".encode(), blob, db=t)
     assert 5 < n < 40
     snapshot = content(s.env, t)
-    with pytest.raises(StoreFull):  # a refused transaction leaves nothing behind
-        with s.write() as txn:
-            txn.put(b"a-new-key", b"small", db=t)
-            txn.put(b"zz-big", blob, db=t)
+    # a refused transaction leaves nothing behind
+    with pytest.raises(StoreFull), s.write() as txn:
+        txn.put(b"a-new-key", b"small", db=t)
+        txn.put(b"zz-big", blob, db=t)
     assert content(s.env, t) == snapshot
     with s.write(freeing=True) as txn:  # deletions are allowed into the reserve
         for k, _ in snapshot:
@@ -480,10 +477,9 @@ def test_lmdb_map_full_error_becomes_store_full_and_changes_nothing(tmp_path):
     t = s.db["service"]
     s.reserve = 0  # let LMDB itself hit MDB_MAP_FULL, not the reserve check
     before = content(s.env, t)
-    with pytest.raises(StoreFull, match="LMDB map size"):
-        with s.write() as txn:
-            for i in range(64):
-                txn.put(f"k{i}".encode(), bytes(64 * 1024), db=t)
+    with pytest.raises(StoreFull, match="LMDB map size"), s.write() as txn:
+        for i in range(64):
+            txn.put(f"k{i}".encode(), bytes(64 * 1024), db=t)
     assert content(s.env, t) == before
     with s.write() as txn:  # and the store still works
         txn.put(b"small", b"1", db=t)

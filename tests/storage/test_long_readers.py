@@ -20,7 +20,6 @@ import ebsengine
 import ebsengine.check
 import ebsengine.engine
 from ebsengine import layout as L
-from ebsengine.errors import StoreFull
 
 MAP_SIZE = 96 << 20
 SOURCE_MIB = 32  # the volume exported / most of what fsck reads
@@ -116,7 +115,7 @@ def test_a_long_export_lets_a_concurrent_writer_reuse_freed_space(busy, tmp_path
 
 def test_the_export_is_the_point_in_time_it_began_even_if_the_volume_changes(busy, tmp_path,
                                                                              monkeypatch):
-    eng, src, data, writer = busy
+    eng, src, data, _writer = busy
     monkeypatch.setattr(ebsengine.engine, "EXPORT_BATCH", 64)
     changed: list[bool] = []
 
@@ -137,7 +136,7 @@ def test_the_export_is_the_point_in_time_it_began_even_if_the_volume_changes(bus
 
 
 def test_a_long_fsck_lets_a_concurrent_writer_reuse_freed_space(busy, monkeypatch):
-    eng, src, data, writer = busy
+    eng, src, _data, writer = busy
     eng.flush_volume(src)
     real = ebsengine.check.decode_chunk
     calls = [0]
