@@ -13,7 +13,8 @@ It keeps the contract of ``base.py`` the way LMDB does, so the whole engine runs
 * one writer at a time (a lock taken by ``begin(write=True)``, released at commit/abort);
 * cursors merge the overlays with the committed version in key order.
 
-Nothing is durable: the content lives as long as the backend object. ``map_size`` bounds
+Nothing is durable: ``memory://`` lives as long as its backend object, ``memory://NAME``
+until the process ends or :func:`forget` drops it. ``map_size`` bounds
 what it may hold (keys + values + :data:`ENTRY_OVERHEAD` per entry), so "store full"
 behaves as on LMDB.
 """
@@ -98,21 +99,47 @@ def _key(key: Buf) -> bytes:
     return k
 
 
+class _State:
+    """The committed content of one memory store and its locks (shared by every backend
+    object opened on the same ``memory://NAME``)."""
+
+    def __init__(self) -> None:
+        self.id = next(_ids)
+        self.tables: dict[bytes | None, _Version] = {None: _EMPTY}
+        self.writer = threading.Lock()
+        self.publish = threading.Lock()
+        self.txnid = 0
+
+
+_named: dict[str, _State] = {}
+_named_lock = threading.Lock()
+
+
+def forget(name: str) -> None:
+    """Drop the named memory store ``memory://NAME`` (its content is gone)."""
+    with _named_lock:
+        _named.pop(name, None)
+
+
 class MemoryBackend:
-    """An in-memory environment of ordered tables (see the module docstring)."""
+    """An in-memory environment of ordered tables (see the module docstring).
+
+    ``name=None`` is a private store that lives as long as this object; a ``name`` opens
+    the process-wide store ``memory://NAME``, which outlives its backends (it can be
+    reopened, as a directory can) until :func:`forget`."""
 
     errors: tuple[type[BaseException], ...] = (MemoryError_,)
 
-    def __init__(self, *, map_size: int = DEFAULT_MAP_SIZE,
+    def __init__(self, name: str | None = None, *, map_size: int = DEFAULT_MAP_SIZE,
                  readonly: bool = False) -> None:
-        self.path = "memory://"
+        self.path = f"memory://{name or ''}"
         self.map_size = map_size
         self.readonly = readonly
-        self._id = next(_ids)
-        self._tables: dict[bytes | None, _Version] = {None: _EMPTY}
-        self._writer = threading.Lock()
-        self._publish = threading.Lock()
-        self._txnid = 0
+        if name:
+            with _named_lock:
+                self._s = _named.setdefault(name, _State())
+        else:
+            self._s = _State()
         self._closed = False
 
     # --- the KvBackend protocol ---------------------------------------------------------------
@@ -120,12 +147,12 @@ class MemoryBackend:
     def open_db(self, key: bytes, create: bool = True) -> Table:
         self._live()
         name = _key(key)
-        if name not in self._tables[None].data:
+        if name not in self._s.tables[None].data:
             if not create or self.readonly:
                 raise MemoryError_(f"table {name!r} does not exist")
             with self.begin(write=True) as txn:  # the main table names the tables, as LMDB's
                 txn.put(name, b"")
-        return _Handle(name, self._id)
+        return _Handle(name, self._s.id)
 
     def begin(self, db: Table | None = None, parent: Txn | None = None, write: bool = False,
               buffers: bool = False) -> Txn:
@@ -139,11 +166,11 @@ class MemoryBackend:
         if write:
             if self.readonly:
                 raise MemoryError_("the backend is read-only")
-            self._writer.acquire()
+            self._s.writer.acquire()
             try:
                 return MemoryTxn(self, write=True, parent=None, default=db)
             except BaseException:
-                self._writer.release()
+                self._s.writer.release()
                 raise
         return MemoryTxn(self, write=False, parent=None, default=db)
 
@@ -158,7 +185,7 @@ class MemoryBackend:
             + txn._nbytes(None)
 
     def commit_id(self) -> int:
-        return self._txnid
+        return self._s.txnid
 
     def reclaim(self) -> None:
         """Nothing to do: freed memory is reusable at once."""
@@ -178,7 +205,7 @@ class MemoryBackend:
     def _table_name(self, db: Table | None) -> bytes | None:
         if db is None:
             return None
-        if not isinstance(db, _Handle) or db.env_id != self._id:
+        if not isinstance(db, _Handle) or db.env_id != self._s.id:
             raise MemoryError_(f"{db!r} is not a table of this backend")
         return db.name
 
@@ -191,7 +218,7 @@ class MemoryTxn:
         self._env = env
         self.write = write
         self._parent = parent
-        self._base: dict[bytes | None, _Version] = parent._base if parent else env._tables
+        self._base: dict[bytes | None, _Version] = parent._base if parent else env._s.tables
         self._over: dict[bytes | None, _Overlay] = {}
         self._default = env._table_name(default)
         self._child: MemoryTxn | None = None
@@ -357,14 +384,14 @@ class MemoryTxn:
             return
         env = self._env
         try:
-            with env._publish:
-                tables = dict(env._tables)
+            with env._s.publish:
+                tables = dict(env._s.tables)
                 for name, ov in self._over.items():
                     tables[name] = _apply(tables.get(name, _EMPTY), ov)
-                env._tables = tables
-                env._txnid += 1
+                env._s.tables = tables
+                env._s.txnid += 1
         finally:
-            env._writer.release()
+            env._s.writer.release()
 
     def abort(self) -> None:
         if self._done:
@@ -375,7 +402,7 @@ class MemoryTxn:
         if self._parent is not None:
             self._parent._child = None
         elif self.write:
-            self._env._writer.release()
+            self._env._s.writer.release()
 
     def __del__(self) -> None:  # like LMDB: a forgotten transaction is aborted
         if not getattr(self, "_done", True):

@@ -30,11 +30,13 @@ T = TypeVar("T")
 
 def open_backend(path: str | os.PathLike[str], *, map_size: int = DEFAULT_MAP_SIZE,
                  readonly: bool = False) -> KvBackend:
-    """The backend for ``path``: ``memory://`` is a fresh in-memory store, anything else
-    an LMDB directory."""
-    if os.fspath(path) == MEMORY_URL:
+    """The backend for ``path``: ``memory://`` is a fresh in-memory store, ``memory://NAME``
+    the process-wide in-memory store NAME (reopenable), anything else an LMDB directory."""
+    p = os.fspath(path)
+    if p.startswith(MEMORY_URL):
         from .memory import MemoryBackend
-        return MemoryBackend(map_size=map_size, readonly=readonly)
+        return MemoryBackend(p[len(MEMORY_URL):] or None, map_size=map_size,
+                             readonly=readonly)
     from .lmdb_env import LmdbBackend
     return LmdbBackend(path, map_size=map_size, readonly=readonly)
 
