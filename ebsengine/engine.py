@@ -852,9 +852,10 @@ class Engine:
                 with self._store.read() as txn:
                     self._view_chain(txn, resource_id)  # VolumeNotFound if it was deleted
                 return None
-            half = (len(values) + 1) // 2
+            found = [v for v in values if v is not None]
+            half = (len(found) + 1) // 2
             futs = [self._pool.submit(lambda vs: [decode_chunk(v) for v in vs], vs)
-                    for vs in (values[:half], values[half:]) if vs]
+                    for vs in (found[:half], found[half:]) if vs]
             return [i for i, _ in part], futs
 
         done = 0
@@ -865,7 +866,7 @@ class Engine:
             idxs, futs = nxt
             nxt = fetch(start + batch) if start + batch < len(visible) else None
             datas = [d for f in futs for d in f.result()]
-            run_start, run = 0, []
+            run_start, run = 0, list[bytes]()
             for idx, data in zip(idxs, datas):
                 if run and idx != run_start + len(run):
                     os.pwritev(fd, run, run_start * L.CHUNK_SIZE)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterable
+from typing import Any
 
 import lmdb
 
@@ -41,12 +42,14 @@ class LmdbBackend:
         self._psize = self.env.stat()["psize"]
 
     def open_db(self, key: bytes, create: bool = True) -> Table:
-        return self.env.open_db(key, create=create)  # type: ignore[no-any-return]
+        env: Any = self.env
+        return env.open_db(key, create=create)  # type: ignore[no-any-return]
 
     def begin(self, db: Table | None = None, parent: Txn | None = None, write: bool = False,
               buffers: bool = False) -> Txn:
-        return self.env.begin(db=db, parent=parent, write=write,  # type: ignore[no-any-return]
-                              buffers=buffers)
+        env: Any = self.env  # py-lmdb's Transaction has the shape of Txn
+        return env.begin(db=db, parent=parent, write=write,  # type: ignore[no-any-return]
+                         buffers=buffers)
 
     def translate(self, exc: BaseException) -> Exception:
         return _translate(exc, self.path)

@@ -411,8 +411,8 @@ class MemoryTxn:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        if exc_type is None:
+    def __exit__(self, *exc: object) -> None:
+        if not exc or exc[0] is None:
             self.commit()
         else:
             self.abort()
