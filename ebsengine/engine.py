@@ -809,11 +809,14 @@ class Engine:
         immutable, so a key still stored still holds the bytes it had; if a concurrent
         flush freed one the export still needs, the export starts over from a new point in
         time, and its last attempt holds the volume's flush lock (writers of that volume
-        wait for it; other volumes are not held up).
+        wait for it; other volumes are not held up; ``progress`` must then not flush that
+        volume itself).
         """
         is_vol = isinstance(resource_id, str) and resource_id.startswith("vol-")
         if is_vol:
             self.flush_volume(resource_id)
+        with self._store.read() as txn:
+            self._view_chain(txn, resource_id)  # refused before the file is touched
         fd = os.open(os.fspath(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             for attempt in range(EXPORT_ATTEMPTS):

@@ -217,6 +217,7 @@ class Store:
 
     def commit_id(self) -> int:
         """Changes with every commit (by any process): see :meth:`KvBackend.commit_id`."""
+        self._live()
         return self.backend.commit_id()
 
     def scan(self, table: Table, *, start: bytes = b"", batch: int = SCAN_BATCH
