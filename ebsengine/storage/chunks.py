@@ -53,11 +53,14 @@ class KvChunks:
     def collision_keys(self, txn: Txn, fp: bytes) -> list[bytes]:
         cur = txn.cursor(db=self.table)
         out: list[bytes] = []
-        if cur.set_range(fp):
-            for key in cur.iternext(keys=True, values=False):
-                if key[:L.FP_SIZE] != fp:
-                    break
-                out.append(key)
+        if not cur.set_range(fp):
+            return out
+        key = cur.key()
+        while key[:L.FP_SIZE] == fp:  # keys only: a neighbour's value is not copied
+            out.append(key)
+            if not cur.next():
+                break
+            key = cur.key()
         return out
 
     def iter_all(self, batch: int = 256) -> Iterator[list[tuple[bytes, bytes]]]:

@@ -20,6 +20,7 @@ import ebsengine
 import ebsengine.check
 import ebsengine.engine
 from ebsengine import layout as L
+from ebsengine.errors import StoreLocked
 
 MAP_SIZE = 96 << 20
 SOURCE_MIB = 32  # the volume exported / most of what fsck reads
@@ -174,3 +175,30 @@ def test_fsck_still_reports_corruption_found_in_any_batch(tmp_path):
         assert not report.ok
         assert any(keys[-1].hex() in p and "zeros" in p for p in report.problems)
         assert report.stats["chunks"] == 64 and report.stats["map_entries"] == 64
+
+
+def test_fsck_reruns_a_pass_that_saw_commits_and_refuses_a_store_that_never_settles(
+        tmp_path, monkeypatch):
+    with ebsengine.Engine(tmp_path / "s") as eng:
+        vol = eng.create_volume(size_gib=1).id
+        with eng.open_volume(vol) as dev:
+            dev.pwrite(noise("d", 4 * L.CHUNK_SIZE), 0)
+        backend = eng._store.backend
+        real = backend.commit_id
+        readings: list[int] = []
+        locked_during: list[bool] = []
+
+        def moving_once() -> int:  # another process commits during the first pass only
+            readings.append(0)
+            locked_during.append(eng._store.write_lock._is_owned())  # type: ignore[attr-defined]
+            return real() + (1 if len(readings) == 2 else 0)
+
+        monkeypatch.setattr(backend, "commit_id", moving_once)
+        report = eng.fsck()
+        assert report.ok and report.stats["chunks"] == 4
+        assert len(readings) == 4 and locked_during == [False, False, True, True]
+
+        counter = iter(range(10**6))
+        monkeypatch.setattr(backend, "commit_id", lambda: next(counter))  # never settles
+        with pytest.raises(StoreLocked, match="kept changing"):
+            eng.fsck()
