@@ -1,25 +1,46 @@
 """``fsck``: verify every invariant written down in ``layout.py`` (I1-I9).
 
-The check reads one LMDB snapshot, so it may run while other processes write. It reports
-every violation it finds instead of stopping at the first.
+The check never holds one read transaction for its whole run (on LMDB that would stop
+the pages that concurrent commits free from being reused, so a busy store would fill up
+early). It reads every table in bounded batches, each in a fresh short read transaction
+(:meth:`Store.scan`, :meth:`ChunkStore.iter_stored`), and still proves consistency of one
+point in time:
+
+* it reads the store's commit counter (:meth:`Store.commit_id`) before the first batch and
+  after the last one; equal readings mean no commit happened in between, so every batch
+  saw the same state and the report describes that state;
+* if something committed meanwhile, the pass is thrown away and run again (up to
+  ``OPTIMISTIC_PASSES`` times), then once more holding the store's write lock: writers of
+  this process wait for that pass (they are not refused, and since nothing commits, no
+  page is kept from reuse). A store that still changed under the lock is being written by
+  another process: :class:`StoreLocked`, run fsck again when it is idle.
+
+It reports every violation it finds instead of stopping at the first.
 """
 
 from __future__ import annotations
 
 import json
 import struct
+import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from typing import Any
 
 from . import layout as L
 from .block.maps import BlockMaps, Lineage
-from .errors import CorruptStore
+from .errors import CorruptStore, StoreLocked
 from .model import FsckReport
+from .storage.base import Txn
 from .storage.chunks import ChunkStore
 from .storage.envelope import decode_chunk
-from .storage.lmdb_env import Store
+from .storage.store import Store
 
 MAX_REPORTED = 200
+MAX_TXN_AGE = 0.05  # seconds a lookup transaction may live
+BATCH = 1024  # items per read transaction
+CHUNK_BATCH = 128  # chunks (about 8 MiB decoded) per read transaction
+OPTIMISTIC_PASSES = 1
 
 
 def _int(raw: bytes | None) -> int | None:
@@ -39,7 +60,76 @@ def _record(raw: bytes) -> dict[str, Any] | None:
     return rec
 
 
-def check_store(store: Store, chunks: ChunkStore, maps: BlockMaps) -> FsckReport:
+class _Reader:
+    """Bounded read transactions for one pass: point lookups share a read transaction that
+    is renewed every ``batch`` lookups (or ``MAX_TXN_AGE`` seconds) and closed whenever the
+    next batch of a scan is fetched, so none lives longer than one batch."""
+
+    def __init__(self, store: Store, chunks: ChunkStore, batch: int, chunk_batch: int) -> None:
+        self.store = store
+        self.chunks = chunks
+        self.batch = batch
+        self.chunk_batch = chunk_batch
+        self._cm: Any = None
+        self._txn: Txn | None = None
+        self._ops = 0
+        self._born = 0.0
+
+    def txn(self) -> Txn:
+        now = time.monotonic()
+        if self._txn is None or self._ops >= self.batch or now - self._born > MAX_TXN_AGE:
+            self.close()
+            self._cm = self.store.read()
+            self._txn = self._cm.__enter__()
+            self._ops, self._born = 0, now
+        self._ops += 1
+        assert self._txn is not None
+        return self._txn
+
+    def get(self, name: str, key: bytes) -> bytes | None:
+        return self.txn().get(key, db=self.store.db[name])  # type: ignore[no-any-return]
+
+    def rows(self, name: str) -> Iterator[tuple[bytes, bytes]]:
+        """Every ``(key, value)`` of table ``name``, fetched in batches."""
+        return self._flat(self.store.scan(self.store.db[name], batch=self.batch))
+
+    def chunk_rows(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every stored chunk, streamed from the chunk backend in batches."""
+        return self._flat(self.chunks.iter_stored(self.chunk_batch))
+
+    def _flat(self, batches: Iterator[list[tuple[bytes, bytes]]]) -> Iterator[tuple[bytes, bytes]]:
+        while True:
+            self.close()  # no lookup transaction outlives a batch
+            items = next(batches, None)
+            if items is None:
+                return
+            yield from items
+
+    def close(self) -> None:
+        if self._cm is not None:
+            cm, self._cm, self._txn = self._cm, None, None
+            cm.__exit__(None, None, None)
+
+
+def check_store(store: Store, chunks: ChunkStore, maps: BlockMaps, *,
+                batch: int = BATCH, chunk_batch: int = CHUNK_BATCH) -> FsckReport:
+    """Check every invariant over one point in time of the store (see the module doc)."""
+    for _ in range(OPTIMISTIC_PASSES):
+        before = store.commit_id()
+        report = _check_pass(store, chunks, maps, batch, chunk_batch)
+        if store.commit_id() == before:
+            return report
+    with store.write_lock:
+        before = store.commit_id()
+        report = _check_pass(store, chunks, maps, batch, chunk_batch)
+        if store.commit_id() == before:
+            return report
+    raise StoreLocked("the store kept changing during the check (another process is writing "
+                      "to it); run fsck again when it is idle")
+
+
+def _check_pass(store: Store, chunks: ChunkStore, maps: BlockMaps, batch: int,
+                chunk_batch: int) -> FsckReport:
     problems: list[str] = []
 
     def bad(msg: str) -> None:
@@ -48,20 +138,20 @@ def check_store(store: Store, chunks: ChunkStore, maps: BlockMaps) -> FsckReport
         elif len(problems) == MAX_REPORTED:
             problems.append("... more problems not listed")
 
-    db = store.db
     stats: Counter[str] = Counter()
-    with store.read() as txn:
+    rd = _Reader(store, chunks, batch, chunk_batch)
+    try:
         # I1 format
-        fmt = txn.get(b"format", db=db["meta"])
+        fmt = rd.get("meta", b"format")
         if _int(fmt) != L.FORMAT_VERSION:
             bad(f"I1: format version is {fmt!r}, expected {L.FORMAT_VERSION}")
-        cs = txn.get(b"chunk_size", db=db["meta"])
+        cs = rd.get("meta", b"chunk_size")
         if _int(cs) != L.CHUNK_SIZE:
             bad(f"I1: chunk size is {cs!r}, expected {L.CHUNK_SIZE}")
 
         # lineages
         lineages: dict[int, Lineage] = {}
-        for k, v in txn.cursor(db=db["lineages"]):
+        for k, v in rd.rows("lineages"):
             try:
                 lid = L.read_u64(k)
                 lineages[lid] = Lineage.from_json(lid, v)
@@ -74,7 +164,7 @@ def check_store(store: Store, chunks: ChunkStore, maps: BlockMaps) -> FsckReport
         map_triples: set[tuple[int, int, int]] = set()
         per_interval: dict[tuple[int, int, int], int] = defaultdict(int)
         live_cache: dict[int, list[int]] = {}
-        for k, v in txn.cursor(db=db["maps"]):
+        for k, v in rd.rows("maps"):
             stats["map_entries"] += 1
             try:
                 lid, idx, gen = L.parse_map_key(k)
@@ -106,6 +196,7 @@ def check_store(store: Store, chunks: ChunkStore, maps: BlockMaps) -> FsckReport
             if lin.head is None:
                 continue
             try:
+                txn = rd.txn()
                 chain = maps.chain(txn, (lid, lin.head))
             except CorruptStore as exc:
                 bad(f"I7: lineage {lid} cannot be read through its bases: {exc}")
@@ -116,7 +207,7 @@ def check_store(store: Store, chunks: ChunkStore, maps: BlockMaps) -> FsckReport
                     f"{n} are visible at its head")
 
         # I3 / I4: chunks and reference counts
-        for k, v in txn.cursor(db=db["chunks"]):
+        for k, v in rd.chunk_rows():
             stats["chunks"] += 1
             stats["stored_bytes"] += len(v) - 1
             if len(k) != L.KEY_SIZE:
@@ -133,7 +224,7 @@ def check_store(store: Store, chunks: ChunkStore, maps: BlockMaps) -> FsckReport
             elif fp != k[:L.FP_SIZE]:
                 bad(f"I3: chunk {k.hex()} does not match its fingerprint")
             want = refcount.get(k, 0)
-            raw = txn.get(k, db=db["refs"])
+            raw = rd.get("refs", k)
             try:
                 have = L.read_u64(raw) if raw else 0
             except struct.error:
@@ -143,16 +234,16 @@ def check_store(store: Store, chunks: ChunkStore, maps: BlockMaps) -> FsckReport
                 bad(f"I4: chunk {k.hex()} is stored but nothing references it (orphan)")
             if have != want:
                 bad(f"I4: chunk {k.hex()} has reference count {have}, but {want} references")
-        for k, v in txn.cursor(db=db["refs"]):
-            if txn.get(k, db=db["chunks"]) is None:
+        for k, v in rd.rows("refs"):
+            if not chunks.backend.has_many(rd.txn(), [k])[0]:
                 bad(f"I4: reference count for missing chunk {k.hex()}")
         for k in refcount:
-            if txn.get(k, db=db["chunks"]) is None:
+            if not chunks.backend.has_many(rd.txn(), [k])[0]:
                 bad(f"I2: map entries reference missing chunk {k.hex()} ({refcount[k]}x)")
 
         # I5 gens index
         gen_triples = set()
-        for k in txn.cursor(db=db["gens"]).iternext(keys=True, values=False):
+        for k, _ in rd.rows("gens"):
             try:
                 lid, gen, idx = L.parse_gen_key(k)
             except struct.error:
@@ -166,7 +257,7 @@ def check_store(store: Store, chunks: ChunkStore, maps: BlockMaps) -> FsckReport
 
         # I7 records vs lineages
         owners: dict[int, str] = {}
-        for k, v in txn.cursor(db=db["volumes"]):
+        for k, v in rd.rows("volumes"):
             stats["volumes"] += 1
             rec = _record(v)
             if rec is None:
@@ -180,7 +271,7 @@ def check_store(store: Store, chunks: ChunkStore, maps: BlockMaps) -> FsckReport
             else:
                 owners[lin.id] = rec["id"]
         snaps_at: set[tuple[int, int]] = set()
-        for k, v in txn.cursor(db=db["snapshots"]):
+        for k, v in rd.rows("snapshots"):
             stats["snapshots"] += 1
             rec = _record(v)
             if rec is None:
@@ -200,9 +291,9 @@ def check_store(store: Store, chunks: ChunkStore, maps: BlockMaps) -> FsckReport
             else:
                 snaps_at.add((lin.id, rec["gen"]))
         # I9 checksums of pending snapshots' blocks
-        for k in txn.cursor(db=db["blocksums"]).iternext(keys=True, values=False):
+        for k, _ in rd.rows("blocksums"):
             sid, sep, blk = k.partition(b"\x00")
-            raw = txn.get(sid, db=db["snapshots"]) if sep and len(blk) == 4 else None
+            raw = rd.get("snapshots", sid) if sep and len(blk) == 4 else None
             rec = _record(raw) if raw is not None else None
             if rec is None or rec["state"] != "pending":
                 bad(f"I9: block checksum {k!r} does not belong to a pending snapshot")
@@ -231,4 +322,6 @@ def check_store(store: Store, chunks: ChunkStore, maps: BlockMaps) -> FsckReport
             if blid in lineages and lineages[blid].pins.get(bgen, 0) != n:
                 bad(f"I7: {n} lineages read through {blid}@{bgen}, which records "
                     f"{lineages[blid].pins.get(bgen, 0)} pins")
+    finally:
+        rd.close()
     return FsckReport(ok=not problems, problems=problems, stats=dict(stats))

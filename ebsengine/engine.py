@@ -46,8 +46,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable
 
-import lmdb
-
 from . import layout as L
 from .block.device import Device
 from .block.maps import BlockMaps, Lineage
@@ -58,11 +56,14 @@ from .errors import (AttachmentNotFound, EbsError, IncorrectState, InvalidBlock,
 from .model import FsckReport, Snapshot, Usage, Volume
 from .rules import (DEFAULT_AVAILABILITY_ZONE, MAX_SNAPSHOT_GIB, check_description, check_id,
                     check_int, check_tags, modified_spec, new_id, validate_volume_spec)
+from .storage.base import DEFAULT_MAP_SIZE, KvBackend, Txn
 from .storage.chunks import ChunkStore
 from .storage.envelope import DEFAULT_ZSTD_LEVEL, decode_chunk, encode_chunk, encode_list
-from .storage.lmdb_env import DEFAULT_MAP_SIZE, Store
+from .storage.store import Store
 
 DEFAULT_DIRTY_LIMIT = 256 * 1024 * 1024
+EXPORT_BATCH = 256  # chunks (16 MiB) per read transaction of an export
+EXPORT_ATTEMPTS = 3
 
 
 def default_store_path() -> str:
@@ -84,7 +85,7 @@ class Transaction:
     time of every snapshot it takes (one point in time, one timestamp).
     """
 
-    def __init__(self, engine: Engine, txn: lmdb.Transaction, flushed: frozenset[str]) -> None:
+    def __init__(self, engine: Engine, txn: Txn, flushed: frozenset[str]) -> None:
         self._engine = engine
         self._txn = txn
         self.flushed = flushed
@@ -100,7 +101,7 @@ class Transaction:
         """True until the unit has committed or aborted."""
         return self._open
 
-    def _use(self, engine: Engine) -> lmdb.Transaction:
+    def _use(self, engine: Engine) -> Txn:
         if engine is not self._engine:
             raise InvalidParameter("This unit of work belongs to another engine.")
         if not self._open:
@@ -115,17 +116,28 @@ class Engine:
 
     Args:
         path: store directory (created if missing); default :func:`default_store_path`.
+            ``"memory://"`` is a fresh in-memory store (nothing durable; for tests).
         map_size: LMDB map size in bytes: the most the store may hold.
         dirty_limit: bytes of unflushed writes per volume before a writer flushes itself.
         zstd_level: compression level for a new store (an existing store keeps its own).
+        backend: an opened storage backend (:class:`ebsengine.storage.base.KvBackend`, e.g.
+            ``ebsengine.storage.memory.MemoryBackend()``) instead of ``path``; the engine
+            closes it with itself.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *,
                  map_size: int = DEFAULT_MAP_SIZE, dirty_limit: int = DEFAULT_DIRTY_LIMIT,
-                 zstd_level: int = DEFAULT_ZSTD_LEVEL, readonly: bool = False) -> None:
-        self.path = os.fspath(path) if path is not None else default_store_path()
-        self._store = Store(self.path, map_size=map_size, readonly=readonly,
-                            zstd_level=zstd_level)
+                 zstd_level: int = DEFAULT_ZSTD_LEVEL, readonly: bool = False,
+                 backend: KvBackend | None = None) -> None:
+        if backend is not None:
+            if path is not None:
+                raise InvalidParameterCombination("give a store path or a backend, not both")
+            self._store = Store(backend=backend, zstd_level=zstd_level)
+            self.path = self._store.path
+        else:
+            self.path = os.fspath(path) if path is not None else default_store_path()
+            self._store = Store(self.path, map_size=map_size, readonly=readonly,
+                                zstd_level=zstd_level)
         self._chunks = ChunkStore(self._store)
         self._maps = BlockMaps(self._store, self._chunks)
         self._pool = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2)),
@@ -201,7 +213,7 @@ class Engine:
 
     @contextlib.contextmanager
     def _unit(self, tx: Transaction | None, *, grows: bool = False,
-              frees: bool = False) -> Iterator[tuple[Transaction, lmdb.Transaction]]:
+              frees: bool = False) -> Iterator[tuple[Transaction, Txn]]:
         """The unit a record method runs in: the caller's ``tx``, else one of its own."""
         if tx is None:
             with self.transaction() as own:
@@ -221,7 +233,7 @@ class Engine:
                                  f"transaction of its own): do it before or after the unit.")
 
     @contextlib.contextmanager
-    def _reading(self, tx: Transaction | None) -> Iterator[lmdb.Transaction]:
+    def _reading(self, tx: Transaction | None) -> Iterator[Txn]:
         """A read transaction, or the unit's own (which sees its uncommitted changes)."""
         if tx is not None:
             yield tx._use(self)
@@ -231,29 +243,29 @@ class Engine:
 
     # --- records ----------------------------------------------------------------------------
 
-    def _vol_rec(self, txn: lmdb.Transaction, volume_id: str) -> dict[str, Any]:
+    def _vol_rec(self, txn: Txn, volume_id: str) -> dict[str, Any]:
         check_id(volume_id, "vol")
         raw = txn.get(volume_id.encode(), db=self._store.db["volumes"])
         if raw is None:
             raise VolumeNotFound(f"The volume '{volume_id}' does not exist.")
         return json.loads(raw)
 
-    def _snap_rec(self, txn: lmdb.Transaction, snap_id: str) -> dict[str, Any]:
+    def _snap_rec(self, txn: Txn, snap_id: str) -> dict[str, Any]:
         check_id(snap_id, "snap")
         raw = txn.get(snap_id.encode(), db=self._store.db["snapshots"])
         if raw is None:
             raise SnapshotNotFound(f"The snapshot '{snap_id}' does not exist.")
         return json.loads(raw)
 
-    def _put_vol(self, txn: lmdb.Transaction, rec: dict[str, Any]) -> None:
+    def _put_vol(self, txn: Txn, rec: dict[str, Any]) -> None:
         txn.put(rec["id"].encode(), json.dumps(rec, sort_keys=True).encode(),
                 db=self._store.db["volumes"])
 
-    def _put_snap(self, txn: lmdb.Transaction, rec: dict[str, Any]) -> None:
+    def _put_snap(self, txn: Txn, rec: dict[str, Any]) -> None:
         txn.put(rec["id"].encode(), json.dumps(rec, sort_keys=True).encode(),
                 db=self._store.db["snapshots"])
 
-    def _completed(self, txn: lmdb.Transaction, snap_id: str) -> dict[str, Any]:
+    def _completed(self, txn: Txn, snap_id: str) -> dict[str, Any]:
         rec = self._snap_rec(txn, snap_id)
         if rec["state"] != "completed":
             raise IncorrectState(f"Snapshot '{snap_id}' is {rec['state']}, not completed.")
@@ -499,7 +511,7 @@ class Engine:
         self._no_unit("create_snapshot without tx=")
         out: list[Snapshot] = []
 
-        def freeze(txn: lmdb.Transaction, lin: object) -> None:
+        def freeze(txn: Txn, lin: object) -> None:
             assert isinstance(lin, Lineage)
             out.append(self._freeze(txn, lin, self._vol_rec(txn, volume_id), sid,
                                     description, tags, time.time()))
@@ -509,7 +521,7 @@ class Engine:
         self._cache(volume_id).flush(in_txn=freeze)  # the flush's commit holds the freeze
         return out[0]
 
-    def _freeze(self, txn: lmdb.Transaction, lin: Lineage, rec: dict[str, Any], sid: str,
+    def _freeze(self, txn: Txn, lin: Lineage, rec: dict[str, Any], sid: str,
                 description: str, tags: dict[str, str], now: float) -> Snapshot:
         """Make the volume's head generation snapshot ``sid`` (the caller saves ``lin``)."""
         assert lin.head is not None
@@ -582,7 +594,7 @@ class Engine:
 
     # --- EBS direct API units (512 KiB blocks) ---------------------------------------------
 
-    def _point(self, txn: lmdb.Transaction, snapshot_id: str) -> list[tuple[int, int]]:
+    def _point(self, txn: Txn, snapshot_id: str) -> list[tuple[int, int]]:
         rec = self._completed(txn, snapshot_id)
         return self._maps.chain(txn, (rec["lineage"], rec["gen"]))
 
@@ -618,7 +630,7 @@ class Engine:
                        self._maps.resolve(txn, a, i, cur) != self._maps.resolve(txn, b, i, cur)}
         return sorted({i // L.CHUNKS_PER_BLOCK for i in changed})
 
-    def _diff_candidates(self, txn: lmdb.Transaction, a: list[tuple[int, int]],
+    def _diff_candidates(self, txn: Txn, a: list[tuple[int, int]],
                          b: list[tuple[int, int]]) -> set[int] | None:
         """Chunk indexes that may differ between chain ``a`` and the descendant chain ``b``,
         or None if ``b`` does not descend from ``a``'s point."""
@@ -696,7 +708,7 @@ class Engine:
                     if fp is not None and not self._chunks.maybe_stored(txn, fp)]
         enc = {i: encode_chunk(pieces[i], self._chunks.level) for i in todo}
 
-        def apply(txn: lmdb.Transaction) -> None:
+        def apply(txn: Txn) -> None:
             rec = self._snap_rec(txn, snapshot_id)
             self._check_block(rec, block_index)
             lin = self._maps.load(txn, rec["lineage"])
@@ -725,7 +737,7 @@ class Engine:
             self._snap_rec(txn, snapshot_id)
             return self._blocksums(txn, snapshot_id)
 
-    def _blocksums(self, txn: lmdb.Transaction, snapshot_id: str) -> dict[int, str]:
+    def _blocksums(self, txn: Txn, snapshot_id: str) -> dict[int, str]:
         prefix = snapshot_id.encode() + b"\x00"
         out: dict[int, str] = {}
         cur = txn.cursor(db=self._store.db["blocksums"])
@@ -736,7 +748,7 @@ class Engine:
                 out[int.from_bytes(k[len(prefix):], "big")] = v.decode()
         return out
 
-    def _drop_blocksums(self, txn: lmdb.Transaction, snapshot_id: str) -> None:
+    def _drop_blocksums(self, txn: Txn, snapshot_id: str) -> None:
         prefix = snapshot_id.encode() + b"\x00"
         cur = txn.cursor(db=self._store.db["blocksums"])
         if cur.set_range(prefix):
@@ -794,7 +806,7 @@ class Engine:
             self._put_snap(txn, rec)
         return Snapshot.from_dict(rec)
 
-    def _abandon_pending(self, txn: lmdb.Transaction, rec: dict[str, Any]) -> None:
+    def _abandon_pending(self, txn: Txn, rec: dict[str, Any]) -> None:
         lin = self._maps.load(txn, rec["lineage"])
         head = lin.head
         assert head is not None
@@ -924,7 +936,7 @@ class Engine:
 
     # --- bulk transfer ----------------------------------------------------------------------
 
-    def _view_chain(self, txn: lmdb.Transaction,
+    def _view_chain(self, txn: Txn,
                     resource_id: str) -> tuple[list[tuple[int, int]], int]:
         """The chain and size in bytes of a volume (at its head) or a completed snapshot."""
         if isinstance(resource_id, str) and resource_id.startswith("snap-"):
@@ -942,51 +954,90 @@ class Engine:
         Returns the number of data bytes written. ``progress(done, total)`` is called with
         bytes of data chunks written so far. Decompression of the next batch runs on the
         pool while this thread writes the previous one.
+
+        The image is the resource as it was when the export began (a volume is flushed
+        first). The chunk keys are resolved once; the chunks are then read in batches of
+        ``EXPORT_BATCH``, each in a fresh short read transaction, so a long export does not
+        keep the store from reusing the space concurrent writers free. Chunks are
+        immutable, so a key still stored still holds the bytes it had; if a concurrent
+        flush freed one the export still needs, the export starts over from a new point in
+        time, and its last attempt holds the volume's flush lock (writers of that volume
+        wait for it; other volumes are not held up; ``progress`` must then not flush that
+        volume itself).
         """
-        if isinstance(resource_id, str) and resource_id.startswith("vol-"):
+        is_vol = isinstance(resource_id, str) and resource_id.startswith("vol-")
+        if is_vol:
             self.flush_volume(resource_id)
-        batch = 256
+        with self._store.read() as txn:
+            self._view_chain(txn, resource_id)  # refused before the file is touched
+        fd = os.open(os.fspath(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            for attempt in range(EXPORT_ATTEMPTS):
+                hold: Any = contextlib.nullcontext()
+                if is_vol and attempt == EXPORT_ATTEMPTS - 1:
+                    with self._lock:
+                        cache = self._caches.get(resource_id)
+                    if cache is not None:
+                        hold = cache.flush_lock
+                with hold:
+                    total = self._export_once(resource_id, fd, progress)
+                if total is not None:
+                    os.fsync(fd)
+                    return total
+            raise IncorrectState(f"{resource_id} kept changing during the export (another "
+                                 f"process writes to it); snapshot it and export the snapshot")
+        finally:
+            os.close(fd)
+
+    def _export_once(self, resource_id: str, fd: int,
+                     progress: Callable[[int, int], None] | None) -> int | None:
+        """One export attempt (see :meth:`export`); None if a chunk it needs was freed."""
+        batch = EXPORT_BATCH
         with self._store.read() as txn:
             chain, size = self._view_chain(txn, resource_id)
             visible = sorted(self._maps.visible(txn, chain).items())
-            total = len(visible) * L.CHUNK_SIZE
-            fd = os.open(os.fspath(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                os.ftruncate(fd, size)
+        total = len(visible) * L.CHUNK_SIZE
+        os.ftruncate(fd, 0)  # a retry leaves nothing of the attempt before
+        os.ftruncate(fd, size)
 
-                def fetch(start: int) -> tuple[list[int], Any]:
-                    part = visible[start:start + batch]
-                    values = [txn.get(k, db=self._chunks.chunks) for _, k in part]
-                    half = (len(values) + 1) // 2
-                    futs = [self._pool.submit(lambda vs: [decode_chunk(v) for v in vs], vs)
-                            for vs in (values[:half], values[half:]) if vs]
-                    return [i for i, _ in part], futs
+        def fetch(start: int) -> tuple[list[int], Any] | None:
+            part = visible[start:start + batch]
+            with self._store.read() as txn:
+                values = self._chunks.backend.get_many(txn, [k for _, k in part])
+            if any(v is None for v in values):
+                with self._store.read() as txn:
+                    self._view_chain(txn, resource_id)  # VolumeNotFound if it was deleted
+                return None
+            found = [v for v in values if v is not None]
+            half = (len(found) + 1) // 2
+            futs = [self._pool.submit(lambda vs: [decode_chunk(v) for v in vs], vs)
+                    for vs in (found[:half], found[half:]) if vs]
+            return [i for i, _ in part], futs
 
-                done = 0
-                nxt = fetch(0) if visible else None
-                for start in range(0, len(visible), batch):
-                    idxs, futs = nxt  # type: ignore[misc]
-                    nxt = fetch(start + batch) if start + batch < len(visible) else None
-                    datas = [d for f in futs for d in f.result()]
-                    run_start, run = 0, []
-                    for idx, data in zip(idxs, datas):
-                        if run and idx != run_start + len(run):
-                            os.pwritev(fd, run, run_start * L.CHUNK_SIZE)
-                            run = []
-                        if not run:
-                            run_start = idx
-                        run.append(data)
-                        if len(run) >= 512:  # stay well under IOV_MAX
-                            os.pwritev(fd, run, run_start * L.CHUNK_SIZE)
-                            run = []
-                    if run:
-                        os.pwritev(fd, run, run_start * L.CHUNK_SIZE)
-                    done += len(idxs) * L.CHUNK_SIZE
-                    if progress:
-                        progress(done, total)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        done = 0
+        nxt = fetch(0) if visible else None
+        for start in range(0, len(visible), batch):
+            if nxt is None:
+                return None
+            idxs, futs = nxt
+            nxt = fetch(start + batch) if start + batch < len(visible) else None
+            datas = [d for f in futs for d in f.result()]
+            run_start, run = 0, list[bytes]()
+            for idx, data in zip(idxs, datas):
+                if run and idx != run_start + len(run):
+                    os.pwritev(fd, run, run_start * L.CHUNK_SIZE)
+                    run = []
+                if not run:
+                    run_start = idx
+                run.append(data)
+                if len(run) >= 512:  # stay well under IOV_MAX
+                    os.pwritev(fd, run, run_start * L.CHUNK_SIZE)
+                    run = []
+            if run:
+                os.pwritev(fd, run, run_start * L.CHUNK_SIZE)
+            done += len(idxs) * L.CHUNK_SIZE
+            if progress:
+                progress(done, total)
         return total
 
     def import_image(self, path: str | os.PathLike[str], *, volume_id: str | None = None,

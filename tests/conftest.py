@@ -17,6 +17,23 @@ def store_path(tmp_path) -> str:
     return str(tmp_path / "store")
 
 
+STORE_KINDS = ["lmdb", "memory"]
+
+
+@pytest.fixture(params=STORE_KINDS)
+def any_store_path(request, tmp_path) -> Iterator[str]:
+    """A store path on each storage backend: an LMDB directory, or a named in-memory store
+    (``memory://NAME``: reopenable by the same path, dropped after the test). A test
+    module runs on both by overriding ``store_path`` with it."""
+    if request.param == "lmdb":
+        yield str(tmp_path / "store")
+        return
+    from ebsengine.storage.memory import forget
+    name = f"test-{os.getpid()}-{id(request)}-{request.node.name}"
+    yield f"memory://{name}"
+    forget(name)
+
+
 @pytest.fixture
 def eng(store_path) -> Iterator[ebsengine.Engine]:
     with ebsengine.Engine(store_path) as e:

@@ -16,6 +16,13 @@ from ebsengine import layout as L
 from ebsengine.storage.chunks import ChunkStore
 from conftest import sha_bytes
 
+
+@pytest.fixture
+def store_path(any_store_path: str) -> str:
+    """Every test here runs on each storage backend (LMDB and in-memory)."""
+    return any_store_path
+
+
 CS = L.CHUNK_SIZE
 FAKE_FP = bytes.fromhex("c0111de5") * 4  # 16 bytes shared by every non-zero chunk
 

@@ -16,6 +16,13 @@ from ebsengine import layout as L
 from conftest import discard_unflushable
 from ebsengine.errors import InvalidParameterCombination, StoreFull, VolumeNotFound
 
+
+@pytest.fixture
+def store_path(any_store_path: str) -> str:
+    """Every test here runs on each storage backend (LMDB and in-memory)."""
+    return any_store_path
+
+
 CS = L.CHUNK_SIZE
 
 

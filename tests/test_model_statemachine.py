@@ -77,11 +77,14 @@ class EngineMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.dir = tempfile.mkdtemp(prefix="ebs-sm-")
-        self.eng = ebsengine.Engine(os.path.join(self.dir, "s"), map_size=1 << 32)
+        self.eng = ebsengine.Engine(self.store_path(), map_size=1 << 32)
         self.vols: dict[str, Sparse] = {}
         self.snaps: dict[str, Sparse] = {}
         self.snap_vol: dict[str, str] = {}
         self.devs: dict[str, ebsengine.Device] = {}
+
+    def store_path(self) -> str:
+        return os.path.join(self.dir, "s")
 
     def dev(self, vid: str) -> ebsengine.Device:
         if vid not in self.devs:
@@ -207,7 +210,7 @@ class EngineMachine(RuleBasedStateMachine):
             d.close()
         self.devs.clear()
         self.eng.close()
-        self.eng = ebsengine.Engine(os.path.join(self.dir, "s"), map_size=1 << 32)
+        self.eng = ebsengine.Engine(self.store_path(), map_size=1 << 32)
 
     @rule(a=snapshots, b=snapshots)
     def changed_blocks(self, a: str, b: str) -> None:
@@ -278,3 +281,21 @@ EngineMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 TestEngineModel = EngineMachine.TestCase
+
+
+class MemoryEngineMachine(EngineMachine):
+    """The same model check on the in-memory backend (a named store, so reopen works)."""
+
+    def store_path(self) -> str:
+        return f"memory://sm{self.dir}"
+
+    def teardown(self) -> None:
+        try:
+            super().teardown()
+        finally:
+            from ebsengine.storage.memory import forget
+            forget(f"sm{self.dir}")
+
+
+MemoryEngineMachine.TestCase.settings = EngineMachine.TestCase.settings
+TestEngineModelMemory = MemoryEngineMachine.TestCase

@@ -12,6 +12,13 @@ from ebsengine import layout as L
 from ebsengine.errors import (IncorrectState, InvalidParameter, SnapshotNotFound,
                               UnrelatedSnapshots)
 
+
+@pytest.fixture
+def store_path(any_store_path: str) -> str:
+    """Every test here runs on each storage backend (LMDB and in-memory)."""
+    return any_store_path
+
+
 CS = L.CHUNK_SIZE
 BS = L.BLOCK_SIZE
 

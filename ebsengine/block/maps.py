@@ -12,12 +12,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
-import lmdb
-
 from .. import layout as L
 from ..errors import CorruptStore
+from ..storage.base import Cursor, Txn
 from ..storage.chunks import ChunkStore
-from ..storage.lmdb_env import Store
+from ..storage.store import Store
 
 Point = tuple[int, int]  # (lineage, gen)
 
@@ -69,7 +68,7 @@ class BlockMaps:
 
     # --- lineage records --------------------------------------------------------------------
 
-    def load(self, txn: lmdb.Transaction, lid: int) -> Lineage:
+    def load(self, txn: Txn, lid: int) -> Lineage:
         """The lineage record as stored in ``txn`` (a private copy: callers may change it).
 
         Parsed records are cached by their exact stored bytes, so a read path that loads the
@@ -89,10 +88,10 @@ class BlockMaps:
                        base=list(lin.base) if lin.base is not None else None,
                        points=dict(lin.points), pins=dict(lin.pins), allocated=lin.allocated)
 
-    def save(self, txn: lmdb.Transaction, lin: Lineage) -> None:
+    def save(self, txn: Txn, lin: Lineage) -> None:
         txn.put(L.lineage_key(lin.id), lin.to_json(), db=self.lineages)
 
-    def create(self, txn: lmdb.Transaction, owner: str | None, base: Point | None,
+    def create(self, txn: Txn, owner: str | None, base: Point | None,
                allocated: int = 0) -> Lineage:
         """A new lineage with head generation 1, reading through ``base`` (pinned)."""
         lin = Lineage(id=self.store.next_lineage(txn), head=1, owner=owner,
@@ -104,7 +103,7 @@ class BlockMaps:
         self.save(txn, lin)
         return lin
 
-    def chain(self, txn: lmdb.Transaction, point: Point) -> list[Point]:
+    def chain(self, txn: Txn, point: Point) -> list[Point]:
         """The point followed by the bases it reads through, nearest first."""
         out = [point]
         lin = self.load(txn, point[0])
@@ -115,8 +114,8 @@ class BlockMaps:
 
     # --- lookups ----------------------------------------------------------------------------
 
-    def entry(self, txn: lmdb.Transaction, lid: int, idx: int, gen: int,
-              cur: lmdb.Cursor | None = None) -> tuple[int, bytes] | None:
+    def entry(self, txn: Txn, lid: int, idx: int, gen: int,
+              cur: Cursor | None = None) -> tuple[int, bytes] | None:
         """Newest entry ``(gen', value)`` of ``idx`` in lineage ``lid`` with ``gen' <= gen``."""
         if gen <= 0:
             return None
@@ -129,8 +128,8 @@ class BlockMaps:
             return None
         return kgen, cur.value()
 
-    def resolve(self, txn: lmdb.Transaction, chain: list[Point], idx: int,
-                cur: lmdb.Cursor | None = None) -> bytes | None:
+    def resolve(self, txn: Txn, chain: list[Point], idx: int,
+                cur: Cursor | None = None) -> bytes | None:
         """Chunk key visible at ``chain[0]`` for ``idx``; None = reads as zeros."""
         cur = cur or txn.cursor(db=self.maps)
         for lid, gen in chain:
@@ -139,7 +138,7 @@ class BlockMaps:
                 return e[1] or None
         return None
 
-    def visible(self, txn: lmdb.Transaction, chain: list[Point], lo: int = 0,
+    def visible(self, txn: Txn, chain: list[Point], lo: int = 0,
                 hi: int = L.MAX_CHUNKS) -> dict[int, bytes]:
         """``{idx: chunk key}`` of every data chunk visible at ``chain[0]`` in ``[lo, hi)``.
 
@@ -161,7 +160,7 @@ class BlockMaps:
                 decided[kidx] = value
         return {i: v for i, v in decided.items() if v}
 
-    def changed_candidates(self, txn: lmdb.Transaction, lid: int, after: int,
+    def changed_candidates(self, txn: Txn, lid: int, after: int,
                            upto: int) -> set[int]:
         """Chunk indexes with an entry in generations ``(after, upto]`` of lineage ``lid``."""
         out: set[int] = set()
@@ -177,7 +176,7 @@ class BlockMaps:
             out.add(kidx)
         return out
 
-    def interval_entries(self, txn: lmdb.Transaction, lid: int, after: int,
+    def interval_entries(self, txn: Txn, lid: int, after: int,
                          upto: int) -> Iterator[tuple[int, int]]:
         """``(gen, idx)`` of entries in generations ``(after, upto]``, materialised first so
         the caller may modify the databases while iterating."""
@@ -198,8 +197,8 @@ class BlockMaps:
         assert lin.head is not None
         return max((p for p in set(lin.points) | set(lin.pins) if p < lin.head), default=0)
 
-    def set_head(self, txn: lmdb.Transaction, lin: Lineage, chain: list[Point], idx: int,
-                 key: bytes | None, floor: int, cur: lmdb.Cursor | None = None) -> None:
+    def set_head(self, txn: Txn, lin: Lineage, chain: list[Point], idx: int,
+                 key: bytes | None, floor: int, cur: Cursor | None = None) -> None:
         """Make ``idx`` hold chunk ``key`` (None = zeros) at the head of ``lin``.
 
         ``floor`` is :meth:`head_floor`. The head interval ``(floor, head]`` keeps at most one
@@ -230,7 +229,7 @@ class BlockMaps:
             txn.put(L.gen_key(lin.id, head, idx), b"", db=self.gens)
         lin.allocated += int(key is not None) - int(was_data)
 
-    def _drop_entry(self, txn: lmdb.Transaction, lid: int, idx: int, gen: int) -> None:
+    def _drop_entry(self, txn: Txn, lid: int, idx: int, gen: int) -> None:
         mk = L.map_key(lid, idx, gen)
         value = txn.get(mk, db=self.maps)
         if value is None:
@@ -242,7 +241,7 @@ class BlockMaps:
 
     # --- dropping points --------------------------------------------------------------------
 
-    def drop_point(self, txn: lmdb.Transaction, lin: Lineage, gen: int) -> None:
+    def drop_point(self, txn: Txn, lin: Lineage, gen: int) -> None:
         """Forget live point ``gen`` of ``lin`` (already removed from points/pins/head by the
         caller), merging its interval into its successor; then collect the lineage if no
         point is left. Saves ``lin`` (or deletes it)."""
@@ -269,7 +268,7 @@ class BlockMaps:
         else:
             self.save(txn, lin)
 
-    def destroy(self, txn: lmdb.Transaction, lin: Lineage) -> None:
+    def destroy(self, txn: Txn, lin: Lineage) -> None:
         """Delete a lineage that has no live point left and release its base pin."""
         for egen, idx in self.interval_entries(txn, lin.id, 0, L.MAX_GEN - 1):
             self._drop_entry(txn, lin.id, idx, egen)

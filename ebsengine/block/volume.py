@@ -24,10 +24,9 @@ import os
 import threading
 from typing import TYPE_CHECKING, Callable
 
-import lmdb
-
 from .. import layout as L
 from ..errors import Closed, OutOfRange, SnapshotNotFound, VolumeNotFound
+from ..storage.base import Txn
 from ..storage.envelope import encode_many
 
 if TYPE_CHECKING:
@@ -70,14 +69,14 @@ class _Source:
     # subclasses provide: size, _chain(txn), _overlay(idx) and _begin_read()
     size: int
 
-    def _chain(self, txn: lmdb.Transaction) -> list[tuple[int, int]]:
+    def _chain(self, txn: Txn) -> list[tuple[int, int]]:
         raise NotImplementedError
 
     def _engine_open(self) -> None:
         if self.eng._closed:
             raise Closed(f"the engine holding {self.id} is closed")
 
-    def _read_chunks(self, txn: lmdb.Transaction, idxs: list[int]) -> dict[int, bytes]:
+    def _read_chunks(self, txn: Txn, idxs: list[int]) -> dict[int, bytes]:
         chain = self._chain(txn)
         cur = txn.cursor(db=self.eng._maps.maps)
         out: dict[int, bytes] = {}
@@ -86,7 +85,7 @@ class _Source:
             out[idx] = ZERO_CHUNK if key is None else self.eng._chunks.get(txn, key)
         return out
 
-    def _stored_extents(self, txn: lmdb.Transaction, lo: int, hi: int) -> set[int]:
+    def _stored_extents(self, txn: Txn, lo: int, hi: int) -> set[int]:
         return set(self.eng._maps.visible(txn, self._chain(txn), lo, hi))
 
 
@@ -100,7 +99,7 @@ class SnapshotView(_Source):
         self.gen = gen
         self.size = size
 
-    def _chain(self, txn: lmdb.Transaction) -> list[tuple[int, int]]:
+    def _chain(self, txn: Txn) -> list[tuple[int, int]]:
         lin = self.eng._maps.load(txn, self.lineage) if txn.get(
             L.lineage_key(self.lineage), db=self.eng._maps.lineages) else None
         if lin is None or lin.points.get(self.gen) != self.id:
@@ -166,7 +165,7 @@ class VolumeCache(_Source):
         self.users = 0
         self.deleted = False
 
-    def _chain(self, txn: lmdb.Transaction) -> list[tuple[int, int]]:
+    def _chain(self, txn: Txn) -> list[tuple[int, int]]:
         lin = self.eng._maps.load(txn, self.lineage)
         assert lin.head is not None
         return self.eng._maps.chain(txn, (self.lineage, lin.head))
@@ -321,7 +320,7 @@ class VolumeCache(_Source):
             tail = max(start, hi * L.CHUNK_SIZE)
             self.write(bytes(end - tail), tail)
 
-    def flush(self, in_txn: Callable[[lmdb.Transaction, object], None] | None = None) -> None:
+    def flush(self, in_txn: Callable[[Txn, object], None] | None = None) -> None:
         """Commit every acknowledged write durably; ``in_txn(txn, lineage)`` runs inside the
         same transaction (after the writes) when given — used to freeze a snapshot."""
         with self.flush_lock:
@@ -345,7 +344,7 @@ class VolumeCache(_Source):
                 self.epoch += 1
 
     def _commit(self, items: list[tuple[int, bytearray | None]],
-                in_txn: Callable[[lmdb.Transaction, object], None] | None) -> None:
+                in_txn: Callable[[Txn, object], None] | None) -> None:
         eng = self.eng
         fps = [eng._chunks.fingerprints(buf)[0] if buf is not None else None
                for _, buf in items]

@@ -1,6 +1,10 @@
 """Storage: the only layer that imports ``lmdb``.
 
-* :mod:`.lmdb_env` — the LMDB environment and its transactions (``Store``);
+* :mod:`.base` — the typed protocols of the seam (``KvBackend``, ``Txn``, ``Cursor``,
+  ``Table``, ``ChunkBackend``) and the contract a backend keeps;
+* :mod:`.store` — ``Store``: a backend run with the engine's commit discipline (space
+  reserve, group commit, batched scans);
+* :mod:`.lmdb_env` — the LMDB backend; :mod:`.memory` — the in-memory backend;
 * :mod:`.envelope` — how a chunk's bytes are encoded for storage and decoded back;
 * :mod:`.chunks` — the content-addressed, reference-counted chunk store.
 """

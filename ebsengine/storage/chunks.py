@@ -1,27 +1,81 @@
 """The content-addressed, reference-counted chunk store (see ``layout.py``: ``chunks``, ``refs``).
 
+:class:`ChunkStore` keeps reference counts in the metadata store (``refs``) and the chunks'
+bytes in a :class:`~.base.ChunkBackend` (:class:`KvChunks`: the ``chunks`` table of the
+same key-value backend, so chunks commit atomically with the maps that reference them).
+Every chunk is encoded and decoded by :mod:`.envelope`, here and nowhere else above.
+
 Operations run inside a write transaction given by the caller, so that chunks, the maps that
 reference them and their reference counts change in one commit.
 """
 
 from __future__ import annotations
 
-import lmdb
+from collections.abc import Iterator, Sequence
 
 from .. import codec
 from .. import layout as L
 from ..errors import CorruptStore
+from .base import ChunkBackend, Table, Txn
 from .envelope import decode_chunk, encode_chunk
-from .lmdb_env import Store
+from .store import Store
+
+
+class KvChunks:
+    """:class:`~.base.ChunkBackend` over one table of the store's key-value backend (LMDB
+    or memory): puts and deletes are part of the caller's transaction, so the contract's
+    ordering holds by atomicity."""
+
+    transactional_puts = True
+
+    def __init__(self, store: Store, table: Table) -> None:
+        self.store = store
+        self.table = table
+
+    def put_many(self, txn: Txn, items: Sequence[tuple[bytes, bytes]]) -> None:
+        db = self.table
+        for key, value in items:
+            txn.put(key, value, db=db)
+
+    def get_many(self, txn: Txn, keys: Sequence[bytes]) -> list[bytes | None]:
+        db = self.table
+        return [txn.get(k, db=db) for k in keys]
+
+    def has_many(self, txn: Txn, keys: Sequence[bytes]) -> list[bool]:
+        cur = txn.cursor(db=self.table)
+        return [cur.set_key(k) for k in keys]
+
+    def delete_many(self, txn: Txn, keys: Sequence[bytes]) -> None:
+        db = self.table
+        for k in keys:
+            txn.delete(k, db=db)
+
+    def collision_keys(self, txn: Txn, fp: bytes) -> list[bytes]:
+        cur = txn.cursor(db=self.table)
+        out: list[bytes] = []
+        if not cur.set_range(fp):
+            return out
+        key = cur.key()
+        while key[:L.FP_SIZE] == fp:  # keys only: a neighbour's value is not copied
+            out.append(key)
+            if not cur.next():
+                break
+            key = cur.key()
+        return out
+
+    def iter_all(self, batch: int = 256) -> Iterator[list[tuple[bytes, bytes]]]:
+        return self.store.scan(self.table, batch=batch)
 
 
 class ChunkStore:
     """Content-addressed, reference-counted chunks. Methods take the caller's transaction."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, backend: ChunkBackend | None = None) -> None:
         self.store = store
         self.chunks = store.db["chunks"]
         self.refs = store.db["refs"]
+        self.backend: ChunkBackend = backend if backend is not None else \
+            KvChunks(store, self.chunks)
         self.level = store.zstd_level
 
     @staticmethod
@@ -32,61 +86,60 @@ class ChunkStore:
         fingerprint collisions (DESIGN invariant 5)."""
         return codec.scan_chunks(buf, L.CHUNK_SIZE)
 
-    def get(self, txn: lmdb.Transaction, key: bytes) -> bytes:
-        value = txn.get(key, db=self.chunks)
+    def get(self, txn: Txn, key: bytes) -> bytes:
+        value = self.backend.get_many(txn, [key])[0]
         if value is None:
             raise CorruptStore(f"chunk {key.hex()} is referenced but missing")
         return decode_chunk(value)
 
-    def find(self, txn: lmdb.Transaction, fp: bytes, data: bytes | memoryview) -> bytes | None:
+    def get_encoded_many(self, txn: Txn, keys: Sequence[bytes]) -> list[bytes]:
+        """Stored (encoded) values of ``keys``; decode with :func:`.envelope.decode_chunk`
+        (e.g. on a pool, outside the transaction). CorruptStore if one is missing."""
+        values = self.backend.get_many(txn, keys)
+        for k, v in zip(keys, values):
+            if v is None:
+                raise CorruptStore(f"chunk {k.hex()} is referenced but missing")
+        return values  # type: ignore[return-value]
+
+    def find(self, txn: Txn, fp: bytes, data: bytes | memoryview) -> bytes | None:
         """Key of the stored chunk holding exactly ``data`` (fingerprint ``fp``), or None.
 
         Compares bytes, not only fingerprints: a colliding chunk is never returned.
         """
-        cur = txn.cursor(db=self.chunks)
-        if not cur.set_range(fp):
-            return None
-        while True:
-            key = cur.key()  # look at the key first: the neighbour's value is not copied
-            if key[:L.FP_SIZE] != fp:
-                return None
-            if decode_chunk(cur.value()) == data:
+        for key in self.backend.collision_keys(txn, fp):
+            value = self.backend.get_many(txn, [key])[0]
+            if value is not None and decode_chunk(value) == data:
                 return key
-            if not cur.next():
-                return None
+        return None
 
-    def maybe_stored(self, txn: lmdb.Transaction, fp: bytes) -> bool:
+    def maybe_stored(self, txn: Txn, fp: bytes) -> bool:
         """Whether some chunk has fingerprint ``fp`` (no bytes compared: a cheap hint)."""
-        cur = txn.cursor(db=self.chunks)
-        return bool(cur.set_range(fp)) and cur.key()[:L.FP_SIZE] == fp
+        return bool(self.backend.collision_keys(txn, fp))
 
-    def _free_key(self, txn: lmdb.Transaction, fp: bytes) -> bytes:
-        cur = txn.cursor(db=self.chunks)
+    def _free_key(self, txn: Txn, fp: bytes) -> bytes:
         n = 0
-        if cur.set_range(fp):
-            for key in cur.iternext(keys=True, values=False):
-                if key[:L.FP_SIZE] != fp:
-                    break
-                n = max(n, int.from_bytes(key[L.FP_SIZE:], "big") + 1)
+        for key in self.backend.collision_keys(txn, fp):
+            n = max(n, int.from_bytes(key[L.FP_SIZE:], "big") + 1)
         return L.chunk_key(fp, n)
 
-    def put(self, txn: lmdb.Transaction, fp: bytes, data: bytes | memoryview,
+    def put(self, txn: Txn, fp: bytes, data: bytes | memoryview,
             encoded: bytes | None = None) -> bytes:
         """Store ``data`` (or find it stored) and take one reference; returns its key."""
         key = self.find(txn, fp, data)
         if key is None:
             key = self._free_key(txn, fp)
-            txn.put(key, encoded if encoded is not None else encode_chunk(data, self.level),
-                    db=self.chunks)
+            self.backend.put_many(txn, [(key, encoded if encoded is not None
+                                         else encode_chunk(data, self.level))])
         self.incref(txn, key)
         return key
 
-    def incref(self, txn: lmdb.Transaction, key: bytes, n: int = 1) -> None:
+    def incref(self, txn: Txn, key: bytes, n: int = 1) -> None:
         old = txn.get(key, db=self.refs)
         txn.put(key, L.u64((L.read_u64(old) if old else 0) + n), db=self.refs)
 
-    def decref(self, txn: lmdb.Transaction, key: bytes) -> None:
-        """Release one reference; the chunk is freed when none is left."""
+    def decref(self, txn: Txn, key: bytes) -> None:
+        """Release one reference; the chunk is freed when none is left (the backend
+        removes it only once ``txn`` commits: see :class:`~.base.ChunkBackend`)."""
         old = txn.get(key, db=self.refs)
         if old is None:
             raise CorruptStore(f"releasing chunk {key.hex()} that has no reference count")
@@ -95,14 +148,17 @@ class ChunkStore:
             txn.put(key, L.u64(n), db=self.refs)
         else:
             txn.delete(key, db=self.refs)
-            txn.delete(key, db=self.chunks)
+            self.backend.delete_many(txn, [key])
 
-    def stored_size(self, txn: lmdb.Transaction, key: bytes) -> int:
-        value = txn.get(key, db=self.chunks)
+    def stored_size(self, txn: Txn, key: bytes) -> int:
+        value = self.backend.get_many(txn, [key])[0]
         return 0 if value is None else len(value) - 1
 
-    def refcount(self, txn: lmdb.Transaction, key: bytes) -> int:
+    def refcount(self, txn: Txn, key: bytes) -> int:
         old = txn.get(key, db=self.refs)
         return L.read_u64(old) if old else 0
 
-
+    def iter_stored(self, batch: int = 256) -> Iterator[list[tuple[bytes, bytes]]]:
+        """Every stored ``(key, encoded value)``, in key order, in batches each read in a
+        fresh read transaction (see :meth:`~.base.ChunkBackend.iter_all`)."""
+        return self.backend.iter_all(batch)

@@ -8,7 +8,7 @@ frame, ``CODEC_RAW`` when compression did not save at least 1/16.
 from __future__ import annotations
 
 import threading
-from typing import Sequence
+from collections.abc import Sequence
 
 import zstandard
 
@@ -68,7 +68,7 @@ def encode_list(datas: Sequence[bytes | memoryview], level: int) -> list[bytes]:
 
 
 def encode_many(datas: Sequence[bytes | memoryview], level: int,
-                pool: "object | None" = None) -> list[bytes]:
+                pool: object | None = None) -> list[bytes]:
     """Encode chunks, in parallel on ``pool`` (a ThreadPoolExecutor) when given: zstd
     releases the GIL, so two threads compress about twice as fast."""
     if pool is None or len(datas) < 4:
