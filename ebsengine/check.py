@@ -180,12 +180,15 @@ def check_store(store: Store, chunks: ChunkStore, maps: BlockMaps) -> FsckReport
             else:
                 owners[lin.id] = rec["id"]
         snaps_at: set[tuple[int, int]] = set()
+        by_volume: set[bytes] = set()  # the snaps_by_volume keys the records call for
         for k, v in txn.cursor(db=db["snapshots"]):
             stats["snapshots"] += 1
             rec = _record(v)
             if rec is None:
                 bad(f"I7: snapshot record {k!r} is unreadable")
                 continue
+            if isinstance(rec.get("volume_id"), str) and rec["volume_id"]:
+                by_volume.add(L.snap_volume_key(rec["volume_id"], rec["id"]))
             if rec["state"] == "error":
                 continue
             lin = lineages.get(rec.get("lineage"))
@@ -199,6 +202,16 @@ def check_store(store: Store, chunks: ChunkStore, maps: BlockMaps) -> FsckReport
                 bad(f"I7: snapshot {rec['id']} is not point {rec['gen']} of lineage {lin.id}")
             else:
                 snaps_at.add((lin.id, rec["gen"]))
+        # I7 the snaps_by_volume index holds exactly the records' (volume, snapshot) pairs
+        indexed = set(txn.cursor(db=db["snaps_by_volume"]).iternext(keys=True, values=False))
+        for key in sorted(by_volume - indexed):
+            vid, _, sid = key.partition(b"\x00")
+            bad(f"I7: snapshot {sid.decode()} of volume {vid.decode()} is missing from "
+                f"snaps_by_volume")
+        for key in sorted(indexed - by_volume):
+            vid, _, sid = key.partition(b"\x00")
+            bad(f"I7: snaps_by_volume entry {vid.decode(errors='replace')}/"
+                f"{sid.decode(errors='replace')} has no such snapshot record")
         # I9 checksums of pending snapshots' blocks
         for k in txn.cursor(db=db["blocksums"]).iternext(keys=True, values=False):
             sid, sep, blk = k.partition(b"\x00")

@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 import lmdb
 
@@ -35,6 +35,7 @@ DEFAULT_DIRTY_LIMIT = 256 * 1024 * 1024
 #: records a service layer wants committed atomically with it.
 ServiceHook = Callable[[Any], Iterable[tuple[str, str, Any]]]
 MAX_SNAPSHOT_GIB = 65536
+R = TypeVar("R", Volume, Snapshot)
 
 
 def default_store_path() -> str:
@@ -119,8 +120,73 @@ class Engine:
                 db=self._store.db["volumes"])
 
     def _put_snap(self, txn: lmdb.Transaction, rec: dict[str, Any]) -> None:
+        """Write a snapshot record and its ``snaps_by_volume`` entry (same transaction)."""
         txn.put(rec["id"].encode(), json.dumps(rec, sort_keys=True).encode(),
                 db=self._store.db["snapshots"])
+        if rec.get("volume_id"):
+            txn.put(L.snap_volume_key(rec["volume_id"], rec["id"]), b"",
+                    db=self._store.db["snaps_by_volume"])
+
+    def _delete_snap(self, txn: lmdb.Transaction, rec: dict[str, Any]) -> None:
+        txn.delete(rec["id"].encode(), db=self._store.db["snapshots"])
+        if rec.get("volume_id"):
+            txn.delete(L.snap_volume_key(rec["volume_id"], rec["id"]),
+                       db=self._store.db["snaps_by_volume"])
+
+    def _page(self, db: str, make: Callable[[dict[str, Any]], R], after: str | None,
+              limit: int | None, keep: Callable[[R], bool] | None,
+              prefix: bytes | None = None) -> tuple[list[R], str | None]:
+        """Records of ``db`` (as ``make(record)``) in id order after id ``after``
+        (exclusive), at most ``limit`` of them for which ``keep`` holds; with ``prefix``,
+        the ids come from the ``snaps_by_volume`` entries under it, not a scan of ``db``.
+
+        Returns the page and, when a further match exists, the id to resume after. Reads in
+        short read transactions of at most ``limit + 1`` records and stops once the page is
+        full and one more match is seen: a page costs O(page + records ``keep`` rejects),
+        never O(all records). ``keep`` runs outside any transaction.
+        """
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                  or limit < 1):
+            raise InvalidParameter(f"A page holds at least one item, not {limit!r}")
+        out: list[R] = []
+        want = None if limit is None else limit + 1  # one more than a page: is there more?
+        records = self._store.db[db]
+        scanned = records if prefix is None else self._store.db["snaps_by_volume"]
+        pos = (prefix or b"") + (b"" if after is None else after.encode())
+        exclusive = after is not None  # ``pos`` itself was returned already
+        while want is None or len(out) < want:
+            step = 512 if want is None else max(16, want - len(out))
+            batch: list[R] = []
+            with self._store.read() as txn:
+                cur = txn.cursor(db=scanned)
+                ok = cur.set_range(pos)
+                if ok and exclusive and cur.key() == pos:
+                    ok = cur.next()
+                while ok and len(batch) < step:
+                    key = cur.key()
+                    if prefix is None:
+                        batch.append(make(json.loads(cur.value())))
+                    elif not key.startswith(prefix):
+                        ok = False
+                        break
+                    else:
+                        raw = txn.get(key[len(prefix):], db=records)
+                        if raw is not None:
+                            batch.append(make(json.loads(raw)))
+                    ok = cur.next()
+                if ok:
+                    pos, exclusive = cur.key(), False  # the first key not read yet
+            for rec in batch:
+                if keep is None or keep(rec):
+                    out.append(rec)
+                    if want is not None and len(out) == want:
+                        break
+            if not ok:
+                break
+        if limit is None or len(out) <= limit:
+            return out, None
+        out = out[:limit]
+        return out, out[-1].id
 
     def _completed(self, txn: lmdb.Transaction, snap_id: str) -> dict[str, Any]:
         rec = self._snap_rec(txn, snap_id)
@@ -201,6 +267,15 @@ class Engine:
         with self._store.read() as txn:
             return [Volume.from_dict(json.loads(v)) for _, v in
                     txn.cursor(db=self._store.db["volumes"])]
+
+    def page_volumes(self, after: str | None = None, limit: int | None = None, *,
+                     where: Callable[[Volume], bool] | None = None
+                     ) -> tuple[list[Volume], str | None]:
+        """One page of volumes in id order: up to ``limit`` (every one with None) of those
+        after id ``after`` (exclusive) for which ``where`` holds. Returns the page and the
+        ``after`` of the next page, or None when nothing follows. Costs O(page) plus the
+        volumes ``where`` rejects on the way, not O(all volumes)."""
+        return self._page("volumes", Volume.from_dict, after, limit, where)
 
     def delete_volume(self, volume_id: str) -> None:
         """Delete a volume and free what only it referenced. Its snapshots stay.
@@ -388,12 +463,24 @@ class Engine:
             return Snapshot.from_dict(self._snap_rec(txn, snapshot_id))
 
     def list_snapshots(self, volume_id: str | None = None) -> list[Snapshot]:
-        with self._store.read() as txn:
-            snaps = [Snapshot.from_dict(json.loads(v)) for _, v in
-                     txn.cursor(db=self._store.db["snapshots"])]
-        if volume_id is not None:
-            snaps = [s for s in snaps if s.volume_id == volume_id]
+        """Every snapshot, or those of one volume (an index lookup: O(its snapshots)),
+        oldest first."""
+        if volume_id is None:
+            with self._store.read() as txn:
+                snaps = [Snapshot.from_dict(json.loads(v)) for _, v in
+                         txn.cursor(db=self._store.db["snapshots"])]
+        else:
+            snaps, _ = self.page_snapshots(volume_id=volume_id)
         return sorted(snaps, key=lambda s: (s.start_time, s.id))
+
+    def page_snapshots(self, after: str | None = None, limit: int | None = None, *,
+                       volume_id: str | None = None,
+                       where: Callable[[Snapshot], bool] | None = None
+                       ) -> tuple[list[Snapshot], str | None]:
+        """One page of snapshots in id order, like :meth:`page_volumes`; with ``volume_id``
+        only that volume's (read from the ``snaps_by_volume`` index: O(page))."""
+        prefix = None if volume_id is None else L.snap_volume_prefix(volume_id)
+        return self._page("snapshots", Snapshot.from_dict, after, limit, where, prefix)
 
     def delete_snapshot(self, snapshot_id: str) -> None:
         """Delete a snapshot. Its still-needed entries merge into its successor, so no other
@@ -407,7 +494,7 @@ class Engine:
                 lin = self._maps.load(txn, rec["lineage"])
                 del lin.points[rec["gen"]]
                 self._maps.drop_point(txn, lin, rec["gen"])
-            txn.delete(snapshot_id.encode(), db=self._store.db["snapshots"])
+            self._delete_snap(txn, rec)
         self._store.after_free()
 
     def copy_snapshot(self, snapshot_id: str, description: str = "",

@@ -12,12 +12,13 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 import lmdb
 
 from .. import layout as L
 from .envelope import DEFAULT_ZSTD_LEVEL
+from .migrate import STEPS, migrate
 from ..errors import Closed, CorruptStore, FormatError, StoreFull, StoreLocked
 
 DEFAULT_MAP_SIZE = 1 << 40  # 1 TiB of address space; the file grows only as data is written
@@ -49,7 +50,14 @@ class Store:
         self.map_size = map_size
         self.reserve = max(map_size // 32, 256 * 1024)
         self._psize = self.env.stat()["psize"]
-        self.db = {name: self.env.open_db(name.encode(), create=not readonly) for name in L.DBS}
+        self.db: dict[str, Any] = {}
+        for name in L.DBS:
+            try:
+                self.db[name] = self.env.open_db(name.encode(), create=not readonly)
+            except lmdb.NotFoundError:
+                if name == "meta":
+                    raise
+                # read-only and an older format lacking this sub-db: _init_meta refuses it
         self.write_lock = threading.RLock()
         self._group_mutex = threading.Lock()
         self._group_queue: list[_Job] = []
@@ -72,6 +80,13 @@ class Store:
                 txn.put(b"chunk_size", str(L.CHUNK_SIZE).encode(), db=self.db["meta"])
                 txn.put(b"zstd_level", str(zstd_level).encode(), db=self.db["meta"])
                 txn.put(b"next_lineage", L.u64(1), db=self.db["meta"])
+            fmt = str(L.FORMAT_VERSION).encode()
+        if fmt.isdigit() and int(fmt) in STEPS:  # an older format: migrate (one commit)
+            if self.readonly:
+                raise FormatError(f"store format {int(fmt)} must be migrated to format "
+                                  f"{L.FORMAT_VERSION}: open it read-write once")
+            with self.write() as txn:
+                migrate(txn, self.db, int(fmt))
             fmt = str(L.FORMAT_VERSION).encode()
         if not fmt.isdigit() or int(fmt) != L.FORMAT_VERSION:
             raise FormatError(f"store format {fmt!r} is not supported "
