@@ -179,6 +179,13 @@ def check_store(store: Store, chunks: ChunkStore, maps: BlockMaps) -> FsckReport
                 bad(f"I7: volume {rec['id']}'s lineage {lin.id} is owned by {lin.owner}")
             else:
                 owners[lin.id] = rec["id"]
+            if rec.get("staging") is not None:  # an image being loaded beside the volume
+                staged = lineages.get(rec["staging"])
+                if staged is None or staged.owner != rec["id"] or staged.head is None:
+                    bad(f"I7: volume {rec['id']} stages missing or foreign lineage "
+                        f"{rec['staging']}")
+                else:
+                    owners[staged.id] = rec["id"]
         snaps_at: set[tuple[int, int]] = set()
         by_volume: set[bytes] = set()  # the snaps_by_volume keys the records call for
         for k, v in txn.cursor(db=db["snapshots"]):

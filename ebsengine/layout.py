@@ -43,7 +43,12 @@ Sub-databases (key -> value; integers are unsigned big-endian so byte order = nu
     ``n`` child lineages read through), ``allocated`` (data chunks visible at the head).
 ``volumes``
     volume id (ASCII) -> JSON volume record (``ebsengine.model.Volume`` fields plus
-    ``lineage``).
+    ``lineage``). While an image is imported, ``importer`` names the importing process
+    (``{"pid", "start", "boot"}``) and either ``state`` is ``creating`` (a new volume, until
+    the import's last commit) or ``staging`` names a second lineage owned by the volume,
+    loaded with the image beside the volume's own and swapped in by the last commit. A store
+    opened after the importer died shows such a new volume as ``error`` and drops the staged
+    lineage (the volume keeps its content).
 ``snapshots``
     snapshot id -> JSON snapshot record (``ebsengine.model.Snapshot`` fields plus
     ``lineage`` and ``gen``).
@@ -96,7 +101,8 @@ I5  ``gens`` holds exactly the ``(lineage, gen, idx)`` triples of ``maps``.
 I6  Every ``maps`` entry belongs to a known lineage; its generation is at most the
     lineage's newest live point; between two consecutive live points (and below the first)
     there is at most one entry per chunk index.
-I7  Every volume names a lineage whose ``owner`` is that volume; every snapshot names a
+I7  Every volume names a lineage whose ``owner`` is that volume (and so does its
+    ``staging`` lineage, if any); every snapshot names a
     lineage and a generation that is a live point of it mapped to that snapshot; every
     ``base`` names a known lineage, and ``pins`` count exactly the lineages whose base is that
     generation. A lineage with no live point and no pin does not exist. ``snaps_by_volume``

@@ -72,13 +72,26 @@ class ChunkStore:
 
     def put(self, txn: lmdb.Transaction, fp: bytes, data: bytes | memoryview,
             encoded: bytes | None = None) -> bytes:
-        """Store ``data`` (or find it stored) and take one reference; returns its key."""
-        key = self.find(txn, fp, data)
-        if key is None:
-            key = self._free_key(txn, fp)
-            txn.put(key, encoded if encoded is not None else encode_chunk(data, self.level),
-                    db=self.chunks)
-        self.incref(txn, key)
+        """Store ``data`` (or find it stored) and take one reference; returns its key.
+
+        One cursor walk over the chunks with fingerprint ``fp`` both finds an equal stored
+        chunk and, for a new one, its free collision number (usually: one lookup)."""
+        cur = txn.cursor(db=self.chunks)
+        n = 0
+        found = cur.set_range(fp)
+        while found:
+            key = cur.key()
+            if key[:L.FP_SIZE] != fp:
+                break
+            if decode_chunk(cur.value()) == data:
+                self.incref(txn, key)
+                return key
+            n = max(n, int.from_bytes(key[L.FP_SIZE:], "big") + 1)
+            found = cur.next()
+        key = L.chunk_key(fp, n)
+        txn.put(key, encoded if encoded is not None else encode_chunk(data, self.level),
+                db=self.chunks)
+        txn.put(key, L.u64(1), db=self.refs)  # a new chunk has no count yet (I4)
         return key
 
     def incref(self, txn: lmdb.Transaction, key: bytes, n: int = 1) -> None:
