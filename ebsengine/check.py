@@ -210,15 +210,16 @@ def check_store(store: Store, chunks: ChunkStore, maps: BlockMaps) -> FsckReport
             else:
                 snaps_at.add((lin.id, rec["gen"]))
         # I7 the snaps_by_volume index holds exactly the records' (volume, snapshot) pairs
-        indexed = set(txn.cursor(db=db["snaps_by_volume"]).iternext(keys=True, values=False))
-        for key in sorted(by_volume - indexed):
-            vid, _, sid = key.partition(b"\x00")
-            bad(f"I7: snapshot {sid.decode()} of volume {vid.decode()} is missing from "
+        indexed = {bytes(k) for k in
+                   txn.cursor(db=db["snaps_by_volume"]).iternext(keys=True, values=False)}
+        for entry in sorted(by_volume - indexed):
+            evid, _, esid = entry.partition(b"\x00")
+            bad(f"I7: snapshot {esid.decode()} of volume {evid.decode()} is missing from "
                 f"snaps_by_volume")
-        for key in sorted(indexed - by_volume):
-            vid, _, sid = key.partition(b"\x00")
-            bad(f"I7: snaps_by_volume entry {vid.decode(errors='replace')}/"
-                f"{sid.decode(errors='replace')} has no such snapshot record")
+        for entry in sorted(indexed - by_volume):
+            evid, _, esid = entry.partition(b"\x00")
+            bad(f"I7: snaps_by_volume entry {evid.decode(errors='replace')}/"
+                f"{esid.decode(errors='replace')} has no such snapshot record")
         # I9 checksums of pending snapshots' blocks
         for k in txn.cursor(db=db["blocksums"]).iternext(keys=True, values=False):
             sid, sep, blk = k.partition(b"\x00")

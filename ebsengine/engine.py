@@ -167,19 +167,19 @@ class Engine:
                 if ok and exclusive and cur.key() == pos:
                     ok = cur.next()
                 while ok and len(batch) < step:
-                    key = cur.key()
+                    key = bytes(cur.key())
                     if prefix is None:
-                        batch.append(make(json.loads(cur.value())))
+                        batch.append(make(json.loads(bytes(cur.value()))))
                     elif not key.startswith(prefix):
                         ok = False
                         break
                     else:
                         raw = txn.get(key[len(prefix):], db=records)
                         if raw is not None:
-                            batch.append(make(json.loads(raw)))
+                            batch.append(make(json.loads(bytes(raw))))
                     ok = cur.next()
                 if ok:
-                    pos, exclusive = cur.key(), False  # the first key not read yet
+                    pos, exclusive = bytes(cur.key()), False  # the first key not read yet
             for rec in batch:
                 if keep is None or keep(rec):
                     out.append(rec)
@@ -1078,7 +1078,8 @@ class Engine:
         was being imported shows as ``error`` (delete it); a partial copy staged beside an
         existing volume is dropped, the volume keeps its content."""
         with self._store.read() as txn:
-            stale = [json.loads(v) for _, v in txn.cursor(db=self._store.db["volumes"])]
+            stale = [json.loads(v) for _, v in txn.cursor(db=self._store.db["volumes"])
+                     if b'"importer"' in v]  # cheap: no JSON for the volumes at rest
         stale = [r for r in stale if r.get("importer") is not None
                  and not _process_alive(r["importer"])]
         if not stale:

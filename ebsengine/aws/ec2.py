@@ -729,7 +729,7 @@ class Ec2Model:
         owners = p.get("OwnerIds")
         if owners and not any(o in ("self", ctx.account_id) for o in owners):
             return {"Snapshots": [], "NextToken": None}
-        restorable = p.get("RestorableByUserIds")
+        restorable: list[str] = p.get("RestorableByUserIds") or []
         others = bool(restorable) and not any(u in ("self", ctx.account_id) for u in restorable)
 
         def shared(s: Any) -> bool:

@@ -77,7 +77,8 @@ def encode_batch(datas: Sequence[bytes | bytearray | memoryview], level: int,
         return [encode_chunk(d, level) for d in datas]
     frames = _codecs.compressor(level).multi_compress_to_buffer(list(datas), threads=threads)
     out = []
-    for d, z in zip(datas, frames):
+    for i, d in enumerate(datas):
+        z = frames[i]
         n = len(d)
         if len(z) < n - n // 16:
             out.append(bytes((L.CODEC_ZSTD,)) + z.tobytes())

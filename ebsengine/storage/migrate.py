@@ -23,9 +23,9 @@ def build_snaps_by_volume(txn: lmdb.Transaction, db: Mapping[str, Any]) -> None:
     index = db["snaps_by_volume"]
     txn.drop(index, delete=False)
     for key, raw in txn.cursor(db=db["snapshots"]):
-        vid = json.loads(raw).get("volume_id")
+        vid = json.loads(bytes(raw)).get("volume_id")
         if vid:
-            txn.put(L.snap_volume_key(vid, key.decode()), b"", db=index)
+            txn.put(L.snap_volume_key(vid, bytes(key).decode()), b"", db=index)
 
 
 STEPS: dict[int, list[Step]] = {
