@@ -60,16 +60,6 @@ class ChunkStore:
         cur = txn.cursor(db=self.chunks)
         return bool(cur.set_range(fp)) and cur.key()[:L.FP_SIZE] == fp
 
-    def _free_key(self, txn: lmdb.Transaction, fp: bytes) -> bytes:
-        cur = txn.cursor(db=self.chunks)
-        n = 0
-        if cur.set_range(fp):
-            for key in cur.iternext(keys=True, values=False):
-                if key[:L.FP_SIZE] != fp:
-                    break
-                n = max(n, int.from_bytes(key[L.FP_SIZE:], "big") + 1)
-        return L.chunk_key(fp, n)
-
     def put(self, txn: lmdb.Transaction, fp: bytes, data: bytes | memoryview,
             encoded: bytes | None = None) -> bytes:
         """Store ``data`` (or find it stored) and take one reference; returns its key.

@@ -63,11 +63,6 @@ def decode_chunk(value: bytes | memoryview) -> bytes:
     return out
 
 
-def encode_list(datas: Sequence[bytes | memoryview], level: int) -> list[bytes]:
-    """Encode several chunks on one thread (one pool task per list: less overhead)."""
-    return [encode_chunk(d, level) for d in datas]
-
-
 def encode_batch(datas: Sequence[bytes | bytearray | memoryview], level: int,
                  threads: int) -> list[bytes]:
     """Encode many chunks with ``threads`` zstd threads in one call (python-zstandard's
