@@ -270,13 +270,23 @@ def _check_pass(store: Store, chunks: ChunkStore, maps: BlockMaps, batch: int,
                 bad(f"I7: volume {rec['id']}'s lineage {lin.id} is owned by {lin.owner}")
             else:
                 owners[lin.id] = rec["id"]
+            if rec.get("staging") is not None:  # an image being loaded beside the volume
+                staged = lineages.get(rec["staging"])
+                if staged is None or staged.owner != rec["id"] or staged.head is None:
+                    bad(f"I7: volume {rec['id']} stages missing or foreign lineage "
+                        f"{rec['staging']}")
+                else:
+                    owners[staged.id] = rec["id"]
         snaps_at: set[tuple[int, int]] = set()
+        by_volume: set[bytes] = set()  # the snaps_by_volume keys the records call for
         for k, v in rd.rows("snapshots"):
             stats["snapshots"] += 1
             rec = _record(v)
             if rec is None:
                 bad(f"I7: snapshot record {k!r} is unreadable")
                 continue
+            if isinstance(rec.get("volume_id"), str) and rec["volume_id"]:
+                by_volume.add(L.snap_volume_key(rec["volume_id"], rec["id"]))
             if rec["state"] == "error":
                 continue
             lin = lineages.get(rec.get("lineage"))
@@ -290,6 +300,16 @@ def _check_pass(store: Store, chunks: ChunkStore, maps: BlockMaps, batch: int,
                 bad(f"I7: snapshot {rec['id']} is not point {rec['gen']} of lineage {lin.id}")
             else:
                 snaps_at.add((lin.id, rec["gen"]))
+        # I7 the snaps_by_volume index holds exactly the records' (volume, snapshot) pairs
+        indexed = {bytes(k) for k, _ in rd.rows("snaps_by_volume")}
+        for entry in sorted(by_volume - indexed):
+            evid, _, esid = entry.partition(b"\x00")
+            bad(f"I7: snapshot {esid.decode()} of volume {evid.decode()} is missing from "
+                f"snaps_by_volume")
+        for entry in sorted(indexed - by_volume):
+            evid, _, esid = entry.partition(b"\x00")
+            bad(f"I7: snaps_by_volume entry {evid.decode(errors='replace')}/"
+                f"{esid.decode(errors='replace')} has no such snapshot record")
         # I9 checksums of pending snapshots' blocks
         for k, _ in rd.rows("blocksums"):
             sid, sep, blk = k.partition(b"\x00")

@@ -37,14 +37,16 @@ Bulk transfers (``import_image``, ``export``, ``put_snapshot_block``) are not pa
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import queue
+import stat
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 from . import layout as L
 from .block.device import Device
@@ -58,12 +60,13 @@ from .rules import (DEFAULT_AVAILABILITY_ZONE, MAX_SNAPSHOT_GIB, check_descripti
                     check_int, check_tags, modified_spec, new_id, validate_volume_spec)
 from .storage.base import DEFAULT_MAP_SIZE, KvBackend, Txn
 from .storage.chunks import ChunkStore
-from .storage.envelope import DEFAULT_ZSTD_LEVEL, decode_chunk, encode_chunk, encode_list
+from .storage.envelope import DEFAULT_ZSTD_LEVEL, decode_chunk, encode_batch, encode_chunk
 from .storage.store import Store
 
 DEFAULT_DIRTY_LIMIT = 256 * 1024 * 1024
 EXPORT_BATCH = 256  # chunks (16 MiB) per read transaction of an export
 EXPORT_ATTEMPTS = 3
+R = TypeVar("R", Volume, Snapshot)
 
 
 def default_store_path() -> str:
@@ -147,6 +150,8 @@ class Engine:
         self._lock = threading.RLock()
         self._units = threading.local()  # .current: the unit open on this thread, if any
         self._closed = False
+        if not readonly:
+            self._recover_imports()
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -262,8 +267,73 @@ class Engine:
                 db=self._store.db["volumes"])
 
     def _put_snap(self, txn: Txn, rec: dict[str, Any]) -> None:
+        """Write a snapshot record and its ``snaps_by_volume`` entry (same transaction)."""
         txn.put(rec["id"].encode(), json.dumps(rec, sort_keys=True).encode(),
                 db=self._store.db["snapshots"])
+        if rec.get("volume_id"):
+            txn.put(L.snap_volume_key(rec["volume_id"], rec["id"]), b"",
+                    db=self._store.db["snaps_by_volume"])
+
+    def _delete_snap(self, txn: Txn, rec: dict[str, Any]) -> None:
+        txn.delete(rec["id"].encode(), db=self._store.db["snapshots"])
+        if rec.get("volume_id"):
+            txn.delete(L.snap_volume_key(rec["volume_id"], rec["id"]),
+                       db=self._store.db["snaps_by_volume"])
+
+    def _page(self, db: str, make: Callable[[dict[str, Any]], R], after: str | None,
+              limit: int | None, keep: Callable[[R], bool] | None,
+              prefix: bytes | None = None) -> tuple[list[R], str | None]:
+        """Records of ``db`` (as ``make(record)``) in id order after id ``after``
+        (exclusive), at most ``limit`` of them for which ``keep`` holds; with ``prefix``,
+        the ids come from the ``snaps_by_volume`` entries under it, not a scan of ``db``.
+
+        Returns the page and, when a further match exists, the id to resume after. Reads in
+        short read transactions of at most ``limit + 1`` records and stops once the page is
+        full and one more match is seen: a page costs O(page + records ``keep`` rejects),
+        never O(all records). ``keep`` runs outside any transaction.
+        """
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                  or limit < 1):
+            raise InvalidParameter(f"A page holds at least one item, not {limit!r}")
+        out: list[R] = []
+        want = None if limit is None else limit + 1  # one more than a page: is there more?
+        records = self._store.db[db]
+        scanned = records if prefix is None else self._store.db["snaps_by_volume"]
+        pos = (prefix or b"") + (b"" if after is None else after.encode())
+        exclusive = after is not None  # ``pos`` itself was returned already
+        while want is None or len(out) < want:
+            step = 512 if want is None else max(16, want - len(out))
+            batch: list[R] = []
+            with self._store.read() as txn:
+                cur = txn.cursor(db=scanned)
+                ok = cur.set_range(pos)
+                if ok and exclusive and cur.key() == pos:
+                    ok = cur.next()
+                while ok and len(batch) < step:
+                    key = bytes(cur.key())
+                    if prefix is None:
+                        batch.append(make(json.loads(bytes(cur.value()))))
+                    elif not key.startswith(prefix):
+                        ok = False
+                        break
+                    else:
+                        raw = txn.get(key[len(prefix):], db=records)
+                        if raw is not None:
+                            batch.append(make(json.loads(bytes(raw))))
+                    ok = cur.next()
+                if ok:
+                    pos, exclusive = bytes(cur.key()), False  # the first key not read yet
+            for rec in batch:
+                if keep is None or keep(rec):
+                    out.append(rec)
+                    if want is not None and len(out) == want:
+                        break
+            if not ok:
+                break
+        if limit is None or len(out) <= limit:
+            return out, None
+        out = out[:limit]
+        return out, out[-1].id
 
     def _completed(self, txn: Txn, snap_id: str) -> dict[str, Any]:
         rec = self._snap_rec(txn, snap_id)
@@ -337,6 +407,15 @@ class Engine:
             return [Volume.from_dict(json.loads(v)) for _, v in
                     txn.cursor(db=self._store.db["volumes"])]
 
+    def page_volumes(self, after: str | None = None, limit: int | None = None, *,
+                     where: Callable[[Volume], bool] | None = None
+                     ) -> tuple[list[Volume], str | None]:
+        """One page of volumes in id order: up to ``limit`` (every one with None) of those
+        after id ``after`` (exclusive) for which ``where`` holds. Returns the page and the
+        ``after`` of the next page, or None when nothing follows. Costs O(page) plus the
+        volumes ``where`` rejects on the way, not O(all volumes)."""
+        return self._page("volumes", Volume.from_dict, after, limit, where)
+
     def delete_volume(self, volume_id: str, *, tx: Transaction | None = None) -> None:
         """Delete a volume and free what only it referenced. Its snapshots stay.
 
@@ -348,6 +427,10 @@ class Engine:
             if cache is not None and cache.users > 0:
                 raise VolumeInUse(f"Volume {volume_id} is open ({cache.users} device(s)).")
             rec = self._vol_rec(txn, volume_id)
+            if self._importing(rec):
+                raise IncorrectState(f"Volume {volume_id} is being imported into.")
+            if rec.get("staging") is not None:  # left by a crashed import: drop it too
+                self._drop_import(txn, rec, rec["staging"], delete=False)
             if rec["attachments"]:
                 raise VolumeInUse(f"Volume {volume_id} is currently attached to "
                                   f"{rec['attachments'][0]['instance_id']}")
@@ -447,6 +530,10 @@ class Engine:
             if cache is None:
                 with self._store.read() as txn:
                     rec = self._vol_rec(txn, volume_id)
+                if rec["state"] in ("creating", "error") or rec.get("staging") is not None:
+                    raise IncorrectState(f"Volume '{volume_id}' is {rec['state']}"
+                                         + (" (being imported into)" if rec.get("staging")
+                                            else "") + "; it cannot be opened now.")
                 cache = VolumeCache(self, volume_id, rec["lineage"], rec["size_gib"] * L.GIB,
                                     self._dirty_limit)
                 self._caches[volume_id] = cache
@@ -548,12 +635,24 @@ class Engine:
             return Snapshot.from_dict(self._snap_rec(txn, snapshot_id))
 
     def list_snapshots(self, volume_id: str | None = None) -> list[Snapshot]:
-        with self._store.read() as txn:
-            snaps = [Snapshot.from_dict(json.loads(v)) for _, v in
-                     txn.cursor(db=self._store.db["snapshots"])]
-        if volume_id is not None:
-            snaps = [s for s in snaps if s.volume_id == volume_id]
+        """Every snapshot, or those of one volume (an index lookup: O(its snapshots)),
+        oldest first."""
+        if volume_id is None:
+            with self._store.read() as txn:
+                snaps = [Snapshot.from_dict(json.loads(v)) for _, v in
+                         txn.cursor(db=self._store.db["snapshots"])]
+        else:
+            snaps, _ = self.page_snapshots(volume_id=volume_id)
         return sorted(snaps, key=lambda s: (s.start_time, s.id))
+
+    def page_snapshots(self, after: str | None = None, limit: int | None = None, *,
+                       volume_id: str | None = None,
+                       where: Callable[[Snapshot], bool] | None = None
+                       ) -> tuple[list[Snapshot], str | None]:
+        """One page of snapshots in id order, like :meth:`page_volumes`; with ``volume_id``
+        only that volume's (read from the ``snaps_by_volume`` index: O(page))."""
+        prefix = None if volume_id is None else L.snap_volume_prefix(volume_id)
+        return self._page("snapshots", Snapshot.from_dict, after, limit, where, prefix)
 
     def delete_snapshot(self, snapshot_id: str, *, tx: Transaction | None = None) -> None:
         """Delete a snapshot. Its still-needed entries merge into its successor, so no other
@@ -567,7 +666,7 @@ class Engine:
                 lin = self._maps.load(txn, rec["lineage"])
                 del lin.points[rec["gen"]]
                 self._maps.drop_point(txn, lin, rec["gen"])
-            txn.delete(snapshot_id.encode(), db=self._store.db["snapshots"])
+            self._delete_snap(txn, rec)
 
     def copy_snapshot(self, snapshot_id: str, description: str = "",
                       tags: dict[str, str] | None = None, *,
@@ -1044,62 +1143,187 @@ class Engine:
                      volume_type: str = "gp2",
                      progress: Callable[[int, int], None] | None = None,
                      **create_args: Any) -> Volume:
-        """Copy a raw image into a new volume (size rounded up to whole GiB) or into an
-        existing one (which must be at least as large). Holes in the file are skipped."""
+        """Copy a raw image (a file or a block device) into a new volume (size rounded up to
+        whole GiB) or into an existing one (which must be at least as large). Holes in the
+        file are skipped.
+
+        All or nothing: a new volume is ``creating`` until the last commit makes it
+        ``available``; an existing volume keeps its content until the last commit replaces
+        it (the image is loaded beside it, into a lineage of its own, and swapped in). On a
+        failure the new volume is deleted, or the existing one left as it was; after a crash
+        a reopened store shows a half-imported new volume as ``error`` and drops the partial
+        copy beside an existing one (see :meth:`_recover_imports`).
+        """
         if "snapshot_id" in create_args:
             raise InvalidParameterCombination(
                 "import_image creates an empty volume; restore the snapshot first and import "
                 "into it with volume_id=")
-        size = os.path.getsize(path)
-        if volume_id is None:
-            gib = max(1, -(-size // L.GIB))
-            vol = self.create_volume(size_gib=gib, volume_type=volume_type, **create_args)
+        fd = os.open(os.fspath(path), os.O_RDONLY)
+        try:
+            size = _source_size(fd, os.fspath(path))
+            if volume_id is None:
+                gib = max(1, -(-size // L.GIB))
+                vol = self.create_volume(size_gib=gib, volume_type=volume_type, **create_args)
+                lid = self._begin_import(vol.id, None)
+                try:
+                    self._ingest(lid, fd, size, progress,
+                                 lambda txn: self._end_import(txn, vol.id, None))
+                except BaseException:
+                    self._abandon_import(vol.id, None)
+                    raise
+                return self.get_volume(vol.id)
+            vol = self.get_volume(volume_id)
+            if vol.size_bytes < size:
+                raise InvalidParameter(f"Image of {size} bytes does not fit volume "
+                                       f"{volume_id} of {vol.size_bytes} bytes.")
+            staged = self._begin_import(volume_id, size)
             try:
-                with open(path, "rb", buffering=0) as f:
-                    self._ingest(vol.id, f.fileno(), size, progress)
+                self._ingest(staged, fd, size, progress,
+                             lambda txn: self._end_import(txn, volume_id, staged))
             except BaseException:
-                self.delete_volume(vol.id)
+                self._abandon_import(volume_id, staged)
                 raise
-            return self.get_volume(vol.id)
-        vol = self.get_volume(volume_id)
-        if vol.size_bytes < size:
-            raise InvalidParameter(f"Image of {size} bytes does not fit volume "
-                                   f"{volume_id} of {vol.size_bytes} bytes.")
-        step = 8 * 1024 * 1024
-        with open(path, "rb", buffering=0) as f, self.open_volume(vol.id) as dev:
-            dev.trim(0, dev.size)
-            buf = bytearray(step)
-            for start, end in _data_ranges(f.fileno(), size):
-                pos = start - start % L.CHUNK_SIZE
-                while pos < end:
-                    n = os.preadv(f.fileno(), [memoryview(buf)[:min(step, size - pos)]], pos)
-                    dev.pwrite(memoryview(buf)[:n], pos)
-                    pos += n
-                    if progress:
-                        progress(min(pos, size), size)
-            dev.flush()
-        return self.get_volume(vol.id)
+            return self.get_volume(volume_id)
+        finally:
+            os.close(fd)
 
-    def _ingest(self, volume_id: str, fd: int, size: int,
-                progress: Callable[[int, int], None] | None) -> None:
-        """Bulk-load a file into a fresh, unopened volume.
+    # An import in progress is marked in its volume's record: ``state`` "creating" (a new
+    # volume) or ``staging`` (the lineage being loaded beside an existing volume), with
+    # ``importer``, the process doing it, so that a reopened store can tell a crashed import
+    # from one still running in another process.
+
+    def _begin_import(self, volume_id: str, size: int | None) -> int:
+        """Mark ``volume_id`` as being imported into; returns the lineage to load. ``size``
+        None: the volume is new (its own lineage is loaded); else a new lineage is staged."""
+        with self._lock:
+            cache = self._caches.get(volume_id)
+            if cache is not None and cache.users > 0:
+                raise VolumeInUse(f"Volume {volume_id} is open ({cache.users} device(s)).")
+            if cache is not None:
+                cache.flush()
+            with self._store.write() as txn:
+                rec = self._vol_rec(txn, volume_id)
+                if rec.get("staging") is not None or (size is not None and rec["state"] in
+                                                       ("creating", "error")):
+                    raise IncorrectState(f"Volume {volume_id} is {rec['state']}"
+                                         f"{' (being imported into)' if rec.get('staging') else ''}"
+                                         f"; nothing can be imported into it now.")
+                rec["importer"] = _process_token()
+                if size is None:
+                    rec["state"] = "creating"
+                    lid = int(rec["lineage"])
+                else:
+                    lid = self._maps.create(txn, volume_id, None).id
+                    rec["staging"] = lid
+                self._put_vol(txn, rec)
+            self._caches.pop(volume_id, None)  # flushed; reopened on the new lineage later
+        return lid
+
+    def _end_import(self, txn: Txn, volume_id: str, staged: int | None) -> None:
+        """In the import's last transaction: the volume becomes the image. Into an
+        existing volume this costs O(chunks of the volume and of the image) in this one
+        transaction."""
+        rec = self._vol_rec(txn, volume_id)
+        if staged is not None:
+            # The volume's head takes the staged image where they differ (a write at the
+            # head, so its snapshots stay incremental), then the staged lineage goes.
+            lin = self._maps.load(txn, rec["lineage"])
+            assert lin.head is not None
+            chain = self._maps.chain(txn, (lin.id, lin.head))
+            now = self._maps.visible(txn, chain)
+            image = self._maps.visible(txn, [(staged, 1)])
+            floor = self._maps.head_floor(lin)
+            cur = txn.cursor(db=self._maps.maps)
+            for idx in sorted(set(now) | set(image)):
+                key = image.get(idx)
+                if now.get(idx) == key:
+                    continue
+                if key is not None:
+                    self._chunks.incref(txn, key)
+                self._maps.set_head(txn, lin, chain, idx, key, floor, cur)
+            self._maps.save(txn, lin)
+            self._drop_import(txn, rec, staged, delete=False)
+            return
+        else:
+            rec["state"] = "in-use" if rec["attachments"] else "available"
+        rec.pop("importer", None)
+        self._put_vol(txn, rec)
+
+    def _abandon_import(self, volume_id: str, staged: int | None) -> None:
+        """After a failed import: delete the new volume, or drop the staged lineage."""
+        with self._store.write(freeing=True) as txn:
+            rec = self._vol_rec(txn, volume_id)
+            self._drop_import(txn, rec, staged, delete=True)
+        self._store.after_free()
+
+    def _drop_import(self, txn: Txn, rec: dict[str, Any], staged: int | None,
+                     delete: bool) -> None:
+        if staged is not None:
+            lin = self._maps.load(txn, staged)
+            head = lin.head
+            assert head is not None
+            lin.head, lin.owner, lin.allocated = None, None, 0
+            self._maps.drop_point(txn, lin, head)
+            rec.pop("staging", None)
+        elif delete:
+            lin = self._maps.load(txn, rec["lineage"])
+            head = lin.head
+            assert head is not None
+            lin.head, lin.owner, lin.allocated = None, None, 0
+            self._maps.drop_point(txn, lin, head)
+            txn.delete(rec["id"].encode(), db=self._store.db["volumes"])
+            return
+        else:
+            rec["state"] = "error"
+        rec.pop("importer", None)
+        self._put_vol(txn, rec)
+
+    def _recover_imports(self) -> None:
+        """On open: imports whose process is gone (a crash) are settled. A new volume that
+        was being imported shows as ``error`` (delete it); a partial copy staged beside an
+        existing volume is dropped, the volume keeps its content."""
+        with self._store.read() as txn:
+            stale = [json.loads(v) for _, v in txn.cursor(db=self._store.db["volumes"])
+                     if b'"importer"' in v]  # cheap: no JSON for the volumes at rest
+        stale = [r for r in stale if r.get("importer") is not None
+                 and not _process_alive(r["importer"])]
+        if not stale:
+            return
+        with self._store.write(freeing=True) as txn:
+            for old in stale:
+                rec = self._vol_rec(txn, old["id"])
+                if rec.get("importer") != old["importer"]:
+                    continue
+                self._drop_import(txn, rec, rec.get("staging"), delete=False)
+        self._store.after_free()
+
+    def _importing(self, rec: dict[str, Any]) -> bool:
+        """Whether an import into this volume record is running (in some live process)."""
+        return rec.get("importer") is not None and _process_alive(rec["importer"])
+
+    def _ingest(self, lid: int, fd: int, size: int,
+                progress: Callable[[int, int], None] | None,
+                finish: Callable[[Txn], None]) -> None:
+        """Bulk-load a file into the fresh lineage ``lid`` (no entries, no base).
 
         A three-stage pipeline rather than the write cache: this thread reads a batch and
-        fingerprints it (C core, GIL released); the pool compresses it; a committer thread
-        stores batches in a write transaction and commits every ``commit_bytes`` of input,
-        so the disk's fsync overlaps the reading and compressing of what follows. Each
-        commit is a durable point; a failure deletes the half-imported volume (see
-        :meth:`import_image`).
+        fingerprints it (C core, GIL released); a pool task compresses it with every core
+        (:func:`encode_batch`: one call, GIL released, contexts reused); a committer thread
+        stores batches in a write transaction (one chunk lookup per chunk, map entries put
+        without resolving anything: the lineage is fresh) and commits every
+        ``INGEST_COMMIT_BYTES`` of input, so the disk's fsync overlaps the reading and
+        compressing of what follows. ``finish(txn)`` runs in the last transaction: what makes
+        the import visible. Every commit before is durable, and invisible until that one.
         """
-        batch = 16 * 1024 * 1024
-        commit_bytes = 256 * 1024 * 1024
-        depth = 2
+        batch = INGEST_BATCH_BYTES
+        commit_bytes = INGEST_COMMIT_BYTES
+        depth = INGEST_DEPTH
         ring = [bytearray(batch) for _ in range(depth + 3)]  # queued + storing + reading
         level = self._chunks.level
-        with self._store.read() as txn:
-            lid = self._vol_rec(txn, volume_id)["lineage"]
+        threads = max(1, os.cpu_count() or 1)
         work: queue.Queue[Any] = queue.Queue(maxsize=depth)
         failed: list[BaseException] = []
+        done = object()  # the reader got to the end; None: it failed, abort
 
         def committer() -> None:
             cm = txn = None
@@ -1108,25 +1332,26 @@ class Engine:
                 while True:
                     item = work.get()
                     if item is None:
+                        raise _IngestAborted()
+                    if item is done:
                         break
-                    entries, futs, nbytes = item
-                    encoded = [e for f in futs for e in f.result()]
+                    entries, fut, nbytes = item
+                    encoded = fut.result()
                     if txn is None:
                         cm = self._store.write()
                         txn = cm.__enter__()
                     lin = self._maps.load(txn, lid)
-                    chain = self._maps.chain(txn, (lid, lin.head))
-                    floor = self._maps.head_floor(lin)
-                    cur = txn.cursor(db=self._maps.maps)
                     for (idx, fp, mv), enc in zip(entries, encoded):
-                        key = self._chunks.put(txn, fp, mv, enc)
-                        self._maps.set_head(txn, lin, chain, idx, key, floor, cur)
+                        self._maps.set_fresh(txn, lin, idx, self._chunks.put(txn, fp, mv, enc))
                     self._maps.save(txn, lin)
                     since += nbytes
                     if since >= commit_bytes:
                         cm, txn, since = cm.__exit__(None, None, None), None, 0
-                if cm is not None and txn is not None:
-                    cm.__exit__(None, None, None)
+                if txn is None:
+                    cm = self._store.write()
+                    txn = cm.__enter__()
+                finish(txn)
+                cm.__exit__(None, None, None)  # type: ignore[union-attr]
             except BaseException as exc:  # handed to the reading thread
                 err: BaseException = exc
                 if cm is not None and txn is not None:
@@ -1134,14 +1359,16 @@ class Engine:
                         cm.__exit__(type(exc), exc, exc.__traceback__)
                     except BaseException as translated:
                         err = translated
-                failed.append(err)
-                while work.get() is not None:  # unblock the reader, drop the rest
-                    pass
+                if not isinstance(exc, _IngestAborted):
+                    failed.append(err)
+                    while work.get() not in (None, done):  # unblock the reader, drop the rest
+                        pass
 
         thread = threading.Thread(target=committer, name="ebsengine-ingest", daemon=True)
         thread.start()
         k = 0
         read = 0
+        end_item: object = None
         try:
             for start, end in _data_ranges(fd, size):
                 pos = max(start - start % L.CHUNK_SIZE, read)
@@ -1150,7 +1377,8 @@ class Engine:
                     k += 1
                     n = os.preadv(fd, [memoryview(buf)[:min(batch, size - pos)]], pos)
                     if n <= 0:
-                        break
+                        raise InvalidParameter(f"The image ended at byte {pos} while "
+                                               f"{size} bytes were expected.")
                     padded = -(-n // L.CHUNK_SIZE) * L.CHUNK_SIZE
                     buf[n:padded] = bytes(padded - n)  # zero-pad a short final chunk
                     mv = memoryview(buf)[:padded]
@@ -1158,16 +1386,16 @@ class Engine:
                     first = pos // L.CHUNK_SIZE
                     entries = [(first + i, fp, mv[i * L.CHUNK_SIZE:(i + 1) * L.CHUNK_SIZE])
                                for i, fp in enumerate(fps) if fp is not None]
-                    half = (len(entries) + 1) // 2
-                    futs = [self._pool.submit(encode_list, [e[2] for e in part], level)
-                            for part in (entries[:half], entries[half:]) if part]
-                    work.put((entries, futs, n))
+                    fut = self._pool.submit(encode_batch, [e[2] for e in entries], level,
+                                            threads)
+                    work.put((entries, fut, n))
                     pos += n
                     read = pos
                     if progress:
                         progress(min(pos, size), size)
+            end_item = done
         finally:
-            work.put(None)
+            work.put(end_item)
             thread.join()
         if failed:
             raise failed[0]
@@ -1175,17 +1403,82 @@ class Engine:
             progress(size, size)  # a trailing hole is read by nobody but is done too
 
 
+class _IngestAborted(Exception):
+    """The reading side of :meth:`Engine._ingest` failed: the committer aborts."""
+
+
+INGEST_BATCH_BYTES = 16 * 1024 * 1024
+INGEST_COMMIT_BYTES = 256 * 1024 * 1024
+INGEST_DEPTH = 3  # batches compressed ahead of the committer (it waits for each fsync)
+
+
+def _source_size(fd: int, path: str) -> int:
+    """Bytes of an image: a regular file's size, or a block device's (``st_size`` of a
+    device is 0). Anything else (a pipe, a directory) is refused."""
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode):
+        return st.st_size
+    if stat.S_ISBLK(st.st_mode):
+        return os.lseek(fd, 0, os.SEEK_END)
+    raise InvalidParameter(f"{path} is neither a regular file nor a block device.")
+
+
 def _data_ranges(fd: int, size: int) -> Iterable[tuple[int, int]]:
-    """``(start, end)`` ranges of a file that may hold data (SEEK_DATA/SEEK_HOLE)."""
+    """``(start, end)`` ranges of a file that may hold data (SEEK_DATA/SEEK_HOLE).
+
+    ENXIO means no data after the position; a file system or device without hole
+    support (EINVAL, EOPNOTSUPP) is all data from there on. Any other error is raised:
+    an unreadable source must not import as an empty volume.
+    """
     pos = 0
     while pos < size:
         try:
             start = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError:
-            return
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                return
+            if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                yield pos, size
+                return
+            raise
         end = os.lseek(fd, start, os.SEEK_HOLE)
         yield start, min(end, size)
         pos = end
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _process_token() -> dict[str, Any]:
+    """Names this process across the machine's lifetime (pid reuse included)."""
+    pid = os.getpid()
+    return {"pid": pid, "start": _start_time(pid), "boot": _boot_id()}
+
+
+def _process_alive(token: Any) -> bool:
+    """Whether the process a :func:`_process_token` names still runs. Without /proc the
+    answer is yes (never settle an import that may be running)."""
+    if not isinstance(token, dict) or not isinstance(token.get("pid"), int):
+        return False
+    boot = _boot_id()
+    if not boot or token.get("start") is None:
+        return True
+    if token.get("boot") != boot:
+        return False
+    return _start_time(token["pid"]) == token["start"]
 
 
 __all__ = ["Engine", "EbsError", "Transaction", "default_store_path"]

@@ -43,7 +43,12 @@ Sub-databases (key -> value; integers are unsigned big-endian so byte order = nu
     ``n`` child lineages read through), ``allocated`` (data chunks visible at the head).
 ``volumes``
     volume id (ASCII) -> JSON volume record (``ebsengine.model.Volume`` fields plus
-    ``lineage``).
+    ``lineage``). While an image is imported, ``importer`` names the importing process
+    (``{"pid", "start", "boot"}``) and either ``state`` is ``creating`` (a new volume, until
+    the import's last commit) or ``staging`` names a second lineage owned by the volume,
+    loaded with the image beside the volume's own and swapped in by the last commit. A store
+    opened after the importer died shows such a new volume as ``error`` and drops the staged
+    lineage (the volume keeps its content).
 ``snapshots``
     snapshot id -> JSON snapshot record (``ebsengine.model.Snapshot`` fields plus
     ``lineage`` and ``gen``).
@@ -53,6 +58,19 @@ Sub-databases (key -> value; integers are unsigned big-endian so byte order = nu
     ``snapshot id | 0x00 | block u32`` -> ASCII checksum a client gave with a block of a
     *pending* snapshot (EBS direct API: needed to check CompleteSnapshot's aggregate).
     Written in the same commit as the block; dropped when the snapshot completes or fails.
+``snaps_by_volume`` (format 2)
+    ``volume id | 0x00 | snapshot id`` (ASCII) -> ``b""``: every snapshot record whose
+    ``volume_id`` is set (EBS-direct snapshots have none), indexed by that volume, so that
+    "the snapshots of volume V" is one prefix scan: O(result), not O(all snapshots). Written
+    in the same transaction as the snapshot record; a snapshot's ``volume_id`` never changes,
+    and deleting the record deletes its entry. The volume may be gone (snapshots outlive it).
+
+Format history and migration
+----------------------------
+* 1: everything above except ``snaps_by_volume``.
+* 2: adds ``snaps_by_volume``. A read-write open of a format-1 store builds it from the
+  ``snapshots`` records and writes format 2, in one transaction (``storage/migrate.py``); a
+  read-only open of a format-1 store is refused with a message saying so.
 
 How a point in time is read
 ---------------------------
@@ -83,10 +101,12 @@ I5  ``gens`` holds exactly the ``(lineage, gen, idx)`` triples of ``maps``.
 I6  Every ``maps`` entry belongs to a known lineage; its generation is at most the
     lineage's newest live point; between two consecutive live points (and below the first)
     there is at most one entry per chunk index.
-I7  Every volume names a lineage whose ``owner`` is that volume; every snapshot names a
+I7  Every volume names a lineage whose ``owner`` is that volume (and so does its
+    ``staging`` lineage, if any); every snapshot names a
     lineage and a generation that is a live point of it mapped to that snapshot; every
     ``base`` names a known lineage, and ``pins`` count exactly the lineages whose base is that
-    generation. A lineage with no live point and no pin does not exist.
+    generation. A lineage with no live point and no pin does not exist. ``snaps_by_volume``
+    holds exactly one entry per snapshot record with a ``volume_id``, and nothing else.
 I8  ``allocated`` of a lineage with a head equals the number of data chunks visible there.
 I9  ``blocksums`` entries belong to pending snapshots and name blocks inside them.
 """
@@ -95,7 +115,7 @@ from __future__ import annotations
 
 import struct
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CHUNK_SIZE = 64 * 1024
 BLOCK_SIZE = 512 * 1024
 CHUNKS_PER_BLOCK = BLOCK_SIZE // CHUNK_SIZE
@@ -111,7 +131,7 @@ CODEC_RAW = 0
 CODEC_ZSTD = 1
 
 DBS = ("meta", "chunks", "refs", "maps", "gens", "lineages", "volumes", "snapshots", "service",
-       "blocksums")
+       "blocksums", "snaps_by_volume")
 
 _MAPKEY = struct.Struct(">QII")
 _U64 = struct.Struct(">Q")
@@ -159,6 +179,16 @@ def read_u64(b: bytes) -> int:
 
 def blocksum_key(snapshot_id: str, block: int) -> bytes:
     return snapshot_id.encode() + b"\x00" + _U32.pack(block)
+
+
+def snap_volume_key(volume_id: str, snapshot_id: str) -> bytes:
+    """Key of a ``snaps_by_volume`` entry."""
+    return volume_id.encode() + b"\x00" + snapshot_id.encode()
+
+
+def snap_volume_prefix(volume_id: str) -> bytes:
+    """Prefix of every ``snaps_by_volume`` entry of one volume."""
+    return volume_id.encode() + b"\x00"
 
 
 def service_key(namespace: str, key: str) -> bytes:

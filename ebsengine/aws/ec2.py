@@ -86,6 +86,16 @@ def apply_filters(items: list[Any], filters: list[dict[str, Any]] | None, table:
     """
     if not filters:
         return items
+    match = compile_filters(filters, table, tags)
+    return [item for item in items if match(item)]
+
+
+def compile_filters(filters: list[dict[str, Any]] | None, table: dict[str, Extractor],
+                    tags: Callable[[Any], dict[str, str]] | None) -> Callable[[Any], bool]:
+    """The predicate of :func:`apply_filters`, to test items one by one while paging.
+    Unknown filter names raise ``InvalidParameterValue`` here, before any item is read."""
+    if not filters:
+        return lambda item: True
     compiled: list[tuple[Extractor, list[re.Pattern[str]]]] = []
     for f in filters:
         name = f.get("Name") or ""
@@ -102,11 +112,20 @@ def apply_filters(items: list[Any], filters: list[dict[str, Any]] | None, table:
         else:
             raise ApiError("InvalidParameterValue", f"The filter '{name}' is invalid")
         compiled.append((ext, values))
-    out = []
-    for item in items:
-        if all(any(p.match(str(v)) for v in ext(item) for p in pats) for ext, pats in compiled):
-            out.append(item)
-    return out
+    return lambda item: all(any(p.match(str(v)) for v in ext(item) for p in pats)
+                            for ext, pats in compiled)
+
+
+def exact_values(filters: list[dict[str, Any]] | None, name: str) -> list[str] | None:
+    """The values of filter ``name`` when it is given once with no wildcard in any value
+    (so that an index lookup can replace the scan), else None."""
+    found = [f for f in filters or [] if f.get("Name") == name]
+    if len(found) != 1:
+        return None
+    values = found[0].get("Values") or []
+    if not values or any(any(c in v for c in "*?\\") for v in values):
+        return None
+    return [str(v) for v in values]
 
 
 def _b(v: bool) -> str:
@@ -143,6 +162,48 @@ class Paginator:
             token = base64.b64encode(json.dumps({"k": self.kind, "a": last}).encode()).decode()
             return page, token
         return page, None
+
+
+class CursorPages:
+    """MaxResults/NextToken for the engine's cursor paging (items in id order).
+
+    A token names the last id of its page, signed (:meth:`AwsStore.make_token`) and bound to
+    its kind and region, so a forged or foreign token is refused; the next page resumes
+    right after that id, so paging costs O(page), and an item deleted meanwhile does not
+    shift the pages.
+    """
+
+    def __init__(self, store: AwsStore, kind: str, id_prefix: str, lo: int = 5,
+                 hi: int = 1000) -> None:
+        self.store, self.kind, self.id_prefix, self.lo, self.hi = store, kind, id_prefix, lo, hi
+
+    def open(self, ctx: Context, p: Params) -> tuple[str | None, int | None]:
+        """``(after, limit)`` of the request; ``limit`` is None for an unpaged call."""
+        max_results, token = p.get("MaxResults"), p.get("NextToken")
+        if max_results is not None and max_results < self.lo:
+            raise ApiError("InvalidParameterValue",
+                           f"Value ( {max_results} ) for parameter maxResults is invalid. "
+                           f"Expecting a value greater than {self.lo}.")
+        after = None
+        if token:
+            after = self.store.open_token(token, "page", self.kind, ctx.region)
+            if after is None or not is_aws_id(after, self.id_prefix):
+                raise ApiError("InvalidParameterValue", f"Invalid value '{token}' for nextToken")
+        if max_results is None and not token:
+            return None, None
+        return after, min(max_results if max_results is not None else self.hi, self.hi)
+
+    def token(self, ctx: Context, last: str | None) -> str | None:
+        return None if last is None else self.store.make_token(last, "page", self.kind, ctx.region)
+
+    @staticmethod
+    def in_memory(items: list[Any], after: str | None,
+                  limit: int | None) -> tuple[list[Any], str | None]:
+        """The same paging over an explicit list (id lookups)."""
+        items = sorted((i for i in items if after is None or i.id > after), key=lambda i: i.id)
+        if limit is None or len(items) <= limit:
+            return items, None
+        return items[:limit], items[limit - 1].id
 
 
 # --- renderers (engine dataclass -> botocore output shape) ---------------------------------
@@ -357,22 +418,42 @@ class Ec2Model:
                                                        for a in v.attachments],
     }
 
-    def _select_volumes(self, ctx: Context, p: Params, paginator: Paginator) -> tuple[list[Any], str | None]:
+    def describe_volumes(self, ctx: Context, p: Params) -> Result:
+        """Volumes in id order. A page reads only what it returns (plus what the filters
+        reject on the way): the engine's cursor resumes after the token's id."""
         ids = p.get("VolumeIds")
         if ids and p.get("MaxResults") is not None:
             raise ApiError("InvalidParameterCombination",
                            "The parameter volumeSet cannot be used with the parameter maxResults")
+        pages = CursorPages(self.store, "volumes", "vol")
+        after, limit = pages.open(ctx, p)
+        match = compile_filters(p.get("Filters"), self._VOLUME_FILTERS, lambda v: v.tags)
+        region = ctx.region
+
+        def keep(v: Any) -> bool:
+            return self.store.volume_region(v) == region and match(v)
+
         if ids:  # direct lookups: O(ids), not O(all volumes)
             found = {vid: self.store.volume(ctx, vid) for vid in ids}  # raises Malformed / NotFound
-            vols = sorted(found.values(), key=lambda v: (v.create_time, v.id))
+            page, last = pages.in_memory([v for v in found.values() if match(v)], after, limit)
+        elif (wanted := exact_values(p.get("Filters"), "volume-id")) is not None:
+            vols = [v for v in map(self._volume_or_none, wanted) if v is not None and keep(v)]
+            page, last = pages.in_memory(list({v.id: v for v in vols}.values()), after, limit)
         else:
-            vols = self.store.volumes(ctx)
-        vols = apply_filters(vols, p.get("Filters"), self._VOLUME_FILTERS, lambda v: v.tags)
-        return paginator.page(vols, lambda v: [v.create_time, v.id], p.get("MaxResults"), p.get("NextToken"))
+            page, last = self.engine.page_volumes(after, limit, where=keep)
+        return {"Volumes": [volume_view(v) for v in page], "NextToken": pages.token(ctx, last)}
 
-    def describe_volumes(self, ctx: Context, p: Params) -> Result:
-        page, token = self._select_volumes(ctx, p, Paginator("volumes", 5, 1000))
-        return {"Volumes": [volume_view(v) for v in page], "NextToken": token}
+    def _volume_or_none(self, volume_id: str) -> Any:
+        try:
+            return self.engine.get_volume(volume_id)
+        except engine_errors.EbsError:
+            return None
+
+    def _snapshot_or_none(self, snapshot_id: str) -> Any:
+        try:
+            return self.engine.get_snapshot(snapshot_id)
+        except engine_errors.EbsError:
+            return None
 
     def describe_volume_status(self, ctx: Context, p: Params) -> Result:
         table: dict[str, Extractor] = {
@@ -620,32 +701,57 @@ class Ec2Model:
     }
 
     def describe_snapshots(self, ctx: Context, p: Params) -> Result:
+        """Snapshots in id order, paged by the engine's cursor like DescribeVolumes; an
+        exact ``volume-id`` filter reads the engine's per-volume index, an exact
+        ``snapshot-id`` filter looks the ids up, other filters test while scanning."""
         ids = p.get("SnapshotIds")
         if ids and p.get("MaxResults") is not None:
             raise ApiError("InvalidParameterCombination",
                            "The parameter snapshotSet cannot be used with the parameter maxResults")
-        if ids:
-            found = {sid: self.store.snapshot(ctx, sid) for sid in ids}
-            snaps = sorted(found.values(), key=lambda s: (s.start_time, s.id))
-        else:
-            snaps = self.store.snapshots(ctx)
-        owners = p.get("OwnerIds")
-        if owners and not any(o in ("self", ctx.account_id) for o in owners):
-            snaps = []
-        restorable = p.get("RestorableByUserIds")
-        if restorable and not any(u in ("self", ctx.account_id) for u in restorable):
-            # only snapshots shared with one of those accounts, or public ones
-            def shared(s: Any) -> bool:
-                perm = self.engine.service_get(NS_SNAPATTR, s.id) or {"users": [], "groups": []}
-                return "all" in perm["groups"] or any(u in perm["users"] for u in restorable)
-
-            snaps = [s for s in snaps if shared(s)]
+        pages = CursorPages(self.store, "snapshots", "snap")
+        after, limit = pages.open(ctx, p)
         table = dict(self._SNAPSHOT_FILTERS)
         table["owner-id"] = lambda s: [ctx.account_id]
-        snaps = apply_filters(snaps, p.get("Filters"), table, lambda s: s.tags)
-        page, token = Paginator("snapshots", 5, 1000).page(
-            snaps, lambda s: [s.start_time, s.id], p.get("MaxResults"), p.get("NextToken"))
-        return {"Snapshots": [self._snapshot_view(ctx, s) for s in page], "NextToken": token}
+        filters = p.get("Filters")
+        match = compile_filters(filters, table, lambda s: s.tags)
+        owners = p.get("OwnerIds")
+        if owners and not any(o in ("self", ctx.account_id) for o in owners):
+            return {"Snapshots": [], "NextToken": None}
+        restorable: list[str] = p.get("RestorableByUserIds") or []
+        others = bool(restorable) and not any(u in ("self", ctx.account_id) for u in restorable)
+
+        def shared(s: Any) -> bool:
+            """With RestorableByUserIds naming other accounts: only snapshots shared with
+            one of them, or public ones."""
+            if not others:
+                return True
+            perm = self.engine.service_get(NS_SNAPATTR, s.id) or {"users": [], "groups": []}
+            return "all" in perm["groups"] or any(u in perm["users"] for u in restorable)
+
+        region = ctx.region
+
+        def keep(s: Any) -> bool:
+            return self.store.snapshot_region(s) == region and match(s) and shared(s)
+
+        if ids:
+            found = {sid: self.store.snapshot(ctx, sid) for sid in ids}
+            page, last = pages.in_memory([s for s in found.values() if match(s) and shared(s)],
+                                         after, limit)
+        elif (wanted := exact_values(filters, "snapshot-id")) is not None:
+            self.store.expire_pending()
+            snaps = [s for s in map(self._snapshot_or_none, wanted) if s is not None and keep(s)]
+            page, last = pages.in_memory(list({s.id: s for s in snaps}.values()), after, limit)
+        else:
+            self.store.expire_pending()
+            vids = exact_values(filters, "volume-id")
+            if vids is not None and len(vids) == 1 and is_aws_id(vids[0], "vol") \
+                    and vids[0] != "vol-ffffffff":  # the stand-in of direct snapshots
+                page, last = self.engine.page_snapshots(after, limit, volume_id=vids[0],
+                                                        where=keep)
+            else:
+                page, last = self.engine.page_snapshots(after, limit, where=keep)
+        return {"Snapshots": [self._snapshot_view(ctx, s) for s in page],
+                "NextToken": pages.token(ctx, last)}
 
     def copy_snapshot(self, ctx: Context, p: Params) -> Result:
         src_region = p["SourceRegion"]

@@ -284,3 +284,12 @@ class BlockMaps:
             else:
                 parent.pins.pop(g, None)
             self.drop_point(txn, parent, g)
+
+    def set_fresh(self, txn: Txn, lin: Lineage, idx: int, key: bytes) -> None:
+        """:meth:`set_head` for a lineage known to hold no entry at ``idx`` and to read
+        through no base (a bulk load into a new lineage, each index once): no lookup, two
+        puts. The caller has taken the reference on ``key`` and saves ``lin``."""
+        assert lin.head is not None and lin.base is None
+        txn.put(L.map_key(lin.id, idx, lin.head), key, db=self.maps)
+        txn.put(L.gen_key(lin.id, lin.head, idx), b"", db=self.gens)
+        lin.allocated += 1

@@ -116,21 +116,23 @@ class ChunkStore:
         """Whether some chunk has fingerprint ``fp`` (no bytes compared: a cheap hint)."""
         return bool(self.backend.collision_keys(txn, fp))
 
-    def _free_key(self, txn: Txn, fp: bytes) -> bytes:
-        n = 0
-        for key in self.backend.collision_keys(txn, fp):
-            n = max(n, int.from_bytes(key[L.FP_SIZE:], "big") + 1)
-        return L.chunk_key(fp, n)
-
     def put(self, txn: Txn, fp: bytes, data: bytes | memoryview,
             encoded: bytes | None = None) -> bytes:
-        """Store ``data`` (or find it stored) and take one reference; returns its key."""
-        key = self.find(txn, fp, data)
-        if key is None:
-            key = self._free_key(txn, fp)
-            self.backend.put_many(txn, [(key, encoded if encoded is not None
-                                         else encode_chunk(data, self.level))])
-        self.incref(txn, key)
+        """Store ``data`` (or find it stored) and take one reference; returns its key.
+
+        One listing of the chunks with fingerprint ``fp`` both finds an equal stored chunk
+        and, for a new one, its free collision number (usually: one lookup, no chunk read)."""
+        n = 0
+        for key in self.backend.collision_keys(txn, fp):
+            value = self.backend.get_many(txn, [key])[0]
+            if value is not None and decode_chunk(value) == data:
+                self.incref(txn, key)
+                return key
+            n = max(n, int.from_bytes(key[L.FP_SIZE:], "big") + 1)
+        key = L.chunk_key(fp, n)
+        self.backend.put_many(txn, [(key, encoded if encoded is not None
+                                     else encode_chunk(data, self.level))])
+        txn.put(key, L.u64(1), db=self.refs)  # a new chunk has no count yet (I4)
         return key
 
     def incref(self, txn: Txn, key: bytes, n: int = 1) -> None:

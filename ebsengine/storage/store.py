@@ -20,6 +20,7 @@ from .. import layout as L
 from ..errors import Closed, FormatError, StoreFull, StoreLocked
 from .base import DEFAULT_MAP_SIZE, KvBackend, Table, Txn
 from .envelope import DEFAULT_ZSTD_LEVEL
+from .migrate import STEPS, migrate
 
 GROUP_LINGER = 0.004  # seconds a group-commit leader waits for announced callers
 MEMORY_URL = "memory://"
@@ -66,9 +67,14 @@ class Store:
         self.closed = False
         self.map_size = backend.map_size
         self.reserve = max(self.map_size // 32, 256 * 1024)
-        self.db: dict[str, Table] = {name: backend.open_db(name.encode(),
-                                                           create=not self.readonly)
-                                     for name in L.DBS}
+        self.db: dict[str, Table] = {}
+        for name in L.DBS:
+            try:
+                self.db[name] = backend.open_db(name.encode(), create=not self.readonly)
+            except backend.errors:
+                if name == "meta" or not self.readonly:
+                    raise
+                # read-only and an older format lacking this table: _init_meta refuses it
         self.write_lock = threading.RLock()
         self._group_mutex = threading.Lock()
         self._group_queue: list[_Job] = []
@@ -91,6 +97,13 @@ class Store:
                 txn.put(b"chunk_size", str(L.CHUNK_SIZE).encode(), db=self.db["meta"])
                 txn.put(b"zstd_level", str(zstd_level).encode(), db=self.db["meta"])
                 txn.put(b"next_lineage", L.u64(1), db=self.db["meta"])
+            fmt = str(L.FORMAT_VERSION).encode()
+        if fmt.isdigit() and int(fmt) in STEPS:  # an older format: migrate (one commit)
+            if self.readonly:
+                raise FormatError(f"store format {int(fmt)} must be migrated to format "
+                                  f"{L.FORMAT_VERSION}: open it read-write once")
+            with self.write() as txn:
+                migrate(txn, self.db, int(fmt))
             fmt = str(L.FORMAT_VERSION).encode()
         if not fmt.isdigit() or int(fmt) != L.FORMAT_VERSION:
             raise FormatError(f"store format {fmt!r} is not supported "

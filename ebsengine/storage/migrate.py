@@ -1,0 +1,41 @@
+"""Migration of stores of an older format (see ``layout.py``, "Format history and migration").
+
+``STEPS[n]`` turns a format-``n`` store into format ``n + 1``: a list of functions run in one
+write transaction together with the new ``format`` record, so a crash during a migration
+leaves the store in its old format, untouched.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+
+from .. import layout as L
+from .base import Table, Txn
+
+Step = Callable[[Txn, Mapping[str, Table]], None]
+
+
+def build_snaps_by_volume(txn: Txn, db: Mapping[str, Table]) -> None:
+    """Format 1 -> 2: index every snapshot record that names a volume."""
+    index = db["snaps_by_volume"]
+    cur = txn.cursor(db=index)
+    while cur.first():  # a crash can leave no partial index (one transaction), but be exact
+        cur.delete()
+    for key, raw in txn.cursor(db=db["snapshots"]):
+        vid = json.loads(bytes(raw)).get("volume_id")
+        if vid:
+            txn.put(L.snap_volume_key(vid, bytes(key).decode()), b"", db=index)
+
+
+STEPS: dict[int, list[Step]] = {
+    1: [build_snaps_by_volume],
+}
+
+
+def migrate(txn: Txn, db: Mapping[str, Table], fmt: int) -> None:
+    """Bring a store of format ``fmt`` to ``layout.FORMAT_VERSION`` inside ``txn``."""
+    for version in range(fmt, L.FORMAT_VERSION):
+        for step in STEPS[version]:
+            step(txn, db)
+    txn.put(b"format", str(L.FORMAT_VERSION).encode(), db=db["meta"])
