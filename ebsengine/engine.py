@@ -18,7 +18,9 @@ from typing import Any, Callable, Iterable
 import lmdb
 
 from . import layout as L
+from .block.context import BlockContext
 from .block.device import Device
+from .block.folder import Folder
 from .block.maps import BlockMaps, Lineage
 from .block.volume import SnapshotView, VolumeCache
 from .errors import (EbsError, IncorrectState, InvalidParameter, InvalidParameterCombination,
@@ -68,6 +70,11 @@ class Engine:
         self._pool = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2)),
                                         thread_name_prefix="ebsengine-zstd")
         self._dirty_limit = dirty_limit
+        self._ctx = BlockContext(self._store, self._chunks, self._maps, self._pool,
+                                 lambda: self._closed)
+        self._folder = Folder(self._ctx)
+        if not readonly:
+            self._folder.start()
         self._caches: dict[str, VolumeCache] = {}
         self._lock = threading.RLock()
         self._closed = False
@@ -87,6 +94,7 @@ class Engine:
                     except Exception as exc:  # close the store anyway; report the first
                         error = error or exc
             self._closed = True
+        self._folder.stop()
         self._pool.shutdown(wait=True)
         self._store.close()
         if error is not None:
@@ -227,8 +235,7 @@ class Engine:
             self._store.after_free()
             if cache is not None:
                 with cache.lock:
-                    cache.deleted = True
-                    cache.dirty.clear()
+                    cache.drop()
                 self._caches.pop(volume_id, None)
 
     def modify_volume(self, volume_id: str, size_gib: int | None = None,
@@ -310,7 +317,7 @@ class Engine:
             if cache is None:
                 with self._store.read() as txn:
                     rec = self._vol_rec(txn, volume_id)
-                cache = VolumeCache(self, volume_id, rec["lineage"], rec["size_gib"] * L.GIB,
+                cache = VolumeCache(self._ctx, volume_id, rec["lineage"], rec["size_gib"] * L.GIB,
                                     self._dirty_limit)
                 self._caches[volume_id] = cache
             return cache
@@ -332,7 +339,7 @@ class Engine:
         """A read-only device on a completed snapshot, served from the snapshot (no copy)."""
         with self._store.read() as txn:
             rec = self._completed(txn, snapshot_id)
-        view = SnapshotView(self, snapshot_id, rec["lineage"], rec["gen"],
+        view = SnapshotView(self._ctx, snapshot_id, rec["lineage"], rec["gen"],
                             rec["volume_size_gib"] * L.GIB)
         return Device(view, lambda: None)
 
@@ -469,8 +476,8 @@ class Engine:
                     f"Snapshots {first_snapshot_id} and {second_snapshot_id} are not related.",
                     code="UNRELATED_SNAPSHOTS")
             cur = txn.cursor(db=self._maps.maps)
-            changed = {i for i in cands if i >= lo and
-                       self._maps.resolve(txn, a, i, cur) != self._maps.resolve(txn, b, i, cur)}
+            changed = {i for i in cands if i >= lo and not self._ctx.same_content(
+                txn, self._maps.resolve(txn, a, i, cur), self._maps.resolve(txn, b, i, cur))}
         return sorted({i // L.CHUNKS_PER_BLOCK for i in changed})
 
     def _diff_candidates(self, txn: lmdb.Transaction, a: list[tuple[int, int]],
@@ -747,14 +754,25 @@ class Engine:
                 value = txn.get(L.map_key(lid, idx, egen), db=self._maps.maps)
                 if not value:
                     continue
-                n = self._chunks.stored_size(txn, value)
+                n = self._maps.entry_stored_size(txn, L.map_key(lid, idx, egen), value)
                 stored += n
                 superseded = nxt is None or self._maps.entry(txn, lid, idx, nxt, cur)[0] > gen
-                if superseded and not pinned and self._chunks.refcount(txn, value) == 1:
+                if superseded and not pinned and (L.is_patch(value) or
+                                                  self._chunks.refcount(txn, value) == 1):
                     unique += n
             written = len(self._maps.visible(txn, chain)) * L.CHUNK_SIZE
         return Usage(logical_bytes=size, stored_bytes=stored, unique_bytes=unique,
                      written_bytes=written)
+
+    def fold(self) -> int:
+        """Merge every patch (partial-chunk writes) into whole chunks now; returns how many.
+        A background folder does this by itself when the store is quiet; what any volume
+        or snapshot reads never changes."""
+        with self._lock:
+            for cache in list(self._caches.values()):
+                if not cache.deleted:
+                    cache.flush()
+        return self._folder.fold_all()
 
     def fsck(self) -> FsckReport:
         """Verify every storage invariant of ``layout.py``; flushes open volumes first."""
@@ -802,9 +820,12 @@ class Engine:
 
                 def fetch(start: int) -> tuple[list[int], Any]:
                     part = visible[start:start + batch]
-                    values = [txn.get(k, db=self._chunks.chunks) for _, k in part]
+                    # a patch is laid over its base here; stored chunks decode on the pool
+                    values = [bytearray(self._ctx.content(txn, k)) if L.is_patch(k) else
+                              txn.get(k, db=self._chunks.chunks) for _, k in part]
                     half = (len(values) + 1) // 2
-                    futs = [self._pool.submit(lambda vs: [decode_chunk(v) for v in vs], vs)
+                    futs = [self._pool.submit(lambda vs: [
+                        v if isinstance(v, bytearray) else decode_chunk(v) for v in vs], vs)
                             for vs in (values[:half], values[half:]) if vs]
                     return [i for i, _ in part], futs
 

@@ -49,7 +49,15 @@ class Store:
         self.map_size = map_size
         self.reserve = max(map_size // 32, 256 * 1024)
         self._psize = self.env.stat()["psize"]
-        self.db = {name: self.env.open_db(name.encode(), create=not readonly) for name in L.DBS}
+        self.db = {}
+        for name in L.DBS:
+            try:
+                self.db[name] = self.env.open_db(name.encode(), create=not readonly)
+            except lmdb.Error as exc:  # a read-only open of an older format lacks new dbs
+                self.env.close()
+                raise FormatError(f"{self.path} lacks the '{name}' database of format "
+                                  f"{L.FORMAT_VERSION}: open it read-write once to migrate "
+                                  f"it ({exc})") from exc
         self.write_lock = threading.RLock()
         self._group_mutex = threading.Lock()
         self._group_queue: list[_Job] = []
@@ -72,6 +80,11 @@ class Store:
                 txn.put(b"chunk_size", str(L.CHUNK_SIZE).encode(), db=self.db["meta"])
                 txn.put(b"zstd_level", str(zstd_level).encode(), db=self.db["meta"])
                 txn.put(b"next_lineage", L.u64(1), db=self.db["meta"])
+            fmt = str(L.FORMAT_VERSION).encode()
+        if fmt.isdigit() and int(fmt) in L.MIGRATABLE_FORMATS and not self.readonly:
+            # 1 -> 2: the new sub-databases were created empty above (see layout.py)
+            with self.write() as txn:
+                txn.put(b"format", str(L.FORMAT_VERSION).encode(), db=self.db["meta"])
             fmt = str(L.FORMAT_VERSION).encode()
         if not fmt.isdigit() or int(fmt) != L.FORMAT_VERSION:
             raise FormatError(f"store format {fmt!r} is not supported "
