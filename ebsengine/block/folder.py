@@ -112,7 +112,11 @@ class Folder:
 
     # --- background thread ------------------------------------------------------------------
 
-    def start(self, quiet: float = QUIET, interval: float = INTERVAL) -> None:
+    def start(self, quiet: float | None = None, interval: float | None = None) -> None:
+        """Fold in a background thread (see the module doc); defaults :data:`QUIET`,
+        :data:`INTERVAL`."""
+        quiet = QUIET if quiet is None else quiet
+        interval = INTERVAL if interval is None else interval
         ref = weakref.ref(self)
         stop = self._stop
 
