@@ -99,8 +99,9 @@ class BlockContext:
     pool: Executor
     is_closed: Callable[[], bool]
     cache: ChunkCache = field(default_factory=ChunkCache)
-    #: ``time.monotonic()`` of the latest flush in this process (the folder waits for quiet)
-    last_flush: float = 0.0
+    #: ``time.monotonic()`` of the latest read, write or flush of a volume or snapshot in
+    #: this process (the folder waits for quiet)
+    last_io: float = 0.0
 
     def __post_init__(self) -> None:
         self.pages_db = self.store.db["pages"]

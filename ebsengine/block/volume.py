@@ -236,6 +236,7 @@ class SnapshotView(_Source):
     def read_into(self, mv: memoryview, offset: int) -> None:
         first, last = offset // CS, (offset + len(mv) - 1) // CS
         self._engine_open()
+        self.ctx.last_io = time.monotonic()
         with self.ctx.store.read() as txn:
             self._fill_stored(txn, mv, offset, {i: None for i in range(first, last + 1)})
 
@@ -303,6 +304,7 @@ class VolumeCache(_Source):
     def read_into(self, mv: memoryview, offset: int) -> None:
         want: dict[int, list[int] | None] = {}
         pos = 0
+        self.ctx.last_io = time.monotonic()
         with self.lock:
             self._check()
             for idx, within, take in _pieces(offset, len(mv)):
@@ -380,6 +382,7 @@ class VolumeCache(_Source):
         the meantime, in which case those reads are stale and are done again."""
         mv = memoryview(data).cast("B")
         pieces = _pieces(offset, len(mv))
+        self.ctx.last_io = time.monotonic()
         partial: list[tuple[int, int]] = []  # (idx, page) written in part
         for idx, within, take in pieces:
             if take == CS:
@@ -520,7 +523,7 @@ class VolumeCache(_Source):
         """Commit every acknowledged write durably; ``in_txn(txn, lineage)`` runs inside the
         same transaction (after the writes) when given — used to freeze a snapshot."""
         with self.flush_lock:
-            self.ctx.last_flush = time.monotonic()
+            self.ctx.last_io = time.monotonic()
             with self.lock:
                 self._check()
                 self.flushing, self.dirty = self.dirty, {}
