@@ -28,7 +28,7 @@ SCAN = 4096  # patches looked at per round
 log = logging.getLogger("ebsengine.folder")
 BATCH = 64  # patches folded per write transaction
 BUSY_PAGES = 8
-QUIET = 2.0  # seconds without I/O before every patch is folded
+QUIET = 5.0  # seconds without I/O before every patch is folded
 INTERVAL = 1.0
 
 

@@ -474,8 +474,8 @@ class VolumeCache(_Source):
                         ps.pages[p] = page
                         added += 1
                         continue
-                    below = self._below_page(idx, p)
-                    page = bytearray(below if below is not None else bases[(idx, p)])
+                    under = self._below_page(idx, p)
+                    page = bytearray(under if under is not None else bases[(idx, p)])
                     ps.pages[p] = page
                     added += 1
                 page[a - p * PS:b - p * PS] = src[a - within:b - within]
@@ -640,7 +640,7 @@ class VolumeCache(_Source):
             # Compress, outside the write transaction, the chunks probably not stored yet (a
             # colliding fingerprint that turns out to hold other bytes is encoded inline by put).
             todo = [i for i in sorted(fulls)
-                    if fps[i] is not None and not chunks.maybe_stored(txn, fps[i])]
+                    if (fp := fps[i]) is not None and not chunks.maybe_stored(txn, fp)]
         encoded: dict[int, bytes] = dict(zip(
             todo, encode_many([fulls[i] for i in todo], chunks.level, ctx.pool)))
         with ctx.store.write() as txn:
@@ -658,7 +658,9 @@ class VolumeCache(_Source):
             for idx in redo:  # what lies below changed (a fold): prepare it again
                 mk = L.map_key(self.lineage, idx, lin.head)
                 below_now = self._values(txn, [idx])[idx]
-                kind, what, base = self._patch(txn, mk, entries[idx], below_now)
+                ps = entries[idx]
+                assert isinstance(ps, PageSet)
+                kind, what, base = self._patch(txn, mk, ps, below_now)
                 if kind == "chunk":
                     del patches[idx]
                     fulls[idx] = what  # type: ignore[assignment]

@@ -9,12 +9,12 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from conftest import sha_bytes
 
 import ebsengine
 from ebsengine import layout as L
 from ebsengine.block import context as ctxmod
 from ebsengine.block import folder as foldermod
-from conftest import sha_bytes
 
 CS = L.CHUNK_SIZE
 PS = L.PAGE_SIZE
@@ -335,3 +335,25 @@ def test_dirty_and_flushing_stay_under_the_limit(store_path) -> None:
         dev.close()
         assert 0 < peak <= limit + 3 * CS  # at most one write per writer beyond the bound
         stats(e)
+
+
+def test_export_and_usage_read_through_patches(eng, tmp_path) -> None:
+    vol = eng.create_volume(size_gib=1)
+    model = bytearray(sha_bytes("e", 4 * CS)) + bytes(3 * CS)
+    with eng.open_volume(vol.id) as dev:
+        dev.pwrite(model[:4 * CS], 0)
+        dev.flush()
+        for off, data in ((PS, b"q" * PS), (CS + 17, b"r" * 300), (6 * CS, b"s" * PS)):
+            dev.pwrite(data, off)
+            model[off:off + len(data)] = data
+    snap = eng.create_snapshot(vol.id)
+    assert stats(eng)["patches"] == 3
+    out = tmp_path / "out.img"
+    assert eng.export(snap.id, out) == 5 * CS
+    with open(out, "rb") as f:
+        assert f.read(7 * CS) == bytes(model)
+    u = eng.usage(snap.id)
+    assert u.written_bytes == 5 * CS
+    # chunks 2, 3 and three page records: a patch costs its pages (its base was counted
+    # where it was written)
+    assert 2 * CS < u.stored_bytes <= 2 * CS + 4 * PS

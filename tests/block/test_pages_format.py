@@ -8,13 +8,13 @@ from collections.abc import Callable, Iterator
 
 import lmdb
 import pytest
+from conftest import sha_bytes, store_digest
 
 import ebsengine
 from ebsengine import layout as L
 from ebsengine.block import folder as foldermod
 from ebsengine.errors import FormatError
 from ebsengine.storage.envelope import encode_pages
-from conftest import sha_bytes, store_digest
 
 CS = L.CHUNK_SIZE
 PS = L.PAGE_SIZE
