@@ -7,7 +7,8 @@ content. Every point in time reads exactly what it read before, so frozen (snaps
 are folded too. Entries with many pages go first: one compression pays for all of them.
 
 The background thread folds when this process has been quiet for a while (no read, write
-or flush), and, while it is busy, only patches of at least ``BUSY_PAGES`` pages, so folding
+or flush), and, while it is busy, one round per interval of patches of at least
+``BUSY_PAGES`` pages only, so folding
 never costs a 64 KiB decompression + compression per random 4 KiB write under load, nor
 takes the CPU from readers.
 """
@@ -130,8 +131,8 @@ class Folder:
                     while not stop.is_set():  # look again after every round: I/O comes first
                         busy = time.monotonic() - me.ctx.last_io < quiet
                         n, more = me.fold_round(min_pages=BUSY_PAGES if busy else 1)
-                        if not (n and more):
-                            break
+                        if busy or not (n and more):
+                            break  # under I/O: one round per interval (a few % of a core)
                 except EbsError as exc:  # a full store, a store closed under us: later
                     log.debug("folder: %s", exc)
                 except Exception:  # never let the folder kill anything
