@@ -74,11 +74,11 @@ def memory(tree: str, tmp: str, image: str) -> None:
     env = dict(os.environ, PYTHONPATH=tree)
     store, sock = d + "/store", d + "/sock"
     vol = subprocess.run(
-        [sys.executable, "-c", f"import ebsengine; e = ebsengine.Engine({store!r}); "
-                               f"print(e.create_volume(size_gib=2).id); e.close()"],
+        [sys.executable, "-c", (f"import ebsengine; e = ebsengine.Engine({store!r}); "
+                               f"print(e.create_volume(size_gib=2).id); e.close()")],
         env=env, capture_output=True, text=True, check=True).stdout.strip()
-    p = subprocess.Popen([sys.executable, "-c", "import sys; from ebsengine.nbd.server import "
-                          f"serve; sys.exit(serve({store!r}, {sock!r}))"],
+    p = subprocess.Popen([sys.executable, "-c", ("import sys; from ebsengine.nbd.server import "
+                          f"serve; sys.exit(serve({store!r}, {sock!r}))")],
                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def anon() -> int:
