@@ -1,4 +1,4 @@
-"""``fsck``: verify every invariant written down in ``layout.py`` (I1-I9).
+"""``fsck``: verify every invariant written down in ``layout.py`` (I1-I10).
 
 The check never holds one read transaction for its whole run (on LMDB that would stop
 the pages that concurrent commits free from being reused, so a busy store would fill up
@@ -28,12 +28,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from . import layout as L
+from .block.context import page_digest
 from .block.maps import BlockMaps, Lineage
 from .errors import CorruptStore, StoreLocked
 from .model import FsckReport
 from .storage.base import Txn
 from .storage.chunks import ChunkStore
-from .storage.envelope import decode_chunk
+from .storage.envelope import decode_chunk, decode_pages
 from .storage.store import Store
 
 MAX_REPORTED = 200
@@ -164,6 +165,7 @@ def _check_pass(store: Store, chunks: ChunkStore, maps: BlockMaps, batch: int,
         map_triples: set[tuple[int, int, int]] = set()
         per_interval: dict[tuple[int, int, int], int] = defaultdict(int)
         live_cache: dict[int, list[int]] = {}
+        patches: dict[bytes, bytes] = {}  # map key -> patch value
         for k, v in rd.rows("maps"):
             stats["map_entries"] += 1
             try:
@@ -172,11 +174,25 @@ def _check_pass(store: Store, chunks: ChunkStore, maps: BlockMaps, batch: int,
                 bad(f"I6: malformed map key {k.hex()}")
                 continue
             map_triples.add((lid, idx, gen))
+            if L.is_patch(v):
+                patches[bytes(k)] = bytes(v)  # its pages are not orphans, whatever else
             lin = lineages.get(lid)
             if lin is None:
                 bad(f"I6: map entry {lid}/{idx}/{gen} belongs to unknown lineage {lid}")
                 continue
-            if v:
+            if L.is_patch(v):
+                try:
+                    mask, _, page_key, base = L.parse_patch(v)
+                except ValueError:
+                    bad(f"I10: map entry {lid}/{idx}/{gen} has a malformed patch value")
+                    continue
+                if page_key != k:
+                    bad(f"I10: patch {lid}/{idx}/{gen} names the pages of another entry")
+                if not mask or mask > L.FULL_MASK:
+                    bad(f"I10: patch {lid}/{idx}/{gen} has a bad page mask {mask:#x}")
+                if base is not None:
+                    refcount[base] += 1
+            elif v:
                 if len(v) != L.KEY_SIZE:
                     bad(f"I2: map entry {lid}/{idx}/{gen} has a malformed value")
                     continue
@@ -240,6 +256,32 @@ def _check_pass(store: Store, chunks: ChunkStore, maps: BlockMaps, batch: int,
         for k in refcount:
             if not chunks.backend.has_many(rd.txn(), [k])[0]:
                 bad(f"I2: map entries reference missing chunk {k.hex()} ({refcount[k]}x)")
+
+        # I10 pages: exactly one per patch, decoding to its mask's pages with its digest
+        for k, v in rd.rows("pages"):
+            stats["patches"] += 1
+            stats["page_bytes"] += len(v) - 1
+            value = patches.pop(bytes(k), None)
+            if value is None:
+                bad(f"I10: pages {k.hex()} belong to no patch entry (orphan)")
+                continue
+            try:
+                mask, digest, _, _ = L.parse_patch(value)
+            except ValueError:
+                continue  # reported with its map entry
+            try:
+                data = decode_pages(v, mask.bit_count() * L.PAGE_SIZE)
+            except (CorruptStore, IndexError) as exc:
+                bad(f"I10: pages {k.hex()} do not decode: {exc or 'empty value'}")
+                continue
+            if page_digest(data) != digest:
+                bad(f"I10: pages {k.hex()} do not match their patch's digest")
+        for k in sorted(patches)[:20]:
+            try:
+                lid, idx, gen = L.parse_map_key(k)
+                bad(f"I10: patch {lid}/{idx}/{gen} has no pages")
+            except struct.error:
+                bad(f"I10: patch {k.hex()} has no pages")
 
         # I5 gens index
         gen_triples = set()

@@ -49,7 +49,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, TypeVar
 
 from . import layout as L
+from .block.context import BlockContext
 from .block.device import Device
+from .block.folder import Folder
 from .block.maps import BlockMaps, Lineage
 from .block.volume import SnapshotView, VolumeCache
 from .errors import (AttachmentNotFound, EbsError, IncorrectState, InvalidBlock, InvalidParameter,
@@ -146,6 +148,11 @@ class Engine:
         self._pool = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2)),
                                         thread_name_prefix="ebsengine-zstd")
         self._dirty_limit = dirty_limit
+        self._ctx = BlockContext(self._store, self._chunks, self._maps, self._pool,
+                                 lambda: self._closed)
+        self._folder = Folder(self._ctx)
+        if not readonly:
+            self._folder.start()
         self._caches: dict[str, VolumeCache] = {}
         self._lock = threading.RLock()
         self._units = threading.local()  # .current: the unit open on this thread, if any
@@ -168,6 +175,7 @@ class Engine:
                     except Exception as exc:  # close the store anyway; report the first
                         error = error or exc
             self._closed = True
+        self._folder.stop()
         self._pool.shutdown(wait=True)
         self._store.close()
         if error is not None:
@@ -446,8 +454,7 @@ class Engine:
             def forget() -> None:  # once committed: the cache's writes have nowhere to go
                 if cache is not None:
                     with cache.lock:
-                        cache.deleted = True
-                        cache.dirty.clear()
+                        cache.drop()
                     self._caches.pop(volume_id, None)
 
             unit._after.append(forget)
@@ -534,7 +541,7 @@ class Engine:
                     raise IncorrectState(f"Volume '{volume_id}' is {rec['state']}"
                                          + (" (being imported into)" if rec.get("staging")
                                             else "") + "; it cannot be opened now.")
-                cache = VolumeCache(self, volume_id, rec["lineage"], rec["size_gib"] * L.GIB,
+                cache = VolumeCache(self._ctx, volume_id, rec["lineage"], rec["size_gib"] * L.GIB,
                                     self._dirty_limit)
                 self._caches[volume_id] = cache
             return cache
@@ -556,7 +563,7 @@ class Engine:
         """A read-only device on a completed snapshot, served from the snapshot (no copy)."""
         with self._store.read() as txn:
             rec = self._completed(txn, snapshot_id)
-        view = SnapshotView(self, snapshot_id, rec["lineage"], rec["gen"],
+        view = SnapshotView(self._ctx, snapshot_id, rec["lineage"], rec["gen"],
                             rec["volume_size_gib"] * L.GIB)
         return Device(view, lambda: None)
 
@@ -725,8 +732,8 @@ class Engine:
                 raise UnrelatedSnapshots(
                     f"Snapshots {first_snapshot_id} and {second_snapshot_id} are not related.")
             cur = txn.cursor(db=self._maps.maps)
-            changed = {i for i in cands if i >= lo and
-                       self._maps.resolve(txn, a, i, cur) != self._maps.resolve(txn, b, i, cur)}
+            changed = {i for i in cands if i >= lo and not self._ctx.same_content(
+                txn, self._maps.resolve(txn, a, i, cur), self._maps.resolve(txn, b, i, cur))}
         return sorted({i // L.CHUNKS_PER_BLOCK for i in changed})
 
     def _diff_candidates(self, txn: Txn, a: list[tuple[int, int]],
@@ -1011,14 +1018,25 @@ class Engine:
                 value = txn.get(L.map_key(lid, idx, egen), db=self._maps.maps)
                 if not value:
                     continue
-                n = self._chunks.stored_size(txn, value)
+                n = self._maps.entry_stored_size(txn, L.map_key(lid, idx, egen), value)
                 stored += n
                 superseded = nxt is None or self._maps.entry(txn, lid, idx, nxt, cur)[0] > gen
-                if superseded and not pinned and self._chunks.refcount(txn, value) == 1:
+                if superseded and not pinned and (L.is_patch(value) or
+                                                  self._chunks.refcount(txn, value) == 1):
                     unique += n
             written = len(self._maps.visible(txn, chain)) * L.CHUNK_SIZE
         return Usage(logical_bytes=size, stored_bytes=stored, unique_bytes=unique,
                      written_bytes=written)
+
+    def fold(self) -> int:
+        """Merge every patch (partial-chunk writes) into whole chunks now; returns how many.
+        A background folder does this by itself when the store is quiet; what any volume
+        or snapshot reads never changes."""
+        with self._lock:
+            for cache in list(self._caches.values()):
+                if not cache.deleted:
+                    cache.flush()
+        return self._folder.fold_all()
 
     def fsck(self) -> FsckReport:
         """Verify every storage invariant of ``layout.py``; flushes open volumes first."""
@@ -1102,14 +1120,24 @@ class Engine:
         def fetch(start: int) -> tuple[list[int], Any] | None:
             part = visible[start:start + batch]
             with self._store.read() as txn:
-                values = self._chunks.backend.get_many(txn, [k for _, k in part])
+                keys = [k for _, k in part if not L.is_patch(k)]
+                got = dict(zip(keys, self._chunks.backend.get_many(txn, keys)))
+                values: list[bytes | bytearray | None] = []
+                for _, k in part:
+                    if not L.is_patch(k):
+                        values.append(got[k])
+                    elif txn.get(L.parse_patch(k)[2], db=self._ctx.pages_db) is None:
+                        values.append(None)  # folded meanwhile: start over (below)
+                    else:  # a patch is laid over its base here; stored chunks decode on the pool
+                        values.append(bytearray(self._ctx.content(txn, k)))
             if any(v is None for v in values):
                 with self._store.read() as txn:
                     self._view_chain(txn, resource_id)  # VolumeNotFound if it was deleted
                 return None
             found = [v for v in values if v is not None]
             half = (len(found) + 1) // 2
-            futs = [self._pool.submit(lambda vs: [decode_chunk(v) for v in vs], vs)
+            futs = [self._pool.submit(lambda vs: [
+                v if isinstance(v, bytearray) else decode_chunk(v) for v in vs], vs)
                     for vs in (found[:half], found[half:]) if vs]
             return [i for i, _ in part], futs
 

@@ -26,11 +26,32 @@ Sub-databases (key -> value; integers are unsigned big-endian so byte order = nu
     stored bytes are compared with the new bytes, so equal fingerprints alone never make two
     volumes share data (DESIGN invariant 5).
 ``refs``
-    chunk key -> u64 reference count = number of ``maps`` entries whose value is that key.
+    chunk key -> u64 reference count = number of ``maps`` values that are that key plus the
+    number of patches whose base is that key.
 ``maps``
-    ``lineage u64 | idx u32 | ~gen u32`` -> chunk key (20 bytes), or ``b""`` (a tombstone:
-    the chunk reads as zeros from this generation on). ``~gen`` is ``0xFFFFFFFF - gen`` so that a
-    cursor ``set_range(lineage|idx|~G)`` lands on the newest entry with ``gen <= G``.
+    ``lineage u64 | idx u32 | ~gen u32`` -> one of (told apart by length):
+
+    * ``b""`` (0 bytes), a tombstone: the chunk reads as zeros from this generation on;
+    * a chunk key (20 bytes): the chunk holds that stored chunk;
+    * a *patch* (35 or 55 bytes): ``PATCH_TAG u8 | mask u16 | digest[16] | page key[16] |
+      base`` where ``base`` is a chunk key (20 bytes) or empty (the base reads as zeros). The
+      chunk reads as ``base`` with the 4 KiB pages whose bit is set in ``mask`` (bit ``p`` =
+      bytes ``[p * PAGE_SIZE, (p + 1) * PAGE_SIZE)``) replaced by the pages stored in
+      ``pages[page key]``. The page key is the entry's own map key (entries never move: a
+      snapshot freezes a patch as it freezes any entry, with no copy); ``digest`` is
+      BLAKE2b-128 of those pages, concatenated in ascending order. Since the page key names
+      the entry, equal patch values are the same entry, hence equal content.
+
+    ``~gen`` is ``0xFFFFFFFF - gen`` so that a cursor ``set_range(lineage|idx|~G)`` lands on
+    the newest entry with ``gen <= G``.
+``pages``
+    page key (= the map key of a patch entry) -> ``codec u8 | payload``, the pages of that
+    patch (``popcount(mask) * PAGE_SIZE`` bytes once decoded), codec as in ``chunks`` (zstd at
+    ``PAGE_ZSTD_LEVEL`` when it saves 1/16, else raw). Written in the commit that writes the
+    patch, deleted in the commit that drops or replaces it. A patch is the result of partial
+    writes to a chunk: they cost no read or decompression of the chunk. A background *folder*
+    later replaces a patch, in place (same key, same generation), with the chunk key of its
+    content (one compression for all its pages); content and visibility do not change.
 ``gens``
     ``lineage u64 | gen u32 | idx u32`` -> ``b""``: the same entries indexed by generation,
     which makes "what changed in generations (a, b]" a range scan (changed-block tracking).
@@ -67,10 +88,12 @@ Sub-databases (key -> value; integers are unsigned big-endian so byte order = nu
 
 Format history and migration
 ----------------------------
-* 1: everything above except ``snaps_by_volume``.
-* 2: adds ``snaps_by_volume``. A read-write open of a format-1 store builds it from the
-  ``snapshots`` records and writes format 2, in one transaction (``storage/migrate.py``); a
-  read-only open of a format-1 store is refused with a message saying so.
+* 1: no ``snaps_by_volume``, no ``pages``, no patch values in ``maps``.
+* 2: adds ``snaps_by_volume`` and partial-chunk writes as patches (``pages``, patch ``maps``
+  values). A read-write open of a format-1 store creates ``pages`` (empty: every format-1
+  map is a valid format-2 map), builds ``snaps_by_volume`` from the ``snapshots`` records and
+  writes format 2, in one transaction (``storage/migrate.py``); a read-only open of a
+  format-1 store is refused with a message saying to open it read-write once.
 
 How a point in time is read
 ---------------------------
@@ -109,6 +132,11 @@ I7  Every volume names a lineage whose ``owner`` is that volume (and so does its
     holds exactly one entry per snapshot record with a ``volume_id``, and nothing else.
 I8  ``allocated`` of a lineage with a head equals the number of data chunks visible there.
 I9  ``blocksums`` entries belong to pending snapshots and name blocks inside them.
+I10 Every patch value is well formed: its page key is its own map key, its mask is not
+    empty, its base (if any) is a stored chunk (counted in I4); ``pages`` holds exactly the
+    page keys of the patch entries; each ``pages`` value decodes to ``popcount(mask)`` pages
+    whose BLAKE2b-128 is the patch's digest.
+
 """
 
 from __future__ import annotations
@@ -130,10 +158,20 @@ MAX_GEN = 0xFFFFFFFF
 CODEC_RAW = 0
 CODEC_ZSTD = 1
 
+PAGE_SIZE = 4096  # the write unit of a patch
+PAGES_PER_CHUNK = CHUNK_SIZE // PAGE_SIZE
+FULL_MASK = (1 << PAGES_PER_CHUNK) - 1
+PAGE_ZSTD_LEVEL = 1
+PATCH_TAG = 0x50  # "P"
+MAP_KEY_SIZE = 16
+DIGEST_SIZE = 16
+PATCH_SIZE = 1 + 2 + DIGEST_SIZE + MAP_KEY_SIZE  # without its base
+
 DBS = ("meta", "chunks", "refs", "maps", "gens", "lineages", "volumes", "snapshots", "service",
-       "blocksums", "snaps_by_volume")
+       "blocksums", "snaps_by_volume", "pages")
 
 _MAPKEY = struct.Struct(">QII")
+_PATCH = struct.Struct(">BH16s16s")
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
 TOMBSTONE = b""
@@ -195,3 +233,38 @@ def service_key(namespace: str, key: str) -> bytes:
     if "\x00" in namespace:
         raise ValueError("namespace must not contain NUL")
     return namespace.encode() + b"\x00" + key.encode()
+
+
+def is_patch(value: bytes) -> bool:
+    """Whether a ``maps`` value is a patch (else a chunk key or a tombstone)."""
+    return len(value) in (PATCH_SIZE, PATCH_SIZE + KEY_SIZE)
+
+
+def patch_value(mask: int, digest: bytes, page_key: bytes, base: bytes | None) -> bytes:
+    """A patch ``maps`` value (see ``maps``/``pages`` above)."""
+    return _PATCH.pack(PATCH_TAG, mask, digest, page_key) + (base or b"")
+
+
+def parse_patch(value: bytes) -> tuple[int, bytes, bytes, bytes | None]:
+    """Inverse of :func:`patch_value`: ``(mask, digest, page key, base or None)``;
+    ValueError if ``value`` is not a well-formed patch."""
+    if not is_patch(value) or value[0] != PATCH_TAG:
+        raise ValueError(f"not a patch value: {value.hex()}")
+    _, mask, digest, page_key = _PATCH.unpack_from(value)
+    base = value[PATCH_SIZE:] or None
+    return mask, digest, page_key, base
+
+
+def chunk_of(value: bytes) -> bytes | None:
+    """The chunk key a ``maps`` value holds a reference on (a chunk key, a patch's base), or
+    None."""
+    if len(value) == KEY_SIZE:
+        return value
+    if len(value) == PATCH_SIZE + KEY_SIZE:
+        return value[PATCH_SIZE:]
+    return None
+
+
+def mask_pages(mask: int) -> list[int]:
+    """Page numbers set in a patch mask, ascending."""
+    return [p for p in range(PAGES_PER_CHUNK) if mask >> p & 1]

@@ -6,7 +6,8 @@ The write stream is a deterministic function of a global record number ``i`` (se
 ended, and the test can compute what any prefix of the stream leaves on the volume
 (:class:`Replayer`).
 
-Writer (``crash_writer.py STORE --start N``): opens ``ebsengine.Engine(STORE)``, uses the
+Writer (``crash_writer.py STORE --start N``): opens ``ebsengine.Engine(STORE)`` with its
+background folder merging patches into chunks continuously, uses the
 store's volume (creates it if there is none) and applies records ``N, N+1, ...``. After
 every ``FLUSH_EVERY`` records it commits; every ``SNAP_EVERY`` records that commit is a
 snapshot instead of a flush. Each line it prints is flushed to stdout after the engine
@@ -123,7 +124,10 @@ def say(line: str) -> None:
 
 def run_writer(store: str, start: int, stop: int) -> int:
     import ebsengine
+    from ebsengine.block import folder
 
+    # Fold patches (the partial writes) all the time, so SIGKILL lands inside folds too.
+    folder.QUIET, folder.INTERVAL = 0.0, 0.02
     eng = ebsengine.Engine(store)
     vols = [v for v in eng.list_volumes() if "rec" not in v.tags]
     vol = vols[0].id if vols else eng.create_volume(size_gib=VOLUME_GIB).id

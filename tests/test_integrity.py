@@ -407,8 +407,11 @@ def test_fsck_finds_bad_meta_and_reopen_refuses(
 
 
 def test_clean_store_reports_ok(st: Store) -> None:
+    assert st.eng.fsck().ok  # with patches (partial writes) not yet folded
+    st.eng.fold()
     report = st.eng.fsck()
     assert report.ok is True
+    assert report.stats.get("patches", 0) == 0
     assert report.problems == []
     stats = report.stats
     assert stats["volumes"] == 3

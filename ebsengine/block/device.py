@@ -8,7 +8,7 @@ import os
 from typing import Callable
 
 from ..errors import Closed, OutOfRange, ReadOnlyDevice
-from .volume import Buf, SnapshotView, VolumeCache, check_range
+from .volume import Buf, Extent, SnapshotView, VolumeCache, check_range
 
 
 class Device(io.RawIOBase):
@@ -100,13 +100,14 @@ class Device(io.RawIOBase):
         """Make every acknowledged write of this volume durable (all devices of it)."""
         if self.closed or self._finalizing:
             return
-        if not self._src.readonly and not self._src.eng._closed:
+        if not self._src.readonly and not self._src.ctx.is_closed():
             assert isinstance(self._src, VolumeCache)
             self._src.flush()
 
-    def extents(self, offset: int, length: int) -> list[tuple[int, int]]:
+    def extents(self, offset: int, length: int) -> list[tuple[int, Extent]]:
         """Allocation map of ``[offset, offset+length)`` as contiguous ``(length, flags)``
-        runs; flags 3 = hole reading as zeros, 0 = data. Answered from maps, reads no data."""
+        runs of :class:`Extent` flags: ``HOLE | ZERO`` = a hole reading as zeros, ``DATA``
+        (0) = data. Answered from maps, reads no data."""
         self._live()
         check_range(offset, length, self._src.size)
         if not length:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .. import layout as L
 from ..errors import CorruptStore
@@ -64,6 +64,9 @@ class BlockMaps:
         self.maps = store.db["maps"]
         self.gens = store.db["gens"]
         self.lineages = store.db["lineages"]
+        self.pages = store.db["pages"]
+        #: called with a chunk key once its last reference is released (cache eviction)
+        self.on_free: Callable[[bytes], None] | None = None
         self._parsed: dict[int, tuple[bytes, Lineage]] = {}
 
     # --- lineage records --------------------------------------------------------------------
@@ -138,6 +141,17 @@ class BlockMaps:
                 return e[1] or None
         return None
 
+    def resolve_at(self, txn: Txn, chain: list[Point], idx: int,
+                   cur: Cursor | None = None) -> tuple[int, int, bytes] | None:
+        """Like :meth:`resolve`, with where the value was found: ``(chain position, entry
+        generation, value)``, or None when no point of the chain has an entry."""
+        cur = cur or txn.cursor(db=self.maps)
+        for k, (lid, gen) in enumerate(chain):
+            e = self.entry(txn, lid, idx, gen, cur)
+            if e is not None:
+                return k, e[0], e[1]
+        return None
+
     def visible(self, txn: Txn, chain: list[Point], lo: int = 0,
                 hi: int = L.MAX_CHUNKS) -> dict[int, bytes]:
         """``{idx: chunk key}`` of every data chunk visible at ``chain[0]`` in ``[lo, hi)``.
@@ -198,13 +212,16 @@ class BlockMaps:
         return max((p for p in set(lin.points) | set(lin.pins) if p < lin.head), default=0)
 
     def set_head(self, txn: Txn, lin: Lineage, chain: list[Point], idx: int,
-                 key: bytes | None, floor: int, cur: Cursor | None = None) -> None:
-        """Make ``idx`` hold chunk ``key`` (None = zeros) at the head of ``lin``.
+                 key: bytes | None, floor: int, cur: Cursor | None = None,
+                 pages: bytes | None = None) -> None:
+        """Make ``idx`` hold ``key`` (a chunk key or a patch value; None = zeros) at the head
+        of ``lin``; a patch's encoded ``pages`` are stored with it.
 
         ``floor`` is :meth:`head_floor`. The head interval ``(floor, head]`` keeps at most one
-        entry per index: an entry already in it is replaced (its reference released), even if
-        it has an older generation left there by a merged snapshot deletion. The caller has
-        taken the reference on ``key`` and saves ``lin`` (``allocated`` is kept up to date).
+        entry per index: an entry already in it is replaced (its reference and pages
+        released), even if it has an older generation left there by a merged snapshot
+        deletion. The caller has taken the reference on ``key`` (or on a patch's base) and
+        saves ``lin`` (``allocated`` is kept up to date).
         """
         assert lin.head is not None
         head = lin.head
@@ -215,8 +232,8 @@ class BlockMaps:
             below = self.resolve(txn, [(lin.id, floor)] + chain[1:], idx, cur)
             if e[0] != head or key is None:
                 self._drop_entry(txn, lin.id, idx, e[0])
-            elif e[1]:
-                self.chunks.decref(txn, e[1])
+            else:
+                self.release(txn, L.map_key(lin.id, idx, head), e[1])
         else:
             below = (e[1] or None) if e is not None else self.resolve(txn, chain[1:], idx, cur)
             was_data = below is not None
@@ -224,6 +241,10 @@ class BlockMaps:
         if key is not None:
             txn.put(mk, key, db=self.maps)
             txn.put(L.gen_key(lin.id, head, idx), b"", db=self.gens)
+            if L.is_patch(key):
+                if pages is None or L.parse_patch(key)[2] != mk:
+                    raise ValueError("a patch is stored at its own map key, with its pages")
+                txn.put(mk, pages, db=self.pages)
         elif below is not None:
             txn.put(mk, L.TOMBSTONE, db=self.maps)
             txn.put(L.gen_key(lin.id, head, idx), b"", db=self.gens)
@@ -234,10 +255,30 @@ class BlockMaps:
         value = txn.get(mk, db=self.maps)
         if value is None:
             raise CorruptStore(f"gens index names a missing map entry {lid}/{idx}/{gen}")
-        if value:
-            self.chunks.decref(txn, value)
+        self.release(txn, mk, value)
         txn.delete(mk, db=self.maps)
         txn.delete(L.gen_key(lid, gen, idx), db=self.gens)
+
+    def release(self, txn: Txn, mk: bytes, value: bytes) -> None:
+        """Release what the map value at ``mk`` holds: its chunk reference (a chunk key or a
+        patch's base) and a patch's pages. The entry itself is the caller's."""
+        key = L.chunk_of(value)
+        if key is not None:
+            self.unref(txn, key)
+        if L.is_patch(value):
+            txn.delete(mk, db=self.pages)
+
+    def unref(self, txn: Txn, key: bytes) -> None:
+        self.chunks.decref(txn, key)
+        if self.on_free is not None and txn.get(key, db=self.chunks.refs) is None:
+            self.on_free(key)
+
+    def entry_stored_size(self, txn: Txn, mk: bytes, value: bytes) -> int:
+        """Stored bytes of an entry: its chunk's (a chunk key) or its pages' (a patch)."""
+        if L.is_patch(value):
+            raw = txn.get(mk, db=self.pages)
+            return 0 if raw is None else len(raw) - 1
+        return self.chunks.stored_size(txn, value) if value else 0
 
     # --- dropping points --------------------------------------------------------------------
 

@@ -4,39 +4,90 @@ read-only snapshot views (the user-facing file object is :class:`.device.Device`
 Write protocol of a volume (one :class:`VolumeCache` per volume per engine, shared by every
 device opened on it, so several NBD connections see one volume):
 
-* ``pwrite``/``trim``/``write_zeroes`` change whole-chunk buffers in ``dirty`` under
-  ``lock`` (read-modify-write for partial chunks). Nothing touches LMDB, so a 4 KiB write
-  costs a memcpy, not a compression.
-* ``flush`` (one at a time, ``flush_lock``) moves ``dirty`` to ``flushing``, fingerprints and
-  compresses outside any transaction, then commits chunks + map entries + reference counts in
-  one LMDB write transaction at the lineage head (a synced commit: durable on return).
+* ``pwrite``/``trim``/``write_zeroes`` change entries of ``dirty`` under ``lock``. An entry
+  of chunk ``idx`` is a whole-chunk buffer, None (a hole) or a :class:`PageSet` (some 4 KiB
+  pages of the chunk). A write of whole 4 KiB pages into a chunk that is not cached adds
+  pages to a page set and reads nothing; only a write of part of a page reads that one page
+  (from a cached entry, else from the store). Nothing touches LMDB in the write itself.
+* ``flush`` (one at a time, ``flush_lock``) moves ``dirty`` to ``flushing``; outside any
+  write transaction it fingerprints and compresses whole chunks and prepares *patches* for
+  page sets (their pages, merged with the pages of a patch already visible there, no chunk
+  decompressed); then it commits chunks, patches, map entries and reference counts in one
+  LMDB write transaction at the lineage head (a synced commit: durable on return).
   Readers consult ``dirty``, then ``flushing``, then LMDB; the switch from ``flushing`` to
   LMDB happens under ``lock`` after the commit, and a reader that falls through to LMDB opens
   its read transaction while still holding ``lock``, so it never sees neither.
 * A snapshot is a flush whose transaction also freezes the head generation, so it holds
   exactly the writes acknowledged before it (DESIGN invariant 2).
-* When ``dirty`` exceeds ``dirty_limit`` bytes the writer flushes on its own.
+* ``dirty`` and ``flushing`` together stay under ``dirty_limit`` bytes: a writer that would
+  pass it flushes (or waits for the running flush) first. After a large flush the freed heap
+  is handed back to the OS.
+
+Reads resolve chunk indexes along the chain of points (the volume's head, then the snapshots
+it was restored from). Where an index resolved *below* a live head is cached per source: an
+entry visible at a frozen, live point does not move (the folder replaces values in place), so
+a read costs one lookup in the head lineage plus one get, however deep the chain is.
 """
 
 from __future__ import annotations
 
-import os
+import enum
 import threading
-from typing import TYPE_CHECKING, Callable
+import time
+from typing import Callable
 
+from .. import codec
 from .. import layout as L
 from ..errors import Closed, OutOfRange, SnapshotNotFound, VolumeNotFound
-from ..storage.base import Txn
-from ..storage.envelope import encode_many
+from ..storage.base import Cursor, Txn
+from ..storage.envelope import encode_many, encode_pages
+from .context import ZERO_CHUNK, BlockContext, page_digest, release_memory
 
-if TYPE_CHECKING:
-    from ..engine import Engine
-
-ZERO_CHUNK = bytes(L.CHUNK_SIZE)
-HOLE = 3  # NBD base:allocation: STATE_HOLE | STATE_ZERO
-DATA = 0
-
+PS = L.PAGE_SIZE
+CS = L.CHUNK_SIZE
 Buf = bytes | bytearray | memoryview
+WHERE_LIMIT = 1 << 17  # cached chain locations per source
+TRIM_AFTER = 16 * 1024 * 1024  # flushed bytes after which the heap is trimmed
+
+
+class Extent(enum.IntFlag):
+    """Allocation state of a range (:meth:`Device.extents`): ``DATA`` (0) is stored data;
+    a hole is ``HOLE | ZERO`` (not allocated, reads as zeros)."""
+
+    DATA = 0
+    HOLE = 1
+    ZERO = 2
+
+
+HOLE = Extent.HOLE | Extent.ZERO
+DATA = Extent.DATA
+
+
+class PageSet:
+    """Dirty 4 KiB pages of one chunk: ``pages[p]`` replaces page ``p`` of what lies below."""
+
+    __slots__ = ("pages",)
+
+    def __init__(self) -> None:
+        self.pages: dict[int, bytearray] = {}
+
+    @property
+    def mask(self) -> int:
+        m = 0
+        for p in self.pages:
+            m |= 1 << p
+        return m
+
+
+Entry = bytearray | PageSet | None
+
+
+def _entry_bytes(e: Entry) -> int:
+    if e is None:
+        return 0
+    if isinstance(e, PageSet):
+        return PS * len(e.pages)
+    return CS
 
 
 def check_range(offset: int, length: int, size: int) -> None:
@@ -46,8 +97,8 @@ def check_range(offset: int, length: int, size: int) -> None:
         raise OutOfRange(f"range [{offset}, {offset + length}) is beyond the device size {size}")
 
 
-def _merge_runs(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
+def _merge_runs(runs: list[tuple[int, Extent]]) -> list[tuple[int, Extent]]:
+    out: list[tuple[int, Extent]] = []
     for length, flags in runs:
         if length <= 0:
             continue
@@ -58,162 +109,259 @@ def _merge_runs(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
+def _runs(offset: int, length: int, flags_of: Callable[[int], Extent]) -> list[tuple[int, Extent]]:
+    runs = []
+    pos = offset
+    end = offset + length
+    while pos < end:
+        idx = pos // CS
+        nxt = min((idx + 1) * CS, end)
+        runs.append((nxt - pos, flags_of(idx)))
+        pos = nxt
+    return _merge_runs(runs)
+
+
+def _pieces(offset: int, n: int) -> list[tuple[int, int, int]]:
+    """``(chunk idx, offset within the chunk, length)`` of a byte range, with the position of
+    each piece in the range implied by the order."""
+    out = []
+    pos = 0
+    while pos < n:
+        idx, within = divmod(offset + pos, CS)
+        take = min(CS - within, n - pos)
+        out.append((idx, within, take))
+        pos += take
+    return out
+
+
+def _touched(within: int, take: int) -> range:
+    return range(within // PS, (within + take - 1) // PS + 1)
+
+
 class _Source:
-    """Common read side of volumes and snapshots: resolve chunk keys along a chain."""
+    """Common read side of volumes and snapshots: resolve map values along a chain."""
 
     readonly = True
-
-    def __init__(self, eng: "Engine") -> None:
-        self.eng = eng
-
-    # subclasses provide: size, _chain(txn), _overlay(idx) and _begin_read()
+    id: str
     size: int
+    #: chain positions below this one are frozen and their locations are cached
+    _frozen_from = 0
+
+    def __init__(self, ctx: BlockContext) -> None:
+        self.ctx = ctx
+        self._where: dict[int, int] = {}  # idx -> chain position << 32 | entry gen (or -1)
+        self._frozen: list[tuple[int, int]] | None = None
 
     def _chain(self, txn: Txn) -> list[tuple[int, int]]:
         raise NotImplementedError
 
     def _engine_open(self) -> None:
-        if self.eng._closed:
-            raise Closed(f"the engine holding {self.id} is closed")
+        self.ctx.check_open(self.id)
 
-    def _read_chunks(self, txn: Txn, idxs: list[int]) -> dict[int, bytes]:
+    def _values(self, txn: Txn, idxs: list[int]) -> dict[int, bytes | None]:
+        """The map value visible for each index (None: nothing stored)."""
         chain = self._chain(txn)
-        cur = txn.cursor(db=self.eng._maps.maps)
-        out: dict[int, bytes] = {}
+        maps = self.ctx.maps
+        cur = txn.cursor(db=maps.maps)
+        out: dict[int, bytes | None] = {}
+        f = self._frozen_from
         for idx in idxs:
-            key = self.eng._maps.resolve(txn, chain, idx, cur)
-            out[idx] = ZERO_CHUNK if key is None else self.eng._chunks.get(txn, key)
+            value: bytes | None = None
+            found = False
+            for lid, gen in chain[:f]:
+                e = maps.entry(txn, lid, idx, gen, cur)
+                if e is not None:
+                    value, found = e[1], True
+                    break
+            if not found:
+                value = self._frozen_value(txn, chain, idx, cur)
+            out[idx] = value or None
         return out
 
+    def _frozen_value(self, txn: Txn, chain: list[tuple[int, int]], idx: int,
+                      cur: Cursor) -> bytes | None:
+        f = self._frozen_from
+        where = self._where.get(idx)
+        if where is not None:
+            if where < 0:
+                return None
+            k, gen = where >> 32, where & 0xFFFFFFFF
+            if f + k < len(chain):
+                value = txn.get(L.map_key(chain[f + k][0], idx, gen), db=self.ctx.maps.maps)
+                if value is not None:
+                    return value
+        hit = self.ctx.maps.resolve_at(txn, chain[f:], idx, cur)
+        if len(self._where) >= WHERE_LIMIT:
+            self._where.clear()
+        self._where[idx] = -1 if hit is None else hit[0] << 32 | hit[1]
+        return None if hit is None else hit[2]
+
     def _stored_extents(self, txn: Txn, lo: int, hi: int) -> set[int]:
-        return set(self.eng._maps.visible(txn, self._chain(txn), lo, hi))
+        return set(self.ctx.maps.visible(txn, self._chain(txn), lo, hi))
+
+    def _fill_stored(self, txn: Txn, mv: memoryview, offset: int,
+                     want: dict[int, list[int] | None]) -> None:
+        """Fill the parts of ``mv`` (at volume ``offset``) of chunk indexes ``want`` (all of
+        each piece, or only the listed pages) from the store."""
+        values = self._values(txn, sorted(want))
+        pos = 0
+        for idx, within, take in _pieces(offset, len(mv)):
+            if idx in want:
+                self.ctx.fill(txn, values[idx], mv[pos:pos + take], within, want[idx])
+            pos += take
 
 
 class SnapshotView(_Source):
     """Read-only view of a completed snapshot (no copy: reads resolve along its chain)."""
 
-    def __init__(self, eng: "Engine", snap_id: str, lineage: int, gen: int, size: int) -> None:
-        super().__init__(eng)
+    def __init__(self, ctx: BlockContext, snap_id: str, lineage: int, gen: int,
+                 size: int) -> None:
+        super().__init__(ctx)
         self.id = snap_id
         self.lineage = lineage
         self.gen = gen
         self.size = size
 
     def _chain(self, txn: Txn) -> list[tuple[int, int]]:
-        lin = self.eng._maps.load(txn, self.lineage) if txn.get(
-            L.lineage_key(self.lineage), db=self.eng._maps.lineages) else None
+        maps = self.ctx.maps
+        lin = maps.load(txn, self.lineage) if txn.get(
+            L.lineage_key(self.lineage), db=maps.lineages) else None
         if lin is None or lin.points.get(self.gen) != self.id:
             raise SnapshotNotFound(f"The snapshot '{self.id}' does not exist.")
-        return self.eng._maps.chain(txn, (self.lineage, self.gen))
+        if self._frozen is None:  # a live snapshot's chain never changes
+            self._frozen = maps.chain(txn, (self.lineage, self.gen))
+        return self._frozen
 
     def read_into(self, mv: memoryview, offset: int) -> None:
-        first, last = offset // L.CHUNK_SIZE, (offset + len(mv) - 1) // L.CHUNK_SIZE
+        first, last = offset // CS, (offset + len(mv) - 1) // CS
         self._engine_open()
-        with self.eng._store.read() as txn:
-            chunks = self._read_chunks(txn, list(range(first, last + 1)))
-        _copy_out(mv, offset, chunks)
+        self.ctx.last_io = time.monotonic()
+        with self.ctx.store.read() as txn:
+            self._fill_stored(txn, mv, offset, {i: None for i in range(first, last + 1)})
 
-    def extents(self, offset: int, length: int) -> list[tuple[int, int]]:
-        first, last = offset // L.CHUNK_SIZE, (offset + length - 1) // L.CHUNK_SIZE
+    def extents(self, offset: int, length: int) -> list[tuple[int, Extent]]:
+        first, last = offset // CS, (offset + length - 1) // CS
         self._engine_open()
-        with self.eng._store.read() as txn:
+        with self.ctx.store.read() as txn:
             data = self._stored_extents(txn, first, last + 1)
         return _runs(offset, length, lambda idx: DATA if idx in data else HOLE)
-
-
-def _copy_out(mv: memoryview, offset: int, chunks: dict[int, Buf]) -> None:
-    pos = 0
-    n = len(mv)
-    while pos < n:
-        idx, within = divmod(offset + pos, L.CHUNK_SIZE)
-        take = min(L.CHUNK_SIZE - within, n - pos)
-        src = chunks[idx]
-        mv[pos:pos + take] = src[within:within + take] if src is not None else ZERO_CHUNK[:take]
-        pos += take
-
-
-def _runs(offset: int, length: int, flags_of: Callable[[int], int]) -> list[tuple[int, int]]:
-    runs = []
-    pos = offset
-    end = offset + length
-    while pos < end:
-        idx = pos // L.CHUNK_SIZE
-        nxt = min((idx + 1) * L.CHUNK_SIZE, end)
-        runs.append((nxt - pos, flags_of(idx)))
-        pos = nxt
-    return _merge_runs(runs)
 
 
 class VolumeCache(_Source):
     """The shared, write-back state of one volume inside one engine (see module doc)."""
 
     readonly = False
+    _frozen_from = 1  # the head lineage's entries change; the bases it reads through do not
 
-    def __init__(self, eng: "Engine", volume_id: str, lineage: int, size: int,
+    def __init__(self, ctx: BlockContext, volume_id: str, lineage: int, size: int,
                  dirty_limit: int) -> None:
-        super().__init__(eng)
+        super().__init__(ctx)
         self.id = volume_id
         self.lineage = lineage
         self.size = size
         self.dirty_limit = dirty_limit
         self.lock = threading.Lock()
         self.flush_lock = threading.Lock()
-        self.dirty: dict[int, bytearray | None] = {}
-        self.flushing: dict[int, bytearray | None] = {}
+        self.flushed = threading.Condition(self.lock)
+        self.dirty: dict[int, Entry] = {}
+        self.flushing: dict[int, Entry] = {}
         self.dirty_bytes = 0
+        self.flushing_bytes = 0
         self.epoch = 0  # flushes committed; stale-read detection in write()
         self.users = 0
         self.deleted = False
 
     def _chain(self, txn: Txn) -> list[tuple[int, int]]:
-        lin = self.eng._maps.load(txn, self.lineage)
+        maps = self.ctx.maps
+        lin = maps.load(txn, self.lineage)
         assert lin.head is not None
-        return self.eng._maps.chain(txn, (self.lineage, lin.head))
+        if self._frozen is None:
+            self._frozen = maps.chain(txn, (self.lineage, lin.head))[1:]
+        return [(self.lineage, lin.head)] + self._frozen
 
     def _check(self) -> None:
         if self.deleted:
             raise Closed(f"volume {self.id} was deleted")
         self._engine_open()
 
+    def drop(self) -> None:
+        """Forget every cached write (the volume was deleted; lock held by the caller)."""
+        self.deleted = True
+        self.dirty.clear()
+        self.dirty_bytes = 0
+
     # --- reads ------------------------------------------------------------------------------
 
-    def _cached(self, idx: int) -> tuple[bool, bytearray | None]:
+    def _layers(self, idx: int) -> list[Entry]:
+        out = []
         if idx in self.dirty:
-            return True, self.dirty[idx]
+            out.append(self.dirty[idx])
         if idx in self.flushing:
-            return True, self.flushing[idx]
-        return False, None
+            out.append(self.flushing[idx])
+        return out
 
     def read_into(self, mv: memoryview, offset: int) -> None:
-        first, last = offset // L.CHUNK_SIZE, (offset + len(mv) - 1) // L.CHUNK_SIZE
-        chunks: dict[int, Buf] = {}
-        missing: list[int] = []
+        want: dict[int, list[int] | None] = {}
+        pos = 0
+        self.ctx.last_io = time.monotonic()
         with self.lock:
             self._check()
-            for idx in range(first, last + 1):
-                hit, buf = self._cached(idx)
-                if hit:
-                    # A copy: the buffer may be changed by a writer once the lock is dropped.
-                    chunks[idx] = bytes(buf) if buf is not None else ZERO_CHUNK
-                else:
-                    missing.append(idx)
-            txn = self.eng._store.read() if missing else None
+            for idx, within, take in _pieces(offset, len(mv)):
+                rest = self._fill_cached(idx, mv[pos:pos + take], within)
+                if rest is None or rest:
+                    want[idx] = rest
+                pos += take
+            txn = self.ctx.store.read() if want else None
         if txn is not None:
             with txn:
-                chunks.update(self._read_chunks(txn, missing))
-        _copy_out(mv, offset, chunks)
+                self._fill_stored(txn, mv, offset, want)
 
-    def extents(self, offset: int, length: int) -> list[tuple[int, int]]:
-        first, last = offset // L.CHUNK_SIZE, (offset + length - 1) // L.CHUNK_SIZE
+    def _fill_cached(self, idx: int, dst: memoryview, within: int) -> list[int] | None:
+        """Copy what the cache holds of ``[within, within + len(dst))`` of chunk ``idx``
+        into ``dst`` (lock held). Returns the pages still to read from the store ([] if
+        none, None for all of them)."""
+        layers = self._layers(idx)
+        if not layers:
+            return None
+        take = len(dst)
+        need = list(_touched(within, take))
+        for e in layers:
+            if not isinstance(e, PageSet):
+                src = ZERO_CHUNK if e is None else e
+                for p in need:
+                    a, b = max(within, p * PS), min(within + take, (p + 1) * PS)
+                    dst[a - within:b - within] = src[a:b]
+                return []
+            left = []
+            for p in need:
+                page = e.pages.get(p)
+                if page is None:
+                    left.append(p)
+                    continue
+                a, b = max(within, p * PS), min(within + take, (p + 1) * PS)
+                dst[a - within:b - within] = page[a - p * PS:b - p * PS]
+            need = left
+            if not need:
+                return []
+        return need
+
+    def extents(self, offset: int, length: int) -> list[tuple[int, Extent]]:
+        first, last = offset // CS, (offset + length - 1) // CS
         with self.lock:
             self._check()
-            overlay = {**self.flushing, **self.dirty}
-            overlay = {i: v for i, v in overlay.items() if first <= i <= last}
-            txn = self.eng._store.read()
+            overlay: dict[int, Entry] = {}
+            for cached in (self.flushing, self.dirty):
+                if len(cached) < last - first + 1:
+                    overlay.update((i, v) for i, v in cached.items() if first <= i <= last)
+                else:
+                    overlay.update((i, cached[i]) for i in range(first, last + 1) if i in cached)
+            # A page set reads through to what lies below it: only the topmost layer decides
+            # whether the chunk holds data, and a page set always does.
+            txn = self.ctx.store.read()
         with txn:
             data = self._stored_extents(txn, first, last + 1)
 
-        def flags(idx: int) -> int:
+        def flags(idx: int) -> Extent:
             if idx in overlay:
                 return HOLE if overlay[idx] is None else DATA
             return DATA if idx in data else HOLE
@@ -222,72 +370,122 @@ class VolumeCache(_Source):
 
     # --- writes -----------------------------------------------------------------------------
 
-    def _set_dirty(self, idx: int, buf: bytearray | None) -> None:
-        old = self.dirty.get(idx)
-        if old is not None:
-            self.dirty_bytes -= L.CHUNK_SIZE
-        if buf is not None:
-            self.dirty_bytes += L.CHUNK_SIZE
-        self.dirty[idx] = buf
+    def _set_dirty(self, idx: int, e: Entry) -> None:
+        self.dirty_bytes += _entry_bytes(e) - _entry_bytes(self.dirty.get(idx))
+        self.dirty[idx] = e
 
     def write(self, data: Buf, offset: int) -> None:
-        """Apply a write to the cache. The stored content of partially written chunks that
-        are not cached is read *outside* the lock (a decompression would otherwise stall
-        every other request on this volume); ``epoch`` tells if a flush committed in the
-        meantime, in which case those reads are stale and are done again."""
+        """Apply a write to the cache. The one base page of a write that covers part of a
+        4 KiB page not cached is read *outside* the lock (a decompression would otherwise
+        stall every other request on this volume); ``epoch`` tells if a flush committed in
+        the meantime, in which case those reads are stale and are done again."""
         mv = memoryview(data).cast("B")
-        n = len(mv)
-        first, within_first = divmod(offset, L.CHUNK_SIZE)
-        last = (offset + n - 1) // L.CHUNK_SIZE
-        partial = [i for i in {first, last}
-                   if not (i * L.CHUNK_SIZE >= offset
-                           and (i + 1) * L.CHUNK_SIZE <= offset + n)]
-        self._make_room()
-        bases: dict[int, bytes] = {}
+        pieces = _pieces(offset, len(mv))
+        self.ctx.last_io = time.monotonic()
+        partial: list[tuple[int, int]] = []  # (idx, page) written in part
+        for idx, within, take in pieces:
+            if take == CS:
+                continue
+            for p in {within // PS, (within + take - 1) // PS}:
+                if max(within, p * PS) != p * PS or min(within + take, (p + 1) * PS) != (p + 1) * PS:
+                    partial.append((idx, p))
+        self._make_room(len(mv))
+        bases: dict[tuple[int, int], bytes] = {}
         seen = -1
         while True:
             with self.lock:
                 self._check()
                 if self.epoch != seen:
                     bases = {}
-                need = [i for i in partial if i not in self.dirty and i not in self.flushing
-                        and i not in bases]
+                need = [ip for ip in partial if ip not in bases and self._needs_base(*ip)]
                 if not need:
-                    self._apply(mv, offset, bases)
-                    break
+                    self._apply(mv, pieces, bases)
+                    return
                 seen = self.epoch
-                txn = self.eng._store.read()  # begun under the lock: see the flush protocol
+                txn = self.ctx.store.read()  # begun under the lock: see the flush protocol
             with txn:
-                bases.update(self._read_chunks(txn, need))
+                values = self._values(txn, sorted({i for i, _ in need}))
+                for idx, p in need:
+                    bases[(idx, p)] = self.ctx.page(txn, values[idx], p)
 
-    def _make_room(self) -> None:
-        """Flush *before* taking a write when the cache is over its limit: if the flush is
-        refused (store full), the write is refused with it and leaves no trace."""
-        if self.dirty_bytes >= self.dirty_limit:
-            self.flush()
+    def _needs_base(self, idx: int, p: int) -> bool:
+        """Whether a partial write of page ``p`` of chunk ``idx`` needs that page from the
+        store (lock held)."""
+        e = self.dirty.get(idx, False)
+        if e is not False and (not isinstance(e, PageSet) or p in e.pages):
+            return False
+        return self._below_page(idx, p) is None
 
-    def _apply(self, mv: memoryview, offset: int, bases: dict[int, bytes]) -> None:
-        """Copy ``mv`` into dirty buffers (lock held; partial chunks are cached or in
-        ``bases``)."""
-        n = len(mv)
-        pos = 0
-        while pos < n:
-            idx, within = divmod(offset + pos, L.CHUNK_SIZE)
-            take = min(L.CHUNK_SIZE - within, n - pos)
-            if take == L.CHUNK_SIZE:
-                self._set_dirty(idx, bytearray(mv[pos:pos + take]))
+    def _make_room(self, n: int) -> None:
+        """Keep dirty + flushing under the limit: flush *before* taking a write when the
+        cache would pass it, or wait for the flush in progress to make room. If the flush
+        is refused (store full), the write is refused with it and leaves no trace."""
+        with self.lock:
+            while self.dirty_bytes + self.flushing_bytes + min(n, CS) > self.dirty_limit:
+                if not self.flushing_bytes or self.dirty_bytes >= self.dirty_limit // 2:
+                    break
+                self.flushed.wait()
             else:
-                buf = self.dirty.get(idx)
-                if buf is None:
-                    if idx in self.dirty or (idx in self.flushing and self.flushing[idx] is None):
-                        buf = bytearray(L.CHUNK_SIZE)
-                    elif idx in self.flushing:
-                        buf = bytearray(self.flushing[idx])  # type: ignore[arg-type]
-                    else:
-                        buf = bytearray(bases[idx])
-                    self._set_dirty(idx, buf)
-                buf[within:within + take] = mv[pos:pos + take]
+                return
+        self.flush()
+
+    def _below_page(self, idx: int, p: int) -> bytes | bytearray | None:
+        """Page ``p`` of chunk ``idx`` as ``flushing`` holds it, or None if it does not."""
+        if idx not in self.flushing:
+            return None
+        below = self.flushing[idx]
+        if below is None:
+            return ZERO_CHUNK[:PS]
+        if isinstance(below, PageSet):
+            return below.pages.get(p)
+        return below[p * PS:(p + 1) * PS]
+
+    def _apply(self, mv: memoryview, pieces: list[tuple[int, int, int]],
+               bases: dict[tuple[int, int], bytes]) -> None:
+        """Copy ``mv`` into dirty entries (lock held; base pages are cached or in
+        ``bases``)."""
+        pos = 0
+        for idx, within, take in pieces:
+            src = mv[pos:pos + take]
             pos += take
+            if take == CS:
+                self._set_dirty(idx, bytearray(src))
+                continue
+            e = self.dirty.get(idx, False)
+            if isinstance(e, bytearray):
+                e[within:within + take] = src
+                continue
+            if e is None or (e is False and idx in self.flushing
+                             and not isinstance(self.flushing[idx], PageSet)):
+                below = None if e is None else self.flushing[idx]
+                buf = bytearray(CS) if below is None else bytearray(below)  # type: ignore[arg-type]
+                buf[within:within + take] = src
+                self._set_dirty(idx, buf)
+                continue
+            ps = e if isinstance(e, PageSet) else PageSet()
+            added = 0
+            for p in _touched(within, take):
+                a, b = max(within, p * PS), min(within + take, (p + 1) * PS)
+                page = ps.pages.get(p)
+                if page is None:
+                    if b - a == PS:
+                        page = bytearray(src[a - within:b - within])
+                        ps.pages[p] = page
+                        added += 1
+                        continue
+                    under = self._below_page(idx, p)
+                    page = bytearray(under if under is not None else bases[(idx, p)])
+                    ps.pages[p] = page
+                    added += 1
+                page[a - p * PS:b - p * PS] = src[a - within:b - within]
+            if e is False:
+                self.dirty[idx] = ps
+            self.dirty_bytes += added * PS
+            if len(ps.pages) == L.PAGES_PER_CHUNK:  # whole again: one buffer
+                buf = bytearray(CS)
+                for p, page in ps.pages.items():
+                    buf[p * PS:(p + 1) * PS] = page
+                self._set_dirty(idx, buf)
 
     def zero(self, offset: int, length: int) -> None:
         """Make ``[offset, offset+length)`` read as zeros; whole chunks become holes.
@@ -296,14 +494,14 @@ class VolumeCache(_Source):
         a whole large device (mkfs does) costs O(chunks holding data), not O(size). The
         partial chunks at either end are a write of zeros (see :meth:`write`).
         """
-        self._make_room()
+        self._make_room(0)
         end = offset + length
-        lo = -(-offset // L.CHUNK_SIZE)  # whole chunks: [lo, hi)
-        hi = end // L.CHUNK_SIZE
+        lo = -(-offset // CS)  # whole chunks: [lo, hi)
+        hi = end // CS
         if hi > lo:
             with self.lock:
                 self._check()
-                with self.eng._store.read() as txn:  # begun under the lock: flush protocol
+                with self.ctx.store.read() as txn:  # begun under the lock: flush protocol
                     targets = set(self._stored_extents(txn, lo, hi))
                 for cached in (self.dirty, self.flushing):
                     if len(cached) < hi - lo:
@@ -313,60 +511,175 @@ class VolumeCache(_Source):
                 for idx in sorted(targets):
                     self._set_dirty(idx, None)
         start = offset
-        if offset % L.CHUNK_SIZE:
-            start = min(end, lo * L.CHUNK_SIZE)
+        if offset % CS:
+            start = min(end, lo * CS)
             self.write(bytes(start - offset), offset)
-        if end % L.CHUNK_SIZE and end > start:
-            tail = max(start, hi * L.CHUNK_SIZE)
+        if end % CS and end > start:
+            tail = max(start, hi * CS)
             self.write(bytes(end - tail), tail)
 
     def flush(self, in_txn: Callable[[Txn, object], None] | None = None) -> None:
         """Commit every acknowledged write durably; ``in_txn(txn, lineage)`` runs inside the
         same transaction (after the writes) when given — used to freeze a snapshot."""
         with self.flush_lock:
+            self.ctx.last_io = time.monotonic()
             with self.lock:
                 self._check()
                 self.flushing, self.dirty = self.dirty, {}
-                self.dirty_bytes = 0
+                self.flushing_bytes, self.dirty_bytes = self.dirty_bytes, 0
+            flushed = self.flushing_bytes
             try:
                 items = sorted(self.flushing.items())
                 if items or in_txn is not None:
                     self._commit(items, in_txn)
             except BaseException:
                 with self.lock:
-                    for idx, buf in self.flushing.items():
+                    for idx, e in self.flushing.items():
                         if idx not in self.dirty:
-                            self._set_dirty(idx, buf)
-                    self.flushing = {}
+                            self._set_dirty(idx, e)
+                        elif isinstance(self.dirty[idx], PageSet) and e is not None:
+                            self._reapply(idx, e)
+                    self.flushing, self.flushing_bytes = {}, 0
+                    self.flushed.notify_all()
                 raise
             with self.lock:
-                self.flushing = {}
+                self.flushing, self.flushing_bytes = {}, 0
                 self.epoch += 1
+                self.flushed.notify_all()
+            del items
+        if flushed >= TRIM_AFTER:
+            release_memory()
 
-    def _commit(self, items: list[tuple[int, bytearray | None]],
+    def _reapply(self, idx: int, older: Entry) -> None:
+        """After a failed flush: lay the newer dirty page set of ``idx`` over the older
+        entry that was being flushed (lock held), so nothing acknowledged is lost."""
+        newer = self.dirty[idx]
+        assert isinstance(newer, PageSet)
+        if isinstance(older, PageSet):
+            merged = PageSet()
+            merged.pages = {**older.pages, **newer.pages}
+            self._set_dirty(idx, merged)
+            if len(merged.pages) == L.PAGES_PER_CHUNK:
+                self._set_dirty(idx, bytearray(b"".join(merged.pages[p] for p in range(
+                    L.PAGES_PER_CHUNK))))
+        else:
+            buf = bytearray(older)  # type: ignore[arg-type]
+            for p, page in newer.pages.items():
+                buf[p * PS:(p + 1) * PS] = page
+            self._set_dirty(idx, buf)
+
+    # --- committing -------------------------------------------------------------------------
+
+    def _patch(self, txn: Txn, mk: bytes, ps: PageSet, below: bytes | None
+               ) -> tuple[str, object, bytes | None]:
+        """What a page set becomes over the visible value ``below``: ``("chunk", bytes)`` if
+        it covers the whole chunk with what lies below, else ``("patch", (value, encoded
+        pages))``; the third item is the chunk key to take a reference on."""
+        pages: dict[int, bytes | bytearray] = {}
+        base: bytes | None = None
+        if below and L.is_patch(below):
+            pages.update(self.ctx.patch_pages(txn, below))
+            base = L.parse_patch(below)[3]
+        elif below:
+            base = below
+        pages.update(ps.pages)
+        if len(pages) == L.PAGES_PER_CHUNK:
+            return "chunk", b"".join(pages[p] for p in range(L.PAGES_PER_CHUNK)), None
+        if len(pages) * PS >= CS - 2 * PS and base is None:
+            buf = bytearray(CS)
+            for p, page in pages.items():
+                buf[p * PS:(p + 1) * PS] = page
+            return "chunk", bytes(buf), None
+        order = sorted(pages)
+        data = b"".join(pages[p] for p in order)
+        if codec.is_zero(data):
+            # Zeros written over zeros, or over the only non-zero pages of the base, make a
+            # hole as before (zero chunks are never stored); only zero writes pay this check.
+            if base is None:
+                return "chunk", ZERO_CHUNK, None
+            buf = bytearray(self.ctx.chunk(txn, base))
+            for p in order:
+                buf[p * PS:(p + 1) * PS] = ZERO_CHUNK[:PS]
+            if codec.is_zero(buf):
+                return "chunk", ZERO_CHUNK, None
+        mask = 0
+        for p in order:
+            mask |= 1 << p
+        value = L.patch_value(mask, page_digest(data), mk, base)
+        return "patch", (value, encode_pages(data, L.PAGE_ZSTD_LEVEL)), base
+
+    def _commit(self, items: list[tuple[int, Entry]],
                 in_txn: Callable[[Txn, object], None] | None) -> None:
-        eng = self.eng
-        fps = [eng._chunks.fingerprints(buf)[0] if buf is not None else None
-               for _, buf in items]
-        # Compress, outside the write transaction, the chunks probably not stored yet (a
-        # colliding fingerprint that turns out to hold other bytes is encoded inline by put).
-        with eng._store.read() as txn:
-            todo = [i for i, fp in enumerate(fps)
-                    if fp is not None and not eng._chunks.maybe_stored(txn, fp)]
-        encoded: dict[int, bytes] = dict(zip(
-            todo, encode_many([items[i][1] for i in todo], eng._chunks.level, eng._pool)))
-        with eng._store.write() as txn:
-            maps = eng._maps
+        ctx = self.ctx
+        maps, chunks = ctx.maps, ctx.chunks
+        entries = dict(items)
+        fulls: dict[int, bytes | bytearray] = {}
+        patches: dict[int, tuple[bytes | None, bytes, tuple[bytes, bytes], bytes | None]] = {}
+        head = 0
+        with ctx.store.read() as txn:
             raw = txn.get(L.lineage_key(self.lineage), db=maps.lineages)
             lin = maps.load(txn, self.lineage) if raw is not None else None
             if lin is None or lin.owner != self.id or lin.head is None:
                 raise VolumeNotFound(f"The volume '{self.id}' does not exist.")
-            chain = maps.chain(txn, (lin.id, lin.head))
+            if lin.head is not None:
+                head = lin.head
+                idxs = [i for i, e in items if isinstance(e, PageSet)]
+                below = self._values(txn, idxs) if idxs else {}
+                for idx in idxs:
+                    mk = L.map_key(self.lineage, idx, head)
+                    kind, what, base = self._patch(txn, mk, entries[idx], below[idx])  # type: ignore[arg-type]
+                    if kind == "chunk":
+                        fulls[idx] = what  # type: ignore[assignment]
+                    else:
+                        patches[idx] = (below[idx], mk, what, base)  # type: ignore[assignment]
+            for idx, e in items:
+                if isinstance(e, bytearray):
+                    fulls[idx] = e
+            fps = {i: chunks.fingerprints(b)[0] for i, b in fulls.items()}
+            # Compress, outside the write transaction, the chunks probably not stored yet (a
+            # colliding fingerprint that turns out to hold other bytes is encoded inline by put).
+            todo = [i for i in sorted(fulls)
+                    if (fp := fps[i]) is not None and not chunks.maybe_stored(txn, fp)]
+        encoded: dict[int, bytes] = dict(zip(
+            todo, encode_many([fulls[i] for i in todo], chunks.level, ctx.pool)))
+        with ctx.store.write() as txn:
+            raw = txn.get(L.lineage_key(self.lineage), db=maps.lineages)
+            lin = maps.load(txn, self.lineage) if raw is not None else None
+            if lin is None or lin.owner != self.id or lin.head is None:
+                raise VolumeNotFound(f"The volume '{self.id}' does not exist.")
+            chain = self._chain(txn)
             floor = maps.head_floor(lin)
             cur = txn.cursor(db=maps.maps)
-            for i, ((idx, buf), fp) in enumerate(zip(items, fps)):
-                key = None if fp is None else eng._chunks.put(txn, fp, buf, encoded.get(i))
-                maps.set_head(txn, lin, chain, idx, key, floor, cur)
+            redo = [i for i in patches if lin.head != head]
+            if not redo and patches:
+                now = self._values(txn, sorted(patches))
+                redo = [i for i, p in patches.items() if now[i] != p[0]]
+            for idx in redo:  # what lies below changed (a fold): prepare it again
+                mk = L.map_key(self.lineage, idx, lin.head)
+                below_now = self._values(txn, [idx])[idx]
+                ps = entries[idx]
+                assert isinstance(ps, PageSet)
+                kind, what, base = self._patch(txn, mk, ps, below_now)
+                if kind == "chunk":
+                    del patches[idx]
+                    fulls[idx] = what  # type: ignore[assignment]
+                    fps[idx] = chunks.fingerprints(what)[0]  # type: ignore[arg-type]
+                else:
+                    patches[idx] = (below_now, mk, what, base)  # type: ignore[assignment]
+            for idx, e in items:
+                if idx in patches:
+                    _, _, (value, pages), base = patches[idx]
+                    if base is not None:
+                        chunks.incref(txn, base)
+                    maps.set_head(txn, lin, chain, idx, value, floor, cur, pages=pages)
+                elif idx in fulls:
+                    fp = fps[idx]
+                    key = None if fp is None else chunks.put(txn, fp, fulls[idx],
+                                                             encoded.get(idx))
+                    maps.set_head(txn, lin, chain, idx, key, floor, cur)
+                else:
+                    maps.set_head(txn, lin, chain, idx, None, floor, cur)
             if in_txn is not None:
                 in_txn(txn, lin)
             maps.save(txn, lin)
+

@@ -24,20 +24,20 @@ from ebsengine import errors
 
 log = logging.getLogger("ebsengine.nbd")
 
-try:  # the engine's chunk granularity: a write dirties whole chunks
-    from ebsengine import CHUNK_SIZE as _CHUNK
-except ImportError:  # pragma: no cover - engine facade without the constant
-    _CHUNK = 64 * 1024
 
 DEFAULT_THRESHOLD = 64 * 1024 * 1024  # dirty bytes (estimated) that trigger a flush
 DEFAULT_INTERVAL = 5.0  # seconds: flush anything pending at least this often
 
 
+_PAGE = 4096  # the engine caches partial chunks as 4 KiB pages
+
+
 def dirty_estimate(offset: int, length: int) -> int:
-    """Bytes of engine cache a write of ``length`` at ``offset`` dirties (whole chunks)."""
+    """Bytes of engine cache a write of ``length`` at ``offset`` dirties: the 4 KiB pages it
+    touches (the engine keeps partial chunks as pages, whole chunks as whole buffers)."""
     if length <= 0:
         return 0
-    return ((offset + length - 1) // _CHUNK - offset // _CHUNK + 1) * _CHUNK
+    return ((offset + length - 1) // _PAGE - offset // _PAGE + 1) * _PAGE
 
 
 class Flusher:

@@ -32,6 +32,7 @@ import socket
 import threading
 from collections.abc import Callable
 
+from ebsengine.block.volume import Extent
 from ebsengine.nbd import protocol as p
 from ebsengine.nbd.exports import errno_for
 from ebsengine.nbd.flusher import Flusher, dirty_estimate
@@ -402,7 +403,7 @@ class Transmission:
             n = min(ext_len, end - pos)
             if n <= 0:
                 continue
-            zero = 1 if (ext_flags & p.STATE_ZERO and n >= p.MIN_HOLE_CHUNK) else 0
+            zero = 1 if (nbd_state(ext_flags) & p.STATE_ZERO and n >= p.MIN_HOLE_CHUNK) else 0
             if spans and spans[-1][2] == zero:
                 spans[-1][1] += n
             else:
@@ -434,7 +435,7 @@ class Transmission:
             n = min(ext_len, length - covered)
             if n <= 0:
                 break
-            f = ext_flags & (p.STATE_HOLE | p.STATE_ZERO)
+            f = nbd_state(ext_flags)
             if extents and extents[-1][1] == f:
                 extents[-1][0] += n
             else:
@@ -498,3 +499,8 @@ class Transmission:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+
+def nbd_state(kind: int) -> int:
+    """NBD ``base:allocation`` state flags of an engine :class:`Extent`."""
+    return (p.STATE_HOLE if kind & Extent.HOLE else 0) | (p.STATE_ZERO if kind & Extent.ZERO else 0)

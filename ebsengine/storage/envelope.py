@@ -90,3 +90,26 @@ def encode_many(datas: Sequence[bytes | memoryview], level: int,
     if pool is None or len(datas) < 4:
         return [encode_chunk(d, level) for d in datas]
     return encode_batch(datas, level, os.cpu_count() or 1)
+
+
+
+def encode_pages(data: bytes | bytearray | memoryview, level: int) -> bytes:
+    """Stored form of a patch's pages (``pages`` values): like a chunk, any length."""
+    return encode_chunk(data, level)
+
+
+def decode_pages(value: bytes | memoryview, size: int) -> bytes:
+    """Uncompressed pages of a ``pages`` value, which must be ``size`` bytes long."""
+    kind = value[0] if len(value) else -1
+    if kind == L.CODEC_RAW:
+        out = bytes(value[1:])
+    elif kind == L.CODEC_ZSTD:
+        try:
+            out = _codecs.d.decompress(bytes(value[1:]), max_output_size=max(size, 1))
+        except zstandard.ZstdError as exc:
+            raise CorruptStore(f"pages do not decompress: {exc}") from exc
+    else:
+        raise CorruptStore(f"unknown pages codec {kind}")
+    if len(out) != size:
+        raise CorruptStore(f"pages decode to {len(out)} bytes, not {size}")
+    return out

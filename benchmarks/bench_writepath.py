@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Write-path figures of issue 7 that bench_engine.py / bench_nbd.py do not measure, each
+comparing ebsengine trees in the same run (``--trees /work/main,.``: before and after).
+
+    python benchmarks/bench_writepath.py depth  --trees /work/main,.
+    python benchmarks/bench_writepath.py memory --trees /work/main,. --image IMG
+
+* ``depth``: random 4 KiB reads (cached chunks, so resolution is what is timed) of a volume
+  restored 8 levels deep vs 1 level deep; prints us/read and the ratio (goal <= 1.2x).
+* ``memory``: ``serve`` (default dirty limit, 256 MiB) receives ``nbdcopy --flush IMG``
+  into a 2 GiB volume; prints RssAnon idle, peak during the copy and 8 s after (goal: peak
+  <= 2x the dirty limit + 128 MiB; after within 64 MiB of idle).
+
+Each tree runs in its own child process with ``PYTHONPATH`` set to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+DEPTH = r'''
+import os, random, shutil, sys, time
+import ebsengine
+d = sys.argv[1]
+eng = ebsengine.Engine(d)
+CS = 65536
+v = eng.create_volume(size_gib=1)
+with eng.open_volume(v.id) as dev:
+    dev.pwrite(random.Random(1).randbytes(256 * CS), 0)
+vols = {0: v.id}
+vid = v.id
+for depth in range(1, 9):
+    s = eng.create_snapshot(vid)
+    vid = eng.create_volume(snapshot_id=s.id).id
+    with eng.open_volume(vid) as dev:
+        dev.pwrite(random.Random(depth).randbytes(CS), (300 + depth) * CS)
+    vols[depth] = vid
+res = {}
+for rep in range(3):
+    for depth in (1, 8):
+        dev = eng.open_volume(vols[depth]); buf = bytearray(4096)
+        rnd = random.Random(5)
+        for _ in range(2000): dev.preadinto(buf, rnd.randrange(256 * 16) * 4096)  # warm
+        t0 = time.perf_counter()
+        for _ in range(20000): dev.preadinto(buf, rnd.randrange(256 * 16) * 4096)
+        res.setdefault(depth, []).append((time.perf_counter() - t0) / 20000 * 1e6)
+        dev.close()
+eng.close()
+m = {k: sorted(x)[1] for k, x in res.items()}
+print("us/read depth 1 %.1f, depth 8 %.1f: ratio %.2fx" % (m[1], m[8], m[8] / m[1]))
+'''
+
+
+def depth(tree: str, tmp: str) -> None:
+    d = os.path.join(tmp, "depth")
+    shutil.rmtree(d, ignore_errors=True)
+    out = subprocess.run([sys.executable, "-c", DEPTH, d], env=dict(os.environ, PYTHONPATH=tree),
+                         capture_output=True, text=True, check=True).stdout.strip()
+    print(f"{tree}: {out}")
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def memory(tree: str, tmp: str, image: str) -> None:
+    d = os.path.join(tmp, "mem")
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    env = dict(os.environ, PYTHONPATH=tree)
+    store, sock = d + "/store", d + "/sock"
+    vol = subprocess.run(
+        [sys.executable, "-c", (f"import ebsengine; e = ebsengine.Engine({store!r}); "
+                               f"print(e.create_volume(size_gib=2).id); e.close()")],
+        env=env, capture_output=True, text=True, check=True).stdout.strip()
+    p = subprocess.Popen([sys.executable, "-c", ("import sys; from ebsengine.nbd.server import "
+                          f"serve; sys.exit(serve({store!r}, {sock!r}))")],
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def anon() -> int:
+        with open(f"/proc/{p.pid}/status") as f:
+            for line in f:
+                if line.startswith("RssAnon"):
+                    return int(line.split()[1]) // 1024
+        return 0
+
+    try:
+        while not os.path.exists(sock):
+            time.sleep(0.05)
+        time.sleep(1)
+        idle = anon()
+        peak = [idle]
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.is_set():
+                peak[0] = max(peak[0], anon())
+                time.sleep(0.05)
+
+        t = threading.Thread(target=watch)
+        t.start()
+        t0 = time.time()
+        subprocess.run(["nbdcopy", "--flush", image, f"nbd+unix:///{vol}?socket={sock}"],
+                       check=True)
+        took = time.time() - t0
+        time.sleep(8)
+        stop.set()
+        t.join()
+        print(f"{tree}: RssAnon idle {idle} MiB, peak {peak[0]} MiB, 8 s after {anon()} MiB "
+              f"(copy {took:.1f} s)")
+    finally:
+        p.terminate()
+        p.wait()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("what", choices=["depth", "memory"])
+    ap.add_argument("--trees", default=".", help="comma list of ebsengine checkouts")
+    ap.add_argument("--image", default="/var/tmp/ebsengine-bench/base.img")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="ebs-wp-", dir="/var/tmp") as tmp:
+        for tree in args.trees.split(","):
+            tree = os.path.abspath(tree)
+            if args.what == "depth":
+                depth(tree, tmp)
+            else:
+                memory(tree, tmp, args.image)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""What the block layer is given by the engine: a storage handle (:class:`BlockContext`), and
+the bounded cache of decoded chunks that reads go through (:class:`ChunkCache`).
+
+The block layer never sees the Engine: volumes, snapshot views and the folder hold a
+:class:`BlockContext` built by it (the store, the chunk store, the block maps, the worker
+pool, the decoded-chunk cache and a closed-check).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import hashlib
+import threading
+from collections import OrderedDict
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .. import layout as L
+from ..errors import Closed, CorruptStore
+from ..storage.chunks import ChunkStore
+from ..storage.envelope import decode_chunk, decode_pages
+from ..storage.base import Txn
+from ..storage.store import Store
+from .maps import BlockMaps
+
+DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+ZERO_CHUNK = bytes(L.CHUNK_SIZE)
+ZERO_PAGE = bytes(L.PAGE_SIZE)
+
+
+def page_digest(data: bytes | bytearray | memoryview) -> bytes:
+    """The digest a patch value carries of its pages (see ``layout.py``)."""
+    return hashlib.blake2b(data, digest_size=L.DIGEST_SIZE).digest()
+
+
+class ChunkCache:
+    """Decoded chunks by chunk key, LRU, bounded by bytes (decoded + stored form).
+
+    An entry is used only if the stored value read in the caller's transaction is the very
+    value it was decoded from, so a chunk freed and stored again under the same key (by this
+    or another process) is never served stale. :meth:`discard` frees memory early when a
+    chunk is freed.
+    """
+
+    def __init__(self, limit: int = DEFAULT_CACHE_BYTES) -> None:
+        self.limit = limit
+        self.bytes = 0
+        self._lru: OrderedDict[bytes, tuple[bytes, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, txn: Txn, chunks: ChunkStore, key: bytes) -> bytes:
+        raw = chunks.backend.get_many(txn, [key])[0]
+        if raw is None:
+            raise CorruptStore(f"chunk {key.hex()} is referenced but missing")
+        with self._lock:
+            hit = self._lru.get(key)
+            if hit is not None and hit[0] == raw:
+                self._lru.move_to_end(key)
+                self.hits += 1
+                return hit[1]
+        data = decode_chunk(raw)  # outside the lock: other readers go on meanwhile
+        with self._lock:
+            self.misses += 1
+            old = self._lru.pop(key, None)
+            if old is not None:
+                self.bytes -= len(old[0]) + len(old[1])
+            if self.limit > 0:
+                self._lru[key] = (raw, data)
+                self.bytes += len(raw) + len(data)
+                while self.bytes > self.limit and self._lru:
+                    _, (r, d) = self._lru.popitem(last=False)
+                    self.bytes -= len(r) + len(d)
+        return data
+
+    def discard(self, key: bytes) -> None:
+        with self._lock:
+            old = self._lru.pop(key, None)
+            if old is not None:
+                self.bytes -= len(old[0]) + len(old[1])
+
+    def clear(self) -> None:
+        with self._lock:
+            self._lru.clear()
+            self.bytes = 0
+
+
+@dataclass
+class BlockContext:
+    """The storage handle of the block layer (built by the engine)."""
+
+    store: Store
+    chunks: ChunkStore
+    maps: BlockMaps
+    pool: Executor
+    is_closed: Callable[[], bool]
+    cache: ChunkCache = field(default_factory=ChunkCache)
+    #: ``time.monotonic()`` of the latest read, write or flush of a volume or snapshot in
+    #: this process (the folder waits for quiet)
+    last_io: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.pages_db = self.store.db["pages"]
+        self.maps.on_free = self.cache.discard
+
+    # --- decoding map values ----------------------------------------------------------------
+
+    def chunk(self, txn: Txn, key: bytes) -> bytes:
+        """Decoded bytes of stored chunk ``key`` (through the cache)."""
+        return self.cache.get(txn, self.chunks, key)
+
+    def patch_pages(self, txn: Txn, value: bytes) -> dict[int, bytes]:
+        """``{page number: 4 KiB}`` of a patch value's stored pages."""
+        mask, _, page_key, _ = L.parse_patch(value)
+        nums = L.mask_pages(mask)
+        raw = txn.get(page_key, db=self.pages_db)
+        if raw is None:
+            raise CorruptStore(f"the pages of patch {page_key.hex()} are missing")
+        data = decode_pages(raw, len(nums) * L.PAGE_SIZE)
+        return {p: data[i * L.PAGE_SIZE:(i + 1) * L.PAGE_SIZE] for i, p in enumerate(nums)}
+
+    def content(self, txn: Txn, value: bytes | None) -> bytes:
+        """The 64 KiB a ``maps`` value (or None: nothing stored) reads as."""
+        if not value:
+            return ZERO_CHUNK
+        if not L.is_patch(value):
+            return self.chunk(txn, value)
+        base = L.parse_patch(value)[3]
+        out = bytearray(self.chunk(txn, base) if base is not None else ZERO_CHUNK)
+        for p, page in self.patch_pages(txn, value).items():
+            out[p * L.PAGE_SIZE:(p + 1) * L.PAGE_SIZE] = page
+        return bytes(out)
+
+    def same_content(self, txn: Txn, a: bytes | None, b: bytes | None) -> bool:
+        """Whether two ``maps`` values read the same. Chunk keys and tombstones are equal
+        exactly when their values are (a chunk is shared only after its bytes compared
+        equal, zero chunks are never stored); only a patch makes its content be compared."""
+        a, b = a or None, b or None
+        if a == b:
+            return True
+        if not (a is not None and L.is_patch(a)) and not (b is not None and L.is_patch(b)):
+            return False
+        return self.content(txn, a) == self.content(txn, b)
+
+    def fill(self, txn: Txn, value: bytes | None, dst: memoryview, lo: int,
+             pages: list[int] | None = None) -> None:
+        """Copy bytes ``[lo, lo + len(dst))`` of what ``value`` reads as into ``dst``; with
+        ``pages``, only the parts of ``dst`` inside those 4 KiB pages of the chunk."""
+        hi = lo + len(dst)
+        spans = [(lo, hi)] if pages is None else [
+            (max(lo, p * L.PAGE_SIZE), min(hi, (p + 1) * L.PAGE_SIZE)) for p in pages]
+        if not value:
+            for a, b in spans:
+                dst[a - lo:b - lo] = ZERO_CHUNK[:b - a]
+            return
+        if not L.is_patch(value):
+            data = self.chunk(txn, value)
+            for a, b in spans:
+                dst[a - lo:b - lo] = data[a:b]
+            return
+        mask, _, _, base = L.parse_patch(value)
+        stored = None
+        base_data: bytes | None = None
+        for a, b in spans:
+            pos = a
+            while pos < b:
+                p = pos // L.PAGE_SIZE
+                end = min(b, (p + 1) * L.PAGE_SIZE)
+                within = pos - p * L.PAGE_SIZE
+                if mask >> p & 1:
+                    if stored is None:
+                        stored = self.patch_pages(txn, value)
+                    dst[pos - lo:end - lo] = stored[p][within:within + end - pos]
+                elif base is not None:
+                    if base_data is None:
+                        base_data = self.chunk(txn, base)
+                    dst[pos - lo:end - lo] = base_data[pos:end]
+                else:
+                    dst[pos - lo:end - lo] = ZERO_PAGE[:end - pos]
+                pos = end
+
+    def page(self, txn: Txn, value: bytes | None, p: int) -> bytes:
+        """4 KiB page ``p`` of what ``value`` reads as."""
+        out = bytearray(L.PAGE_SIZE)
+        self.fill(txn, value, memoryview(out), p * L.PAGE_SIZE)
+        return bytes(out)
+
+    def check_open(self, what: str) -> None:
+        if self.is_closed():
+            raise Closed(f"the engine holding {what} is closed")
+
+
+_libc: ctypes.CDLL | None = None
+_trim_lock = threading.Lock()
+
+
+def release_memory() -> None:
+    """Give freed heap memory back to the OS (glibc keeps freed 64 KiB buffers in its arenas
+    otherwise: a burst of writes would stay resident). Best effort; a no-op off glibc."""
+    global _libc
+    with _trim_lock:
+        if _libc is None:
+            try:
+                _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+                _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+            except (OSError, AttributeError):
+                _libc = ctypes.CDLL(None)
+        trim = getattr(_libc, "malloc_trim", None)
+        if trim is not None:
+            trim(0)
