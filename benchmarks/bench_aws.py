@@ -101,7 +101,7 @@ class Server:
     def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         self.name = name
         self.port = free_port()
-        self.proc = subprocess.Popen([*argv, str(self.port)] if name == "null" else argv + [str(self.port)],
+        self.proc = subprocess.Popen([*argv, str(self.port)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         wait_port(self.port, self.proc)
         self.url = f"http://127.0.0.1:{self.port}"
@@ -120,8 +120,8 @@ class Server:
 
 def clients(url: str, threads: int) -> tuple[Any, Any]:
     cfg = botocore.config.Config(max_pool_connections=threads, retries={"total_max_attempts": 1})
-    kw = dict(endpoint_url=url, region_name="us-east-1", aws_access_key_id="AKIDBENCH",
-              aws_secret_access_key="secret", config=cfg)
+    kw = {"endpoint_url": url, "region_name": "us-east-1", "aws_access_key_id": "AKIDBENCH",
+          "aws_secret_access_key": "secret", "config": cfg}
     return boto3.client("ebs", **kw), boto3.client("ec2", **kw)
 
 

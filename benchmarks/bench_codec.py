@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture

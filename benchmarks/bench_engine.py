@@ -57,8 +57,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -147,7 +148,7 @@ def synthetic_change(seed: int, size: int = IMAGE_SIZE, fraction: float = 0.01) 
     """gen_image.py's mutate algorithm (same rng calls), applied in memory instead of to a file."""
     import numpy as np
     rng = np.random.default_rng(seed)
-    n = int(round(size * fraction / REGION))
+    n = round(size * fraction / REGION)
     slots = rng.choice(size // REGION, size=n, replace=False)
     return [(int(s) * REGION, rng.bytes(REGION)) for s in np.sort(slots)]
 
@@ -509,7 +510,7 @@ def test_export_restic(benchmark: Any, templates: dict, work: Path, base_sha: st
     benchmark.pedantic(timed(op, rounds, child_cpu), setup=setup, rounds=ROUNDS,
                        iterations=1)
     assert len(found) == 1 and sha256_file(found[0]) == base_sha
-    restore_only = [w - f for w, f in zip(rounds.data["wall"], rounds.data["fsync"])]
+    restore_only = [w - f for w, f in zip(rounds.data["wall"], rounds.data["fsync"], strict=True)]
     finish(benchmark, results, "export_restic", rounds, sha256_ok=True,
            restore_without_fsync_s=statistics.median(restore_only),
            min_restore_without_fsync_s=min(restore_only), output_du_bytes=du_bytes(found[0]))
@@ -834,7 +835,9 @@ def summarize_raw(path: str, top: int) -> None:
         name, loc = f.split(" (", 1)
         return f"{name} ({loc.rstrip(')').rsplit('/', 1)[-1]})"
 
-    for line in open(path):
+    with open(path) as fh:
+        lines = fh.readlines()
+    for line in lines:
         stack, _, n = line.rstrip("\n").rpartition(" ")
         frames = stack.split(";")
         cnt = int(n)

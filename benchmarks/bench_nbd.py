@@ -84,8 +84,8 @@ class Server:
             store = self.tmp / "store"
             env = dict(os.environ, PYTHONPATH=str(ROOT))
             code = (
-                "import ebsengine; e = ebsengine.Engine(%r); "
-                "print(e.create_volume(size_gib=%d).id); e.close()" % (str(store), self.size // GiB)
+                f"import ebsengine; e = ebsengine.Engine({str(store)!r}); "
+                f"print(e.create_volume(size_gib={self.size // GiB}).id); e.close()"
             )
             vol = sh([sys.executable, "-c", code], env=env).stdout.strip()
             bg = self.kind != "ours-nobg"
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             summary["ratio_vs_nbdkit"][v] = {}
             for k in keys:
-                if not (k.endswith("iops") or k.endswith("GiBps") or k.endswith("MiBps")):
+                if not k.endswith(("iops", "GiBps", "MiBps")):
                     continue
                 base = summary["median"]["nbdkit"].get(k)
                 mine = summary["median"][v].get(k)

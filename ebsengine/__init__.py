@@ -15,5 +15,5 @@ from .model import FsckReport, Snapshot, Usage, Volume
 
 __version__ = "0.1.0"
 
-__all__ = ["Engine", "Transaction", "EbsError", "Volume", "Snapshot", "Usage", "FsckReport", "Device",
-           "BLOCK_SIZE", "CHUNK_SIZE", "default_store_path", "__version__"]
+__all__ = ["Engine", "Transaction", "EbsError", "Volume", "Snapshot", "Usage", "FsckReport",
+           "Device", "BLOCK_SIZE", "CHUNK_SIZE", "default_store_path", "__version__"]

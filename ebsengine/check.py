@@ -250,7 +250,7 @@ def _check_pass(store: Store, chunks: ChunkStore, maps: BlockMaps, batch: int,
                 bad(f"I4: chunk {k.hex()} is stored but nothing references it (orphan)")
             if have != want:
                 bad(f"I4: chunk {k.hex()} has reference count {have}, but {want} references")
-        for k, v in rd.rows("refs"):
+        for k, _ in rd.rows("refs"):
             if not chunks.backend.has_many(rd.txn(), [k])[0]:
                 bad(f"I4: reference count for missing chunk {k.hex()}")
         for k in refcount:
@@ -305,7 +305,7 @@ def _check_pass(store: Store, chunks: ChunkStore, maps: BlockMaps, batch: int,
             if rec is None:
                 bad(f"I7: volume record {k!r} is unreadable")
                 continue
-            lin = lineages.get(rec.get("lineage"))
+            lin = lineages.get(rec["lineage"]) if isinstance(rec.get("lineage"), int) else None
             if lin is None:
                 bad(f"I7: volume {rec['id']} names missing lineage {rec.get('lineage')}")
             elif lin.owner != rec["id"] or lin.head is None:
@@ -331,7 +331,7 @@ def _check_pass(store: Store, chunks: ChunkStore, maps: BlockMaps, batch: int,
                 by_volume.add(L.snap_volume_key(rec["volume_id"], rec["id"]))
             if rec["state"] == "error":
                 continue
-            lin = lineages.get(rec.get("lineage"))
+            lin = lineages.get(rec["lineage"]) if isinstance(rec.get("lineage"), int) else None
             if lin is None:
                 bad(f"I7: snapshot {rec['id']} names missing lineage {rec.get('lineage')}")
             elif rec["state"] == "pending":
@@ -354,8 +354,8 @@ def _check_pass(store: Store, chunks: ChunkStore, maps: BlockMaps, batch: int,
                 f"{esid.decode(errors='replace')} has no such snapshot record")
         # I9 checksums of pending snapshots' blocks
         for k, _ in rd.rows("blocksums"):
-            sid, sep, blk = k.partition(b"\x00")
-            raw = rd.get("snapshots", sid) if sep and len(blk) == 4 else None
+            owner, sep, blk = k.partition(b"\x00")
+            raw = rd.get("snapshots", owner) if sep and len(blk) == 4 else None
             rec = _record(raw) if raw is not None else None
             if rec is None or rec["state"] != "pending":
                 bad(f"I9: block checksum {k!r} does not belong to a pending snapshot")

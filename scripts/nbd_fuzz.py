@@ -34,7 +34,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import nbd_client as nc  # noqa: E402
-
 from ebsengine.nbd.server import NbdServer  # noqa: E402
 
 MiB = 1 << 20

@@ -1,5 +1,5 @@
 """The static checks, run by the README's one test command (so they run in CI): ruff over the
-package and the tests, mypy over the package, and the import-layer contract (import-linter,
+package, the tests, the benchmarks and the scripts, mypy over the package, and the import-layer contract (import-linter,
 ``[tool.importlinter]`` in pyproject.toml: a lower layer never imports a higher one).
 
 Each tool is configured in pyproject.toml and installed by the ``test`` extra
@@ -36,8 +36,9 @@ def run_tool(module: str, name: str, argv: list[str]) -> None:
 
 
 def test_ruff() -> None:
-    run_tool("ruff", "ruff check ebsengine tests",
-             [sys.executable, "-m", "ruff", "check", "--no-cache", "ebsengine", "tests"])
+    run_tool("ruff", "ruff check ebsengine tests benchmarks scripts",
+             [sys.executable, "-m", "ruff", "check", "--no-cache", "ebsengine", "tests",
+              "benchmarks", "scripts"])
 
 
 def test_mypy() -> None:

@@ -42,12 +42,15 @@ Semantics a :class:`KvBackend` must keep (LMDB's, which the engine relies on):
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Protocol, Self
+from typing import Any, Protocol, TypeVar
 
 DEFAULT_MAP_SIZE = 1 << 40  # 1 TiB of address space; an LMDB file grows only as data is written
 MAX_KEY_SIZE = 511  # LMDB's default maximum key size; every backend enforces the same
 
 Buf = bytes | bytearray | memoryview
+
+
+_T = TypeVar("_T")
 
 
 class Table(Protocol):
@@ -84,7 +87,7 @@ class Txn(Protocol):
     def stat(self, db: Table | None = None) -> dict[str, int]: ...
     def commit(self) -> None: ...
     def abort(self) -> None: ...
-    def __enter__(self) -> Self: ...
+    def __enter__(self: _T) -> _T: ...
     def __exit__(self, *exc: object) -> Any: ...
 
 

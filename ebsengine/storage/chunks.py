@@ -96,7 +96,7 @@ class ChunkStore:
         """Stored (encoded) values of ``keys``; decode with :func:`.envelope.decode_chunk`
         (e.g. on a pool, outside the transaction). CorruptStore if one is missing."""
         values = self.backend.get_many(txn, keys)
-        for k, v in zip(keys, values):
+        for k, v in zip(keys, values, strict=True):
             if v is None:
                 raise CorruptStore(f"chunk {k.hex()} is referenced but missing")
         return values  # type: ignore[return-value]

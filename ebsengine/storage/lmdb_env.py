@@ -100,8 +100,8 @@ def _translate(exc: BaseException, path: str | None = None) -> Exception:
     if isinstance(exc, lmdb.DiskError) or getattr(exc, "errno", None) == errno.ENOSPC \
             or "No space left" in str(exc):
         return StoreFull(f"the disk holding the store is full; nothing was changed ({exc})")
-    if path is not None and ("Input/output error" in str(exc)
-                             or getattr(exc, "errno", None) == errno.EIO) and _disk_nearly_full(path):
+    eio = "Input/output error" in str(exc) or getattr(exc, "errno", None) == errno.EIO
+    if path is not None and eio and _disk_nearly_full(path):
         return StoreFull(f"the disk holding the store is full; nothing was changed ({exc})")
     return CorruptStore(f"LMDB error: {exc}")
 
@@ -115,7 +115,4 @@ def _disk_nearly_full(path: str) -> bool:
     return free < max(64 * 1024 * 1024, st.f_blocks * st.f_frsize // 100)
 
 
-# ``Store`` was defined here before the backend seam; existing imports keep working.
-from .store import Store
-
-__all__ = ["DEFAULT_MAP_SIZE", "LmdbBackend", "Store"]
+__all__ = ["LmdbBackend"]

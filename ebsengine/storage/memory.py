@@ -25,7 +25,7 @@ import itertools
 import threading
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterable, Iterator
-from typing import Any, Self
+from typing import Any
 
 from ..errors import CorruptStore, StoreFull
 from .base import DEFAULT_MAP_SIZE, MAX_KEY_SIZE, Buf, Table, Txn
@@ -408,7 +408,7 @@ class MemoryTxn:
         if not getattr(self, "_done", True):
             self.abort()
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> MemoryTxn:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -9,9 +9,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import sha_bytes
 
 import ebsengine
+from conftest import sha_bytes
 from ebsengine import layout as L
 from ebsengine.block import context as ctxmod
 from ebsengine.block import folder as foldermod

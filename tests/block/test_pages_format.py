@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterator
 
 import lmdb
 import pytest
-from conftest import sha_bytes, store_digest
 
 import ebsengine
+from conftest import sha_bytes, store_digest
 from ebsengine import layout as L
 from ebsengine.block import folder as foldermod
 from ebsengine.errors import FormatError
