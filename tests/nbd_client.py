@@ -255,7 +255,7 @@ def wait_for(pred: Any, timeout: float = 10.0, interval: float = 0.02) -> bool:
     return False
 
 
-# --- random-frame fuzzing (tests/test_nbd_protocol.py, scripts/nbd_fuzz.py) -----------
+# --- random-frame fuzzing (tests/services/test_nbd_protocol.py, scripts/nbd_fuzz.py) -----------
 
 def _random_frame(rng: random.Random, size: int) -> bytes:
     kind = rng.random()
@@ -545,7 +545,7 @@ class MemEngine:
         return MemFsck()
 
 
-# --- fixtures shared by the tests/test_nbd_*.py modules (imported there by name) -----------
+# --- fixtures shared by the tests/services/test_nbd_*.py modules (imported there by name) -----------
 
 def real_engine_class() -> Any:
     """``ebsengine.Engine`` if it imports, else ``None``."""

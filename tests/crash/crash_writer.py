@@ -1,4 +1,4 @@
-"""Helper process for tests/test_crash.py (DESIGN invariant 6): a writer to be killed with
+"""Helper process for tests/crash/test_crash.py (DESIGN invariant 6): a writer to be killed with
 SIGKILL at random points, and a reader that runs beside it.
 
 The write stream is a deterministic function of a global record number ``i`` (see
@@ -213,7 +213,7 @@ def main() -> int:
     ap.add_argument("--read", type=float, default=None, metavar="SECONDS",
                     help="be a reader for SECONDS instead of a writer")
     args = ap.parse_args()
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     if args.read is not None:
         return run_reader(args.store, args.read)
     return run_writer(args.store, args.start, args.stop)

@@ -21,7 +21,7 @@ import nbd_client as nc
 from ebsengine.nbd.server import NbdServer
 from nbd_client import NbdClient
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
 
 needs_engine = pytest.mark.skipif(

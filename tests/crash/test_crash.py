@@ -4,7 +4,7 @@ repair (fsck clean), every flushed write reads back, later ones are either all t
 the next commit point or not at all (never garbage), and every snapshot holds exactly its
 writes. Readers in other processes work while a writer runs.
 
-The writer and the deterministic write stream live in ``tests/crash_writer.py``.
+The writer and the deterministic write stream live in ``tests/crash/crash_writer.py``.
 ``EBSENGINE_SLOW=1`` runs many more kills.
 """
 
@@ -21,13 +21,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import crash_writer as cw
 import pytest
 
-import crash_writer as cw
 import ebsengine
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+REPO = HERE.parents[1]
 SLOW = os.environ.get("EBSENGINE_SLOW", "0") not in ("", "0")
 ITERATIONS = 150 if SLOW else 25
 BUDGET_S = 600.0 if SLOW else 60.0

@@ -28,7 +28,7 @@ from ebsengine.errors import (Closed, EbsError, IncorrectState, InvalidBlock, In
 
 CS = L.CHUNK_SIZE
 GIB = L.GIB
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 UNKNOWN_VOL = "vol-0123456789abcdef0"
 UNKNOWN_SNAP = "snap-0123456789abcdef0"
 

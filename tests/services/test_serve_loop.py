@@ -20,7 +20,7 @@ from botocore.config import Config
 
 from ebsengine.serve import run_services
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class FakeService:
