@@ -5,7 +5,7 @@ Run (all of it, < 10 minutes on 2 cores):
     python -m pytest benchmarks/bench_engine.py --benchmark-only -p no:cacheprovider \
         --benchmark-columns=min,median,max,rounds --benchmark-sort=name
 
-At the end the run prints a table of figures and ratios against the DESIGN.md goals and
+At the end the run prints a table of figures and ratios against the performance goals (README, "Benchmarks") and
 writes it as JSON to ``$EBSENGINE_BENCH_CACHE/engine_results.json``.
 
 Corpus: the realistic 2 GiB image of ``../shared/bench/gen_image.py`` (default seed) and its
@@ -80,7 +80,7 @@ REGION = 64 * KiB
 IMAGE_SIZE = 2 * GiB
 RESTIC_ENV = {"RESTIC_PASSWORD": "x"}
 
-GOALS = {  # DESIGN.md "Performance goals" (engine / baseline)
+GOALS = {  # the performance goals (README, "Benchmarks") (engine / baseline)
     "import_time": ("<=", 0.2),
     "import_stored": ("<=", 1.05),
     "incremental_time": ("<=", 0.02),

@@ -15,7 +15,7 @@ Per repetition and per server (fresh store / fresh nbdkit each time):
    ``cp FILE MNT/ && sync -f MNT`` (FILE: the image's first 512 MiB) -> umount.
 
 For every step it records wall time (or IOPS) and the server process's CPU seconds, and
-prints medians, ratios ours/nbdkit and the DESIGN.md goals. Needs nbdcopy, nbdkit, fio
+prints medians, ratios ours/nbdkit and the performance goals (README, "Benchmarks"). Needs nbdcopy, nbdkit, fio
 (nbd engine); step 5 needs root + nbdfuse (skipped otherwise).
 
     python benchmarks/bench_nbd.py --reps 3 --fio-runtime 10 --json results.json
@@ -44,7 +44,7 @@ MiB = 1 << 20
 GiB = 1 << 30
 TICK = os.sysconf("SC_CLK_TCK")
 
-GOALS = {  # DESIGN.md "Performance goals": ours/nbdkit must be >= these
+GOALS = {  # the performance goals (README, "Benchmarks"): ours/nbdkit must be >= these
     "nbdcopy_in_GiBps": 0.5,
     "nbdcopy_out_GiBps": 0.3,
     "randwrite_qd1_iops": 0.4,
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{k:34s}" + "".join(
             f"{summary['median'][v].get(k, float('nan')):14.3f}" for v in variants))
     if "nbdkit" in variants:
-        print("\nratios vs nbdkit memory (higher is better for rates; goal from DESIGN.md):")
+        print("\nratios vs nbdkit memory (higher is better for rates; goal from the README):")
         for v in variants:
             if v == "nbdkit":
                 continue

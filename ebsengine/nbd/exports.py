@@ -155,7 +155,7 @@ def errno_for(exc: BaseException, *, write: bool = False) -> int:
     """The NBD error number to report for ``exc`` raised by the engine.
 
     ``write``: the command was a WRITE/WRITE_ZEROES, for which an out-of-range access is
-    ``ENOSPC`` rather than ``EINVAL`` (NBD.md §3).
+    ``ENOSPC`` rather than ``EINVAL`` (NBD protocol, proto.md: "Error values").
     """
     if write and isinstance(exc, errors.OutOfRange):
         return p.NBD_ENOSPC

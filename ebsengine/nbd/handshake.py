@@ -1,6 +1,7 @@
 """The fixed-newstyle handshake: greeting, then option haggling until GO / EXPORT_NAME.
 
-Protocol facts: NBD.md §1. The rules this module keeps:
+Protocol facts: the NBD protocol (``doc/proto.md`` of NetworkBlockDevice/nbd), "Newstyle
+negotiation". The rules this module keeps:
 
 * every option's payload is read in full before it is answered, so an unknown or malformed
   option costs an error reply (``ERR_UNSUP`` / ``ERR_INVALID``) and never the framing;
@@ -29,7 +30,8 @@ BASE_ALLOCATION_ID = 1
 
 
 def transmission_flags(readonly: bool, structured: bool) -> int:
-    """The tflags we advertise: only what the export really does (NBD.md §2)."""
+    """The tflags we advertise: only what the export really does (proto.md: "Transmission
+    flags")."""
     flags = p.TF_HAS_FLAGS | p.TF_SEND_FLUSH | p.TF_CAN_MULTI_CONN | p.TF_SEND_CACHE
     if readonly:
         flags |= p.TF_READ_ONLY

@@ -1,7 +1,7 @@
 """NBD wire constants, frame layouts and socket framing helpers (fixed newstyle, no TLS).
 
 Everything here is big-endian, as on the wire. The values follow NetworkBlockDevice/nbd
-``doc/proto.md``; ``/work/shared/spec/NBD.md`` is our digest of it. Nothing in this module
+``doc/proto.md``. Nothing in this module
 knows about volumes: it only packs, unpacks and moves bytes.
 """
 

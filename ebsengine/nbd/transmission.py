@@ -3,7 +3,7 @@
 Threading protocol (one connection):
 
 * one *reader* thread (the connection's thread) reads request headers and WRITE payloads in
-  stream order, validates each request against the negotiated export (NBD.md §3, §4, §7),
+  stream order, validates each request against the negotiated export (the NBD protocol),
   and answers invalid ones at once; the engine never sees an invalid request;
 * valid requests that are cheap (READ / WRITE up to ``inline_limit`` bytes without FUA,
   BLOCK_STATUS, CACHE) run on the reader thread itself; slow ones (FLUSH, FUA writes,
@@ -328,7 +328,7 @@ class Transmission:
                         self.flusher.note(dirty_estimate(offset, length))
             elif cmd == p.CMD_WRITE_ZEROES:
                 if length:
-                    # NO_HOLE: the engine never stores zeroes (DESIGN.md invariant 4), so a
+                    # NO_HOLE: the engine never stores zeroes (layout.py, I3), so a
                     # zeroed range is always "allocated" as a zero range; reads give 0 either way.
                     # FAST_ZERO: zeroing is a map update here, never slower than writing.
                     dev.write_zeroes(offset, length)

@@ -1,4 +1,4 @@
-"""The kernel mount pipeline over our NBD server: nbdfuse -> loop -> ext4 (MOUNT_TESTING.md).
+"""The kernel mount pipeline over our NBD server: nbdfuse -> loop -> ext4 (as root, no /dev/nbd needed).
 
 Needs root, /dev/fuse, loop devices, nbdfuse, fusermount3, mkfs.ext4, e2fsck. Cleanup always
 runs in the recipe's order: leave the fs -> umount (lazy as a fallback) -> detach loops ->
@@ -53,7 +53,7 @@ def is_mounted(path: Path) -> bool:
 
 
 def abort_fuse(fuse: Path) -> None:
-    """Last resort for a hung server (MOUNT_TESTING.md §6): abort the FUSE connection, which
+    """Last resort for a hung server (fuse's connections/N/abort): abort the FUSE connection, which
     fails the blocked I/O so that umount and fusermount3 can proceed."""
     minor = None
     with open("/proc/self/mountinfo") as f:
