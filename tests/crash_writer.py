@@ -35,6 +35,10 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported where it runs (after the path is set up)
+    import ebsengine
 
 CHUNK = 64 * 1024
 REGION = 4 * 1024 * 1024          # every record falls inside [0, REGION)
@@ -157,7 +161,7 @@ def run_writer(store: str, start: int, stop: int) -> int:
     return 0
 
 
-def restore_one(eng: "ebsengine.Engine", vol: str) -> None:  # type: ignore[name-defined]
+def restore_one(eng: ebsengine.Engine, vol: str) -> None:
     """Restore a volume from a middle snapshot, then delete all restored volumes but the
     two newest (so one lives on while the writer deletes the snapshot it came from)."""
     live = sorted(eng.list_snapshots(vol), key=lambda s: int(s.description.split()[1]))

@@ -8,13 +8,12 @@ other one and only the byte comparison in ``ChunkStore.find`` keeps them apart.
 
 from __future__ import annotations
 
-
 import pytest
 
 import ebsengine
+from conftest import sha_bytes
 from ebsengine import layout as L
 from ebsengine.storage.chunks import ChunkStore
-from conftest import sha_bytes
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ class Child:
 
     def __init__(self, *args: str) -> None:
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        self.err = tempfile.TemporaryFile()
+        self.err = tempfile.TemporaryFile()  # noqa: SIM115 -- outlives __init__; closed in kill()
         self.proc = subprocess.Popen([sys.executable, str(HERE / "crash_writer.py"), *args],
                                      stdout=subprocess.PIPE, stderr=self.err, bufsize=0,
                                      cwd=REPO, env=env)
@@ -287,7 +287,7 @@ def test_readers_in_other_processes_while_writer_runs(tmp_path: Path) -> None:
             r.kill()
     for rc, out, rerr in results:
         assert rc == 0 and len(out) == 1, (out, rerr)
-        word, verified, _, skipped = out[0].split()
+        word, verified, _, _skipped = out[0].split()
         assert word == "verified" and int(verified) >= 2, out
     assert writer.proc.returncode == -signal.SIGKILL, err
     assert any(x.startswith(("flushed", "snap")) for x in lines[before:during]), \
