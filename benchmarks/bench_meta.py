@@ -67,7 +67,7 @@ def populate(path: str, volumes: int, snapshots: int) -> list[str]:
                              create_time=now + i * 1e-3, availability_zone="us-east-1a",
                              iops=3000, throughput=125, snapshot_id=None, encrypted=False,
                              kms_key_id=None, multi_attach_enabled=False, tags={})
-                eng._put_vol(txn, {**vol.to_dict(), "lineage": lin.id})
+                eng._records.put_vol(txn, {**vol.to_dict(), "lineage": lin.id})
                 n = per if i < volumes - 1 else snapshots - made
                 for _ in range(n):
                     sid = new_id("snap")
@@ -80,7 +80,7 @@ def populate(path: str, volumes: int, snapshots: int) -> list[str]:
                                     description="bench", encrypted=False, kms_key_id=None,
                                     parent_id=None, full_size_bytes=0,
                                     tags={"n": str(made % 7)})
-                    eng._put_snap(txn, {**snap.to_dict(), "lineage": lin.id, "gen": gen})
+                    eng._records.put_snap(txn, {**snap.to_dict(), "lineage": lin.id, "gen": gen})
                     txn.put(b"aws.snapshot\x00" + sid.encode(), b'{"region": "us-east-1"}',
                             db=eng._store.db["service"])
                     made += 1

@@ -44,7 +44,7 @@ class Child:
 
     def __init__(self, *args: str) -> None:
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        self.err = tempfile.TemporaryFile()  # noqa: SIM115  (closed in stop())
+        self.err = tempfile.TemporaryFile()  # noqa: SIM115 -- outlives __init__; closed in kill()
         self.proc = subprocess.Popen([sys.executable, str(HERE / "crash_writer.py"), *args],
                                      stdout=subprocess.PIPE, stderr=self.err, bufsize=0,
                                      cwd=REPO, env=env)

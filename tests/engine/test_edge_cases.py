@@ -12,8 +12,8 @@ import time
 import pytest
 
 import ebsengine
-from ebsengine import layout as L
 from conftest import discard_unflushable
+from ebsengine import layout as L
 from ebsengine.errors import InvalidParameterCombination, StoreFull, VolumeNotFound
 
 

@@ -16,15 +16,29 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import discard_unflushable, store_digest
 
 import ebsengine
+from conftest import discard_unflushable, store_digest
 from ebsengine import layout as L
-from ebsengine.errors import (Closed, EbsError, IncorrectState, InvalidBlock, InvalidParameter,
-                              InvalidVolumeSize, UnrelatedSnapshots,
-                              InvalidParameterCombination, MalformedId, MissingParameter,
-                              NotFound, OutOfRange, ReadOnlyDevice, SnapshotNotFound, StoreFull,
-                              VolumeInUse, VolumeNotFound)
+from ebsengine.errors import (
+    Closed,
+    EbsError,
+    IncorrectState,
+    InvalidBlock,
+    InvalidParameter,
+    InvalidParameterCombination,
+    InvalidVolumeSize,
+    MalformedId,
+    MissingParameter,
+    NotFound,
+    OutOfRange,
+    ReadOnlyDevice,
+    SnapshotNotFound,
+    StoreFull,
+    UnrelatedSnapshots,
+    VolumeInUse,
+    VolumeNotFound,
+)
 
 CS = L.CHUNK_SIZE
 GIB = L.GIB
@@ -625,7 +639,7 @@ def test_freed_space_is_usable_by_the_next_flush(store_path: str) -> None:
         eng.close()
     with ebsengine.Engine(store_path, map_size=MAP_SIZE) as again:
         with again.open_volume(keep) as dev:
-            for o, want in flushed + [(off, data)]:
+            for o, want in [*flushed, (off, data)]:
                 assert dev.pread(len(want), o) == want
 
 
@@ -662,7 +676,7 @@ def test_a_completely_full_store_can_still_free_space(store_path: str) -> None:
     try:
         keep, filler = _keep_and_filler(eng, rnd)
         with eng.open_volume(keep) as dev:
-            flushed, _, _, _ = _fill(eng, dev, rnd)
+            _fill(eng, dev, rnd)
             _discard_unflushable(eng)  # the client gives the refused write up
             for k in range(5000):  # then small metadata commits take the last pages
                 try:

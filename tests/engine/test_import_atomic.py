@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import sha_bytes
 
 import ebsengine
-from ebsengine import engine as engine_mod
+from conftest import sha_bytes
 from ebsengine import layout as L
+from ebsengine.engine import transfer as transfer_mod
 from ebsengine.errors import IncorrectState
 
 CS = L.CHUNK_SIZE
@@ -47,8 +47,8 @@ def lineage_count(e: ebsengine.Engine) -> int:
 
 @pytest.fixture
 def small_commits(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine_mod, "INGEST_BATCH_BYTES", 1 * MiB)
-    monkeypatch.setattr(engine_mod, "INGEST_COMMIT_BYTES", 1 * MiB)
+    monkeypatch.setattr(transfer_mod, "INGEST_BATCH_BYTES", 1 * MiB)
+    monkeypatch.setattr(transfer_mod, "INGEST_COMMIT_BYTES", 1 * MiB)
 
 
 class Boom(Exception):
@@ -100,9 +100,9 @@ def test_failed_import_of_a_new_volume_leaves_nothing(eng: ebsengine.Engine, tmp
 CHILD = textwrap.dedent('''
     import os, signal, sys
     import ebsengine
-    from ebsengine import engine as engine_mod
-    engine_mod.INGEST_BATCH_BYTES = 1 << 20
-    engine_mod.INGEST_COMMIT_BYTES = 1 << 20
+    from ebsengine.engine import transfer as transfer_mod
+    transfer_mod.INGEST_BATCH_BYTES = 1 << 20
+    transfer_mod.INGEST_COMMIT_BYTES = 1 << 20
     store, image, target, kill_at = sys.argv[1:5]
     eng = ebsengine.Engine(store)
     def progress(done, total):
@@ -210,10 +210,10 @@ def test_data_range_scan_errors_are_raised(tmp_path: Path) -> None:
     fd = os.open(tmp_path / "f", os.O_RDONLY)
     os.close(fd)  # a closed descriptor: EBADF
     with pytest.raises(OSError):
-        list(engine_mod._data_ranges(fd, CS))
+        list(transfer_mod._data_ranges(fd, CS))
     fd = os.open(tmp_path / "f", os.O_RDONLY)
     try:
-        assert list(engine_mod._data_ranges(fd, CS)) == [(0, CS)]
-        assert list(engine_mod._data_ranges(fd, 4 * CS)) == [(0, CS)]  # data then EOF
+        assert list(transfer_mod._data_ranges(fd, CS)) == [(0, CS)]
+        assert list(transfer_mod._data_ranges(fd, 4 * CS)) == [(0, CS)]  # data then EOF
     finally:
         os.close(fd)

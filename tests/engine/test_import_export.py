@@ -8,9 +8,9 @@ import random
 import pytest
 
 import ebsengine
+from conftest import store_digest
 from ebsengine import layout as L
 from ebsengine.errors import InvalidParameter, StoreFull
-from conftest import store_digest
 
 MIB = 1 << 20
 

@@ -18,11 +18,11 @@ import lmdb
 import pytest
 
 import ebsengine
+from conftest import sha_bytes
 from ebsengine import codec
 from ebsengine import layout as L
 from ebsengine.errors import FormatError
 from ebsengine.storage.envelope import encode_chunk
-from conftest import sha_bytes
 
 
 @pytest.fixture

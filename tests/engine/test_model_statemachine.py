@@ -14,8 +14,16 @@ import tempfile
 
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
-from hypothesis.stateful import (Bundle, RuleBasedStateMachine, consumes, initialize,
-                                 invariant, multiple, precondition, rule)
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    initialize,
+    invariant,
+    multiple,
+    precondition,
+    rule,
+)
 
 import ebsengine
 from ebsengine import layout as L
@@ -35,7 +43,7 @@ class Sparse:
         self.size = size
         self.chunks = {i: bytearray(c) for i, c in (chunks or {}).items()}
 
-    def copy(self) -> "Sparse":
+    def copy(self) -> Sparse:
         return Sparse(self.size, self.chunks)
 
     def write(self, off: int, data: bytes) -> None:

@@ -29,8 +29,8 @@ def test_index_follows_every_snapshot_change(eng: ebsengine.Engine) -> None:
     failed = eng.start_snapshot(1).id
     eng.fail_snapshot(failed)
     eng.complete_snapshot(direct)
-    assert index(eng) == {(a, s) for s in sa + [copy]} | {(b, sb)}
-    assert sorted(s.id for s in eng.list_snapshots(a)) == sorted(sa + [copy])
+    assert index(eng) == {(a, s) for s in [*sa, copy]} | {(b, sb)}
+    assert sorted(s.id for s in eng.list_snapshots(a)) == sorted([*sa, copy])
     assert [s.id for s in eng.list_snapshots(b)] == [sb]
     eng.set_tags(sa[1], {"k": "v"})  # rewriting a record keeps exactly one entry
     eng.delete_snapshot(sa[1])

@@ -9,8 +9,7 @@ import pytest
 
 import ebsengine
 from ebsengine import layout as L
-from ebsengine.errors import (IncorrectState, InvalidParameter, SnapshotNotFound,
-                              UnrelatedSnapshots)
+from ebsengine.errors import IncorrectState, InvalidParameter, SnapshotNotFound, UnrelatedSnapshots
 
 
 @pytest.fixture
@@ -127,7 +126,7 @@ def test_same_bytes_stored_once_and_zeros_not_at_all(eng):
 
 
 def test_restore_is_lazy_larger_and_independent(eng):
-    vid, snaps, images = build_chain(eng, 2)
+    _, snaps, images = build_chain(eng, 2)
     chunks_before = eng.fsck().stats["chunks"]
     clone = eng.create_volume(snapshot_id=snaps[0], size_gib=3, volume_type="gp3")
     assert eng.fsck().stats["chunks"] == chunks_before   # O(1): nothing copied
@@ -192,7 +191,7 @@ def test_engine_reopen_keeps_everything(store_path):
     with ebsengine.Engine(store_path) as eng:
         vid, snaps, images = build_chain(eng, 3)
     with ebsengine.Engine(store_path) as eng:
-        for sid, img in zip(snaps, images):
+        for sid, img in zip(snaps, images, strict=True):
             assert read_snap(eng, sid, len(img)) == img
         with eng.open_volume(vid) as dev:
             assert dev.pread(len(images[-1]), 0) == images[-1]
@@ -216,7 +215,7 @@ def test_concurrent_block_puts_share_commits_and_fail_alone(eng):
             except Exception as exc:  # noqa: BLE001 - collected for the assertion below
                 errors.append(exc)
 
-    work = list(blocks.items()) + [(5000, bytes(BS))]
+    work = [*blocks.items(), (5000, bytes(BS))]
     threads = [threading.Thread(target=put, args=(work[k::8],)) for k in range(8)]
     for t in threads:
         t.start()

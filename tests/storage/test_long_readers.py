@@ -18,7 +18,7 @@ import pytest
 
 import ebsengine
 import ebsengine.check
-import ebsengine.engine
+import ebsengine.engine.transfer
 from ebsengine import layout as L
 from ebsengine.errors import StoreLocked
 
@@ -91,7 +91,7 @@ def busy(tmp_path):
 
 def test_a_long_export_lets_a_concurrent_writer_reuse_freed_space(busy, tmp_path, monkeypatch):
     eng, src, data, writer = busy
-    monkeypatch.setattr(ebsengine.engine, "EXPORT_BATCH", 16)  # 32 batches of 1 MiB
+    monkeypatch.setattr(ebsengine.engine.transfer, "EXPORT_BATCH", 16)  # 32 batches of 1 MiB
 
     rounds = 32  # 32 rounds of 8 MiB = 256 MiB rewritten through a 96 MiB store
     calls: list[int] = []
@@ -117,7 +117,7 @@ def test_a_long_export_lets_a_concurrent_writer_reuse_freed_space(busy, tmp_path
 def test_the_export_is_the_point_in_time_it_began_even_if_the_volume_changes(busy, tmp_path,
                                                                              monkeypatch):
     eng, src, data, _writer = busy
-    monkeypatch.setattr(ebsengine.engine, "EXPORT_BATCH", 64)
+    monkeypatch.setattr(ebsengine.engine.transfer, "EXPORT_BATCH", 64)
     changed: list[bool] = []
 
     def progress(done: int, total: int) -> None:
