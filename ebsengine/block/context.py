@@ -66,11 +66,12 @@ class ChunkCache:
         self._insert(key, raw, data)
         return data
 
-    def get_pages(self, txn: Txn, pages_db: Table, value: bytes) -> bytes:
+    def get_pages(self, txn: Txn, pages_db: Table, value: bytes, keep: bool = True) -> bytes:
         """The decoded pages (ascending page order) of patch ``value``. Cached by the
         patch's header with no store read on a hit: the header holds the digest of exactly
         these pages and the map key they are stored at, so equal headers mean equal pages
-        (a rewrite of the patch changes its digest, a fold removes the patch)."""
+        (a rewrite of the patch changes its digest, a fold removes the patch). With
+        ``keep=False`` a miss is not cached (pages about to be replaced: flush, fold)."""
         head = value[:L.PATCH_SIZE]
         with self._lock:
             hit = self._lru.get(head)
@@ -83,7 +84,8 @@ class ChunkCache:
         if raw is None:
             raise CorruptStore(f"the pages of patch {page_key.hex()} are missing")
         data = decode_pages(raw, mask.bit_count() * L.PAGE_SIZE)
-        self._insert(head, b"", data)
+        if keep:
+            self._insert(head, b"", data)
         return data
 
     def _insert(self, key: bytes, raw: bytes, data: bytes) -> None:
@@ -136,9 +138,10 @@ class BlockContext:
         return self.cache.get(txn, self.chunks, key)
 
     def patch_pages(self, txn: Txn, value: bytes) -> dict[int, bytes]:
-        """``{page number: 4 KiB}`` of a patch value's stored pages."""
+        """``{page number: 4 KiB}`` of a patch value's stored pages (for flushes, folds and
+        comparisons: a miss does not fill the read cache)."""
         nums = L.mask_pages(L.parse_patch(value)[0])
-        data = self.cache.get_pages(txn, self.pages_db, value)
+        data = self.cache.get_pages(txn, self.pages_db, value, keep=False)
         return {p: data[i * L.PAGE_SIZE:(i + 1) * L.PAGE_SIZE] for i, p in enumerate(nums)}
 
     def content(self, txn: Txn, value: bytes | None) -> bytes:
