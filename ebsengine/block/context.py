@@ -13,15 +13,15 @@ import ctypes.util
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .. import layout as L
 from ..errors import Closed, CorruptStore
+from ..storage.base import Table, Txn
 from ..storage.chunks import ChunkStore
 from ..storage.envelope import decode_chunk, decode_pages
-from ..storage.base import Txn
 from ..storage.store import Store
 from .maps import BlockMaps
 
@@ -63,6 +63,32 @@ class ChunkCache:
                 self.hits += 1
                 return hit[1]
         data = decode_chunk(raw)  # outside the lock: other readers go on meanwhile
+        self._insert(key, raw, data)
+        return data
+
+    def get_pages(self, txn: Txn, pages_db: Table, value: bytes, keep: bool = True) -> bytes:
+        """The decoded pages (ascending page order) of patch ``value``. Cached by the
+        patch's header with no store read on a hit: the header holds the digest of exactly
+        these pages and the map key they are stored at, so equal headers mean equal pages
+        (a rewrite of the patch changes its digest, a fold removes the patch). With
+        ``keep=False`` a miss is not cached (pages about to be replaced: flush, fold)."""
+        head = value[:L.PATCH_SIZE]
+        with self._lock:
+            hit = self._lru.get(head)
+            if hit is not None:
+                self._lru.move_to_end(head)
+                self.hits += 1
+                return hit[1]
+        mask, _, page_key, _ = L.parse_patch(value)
+        raw = txn.get(page_key, db=pages_db)
+        if raw is None:
+            raise CorruptStore(f"the pages of patch {page_key.hex()} are missing")
+        data = decode_pages(raw, mask.bit_count() * L.PAGE_SIZE)
+        if keep:
+            self._insert(head, b"", data)
+        return data
+
+    def _insert(self, key: bytes, raw: bytes, data: bytes) -> None:
         with self._lock:
             self.misses += 1
             old = self._lru.pop(key, None)
@@ -74,7 +100,6 @@ class ChunkCache:
                 while self.bytes > self.limit and self._lru:
                     _, (r, d) = self._lru.popitem(last=False)
                     self.bytes -= len(r) + len(d)
-        return data
 
     def discard(self, key: bytes) -> None:
         with self._lock:
@@ -113,13 +138,10 @@ class BlockContext:
         return self.cache.get(txn, self.chunks, key)
 
     def patch_pages(self, txn: Txn, value: bytes) -> dict[int, bytes]:
-        """``{page number: 4 KiB}`` of a patch value's stored pages."""
-        mask, _, page_key, _ = L.parse_patch(value)
-        nums = L.mask_pages(mask)
-        raw = txn.get(page_key, db=self.pages_db)
-        if raw is None:
-            raise CorruptStore(f"the pages of patch {page_key.hex()} are missing")
-        data = decode_pages(raw, len(nums) * L.PAGE_SIZE)
+        """``{page number: 4 KiB}`` of a patch value's stored pages (for flushes, folds and
+        comparisons: a miss does not fill the read cache)."""
+        nums = L.mask_pages(L.parse_patch(value)[0])
+        data = self.cache.get_pages(txn, self.pages_db, value, keep=False)
         return {p: data[i * L.PAGE_SIZE:(i + 1) * L.PAGE_SIZE] for i, p in enumerate(nums)}
 
     def content(self, txn: Txn, value: bytes | None) -> bytes:
@@ -162,18 +184,19 @@ class BlockContext:
                 dst[a - lo:b - lo] = data[a:b]
             return
         mask, _, _, base = L.parse_patch(value)
-        stored = None
+        stored: bytes | None = None
         base_data: bytes | None = None
         for a, b in spans:
             pos = a
             while pos < b:
                 p = pos // L.PAGE_SIZE
                 end = min(b, (p + 1) * L.PAGE_SIZE)
-                within = pos - p * L.PAGE_SIZE
                 if mask >> p & 1:
                     if stored is None:
-                        stored = self.patch_pages(txn, value)
-                    dst[pos - lo:end - lo] = stored[p][within:within + end - pos]
+                        stored = self.cache.get_pages(txn, self.pages_db, value)
+                    # page p is the n-th stored page, n = the pages of the mask below it
+                    at = (mask & ((1 << p) - 1)).bit_count() * L.PAGE_SIZE + pos % L.PAGE_SIZE
+                    dst[pos - lo:end - lo] = stored[at:at + end - pos]
                 elif base is not None:
                     if base_data is None:
                         base_data = self.chunk(txn, base)

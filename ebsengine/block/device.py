@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import Closed, OutOfRange, ReadOnlyDevice
 from .volume import Buf, Extent, SnapshotView, VolumeCache, check_range
@@ -168,7 +168,7 @@ class Device(io.RawIOBase):
         self._finalizing = True
         self.close()
 
-    def __enter__(self) -> "Device":
+    def __enter__(self) -> Device:
         return self
 
     def __del__(self) -> None:
@@ -178,5 +178,5 @@ class Device(io.RawIOBase):
         self._finalizing = True
         try:
             self.close()
-        except Exception:
+        except Exception:  # noqa: BLE001 - a finalizer must never raise
             pass

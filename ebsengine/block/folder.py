@@ -99,7 +99,7 @@ class Folder:
                 return 0, more
             todo = [w for w in work if not w[4]]
             encoded = dict(zip((w[0] for w in todo), encode_many(
-                [w[3] for w in todo], ctx.chunks.level, ctx.pool)))
+                [w[3] for w in todo], ctx.chunks.level, ctx.pool), strict=True))
             n = 0
             with ctx.store.write() as txn:
                 for mk, value, fp, data, _ in work:

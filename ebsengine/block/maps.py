@@ -9,8 +9,8 @@ volume's history; each entry ``(lineage, idx, gen) -> chunk key | tombstone`` sa
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterator
 
 from .. import layout as L
 from ..errors import CorruptStore
@@ -47,7 +47,7 @@ class Lineage:
         return json.dumps(d, sort_keys=True).encode()
 
     @classmethod
-    def from_json(cls, lid: int, raw: bytes) -> "Lineage":
+    def from_json(cls, lid: int, raw: bytes) -> Lineage:
         d = json.loads(raw)
         return cls(id=lid, head=d["head"], owner=d["owner"], base=d["base"],
                    points={int(k): v for k, v in d["points"].items()},
@@ -65,28 +65,37 @@ class BlockMaps:
         self.gens = store.db["gens"]
         self.lineages = store.db["lineages"]
         self.pages = store.db["pages"]
-        #: called with a chunk key once its last reference is released (cache eviction)
+        #: called with a chunk key once its last reference is released, and with a patch's
+        #: header once its pages are (cache eviction)
         self.on_free: Callable[[bytes], None] | None = None
         self._parsed: dict[int, tuple[bytes, Lineage]] = {}
 
     # --- lineage records --------------------------------------------------------------------
 
-    def load(self, txn: Txn, lid: int) -> Lineage:
-        """The lineage record as stored in ``txn`` (a private copy: callers may change it).
+    def peek(self, txn: Txn, lid: int) -> Lineage | None:
+        """The lineage record as stored in ``txn``, or None if there is none: a *shared*
+        parsed object that the caller must not change (see :meth:`load`).
 
-        Parsed records are cached by their exact stored bytes, so a read path that loads the
-        same unchanged record for every request skips the JSON decoding.
+        Parsed records are cached by their exact stored bytes, so a read path that looks at
+        the same unchanged record for every request pays one get and one compare, no JSON
+        decoding and no copy.
         """
         raw = txn.get(L.lineage_key(lid), db=self.lineages)
         if raw is None:
-            raise CorruptStore(f"lineage {lid} is referenced but missing")
+            return None
         hit = self._parsed.get(lid)
         if hit is None or hit[0] != raw:
             hit = (raw, Lineage.from_json(lid, raw))
             if len(self._parsed) > 4096:
                 self._parsed.clear()
             self._parsed[lid] = hit
-        lin = hit[1]
+        return hit[1]
+
+    def load(self, txn: Txn, lid: int) -> Lineage:
+        """The lineage record as stored in ``txn`` (a private copy: callers may change it)."""
+        lin = self.peek(txn, lid)
+        if lin is None:
+            raise CorruptStore(f"lineage {lid} is referenced but missing")
         return Lineage(id=lid, head=lin.head, owner=lin.owner,
                        base=list(lin.base) if lin.base is not None else None,
                        points=dict(lin.points), pins=dict(lin.pins), allocated=lin.allocated)
@@ -229,7 +238,7 @@ class BlockMaps:
         e = self.entry(txn, lin.id, idx, head, cur)
         if e is not None and e[0] > floor:
             was_data = bool(e[1])
-            below = self.resolve(txn, [(lin.id, floor)] + chain[1:], idx, cur)
+            below = self.resolve(txn, [(lin.id, floor), *chain[1:]], idx, cur)
             if e[0] != head or key is None:
                 self._drop_entry(txn, lin.id, idx, e[0])
             else:
@@ -267,6 +276,8 @@ class BlockMaps:
             self.unref(txn, key)
         if L.is_patch(value):
             txn.delete(mk, db=self.pages)
+            if self.on_free is not None:  # decoded pages are cached by the patch's header
+                self.on_free(value[:L.PATCH_SIZE])
 
     def unref(self, txn: Txn, key: bytes) -> None:
         self.chunks.decref(txn, key)

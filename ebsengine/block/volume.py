@@ -34,11 +34,11 @@ from __future__ import annotations
 import enum
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from .. import codec
 from .. import layout as L
-from ..errors import Closed, OutOfRange, SnapshotNotFound, VolumeNotFound
+from ..errors import Closed, CorruptStore, OutOfRange, SnapshotNotFound, VolumeNotFound
 from ..storage.base import Cursor, Txn
 from ..storage.envelope import encode_many, encode_pages
 from .context import ZERO_CHUNK, BlockContext, page_digest, release_memory
@@ -187,7 +187,8 @@ class _Source:
                 return None
             k, gen = where >> 32, where & 0xFFFFFFFF
             if f + k < len(chain):
-                value = txn.get(L.map_key(chain[f + k][0], idx, gen), db=self.ctx.maps.maps)
+                value: bytes | None = txn.get(L.map_key(chain[f + k][0], idx, gen),
+                                              db=self.ctx.maps.maps)
                 if value is not None:
                     return value
         hit = self.ctx.maps.resolve_at(txn, chain[f:], idx, cur)
@@ -224,8 +225,7 @@ class SnapshotView(_Source):
 
     def _chain(self, txn: Txn) -> list[tuple[int, int]]:
         maps = self.ctx.maps
-        lin = maps.load(txn, self.lineage) if txn.get(
-            L.lineage_key(self.lineage), db=maps.lineages) else None
+        lin = maps.peek(txn, self.lineage)
         if lin is None or lin.points.get(self.gen) != self.id:
             raise SnapshotNotFound(f"The snapshot '{self.id}' does not exist.")
         if self._frozen is None:  # a live snapshot's chain never changes
@@ -237,7 +237,7 @@ class SnapshotView(_Source):
         self._engine_open()
         self.ctx.last_io = time.monotonic()
         with self.ctx.store.read() as txn:
-            self._fill_stored(txn, mv, offset, {i: None for i in range(first, last + 1)})
+            self._fill_stored(txn, mv, offset, dict.fromkeys(range(first, last + 1)))
 
     def extents(self, offset: int, length: int) -> list[tuple[int, Extent]]:
         first, last = offset // CS, (offset + length - 1) // CS
@@ -270,14 +270,22 @@ class VolumeCache(_Source):
         self.epoch = 0  # flushes committed; stale-read detection in write()
         self.users = 0
         self.deleted = False
+        #: the chain at the head last seen (callers do not change it)
+        self._head_chain: list[tuple[int, int]] | None = None
 
     def _chain(self, txn: Txn) -> list[tuple[int, int]]:
         maps = self.ctx.maps
-        lin = maps.load(txn, self.lineage)
+        lin = maps.peek(txn, self.lineage)
+        if lin is None:
+            raise CorruptStore(f"lineage {self.lineage} is referenced but missing")
         assert lin.head is not None
-        if self._frozen is None:
-            self._frozen = maps.chain(txn, (self.lineage, lin.head))[1:]
-        return [(self.lineage, lin.head)] + self._frozen
+        head = lin.head
+        chain = self._head_chain
+        if chain is None or chain[0][1] != head:  # the head moves only with a snapshot
+            if self._frozen is None:
+                self._frozen = maps.chain(txn, (self.lineage, head))[1:]
+            chain = self._head_chain = [(self.lineage, head), *self._frozen]
+        return chain
 
     def _check(self) -> None:
         if self.deleted:
@@ -387,7 +395,8 @@ class VolumeCache(_Source):
             if take == CS:
                 continue
             for p in {within // PS, (within + take - 1) // PS}:
-                if max(within, p * PS) != p * PS or min(within + take, (p + 1) * PS) != (p + 1) * PS:
+                lo_p, hi_p = p * PS, (p + 1) * PS
+                if max(within, lo_p) != lo_p or min(within + take, hi_p) != hi_p:
                     partial.append((idx, p))
         self._make_room(len(mv))
         bases: dict[tuple[int, int], bytes] = {}
@@ -641,7 +650,8 @@ class VolumeCache(_Source):
             todo = [i for i in sorted(fulls)
                     if (fp := fps[i]) is not None and not chunks.maybe_stored(txn, fp)]
         encoded: dict[int, bytes] = dict(zip(
-            todo, encode_many([fulls[i] for i in todo], chunks.level, ctx.pool)))
+            todo, encode_many([memoryview(fulls[i]) for i in todo], chunks.level, ctx.pool),
+            strict=True))
         with ctx.store.write() as txn:
             raw = txn.get(L.lineage_key(self.lineage), db=maps.lineages)
             lin = maps.load(txn, self.lineage) if raw is not None else None
@@ -666,7 +676,7 @@ class VolumeCache(_Source):
                     fps[idx] = chunks.fingerprints(what)[0]  # type: ignore[arg-type]
                 else:
                     patches[idx] = (below_now, mk, what, base)  # type: ignore[assignment]
-            for idx, e in items:
+            for idx, _e in items:
                 if idx in patches:
                     _, _, (value, pages), base = patches[idx]
                     if base is not None:
@@ -674,7 +684,7 @@ class VolumeCache(_Source):
                     maps.set_head(txn, lin, chain, idx, value, floor, cur, pages=pages)
                 elif idx in fulls:
                     fp = fps[idx]
-                    key = None if fp is None else chunks.put(txn, fp, fulls[idx],
+                    key = None if fp is None else chunks.put(txn, fp, memoryview(fulls[idx]),
                                                              encoded.get(idx))
                     maps.set_head(txn, lin, chain, idx, key, floor, cur)
                 else:
