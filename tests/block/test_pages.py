@@ -6,14 +6,12 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator
 
-import pytest
+from block_support import CallCounter, eng  # noqa: F401  (eng: a fixture)
 
 import ebsengine
 from conftest import sha_bytes
 from ebsengine import layout as L
-from ebsengine.block import context as ctxmod
 from ebsengine.block import folder as foldermod
 
 CS = L.CHUNK_SIZE
@@ -21,24 +19,6 @@ PS = L.PAGE_SIZE
 BS = L.BLOCK_SIZE
 
 
-@pytest.fixture
-def eng(store_path: str) -> Iterator[ebsengine.Engine]:
-    with ebsengine.Engine(store_path, map_size=1 << 32) as e:
-        yield e
-
-
-class Decodes:
-    """Counts chunk decompressions (every read of a stored chunk goes through it)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.n = 0
-        real = ctxmod.decode_chunk
-
-        def counting(value: bytes) -> bytes:
-            self.n += 1
-            return real(value)
-
-        monkeypatch.setattr(ctxmod, "decode_chunk", counting)
 
 
 def stats(e: ebsengine.Engine) -> dict[str, int]:
@@ -53,7 +33,7 @@ def test_aligned_page_write_reads_and_decompresses_nothing(eng, monkeypatch) -> 
     with eng.open_volume(vol.id) as dev:
         dev.pwrite(image, 0)
     eng._ctx.cache.clear()
-    dec = Decodes(monkeypatch)
+    dec = CallCounter(monkeypatch, "decode_chunk")
     rng = random.Random(1)
     with eng.open_volume(vol.id) as dev:
         for _ in range(200):
@@ -77,7 +57,7 @@ def test_sub_page_write_reads_one_page_once(eng, monkeypatch) -> None:
     with eng.open_volume(vol.id) as dev:
         dev.pwrite(sha_bytes("c", CS), 0)
     eng._ctx.cache.clear()
-    dec = Decodes(monkeypatch)
+    dec = CallCounter(monkeypatch, "decode_chunk")
     with eng.open_volume(vol.id) as dev:
         dev.pwrite(b"x" * 100, 5000)  # needs its base page: one decode of the chunk
         dev.pwrite(b"y" * 100, 5200)  # same page, now cached: nothing more

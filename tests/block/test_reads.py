@@ -6,38 +6,17 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Iterator
 
-import pytest
+from block_support import CallCounter, eng  # noqa: F401  (eng: a fixture)
 
-import ebsengine
 from conftest import sha_bytes
 from ebsengine import layout as L
 from ebsengine import serve as servemod
-from ebsengine.block import context as ctxmod
 
 CS = L.CHUNK_SIZE
 PS = L.PAGE_SIZE
 
 
-@pytest.fixture
-def eng(store_path: str) -> Iterator[ebsengine.Engine]:
-    with ebsengine.Engine(store_path, map_size=1 << 32) as e:
-        yield e
-
-
-class PageDecodes:
-    """Counts decompressions of patch pages."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.n = 0
-        real = ctxmod.decode_pages
-
-        def counting(value: bytes, size: int) -> bytes:
-            self.n += 1
-            return real(value, size)
-
-        monkeypatch.setattr(ctxmod, "decode_pages", counting)
 
 
 def test_patch_pages_are_decoded_once_and_never_served_stale(eng, monkeypatch) -> None:
@@ -53,7 +32,7 @@ def test_patch_pages_are_decoded_once_and_never_served_stale(eng, monkeypatch) -
             model[CS + p * PS:CS + (p + 1) * PS] = page
         dev.flush()
     eng._ctx.cache.clear()
-    dec = PageDecodes(monkeypatch)
+    dec = CallCounter(monkeypatch, "decode_pages")
     with eng.open_volume(vol.id) as dev:
         for _ in range(3):  # every 4 KiB of the chunk, three times over
             for p in range(L.PAGES_PER_CHUNK):
