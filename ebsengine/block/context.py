@@ -126,6 +126,9 @@ class BlockContext:
     #: ``time.monotonic()`` of the latest read, write or flush of a volume or snapshot in
     #: this process (the folder waits for quiet)
     last_io: float = 0.0
+    #: held by a fold round, and by an export attempt so that no fold replaces a value the
+    #: export has resolved (a fold keeps the content, but a resolved patch's pages would go)
+    fold_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.pages_db = self.store.db["pages"]

@@ -36,7 +36,7 @@ INTERVAL = 1.0
 class Folder:
     def __init__(self, ctx: BlockContext) -> None:
         self.ctx = ctx
-        self.lock = threading.Lock()  # one fold round at a time in this process
+        self.lock = ctx.fold_lock  # one fold round at a time in this process (see BlockContext)
         self._resume = b""  # where the next scan of ``pages`` starts
         self._skip: set[bytes] = set()  # patches reading as zeros: no chunk to fold into
         self._stop = threading.Event()

@@ -382,11 +382,12 @@ class VolumeCache(_Source):
         self.dirty_bytes += _entry_bytes(e) - _entry_bytes(self.dirty.get(idx))
         self.dirty[idx] = e
 
-    def write(self, data: Buf, offset: int) -> None:
+    def write(self, data: Buf, offset: int, *, room: bool = True) -> None:
         """Apply a write to the cache. The one base page of a write that covers part of a
         4 KiB page not cached is read *outside* the lock (a decompression would otherwise
         stall every other request on this volume); ``epoch`` tells if a flush committed in
-        the meantime, in which case those reads are stale and are done again."""
+        the meantime, in which case those reads are stale and are done again. ``room=False``:
+        the caller has made room already (:meth:`zero`, for its two partial chunks at once)."""
         mv = memoryview(data).cast("B")
         pieces = _pieces(offset, len(mv))
         self.ctx.last_io = time.monotonic()
@@ -398,7 +399,8 @@ class VolumeCache(_Source):
                 lo_p, hi_p = p * PS, (p + 1) * PS
                 if max(within, lo_p) != lo_p or min(within + take, hi_p) != hi_p:
                     partial.append((idx, p))
-        self._make_room(len(mv))
+        if room:
+            self._make_room(len(mv))
         bases: dict[tuple[int, int], bytes] = {}
         seen = -1
         while True:
@@ -502,11 +504,20 @@ class VolumeCache(_Source):
         Whole chunks that hold nothing (neither stored nor cached) are skipped, so trimming
         a whole large device (mkfs does) costs O(chunks holding data), not O(size). The
         partial chunks at either end are a write of zeros (see :meth:`write`).
+
+        Room is made once, before anything changes: a flush refused then (store full)
+        refuses the whole request and leaves no trace; after it, nothing can be refused.
         """
-        self._make_room(0)
         end = offset + length
         lo = -(-offset // CS)  # whole chunks: [lo, hi)
         hi = end // CS
+        start = min(end, lo * CS) if offset % CS else offset
+        tail = max(start, hi * CS) if end % CS and end > start else end
+        self._make_room((start - offset) + (end - tail))
+        if start > offset:
+            self.write(bytes(start - offset), offset, room=False)
+        if end > tail:
+            self.write(bytes(end - tail), tail, room=False)
         if hi > lo:
             with self.lock:
                 self._check()
@@ -519,13 +530,6 @@ class VolumeCache(_Source):
                         targets.update(i for i in range(lo, hi) if i in cached)
                 for idx in sorted(targets):
                     self._set_dirty(idx, None)
-        start = offset
-        if offset % CS:
-            start = min(end, lo * CS)
-            self.write(bytes(start - offset), offset)
-        if end % CS and end > start:
-            tail = max(start, hi * CS)
-            self.write(bytes(end - tail), tail)
 
     def flush(self, in_txn: Callable[[Txn, object], None] | None = None) -> None:
         """Commit every acknowledged write durably; ``in_txn(txn, lineage)`` runs inside the

@@ -457,15 +457,19 @@ class Engine:
         bytes of data chunks written so far. Decompression of the next batch runs on the
         pool while this thread writes the previous one.
 
-        The image is the resource as it was when the export began (a volume is flushed
+        The image is one point in time of the resource: when the export began, or when
+        its last attempt began if it had to start over (below; a volume is flushed
         first). The chunk keys are resolved once; the chunks are then read in batches of
         ``EXPORT_BATCH``, each in a fresh short read transaction, so a long export does not
         keep the store from reusing the space concurrent writers free. Chunks are
-        immutable, so a key still stored still holds the bytes it had; if a concurrent
-        flush freed one the export still needs, the export starts over from a new point in
-        time, and its last attempt holds the volume's flush lock (writers of that volume
-        wait for it; other volumes are not held up; ``progress`` must then not flush that
-        volume itself).
+        immutable, so a key still stored still holds the bytes it had; a patch (partial
+        chunk) is checked to be still the value at its map key. If a concurrent flush freed
+        a chunk or rewrote a patch the export still needs, the export starts over from a
+        new point in time, and its last attempt holds the volume's flush lock (writers of
+        that volume wait for it; other volumes are not held up; ``progress`` must then not
+        flush that volume itself). The background folder waits while an export attempt
+        runs (folding keeps content but replaces values), so ``progress`` must not call
+        :meth:`fold`.
         """
         return self._transfer.export(resource_id, path, progress)
 

@@ -82,7 +82,7 @@ class Transfer:
                         cache = self.devices.caches.get(resource_id)
                     if cache is not None:
                         hold = cache.flush_lock
-                with hold:
+                with self.ctx.fold_lock, hold:  # no fold meanwhile; the lock order of folds
                     total = self._export_once(resource_id, fd, progress)
                 if total is not None:
                     os.fsync(fd)
@@ -112,8 +112,10 @@ class Transfer:
                 for _, k in part:
                     if not L.is_patch(k):
                         values.append(got[k])
-                    elif txn.get(L.parse_patch(k)[2], db=self.ctx.pages_db) is None:
-                        values.append(None)  # folded meanwhile: start over (below)
+                    elif txn.get(L.parse_patch(k)[2], db=self.maps.maps) != k:
+                        # rewritten at its map key (a flush at the head) or gone since this
+                        # attempt resolved it: its pages are not those any more; start over
+                        values.append(None)
                     else:  # a patch is laid over its base here; stored chunks decode on the pool
                         values.append(bytearray(self.ctx.content(txn, k)))
             if any(v is None for v in values):
