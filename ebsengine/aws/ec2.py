@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from ebsengine import errors as engine_errors
-from ebsengine.rules import check_tags, is_aws_id, modified_spec
+from ebsengine.rules import check_tag_key, check_tags, is_aws_id, modified_spec
 from ebsengine.rules import tokens as token_rules
 
 from .errors import ApiError
@@ -850,8 +850,7 @@ class Ec2Model:
         resources = [self._resource(ctx, rid) for rid in p["Resources"]]
         tags = p.get("Tags")
         for t in tags or []:
-            if t.get("Key", "").lower().startswith("aws:"):
-                raise ApiError("InvalidParameterValue", "Tag keys starting with 'aws:' are reserved for internal use")
+            check_tag_key(t.get("Key", ""))
         with self.engine.transaction() as tx:
             for r in resources:
                 if tags is None:

@@ -8,6 +8,7 @@ from .tags import (
                    EC2_TAG_LIMITS,
                    MAX_TAGS,
                    check_description,
+                   check_tag_key,
                    check_tags,
                    check_text,
 )
@@ -32,6 +33,7 @@ __all__ = [
                    "check_description",
                    "check_id",
                    "check_int",
+                   "check_tag_key",
                    "check_tags",
                    "check_text",
                    "gp2_iops",

@@ -25,11 +25,16 @@ def check_tags(tags: dict[str, str] | None,
             raise InvalidTag(f"Tag key {k!r} must be 1-{max_key} characters.")
         if not isinstance(v, str) or len(v) > max_value:
             raise InvalidTag(f"Tag value for {k!r} must be at most {max_value} characters.")
-        if k.lower().startswith("aws:"):
-            raise InvalidTag(f"Tag keys starting with 'aws:' are reserved ({k!r}).")
+        check_tag_key(k)
         check_text(f"tag {k!r}", k, InvalidTag)
         check_text(f"tag value for {k!r}", v, InvalidTag)
     return tags
+
+
+def check_tag_key(key: str) -> None:
+    """Refuse a key that users may neither set nor delete: the ``aws:`` prefix is AWS's own."""
+    if key.lower().startswith("aws:"):
+        raise InvalidTag(f"Tag keys starting with 'aws:' are reserved ({key!r}).")
 
 
 def check_text(what: str, text: str,

@@ -405,6 +405,8 @@ def test_create_delete_describe_tags(aws: Aws) -> None:
     with aws.unchanged():
         expect_error(aws.ec2.create_tags, "InvalidParameterValue", 400, Resources=[vid],
                      Tags=[{"Key": "aws:x", "Value": "1"}])
+        expect_error(aws.ec2.delete_tags, "InvalidParameterValue", 400, Resources=[vid],
+                     Tags=[{"Key": "AWS:o"}])
         expect_error(aws.ec2.create_tags, "InvalidVolume.NotFound", 400, Resources=[vid, "vol-0000000000000dead"],
                      Tags=[{"Key": "a", "Value": "1"}])
         expect_error(aws.ec2.create_tags, "InvalidID", 400, Resources=["i-0123456789abcdef0"],
