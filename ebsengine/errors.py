@@ -111,6 +111,27 @@ class OutOfRange(InvalidParameter):
     code = "InvalidParameterValue"
 
 
+class Ec2Error(EbsError):
+    """A refusal by the EC2 layer's rules (``ebsengine.cloud``), carrying AWS's own code
+    (``InvalidKeyPair.Duplicate``, ``IncorrectInstanceState`` ...): EC2 has dozens of codes
+    that mean nothing outside one action, so they travel as data, not as classes.
+
+    Codes ending in ``NotFound`` exit the CLI like :class:`NotFound`; state refusals
+    (``Incorrect*State``, ``*InUse``, ``DependencyViolation``, ``OperationNotPermitted``) like
+    :class:`IncorrectState`; the rest like a bad argument."""
+
+    def __init__(self, code: str, message: str = "") -> None:
+        super().__init__(message or code)
+        self.code = code
+        if code.endswith("NotFound"):
+            self.exit_code = 3
+        elif ("Incorrect" in code or "InUse" in code or code in (
+                "DependencyViolation", "OperationNotPermitted")):
+            self.exit_code = 4
+        else:
+            self.exit_code = 2
+
+
 # --- state ---------------------------------------------------------------------------------
 
 

@@ -28,6 +28,7 @@ from urllib.parse import parse_qsl
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
 from ebsengine import errors as engine_errors
+from ebsengine.cloud import Cloud, CloudConfig, Scope
 
 from .ebs import BLOCK_SIZE, EbsModel
 from .ec2 import Ec2Model, InstanceDirectory, ModificationRules
@@ -80,12 +81,17 @@ class AwsApp:
 
     def __init__(self, engine: Any, *, default_region: str = DEFAULT_REGION, account_id: str = DEFAULT_ACCOUNT,
                  instances: InstanceDirectory | None = None, modification: ModificationRules | None = None,
-                 authenticator: Authenticator | None = None, clock: Callable[[], float] | None = None) -> None:
+                 authenticator: Authenticator | None = None, clock: Callable[[], float] | None = None,
+                 cloud_config: CloudConfig | None = None) -> None:
         kwargs: dict[str, Any] = {"default_region": default_region}
         if clock is not None:
             kwargs["clock"] = clock
         self.store = AwsStore(engine, **kwargs)
-        self.ec2 = Ec2Model(self.store, instances=instances, modification=modification)
+        self.cloud = Cloud(engine, clock=self.store.clock, config=cloud_config)
+        # the default region's default VPC exists before the first request (as AWS's does), so
+        # no request, refused ones included, is the one that writes it
+        self.cloud.addressing.ensure_region(Scope(default_region, account_id))
+        self.ec2 = Ec2Model(self.store, instances=instances, modification=modification, cloud=self.cloud)
         self.ebs = EbsModel(self.store)
         self.ec2_protocol = Ec2Protocol()
         self.ebs_protocol = RestJsonProtocol("ebs")
@@ -240,7 +246,7 @@ class ApiServer:
     ``http://host:port``. ``stop()`` stops accepting, waits for in-flight requests to finish
     and closes the socket.
     ``app_options`` go to :class:`AwsApp` (``default_region``, ``account_id``, ``instances``,
-    ``modification``, ``authenticator``, ``clock``).
+    ``modification``, ``authenticator``, ``clock``, ``cloud_config``).
     """
 
     label = "the AWS API"  # what the serve loop calls it

@@ -38,22 +38,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from ebsengine import errors as engine_errors
+from ebsengine.cloud.scope import NS_SNAPSHOT_REGION, region_of_zone
+from ebsengine.cloud.tokens import TOKEN_SWEEP, TokenStore
 from ebsengine.engine import Engine, Transaction
 from ebsengine.rules import is_aws_id
-from ebsengine.rules import tokens as token_rules
 
 from .errors import ApiError
 
-NS_SNAPSHOT = "aws.snapshot"
+NS_SNAPSHOT = NS_SNAPSHOT_REGION
 NS_DIRECT = "aws.direct"
 NS_VOLMOD = "aws.volmod"
 NS_SNAPATTR = "aws.snapattr"
-NS_TOKEN = "aws.token"
-NS_TOKEN_OF = "aws.token-of"
-NS_TOKEN_EXPIRY = "aws.token-expiry"
 NS_SECRET = "aws.secret"
-#: expired tokens removed per token written (more expire only as fast as tokens are made)
-TOKEN_SWEEP = 64
 
 
 @dataclass(frozen=True)
@@ -65,11 +61,6 @@ class Context:
     request_id: str
 
 
-def region_of_zone(zone: str) -> str:
-    """``us-east-1a`` -> ``us-east-1``."""
-    return zone[:-1] if zone and zone[-1].isalpha() else zone
-
-
 class AwsStore:
     """Lookups scoped to a region plus the persisted AWS-only records."""
 
@@ -78,6 +69,7 @@ class AwsStore:
         self.engine = engine
         self.default_region = default_region
         self.clock = clock
+        self.tokens = TokenStore(engine, clock)
         key = engine.service_get(NS_SECRET, "hmac")
         if key is None:
             key = secrets.token_hex(32)
@@ -179,61 +171,25 @@ class AwsStore:
                 self.engine.fail_snapshot(sid, tx=tx)
                 self.engine.service_put(NS_DIRECT, sid, dict(cur, state="error"), tx=tx)
 
-    # client tokens (the rules: ebsengine/rules/tokens.py)
+    # client tokens (records: ebsengine/cloud/tokens.py; rules: ebsengine/rules/tokens.py)
 
     def token_previous(self, ctx: Context, action: str, token: str, digest: str,
                        tx: Transaction | None = None) -> str | None:
         """The id of the resource an earlier request with this token made, or None when this
         request is new. Raises IdempotencyMismatch (token reused with other parameters)."""
-        key = token_rules.token_key(ctx.region, action, token)
-        rec = self.engine.service_get(NS_TOKEN, key, tx=tx)
-        return token_rules.previous(rec, digest, token, self.clock())
+        return self.tokens.previous(ctx.region, action, token, digest, tx=tx)
 
     def put_token(self, tx: Transaction, ctx: Context, action: str, token: str, digest: str,
                   resource_id: str) -> None:
         """Record a token in the unit that makes its resource (and sweep expired ones)."""
-        key = token_rules.token_key(ctx.region, action, token)
-        old = self.engine.service_get(NS_TOKEN, key, tx=tx)
-        if old is not None:  # expired, or its resource is gone: it names the new one now
-            self._drop_token(tx, key, old)
-        rec = token_rules.token_record(digest, resource_id, self.clock())
-        self.engine.service_put(NS_TOKEN, key, rec, tx=tx)
-        self.engine.service_put(NS_TOKEN_EXPIRY, token_rules.expiry_key(rec, key), resource_id,
-                                tx=tx)
-        mine = self.engine.service_get(NS_TOKEN_OF, resource_id, tx=tx) or []
-        self.engine.service_put(NS_TOKEN_OF, resource_id, [*mine, key], tx=tx)
-        self.sweep_tokens(tx)
+        self.tokens.put(tx, ctx.region, action, token, digest, resource_id)
 
     def drop_tokens(self, tx: Transaction, resource_id: str) -> None:
         """Forget the tokens that made a resource, in the unit that deletes it."""
-        for key in self.engine.service_get(NS_TOKEN_OF, resource_id, tx=tx) or []:
-            rec = self.engine.service_get(NS_TOKEN, key, tx=tx)
-            if rec is not None and rec.get("id") == resource_id:
-                self._drop_token(tx, key, rec)
-        self.engine.service_put(NS_TOKEN_OF, resource_id, None, tx=tx)
+        self.tokens.drop(tx, resource_id)
 
     def sweep_tokens(self, tx: Transaction, limit: int = TOKEN_SWEEP) -> int:
-        """Delete up to ``limit`` tokens past their TTL, oldest first; returns how many."""
-        now = self.clock()
-        n = 0
-        for ekey, _ in self.engine.service_items(NS_TOKEN_EXPIRY, limit=limit, tx=tx):
-            if not token_rules.due(ekey, now):
-                break
-            key = ekey.split("|", 1)[1]
-            rec = self.engine.service_get(NS_TOKEN, key, tx=tx)
-            if rec is not None and token_rules.expiry_key(rec, key) == ekey:
-                self._drop_token(tx, key, rec)
-            else:
-                self.engine.service_put(NS_TOKEN_EXPIRY, ekey, None, tx=tx)
-            n += 1
-        return n
-
-    def _drop_token(self, tx: Transaction, key: str, rec: dict[str, Any]) -> None:
-        self.engine.service_put(NS_TOKEN, key, None, tx=tx)
-        self.engine.service_put(NS_TOKEN_EXPIRY, token_rules.expiry_key(rec, key), None, tx=tx)
-        rid = str(rec.get("id"))
-        mine = [k for k in self.engine.service_get(NS_TOKEN_OF, rid, tx=tx) or [] if k != key]
-        self.engine.service_put(NS_TOKEN_OF, rid, mine or None, tx=tx)
+        return self.tokens.sweep(tx, limit)
 
     # signed opaque tokens (block tokens, page tokens): standard base64, <= 256 chars
 

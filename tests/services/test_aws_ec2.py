@@ -409,7 +409,9 @@ def test_create_delete_describe_tags(aws: Aws) -> None:
                      Tags=[{"Key": "AWS:o"}])
         expect_error(aws.ec2.create_tags, "InvalidVolume.NotFound", 400, Resources=[vid, "vol-0000000000000dead"],
                      Tags=[{"Key": "a", "Value": "1"}])
-        expect_error(aws.ec2.create_tags, "InvalidID", 400, Resources=["i-0123456789abcdef0"],
+        expect_error(aws.ec2.create_tags, "InvalidInstanceID.NotFound", 400, Resources=["i-0123456789abcdef0"],
+                     Tags=[{"Key": "a", "Value": "1"}])
+        expect_error(aws.ec2.create_tags, "InvalidID", 400, Resources=["nat-0123456789abcdef0"],
                      Tags=[{"Key": "a", "Value": "1"}])
         expect_error(aws.ec2.create_tags, "TagLimitExceeded", 400, Resources=[vid],
                      Tags=[{"Key": f"k{i}", "Value": "v"} for i in range(50)])

@@ -1,0 +1,137 @@
+"""The cloud records' consistency check, and the reset that wipes a store's resources.
+
+:func:`check_cloud` proves what the multi-resource units of work promise: after any crash,
+every reference between records resolves. An instance's devices are engine volumes attached
+to it at those devices (and the other way round), its interfaces exist and point back at it,
+an Elastic IP's association names a live interface of the instance it claims, an image's
+snapshots exist, and every subnet, interface and group lives in an existing VPC.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ebsengine import errors
+
+from .model import KINDS
+
+if TYPE_CHECKING:
+    from .core import Cloud
+
+#: service namespaces of AWS-side records the reset wipes (the HMAC secret stays)
+AWS_NAMESPACES = ("aws.snapshot", "aws.direct", "aws.volmod", "aws.snapattr", "aws.token",
+                  "aws.token-of", "aws.token-expiry", "ec2.region")
+
+
+def check_cloud(cloud: Cloud) -> list[str]:
+    problems: list[str] = []
+    eng = cloud.engine
+    with eng.transaction() as tx:  # one consistent view (and no writer in between)
+        vols = {v.id: v for v in (eng.get_volume(v.id, tx=tx) for v in eng.list_volumes())}
+        snaps = {s.id for s in eng.list_snapshots()}
+        instances = {i.id: i for i in cloud.instance_table.all(tx=tx)}
+        enis = {e.id: e for e in cloud.network_interfaces.all(tx=tx)}
+        vpcs = {v.id for v in cloud.vpcs.all(tx=tx)}
+        subnets = {s.id: s for s in cloud.subnets.all(tx=tx)}
+        groups = {g.id for g in cloud.security_groups.all(tx=tx)}
+        live = {i.id for i in instances.values() if i.state != "terminated"}
+        for inst in instances.values():
+            if inst.state == "terminated":
+                continue
+            for bd in inst.block_devices:
+                vol = vols.get(bd["volume_id"])
+                if vol is None:
+                    problems.append(f"{inst.id}: device {bd['device']} names missing volume "
+                                    f"{bd['volume_id']}")
+                elif not any(a.get("instance_id") == inst.id and a.get("device") == bd["device"]
+                             for a in vol.attachments):
+                    problems.append(f"{inst.id}: volume {vol.id} is not attached to it at "
+                                    f"{bd['device']}")
+            for eid in inst.network_interface_ids:
+                eni = enis.get(eid)
+                if eni is None:
+                    problems.append(f"{inst.id}: missing network interface {eid}")
+                elif (eni.attachment or {}).get("instance_id") != inst.id:
+                    problems.append(f"{inst.id}: interface {eid} is not attached to it")
+            if inst.subnet_id and inst.subnet_id not in subnets:
+                problems.append(f"{inst.id}: missing subnet {inst.subnet_id}")
+        for vol in vols.values():
+            for a in vol.attachments:
+                iid = a.get("instance_id")
+                if iid not in live:
+                    problems.append(f"{vol.id}: attached to unknown or terminated instance {iid}")
+                elif not any(bd["volume_id"] == vol.id for bd in instances[iid].block_devices):
+                    problems.append(f"{vol.id}: attached to {iid}, which does not list it")
+        for eni in enis.values():
+            if eni.subnet_id not in subnets:
+                problems.append(f"{eni.id}: missing subnet {eni.subnet_id}")
+            att = eni.attachment
+            if att is not None:
+                owner = instances.get(att.get("instance_id", ""))
+                if owner is None or owner.state == "terminated" or \
+                        eni.id not in owner.network_interface_ids:
+                    problems.append(f"{eni.id}: attached to {att.get('instance_id')}, which "
+                                    f"does not list it")
+            for gid in eni.security_group_ids:
+                if gid not in groups:
+                    problems.append(f"{eni.id}: missing security group {gid}")
+        for addr in cloud.addresses.all(tx=tx):
+            if addr.network_interface_id is not None:
+                eni = enis.get(addr.network_interface_id)
+                if eni is None:
+                    problems.append(f"{addr.id}: associated with missing interface "
+                                    f"{addr.network_interface_id}")
+                elif addr.instance_id is not None and \
+                        (eni.attachment or {}).get("instance_id") != addr.instance_id:
+                    problems.append(f"{addr.id}: names instance {addr.instance_id}, but its "
+                                    f"interface is not attached to it")
+        for img in cloud.image_table.all(tx=tx):
+            if img.state in ("deregistered", "failed"):
+                continue
+            for m in img.block_device_mappings:
+                sid = (m.get("Ebs") or {}).get("SnapshotId")
+                if sid and sid not in snaps:
+                    problems.append(f"{img.id}: mapping {m.get('DeviceName')} names missing "
+                                    f"snapshot {sid}")
+        for sub in subnets.values():
+            if sub.vpc_id not in vpcs:
+                problems.append(f"{sub.id}: missing VPC {sub.vpc_id}")
+        for g in cloud.security_groups.all(tx=tx):
+            if g.vpc_id and g.vpc_id not in vpcs:
+                problems.append(f"{g.id}: missing VPC {g.vpc_id}")
+    return problems
+
+
+def reset_all(cloud: Cloud) -> dict[str, Any]:
+    """Remove every volume, snapshot and cloud record (each resource in a unit of its own,
+    so a crash half-way leaves a store with fewer resources, never a broken one)."""
+    eng = cloud.engine
+    removed: dict[str, int] = {}
+    with eng.transaction() as tx:  # cloud records first: nothing may then name a volume
+        for kind in KINDS:
+            table = cloud.table(kind)
+            recs = table.all(tx=tx)
+            for r in recs:
+                table.delete(r.id, tx=tx)
+            removed[kind.KIND] = len(recs)
+        for ns in AWS_NAMESPACES:
+            for key, _ in eng.service_items(ns, tx=tx):
+                eng.service_put(ns, key, None, tx=tx)
+    n = 0
+    for vol in eng.list_volumes():
+        with eng.transaction() as tx:
+            if vol.attachments:
+                eng.detach_volume(vol.id, tx=tx)
+            eng.delete_volume(vol.id, tx=tx)
+        n += 1
+    removed["volume"] = n
+    n = 0
+    # newest first: a delete merges into the successor, so deleting from the end never merges
+    for snap in sorted(eng.list_snapshots(), key=lambda s: s.start_time, reverse=True):
+        try:
+            eng.delete_snapshot(snap.id)
+        except errors.NotFound:
+            continue
+        n += 1
+    removed["snapshot"] = n
+    return removed

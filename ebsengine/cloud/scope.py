@@ -1,0 +1,82 @@
+"""Who asks and where: accounts, regions and availability zones.
+
+Every EC2 resource belongs to one account and one region; the cloud layer's lookups are
+scoped by a :class:`Scope` (the HTTP layer builds it from the request's SigV4 credential
+scope, the library passes one). Volumes and snapshots live in the engine, which knows no
+regions: a volume's region is its zone minus the zone letter, a snapshot's is recorded
+beside it (``aws.snapshot`` service records, written in the unit that makes it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ebsengine import errors
+from ebsengine.engine import Engine, Transaction
+
+DEFAULT_REGION = "us-east-1"
+DEFAULT_ACCOUNT = "123456789012"
+
+#: service namespace of a snapshot's region record: ``{"region": str}``
+NS_SNAPSHOT_REGION = "aws.snapshot"
+
+#: the commercial regions answered by DescribeRegions, with how many zones each has here
+#: (AWS's own counts for the big ones; three elsewhere)
+REGIONS: dict[str, int] = {
+    "us-east-1": 6, "us-east-2": 3, "us-west-1": 2, "us-west-2": 4,
+    "ca-central-1": 3, "sa-east-1": 3,
+    "eu-west-1": 3, "eu-west-2": 3, "eu-west-3": 3, "eu-central-1": 3, "eu-north-1": 3,
+    "ap-south-1": 3, "ap-northeast-1": 3, "ap-northeast-2": 4, "ap-northeast-3": 3,
+    "ap-southeast-1": 3, "ap-southeast-2": 3,
+}
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The account and region a request acts in."""
+
+    region: str = DEFAULT_REGION
+    account_id: str = DEFAULT_ACCOUNT
+
+
+def region_of_zone(zone: str) -> str:
+    """``us-east-1a`` -> ``us-east-1``."""
+    return zone[:-1] if zone and zone[-1].isalpha() else zone
+
+
+def zones(region: str) -> list[str]:
+    """The availability zones of ``region`` (``us-east-1a`` ...); unknown regions get three."""
+    return [region + chr(ord("a") + i) for i in range(REGIONS.get(region, 3))]
+
+
+def zone_id(zone: str) -> str:
+    """AWS's zone id (``use1-az1``) for a zone name; the letter order is the id order here."""
+    region = region_of_zone(zone)
+    parts = region.split("-")
+    short = parts[0] + "".join(p[0] for p in parts[1:-1]) + parts[-1]
+    return f"{short}-az{ord(zone[-1]) - ord('a') + 1}"
+
+
+def check_zone(scope: Scope, zone: str) -> str:
+    """``zone`` if it is a zone of the scope's region, else ``InvalidParameterValue``."""
+    if zone not in zones(scope.region):
+        raise errors.Ec2Error("InvalidParameterValue", f"Invalid availability zone: [{zone}]")
+    return zone
+
+
+def snapshot_region(engine: Engine, snap: Any, default: str = DEFAULT_REGION,
+                    tx: Transaction | None = None) -> str:
+    """The region a snapshot was made in (its record, else its volume's, else ``default``)."""
+    rec = engine.service_get(NS_SNAPSHOT_REGION, snap.id, tx=tx)
+    if rec and rec.get("region"):
+        return str(rec["region"])
+    try:
+        return region_of_zone(engine.get_volume(snap.volume_id, tx=tx).availability_zone)
+    except (errors.EbsError, AttributeError, TypeError):
+        return default
+
+
+def put_snapshot_region(engine: Engine, tx: Transaction, snap_id: str, region: str) -> None:
+    """Record the region a snapshot was made in, in the unit that makes it."""
+    engine.service_put(NS_SNAPSHOT_REGION, snap_id, {"region": region}, tx=tx)
