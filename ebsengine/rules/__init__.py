@@ -2,6 +2,7 @@
 limits, tags, ClientTokens. Pure functions over plain values; they import nothing but
 ``errors``."""
 
+from .devices import check_device_name, check_image_name
 from .ids import check_id, check_int, is_aws_id, new_id
 from .tags import (
                    EBS_DIRECT_TAG_LIMITS,
@@ -31,7 +32,9 @@ __all__ = [
                    "VOLUME_TYPES",
                    "TypeRule",
                    "check_description",
+                   "check_device_name",
                    "check_id",
+                   "check_image_name",
                    "check_int",
                    "check_tag_key",
                    "check_tags",
