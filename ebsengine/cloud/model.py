@@ -88,8 +88,14 @@ class NetworkInterface(CloudRecord):
     #: ``{"instance_id", "device_index", "attachment_id", "delete_on_termination",
     #: "attach_time"}`` while attached, else None
     attachment: dict[str, Any] | None = None
-    #: an auto-assigned public IP (never an Elastic IP: that is the Address's)
+    #: an auto-assigned public IP (never an Elastic IP: that is the Address's); None while
+    #: an Elastic IP is associated or the instance is stopped
     public_ip: str | None = None
+    #: whether this interface gets an AWS public IP whenever its instance runs and no
+    #: Elastic IP is associated (launch into a subnet with MapPublicIpOnLaunch, or
+    #: AssociatePublicIpAddress): stop releases the address, start and DisassociateAddress
+    #: give a new one
+    auto_public_ip: bool = False
     interface_type: str = "interface"
     source_dest_check: bool = True
     tags: dict[str, str] = field(default_factory=dict)
