@@ -11,9 +11,7 @@ namespace              key                          value
                                                     "last": epoch, "progress": int, "state": str}``
 ``aws.volmod``         volume id                    list of modification records (newest last)
 ``aws.snapattr``       snapshot id                  ``{"users": [...], "groups": [...]}``
-``aws.token``          ``<region>|<action>|<tok>``  ClientToken record (``rules/tokens.py``)
-``aws.token-of``       resource id                  ``[token key, ...]``: the tokens that made it
-``aws.token-expiry``   ``<expiry>|<token key>``     resource id; the tokens in order of expiry
+``aws.token*``         see ``cloud/tokens.py``      ClientToken records (kept by the cloud layer)
 ``aws.secret``         ``hmac``                     hex key signing block and page tokens
 =====================  ==========================  ============================================
 
@@ -38,7 +36,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ebsengine import errors as engine_errors
-from ebsengine.cloud.scope import NS_SNAPSHOT_REGION, region_of_zone
+from ebsengine.cloud.scope import (
+    NS_SNAPSHOT_REGION,
+    put_snapshot_region,
+    region_of_zone,
+    snapshot_region,
+)
 from ebsengine.cloud.tokens import TOKEN_SWEEP, TokenStore
 from ebsengine.engine import Engine, Transaction
 from ebsengine.rules import is_aws_id
@@ -82,17 +85,11 @@ class AwsStore:
         return region_of_zone(vol.availability_zone)
 
     def snapshot_region(self, snap: Any) -> str:
-        rec = self.engine.service_get(NS_SNAPSHOT, snap.id)
-        if rec and rec.get("region"):
-            return str(rec["region"])
-        try:
-            return self.volume_region(self.engine.get_volume(snap.volume_id))
-        except (engine_errors.EbsError, AttributeError, TypeError):
-            return self.default_region
+        return snapshot_region(self.engine, snap, self.default_region)
 
     def put_snapshot_region(self, tx: Transaction, snap_id: str, region: str) -> None:
         """Record the region a snapshot was made in, in the unit that makes it."""
-        self.engine.service_put(NS_SNAPSHOT, snap_id, {"region": region}, tx=tx)
+        put_snapshot_region(self.engine, tx, snap_id, region)
 
     def forget_snapshot(self, tx: Transaction, snap_id: str) -> None:
         """Drop a snapshot's records, in the unit that deletes it."""
