@@ -141,6 +141,9 @@ class Image(CloudRecord):
     sriov_net_support: str | None = None
     boot_mode: str | None = None
     imds_support: str | None = None
+    #: ``v2.0`` (NitroTPM, uefi images only) and the base64 UEFI variable store, as given
+    tpm_support: str | None = None
+    uefi_data: str | None = None
     public: bool = False
     launch_users: list[str] = field(default_factory=list)
     source_instance_id: str | None = None

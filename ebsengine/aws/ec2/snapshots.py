@@ -106,7 +106,8 @@ class SnapshotActions(Actions):
 
     def delete_snapshot(self, ctx: Context, p: Params) -> None:
         snap = self.store.snapshot(ctx, p["SnapshotId"])
-        with self.engine.transaction() as tx:
+        with self.engine.transaction() as tx:  # InUse checked in the unit that deletes
+            self.cloud.images.check_snapshot_deletable(self.scope(ctx), snap.id, tx)
             self.engine.delete_snapshot(snap.id, tx=tx)
             self.store.forget_snapshot(tx, snap.id)
 
