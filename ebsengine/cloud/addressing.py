@@ -24,13 +24,16 @@ from ebsengine import errors
 from ebsengine.engine import Transaction
 from ebsengine.rules import new_id
 
-from .model import Address, NetworkInterface, SecurityGroup, Subnet, Vpc
+from .model import Address, Instance, NetworkInterface, SecurityGroup, Subnet, Vpc
 from .scope import Scope, zones
 
 if TYPE_CHECKING:
     from .core import Cloud
 
 NS_REGION = "ec2.region"
+#: public IPs an account released (``{"owner_id", "region"}`` keyed by the address): an
+#: AllocateAddress with ``Address`` may recover one while nobody holds it
+NS_RELEASED = "ec2.eip-released"
 DEFAULT_VPC_CIDR = "172.31.0.0/16"
 
 
@@ -70,7 +73,8 @@ class Addressing:
             return
         c = self.cloud
         vpc = Vpc(id=new_id("vpc"), region=scope.region, owner_id=scope.account_id,
-                  cidr_block=DEFAULT_VPC_CIDR, is_default=True)
+                  cidr_block=DEFAULT_VPC_CIDR, is_default=True,
+                  cidr_association_id=new_id("vpc-cidr-assoc"), enable_dns_hostnames=True)
         c.vpcs.put(vpc, tx=tx)
         net = ipaddress.ip_network(DEFAULT_VPC_CIDR)
         for zone, cidr in zip(zones(scope.region), net.subnets(new_prefix=20), strict=False):
@@ -154,6 +158,46 @@ class Addressing:
                               f"({self.cloud.config.public_pool}).")
 
 
+def reserved_count() -> int:
+    """Addresses AWS keeps in every subnet: network, router, DNS, future use, broadcast."""
+    return 5
+
+
+def available_ip_count(subnet: Subnet, in_use: int) -> int:
+    return max(0, ipaddress.ip_network(subnet.cidr_block).num_addresses - reserved_count()
+               - in_use)
+
+
+def private_dns_name(region: str, ip: str) -> str:
+    """``ip-10-0-0-5.ec2.internal`` (us-east-1) / ``ip-10-0-0-5.<region>.compute.internal``."""
+    host = "ip-" + ip.replace(".", "-")
+    return f"{host}.ec2.internal" if region == "us-east-1" else \
+        f"{host}.{region}.compute.internal"
+
+
+def public_dns_name(region: str, ip: str) -> str:
+    """``ec2-198-18-0-1.compute-1.amazonaws.com`` (us-east-1) or ``...<region>.compute...``."""
+    host = "ec2-" + ip.replace(".", "-")
+    return f"{host}.compute-1.amazonaws.com" if region == "us-east-1" else \
+        f"{host}.{region}.compute.amazonaws.com"
+
+
+def instance_state(cloud: Cloud, inst: Instance) -> str:
+    """The state an observer sees now: a transient stored state (pending, stopping,
+    shutting-down) is over once its configured duration has passed (``CloudConfig``).
+    The instances manager owns the transitions; this is only the read side the network
+    and Elastic IP rules need (running / stopped / terminated checks)."""
+    cfg = cloud.config
+    done = {"pending": ("running", cfg.boot_seconds),
+            "stopping": ("stopped", cfg.stop_seconds),
+            "shutting-down": ("terminated", cfg.terminate_seconds)}
+    if inst.state in done:
+        nxt, secs = done[inst.state]
+        if cloud.now() >= inst.state_time + secs:
+            return nxt
+    return inst.state
+
+
 def mac_address() -> str:
     """A locally administered unicast MAC, as EC2's look (``0e:..``)."""
     return "0e:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(5))
@@ -168,5 +212,6 @@ def new_interface(scope: Scope, subnet: Subnet, private_ip: str, groups: list[st
                             security_group_ids=list(groups))
 
 
-__all__ = ["Address", "Addressing", "all_traffic_rule", "default_group", "mac_address",
-           "new_interface"]
+__all__ = ["NS_RELEASED", "Address", "Addressing", "all_traffic_rule", "available_ip_count",
+           "default_group", "instance_state", "mac_address", "new_interface", "private_dns_name",
+           "public_dns_name"]

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 #: service namespaces of AWS-side records the reset wipes (the HMAC secret stays)
 AWS_NAMESPACES = ("aws.snapshot", "aws.direct", "aws.volmod", "aws.snapattr", "aws.token",
-                  "aws.token-of", "aws.token-expiry", "ec2.region")
+                  "aws.token-of", "aws.token-expiry", "ec2.region", "ec2.eip-released")
 
 
 def check_cloud(cloud: Cloud) -> list[str]:
@@ -85,6 +85,7 @@ def check_cloud(cloud: Cloud) -> list[str]:
                         (eni.attachment or {}).get("instance_id") != addr.instance_id:
                     problems.append(f"{addr.id}: names instance {addr.instance_id}, but its "
                                     f"interface is not attached to it")
+        problems += _check_addresses(cloud, enis, subnets, tx)
         for img in cloud.image_table.all(tx=tx):
             if img.state in ("deregistered", "failed"):
                 continue
@@ -99,6 +100,70 @@ def check_cloud(cloud: Cloud) -> list[str]:
         for g in cloud.security_groups.all(tx=tx):
             if g.vpc_id and g.vpc_id not in vpcs:
                 problems.append(f"{g.id}: missing VPC {g.vpc_id}")
+    return problems
+
+
+def _check_addresses(cloud: Cloud, enis: dict[str, Any], subnets: dict[str, Any],
+                     tx: Any) -> list[str]:
+    """Interfaces and Elastic IPs: an interface's VPC and zone are its subnet's, its private
+    IP lies in the subnet and no other interface of it holds it, attachment ids and device
+    indexes are unique; an Elastic IP's association is whole (id, interface, private IP),
+    names the interface's private IP, and no interface holds two Elastic IPs nor an
+    auto-assigned address beside one; no public IP is held twice."""
+    import ipaddress
+
+    problems: list[str] = []
+    seen_ip: dict[tuple[str, str], str] = {}
+    seen_att: dict[str, str] = {}
+    seen_dev: dict[tuple[str, int], str] = {}
+    public: dict[str, str] = {}
+    for eni in enis.values():
+        sub = subnets.get(eni.subnet_id)
+        if sub is not None:
+            if (eni.vpc_id, eni.availability_zone) != (sub.vpc_id, sub.availability_zone):
+                problems.append(f"{eni.id}: VPC/zone differ from its subnet {sub.id}'s")
+            if ipaddress.ip_address(eni.private_ip) not in ipaddress.ip_network(sub.cidr_block):
+                problems.append(f"{eni.id}: private IP {eni.private_ip} outside {sub.id}")
+        other = seen_ip.setdefault((eni.subnet_id, eni.private_ip), eni.id)
+        if other != eni.id:
+            problems.append(f"{eni.id}: private IP {eni.private_ip} also held by {other}")
+        if eni.attachment is not None:
+            att = eni.attachment
+            o = seen_att.setdefault(str(att.get("attachment_id")), eni.id)
+            if o != eni.id:
+                problems.append(f"{eni.id}: attachment id shared with {o}")
+            key = (str(att.get("instance_id")), int(att.get("device_index", -1)))
+            o = seen_dev.setdefault(key, eni.id)
+            if o != eni.id:
+                problems.append(f"{eni.id}: device index {key[1]} of {key[0]} shared with {o}")
+        if eni.public_ip:
+            o = public.setdefault(eni.public_ip, eni.id)
+            if o != eni.id:
+                problems.append(f"{eni.id}: public IP {eni.public_ip} also held by {o}")
+    on_eni: dict[str, str] = {}
+    for addr in cloud.addresses.all(tx=tx):
+        o = public.setdefault(addr.public_ip, addr.id)
+        if o != addr.id:
+            problems.append(f"{addr.id}: public IP {addr.public_ip} also held by {o}")
+        parts = (addr.association_id, addr.network_interface_id, addr.private_ip)
+        if any(p is None for p in parts) and any(p is not None for p in parts):
+            problems.append(f"{addr.id}: partial association {parts}")
+        eni = enis.get(addr.network_interface_id or "")
+        if eni is None:
+            if addr.instance_id is not None and addr.network_interface_id is None:
+                problems.append(f"{addr.id}: names instance {addr.instance_id} but no interface")
+            continue
+        if addr.private_ip != eni.private_ip:
+            problems.append(f"{addr.id}: private IP {addr.private_ip} is not {eni.id}'s")
+        if eni.public_ip:
+            problems.append(f"{eni.id}: auto-assigned {eni.public_ip} beside Elastic IP "
+                            f"{addr.id}")
+        if addr.instance_id != (eni.attachment or {}).get("instance_id"):
+            problems.append(f"{addr.id}: instance {addr.instance_id} is not the one {eni.id} "
+                            f"is attached to")
+        o = on_eni.setdefault(eni.id, addr.id)
+        if o != addr.id:
+            problems.append(f"{eni.id}: holds Elastic IPs {o} and {addr.id}")
     return problems
 
 

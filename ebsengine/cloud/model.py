@@ -39,6 +39,11 @@ class Vpc(CloudRecord):
     instance_tenancy: str = "default"
     dhcp_options_id: str = "default"
     tags: dict[str, str] = field(default_factory=dict)
+    #: the id of the primary IPv4 CIDR's association (``vpc-cidr-assoc-...``)
+    cidr_association_id: str = ""
+    enable_dns_support: bool = True
+    #: AWS: true in a default VPC, false in one made by CreateVpc
+    enable_dns_hostnames: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,10 @@ class Address(CloudRecord):
     private_ip: str | None = None
     network_border_group: str = ""
     tags: dict[str, str] = field(default_factory=dict)
+    allocation_time: float = 0.0
+    #: the association id that ended last (DisassociateAddress repeated with it succeeds:
+    #: AWS calls the action idempotent)
+    ended_association_id: str | None = None
 
 
 @dataclass(frozen=True)

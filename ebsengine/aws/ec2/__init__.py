@@ -22,6 +22,7 @@ from ebsengine.cloud import Cloud
 
 from ..errors import ApiError
 from ..store import AwsStore, Context
+from .addresses import AddressActions
 from .common import (
     Actions,
     CursorPages,
@@ -37,15 +38,30 @@ from .common import (
     volume_view,
 )
 from .images import ImageActions
+from .network import NetworkActions
 from .snapshots import SnapshotActions
 from .tags import TagActions
 from .volumes import VolumeActions
 
 #: the action classes, one per resource (or family); their ACTIONS are merged
-HANDLERS: tuple[type[Actions], ...] = (VolumeActions, SnapshotActions, TagActions, ImageActions)
+HANDLERS: tuple[type[Actions], ...] = (
+    VolumeActions,
+    SnapshotActions,
+    TagActions,
+    ImageActions,
+    NetworkActions,
+    AddressActions,
+)
 
 
-class Ec2Model(VolumeActions, SnapshotActions, TagActions, ImageActions):
+class Ec2Model(
+    VolumeActions,
+    SnapshotActions,
+    TagActions,
+    ImageActions,
+    NetworkActions,
+    AddressActions,
+):
     """Every EC2 action this endpoint serves, over an :class:`AwsStore`."""
 
     ACTIONS: ClassVar[dict[str, str]] = {k: v for h in HANDLERS for k, v in h.ACTIONS.items()}
