@@ -374,3 +374,13 @@ def test_dry_run(aws: Aws) -> None:
     with aws.unchanged():
         expect_error(aws.ec2.create_security_group, "DryRunOperation", 412, GroupName="x",
                      Description="y", DryRun=True)
+
+
+def test_other_region_has_its_own_default_group(aws: Aws) -> None:
+    (west,) = aws.ec2_west.describe_security_groups()["SecurityGroups"]
+    (east,) = aws.ec2.describe_security_groups()["SecurityGroups"]
+    assert west["GroupName"] == east["GroupName"] == "default"
+    assert west["GroupId"] != east["GroupId"] and west["VpcId"] != east["VpcId"]
+    with aws.unchanged():
+        expect_error(aws.ec2.describe_security_groups, "InvalidGroup.NotFound", 400,
+                     GroupIds=[west["GroupId"]])

@@ -112,6 +112,7 @@ class SecurityGroupActions(Actions):
 
     def describe_security_groups(self, ctx: Context, p: Params) -> Result:
         scope = self.scope(ctx)
+        self.cloud.addressing.ensure_region(scope)  # its own unit: another region's defaults
         groups = self.cloud.groups.find(scope, p.get("GroupIds"), p.get("GroupNames"))
         names = {g.id: g.name for g in self.cloud.groups.in_region(scope)}
         table: dict[str, Extractor] = {
@@ -183,6 +184,7 @@ class SecurityGroupActions(Actions):
         return self._revoke(ctx, p, True)
 
     def describe_security_group_rules(self, ctx: Context, p: Params) -> Result:
+        self.cloud.addressing.ensure_region(self.scope(ctx))
         pairs = self.cloud.groups.rules(self.scope(ctx), p.get("SecurityGroupRuleIds"))
         table: dict[str, Extractor] = {
             "group-id": lambda gr: [gr[0].id],
