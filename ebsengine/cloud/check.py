@@ -100,6 +100,23 @@ def check_cloud(cloud: Cloud) -> list[str]:
         for g in cloud.security_groups.all(tx=tx):
             if g.vpc_id and g.vpc_id not in vpcs:
                 problems.append(f"{g.id}: missing VPC {g.vpc_id}")
+        # security group rules: unique ids, references to live groups (deletion refuses a
+        # referenced group), and live instances' groups exist
+        rule_ids: set[str] = set()
+        for g in cloud.security_groups.all(tx=tx):
+            for r in [*g.ingress, *g.egress]:
+                rid = r.get("SecurityGroupRuleId", "")
+                if rid in rule_ids:
+                    problems.append(f"{g.id}: rule id {rid} used twice")
+                rule_ids.add(rid)
+                ref = (r.get("ReferencedGroupInfo") or {}).get("GroupId")
+                if ref and ref not in groups:
+                    problems.append(f"{g.id}: rule {rid} references missing group {ref}")
+        for inst in instances.values():
+            if inst.state != "terminated":
+                for gid in inst.security_group_ids:
+                    if gid not in groups:
+                        problems.append(f"{inst.id}: missing security group {gid}")
     return problems
 
 

@@ -60,6 +60,7 @@ class CloudConfig:
     done, as soon as it can be observed).
     ``terminated_visible_seconds``: how long a terminated instance is still described.
     ``address_quota``: Elastic IPs per region (AWS's default: 5).
+    ``rules_per_group``: rules per security group, direction and address family (AWS: 60).
     """
 
     public_pool: str = "198.18.0.0/15"
@@ -70,6 +71,7 @@ class CloudConfig:
     deregistered_visible_seconds: float = 3600.0
     address_quota: int = 5
     key_pair_quota: int = 5000
+    rules_per_group: int = 60
 
 
 class Cloud:

@@ -39,6 +39,7 @@ from .common import (
 )
 from .images import ImageActions
 from .network import NetworkActions
+from .security_groups import SecurityGroupActions
 from .snapshots import SnapshotActions
 from .tags import TagActions
 from .volumes import VolumeActions
@@ -51,6 +52,7 @@ HANDLERS: tuple[type[Actions], ...] = (
     ImageActions,
     NetworkActions,
     AddressActions,
+    SecurityGroupActions,
 )
 
 
@@ -61,6 +63,7 @@ class Ec2Model(
     ImageActions,
     NetworkActions,
     AddressActions,
+    SecurityGroupActions,
 ):
     """Every EC2 action this endpoint serves, over an :class:`AwsStore`."""
 
