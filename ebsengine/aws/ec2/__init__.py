@@ -25,9 +25,7 @@ from ..store import AwsStore, Context
 from .common import (
     Actions,
     CursorPages,
-    InstanceDirectory,
     ModificationRules,
-    NoInstances,
     Paginator,
     Params,
     Result,
@@ -36,26 +34,26 @@ from .common import (
     exact_values,
     volume_view,
 )
+from .instances import InstanceActions
 from .snapshots import SnapshotActions
 from .tags import TagActions
 from .volumes import VolumeActions
 
 #: the action classes, one per resource (or family); their ACTIONS are merged
-HANDLERS: tuple[type[Actions], ...] = (VolumeActions, SnapshotActions, TagActions)
+HANDLERS: tuple[type[Actions], ...] = (VolumeActions, SnapshotActions, TagActions,
+                                       InstanceActions)
 
 
-class Ec2Model(VolumeActions, SnapshotActions, TagActions):
+class Ec2Model(VolumeActions, SnapshotActions, TagActions, InstanceActions):
     """Every EC2 action this endpoint serves, over an :class:`AwsStore`."""
 
     ACTIONS: ClassVar[dict[str, str]] = {k: v for h in HANDLERS for k, v in h.ACTIONS.items()}
 
-    def __init__(self, store: AwsStore, *, instances: InstanceDirectory | None = None,
-                 modification: ModificationRules | None = None,
+    def __init__(self, store: AwsStore, *, modification: ModificationRules | None = None,
                  cloud: Cloud | None = None) -> None:
         self.store = store
         self.engine: Any = store.engine
         self.cloud = cloud or Cloud(store.engine, clock=store.clock)
-        self.instances = instances or NoInstances()
         self.rules = modification or ModificationRules()
 
     def supports(self, action: str) -> bool:
@@ -73,9 +71,7 @@ class Ec2Model(VolumeActions, SnapshotActions, TagActions):
 __all__ = [
     "CursorPages",
     "Ec2Model",
-    "InstanceDirectory",
     "ModificationRules",
-    "NoInstances",
     "Paginator",
     "apply_filters",
     "compile_filters",
