@@ -73,6 +73,23 @@ class Aws:
     def volume(self, size: int = 1, **kw: Any) -> str:
         return str(self.ec2.create_volume(AvailabilityZone="us-east-1a", Size=size, **kw)["VolumeId"])
 
+    @property
+    def cloud(self) -> Any:
+        """The server's cloud layer (the library API behind the endpoint)."""
+        assert self.server is not None
+        return self.server.app.cloud
+
+    def image(self, data: bytes = b"", offset: int = 0, **kw: Any) -> str:
+        """An AMI whose root snapshot holds ``data`` at ``offset`` (see :func:`put_image`)."""
+        return put_image(self.cloud, data, offset, **kw)
+
+    def launch(self, **kw: Any) -> str:
+        """One running instance of a fresh one-GiB AMI; its id."""
+        image_id = kw.pop("ImageId", None) or self.image()
+        res = self.ec2.run_instances(ImageId=image_id, MinCount=1, MaxCount=1,
+                                     InstanceType=kw.pop("InstanceType", "t3.micro"), **kw)
+        return str(res["Instances"][0]["InstanceId"])
+
     def write(self, volume_id: str, offset: int, data: bytes) -> None:
         with self.engine.open_volume(volume_id) as dev:
             dev.pwrite(data, offset)
@@ -86,6 +103,36 @@ def aws(tmp_path: Any) -> Iterator[Aws]:
         yield a
     finally:
         a.stop()
+
+
+def put_image(cloud: Any, data: bytes = b"", offset: int = 0, *, size: int = 1,
+              root: str = "/dev/xvda", region: str = "us-east-1", name: str | None = None,
+              owner: str = "123456789012", **fields: Any) -> str:
+    """An AMI made through the library: a volume holding ``data`` at ``offset``, its
+    snapshot, and an ``Image`` record naming it at ``root`` (RegisterImage's job once it
+    exists). Returns the image id."""
+    from ebsengine.cloud.model import Image
+    from ebsengine.cloud.scope import put_snapshot_region
+    from ebsengine.rules import new_id
+
+    eng = cloud.engine
+    vol = eng.create_volume(size, "gp3", availability_zone=region + "a")
+    if data:
+        with eng.open_volume(vol.id) as dev:
+            dev.pwrite(data, offset)
+            dev.flush()
+    with eng.transaction(flush=[vol.id]) as tx:
+        snap = eng.create_snapshot(vol.id, tx=tx)
+        put_snapshot_region(eng, tx, snap.id, region)
+        eng.delete_volume(vol.id, tx=tx)
+        image_id = new_id("ami")
+        cloud.image_table.put(Image(
+            id=image_id, region=region, owner_id=owner, name=name or image_id,
+            root_device_name=root,
+            block_device_mappings=[{"DeviceName": root, "Ebs": {
+                "SnapshotId": snap.id, "VolumeSize": size, "VolumeType": "gp3",
+                "DeleteOnTermination": True}}], **fields), tx=tx)
+    return image_id
 
 
 def expect_error(call: Callable[..., Any], code: str, status: int, **kw: Any) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from ebsengine import errors as engine_errors
 from ebsengine.cloud import Cloud, CloudConfig, Scope
 
 from .ebs import BLOCK_SIZE, EbsModel
-from .ec2 import Ec2Model, InstanceDirectory, ModificationRules
+from .ec2 import Ec2Model, ModificationRules
 from .errors import ApiError, ebs_error, ec2_error
 from .shapes import Ec2Protocol, RestJsonProtocol, RestRequest
 from .store import AwsStore, Context
@@ -80,7 +80,7 @@ class AwsApp:
     """WSGI application: parse -> call the model -> render."""
 
     def __init__(self, engine: Any, *, default_region: str = DEFAULT_REGION, account_id: str = DEFAULT_ACCOUNT,
-                 instances: InstanceDirectory | None = None, modification: ModificationRules | None = None,
+                 modification: ModificationRules | None = None,
                  authenticator: Authenticator | None = None, clock: Callable[[], float] | None = None,
                  cloud_config: CloudConfig | None = None) -> None:
         kwargs: dict[str, Any] = {"default_region": default_region}
@@ -91,7 +91,7 @@ class AwsApp:
         # the default region's default VPC exists before the first request (as AWS's does), so
         # no request, refused ones included, is the one that writes it
         self.cloud.addressing.ensure_region(Scope(default_region, account_id))
-        self.ec2 = Ec2Model(self.store, instances=instances, modification=modification, cloud=self.cloud)
+        self.ec2 = Ec2Model(self.store, modification=modification, cloud=self.cloud)
         self.ebs = EbsModel(self.store)
         self.ec2_protocol = Ec2Protocol()
         self.ebs_protocol = RestJsonProtocol("ebs")
@@ -245,7 +245,7 @@ class ApiServer:
     free port. ``start()`` returns once the socket listens; ``url`` is then
     ``http://host:port``. ``stop()`` stops accepting, waits for in-flight requests to finish
     and closes the socket.
-    ``app_options`` go to :class:`AwsApp` (``default_region``, ``account_id``, ``instances``,
+    ``app_options`` go to :class:`AwsApp` (``default_region``, ``account_id``,
     ``modification``, ``authenticator``, ``clock``, ``cloud_config``).
     """
 

@@ -426,7 +426,7 @@ def test_describe_tags_pagination(aws: Aws) -> None:
     assert keys == [f"k{i:02d}" for i in range(12)]
 
 
-# --- instances (none exist yet), status ----------------------------------------------------
+# --- instances, status ----------------------------------------------------
 
 
 def test_attach_detach_and_create_snapshots_need_a_known_instance(aws: Aws) -> None:
@@ -445,31 +445,27 @@ def test_attach_detach_and_create_snapshots_need_a_known_instance(aws: Aws) -> N
                      InstanceSpecification={"InstanceId": "i-0123456789abcdef0"})
 
 
-class _OneInstance:
-    def find(self, ctx: Any, instance_id: str) -> dict[str, Any] | None:
-        if instance_id == "i-0123456789abcdef0" and ctx.region == "us-east-1":
-            return {"availability_zone": AZ, "state": "running"}
-        return None
-
-
-def test_attach_detach_with_an_instance_directory(tmp_path: Any) -> None:
-    a = Aws(str(tmp_path / "s"), instances=_OneInstance())
+def test_attach_detach_with_an_instance(tmp_path: Any) -> None:
+    a = Aws(str(tmp_path / "s"))
     try:
         vid, other = a.volume(), a.volume()
-        iid = "i-0123456789abcdef0"
+        iid = a.launch()
         att = a.ec2.attach_volume(VolumeId=vid, InstanceId=iid, Device="/dev/sdf")
         assert (att["State"], att["Device"], att["InstanceId"]) == ("attaching", "/dev/sdf", iid)
         (v,) = a.ec2.describe_volumes(VolumeIds=[vid])["Volumes"]
         assert v["State"] == "in-use" and v["Attachments"][0]["State"] == "attached"
         a.ec2.get_waiter("volume_in_use").wait(VolumeIds=[vid])
         got = a.ec2.describe_volumes(Filters=[{"Name": "attachment.instance-id", "Values": [iid]}])["Volumes"]
-        assert [x["VolumeId"] for x in got] == [vid]
+        (inst,) = a.ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"]
+        root = inst["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
+        assert {x["VolumeId"] for x in got} == {vid, root}
         with a.unchanged():
             expect_error(a.ec2.delete_volume, "VolumeInUse", 400, VolumeId=vid)
             expect_error(a.ec2.attach_volume, "VolumeInUse", 400, VolumeId=vid, InstanceId=iid, Device="/dev/sdg")
             expect_error(a.ec2.attach_volume, "InvalidParameterValue", 400, VolumeId=other, InstanceId=iid,
                          Device="/dev/bogus0")
-        snaps = a.ec2.create_snapshots(InstanceSpecification={"InstanceId": iid}, CopyTagsFromSource="volume")
+        snaps = a.ec2.create_snapshots(InstanceSpecification={"InstanceId": iid, "ExcludeBootVolume": True},
+                                       CopyTagsFromSource="volume")
         assert [s["VolumeId"] for s in snaps["Snapshots"]] == [vid]
         det = a.ec2.detach_volume(VolumeId=vid)
         assert det["State"] == "detaching"
@@ -537,7 +533,7 @@ def test_wire_format_of_success_and_error(aws: Aws) -> None:
         (f"Action=DeleteVolume&Version=2016-11-15&VolumeId={vid}", "InvalidVolume.NotFound"),
         ("Action=DeleteVolume&Version=2016-11-15", "MissingParameter"),
         ("Action=CreateVolume&Version=2016-11-15&AvailabilityZone=us-east-1a&Size=ten", "InvalidParameterValue"),
-        ("Action=RunInstances&Version=2016-11-15", "InvalidAction"),
+        ("Action=RunInstances&Version=2016-11-15", "MissingParameter"),
         ("Action=NoSuchThing&Version=2016-11-15", "InvalidAction"),
         ("Version=2016-11-15", "MissingAction"),
     ]:

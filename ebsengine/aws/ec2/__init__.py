@@ -26,9 +26,7 @@ from .addresses import AddressActions
 from .common import (
     Actions,
     CursorPages,
-    InstanceDirectory,
     ModificationRules,
-    NoInstances,
     Paginator,
     Params,
     Result,
@@ -38,6 +36,7 @@ from .common import (
     volume_view,
 )
 from .images import ImageActions
+from .instances import InstanceActions
 from .network import NetworkActions
 from .security_groups import SecurityGroupActions
 from .snapshots import SnapshotActions
@@ -53,6 +52,7 @@ HANDLERS: tuple[type[Actions], ...] = (
     NetworkActions,
     AddressActions,
     SecurityGroupActions,
+    InstanceActions,
 )
 
 
@@ -64,18 +64,17 @@ class Ec2Model(
     NetworkActions,
     AddressActions,
     SecurityGroupActions,
+    InstanceActions,
 ):
     """Every EC2 action this endpoint serves, over an :class:`AwsStore`."""
 
     ACTIONS: ClassVar[dict[str, str]] = {k: v for h in HANDLERS for k, v in h.ACTIONS.items()}
 
-    def __init__(self, store: AwsStore, *, instances: InstanceDirectory | None = None,
-                 modification: ModificationRules | None = None,
+    def __init__(self, store: AwsStore, *, modification: ModificationRules | None = None,
                  cloud: Cloud | None = None) -> None:
         self.store = store
         self.engine: Any = store.engine
         self.cloud = cloud or Cloud(store.engine, clock=store.clock)
-        self.instances = instances or NoInstances()
         self.rules = modification or ModificationRules()
 
     def supports(self, action: str) -> bool:
@@ -93,9 +92,7 @@ class Ec2Model(
 __all__ = [
     "CursorPages",
     "Ec2Model",
-    "InstanceDirectory",
     "ModificationRules",
-    "NoInstances",
     "Paginator",
     "apply_filters",
     "compile_filters",

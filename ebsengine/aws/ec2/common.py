@@ -9,7 +9,7 @@ import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 from ebsengine import errors as engine_errors
 from ebsengine.cloud import Cloud, Scope
@@ -20,20 +20,6 @@ from ..store import AwsStore, Context
 
 Params = dict[str, Any]
 Result = dict[str, Any]
-
-
-class InstanceDirectory(Protocol):
-    """Where AttachVolume/CreateSnapshots learn about instances (the future instance layer)."""
-
-    def find(self, ctx: Context, instance_id: str) -> dict[str, Any] | None:
-        """``{"availability_zone": ..., "state": ...}`` of a known instance, else None."""
-
-
-class NoInstances:
-    """No instance layer yet: every instance id is unknown."""
-
-    def find(self, ctx: Context, instance_id: str) -> dict[str, Any] | None:
-        return None
 
 
 @dataclass
@@ -241,7 +227,6 @@ class Actions:
     store: AwsStore
     engine: Any
     cloud: Cloud
-    instances: InstanceDirectory
     rules: ModificationRules
 
     def _snapshot_or_none(self, snapshot_id: str) -> Any:
@@ -280,15 +265,6 @@ class Actions:
         if not re.match("^" + re.escape(ctx.region) + "[a-z]$", zone):
             raise ApiError("InvalidParameterValue", f"Invalid availability zone: [{zone}]")
         return zone
-
-    def _instance(self, ctx: Context, instance_id: str) -> dict[str, Any]:
-        if not is_aws_id(instance_id, "i"):
-            raise ApiError("InvalidInstanceID.Malformed", f'Invalid id: "{instance_id}"')
-        found = self.instances.find(ctx, instance_id)
-        if found is None:
-            raise ApiError("InvalidInstanceID.NotFound", f"The instance ID '{instance_id}' does not exist")
-        return found
-
 
 
 def _iso(t: float) -> str:

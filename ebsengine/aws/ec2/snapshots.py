@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar
 
-from ebsengine.rules import check_tags, is_aws_id
+from ebsengine.rules import is_aws_id
 
 from ..errors import ApiError
 from ..store import NS_DIRECT, NS_SNAPATTR, Context
@@ -71,32 +71,18 @@ class SnapshotActions(Actions):
         return self._snapshot_view(ctx, snap, state="pending")
 
     def create_snapshots(self, ctx: Context, p: Params) -> Result:
-        """One crash-consistent set: every snapshot of the set freezes in one unit of work."""
+        """One crash-consistent set: every snapshot of the set freezes in one unit of work
+        (the rules: ``cloud.instances.create_snapshots``)."""
         spec = p["InstanceSpecification"]
         instance_id = spec.get("InstanceId")
         if not instance_id:
             raise ApiError("MissingParameter", "The request must contain the parameter InstanceSpecification.InstanceId")
-        inst = self._instance(ctx, instance_id)
         tags = self._spec_tags(p.get("TagSpecifications"), "snapshot")
-        excluded = set(spec.get("ExcludeDataVolumeIds") or [])
-        root = inst.get("root_volume_id")
-        if root and root in excluded:
-            raise ApiError("InvalidParameterValue", "The root volume cannot be excluded")
-        vols = [v for v in self.store.volumes(ctx)
-                if any(a.get("instance_id") == instance_id for a in v.attachments)
-                and v.id not in excluded and not (spec.get("ExcludeBootVolume") and v.id == root)]
-        desc = p.get("Description") or ""
-        plans = []
-        for v in vols:
-            t = dict(v.tags) if p.get("CopyTagsFromSource") == "volume" else {}
-            t.update(tags)
-            plans.append((v.id, check_tags(t)))
-        snaps = []
-        with self.engine.transaction(flush=[v.id for v in vols]) as tx:
-            for vid, t in plans:
-                snap = self.engine.create_snapshot(vid, description=desc, tags=t or None, tx=tx)
-                self.store.put_snapshot_region(tx, snap.id, ctx.region)
-                snaps.append(snap)
+        snaps = self.cloud.instances.create_snapshots(
+            self.scope(ctx), instance_id, exclude_boot_volume=bool(spec.get("ExcludeBootVolume")),
+            exclude_data_volume_ids=spec.get("ExcludeDataVolumeIds") or [],
+            description=p.get("Description") or "", tags=tags,
+            copy_tags_from_source=p.get("CopyTagsFromSource"))
         out = []
         for snap in snaps:
             view = self._snapshot_view(ctx, snap, state="pending")

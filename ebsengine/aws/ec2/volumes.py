@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, ClassVar
 
 from ebsengine import errors as engine_errors
@@ -287,40 +286,20 @@ class VolumeActions(Actions):
             recs, lambda r: [r["VolumeId"]], p.get("MaxResults"), p.get("NextToken"))
         return {"VolumesModifications": page, "NextToken": token}
 
-    # --- attachments (no instance layer yet: instances come from self.instances) -------
+    # --- attachments (the rules: ebsengine.cloud.instances) ----------------------------
 
     def attach_volume(self, ctx: Context, p: Params) -> Result:
-        vol = self.store.volume(ctx, p["VolumeId"])
-        inst = self._instance(ctx, p["InstanceId"])
-        device = p["Device"]
-        if not re.match(r"^/dev/(sd[a-z]\d{0,2}|xvd[a-z]{1,2}\d{0,2}|hd[a-z])$", device) and not re.match(
-                r"^xvd[a-z]{1,2}$", device):
-            raise ApiError("InvalidParameterValue",
-                           f"Value ({device}) for parameter device is invalid. {device} is not a valid EBS device name.")
-        if inst.get("availability_zone") and inst["availability_zone"] != vol.availability_zone:
-            raise ApiError("InvalidVolume.ZoneMismatch",
-                           f"The volume '{vol.id}' is not in the same availability zone as instance "
-                           f"'{p['InstanceId']}'")
-        new = self.engine.attach_volume(vol.id, p["InstanceId"], device)
-        att = next(a for a in new.attachments if a.get("instance_id") == p["InstanceId"])
-        return {"VolumeId": vol.id, "InstanceId": p["InstanceId"], "Device": att.get("device", device),
-                "State": "attaching", "AttachTime": att.get("attach_time") or self.store.clock(),
-                "DeleteOnTermination": bool(att.get("delete_on_termination", False))}
+        att = self.cloud.instances.attach_volume(self.scope(ctx), p["VolumeId"], p["InstanceId"],
+                                                 p["Device"])
+        return {"VolumeId": att.volume_id, "InstanceId": att.instance_id, "Device": att.device,
+                "State": "attaching", "AttachTime": att.attach_time,
+                "DeleteOnTermination": att.delete_on_termination}
 
     def detach_volume(self, ctx: Context, p: Params) -> Result:
-        vol = self.store.volume(ctx, p["VolumeId"])
-        instance_id = p.get("InstanceId")
-        if instance_id:
-            self._instance(ctx, instance_id)
-        if not vol.attachments:
-            raise ApiError("IncorrectState", f"Volume '{vol.id}' is in the '{vol.state}' state.")
-        att = next((a for a in vol.attachments if not instance_id or a.get("instance_id") == instance_id), None)
-        if att is None:
-            raise ApiError("InvalidAttachment.NotFound",
-                           f"The volume '{vol.id}' is not attached to instance '{instance_id}'")
         # Force only matters for an attachment a guest holds; these always detach at once
-        self.engine.detach_volume(vol.id, instance_id=att.get("instance_id"))
-        return {"VolumeId": vol.id, "InstanceId": att.get("instance_id"), "Device": att.get("device"),
-                "State": "detaching", "AttachTime": att.get("attach_time"),
-                "DeleteOnTermination": bool(att.get("delete_on_termination", False))}
-
+        att = self.cloud.instances.detach_volume(self.scope(ctx), p["VolumeId"],
+                                                 p.get("InstanceId"), p.get("Device"),
+                                                 bool(p.get("Force", False)))
+        return {"VolumeId": att.volume_id, "InstanceId": att.instance_id, "Device": att.device,
+                "State": "detaching", "AttachTime": att.attach_time,
+                "DeleteOnTermination": att.delete_on_termination}

@@ -1,0 +1,113 @@
+"""The instance manager as a library (``Cloud(Engine("memory://"))``): launch, states on
+the cloud's clock, attachments, point-in-time sets, and all-or-none units."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from conftest import store_digest
+from ebsengine import Engine, errors
+from ebsengine.cloud import Cloud, CloudConfig, Scope
+from ebsengine.storage.memory import forget
+from test_aws_support import put_image
+
+SCOPE = Scope()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def env(request: Any) -> Iterator[tuple[Cloud, Clock]]:
+    name = f"inst-{id(request)}"
+    clock = Clock()
+    with Engine(f"memory://{name}") as eng:
+        yield Cloud(eng, clock=clock, config=CloudConfig(boot_seconds=5)), clock
+    forget(name)
+
+
+def _raises(code: str, fn: Any, *args: Any, **kw: Any) -> None:
+    with pytest.raises(errors.EbsError) as info:
+        fn(*args, **kw)
+    assert info.value.code == code, info.value
+
+
+def test_run_makes_volumes_interfaces_and_records_in_one_unit(env: tuple[Cloud, Clock]) -> None:
+    cloud, clock = env
+    ami = put_image(cloud, b"boot" * 100, size=2)
+    insts = cloud.instances.run(SCOPE, image_id=ami, instance_type="t3.small", max_count=3)
+    assert [i.state for i in insts] == ["pending"] * 3
+    assert len({i.reservation_id for i in insts}) == 1
+    assert len({i.private_ip for i in insts}) == 3
+    root = insts[0].block_devices[0]["volume_id"]
+    vol = cloud.engine.get_volume(root)
+    assert vol.size_gib == 2 and vol.attachments[0]["instance_id"] == insts[0].id
+    with cloud.engine.open_volume(root) as dev:
+        assert dev.pread(400, 0) == b"boot" * 100
+    assert cloud.instances.get(SCOPE, insts[0].id).state == "pending"
+    clock.now += 5
+    assert cloud.instances.get(SCOPE, insts[0].id).state == "running"
+    assert cloud.check() == []
+
+
+def test_failure_inside_the_unit_leaves_nothing(env: tuple[Cloud, Clock],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    cloud, _ = env
+    ami = put_image(cloud)
+    before = store_digest(cloud.engine)
+    real = cloud.network_interfaces.put
+    calls = []
+
+    def put(rec: Any, **kw: Any) -> Any:
+        calls.append(rec.id)
+        if len(calls) == 2:          # the second instance's interface: a crash half-way
+            raise RuntimeError("power cut")
+        return real(rec, **kw)
+
+    monkeypatch.setattr(cloud.network_interfaces, "put", put)
+    with pytest.raises(RuntimeError):
+        cloud.instances.run(SCOPE, image_id=ami, max_count=2)
+    assert store_digest(cloud.engine) == before
+    assert cloud.engine.list_volumes() == [] and cloud.instance_table.all() == []
+
+
+def test_states_attachments_and_terminate(env: tuple[Cloud, Clock]) -> None:
+    cloud, clock = env
+    ami = put_image(cloud)
+    (inst,) = cloud.instances.run(SCOPE, image_id=ami)
+    _raises("IncorrectInstanceState", cloud.instances.stop, SCOPE, [inst.id])  # still pending
+    clock.now += 5
+    vol = cloud.engine.create_volume(1, availability_zone=inst.availability_zone)
+    att = cloud.instances.attach_volume(SCOPE, vol.id, inst.id, "/dev/sdh")
+    assert att.delete_on_termination is False
+    _raises("InvalidParameterValue", cloud.instances.attach_volume, SCOPE,
+            cloud.engine.create_volume(1, availability_zone=inst.availability_zone).id,
+            inst.id, "/dev/sdh")
+    root = inst.block_devices[0]["volume_id"]
+    _raises("IncorrectState", cloud.instances.detach_volume, SCOPE, root)
+    (t,) = cloud.instances.stop(SCOPE, [inst.id])
+    assert (t.previous, t.current) == ("running", "stopping")
+    assert cloud.instances.get(SCOPE, inst.id).state == "stopped"
+    assert cloud.instances.public_ip(cloud.instances.get(SCOPE, inst.id)) is None
+    snaps = cloud.instances.create_snapshots(SCOPE, inst.id)
+    assert {s.volume_id for s in snaps} == {root, vol.id}
+    assert len({s.start_time for s in snaps}) == 1
+    img = cloud.instances.create_image(SCOPE, inst.id, "from-lib")
+    assert {m["DeviceName"] for m in img.block_device_mappings} == {"/dev/xvda", "/dev/sdh"}
+    assert cloud.image_table.get(img.id) == img
+    (t,) = cloud.instances.terminate(SCOPE, [inst.id])
+    assert t.current == "shutting-down"
+    ids = {v.id for v in cloud.engine.list_volumes()}
+    assert root not in ids and vol.id in ids                  # data volume only detached
+    assert cloud.engine.get_volume(vol.id).attachments == []
+    assert cloud.check() == []
+    clock.now += cloud.config.terminated_visible_seconds + 1
+    _raises("InvalidInstanceID.NotFound", cloud.instances.get, SCOPE, inst.id)
