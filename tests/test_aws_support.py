@@ -107,13 +107,12 @@ def aws(tmp_path: Any) -> Iterator[Aws]:
 
 def put_image(cloud: Any, data: bytes = b"", offset: int = 0, *, size: int = 1,
               root: str = "/dev/xvda", region: str = "us-east-1", name: str | None = None,
-              owner: str = "123456789012", **fields: Any) -> str:
+              owner: str = "123456789012") -> str:
     """An AMI made through the library: a volume holding ``data`` at ``offset``, its
-    snapshot, and an ``Image`` record naming it at ``root`` (RegisterImage's job once it
-    exists). Returns the image id."""
-    from ebsengine.cloud.model import Image
+    snapshot, and ``cloud.images.register`` of it at ``root`` (x86_64, hvm). Returns the
+    image id."""
+    from ebsengine.cloud import Scope
     from ebsengine.cloud.scope import put_snapshot_region
-    from ebsengine.rules import new_id
 
     eng = cloud.engine
     vol = eng.create_volume(size, "gp3", availability_zone=region + "a")
@@ -125,14 +124,13 @@ def put_image(cloud: Any, data: bytes = b"", offset: int = 0, *, size: int = 1,
         snap = eng.create_snapshot(vol.id, tx=tx)
         put_snapshot_region(eng, tx, snap.id, region)
         eng.delete_volume(vol.id, tx=tx)
-        image_id = new_id("ami")
-        cloud.image_table.put(Image(
-            id=image_id, region=region, owner_id=owner, name=name or image_id,
-            root_device_name=root,
-            block_device_mappings=[{"DeviceName": root, "Ebs": {
-                "SnapshotId": snap.id, "VolumeSize": size, "VolumeType": "gp3",
-                "DeleteOnTermination": True}}], **fields), tx=tx)
-    return image_id
+    image = cloud.images.register(
+        Scope(region, owner), name=name or f"image-{snap.id}", root_device_name=root,
+        architecture="x86_64", virtualization_type="hvm",
+        block_device_mappings=[{"DeviceName": root, "Ebs": {
+            "SnapshotId": snap.id, "VolumeSize": size, "VolumeType": "gp3",
+            "DeleteOnTermination": True}}])
+    return str(image.id)
 
 
 def expect_error(call: Callable[..., Any], code: str, status: int, **kw: Any) -> dict[str, Any]:

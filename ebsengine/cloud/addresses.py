@@ -23,7 +23,7 @@ from ebsengine import errors
 from ebsengine.engine import Transaction
 from ebsengine.rules import check_tags, is_aws_id, new_id
 
-from .addressing import NS_RELEASED, instance_state
+from .addressing import NS_RELEASED
 from .model import Address, NetworkInterface
 from .network import lookup
 from .scope import Scope
@@ -205,7 +205,7 @@ class Addresses:
         c = self.cloud
         if instance_id:
             inst = lookup(c.instance_table, scope, instance_id, "i", tx)
-            if instance_state(c, inst) in ("shutting-down", "terminated"):
+            if c.instances.settled(inst).state in ("shutting-down", "terminated"):
                 raise errors.Ec2Error("IncorrectInstanceState",
                                       f"The instance '{inst.id}' is not in a valid state for "
                                       f"this operation.")
@@ -252,7 +252,7 @@ class Addresses:
         eni = c.network_interfaces.get(addr.network_interface_id or "", tx=tx)
         if reassign and eni is not None and eni.auto_public_ip and eni.public_ip is None:
             inst = c.instance_table.get((eni.attachment or {}).get("instance_id", ""), tx=tx)
-            if inst is not None and instance_state(c, inst) == "running":
+            if inst is not None and c.instances.settled(inst).state == "running":
                 c.network_interfaces.put(
                     eni.but(public_ip=c.addressing.allocate_public_ip(tx)), tx=tx)
         return free

@@ -24,7 +24,7 @@ from ebsengine import errors
 from ebsengine.engine import Transaction
 from ebsengine.rules import new_id
 
-from .model import Address, Instance, NetworkInterface, SecurityGroup, Subnet, Vpc
+from .model import Address, NetworkInterface, SecurityGroup, Subnet, Vpc
 from .scope import Scope, zones
 
 if TYPE_CHECKING:
@@ -182,22 +182,6 @@ def public_dns_name(region: str, ip: str) -> str:
         f"{host}.{region}.compute.amazonaws.com"
 
 
-def instance_state(cloud: Cloud, inst: Instance) -> str:
-    """The state an observer sees now: a transient stored state (pending, stopping,
-    shutting-down) is over once its configured duration has passed (``CloudConfig``).
-    The instances manager owns the transitions; this is only the read side the network
-    and Elastic IP rules need (running / stopped / terminated checks)."""
-    cfg = cloud.config
-    done = {"pending": ("running", cfg.boot_seconds),
-            "stopping": ("stopped", cfg.stop_seconds),
-            "shutting-down": ("terminated", cfg.terminate_seconds)}
-    if inst.state in done:
-        nxt, secs = done[inst.state]
-        if cloud.now() >= inst.state_time + secs:
-            return nxt
-    return inst.state
-
-
 def mac_address() -> str:
     """A locally administered unicast MAC, as EC2's look (``0e:..``)."""
     return "0e:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(5))
@@ -213,5 +197,5 @@ def new_interface(scope: Scope, subnet: Subnet, private_ip: str, groups: list[st
 
 
 __all__ = ["NS_RELEASED", "Address", "Addressing", "all_traffic_rule", "available_ip_count",
-           "default_group", "instance_state", "mac_address", "new_interface", "private_dns_name",
+           "default_group", "mac_address", "new_interface", "private_dns_name",
            "public_dns_name"]

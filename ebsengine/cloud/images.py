@@ -318,7 +318,7 @@ class Images:
             if not (root.get("Ebs") or {}).get("SnapshotId"):
                 raise _bdm_error(f"The root device {root['DeviceName']} must map a snapshot")
             self._purge(tx)
-            self._check_unique(scope, name, tx)
+            self.check_unique(scope, name, tx)
             img = Image(id=new_id("ami"), region=scope.region, owner_id=scope.account_id,
                         name=name, description=description, state="available",
                         creation_time=self.cloud.now(), architecture=arch,
@@ -434,7 +434,9 @@ class Images:
                                          f"({snap.state})")
         return snap
 
-    def _check_unique(self, scope: Scope, name: str, tx: Transaction) -> None:
+    def check_unique(self, scope: Scope, name: str, tx: Transaction) -> None:
+        """``InvalidAMIName.Duplicate`` when the account has a live image of that name in the
+        region (RegisterImage, CreateImage and CopyImage share it)."""
         for img in self.table.in_region(scope.region, tx=tx):
             if img.owner_id == scope.account_id and img.name == name and \
                     img.state != "deregistered":
@@ -536,7 +538,7 @@ class Images:
                 raise _err("IncorrectState", f"The image {source_image_id} is not in the "
                                              f"available state ({src.state})")
             self._purge(tx)
-            self._check_unique(scope, name, tx)
+            self.check_unique(scope, name, tx)
             new = new_id("ami")
             mappings: list[dict[str, Any]] = []
             for m in src.block_device_mappings:

@@ -31,7 +31,7 @@ from ebsengine.engine import Transaction
 from ebsengine.rules import check_device_name, check_image_name, check_tags, is_aws_id, new_id
 from ebsengine.rules import tokens as token_rules
 
-from .addressing import new_interface
+from .addressing import new_interface, private_dns_name, public_dns_name
 from .instance_types import instance_type as lookup_type
 from .model import Image, Instance, NetworkInterface, SecurityGroup, Subnet
 from .scope import Scope, check_zone, put_snapshot_region, region_of_zone
@@ -59,21 +59,13 @@ def gmt(t: float) -> str:
 
 
 def public_dns(ip: str | None, region: str) -> str:
-    """``ec2-198-18-0-1.compute-1.amazonaws.com`` (us-east-1), ``ec2-...<region>.compute...``."""
-    if not ip:
-        return ""
-    host = "ec2-" + ip.replace(".", "-")
-    if region == "us-east-1":
-        return f"{host}.compute-1.amazonaws.com"
-    return f"{host}.{region}.compute.amazonaws.com"
+    """An instance's public DNS name ("" without a public IP)."""
+    return public_dns_name(region, ip) if ip else ""
 
 
 def private_dns(ip: str | None, region: str) -> str:
-    """``ip-172-31-0-5.ec2.internal`` (us-east-1), ``ip-....<region>.compute.internal``."""
-    if not ip:
-        return ""
-    host = "ip-" + ip.replace(".", "-")
-    return f"{host}.ec2.internal" if region == "us-east-1" else f"{host}.{region}.compute.internal"
+    """An instance's private DNS name ("" without a private IP)."""
+    return private_dns_name(region, ip) if ip else ""
 
 
 @dataclass(frozen=True)
@@ -196,21 +188,12 @@ class Instances:
     # --- lookups of what a launch names ---------------------------------------------------
 
     def image(self, scope: Scope, image_id: object, tx: Transaction | None = None) -> Image:
-        """A launchable image: ``InvalidAMIID.Malformed``/``NotFound`` otherwise (deregistered
-        images and images the account may not launch are not found)."""
+        """A launchable image (the rule is the AMI manager's: visible to the account and
+        ``available``): ``InvalidAMIID.Malformed``/``NotFound``/``Unavailable`` otherwise."""
         if not is_aws_id(image_id, "ami"):
             raise errors.Ec2Error("InvalidAMIID.Malformed", f'Invalid id: "{image_id}" '
                                   f'(expecting "ami-...")')
-        img = self.cloud.image_table.get(str(image_id), tx=tx)
-        if img is None or img.region != scope.region or img.state == "deregistered" or \
-                not (img.owner_id == scope.account_id or img.public
-                     or scope.account_id in img.launch_users):
-            raise errors.Ec2Error("InvalidAMIID.NotFound",
-                                  f"The image id '[{image_id}]' does not exist")
-        if img.state != "available":
-            raise errors.Ec2Error("InvalidAMIID.Unavailable",
-                                  f"Image {img.id} is not available ({img.state}).")
-        return img
+        return self.cloud.images.launchable(scope, str(image_id), tx)
 
     def _subnet(self, scope: Scope, subnet_id: str | None, zone: str | None,
                 tx: Transaction) -> Subnet:
@@ -312,7 +295,11 @@ class Instances:
                     raise errors.Ec2Error("InvalidBlockDeviceMapping",
                                           f"The snapshot of the AMI's device {dev} cannot be "
                                           f"replaced")
-                by_dev[dev] = {"DeviceName": dev, "Ebs": {**by_dev[dev]["Ebs"], **ebs}}
+                base = dict(by_dev[dev]["Ebs"])
+                if ebs.get("VolumeType") not in (None, base.get("VolumeType")):
+                    base.pop("Iops", None)  # the AMI's figures belong to its volume type
+                    base.pop("Throughput", None)
+                by_dev[dev] = {"DeviceName": dev, "Ebs": {**base, **ebs}}
         if img.root_device_name not in by_dev or "Ebs" not in by_dev[img.root_device_name]:
             raise errors.Ec2Error("InvalidBlockDeviceMapping",
                                   f"The AMI {img.id} has no EBS root device at "
@@ -874,12 +861,7 @@ class Instances:
                 raise errors.Ec2Error("IncorrectInstanceState",
                                       f"The instance '{inst.id}' is not in the 'running' or "
                                       f"'stopped' state.")
-            for other in c.image_table.in_region(scope.region, tx=tx):
-                if other.name == name and other.owner_id == scope.account_id and \
-                        other.state != "deregistered":
-                    raise errors.Ec2Error("InvalidAMIName.Duplicate",
-                                          f"AMI name {name} is already in use by AMI "
-                                          f"{other.id}")
+            c.images.check_unique(scope, name, tx)
             image_id = new_id("ami")
             mappings: list[dict[str, Any]] = []
             devs = {bd["device"]: bd for bd in inst.block_devices}

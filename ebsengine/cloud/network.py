@@ -25,7 +25,7 @@ from ebsengine.engine import Transaction
 from ebsengine.rules import check_tags, is_aws_id, new_id
 from ebsengine.rules import tokens as token_rules
 
-from .addressing import available_ip_count, default_group, instance_state, new_interface
+from .addressing import available_ip_count, default_group, new_interface
 from .model import Instance, NetworkInterface, Subnet, Vpc
 from .scope import Scope, check_zone, zone_id, zones
 from .tables import CloudRecord, Table
@@ -336,7 +336,7 @@ class Network:
         with c.engine.transaction() as tx:
             eni = self.interface(scope, eni_id, tx)
             inst = self.instance(scope, instance_id, tx)
-            state = instance_state(c, inst)
+            state = c.instances.settled(inst).state
             if state not in ("running", "stopped"):
                 raise errors.Ec2Error("IncorrectInstanceState",
                                       f"The instance '{inst.id}' is not in a valid state for "

@@ -398,7 +398,7 @@ def test_refused_launches_change_nothing(aws: Aws) -> None:
     with aws.unchanged():
         for code, kw in [
             ("InvalidAMIID.NotFound", {"ImageId": "ami-0000000000000dead"}),
-            ("InvalidAMIID.NotFound", {"ImageId": gone}),
+            ("InvalidAMIID.Unavailable", {"ImageId": gone}),    # deregistered (AWS error-code list)
             ("InvalidAMIID.NotFound", {"ImageId": other}),           # no launch permission
             ("InvalidAMIID.Malformed", {"ImageId": "image-1"}),
             ("InvalidParameterValue", {"InstanceType": "t9.huge"}),
