@@ -255,7 +255,11 @@ def cmd_serve(eng: Engine, a: argparse.Namespace, out: Out) -> int:
     if unix is not None or tcp is not None:
         services.append(NbdServer(eng, unix, tcp))
     if a.http_port:
-        services.append(ApiServer(eng, a.host, a.http_port))
+        from .cloud import CloudConfig
+
+        config = CloudConfig(public_pool=a.public_ip_pool) if a.public_ip_pool else None
+        services.append(ApiServer(eng, a.host, a.http_port, allow_reset=a.allow_reset,
+                                  cloud_config=config))
     if not services:
         print("ebsengine: error: nothing to serve (NBD and HTTP both disabled)", file=sys.stderr)
         return EXIT_USAGE

@@ -36,15 +36,18 @@ from .common import (
     exact_values,
     volume_view,
 )
+from .keypairs import KeyPairActions
+from .regions import RegionActions
 from .snapshots import SnapshotActions
 from .tags import TagActions
 from .volumes import VolumeActions
 
 #: the action classes, one per resource (or family); their ACTIONS are merged
-HANDLERS: tuple[type[Actions], ...] = (VolumeActions, SnapshotActions, TagActions)
+HANDLERS: tuple[type[Actions], ...] = (VolumeActions, SnapshotActions, TagActions,
+                                        KeyPairActions, RegionActions)
 
 
-class Ec2Model(VolumeActions, SnapshotActions, TagActions):
+class Ec2Model(VolumeActions, SnapshotActions, TagActions, KeyPairActions, RegionActions):
     """Every EC2 action this endpoint serves, over an :class:`AwsStore`."""
 
     ACTIONS: ClassVar[dict[str, str]] = {k: v for h in HANDLERS for k, v in h.ACTIONS.items()}
