@@ -255,7 +255,11 @@ def cmd_serve(eng: Engine, a: argparse.Namespace, out: Out) -> int:
     if unix is not None or tcp is not None:
         services.append(NbdServer(eng, unix, tcp))
     if a.http_port:
-        services.append(ApiServer(eng, a.host, a.http_port))
+        from .cloud import CloudConfig
+
+        config = CloudConfig(public_pool=a.public_ip_pool) if a.public_ip_pool else None
+        services.append(ApiServer(eng, a.host, a.http_port, allow_reset=a.allow_reset,
+                                  cloud_config=config))
     if not services:
         print("ebsengine: error: nothing to serve (NBD and HTTP both disabled)", file=sys.stderr)
         return EXIT_USAGE
@@ -360,7 +364,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="address to bind TCP listeners to")
     s.add_argument("--http-port", type=int, default=8788,
                    help="port of the AWS-compatible API (default 8788; 0 disables)")
+    s.add_argument("--allow-reset", action="store_true",
+                   help="enable POST /moto-api/reset, which deletes EVERY resource of the store "
+                        "(for test suites written for moto's server mode)")
+    s.add_argument("--public-ip-pool", type=_cidr, default=None, metavar="CIDR",
+                   help="where public IPs and Elastic IPs come from (default 198.18.0.0/15)")
     return p
+
+
+def _cidr(text: str) -> str:
+    """An IPv4 network for --public-ip-pool (host bits must be zero)."""
+    import ipaddress
+
+    try:
+        net = ipaddress.IPv4Network(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an IPv4 CIDR block: {exc}") from None
+    return str(net)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,6 +22,9 @@ apt_pkgs=(libxxhash-dev gcc)
 if [ "$want_test" = 1 ]; then
   # real NBD clients, the kernel mount pipeline and its checks (tests/test_nbd_*.py)
   apt_pkgs+=(qemu-utils libnbd-bin nbdkit fuse3 fio e2fsprogs util-linux kmod)
+  # independent checks of key pairs: fingerprints (openssl), loading the keys (ssh-keygen,
+  # puttygen) -- tests/keys_support.py
+  apt_pkgs+=(openssl openssh-client putty-tools)
 fi
 if [ "$want_bench" = 1 ]; then
   apt_pkgs+=(restic)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import http
+import json
 import logging
 import re
 import threading
@@ -44,6 +45,8 @@ DEFAULT_REGION = "us-east-1"
 DEFAULT_ACCOUNT = "123456789012"
 #: largest request body read (PutSnapshotBlock is exactly one block; JSON/form bodies are small)
 MAX_BODY = 2 * BLOCK_SIZE
+#: moto's state reset (see :meth:`AwsApp._reset`)
+RESET_PATH = "/moto-api/reset"
 
 _CREDENTIAL_RE = re.compile(r"Credential=([^/,\s]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request")
 
@@ -82,7 +85,7 @@ class AwsApp:
     def __init__(self, engine: Any, *, default_region: str = DEFAULT_REGION, account_id: str = DEFAULT_ACCOUNT,
                  modification: ModificationRules | None = None,
                  authenticator: Authenticator | None = None, clock: Callable[[], float] | None = None,
-                 cloud_config: CloudConfig | None = None) -> None:
+                 cloud_config: CloudConfig | None = None, allow_reset: bool = False) -> None:
         kwargs: dict[str, Any] = {"default_region": default_region}
         if clock is not None:
             kwargs["clock"] = clock
@@ -98,9 +101,13 @@ class AwsApp:
         self.default_region = default_region
         self.account_id = account_id
         self.auth: Authenticator = authenticator or AcceptAll()
+        #: ``POST /moto-api/reset`` wipes every resource (moto's server mode); off unless asked
+        self.allow_reset = allow_reset
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO") or "/"
+        if path == RESET_PATH:
+            return self._reset(environ, start_response)
         if path.startswith("/snapshots"):
             return self._ebs(environ, start_response, path)
         return self._ec2(environ, start_response)
@@ -192,6 +199,36 @@ class AwsApp:
         ])
         return [body_out]
 
+    # moto server mode: POST /moto-api/reset
+
+    def _reset(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """Wipe every resource, as moto's ``POST /moto-api/reset`` does (suites written for
+        moto's server call it before each test). Answers like moto: 200 ``{"status": "ok"}``
+        (plus ``"removed"``: how many of each kind went). Refused, changing nothing, with
+        403 unless the server runs with ``allow_reset`` (``ebsengine serve --allow-reset``),
+        400 for another method than POST, 409 while a volume is open (NBD) or being imported.
+        """
+        status: int
+        doc: dict[str, Any]
+        if not self.allow_reset:
+            status, doc = 403, {"Error": "POST /moto-api/reset is disabled: it deletes every "
+                                         "resource of the store; start the server with "
+                                         "--allow-reset to enable it"}
+        elif environ.get("REQUEST_METHOD") != "POST":
+            status, doc = 400, {"Error": "Need to POST to reset Moto"}
+        else:
+            try:
+                removed = self.cloud.reset()
+                # the default region's default VPC exists again, as at server start
+                self.cloud.addressing.ensure_region(Scope(self.default_region, self.account_id))
+                status, doc = 200, {"status": "ok", "removed": removed}
+            except (engine_errors.VolumeInUse, engine_errors.IncorrectState) as exc:
+                status, doc = 409, {"Error": f"reset refused, nothing was deleted: {exc}"}
+        body = json.dumps(doc).encode()
+        start_response(_status(status), [("Content-Type", "application/json"),
+                                          ("Content-Length", str(len(body)))])
+        return [body]
+
     # EBS direct APIs (rest-json)
 
     def _ebs(self, environ: dict[str, Any], start_response: StartResponse, path: str) -> Iterable[bytes]:
@@ -246,7 +283,7 @@ class ApiServer:
     ``http://host:port``. ``stop()`` stops accepting, waits for in-flight requests to finish
     and closes the socket.
     ``app_options`` go to :class:`AwsApp` (``default_region``, ``account_id``,
-    ``modification``, ``authenticator``, ``clock``, ``cloud_config``).
+    ``modification``, ``authenticator``, ``clock``, ``cloud_config``, ``allow_reset``).
     """
 
     label = "the AWS API"  # what the serve loop calls it

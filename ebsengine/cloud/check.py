@@ -185,12 +185,15 @@ def _check_addresses(cloud: Cloud, enis: dict[str, Any], subnets: dict[str, Any]
 
 
 def reset_all(cloud: Cloud) -> dict[str, Any]:
-    """Remove every volume, snapshot and cloud record (each resource in a unit of its own,
-    so a crash half-way leaves a store with fewer resources, never a broken one)."""
+    """Remove every volume, snapshot and cloud record, in ONE unit of work: it all goes or
+    nothing does. A volume open on a device (an NBD client) or being imported refuses the
+    reset (``VolumeInUse`` / ``IncorrectState`` from the engine's delete) and then nothing was
+    removed; one unit also means no request can slip a resource in half-way, and a crash
+    leaves the store as it was before or empty. Returns how many of each kind went."""
     eng = cloud.engine
     removed: dict[str, int] = {}
-    with eng.transaction() as tx:  # cloud records first: nothing may then name a volume
-        for kind in KINDS:
+    with eng.transaction() as tx:
+        for kind in KINDS:  # cloud records first: nothing may then name a volume
             table = cloud.table(kind)
             recs = table.all(tx=tx)
             for r in recs:
@@ -199,21 +202,20 @@ def reset_all(cloud: Cloud) -> dict[str, Any]:
         for ns in AWS_NAMESPACES:
             for key, _ in eng.service_items(ns, tx=tx):
                 eng.service_put(ns, key, None, tx=tx)
-    n = 0
-    for vol in eng.list_volumes():
-        with eng.transaction() as tx:
+        vols = eng.list_volumes()
+        for vol in vols:
             if vol.attachments:
                 eng.detach_volume(vol.id, tx=tx)
             eng.delete_volume(vol.id, tx=tx)
-        n += 1
-    removed["volume"] = n
-    n = 0
-    # newest first: a delete merges into the successor, so deleting from the end never merges
-    for snap in sorted(eng.list_snapshots(), key=lambda s: s.start_time, reverse=True):
-        try:
-            eng.delete_snapshot(snap.id)
-        except errors.NotFound:
-            continue
-        n += 1
-    removed["snapshot"] = n
+        removed["volume"] = len(vols)
+        n = 0
+        # newest first: a delete merges into the successor, so deleting from the end never
+        # merges
+        for snap in sorted(eng.list_snapshots(), key=lambda s: s.start_time, reverse=True):
+            try:
+                eng.delete_snapshot(snap.id, tx=tx)
+            except errors.NotFound:
+                continue
+            n += 1
+        removed["snapshot"] = n
     return removed

@@ -253,9 +253,8 @@ class Instances:
     def _key(self, scope: Scope, name: str | None, tx: Transaction) -> str | None:
         if name is None:
             return None
-        for k in self.cloud.keypair_table.in_region(scope.region, tx=tx):
-            if k.name == name and k.owner_id == scope.account_id:
-                return name
+        if self.cloud.keypairs.find(scope, name, tx) is not None:
+            return name
         raise errors.Ec2Error("InvalidKeyPair.NotFound", f"The key pair '{name}' does not exist")
 
     def _devices(self, img: Image, overrides: list[dict[str, Any]] | None,

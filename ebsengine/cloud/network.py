@@ -27,7 +27,7 @@ from ebsengine.rules import tokens as token_rules
 
 from .addressing import available_ip_count, default_group, new_interface
 from .model import Instance, NetworkInterface, Subnet, Vpc
-from .scope import Scope, check_zone, zone_id, zones
+from .scope import Scope, zone_of, zones
 from .tables import CloudRecord, Table
 
 if TYPE_CHECKING:
@@ -79,21 +79,6 @@ def parse_cidr(cidr: str | None, range_code: str) -> ipaddress.IPv4Network:
     if not MIN_PREFIX <= net.prefixlen <= MAX_PREFIX:
         raise errors.Ec2Error(range_code, f"The CIDR '{cidr}' is invalid.")
     return net
-
-
-def zone_of(scope: Scope, zone: str | None, zid: str | None) -> str | None:
-    """The zone a request names by ``AvailabilityZone`` or ``AvailabilityZoneId`` (None:
-    neither given)."""
-    if zone and zid:
-        raise errors.Ec2Error("InvalidParameterCombination",
-                              "Only one of AvailabilityZone or AvailabilityZoneId can be "
-                              "specified")
-    if zid:
-        for z in zones(scope.region):
-            if zone_id(z) == zid:
-                return z
-        raise errors.Ec2Error("InvalidParameterValue", f"Invalid availability zone ID: [{zid}]")
-    return check_zone(scope, zone) if zone else None
 
 
 class Network:

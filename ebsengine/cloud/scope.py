@@ -65,6 +65,21 @@ def check_zone(scope: Scope, zone: str) -> str:
     return zone
 
 
+def zone_of(scope: Scope, zone: str | None, zid: str | None) -> str | None:
+    """The zone a request names by ``AvailabilityZone`` or ``AvailabilityZoneId`` (None:
+    neither given)."""
+    if zone and zid:
+        raise errors.Ec2Error("InvalidParameterCombination",
+                              "Only one of AvailabilityZone or AvailabilityZoneId can be "
+                              "specified")
+    if zid:
+        for z in zones(scope.region):
+            if zone_id(z) == zid:
+                return z
+        raise errors.Ec2Error("InvalidParameterValue", f"Invalid availability zone ID: [{zid}]")
+    return check_zone(scope, zone) if zone else None
+
+
 def snapshot_region(engine: Engine, snap: Any, default: str = DEFAULT_REGION,
                     tx: Transaction | None = None) -> str:
     """The region a snapshot was made in (its record, else its volume's, else ``default``)."""

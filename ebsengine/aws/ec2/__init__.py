@@ -37,7 +37,9 @@ from .common import (
 )
 from .images import ImageActions
 from .instances import InstanceActions
+from .keypairs import KeyPairActions
 from .network import NetworkActions
+from .regions import RegionActions
 from .security_groups import SecurityGroupActions
 from .snapshots import SnapshotActions
 from .tags import TagActions
@@ -53,6 +55,8 @@ HANDLERS: tuple[type[Actions], ...] = (
     AddressActions,
     SecurityGroupActions,
     InstanceActions,
+    KeyPairActions,
+    RegionActions,
 )
 
 
@@ -65,6 +69,8 @@ class Ec2Model(
     AddressActions,
     SecurityGroupActions,
     InstanceActions,
+    KeyPairActions,
+    RegionActions,
 ):
     """Every EC2 action this endpoint serves, over an :class:`AwsStore`."""
 

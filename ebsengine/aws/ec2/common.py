@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from ebsengine import errors as engine_errors
 from ebsengine.cloud import Cloud, Scope
+from ebsengine.cloud.scope import zone_of
 from ebsengine.rules import check_tags, is_aws_id
 
 from ..errors import ApiError
@@ -250,20 +251,12 @@ class Actions:
         return check_tags(tags)
 
     def _zone(self, ctx: Context, params: Params) -> str:
-        zone: str | None = params.get("AvailabilityZone")
-        zone_id: str | None = params.get("AvailabilityZoneId")
-        if zone and zone_id:
-            raise ApiError("InvalidParameterCombination",
-                           "Only one of AvailabilityZone or AvailabilityZoneId can be specified")
-        if zone_id:
-            m = re.match(r"^[a-z0-9]+-az(\d+)$", zone_id)
-            if not m or not 1 <= int(m.group(1)) <= 6:
-                raise ApiError("InvalidParameterValue", f"Invalid availability zone ID: [{zone_id}]")
-            zone = ctx.region + chr(ord("a") + int(m.group(1)) - 1)
+        """The zone of a CreateVolume: one of the region's zones (those DescribeAvailabilityZones
+        lists), by name or by id."""
+        zone = zone_of(self.scope(ctx), params.get("AvailabilityZone"),
+                       params.get("AvailabilityZoneId"))
         if not zone:
             raise ApiError("MissingParameter", "The request must contain the parameter AvailabilityZone")
-        if not re.match("^" + re.escape(ctx.region) + "[a-z]$", zone):
-            raise ApiError("InvalidParameterValue", f"Invalid availability zone: [{zone}]")
         return zone
 
 
