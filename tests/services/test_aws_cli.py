@@ -97,3 +97,65 @@ def test_aws_cli_ec2_and_ebs_with_restarts(aws: Aws, tmp_path: Any) -> None:
     assert "ResourceNotFoundException" in err
     cli(aws, tmp_path, "ec2", "delete-volume", "--volume-id", vid)
     cli(aws, tmp_path, "ec2", "wait", "volume-deleted", "--volume-ids", vid)
+
+
+def test_aws_cli_launch_snapshot_image_relaunch(aws: Aws, tmp_path: Any) -> None:
+    """The README's aws-cli walk-through of the EC2 layer, step by step, restarting between."""
+    vid = cli(aws, tmp_path, "ec2", "create-volume", "--availability-zone", "us-east-1a",
+              "--size", "1")["VolumeId"]
+    aws.write(vid, 0, b"boot sector" * 1000)
+    sid = cli(aws, tmp_path, "ec2", "create-snapshot", "--volume-id", vid)["SnapshotId"]
+    cli(aws, tmp_path, "ec2", "wait", "snapshot-completed", "--snapshot-ids", sid)
+    ami = cli(aws, tmp_path, "ec2", "register-image", "--name", "base", "--architecture", "x86_64",
+              "--virtualization-type", "hvm", "--root-device-name", "/dev/xvda",
+              "--block-device-mappings",
+              f"DeviceName=/dev/xvda,Ebs={{SnapshotId={sid},VolumeType=gp3}}")["ImageId"]
+    key = cli(aws, tmp_path, "ec2", "create-key-pair", "--key-name", "me", "--key-type", "ed25519")
+    assert key["KeyMaterial"].startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+
+    aws.restart()
+    sg = cli(aws, tmp_path, "ec2", "create-security-group", "--group-name", "ssh",
+             "--description", "ssh in")["GroupId"]
+    cli(aws, tmp_path, "ec2", "authorize-security-group-ingress", "--group-id", sg,
+        "--protocol", "tcp", "--port", "22", "--cidr", "0.0.0.0/0")
+    run = cli(aws, tmp_path, "ec2", "run-instances", "--image-id", ami, "--instance-type", "t3.micro",
+              "--key-name", "me", "--security-group-ids", sg, "--count", "1")
+    iid = run["Instances"][0]["InstanceId"]
+    cli(aws, tmp_path, "ec2", "wait", "instance-running", "--instance-ids", iid)
+    eip = cli(aws, tmp_path, "ec2", "allocate-address")
+    cli(aws, tmp_path, "ec2", "associate-address", "--instance-id", iid,
+        "--allocation-id", eip["AllocationId"])
+
+    aws.restart()
+    desc = cli(aws, tmp_path, "ec2", "describe-instances", "--instance-ids", iid)
+    inst = desc["Reservations"][0]["Instances"][0]
+    assert inst["State"]["Name"] == "running" and inst["PublicIpAddress"] == eip["PublicIp"]
+    assert inst["KeyName"] == "me" and [g["GroupId"] for g in inst["SecurityGroups"]] == [sg]
+    root = inst["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
+    with aws.engine.open_volume(root) as dev:
+        assert dev.pread(11000, 0) == b"boot sector" * 1000
+    aws.write(root, 4096, b"changed in the instance")
+    snaps = cli(aws, tmp_path, "ec2", "create-snapshots", "--instance-specification",
+                f"InstanceId={iid}")["Snapshots"]
+    assert [s["VolumeId"] for s in snaps] == [root]
+    ami2 = cli(aws, tmp_path, "ec2", "create-image", "--instance-id", iid, "--name", "base-v2",
+               "--no-reboot")["ImageId"]
+    cli(aws, tmp_path, "ec2", "wait", "image-available", "--image-ids", ami2)
+
+    aws.restart()
+    iid2 = cli(aws, tmp_path, "ec2", "run-instances", "--image-id", ami2, "--count", "1",
+               "--instance-type", "t3.micro")["Instances"][0]["InstanceId"]
+    cli(aws, tmp_path, "ec2", "wait", "instance-running", "--instance-ids", iid2)
+    root2 = cli(aws, tmp_path, "ec2", "describe-instances", "--instance-ids", iid2)[
+        "Reservations"][0]["Instances"][0]["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
+    with aws.engine.open_volume(root2) as dev:
+        assert dev.pread(23, 4096) == b"changed in the instance"
+    cli(aws, tmp_path, "ec2", "stop-instances", "--instance-ids", iid)
+    cli(aws, tmp_path, "ec2", "wait", "instance-stopped", "--instance-ids", iid)
+    cli(aws, tmp_path, "ec2", "terminate-instances", "--instance-ids", iid, iid2)
+    cli(aws, tmp_path, "ec2", "wait", "instance-terminated", "--instance-ids", iid, iid2)
+    left = {v["VolumeId"] for v in cli(aws, tmp_path, "ec2", "describe-volumes")["Volumes"]}
+    assert left == {vid}  # the root volumes were delete-on-termination
+    addr = cli(aws, tmp_path, "ec2", "describe-addresses")["Addresses"][0]
+    assert "InstanceId" not in addr  # termination disassociated the Elastic IP
+    assert aws.cloud.check() == [] and aws.engine.fsck().ok
