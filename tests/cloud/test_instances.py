@@ -111,3 +111,23 @@ def test_states_attachments_and_terminate(env: tuple[Cloud, Clock]) -> None:
     assert cloud.check() == []
     clock.now += cloud.config.terminated_visible_seconds + 1
     _raises("InvalidInstanceID.NotFound", cloud.instances.get, SCOPE, inst.id)
+
+
+def test_check_sees_matured_terminations(request: Any) -> None:
+    """A record stored ``shutting-down`` has matured to ``terminated`` on the clock (never
+    written): its subnet and VPC may then go, and cloud.check() does not count the gone
+    instance as still living in them."""
+    name = f"inst-mature-{id(request)}"
+    clock = Clock()
+    with Engine(f"memory://{name}") as eng:
+        cloud = Cloud(eng, clock=clock, config=CloudConfig(terminate_seconds=5))
+        vpc = cloud.network.create_vpc(SCOPE, "10.9.0.0/16")
+        sub = cloud.network.create_subnet(SCOPE, vpc.id, "10.9.0.0/24")
+        (inst,) = cloud.instances.run(SCOPE, image_id=put_image(cloud), subnet_id=sub.id)
+        cloud.instances.terminate(SCOPE, [inst.id])
+        clock.now += 10
+        assert cloud.instances.get(SCOPE, inst.id).state == "terminated"
+        cloud.network.delete_subnet(SCOPE, sub.id)
+        cloud.network.delete_vpc(SCOPE, vpc.id)
+        assert cloud.check() == []
+    forget(name)
