@@ -200,7 +200,7 @@ class Instances:
         c = self.cloud
         if subnet_id:
             sub = c.subnets.get(subnet_id, tx=tx) if is_aws_id(subnet_id, "subnet") else None
-            if sub is None or sub.region != scope.region:
+            if sub is None or sub.region != scope.region or sub.owner_id != scope.account_id:
                 raise errors.Ec2Error("InvalidSubnetID.NotFound",
                                       f"The subnet ID '{subnet_id}' does not exist")
             if zone and sub.availability_zone != zone:

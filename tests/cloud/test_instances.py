@@ -131,3 +131,15 @@ def test_check_sees_matured_terminations(request: Any) -> None:
         cloud.network.delete_vpc(SCOPE, vpc.id)
         assert cloud.check() == []
     forget(name)
+
+
+def test_run_refuses_another_accounts_subnet(env: tuple[Cloud, Clock]) -> None:
+    cloud, _ = env
+    ami = put_image(cloud)
+    other = Scope("us-east-1", "210987654321")
+    vpc = cloud.network.create_vpc(other, "10.9.0.0/16")
+    sub = cloud.network.create_subnet(other, vpc.id, "10.9.0.0/24")
+    before = store_digest(cloud.engine)
+    _raises("InvalidSubnetID.NotFound", cloud.instances.run, SCOPE, image_id=ami,
+            subnet_id=sub.id)
+    assert store_digest(cloud.engine) == before
