@@ -415,14 +415,27 @@ class Instances:
                                        subnet.map_public_ip_on_launch))
             now = c.now()
             reservation = new_id("r")
-            taken_private: set[str] = set()
-            taken_public: set[str] = set()
+            # AWS: MaxCount beyond what the subnet can hold launches the largest number
+            # possible, MinCount beyond it launches none. The addresses are read once (not
+            # once per instance: a huge MaxCount must not scan the interfaces per launch).
+            if private_ip:
+                ips = [c.addressing.allocate_private_ip(subnet, tx, wanted=private_ip)]
+            else:
+                ips = c.addressing.free_private_ips(subnet, tx, max_count)
+            if len(ips) < min_count:
+                raise errors.Ec2Error("InsufficientFreeAddressesInSubnet",
+                                      f"Insufficient free IP addresses in subnet {subnet.id} "
+                                      f"for {min_count} instance(s).")
+            publics = c.addressing.free_public_ips(tx, len(ips)) if auto_public else []
+            if auto_public and len(publics) < len(ips):
+                if len(publics) < min_count:
+                    raise errors.Ec2Error("AddressLimitExceeded",
+                                          "The public address pool is exhausted "
+                                          f"({c.config.public_pool}).")
+                ips = ips[:len(publics)]
             out: list[Instance] = []
-            for index in range(max_count):
+            for index, ip in enumerate(ips):
                 iid = new_id("i")
-                ip = c.addressing.allocate_private_ip(subnet, tx, wanted=private_ip,
-                                                      taken=taken_private)
-                taken_private.add(ip)
                 devices = []
                 for p in plans:
                     vol = eng.create_volume(
@@ -437,10 +450,7 @@ class Instances:
                                     "attach_time": now})
                 eni = new_interface(scope, subnet, ip, [g.id for g in groups],
                                     description=nic.get("Description") or "")
-                public = None
-                if auto_public:
-                    public = c.addressing.allocate_public_ip(tx, taken=taken_public)
-                    taken_public.add(public)
+                public = publics[index] if auto_public else None
                 eni = eni.but(attachment={"instance_id": iid, "device_index": 0,
                                           "attachment_id": new_id("eni-attach"),
                                           "delete_on_termination": True, "attach_time": now},

@@ -143,3 +143,25 @@ def test_run_refuses_another_accounts_subnet(env: tuple[Cloud, Clock]) -> None:
     _raises("InvalidSubnetID.NotFound", cloud.instances.run, SCOPE, image_id=ami,
             subnet_id=sub.id)
     assert store_digest(cloud.engine) == before
+
+
+def test_max_count_beyond_the_subnet_launches_what_fits(env: tuple[Cloud, Clock]) -> None:
+    """AWS: a MaxCount above what can be launched launches the largest number possible
+    (at least MinCount); a MinCount above it launches none and changes nothing."""
+    cloud, _ = env
+    ami = put_image(cloud)
+    vpc = cloud.network.create_vpc(SCOPE, "10.9.0.0/16")
+    sub = cloud.network.create_subnet(SCOPE, vpc.id, "10.9.0.0/28")  # 11 usable addresses
+    before = store_digest(cloud.engine)
+    _raises("InsufficientFreeAddressesInSubnet", cloud.instances.run, SCOPE, image_id=ami,
+            subnet_id=sub.id, min_count=12, max_count=10**9)
+    assert store_digest(cloud.engine) == before
+    eni = cloud.network.create_interface(SCOPE, sub.id)
+    insts = cloud.instances.run(SCOPE, image_id=ami, subnet_id=sub.id, min_count=2,
+                                max_count=10**9)
+    assert len(insts) == 10 and [i.ami_launch_index for i in insts] == list(range(10))
+    assert eni.private_ip not in {i.private_ip for i in insts}
+    assert cloud.network.available_ips(sub) == 0
+    assert cloud.check() == []
+    _raises("InsufficientFreeAddressesInSubnet", cloud.instances.run, SCOPE, image_id=ami,
+            subnet_id=sub.id)

@@ -490,3 +490,24 @@ def test_elastic_ip_follows_the_interface(aws: Aws) -> None:
     (addr,) = aws.cloud.addresses.all()
     assert (addr.association_id, addr.instance_id, addr.network_interface_id) == (None,) * 3
     _check(aws)
+
+
+def test_max_count_beyond_a_small_subnet(aws: Aws) -> None:
+    """MaxCount above the subnet's free addresses launches what fits (AWS: the largest
+    number possible above MinCount); MinCount above it is refused and changes nothing. A
+    huge MaxCount is answered at once (the addresses are read once, not per instance)."""
+    ami = aws.image()
+    vpc = aws.ec2.create_vpc(CidrBlock="10.8.0.0/16")["Vpc"]["VpcId"]
+    sub = aws.ec2.create_subnet(VpcId=vpc, CidrBlock="10.8.0.0/28",
+                                AvailabilityZone=AZ)["Subnet"]["SubnetId"]
+    with aws.unchanged():
+        expect_error(aws.ec2.run_instances, "InsufficientFreeAddressesInSubnet", 400,
+                     ImageId=ami, SubnetId=sub, MinCount=12, MaxCount=2**31 - 1)
+    res = aws.ec2.run_instances(ImageId=ami, SubnetId=sub, MinCount=1, MaxCount=2**31 - 1)
+    assert len(res["Instances"]) == 11
+    aws.restart()
+    (s,) = aws.ec2.describe_subnets(SubnetIds=[sub])["Subnets"]
+    assert s["AvailableIpAddressCount"] == 0
+    assert sum(len(r["Instances"]) for r in aws.ec2.describe_instances(
+        Filters=[{"Name": "subnet-id", "Values": [sub]}])["Reservations"]) == 11
+    _check(aws)
