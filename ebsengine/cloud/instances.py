@@ -650,9 +650,9 @@ class Instances:
         eng = c.engine
         with eng.transaction() as tx:
             inst = self.get(scope, instance_id, tx)
-            if inst.state == "terminated":
+            if inst.state in ("shutting-down", "terminated"):  # it holds nothing any more
                 raise errors.Ec2Error("IncorrectInstanceState",
-                                      f"The instance '{inst.id}' is terminated.")
+                                      f"The instance '{inst.id}' is {inst.state}.")
             changes: dict[str, Any] = {}
             if (instance_type is not None or user_data is not None) and \
                     inst.state != "stopped":

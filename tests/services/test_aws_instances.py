@@ -511,3 +511,26 @@ def test_max_count_beyond_a_small_subnet(aws: Aws) -> None:
     assert sum(len(r["Instances"]) for r in aws.ec2.describe_instances(
         Filters=[{"Name": "subnet-id", "Values": [sub]}])["Reservations"]) == 11
     _check(aws)
+
+
+def test_modify_attribute_of_a_terminating_instance_is_refused(tmp_path: Any) -> None:
+    """A shutting-down instance holds no interface (terminate released it, and its subnet
+    may be gone): ModifyInstanceAttribute is IncorrectInstanceState, not a 500."""
+    clock = _Clock()
+    a = Aws(str(tmp_path / "s"), clock=clock, cloud_config=CloudConfig(terminate_seconds=10))
+    try:
+        vpc = a.ec2.create_vpc(CidrBlock="10.8.0.0/16")["Vpc"]["VpcId"]
+        sub = a.ec2.create_subnet(VpcId=vpc, CidrBlock="10.8.0.0/24",
+                                  AvailabilityZone=AZ)["Subnet"]["SubnetId"]
+        sg = a.ec2.create_security_group(GroupName="g", Description="d", VpcId=vpc)["GroupId"]
+        iid = a.launch(SubnetId=sub)
+        a.ec2.terminate_instances(InstanceIds=[iid])
+        a.ec2.delete_subnet(SubnetId=sub)
+        with a.unchanged():
+            for kw in ({"Groups": [sg]}, {"SourceDestCheck": {"Value": False}},
+                       {"DisableApiTermination": {"Value": True}}):
+                expect_error(a.ec2.modify_instance_attribute, "IncorrectInstanceState", 400,
+                             InstanceId=iid, **kw)
+        _check(a)
+    finally:
+        a.stop()
