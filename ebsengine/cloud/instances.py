@@ -902,9 +902,9 @@ class Instances:
                 if vol.volume_type == "gp3":
                     ebs["Throughput"] = vol.throughput
                 mappings.append({"DeviceName": bd["device"], "Ebs": ebs})
-            for dev, o in overrides.items():
-                if dev not in devs and "NoDevice" not in o:
-                    mappings.append({k: v for k, v in o.items() if v is not None})
+            added = [o for dev, o in overrides.items() if dev not in devs and "NoDevice" not in o]
+            if added:  # new devices: the rules of RegisterImage's mappings (snapshots exist...)
+                mappings += c.images._mappings(scope, added, tx)
             img = Image(id=image_id, region=scope.region, owner_id=scope.account_id,
                         name=name, description=description, state="available",
                         creation_time=c.now(), architecture=inst.architecture,

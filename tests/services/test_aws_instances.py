@@ -534,3 +534,27 @@ def test_modify_attribute_of_a_terminating_instance_is_refused(tmp_path: Any) ->
         _check(a)
     finally:
         a.stop()
+
+
+def test_create_image_checks_the_devices_it_adds(aws: Aws) -> None:
+    """CreateImage's BlockDeviceMappings for devices the instance does not have follow
+    RegisterImage's rules: a missing snapshot or one of another region is refused (the
+    image would name a snapshot that is not there), an empty volume needs a size."""
+    iid = aws.launch()
+    west = aws.ec2_west.create_volume(AvailabilityZone="us-west-2a", Size=1)["VolumeId"]
+    west_snap = aws.ec2_west.create_snapshot(VolumeId=west)["SnapshotId"]
+    with aws.unchanged():
+        for code, ebs in [("InvalidSnapshot.NotFound", {"SnapshotId": "snap-0000000000000dead"}),
+                          ("InvalidSnapshot.NotFound", {"SnapshotId": west_snap}),
+                          ("InvalidBlockDeviceMapping", {"VolumeType": "gp3"})]:
+            expect_error(aws.ec2.create_image, code, 400, InstanceId=iid, Name="with-extra",
+                         BlockDeviceMappings=[{"DeviceName": "/dev/sdh", "Ebs": ebs}])
+    ami = aws.ec2.create_image(InstanceId=iid, Name="with-extra", BlockDeviceMappings=[
+        {"DeviceName": "/dev/sdh", "Ebs": {"VolumeSize": 2, "VolumeType": "gp3"}}])["ImageId"]
+    (img,) = aws.ec2.describe_images(ImageIds=[ami])["Images"]
+    extra = next(m for m in img["BlockDeviceMappings"] if m["DeviceName"] == "/dev/sdh")
+    assert (extra["Ebs"]["VolumeSize"], extra["Ebs"]["VolumeType"]) == (2, "gp3")
+    new = aws.launch(ImageId=ami)
+    assert {b["DeviceName"] for b in _inst(aws, new)["BlockDeviceMappings"]} == \
+        {"/dev/xvda", "/dev/sdh"}
+    _check(aws)
