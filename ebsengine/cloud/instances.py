@@ -616,7 +616,8 @@ class Instances:
                     for a in c.addresses.all(tx=tx):
                         if a.network_interface_id == eid and delete:
                             c.addresses.put(a.but(association_id=None, instance_id=None,
-                                                  network_interface_id=None, private_ip=None),
+                                                  network_interface_id=None, private_ip=None,
+                                                  ended_association_id=a.association_id),
                                             tx=tx)
                         elif a.network_interface_id == eid:
                             c.addresses.put(a.but(instance_id=None), tx=tx)

@@ -165,3 +165,23 @@ def test_max_count_beyond_the_subnet_launches_what_fits(env: tuple[Cloud, Clock]
     assert cloud.check() == []
     _raises("InsufficientFreeAddressesInSubnet", cloud.instances.run, SCOPE, image_id=ami,
             subnet_id=sub.id)
+
+
+def test_terminate_ends_elastic_ip_associations_like_delete_interface(
+        env: tuple[Cloud, Clock]) -> None:
+    """Terminating deletes the primary interface: its Elastic IP stays allocated, freed,
+    and DisassociateAddress repeated with the association that ended succeeds (as after
+    DeleteNetworkInterface)."""
+    cloud, clock = env
+    (inst,) = cloud.instances.run(SCOPE, image_id=put_image(cloud))
+    clock.now += 5
+    addr = cloud.eips.allocate(SCOPE)
+    assoc = cloud.eips.associate(SCOPE, addr.id, instance_id=inst.id)
+    cloud.instances.terminate(SCOPE, [inst.id])
+    freed = cloud.eips.get(SCOPE, addr.id)
+    assert (freed.association_id, freed.network_interface_id, freed.instance_id) == \
+        (None, None, None)
+    before = store_digest(cloud.engine)
+    cloud.eips.disassociate(SCOPE, assoc)
+    assert store_digest(cloud.engine) == before
+    assert cloud.check() == []
