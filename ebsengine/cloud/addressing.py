@@ -139,6 +139,34 @@ class Addressing:
         raise errors.Ec2Error("InsufficientFreeAddressesInSubnet",
                               f"Insufficient free IP addresses in subnet {subnet.id}.")
 
+    def free_private_ips(self, subnet: Subnet, tx: Transaction, limit: int) -> list[str]:
+        """Up to ``limit`` free private addresses of ``subnet``, lowest first (one read of
+        the interfaces, however many are wanted: a launch of many instances takes them
+        all at once)."""
+        net = ipaddress.ip_network(subnet.cidr_block)
+        used = self.private_ips_in_use(subnet.id, tx)
+        out: list[str] = []
+        for i in range(4, net.num_addresses - 1):
+            if len(out) >= limit:
+                break
+            cand = str(net.network_address + i)
+            if cand not in used:
+                out.append(cand)
+        return out
+
+    def free_public_ips(self, tx: Transaction, limit: int) -> list[str]:
+        """Up to ``limit`` free addresses of the public pool, lowest first (one read)."""
+        net = ipaddress.ip_network(self.cloud.config.public_pool)
+        used = self.public_ips_in_use(tx)
+        out: list[str] = []
+        for i in range(1, net.num_addresses - 1):
+            if len(out) >= limit:
+                break
+            cand = str(net.network_address + i)
+            if cand not in used:
+                out.append(cand)
+        return out
+
     def public_ips_in_use(self, tx: Transaction | None = None) -> set[str]:
         c = self.cloud
         used = {a.public_ip for a in c.addresses.all(tx=tx)}

@@ -29,14 +29,18 @@ def check_cloud(cloud: Cloud) -> list[str]:
     with eng.transaction() as tx:  # one consistent view (and no writer in between)
         vols = {v.id: v for v in (eng.get_volume(v.id, tx=tx) for v in eng.list_volumes())}
         snaps = {s.id for s in eng.list_snapshots()}
-        instances = {i.id: i for i in cloud.instance_table.all(tx=tx)}
+        # states as a reader sees them: a stored transient state may have matured (maturing
+        # is never written), and a terminating instance holds nothing but its record
+        now = cloud.now()
+        instances = {i.id: cloud.instances.settled(i, now)
+                     for i in cloud.instance_table.all(tx=tx)}
         enis = {e.id: e for e in cloud.network_interfaces.all(tx=tx)}
         vpcs = {v.id for v in cloud.vpcs.all(tx=tx)}
         subnets = {s.id: s for s in cloud.subnets.all(tx=tx)}
         groups = {g.id for g in cloud.security_groups.all(tx=tx)}
         live = {i.id for i in instances.values() if i.state != "terminated"}
         for inst in instances.values():
-            if inst.state == "terminated":
+            if inst.state in ("shutting-down", "terminated"):
                 continue
             for bd in inst.block_devices:
                 vol = vols.get(bd["volume_id"])
@@ -113,7 +117,7 @@ def check_cloud(cloud: Cloud) -> list[str]:
                 if ref and ref not in groups:
                     problems.append(f"{g.id}: rule {rid} references missing group {ref}")
         for inst in instances.values():
-            if inst.state != "terminated":
+            if inst.state not in ("shutting-down", "terminated"):
                 for gid in inst.security_group_ids:
                     if gid not in groups:
                         problems.append(f"{inst.id}: missing security group {gid}")

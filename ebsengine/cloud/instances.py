@@ -200,7 +200,7 @@ class Instances:
         c = self.cloud
         if subnet_id:
             sub = c.subnets.get(subnet_id, tx=tx) if is_aws_id(subnet_id, "subnet") else None
-            if sub is None or sub.region != scope.region:
+            if sub is None or sub.region != scope.region or sub.owner_id != scope.account_id:
                 raise errors.Ec2Error("InvalidSubnetID.NotFound",
                                       f"The subnet ID '{subnet_id}' does not exist")
             if zone and sub.availability_zone != zone:
@@ -415,14 +415,27 @@ class Instances:
                                        subnet.map_public_ip_on_launch))
             now = c.now()
             reservation = new_id("r")
-            taken_private: set[str] = set()
-            taken_public: set[str] = set()
+            # AWS: MaxCount beyond what the subnet can hold launches the largest number
+            # possible, MinCount beyond it launches none. The addresses are read once (not
+            # once per instance: a huge MaxCount must not scan the interfaces per launch).
+            if private_ip:
+                ips = [c.addressing.allocate_private_ip(subnet, tx, wanted=private_ip)]
+            else:
+                ips = c.addressing.free_private_ips(subnet, tx, max_count)
+            if len(ips) < min_count:
+                raise errors.Ec2Error("InsufficientFreeAddressesInSubnet",
+                                      f"Insufficient free IP addresses in subnet {subnet.id} "
+                                      f"for {min_count} instance(s).")
+            publics = c.addressing.free_public_ips(tx, len(ips)) if auto_public else []
+            if auto_public and len(publics) < len(ips):
+                if len(publics) < min_count:
+                    raise errors.Ec2Error("AddressLimitExceeded",
+                                          "The public address pool is exhausted "
+                                          f"({c.config.public_pool}).")
+                ips = ips[:len(publics)]
             out: list[Instance] = []
-            for index in range(max_count):
+            for index, ip in enumerate(ips):
                 iid = new_id("i")
-                ip = c.addressing.allocate_private_ip(subnet, tx, wanted=private_ip,
-                                                      taken=taken_private)
-                taken_private.add(ip)
                 devices = []
                 for p in plans:
                     vol = eng.create_volume(
@@ -437,10 +450,7 @@ class Instances:
                                     "attach_time": now})
                 eni = new_interface(scope, subnet, ip, [g.id for g in groups],
                                     description=nic.get("Description") or "")
-                public = None
-                if auto_public:
-                    public = c.addressing.allocate_public_ip(tx, taken=taken_public)
-                    taken_public.add(public)
+                public = publics[index] if auto_public else None
                 eni = eni.but(attachment={"instance_id": iid, "device_index": 0,
                                           "attachment_id": new_id("eni-attach"),
                                           "delete_on_termination": True, "attach_time": now},
@@ -606,7 +616,8 @@ class Instances:
                     for a in c.addresses.all(tx=tx):
                         if a.network_interface_id == eid and delete:
                             c.addresses.put(a.but(association_id=None, instance_id=None,
-                                                  network_interface_id=None, private_ip=None),
+                                                  network_interface_id=None, private_ip=None,
+                                                  ended_association_id=a.association_id),
                                             tx=tx)
                         elif a.network_interface_id == eid:
                             c.addresses.put(a.but(instance_id=None), tx=tx)
@@ -640,9 +651,9 @@ class Instances:
         eng = c.engine
         with eng.transaction() as tx:
             inst = self.get(scope, instance_id, tx)
-            if inst.state == "terminated":
+            if inst.state in ("shutting-down", "terminated"):  # it holds nothing any more
                 raise errors.Ec2Error("IncorrectInstanceState",
-                                      f"The instance '{inst.id}' is terminated.")
+                                      f"The instance '{inst.id}' is {inst.state}.")
             changes: dict[str, Any] = {}
             if (instance_type is not None or user_data is not None) and \
                     inst.state != "stopped":
@@ -892,9 +903,9 @@ class Instances:
                 if vol.volume_type == "gp3":
                     ebs["Throughput"] = vol.throughput
                 mappings.append({"DeviceName": bd["device"], "Ebs": ebs})
-            for dev, o in overrides.items():
-                if dev not in devs and "NoDevice" not in o:
-                    mappings.append({k: v for k, v in o.items() if v is not None})
+            added = [o for dev, o in overrides.items() if dev not in devs and "NoDevice" not in o]
+            if added:  # new devices: the rules of RegisterImage's mappings (snapshots exist...)
+                mappings += c.images._mappings(scope, added, tx)
             img = Image(id=image_id, region=scope.region, owner_id=scope.account_id,
                         name=name, description=description, state="available",
                         creation_time=c.now(), architecture=inst.architecture,

@@ -403,8 +403,10 @@ class SecurityGroups:
         it, and other groups whose rules reference it."""
         c = self.cloud
         out = [e.id for e in c.network_interfaces.all(tx=tx) if group_id in e.security_group_ids]
+        now = c.now()  # the settled state: a stored shutting-down may have matured
         out += [i.id for i in c.instance_table.all(tx=tx)
-                if i.state != "terminated" and group_id in i.security_group_ids]
+                if group_id in i.security_group_ids
+                and c.instances.settled(i, now).state != "terminated"]
         for g in c.security_groups.all(tx=tx):
             if g.id != group_id and any(
                     (r.get("ReferencedGroupInfo") or {}).get("GroupId") == group_id

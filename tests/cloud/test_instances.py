@@ -111,3 +111,77 @@ def test_states_attachments_and_terminate(env: tuple[Cloud, Clock]) -> None:
     assert cloud.check() == []
     clock.now += cloud.config.terminated_visible_seconds + 1
     _raises("InvalidInstanceID.NotFound", cloud.instances.get, SCOPE, inst.id)
+
+
+def test_check_sees_matured_terminations(request: Any) -> None:
+    """A record stored ``shutting-down`` has matured to ``terminated`` on the clock (never
+    written): its subnet and VPC may then go, and cloud.check() does not count the gone
+    instance as still living in them."""
+    name = f"inst-mature-{id(request)}"
+    clock = Clock()
+    with Engine(f"memory://{name}") as eng:
+        cloud = Cloud(eng, clock=clock, config=CloudConfig(terminate_seconds=5))
+        vpc = cloud.network.create_vpc(SCOPE, "10.9.0.0/16")
+        sub = cloud.network.create_subnet(SCOPE, vpc.id, "10.9.0.0/24")
+        (inst,) = cloud.instances.run(SCOPE, image_id=put_image(cloud), subnet_id=sub.id)
+        cloud.instances.terminate(SCOPE, [inst.id])
+        clock.now += 10
+        assert cloud.instances.get(SCOPE, inst.id).state == "terminated"
+        cloud.network.delete_subnet(SCOPE, sub.id)
+        cloud.network.delete_vpc(SCOPE, vpc.id)
+        assert cloud.check() == []
+    forget(name)
+
+
+def test_run_refuses_another_accounts_subnet(env: tuple[Cloud, Clock]) -> None:
+    cloud, _ = env
+    ami = put_image(cloud)
+    other = Scope("us-east-1", "210987654321")
+    vpc = cloud.network.create_vpc(other, "10.9.0.0/16")
+    sub = cloud.network.create_subnet(other, vpc.id, "10.9.0.0/24")
+    before = store_digest(cloud.engine)
+    _raises("InvalidSubnetID.NotFound", cloud.instances.run, SCOPE, image_id=ami,
+            subnet_id=sub.id)
+    assert store_digest(cloud.engine) == before
+
+
+def test_max_count_beyond_the_subnet_launches_what_fits(env: tuple[Cloud, Clock]) -> None:
+    """AWS: a MaxCount above what can be launched launches the largest number possible
+    (at least MinCount); a MinCount above it launches none and changes nothing."""
+    cloud, _ = env
+    ami = put_image(cloud)
+    vpc = cloud.network.create_vpc(SCOPE, "10.9.0.0/16")
+    sub = cloud.network.create_subnet(SCOPE, vpc.id, "10.9.0.0/28")  # 11 usable addresses
+    before = store_digest(cloud.engine)
+    _raises("InsufficientFreeAddressesInSubnet", cloud.instances.run, SCOPE, image_id=ami,
+            subnet_id=sub.id, min_count=12, max_count=10**9)
+    assert store_digest(cloud.engine) == before
+    eni = cloud.network.create_interface(SCOPE, sub.id)
+    insts = cloud.instances.run(SCOPE, image_id=ami, subnet_id=sub.id, min_count=2,
+                                max_count=10**9)
+    assert len(insts) == 10 and [i.ami_launch_index for i in insts] == list(range(10))
+    assert eni.private_ip not in {i.private_ip for i in insts}
+    assert cloud.network.available_ips(sub) == 0
+    assert cloud.check() == []
+    _raises("InsufficientFreeAddressesInSubnet", cloud.instances.run, SCOPE, image_id=ami,
+            subnet_id=sub.id)
+
+
+def test_terminate_ends_elastic_ip_associations_like_delete_interface(
+        env: tuple[Cloud, Clock]) -> None:
+    """Terminating deletes the primary interface: its Elastic IP stays allocated, freed,
+    and DisassociateAddress repeated with the association that ended succeeds (as after
+    DeleteNetworkInterface)."""
+    cloud, clock = env
+    (inst,) = cloud.instances.run(SCOPE, image_id=put_image(cloud))
+    clock.now += 5
+    addr = cloud.eips.allocate(SCOPE)
+    assoc = cloud.eips.associate(SCOPE, addr.id, instance_id=inst.id)
+    cloud.instances.terminate(SCOPE, [inst.id])
+    freed = cloud.eips.get(SCOPE, addr.id)
+    assert (freed.association_id, freed.network_interface_id, freed.instance_id) == \
+        (None, None, None)
+    before = store_digest(cloud.engine)
+    cloud.eips.disassociate(SCOPE, assoc)
+    assert store_digest(cloud.engine) == before
+    assert cloud.check() == []

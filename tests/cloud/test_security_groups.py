@@ -256,3 +256,25 @@ def test_modify_and_describe_rules(cloud: Cloud) -> None:
     assert cloud.groups.rules(S, [b["SecurityGroupRuleId"]])[0][1]["Description"] == "http"
     refused(cloud, "InvalidPermission.NotFound", cloud.groups.update_descriptions, S, g.id,
             [tcp(81)])
+
+
+def test_group_of_an_instance_deletable_once_terminated_on_the_clock() -> None:
+    """A terminated instance no longer holds its groups, also when its record still stores
+    ``shutting-down`` (maturing is computed on read, never written)."""
+    from test_aws_support import put_image
+
+    t = [1_700_000_000.0]
+    eng = Engine("memory://")
+    try:
+        c = Cloud(eng, clock=lambda: t[0], config=CloudConfig(terminate_seconds=5))
+        c.addressing.ensure_region(S)
+        g = c.groups.create(S, "web", "x")
+        (inst,) = c.instances.run(S, image_id=put_image(c), security_group_ids=[g.id])
+        c.instances.terminate(S, [inst.id])
+        refused(c, "DependencyViolation", c.groups.delete, S, g.id)  # still shutting down
+        t[0] += 10
+        assert c.instances.get(S, inst.id).state == "terminated"
+        c.groups.delete(S, g.id)
+        assert c.check() == []
+    finally:
+        eng.close()

@@ -490,3 +490,71 @@ def test_elastic_ip_follows_the_interface(aws: Aws) -> None:
     (addr,) = aws.cloud.addresses.all()
     assert (addr.association_id, addr.instance_id, addr.network_interface_id) == (None,) * 3
     _check(aws)
+
+
+def test_max_count_beyond_a_small_subnet(aws: Aws) -> None:
+    """MaxCount above the subnet's free addresses launches what fits (AWS: the largest
+    number possible above MinCount); MinCount above it is refused and changes nothing. A
+    huge MaxCount is answered at once (the addresses are read once, not per instance)."""
+    ami = aws.image()
+    vpc = aws.ec2.create_vpc(CidrBlock="10.8.0.0/16")["Vpc"]["VpcId"]
+    sub = aws.ec2.create_subnet(VpcId=vpc, CidrBlock="10.8.0.0/28",
+                                AvailabilityZone=AZ)["Subnet"]["SubnetId"]
+    with aws.unchanged():
+        expect_error(aws.ec2.run_instances, "InsufficientFreeAddressesInSubnet", 400,
+                     ImageId=ami, SubnetId=sub, MinCount=12, MaxCount=2**31 - 1)
+    res = aws.ec2.run_instances(ImageId=ami, SubnetId=sub, MinCount=1, MaxCount=2**31 - 1)
+    assert len(res["Instances"]) == 11
+    aws.restart()
+    (s,) = aws.ec2.describe_subnets(SubnetIds=[sub])["Subnets"]
+    assert s["AvailableIpAddressCount"] == 0
+    assert sum(len(r["Instances"]) for r in aws.ec2.describe_instances(
+        Filters=[{"Name": "subnet-id", "Values": [sub]}])["Reservations"]) == 11
+    _check(aws)
+
+
+def test_modify_attribute_of_a_terminating_instance_is_refused(tmp_path: Any) -> None:
+    """A shutting-down instance holds no interface (terminate released it, and its subnet
+    may be gone): ModifyInstanceAttribute is IncorrectInstanceState, not a 500."""
+    clock = _Clock()
+    a = Aws(str(tmp_path / "s"), clock=clock, cloud_config=CloudConfig(terminate_seconds=10))
+    try:
+        vpc = a.ec2.create_vpc(CidrBlock="10.8.0.0/16")["Vpc"]["VpcId"]
+        sub = a.ec2.create_subnet(VpcId=vpc, CidrBlock="10.8.0.0/24",
+                                  AvailabilityZone=AZ)["Subnet"]["SubnetId"]
+        sg = a.ec2.create_security_group(GroupName="g", Description="d", VpcId=vpc)["GroupId"]
+        iid = a.launch(SubnetId=sub)
+        a.ec2.terminate_instances(InstanceIds=[iid])
+        a.ec2.delete_subnet(SubnetId=sub)
+        with a.unchanged():
+            for kw in ({"Groups": [sg]}, {"SourceDestCheck": {"Value": False}},
+                       {"DisableApiTermination": {"Value": True}}):
+                expect_error(a.ec2.modify_instance_attribute, "IncorrectInstanceState", 400,
+                             InstanceId=iid, **kw)
+        _check(a)
+    finally:
+        a.stop()
+
+
+def test_create_image_checks_the_devices_it_adds(aws: Aws) -> None:
+    """CreateImage's BlockDeviceMappings for devices the instance does not have follow
+    RegisterImage's rules: a missing snapshot or one of another region is refused (the
+    image would name a snapshot that is not there), an empty volume needs a size."""
+    iid = aws.launch()
+    west = aws.ec2_west.create_volume(AvailabilityZone="us-west-2a", Size=1)["VolumeId"]
+    west_snap = aws.ec2_west.create_snapshot(VolumeId=west)["SnapshotId"]
+    with aws.unchanged():
+        for code, ebs in [("InvalidSnapshot.NotFound", {"SnapshotId": "snap-0000000000000dead"}),
+                          ("InvalidSnapshot.NotFound", {"SnapshotId": west_snap}),
+                          ("InvalidBlockDeviceMapping", {"VolumeType": "gp3"})]:
+            expect_error(aws.ec2.create_image, code, 400, InstanceId=iid, Name="with-extra",
+                         BlockDeviceMappings=[{"DeviceName": "/dev/sdh", "Ebs": ebs}])
+    ami = aws.ec2.create_image(InstanceId=iid, Name="with-extra", BlockDeviceMappings=[
+        {"DeviceName": "/dev/sdh", "Ebs": {"VolumeSize": 2, "VolumeType": "gp3"}}])["ImageId"]
+    (img,) = aws.ec2.describe_images(ImageIds=[ami])["Images"]
+    extra = next(m for m in img["BlockDeviceMappings"] if m["DeviceName"] == "/dev/sdh")
+    assert (extra["Ebs"]["VolumeSize"], extra["Ebs"]["VolumeType"]) == (2, "gp3")
+    new = aws.launch(ImageId=ami)
+    assert {b["DeviceName"] for b in _inst(aws, new)["BlockDeviceMappings"]} == \
+        {"/dev/xvda", "/dev/sdh"}
+    _check(aws)
