@@ -16,7 +16,7 @@ kind           attrs                                         written by
                associated with an interface)
 ``volume``     ``{"type", "size", "iops", "throughput"}``    :meth:`Meter.volume` at each site
                                                              that creates, modifies or deletes
-``snapshot``   ``{"bytes"}``: unique stored bytes             :meth:`Meter.snapshot` (existence,
+``snapshot``   ``{"bytes"}``: its own stored bytes           :meth:`Meter.snapshot` (existence,
                                                              in the unit) + :meth:`Meter.sample`
 =============  ============================================  ==================================
 
@@ -25,17 +25,22 @@ Rules, as AWS bills them: an instance is billed while ``running`` only (a start'
 termination before that drops it), at least ``instance_minimum_seconds`` (60) per start;
 volumes are billed whatever the instance state, from creation to deletion, for their
 provisioned size, gp3 IOPS/throughput above the free baseline and io1/io2 IOPS (a
-modification bills the new configuration from the ModifyVolume call); snapshots for their
-unique stored bytes (standard tier); public IPv4 addresses per hour, in use or idle.
+modification bills the new configuration from the ModifyVolume call); snapshots for the
+stored bytes they hold themselves (standard tier, incremental: ``Usage.stored_bytes``, the
+blocks changed since the previous snapshot, as AWS bills them; a deleted snapshot's blocks
+still needed pass to its successor, whose count grows at the next sample). Not
+``Usage.unique_bytes`` (what deleting it would free): that is 0 for the newest snapshot of a
+volume that has not overwritten its blocks, which AWS does bill; public IPv4 addresses per
+hour, in use or idle.
 
-Snapshots: a snapshot's unique bytes change when its neighbours go, and the engine can
+Snapshots: a snapshot's stored bytes change when its neighbours go, and the engine can
 only count them outside a unit, so the unit that makes or deletes a snapshot records its
 existence (exact times) and :meth:`Meter.sample` - run right after that unit commits and
 at every report - fills in and updates the byte counts. The approximation: a count holds
 from one sample to the next, and a new snapshot's first count is dated at its creation.
 
 Volumes and snapshots changed outside the cloud/AWS paths (the library, the CLI, NBD
-writes changing unique bytes) are caught by :meth:`Meter.reconcile` (run by every report):
+writes) are caught by :meth:`Meter.reconcile` (run by every report):
 a difference from the ledger is dated at the reconcile, so such a change is billed from
 the next report on (documented in the README).
 
@@ -241,7 +246,7 @@ class Meter:
 
     def snapshot(self, tx: Transaction, snapshot_id: str) -> None:
         """Meter a snapshot made or deleted in ``tx``: its existence now (in the unit), its
-        unique bytes by :meth:`sample` once the unit commits."""
+        stored bytes by :meth:`sample` once the unit commits."""
         try:
             snap = self.engine.get_snapshot(snapshot_id, tx=tx)
         except errors.NotFound:
@@ -266,14 +271,14 @@ class Meter:
             tx.after_commit(after)
 
     def sample(self) -> None:
-        """Bring every snapshot's unique byte count up to date (its own unit of work)."""
+        """Bring every snapshot's stored byte count up to date (its own unit of work)."""
         eng = self.engine
         sizes: dict[str, int] = {}
         for s in eng.list_snapshots():
             if s.state != "completed":
                 continue
             try:
-                sizes[s.id] = int(eng.usage(s.id).unique_bytes)
+                sizes[s.id] = int(eng.usage(s.id).stored_bytes)
             except errors.NotFound:
                 continue
         with eng.transaction() as tx:
