@@ -115,7 +115,7 @@ def test_snapshot_bytes_are_sampled_after_the_unit(env: tuple[Cloud, Clock]) -> 
 
 
 def test_reset_wipes_the_ledger(env: tuple[Cloud, Clock]) -> None:
-    cloud, clock = env
+    cloud, _clock = env
     ami = put_image(cloud)
     cloud.instances.run(SCOPE, image_id=ami, instance_type="t3.micro")
     cloud.eips.allocate(SCOPE)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from cost_support import MONTH, P, Clock, cents, expected, lifecycle
+from cost_support import MONTH, Clock, P, cents, expected, lifecycle
 from test_aws_support import Aws, client, expect_error, put_block
 
 GROUP_USAGE = [{"Type": "DIMENSION", "Key": "USAGE_TYPE"}]
