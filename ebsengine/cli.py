@@ -266,11 +266,80 @@ def cmd_serve(eng: Engine, a: argparse.Namespace, out: Out) -> int:
     return run_services(services, store=eng.path)
 
 
+def _moment(text: str) -> float:
+    """``YYYY-MM-DD`` or ``YYYY-MM-DDThh:mm[:ss][Z]`` (UTC) as epoch seconds."""
+    import datetime as dt
+
+    for form in ("%Y-%m-%d", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%MZ",
+                 "%Y-%m-%dT%H:%M"):
+        try:
+            return dt.datetime.strptime(text, form).replace(tzinfo=dt.timezone.utc).timestamp()
+        except ValueError:
+            continue
+    raise argparse.ArgumentTypeError(f"not a UTC date or time (YYYY-MM-DD[Thh:mm[:ss]]): {text!r}")
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def cmd_cost(eng: Engine, a: argparse.Namespace, out: Out) -> int:
+    """What the metered usage would cost at the price table's list prices (the usage ledger
+    of :mod:`ebsengine.cloud.meter`, brought up to date first)."""
+    from .cloud import Cloud, CloudConfig
+    from .cloud.pricing import Prices
+
+    cloud = Cloud(eng, config=CloudConfig(prices_file=a.prices) if a.prices else None)
+    prices = Prices.load(a.prices)
+    cloud.meter.prices = prices
+    now = cloud.now()
+    until = a.until if a.until is not None else now
+    if a.since is not None:
+        since = a.since
+    else:
+        g = time.gmtime(until)
+        since = _moment(f"{g.tm_year:04d}-{g.tm_mon:02d}-01")
+    if until <= since:
+        raise InvalidParameter("--until must be after --since")
+    cloud.meter.reconcile()
+    lines = cloud.meter.lines(since, until, "MONTHLY", now=now)
+    by_resource = a.by == "resource"
+    acc: dict[tuple[str, ...], list[Any]] = {}
+    for ln in lines:
+        key: tuple[str, ...] = ((ln.resource_id or "-", ln.usage_type) if by_resource
+                                else (ln.usage_type,))
+        slot = acc.setdefault(key, [0.0, 0.0, ln.unit, ln.service, ln.region])
+        slot[0] += ln.quantity
+        slot[1] += ln.cost
+    rows = []
+    for k, (q, cost, unit, service, region) in sorted(acc.items()):
+        row: dict[str, Any] = {"usage_type": k[-1], "service": service, "region": region,
+                               "quantity": round(q, 10), "unit": unit, "cost": round(cost, 10)}
+        if by_resource:
+            row["resource"] = k[0]
+        rows.append(row)
+    total = sum(r["cost"] for r in rows)
+    doc = {"since": _utc(since), "until": _utc(until), "currency": prices.currency,
+           "prices": prices.source, "by": a.by, "rows": rows, "total": round(total, 10)}
+
+    def text() -> str:
+        cols = (["resource"] if by_resource else []) + ["usage_type", "service", "quantity",
+                                                        "unit", "cost"]
+        shown = [{**r, "quantity": f"{r['quantity']:,.4f}", "cost": f"{r['cost']:,.4f}"}
+                 for r in rows]
+        return (f"cost {_utc(since)} .. {_utc(until)} ({prices.currency}, list prices of "
+                f"{prices.source})\n" + _table(shown, cols) +
+                f"\nTOTAL {prices.currency} {total:,.2f}")
+
+    out.emit(doc, text)
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Engine, argparse.Namespace, Out], int]] = {
     "create": cmd_create, "list": cmd_list, "show": cmd_show, "delete": cmd_delete,
     "resize": cmd_resize, "import": cmd_import, "export": cmd_export,
     "snapshot": cmd_snapshot, "restore": cmd_restore, "diff": cmd_diff, "blocks": cmd_blocks,
-    "usage": cmd_usage, "fsck": cmd_fsck, "serve": cmd_serve,
+    "usage": cmd_usage, "fsck": cmd_fsck, "serve": cmd_serve, "cost": cmd_cost,
 }
 
 
@@ -355,6 +424,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("usage", help="storage accounting of a volume or snapshot").add_argument("id")
     sub.add_parser("fsck", help="verify every storage invariant (exit 6 on problems)")
+
+    s = sub.add_parser("cost", help="what the metered usage costs at list prices")
+    s.add_argument("--since", type=_moment, default=None, metavar="DATE",
+                   help="start, UTC, inclusive (YYYY-MM-DD[Thh:mm[:ss]]; default: the first of "
+                        "the month of --until)")
+    s.add_argument("--until", type=_moment, default=None, metavar="DATE",
+                   help="end, UTC, exclusive (default: now)")
+    s.add_argument("--by", choices=("usage-type", "resource"), default="usage-type",
+                   help="one row per usage type (default) or per resource and usage type")
+    s.add_argument("--prices", default=None, metavar="FILE",
+                   help="price table (default: $EBSENGINE_PRICES, else the shipped us-east-1 "
+                        "list prices)")
 
     s = sub.add_parser("serve", help="serve volumes over NBD and the AWS-compatible HTTP API")
     s.add_argument("--nbd-socket", default=None,

@@ -13,6 +13,8 @@ import hashlib
 from typing import Any, ClassVar
 
 from ebsengine import errors as engine_errors
+from ebsengine.cloud.meter import Meter
+from ebsengine.cloud.pricing import DIRECT_API
 from ebsengine.rules import EBS_DIRECT_TAG_LIMITS, MAX_SNAPSHOT_GIB, check_tags, is_aws_id
 from ebsengine.rules import tokens as token_rules
 
@@ -62,6 +64,12 @@ class EbsModel:
         self.engine: Any = store.engine
         #: snapshot id -> last activity persisted (avoids one store write per block for Timeout)
         self._persisted_activity: dict[str, float] = {}
+        #: the cost meter (set by the app): counts the billable calls, meters completions
+        self.meter: Meter | None = None
+
+    def _count(self, ctx: Context, action: str, n: int = 1) -> None:
+        if self.meter is not None:
+            self.meter.count(ctx.region, DIRECT_API[action], n)
 
     def call(self, ctx: Context, action: str, params: Params) -> Result:
         return getattr(self, self.ACTIONS[action])(ctx, params)  # type: ignore[no-any-return]
@@ -227,6 +235,7 @@ class EbsModel:
             self._touch(snap.id, progress=progress)
         else:
             self._touch(snap.id)
+        self._count(ctx, "PutSnapshotBlock")
         return {"Checksum": digest, "ChecksumAlgorithm": "SHA256"}
 
     def complete_snapshot(self, ctx: Context, p: Params) -> Result:
@@ -237,6 +246,8 @@ class EbsModel:
             self.engine.complete_snapshot(snap.id, verify=lambda written: self._check_completion(p, written),
                                           tx=tx)
             self.engine.service_put(NS_DIRECT, snap.id, None, tx=tx)
+            if self.meter is not None:
+                self.meter.snapshot(tx, snap.id)
         self._persisted_activity.pop(snap.id, None)
         return {"Status": "completed"}
 
@@ -299,6 +310,7 @@ class EbsModel:
         }
         if len(blocks) > limit:
             out["NextToken"] = self._page_token(blocks[limit], now, snap.id)
+        self._count(ctx, "ListSnapshotBlocks")
         return out
 
     def list_changed_blocks(self, ctx: Context, p: Params) -> Result:
@@ -338,6 +350,7 @@ class EbsModel:
         }
         if len(changed) > limit:
             out["NextToken"] = self._page_token(changed[limit], now, first.id if first else "", second.id)
+        self._count(ctx, "ListChangedBlocks")
         return out
 
     def get_snapshot_block(self, ctx: Context, p: Params) -> Result:
@@ -350,5 +363,6 @@ class EbsModel:
             raise _validation("The block token is not valid for this snapshot and block index",
                               "INVALID_BLOCK_TOKEN")
         data = self.engine.read_snapshot_block(snap.id, index)
+        self._count(ctx, "GetSnapshotBlock")
         return {"BlockData": data, "DataLength": len(data), "Checksum": checksum(data),
                 "ChecksumAlgorithm": "SHA256"}

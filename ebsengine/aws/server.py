@@ -31,9 +31,12 @@ from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 from ebsengine import errors as engine_errors
 from ebsengine.cloud import Cloud, CloudConfig, Scope
 
+from .ce import CeModel
 from .ebs import BLOCK_SIZE, EbsModel
 from .ec2 import Ec2Model, ModificationRules
 from .errors import ApiError, ebs_error, ec2_error
+from .jsonproto import CONTENT_TYPE as JSON_CONTENT_TYPE
+from .jsonproto import JsonModel, JsonProtocol
 from .shapes import Ec2Protocol, RestJsonProtocol, RestRequest
 from .store import AwsStore, Context
 
@@ -96,6 +99,10 @@ class AwsApp:
         self.cloud.addressing.ensure_region(Scope(default_region, account_id))
         self.ec2 = Ec2Model(self.store, modification=modification, cloud=self.cloud)
         self.ebs = EbsModel(self.store)
+        self.ebs.meter = self.cloud.meter
+        #: JSON-protocol services by X-Amz-Target prefix: (protocol, model, signing name)
+        self.json_services: dict[str, tuple[JsonProtocol, JsonModel, str]] = {}
+        self.add_json_service(JsonProtocol("ce"), CeModel(self.cloud))
         self.ec2_protocol = Ec2Protocol()
         self.ebs_protocol = RestJsonProtocol("ebs")
         self.default_region = default_region
@@ -104,12 +111,25 @@ class AwsApp:
         #: ``POST /moto-api/reset`` wipes every resource (moto's server mode); off unless asked
         self.allow_reset = allow_reset
 
+    def add_json_service(self, protocol: JsonProtocol, model: JsonModel) -> None:
+        """Answer ``X-Amz-Target: <protocol.target_prefix>.<Operation>`` with ``model``."""
+        signing = str(protocol.model.metadata.get("signingName")
+                      or protocol.model.metadata.get("endpointPrefix", ""))
+        self.json_services[protocol.target_prefix] = (protocol, model, signing)
+
+    def close(self) -> None:
+        """Persist what is held in memory (the EBS direct API call counters)."""
+        self.cloud.meter.flush()
+
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO") or "/"
         if path == RESET_PATH:
             return self._reset(environ, start_response)
         if path.startswith("/snapshots"):
             return self._ebs(environ, start_response, path)
+        target = environ.get("HTTP_X_AMZ_TARGET")
+        if target and "." in target and target.split(".", 1)[0] in self.json_services:
+            return self._json(environ, start_response, target)
         return self._ec2(environ, start_response)
 
     # helpers
@@ -197,6 +217,36 @@ class AwsApp:
             ("Content-Length", str(len(body_out))),
             ("x-amzn-RequestId", ctx.request_id),
         ])
+        return [body_out]
+
+    # JSON-protocol services (X-Amz-Target)
+
+    def _json(self, environ: dict[str, Any], start_response: StartResponse,
+              target: str) -> Iterable[bytes]:
+        ctx, _ = self._context(environ)
+        prefix, operation = target.split(".", 1)
+        protocol, model, signing = self.json_services[prefix]
+        try:
+            if environ.get("REQUEST_METHOD") != "POST":
+                raise ApiError("UnknownOperationException", "Use POST for this service", status=400)
+            body = self._read_body(environ)
+            self.auth.verify(environ, signing, ctx.region, body)
+            if not (protocol.has_operation(operation) and model.supports(operation)):
+                raise ApiError("UnknownOperationException",
+                               f"The operation {operation} is not supported by this endpoint",
+                               status=400)
+            params = protocol.parse_body(operation, body)
+            body_out = protocol.render_json(operation, model.call(ctx, operation, params))
+            status = 200
+            headers = [("Content-Type", JSON_CONTENT_TYPE)]
+        except Exception as exc:  # the error table is EBS's (ValidationException & co.)
+            if not isinstance(exc, (ApiError, engine_errors.EbsError)):
+                log.exception("%s request failed", prefix)
+            code, message, status, _reason = ebs_error(exc)
+            body_out = protocol.render_json_error(code, message)
+            headers = [("Content-Type", JSON_CONTENT_TYPE), ("x-amzn-ErrorType", code)]
+        headers += [("Content-Length", str(len(body_out))), ("x-amzn-RequestId", ctx.request_id)]
+        start_response(_status(status), headers)
         return [body_out]
 
     # moto server mode: POST /moto-api/reset
@@ -332,6 +382,7 @@ class ApiServer:
         if thread is not None:
             thread.join()
         self._server = self._thread = None
+        self.app.close()
 
     def __enter__(self) -> ApiServer:
         return self.start()

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 #: service namespaces of AWS-side records the reset wipes (the HMAC secret stays)
 AWS_NAMESPACES = ("aws.snapshot", "aws.direct", "aws.volmod", "aws.snapattr", "aws.token",
-                  "aws.token-of", "aws.token-expiry", "ec2.region", "ec2.eip-released")
+                  "aws.token-of", "aws.token-expiry", "ec2.region", "ec2.eip-released",
+                  "meter.ledger", "meter.api")
 
 
 def check_cloud(cloud: Cloud) -> list[str]:

@@ -30,6 +30,7 @@ from .addressing import Addressing
 from .images import Images
 from .instances import Instances
 from .keypairs import KeyPairs
+from .meter import Meter
 from .model import (
     KINDS,
     Address,
@@ -72,6 +73,9 @@ class CloudConfig:
     address_quota: int = 5
     key_pair_quota: int = 5000
     rules_per_group: int = 60
+    #: the cost meter's price file (None: ``$EBSENGINE_PRICES``, else the shipped us-east-1
+    #: table; see :mod:`.pricing`)
+    prices_file: str | None = None
 
 
 class Cloud:
@@ -81,6 +85,8 @@ class Cloud:
         self.clock = clock
         self.config = config or CloudConfig()
         self.tokens = TokenStore(engine, clock)
+        #: the usage ledger (:mod:`.meter`); every table write reports to it
+        self.meter = Meter(self)
         self.keypair_table: Table[KeyPair] = self.table(KeyPair)
         self.vpcs: Table[Vpc] = self.table(Vpc)
         self.subnets: Table[Subnet] = self.table(Subnet)
@@ -100,7 +106,7 @@ class Cloud:
         self.eips = Addresses(self)
 
     def table(self, cls: type[R]) -> Table[R]:
-        return Table(self.engine, cls)
+        return Table(self.engine, cls, observer=self.meter.observe)
 
     def now(self) -> float:
         return float(self.clock())

@@ -475,6 +475,7 @@ class Images:
                         results.append((sid, "client-error"))
                         continue
                     self.forget_snapshot(tx, sid)
+                    self.cloud.meter.snapshot(tx, sid)
                     results.append((sid, "success"))
             self._purge(tx)
         return results
@@ -553,6 +554,7 @@ class Images:
                                          f"{src.id} for SourceSnapshot {snap.id}",
                     tags=snapshot_tags or None, tx=tx)
                 put_snapshot_region(eng, tx, copy.id, scope.region)
+                self.cloud.meter.snapshot(tx, copy.id)
                 mappings.append({**m, "Ebs": {**(ebs or {}), "SnapshotId": copy.id,
                                               "Encrypted": bool(copy.encrypted)}})
             tags = {k: v for k, v in src.tags.items() if not k.startswith("aws:")} \

@@ -445,6 +445,7 @@ class Instances:
                         tags=vol_tags or None, tx=tx)
                     eng.attach_volume(vol.id, iid, p["device"], p["delete_on_termination"],
                                       tx=tx)
+                    c.meter.volume(tx, vol.id)
                     devices.append({"device": p["device"], "volume_id": vol.id,
                                     "delete_on_termination": p["delete_on_termination"],
                                     "attach_time": now})
@@ -605,6 +606,7 @@ class Instances:
                         continue
                     if bd.get("delete_on_termination"):
                         eng.delete_volume(vid, tx=tx)
+                        c.meter.volume(tx, vid)
                         for ns in _VOLUME_NAMESPACES:
                             eng.service_put(ns, vid, None, tx=tx)
                         c.tokens.drop(tx, vid)
@@ -842,6 +844,7 @@ class Instances:
                 snap = eng.create_snapshot(vid, description=description or "", tags=t or None,
                                            tx=tx)
                 put_snapshot_region(eng, tx, snap.id, scope.region)
+                self.cloud.meter.snapshot(tx, snap.id)
                 snaps.append(snap)
             return snaps
 
@@ -893,6 +896,7 @@ class Instances:
                                            f"({inst.id}) for {image_id}",
                                            tags=snap_tags or None, tx=tx)
                 put_snapshot_region(eng, tx, snap.id, scope.region)
+                c.meter.snapshot(tx, snap.id)
                 ebs: dict[str, Any] = {
                     "SnapshotId": snap.id, "VolumeSize": size, "VolumeType": vol.volume_type,
                     "DeleteOnTermination": bool(oe.get("DeleteOnTermination",

@@ -10,6 +10,7 @@ so adding a field needs no migration.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -47,10 +48,15 @@ class CloudRecord:
 class Table(Generic[R]):
     """The records of one kind: get, put, delete and list, in a unit of work or not."""
 
-    def __init__(self, engine: Engine, cls: type[R]) -> None:
+    def __init__(self, engine: Engine, cls: type[R],
+                 observer: Callable[[str, str, CloudRecord | None, Transaction], None]
+                 | None = None) -> None:
         self.engine = engine
         self.cls = cls
         self.ns = "ec2." + cls.KIND
+        #: called with ``(KIND, id, record or None, tx)`` in the unit of every put/delete
+        #: (the cost meter, :mod:`.meter`)
+        self.observer = observer
 
     def get(self, rid: str, *, tx: Transaction | None = None) -> R | None:
         raw = self.engine.service_get(self.ns, rid, tx=tx)
@@ -58,10 +64,14 @@ class Table(Generic[R]):
 
     def put(self, rec: R, *, tx: Transaction) -> R:
         self.engine.service_put(self.ns, rec.id, rec.to_dict(), tx=tx)
+        if self.observer is not None:
+            self.observer(self.cls.KIND, rec.id, rec, tx)
         return rec
 
     def delete(self, rid: str, *, tx: Transaction) -> None:
         self.engine.service_put(self.ns, rid, None, tx=tx)
+        if self.observer is not None:
+            self.observer(self.cls.KIND, rid, None, tx)
 
     def all(self, *, tx: Transaction | None = None) -> list[R]:
         """Every record of this kind, in id order."""

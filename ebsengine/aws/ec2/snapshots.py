@@ -68,6 +68,7 @@ class SnapshotActions(Actions):
         with self.engine.transaction(flush=[vol.id]) as tx:
             snap = self.engine.create_snapshot(vol.id, description=desc, tags=tags or None, tx=tx)
             self.store.put_snapshot_region(tx, snap.id, ctx.region)
+            self.cloud.meter.snapshot(tx, snap.id)
         return self._snapshot_view(ctx, snap, state="pending")
 
     def create_snapshots(self, ctx: Context, p: Params) -> Result:
@@ -96,6 +97,7 @@ class SnapshotActions(Actions):
             self.cloud.images.check_snapshot_deletable(self.scope(ctx), snap.id, tx)
             self.engine.delete_snapshot(snap.id, tx=tx)
             self.store.forget_snapshot(tx, snap.id)
+            self.cloud.meter.snapshot(tx, snap.id)
 
     _SNAPSHOT_FILTERS: ClassVar[dict[str, Extractor]] = {
         "snapshot-id": lambda s: [s.id],
@@ -187,6 +189,7 @@ class SnapshotActions(Actions):
             copy = self.engine.copy_snapshot(snap.id, description=p.get("Description") or "",
                                              tags=tags or None, tx=tx)
             self.store.put_snapshot_region(tx, copy.id, ctx.region)
+            self.cloud.meter.snapshot(tx, copy.id)
         return {"SnapshotId": copy.id, "Tags": _tag_list(copy.tags)}
 
     def modify_snapshot_attribute(self, ctx: Context, p: Params) -> None:

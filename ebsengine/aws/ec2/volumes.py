@@ -88,6 +88,7 @@ class VolumeActions(Actions):
                 tx=tx)
             if token is not None:  # commits with the volume: a crash cannot split them
                 self.store.put_token(tx, ctx, "CreateVolume", token, digest, vol.id)
+            self.cloud.meter.volume(tx, vol.id)
         return volume_view(vol, state="creating")
 
     def delete_volume(self, ctx: Context, p: Params) -> None:
@@ -95,6 +96,7 @@ class VolumeActions(Actions):
         with self.engine.transaction() as tx:
             self.engine.delete_volume(vol.id, tx=tx)
             self.store.forget_volume(tx, vol.id)
+            self.cloud.meter.volume(tx, vol.id)
 
     _VOLUME_FILTERS: ClassVar[dict[str, Extractor]] = {
         "volume-id": lambda v: [v.id],
@@ -248,6 +250,7 @@ class VolumeActions(Actions):
             }
             history = [*recent, rec][-max(self.rules.max_per_window, 1):]
             self.engine.service_put(NS_VOLMOD, vol.id, history, tx=tx)
+            self.cloud.meter.volume(tx, vol.id)
         return {"VolumeModification": rec}
 
     def describe_volumes_modifications(self, ctx: Context, p: Params) -> Result:
