@@ -71,7 +71,7 @@ class DlmModel:
         return {"PolicyId": pid}
 
     def get_lifecycle_policies(self, ctx: Context, p: Params) -> Result:
-        return {"Policies": self.dlm.list(
+        return {"Policies": self.dlm.describe(
             self.scope(ctx), policy_ids=p.get("PolicyIds"), state=p.get("State"),
             resource_types=p.get("ResourceTypes"), target_tags=p.get("TargetTags"),
             tags_to_add=p.get("TagsToAdd"), default_policy_type=p.get("DefaultPolicyType"))}

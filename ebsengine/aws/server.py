@@ -33,7 +33,6 @@ from ebsengine.cloud import Cloud, CloudConfig, Scope
 from ebsengine.cloud.clock import SimulatedClock, WallClock, format_instant
 
 from .dlm import DlmModel, dlm_error
-
 from .ebs import BLOCK_SIZE, EbsModel
 from .ec2 import Ec2Model, ModificationRules
 from .errors import ApiError, ebs_error, ec2_error

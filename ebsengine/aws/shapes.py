@@ -423,7 +423,7 @@ class RestJsonProtocol:
                                reason="INVALID_PARAMETER_VALUE")
             pattern = meta.get("pattern")
             try:  # Java-only classes (\\p{all}) are not Python patterns: skipped
-                mismatch = bool(pattern) and not re.search(pattern, value)
+                mismatch = bool(pattern) and not re.search(str(pattern), value)
             except re.error:
                 mismatch = False
             if mismatch:

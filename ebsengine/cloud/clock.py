@@ -110,7 +110,7 @@ class SimulatedClock:
             self._schedulers.append(scheduler)
 
     def persist(self, tx: Transaction) -> None:
-        """Write the position in ``tx`` (the unit of a run: the run and the time commit together)."""
+        """Write the position in ``tx`` (a run's unit: the run and the time commit together)."""
         if self._engine is not None:
             self._engine.service_put(NS_CLOCK, "now", self._now, tx=tx)
 

@@ -140,7 +140,7 @@ def check_state(state: Any) -> str:
     return str(state)
 
 
-def _check_create_rule(rule: Any, now: float) -> dict[str, Any]:
+def _check_create_rule(rule: Any, now: float) -> Any:
     if not isinstance(rule, dict):
         raise _bad("each schedule needs a CreateRule")
     rule = dict(rule)
@@ -306,7 +306,8 @@ class Lifecycle:
 
     # --- reading ------------------------------------------------------------------------
 
-    def _policy(self, scope: Scope, policy_id: Any, tx: Transaction | None = None) -> dict[str, Any]:
+    def _policy(self, scope: Scope, policy_id: Any,
+                tx: Transaction | None = None) -> dict[str, Any]:
         pol = self.engine.service_get(NS_POLICY, policy_id, tx=tx) \
             if isinstance(policy_id, str) and policy_id else None
         if pol is None or pol["region"] != scope.region or pol["account"] != scope.account_id:
@@ -340,7 +341,7 @@ class Lifecycle:
                 "State": self.state_of(pol), "Tags": pol.get("tags") or None,
                 "PolicyType": pol["details"]["PolicyType"], "DefaultPolicy": False}
 
-    def list(self, scope: Scope, *, policy_ids: list[str] | None = None,
+    def describe(self, scope: Scope, *, policy_ids: list[str] | None = None,
              state: str | None = None, resource_types: list[str] | None = None,
              target_tags: list[str] | None = None, tags_to_add: list[str] | None = None,
              default_policy_type: str | None = None) -> list[dict[str, Any]]:
@@ -397,7 +398,8 @@ class Lifecycle:
         if default_policy is not None:
             raise _bad("default policies are not supported by ebsengine yet")
         now = self.cloud.now()
-        pol = {"id": new_id("policy"), "region": scope.region, "account": scope.account_id,
+        pol: dict[str, Any] = {"id": new_id("policy"), "region": scope.region,
+               "account": scope.account_id,
                "role": check_role(execution_role_arn),
                "description": check_description(description), "state": check_state(state),
                "error": None, "details": check_policy_details(policy_details, now),
@@ -626,7 +628,7 @@ class Lifecycle:
         rule = sched["RetainRule"]
         expires = add_retention(at, rule["Interval"], rule["IntervalUnit"]) \
             if "Interval" in rule else None
-        key = f"{pol['id']}/{int(round(at * 1000)):015d}/{resource}/{secrets.token_hex(4)}"
+        key = f"{pol['id']}/{round(at * 1000):015d}/{resource}/{secrets.token_hex(4)}"
         self.engine.service_put(NS_MADE, key, {
             "policy": pol["id"], "schedule": sched["Name"], "resource": resource, "kind": kind,
             "region": pol["region"], "account": pol["account"], "snapshots": snapshots,

@@ -77,7 +77,8 @@ class Meta:
         return out
 
 
-def _retagged(old: dict[str, str], change: Callable[[dict[str, str]], dict[str, str]]) -> dict[str, str]:
+def _retagged(old: dict[str, str],
+              change: Callable[[dict[str, str]], dict[str, str]]) -> dict[str, str]:
     """``change(old)``, checked; reserved ``aws:`` tags the system put on (DLM's) and the
     change keeps stay allowed, a new one is still refused."""
     new = change(dict(old))
