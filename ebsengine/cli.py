@@ -266,8 +266,10 @@ def cmd_serve(eng: Engine, a: argparse.Namespace, out: Out) -> int:
         api = ApiServer(eng, a.host, a.http_port, allow_reset=a.allow_reset,
                         cloud_config=config, clock=clock)
         services.append(api)
-        if not clock.simulated:  # due lifecycle runs on the wall clock: a background thread
-            services.append(SchedulerThread(api.app.cloud.scheduler))
+        cloud = getattr(getattr(api, "app", None), "cloud", None)
+        if cloud is not None and not clock.simulated:
+            # due lifecycle runs on the wall clock: a background thread of the serve loop
+            services.append(SchedulerThread(cloud.scheduler))
     if not services:
         print("ebsengine: error: nothing to serve (NBD and HTTP both disabled)", file=sys.stderr)
         return EXIT_USAGE
