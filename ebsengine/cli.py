@@ -256,10 +256,20 @@ def cmd_serve(eng: Engine, a: argparse.Namespace, out: Out) -> int:
         services.append(NbdServer(eng, unix, tcp))
     if a.http_port:
         from .cloud import CloudConfig
+        from .cloud.clock import SchedulerThread, SimulatedClock, WallClock
 
         config = CloudConfig(public_pool=a.public_ip_pool) if a.public_ip_pool else None
-        services.append(ApiServer(eng, a.host, a.http_port, allow_reset=a.allow_reset,
-                                  cloud_config=config))
+        clock: WallClock | SimulatedClock = WallClock()
+        if a.clock.startswith("simulated"):
+            start = a.clock.split("=", 1)[1] if "=" in a.clock else None
+            clock = SimulatedClock(start, engine=eng)
+        api = ApiServer(eng, a.host, a.http_port, allow_reset=a.allow_reset,
+                        cloud_config=config, clock=clock)
+        services.append(api)
+        cloud = getattr(getattr(api, "app", None), "cloud", None)
+        if cloud is not None and not clock.simulated:
+            # due lifecycle runs on the wall clock: a background thread of the serve loop
+            services.append(SchedulerThread(cloud.scheduler))
     if not services:
         print("ebsengine: error: nothing to serve (NBD and HTTP both disabled)", file=sys.stderr)
         return EXIT_USAGE
@@ -289,7 +299,10 @@ def cmd_cost(eng: Engine, a: argparse.Namespace, out: Out) -> int:
     from .cloud import Cloud, CloudConfig
     from .cloud.pricing import Prices
 
-    cloud = Cloud(eng, config=CloudConfig(prices_file=a.prices) if a.prices else None)
+    from .cloud.clock import store_clock
+
+    cloud = Cloud(eng, clock=store_clock(eng),
+                  config=CloudConfig(prices_file=a.prices) if a.prices else None)
     prices = Prices.load(a.prices)
     cloud.meter.prices = prices
     now = cloud.now()
@@ -450,7 +463,26 @@ def build_parser() -> argparse.ArgumentParser:
                         "(for test suites written for moto's server mode)")
     s.add_argument("--public-ip-pool", type=_cidr, default=None, metavar="CIDR",
                    help="where public IPs and Elastic IPs come from (default 198.18.0.0/15)")
+    s.add_argument("--clock", type=_clock_spec, default="wall", metavar="wall|simulated[=ISO8601]",
+                   help="the clock lifecycle policies (and every time rule) read: the wall "
+                        "clock (default), or a simulated one that moves only by POST "
+                        "/_ebsengine/clock (starting at ISO8601, or now, on a new store; a "
+                        "store's own position wins)")
     return p
+
+
+def _clock_spec(text: str) -> str:
+    if text == "wall" or text == "simulated":
+        return text
+    if text.startswith("simulated="):
+        from .cloud.clock import parse_instant
+
+        try:
+            parse_instant(text.split("=", 1)[1])
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+    raise argparse.ArgumentTypeError("--clock is wall, simulated or simulated=ISO8601")
 
 
 def _cidr(text: str) -> str:

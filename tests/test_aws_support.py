@@ -33,8 +33,11 @@ def client(service: str, url: str, region: str = "us-east-1") -> Any:
 class Aws:
     """An engine on ``path`` served over HTTP, with boto3 clients for two regions."""
 
-    def __init__(self, path: str, **options: Any) -> None:
+    def __init__(self, path: str, *, simulated: str | float | None = None, **options: Any) -> None:
+        """``simulated``: serve on a SimulatedClock starting there (a new clock object at
+        every start: its position comes back from the store)."""
         self.path = path
+        self.simulated = simulated
         self.options = options
         self.engine: Any = None
         self.server: ApiServer | None = None
@@ -42,13 +45,36 @@ class Aws:
 
     def start(self) -> None:
         self.engine = ebsengine.Engine(self.path)
-        self.server = ApiServer(self.engine, port=0, **self.options).start()
+        options = dict(self.options)
+        if self.simulated is not None:
+            from ebsengine.cloud import SimulatedClock
+
+            options["clock"] = SimulatedClock(self.simulated)
+        self.server = ApiServer(self.engine, port=0, **options).start()
         url = self.server.url
         self.url = url
         self.ec2 = client("ec2", url)
         self.ebs = client("ebs", url)
         self.ec2_west = client("ec2", url, "us-west-2")
         self.ebs_west = client("ebs", url, "us-west-2")
+        self.dlm = client("dlm", url)
+
+    def clock(self, **body: Any) -> Any:
+        """POST /_ebsengine/clock with ``body`` ({"advance": s} / {"set": iso}); ``(status,
+        json)``. Without a body: GET."""
+        import json
+        import urllib.error
+        import urllib.request
+
+        data = json.dumps(body).encode() if body else None
+        req = urllib.request.Request(self.url + "/_ebsengine/clock", data=data,
+                                     method="POST" if body else "GET",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
 
     def stop(self) -> None:
         if self.server is not None:

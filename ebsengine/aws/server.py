@@ -30,8 +30,10 @@ from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
 from ebsengine import errors as engine_errors
 from ebsengine.cloud import Cloud, CloudConfig, Scope
+from ebsengine.cloud.clock import SimulatedClock, WallClock, format_instant
 
 from .ce import CeModel
+from .dlm import DlmModel, dlm_error
 from .ebs import BLOCK_SIZE, EbsModel
 from .ec2 import Ec2Model, ModificationRules
 from .errors import ApiError, ebs_error, ec2_error
@@ -50,6 +52,8 @@ DEFAULT_ACCOUNT = "123456789012"
 MAX_BODY = 2 * BLOCK_SIZE
 #: moto's state reset (see :meth:`AwsApp._reset`)
 RESET_PATH = "/moto-api/reset"
+#: the simulated clock's control (``serve --clock simulated``; 404 on the wall clock)
+CLOCK_PATH = "/_ebsengine/clock"
 
 _CREDENTIAL_RE = re.compile(r"Credential=([^/,\s]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request")
 
@@ -89,11 +93,10 @@ class AwsApp:
                  modification: ModificationRules | None = None,
                  authenticator: Authenticator | None = None, clock: Callable[[], float] | None = None,
                  cloud_config: CloudConfig | None = None, allow_reset: bool = False) -> None:
-        kwargs: dict[str, Any] = {"default_region": default_region}
-        if clock is not None:
-            kwargs["clock"] = clock
-        self.store = AwsStore(engine, **kwargs)
-        self.cloud = Cloud(engine, clock=self.store.clock, config=cloud_config)
+        # one clock object for the store, the cloud layer and its scheduler
+        self.clock: Callable[[], float] = clock if clock is not None else WallClock()
+        self.cloud = Cloud(engine, clock=self.clock, config=cloud_config)
+        self.store = AwsStore(engine, default_region=default_region, clock=self.clock)
         # the default region's default VPC exists before the first request (as AWS's does), so
         # no request, refused ones included, is the one that writes it
         self.cloud.addressing.ensure_region(Scope(default_region, account_id))
@@ -105,6 +108,8 @@ class AwsApp:
         self.add_json_service(JsonProtocol("ce"), CeModel(self.cloud))
         self.ec2_protocol = Ec2Protocol()
         self.ebs_protocol = RestJsonProtocol("ebs")
+        self.dlm = DlmModel(self.cloud)
+        self.dlm_protocol = RestJsonProtocol("dlm", validation_code="InvalidRequestException")
         self.default_region = default_region
         self.account_id = account_id
         self.auth: Authenticator = authenticator or AcceptAll()
@@ -125,11 +130,15 @@ class AwsApp:
         path = environ.get("PATH_INFO") or "/"
         if path == RESET_PATH:
             return self._reset(environ, start_response)
+        if path == CLOCK_PATH:
+            return self._clock(environ, start_response)
         if path.startswith("/snapshots"):
             return self._ebs(environ, start_response, path)
         target = environ.get("HTTP_X_AMZ_TARGET")
         if target and "." in target and target.split(".", 1)[0] in self.json_services:
             return self._json(environ, start_response, target)
+        if path == "/policies" or path.startswith(("/policies/", "/tags/")):
+            return self._dlm(environ, start_response)
         return self._ec2(environ, start_response)
 
     # helpers
@@ -278,6 +287,82 @@ class AwsApp:
         start_response(_status(status), [("Content-Type", "application/json"),
                                           ("Content-Length", str(len(body)))])
         return [body]
+
+    # the simulated clock: POST /_ebsengine/clock {"advance": s} | {"set": ISO8601}
+
+    def _clock(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """Move the simulated clock (everything due in between runs first, in time order);
+        answers ``{"now": ISO8601}``. GET only reads it. 404 unless the clock is simulated,
+        400 for a bad body or a move backwards, 405 for another method."""
+        clock = self.clock
+        status, doc = 200, {}
+        if not isinstance(clock, SimulatedClock):
+            status, doc = 404, {"Error": "the clock is the wall clock (start the server with "
+                                         "--clock simulated to control it)"}
+        elif environ.get("REQUEST_METHOD") == "GET":
+            doc = {"now": format_instant(clock())}
+        elif environ.get("REQUEST_METHOD") != "POST":
+            status, doc = 405, {"Error": "POST a JSON body {\"advance\": SECONDS} or "
+                                         "{\"set\": \"ISO8601\"}"}
+        else:
+            try:
+                raw = bytes(self._read_body(environ))
+                body = json.loads(raw or b"{}")
+                if not isinstance(body, dict) or len(body.keys() & {"advance", "set"}) != 1 \
+                        or set(body) - {"advance", "set"}:
+                    raise ValueError('the body is {"advance": SECONDS} or {"set": "ISO8601"}')
+                if "advance" in body:
+                    secs = body["advance"]
+                    if isinstance(secs, bool) or not isinstance(secs, (int, float)):
+                        raise ValueError("advance takes a number of seconds")
+                    clock.advance(secs)
+                else:
+                    if not isinstance(body["set"], str):
+                        raise ValueError("set takes an ISO 8601 time")
+                    clock.set(body["set"])
+                doc = {"now": format_instant(clock())}
+            except (ValueError, ApiError) as exc:
+                status, doc = 400, {"Error": str(exc)}
+        out = json.dumps(doc).encode()
+        start_response(_status(status), [("Content-Type", "application/json"),
+                                          ("Content-Length", str(len(out)))])
+        return [out]
+
+    # Data Lifecycle Manager (rest-json)
+
+    def _dlm(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        ctx, _ = self._context(environ)
+        method = environ.get("REQUEST_METHOD", "GET")
+        # the raw path: an ARN's encoded '/' (tags/arn%3A...%2Fpolicy-...) must stay one label
+        raw = environ.get("RAW_URI") or environ.get("REQUEST_URI") or environ.get("PATH_INFO") or "/"
+        path = raw.split("?", 1)[0]
+        try:
+            found = self.dlm_protocol.route(method, path)
+            if found is None:
+                raise ApiError("InvalidRequestException", f"No operation matches {method} {path}",
+                               status=404)
+            operation, uri = found
+            body: Any = None
+            if method in ("PUT", "POST", "PATCH"):
+                body = self._read_body(environ)
+            pairs = parse_qsl(environ.get("QUERY_STRING") or "", keep_blank_values=True)
+            multi: dict[str, list[str]] = {}
+            for k, v in pairs:
+                multi.setdefault(k, []).append(v)
+            headers = {k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")}
+            self.auth.verify(environ, "dlm", ctx.region, body)
+            params = self.dlm_protocol.parse(operation, uri, RestRequest(
+                method, path, dict(pairs), headers, body, multi_query=multi))
+            result = self.dlm.call(ctx, operation, params)
+            status, out_headers, chunks = self.dlm_protocol.render(operation, result)
+        except Exception as exc:
+            if not isinstance(exc, (ApiError, engine_errors.EbsError)):
+                log.exception("DLM request failed")
+            code, message, status = dlm_error(exc)
+            status, out_headers, chunks = self.dlm_protocol.render_error(code, message, status, None)
+        out_headers.append(("x-amzn-RequestId", ctx.request_id))
+        start_response(_status(status), out_headers)
+        return chunks
 
     # EBS direct APIs (rest-json)
 

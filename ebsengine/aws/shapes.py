@@ -302,23 +302,30 @@ class Ec2Protocol:
 class RestRequest:
     """What :meth:`RestJsonProtocol.parse` needs from an HTTP request."""
 
-    __slots__ = ("method", "path", "query", "headers", "body")
+    __slots__ = ("method", "path", "query", "headers", "body", "multi_query")
 
     def __init__(
-        self, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str], body: Any
+        self, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str], body: Any,
+        multi_query: Mapping[str, list[str]] | None = None,
     ) -> None:
         self.method = method
         self.path = path
         self.query = query
         self.headers = headers  # lower-case names
         self.body = body  # bytes-like (payload already read) or None
+        #: every value of a repeated query key (list members bound to the query string: dlm)
+        self.multi_query = multi_query
 
 
 class RestJsonProtocol:
-    """Route, parse and render a rest-json service (``ebs``) from its model."""
+    """Route, parse and render a rest-json service (``ebs``, ``dlm``) from its model.
 
-    def __init__(self, service: str = "ebs") -> None:
+    ``validation_code``: the exception bad input raises (EBS: ``ValidationException``
+    with a ``Reason``; DLM: ``InvalidRequestException``)."""
+
+    def __init__(self, service: str = "ebs", validation_code: str = "ValidationException") -> None:
         self.model = service_model(service)
+        self.validation_code = validation_code
         routes: list[tuple[str, re.Pattern[str], str, int]] = []
         for name in self.model.operation_names:
             op = self.model.operation_model(name)
@@ -363,6 +370,14 @@ class RestJsonProtocol:
                 if raw is not None:
                     out[member] = self._scalar(mshape, unquote(raw), member)
             elif loc == "querystring":
+                if mshape.type_name == "list":
+                    values = (req.multi_query or {}).get(wire)
+                    if values is None and req.query.get(wire) is not None:
+                        values = [req.query[wire]]
+                    if values is not None:
+                        out[member] = [self._scalar(mshape.member, v, member)  # type: ignore[attr-defined]
+                                       for v in values]
+                    continue
                 raw = req.query.get(wire)
                 if raw is not None:
                     out[member] = self._scalar(mshape, raw, member)
@@ -379,41 +394,43 @@ class RestJsonProtocol:
             try:
                 doc = json.loads(bytes(req.body))
             except (ValueError, RecursionError):
-                raise ApiError("ValidationException", "The request body is not valid JSON",
+                raise ApiError(self.validation_code, "The request body is not valid JSON",
                                reason="INVALID_PARAMETER_VALUE") from None
             if not isinstance(doc, dict):
-                raise ApiError("ValidationException", "The request body must be a JSON object",
+                raise ApiError(self.validation_code, "The request body must be a JSON object",
                                reason="INVALID_PARAMETER_VALUE")
             for member, mshape in body_members.items():
                 if doc.get(member) is not None:
                     out[member] = self._json_value(mshape, doc[member], member)
         for member in shape.required_members:
             if member not in out:
-                raise ApiError("ValidationException", f"{member} is required", reason="INVALID_PARAMETER_VALUE")
+                raise ApiError(self.validation_code, f"{member} is required", reason="INVALID_PARAMETER_VALUE")
         for member, value in out.items():
             self._check_range(shape.members[member], value, member)
         return out
 
-    @staticmethod
-    def _check_range(shape: botocore.model.Shape, value: Any, name: str) -> None:
+    def _check_range(self, shape: botocore.model.Shape, value: Any, name: str) -> None:
         meta = shape.metadata
         if shape.type_name in ("integer", "long"):
             lo, hi = meta.get("min"), meta.get("max")
             if (lo is not None and value < lo) or (hi is not None and value > hi):
-                raise ApiError("ValidationException", f"{name} must be between {lo} and {hi}",
+                raise ApiError(self.validation_code, f"{name} must be between {lo} and {hi}",
                                reason="INVALID_PARAMETER_VALUE")
         elif shape.type_name == "string":
             lo, hi = meta.get("min"), meta.get("max")
             if (lo is not None and len(value) < lo) or (hi is not None and len(value) > hi):
-                raise ApiError("ValidationException", f"{name} has an invalid length",
+                raise ApiError(self.validation_code, f"{name} has an invalid length",
                                reason="INVALID_PARAMETER_VALUE")
             pattern = meta.get("pattern")
-            if pattern and not re.search(pattern, value):
-                raise ApiError("ValidationException", f"{name} has an invalid value",
+            try:  # Java-only classes (\\p{all}) are not Python patterns: skipped
+                mismatch = bool(pattern) and not re.search(str(pattern), value)
+            except re.error:
+                mismatch = False
+            if mismatch:
+                raise ApiError(self.validation_code, f"{name} has an invalid value",
                                reason="INVALID_PARAMETER_VALUE")
 
-    @staticmethod
-    def _scalar(shape: botocore.model.Shape, raw: str, name: str) -> Any:
+    def _scalar(self, shape: botocore.model.Shape, raw: str, name: str) -> Any:
         kind = shape.type_name
         try:
             if kind in ("integer", "long"):
@@ -425,17 +442,22 @@ class RestJsonProtocol:
             if kind == "timestamp":
                 return parse_timestamp(raw)
         except ValueError:
-            raise ApiError("ValidationException", f"Invalid value for {name}",
+            raise ApiError(self.validation_code, f"Invalid value for {name}",
                            reason="INVALID_PARAMETER_VALUE") from None
         enum = getattr(shape, "enum", None)
         if enum and raw not in enum:
-            raise ApiError("ValidationException", f"Invalid value for {name}: {raw}",
+            raise ApiError(self.validation_code, f"Invalid value for {name}: {raw}",
                            reason="INVALID_PARAMETER_VALUE")
         return raw
 
     def _json_value(self, shape: botocore.model.Shape, value: Any, name: str) -> Any:
         kind = shape.type_name
-        bad = ApiError("ValidationException", f"Invalid value for {name}", reason="INVALID_PARAMETER_VALUE")
+        bad = ApiError(self.validation_code, f"Invalid value for {name}", reason="INVALID_PARAMETER_VALUE")
+        if kind == "map":
+            if not isinstance(value, dict):
+                raise bad
+            return {self._json_value(shape.key, k, name): self._json_value(shape.value, v, name)  # type: ignore[attr-defined]
+                    for k, v in value.items()}
         if kind == "structure":
             if not isinstance(value, dict):
                 raise bad
@@ -516,7 +538,11 @@ class RestJsonProtocol:
         if kind == "list":
             return [self._to_json(shape.member, x) for x in v]  # type: ignore[attr-defined]
         if kind == "timestamp":
+            if shape.serialization.get("timestampFormat") == "iso8601":
+                return iso8601(v)
             return _epoch(v)
+        if kind == "map":
+            return {k: self._to_json(shape.value, x) for k, x in v.items()}  # type: ignore[attr-defined]
         if kind == "blob":
             return base64.b64encode(bytes(v)).decode()
         return v

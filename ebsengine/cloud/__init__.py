@@ -2,7 +2,9 @@
 groups, VPCs, subnets, network interfaces and Elastic IPs, as typed records in the engine's
 store (see :mod:`.core` for the facade and :mod:`.model` for the records)."""
 
+from .clock import SimulatedClock, WallClock
 from .core import Cloud, CloudConfig
 from .scope import DEFAULT_ACCOUNT, DEFAULT_REGION, Scope
 
-__all__ = ["DEFAULT_ACCOUNT", "DEFAULT_REGION", "Cloud", "CloudConfig", "Scope"]
+__all__ = ["DEFAULT_ACCOUNT", "DEFAULT_REGION", "Cloud", "CloudConfig", "Scope",
+           "SimulatedClock", "WallClock"]

@@ -27,6 +27,8 @@ from ebsengine.engine import Engine
 
 from .addresses import Addresses
 from .addressing import Addressing
+from .clock import Scheduler, bind_clock
+from .dlm import Lifecycle
 from .images import Images
 from .instances import Instances
 from .keypairs import KeyPairs
@@ -104,6 +106,12 @@ class Cloud:
         self.images = Images(self)
         self.instances = Instances(self)
         self.eips = Addresses(self)
+        # time-driven work: lifecycle policies run on the clock (a simulated clock runs
+        # them as it is advanced; see clock.py)
+        self.scheduler = Scheduler(self.clock)
+        self.dlm = Lifecycle(self)
+        self.scheduler.add(self.dlm)
+        bind_clock(self.clock, engine, self.scheduler)
 
     def table(self, cls: type[R]) -> Table[R]:
         return Table(self.engine, cls, observer=self.meter.observe)

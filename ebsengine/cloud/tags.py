@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ebsengine import errors
 from ebsengine.engine import Transaction
-from ebsengine.rules import check_tags, is_aws_id
+from ebsengine.rules import check_tags, is_aws_id, kept_reserved, system_tag_keys
 
 from .model import KINDS
 from .scope import Scope, region_of_zone, snapshot_region
@@ -102,7 +102,10 @@ class Tags:
         for rid in rids:
             r = self.resource(scope, rid, tx)
             if isinstance(r, CloudRecord):
-                self._put(r, check_tags({**r.tags, **new}), tx)  # type: ignore[attr-defined]
+                merged = {**r.tags, **new}  # type: ignore[attr-defined]
+                # the system's aws: tags (DLM's) stay; a user still cannot set one
+                with system_tag_keys(*kept_reserved(r.tags, merged)):  # type: ignore[attr-defined]
+                    self._put(r, check_tags(merged), tx)
             else:
                 eng.set_tags(rid, new, tx=tx)
 

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -88,7 +89,8 @@ class Engine:
             self._folder.start()
         self._units = threading.local()  # .current: the unit open on this thread, if any
         self._closed = False
-        units = Units(self._unit, self._reading, self._no_unit)
+        self._clock: Callable[[], float] = time.time
+        units = Units(self._unit, self._reading, self._no_unit, lambda: self._clock())
         self._records = Records(self._store)
         self._devices = VolumeCaches(self._store, self._ctx, self._records, dirty_limit,
                                      self._no_unit)
@@ -130,6 +132,12 @@ class Engine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def use_clock(self, clock: Callable[[], float]) -> None:
+        """Stamp records (create, attach, snapshot start and completion times) with
+        ``clock()`` instead of the wall clock: the cloud layer's one clock, simulated or not,
+        so every time a user reads comes from the same clock."""
+        self._clock = clock
+
     # --- units of work ----------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -154,6 +162,7 @@ class Engine:
         with self._lock:
             with self._store.write(freeing=True) as txn:
                 tx = Transaction(self, txn, frozenset(names))
+                tx.now = self._clock()
                 self._units.current = tx
                 try:
                     yield tx

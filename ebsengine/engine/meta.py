@@ -9,7 +9,7 @@ from typing import Any
 
 from .. import layout as L
 from ..errors import InvalidParameter
-from ..rules import check_tags
+from ..rules import check_tags, kept_reserved, system_tag_keys
 from .records import Records
 from .unit import Transaction, Units
 
@@ -29,11 +29,11 @@ class Meta:
         with self.units.unit(tx, grows=True) as (_, txn):
             if resource_id.startswith("vol-"):
                 rec = self.records.vol_rec(txn, resource_id)
-                rec["tags"] = check_tags(change(dict(rec["tags"])))
+                rec["tags"] = _retagged(rec["tags"], change)
                 self.records.put_vol(txn, rec)
             elif resource_id.startswith("snap-"):
                 rec = self.records.snap_rec(txn, resource_id)
-                rec["tags"] = check_tags(change(dict(rec["tags"])))
+                rec["tags"] = _retagged(rec["tags"], change)
                 self.records.put_snap(txn, rec)
             else:
                 raise InvalidParameter(f"Resource id {resource_id!r} is not a volume or snapshot")
@@ -75,3 +75,12 @@ class Meta:
                         break
                     out.append((k[len(ns):].decode(), json.loads(v)))
         return out
+
+
+def _retagged(old: dict[str, str],
+              change: Callable[[dict[str, str]], dict[str, str]]) -> dict[str, str]:
+    """``change(old)``, checked; reserved ``aws:`` tags the system put on (DLM's) and the
+    change keeps stay allowed, a new one is still refused."""
+    new = change(dict(old))
+    with system_tag_keys(*kept_reserved(old, new)):
+        return check_tags(new)

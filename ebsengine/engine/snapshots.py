@@ -8,7 +8,6 @@ The public methods of :class:`ebsengine.engine.Engine` of the same names documen
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -62,7 +61,7 @@ class Snapshots:
         def freeze(txn: Txn, lin: object) -> None:
             assert isinstance(lin, Lineage)
             out.append(self._freeze(txn, lin, self.records.vol_rec(txn, volume_id), sid,
-                                    description, tags, time.time()))
+                                    description, tags, self.units.clock()))
 
         with self.store.read() as txn:
             self.records.vol_rec(txn, volume_id)
@@ -130,7 +129,7 @@ class Snapshots:
             lin.head = None
             lin.points[1] = sid
             self.maps.save(txn, lin)
-            now = time.time()
+            now = self.units.clock()
             snap = Snapshot(id=sid, volume_id=src["volume_id"],
                             volume_size_gib=src["volume_size_gib"], state="completed",
                             start_time=now, completion_time=now,
@@ -206,7 +205,7 @@ class Snapshots:
                 allocated = parent["full_size_bytes"] // L.CHUNK_SIZE
             lin = self.maps.create(txn, sid, base, allocated)
             snap = Snapshot(id=sid, volume_id=None, volume_size_gib=volume_size_gib,
-                            state="pending", start_time=time.time(), progress=0,
+                            state="pending", start_time=self.units.clock(), progress=0,
                             description=description, encrypted=bool(encrypted),
                             kms_key_id=kms_key_id, parent_id=parent_snapshot_id, tags=tags)
             self.records.put_snap(txn, {**snap.to_dict(), "lineage": lin.id, "gen": None})
@@ -303,7 +302,7 @@ class Snapshots:
             assert lin.head is not None
             gen = lin.head
             lin.points[gen] = snapshot_id
-            rec.update(state="completed", progress=100, completion_time=time.time(), gen=gen,
+            rec.update(state="completed", progress=100, completion_time=self.units.clock(), gen=gen,
                        full_size_bytes=lin.allocated * L.CHUNK_SIZE)
             lin.head = None
             lin.owner = None

@@ -60,9 +60,11 @@ class Units:
     ``unit(tx, grows=, frees=)``: the caller's unit ``tx``, else one of its own, as
     ``(Transaction, Txn)``; ``reading(tx)``: a read transaction, or the unit's own;
     ``no_unit(what)``: refuse work that needs a write transaction of its own on a thread
-    inside a unit.
+    inside a unit; ``clock()``: the time to stamp records with.
     """
 
     unit: Callable[..., AbstractContextManager[tuple[Transaction, Txn]]]
     reading: Callable[[Transaction | None], AbstractContextManager[Txn]]
     no_unit: Callable[[str], None]
+    #: the time records are stamped with (``Engine.use_clock``; the wall clock by default)
+    clock: Callable[[], float] = time.time

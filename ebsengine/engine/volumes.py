@@ -6,8 +6,6 @@ the public methods of :class:`ebsengine.engine.Engine` of the same names documen
 
 from __future__ import annotations
 
-import time
-
 from .. import layout as L
 from ..block.maps import BlockMaps
 from ..errors import (
@@ -84,7 +82,7 @@ class Volumes:
                                                     multi_attach_enabled)
             lin = self.maps.create(txn, vid, base, allocated)
             vol = Volume(id=vid, size_gib=size_gib, volume_type=volume_type, state="available",
-                         create_time=time.time(), availability_zone=availability_zone,
+                         create_time=self.units.clock(), availability_zone=availability_zone,
                          iops=iops, throughput=throughput, snapshot_id=snapshot_id,
                          encrypted=bool(encrypted),
                          kms_key_id=kms_key_id if encrypted else None,
@@ -166,7 +164,7 @@ class Volumes:
             if any(a["instance_id"] == instance_id for a in atts):
                 raise VolumeInUse(f"{volume_id} is already attached to {instance_id}")
             atts.append({"instance_id": instance_id, "device": device, "state": "attached",
-                         "attach_time": time.time(),
+                         "attach_time": self.units.clock(),
                          "delete_on_termination": bool(delete_on_termination)})
             rec["state"] = "in-use"
             self.records.put_vol(txn, rec)

@@ -12,6 +12,8 @@ from .tags import (
                    check_tag_key,
                    check_tags,
                    check_text,
+                   kept_reserved,
+                   system_tag_keys,
 )
 from .volumes import (
                    DEFAULT_AVAILABILITY_ZONE,
@@ -41,7 +43,9 @@ __all__ = [
                    "check_text",
                    "gp2_iops",
                    "is_aws_id",
+                   "kept_reserved",
                    "modified_spec",
                    "new_id",
+                   "system_tag_keys",
                    "validate_volume_spec",
 ]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+
 from ..errors import InvalidParameter, InvalidTag, TagLimitExceeded
 
 MAX_TAGS = 50
@@ -31,9 +35,36 @@ def check_tags(tags: dict[str, str] | None,
     return tags
 
 
+#: the reserved (``aws:``) keys the system itself is setting right now (see system_tag_keys)
+_SYSTEM_KEYS: ContextVar[frozenset[str]] = ContextVar("system_tag_keys", default=frozenset())
+
+
+@contextlib.contextmanager
+def system_tag_keys(*keys: str) -> Iterator[None]:
+    """Within the block (this thread/context only), :func:`check_tags` accepts exactly these
+    reserved ``aws:`` keys: how the system puts AWS's own tags on what it makes (Data
+    Lifecycle Manager's ``aws:dlm:lifecycle-policy-id``...) or keeps them on a resource
+    whose other tags change. User input never runs inside it."""
+    for k in keys:
+        if not k.lower().startswith("aws:"):
+            raise ValueError(f"system_tag_keys is for reserved aws: keys, not {k!r}")
+    token = _SYSTEM_KEYS.set(_SYSTEM_KEYS.get() | frozenset(keys))
+    try:
+        yield
+    finally:
+        _SYSTEM_KEYS.reset(token)
+
+
+def kept_reserved(old: dict[str, str], new: dict[str, str]) -> list[str]:
+    """The reserved keys of ``old`` that ``new`` keeps unchanged (a user changing other
+    tags of a resource the system tagged keeps the system's tags)."""
+    return [k for k, v in old.items() if k.lower().startswith("aws:") and new.get(k) == v]
+
+
 def check_tag_key(key: str) -> None:
-    """Refuse a key that users may neither set nor delete: the ``aws:`` prefix is AWS's own."""
-    if key.lower().startswith("aws:"):
+    """Refuse a key that users may neither set nor delete: the ``aws:`` prefix is AWS's own
+    (except the exact keys the system sets inside :func:`system_tag_keys`)."""
+    if key.lower().startswith("aws:") and key not in _SYSTEM_KEYS.get():
         raise InvalidTag(f"Tag keys starting with 'aws:' are reserved ({key!r}).")
 
 
