@@ -297,9 +297,8 @@ def cmd_cost(eng: Engine, a: argparse.Namespace, out: Out) -> int:
     """What the metered usage would cost at the price table's list prices (the usage ledger
     of :mod:`ebsengine.cloud.meter`, brought up to date first)."""
     from .cloud import Cloud, CloudConfig
-    from .cloud.pricing import Prices
-
     from .cloud.clock import store_clock
+    from .cloud.pricing import Prices
 
     cloud = Cloud(eng, clock=store_clock(eng),
                   config=CloudConfig(prices_file=a.prices) if a.prices else None)
