@@ -259,7 +259,7 @@ def cmd_serve(eng: Engine, a: argparse.Namespace, out: Out) -> int:
 
         config = CloudConfig(public_pool=a.public_ip_pool) if a.public_ip_pool else None
         services.append(ApiServer(eng, a.host, a.http_port, allow_reset=a.allow_reset,
-                                  cloud_config=config))
+                                  cloud_config=config, seed_images=a.seed_images))
     if not services:
         print("ebsengine: error: nothing to serve (NBD and HTTP both disabled)", file=sys.stderr)
         return EXIT_USAGE
@@ -369,7 +369,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "(for test suites written for moto's server mode)")
     s.add_argument("--public-ip-pool", type=_cidr, default=None, metavar="CIDR",
                    help="where public IPs and Elastic IPs come from (default 198.18.0.0/15)")
+    s.add_argument("--seed-images", type=_seed_file, default=None, metavar="FILE",
+                   help="JSON list of public images to preload (and restore after a reset), "
+                        'e.g. [{"ImageId": "ami-12c6146b", "Name": "..."}]: blank root volume')
     return p
+
+
+def _seed_file(path: str) -> list[dict[str, Any]]:
+    """The entries of a --seed-images file, checked as ``Images.seed`` will."""
+    import json
+
+    from .cloud.images import check_seed_entries
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            entries = json.load(f)
+        return check_seed_entries(entries)
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"{path}: {exc}") from None
 
 
 def _cidr(text: str) -> str:
