@@ -264,7 +264,7 @@ def cmd_serve(eng: Engine, a: argparse.Namespace, out: Out) -> int:
             start = a.clock.split("=", 1)[1] if "=" in a.clock else None
             clock = SimulatedClock(start, engine=eng)
         api = ApiServer(eng, a.host, a.http_port, allow_reset=a.allow_reset,
-                        cloud_config=config, clock=clock)
+                        cloud_config=config, clock=clock, seed_images=a.seed_images)
         services.append(api)
         cloud = getattr(getattr(api, "app", None), "cloud", None)
         if cloud is not None and not clock.simulated:
@@ -467,6 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "clock (default), or a simulated one that moves only by POST "
                         "/_ebsengine/clock (starting at ISO8601, or now, on a new store; a "
                         "store's own position wins)")
+    s.add_argument("--seed-images", type=_seed_file, default=None, metavar="FILE",
+                   help="JSON list of public images to preload (and restore after a reset), "
+                        'e.g. [{"ImageId": "ami-12c6146b", "Name": "..."}]: blank root volume')
     return p
 
 
@@ -482,6 +485,20 @@ def _clock_spec(text: str) -> str:
             raise argparse.ArgumentTypeError(str(exc)) from None
         return text
     raise argparse.ArgumentTypeError("--clock is wall, simulated or simulated=ISO8601")
+
+
+def _seed_file(path: str) -> list[dict[str, Any]]:
+    """The entries of a --seed-images file, checked as ``Images.seed`` will."""
+    import json
+
+    from .cloud.images import check_seed_entries
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            entries = json.load(f)
+        return check_seed_entries(entries)
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"{path}: {exc}") from None
 
 
 def _cidr(text: str) -> str:

@@ -92,7 +92,8 @@ class AwsApp:
     def __init__(self, engine: Any, *, default_region: str = DEFAULT_REGION, account_id: str = DEFAULT_ACCOUNT,
                  modification: ModificationRules | None = None,
                  authenticator: Authenticator | None = None, clock: Callable[[], float] | None = None,
-                 cloud_config: CloudConfig | None = None, allow_reset: bool = False) -> None:
+                 cloud_config: CloudConfig | None = None, allow_reset: bool = False,
+                 seed_images: list[dict[str, Any]] | None = None) -> None:
         # one clock object for the store, the cloud layer and its scheduler
         self.clock: Callable[[], float] = clock if clock is not None else WallClock()
         self.cloud = Cloud(engine, clock=self.clock, config=cloud_config)
@@ -100,6 +101,10 @@ class AwsApp:
         # the default region's default VPC exists before the first request (as AWS's does), so
         # no request, refused ones included, is the one that writes it
         self.cloud.addressing.ensure_region(Scope(default_region, account_id))
+        #: public images preloaded at start and after each reset (``serve --seed-images``)
+        self.seed_images = list(seed_images or [])
+        if self.seed_images:
+            self.cloud.images.seed(Scope(default_region, account_id), self.seed_images)
         self.ec2 = Ec2Model(self.store, modification=modification, cloud=self.cloud)
         self.ebs = EbsModel(self.store)
         self.ebs.meter = self.cloud.meter
@@ -279,7 +284,10 @@ class AwsApp:
             try:
                 removed = self.cloud.reset()
                 # the default region's default VPC exists again, as at server start
-                self.cloud.addressing.ensure_region(Scope(self.default_region, self.account_id))
+                scope = Scope(self.default_region, self.account_id)
+                self.cloud.addressing.ensure_region(scope)
+                if self.seed_images:  # the seed images are back too
+                    self.cloud.images.seed(scope, self.seed_images)
                 status, doc = 200, {"status": "ok", "removed": removed}
             except (engine_errors.VolumeInUse, engine_errors.IncorrectState) as exc:
                 status, doc = 409, {"Error": f"reset refused, nothing was deleted: {exc}"}
@@ -418,7 +426,8 @@ class ApiServer:
     ``http://host:port``. ``stop()`` stops accepting, waits for in-flight requests to finish
     and closes the socket.
     ``app_options`` go to :class:`AwsApp` (``default_region``, ``account_id``,
-    ``modification``, ``authenticator``, ``clock``, ``cloud_config``, ``allow_reset``).
+    ``modification``, ``authenticator``, ``clock``, ``cloud_config``, ``allow_reset``,
+    ``seed_images``).
     """
 
     label = "the AWS API"  # what the serve loop calls it

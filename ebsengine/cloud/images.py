@@ -59,6 +59,9 @@ DEAD_STATES = ("deregistered", "failed")
 #: the AWS-side records of a snapshot (namespaces of ``ebsengine.aws.store``) dropped with it
 _SNAPSHOT_NAMESPACES = ("aws.snapshot", "aws.direct", "aws.snapattr")
 _ACCOUNT = re.compile(r"^\d{12}$")
+#: the owner of seed images (``Images.seed``) that name none: an account that is not the
+#: caller's, as a catalogue's images are
+SEED_OWNER = "137112412989"
 
 
 def _err(code: str, message: str) -> errors.Ec2Error:
@@ -329,6 +332,19 @@ class Images:
                         tpm_support=tpm_support, uefi_data=uefi_data, tags=tags)
             self.table.put(img, tx=tx)
         return img
+
+    def seed(self, scope: Scope, entries: list[dict[str, Any]]) -> list[Image]:
+        """Preload public images with the given ids (``ebsengine serve --seed-images``; the
+        entries are described at :func:`seed_records`), in one unit of work; ids already
+        present are left as they are. ``ValueError`` names a bad entry (nothing written).
+        Returns the images written."""
+        imgs = seed_records(entries, scope.region, self.cloud.now())
+        written: list[Image] = []
+        with self.cloud.engine.transaction() as tx:
+            for img in imgs:
+                if self.table.get(img.id, tx=tx) is None:
+                    written.append(self.table.put(img, tx=tx))
+        return written
 
     @staticmethod
     def _root_mapping(root: str, mappings: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -687,3 +703,62 @@ class Images:
 
 
 __all__ = ["Images", "image_snapshots"]
+
+
+def seed_records(entries: Any, default_region: str, now: float) -> list[Image]:
+    """The public images a seed list names, for test suites that launch well-known AMI ids.
+    Each entry: ``ImageId`` (required), ``Name`` (default the id), ``Description``,
+    ``Region`` (default ``default_region``; an id lives in one region), ``OwnerId`` (default
+    ``SEED_OWNER``), ``Architecture`` (``x86_64``), ``VirtualizationType`` (``hvm``),
+    ``RootDeviceName`` (``/dev/xvda``), ``VolumeSize`` (8 GiB), ``VolumeType`` (``gp2``).
+    A seed image has no snapshot: its root volume starts blank. ``ValueError`` names the
+    first bad entry."""
+    if not isinstance(entries, list):
+        raise ValueError("seed images: expected a JSON list of objects")
+    imgs: list[Image] = []
+    seen: set[str] = set()
+    for n, e in enumerate(entries):
+        if not isinstance(e, dict):
+            raise ValueError(f"seed image {n}: not an object")
+        iid = e.get("ImageId")
+        if not isinstance(iid, str) or not is_aws_id(iid, "ami") or iid in seen:
+            raise ValueError(f"seed image {n}: ImageId {iid!r} is not a new ami-... id")
+        seen.add(iid)
+        region = e.get("Region", default_region)
+        owner = e.get("OwnerId", SEED_OWNER)
+        arch = e.get("Architecture", "x86_64")
+        virt = e.get("VirtualizationType", "hvm")
+        size = e.get("VolumeSize", 8)
+        vtype = e.get("VolumeType", "gp2")
+        root = e.get("RootDeviceName", "/dev/xvda")
+        name = e.get("Name", iid)
+        description = e.get("Description")
+        try:
+            check_image_name(name)
+            check_device_name(root)
+            if not isinstance(size, int):
+                raise errors.InvalidParameter(f"VolumeSize {size!r} is not an integer")
+            validate_volume_spec(vtype, size, None, None, False)
+            if description is not None:
+                check_description(description)
+        except errors.EbsError as exc:
+            raise ValueError(f"seed image {iid}: {exc}") from None
+        if region not in REGIONS or not (isinstance(owner, str) and _ACCOUNT.match(owner)) \
+                or arch not in ARCHITECTURES or virt not in VIRTUALIZATION_TYPES:
+            raise ValueError(f"seed image {iid}: bad Region, OwnerId, Architecture or "
+                             f"VirtualizationType")
+        imgs.append(Image(id=iid, region=region, owner_id=owner, name=name,
+                          description=description, state="available", creation_time=now,
+                          architecture=arch, virtualization_type=virt, root_device_name=root,
+                          block_device_mappings=[{"DeviceName": root, "Ebs": {
+                              "VolumeSize": size, "VolumeType": vtype,
+                              "DeleteOnTermination": True, "Encrypted": False}}],
+                          public=True))
+    return imgs
+
+
+def check_seed_entries(entries: Any) -> list[dict[str, Any]]:
+    """``entries`` if :func:`seed_records` accepts them (``serve --seed-images`` checks its
+    file before it serves), else ``ValueError``."""
+    seed_records(entries, "us-east-1", 0.0)
+    return list(entries)

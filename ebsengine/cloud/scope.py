@@ -50,11 +50,17 @@ def zones(region: str) -> list[str]:
     return [region + chr(ord("a") + i) for i in range(REGIONS.get(region, 3))]
 
 
+#: how AWS's zone ids shorten a region name's direction word (``ap-southeast-1`` ->
+#: ``apse1``, ``cn-northwest-1`` -> ``cnnw1``); other words keep their first letter
+_DIRECTIONS = {"northeast": "ne", "northwest": "nw", "southeast": "se", "southwest": "sw"}
+
+
 def zone_id(zone: str) -> str:
-    """AWS's zone id (``use1-az1``) for a zone name; the letter order is the id order here."""
+    """AWS's zone id (``use1-az1``, ``apse1-az2``) for a zone name; the letter order is the id
+    order here."""
     region = region_of_zone(zone)
     parts = region.split("-")
-    short = parts[0] + "".join(p[0] for p in parts[1:-1]) + parts[-1]
+    short = parts[0] + "".join(_DIRECTIONS.get(p, p[:1]) for p in parts[1:-1]) + parts[-1]
     return f"{short}-az{ord(zone[-1]) - ord('a') + 1}"
 
 

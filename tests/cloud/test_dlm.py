@@ -246,3 +246,28 @@ def test_policy_quota() -> None:
     with pytest.raises(errors.Ec2Error) as info:
         policy(cloud, every(12, {"Count": 1}))
     assert info.value.code == "LimitExceededException"
+
+
+def test_the_wall_clock_thread_runs_due_work_by_itself() -> None:
+    """serve's background runner: with a wall-style clock (here offset so that a run is due
+    at once), the thread takes the snapshot without anyone advancing anything."""
+    import time
+
+    from ebsengine.cloud.clock import SchedulerThread
+
+    offset = [0.0]
+    eng = Engine("memory://")
+    cloud = Cloud(eng, clock=lambda: time.time() + offset[0])
+    vid = volume(eng)
+    pid = policy(cloud, every(1, {"Count": 2}))
+    runner = SchedulerThread(cloud.scheduler, wake=0.05).start()
+    try:
+        offset[0] = 2 * HOUR + 60  # the next 1-hour slot is now in the past
+        deadline = time.monotonic() + 20
+        while not dlm_snaps(eng, pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        runner.stop()
+    snaps = dlm_snaps(eng, pid)
+    assert [s.volume_id for s in snaps] == [vid]
+    eng.close()

@@ -198,6 +198,12 @@ def test_subnet_lifecycle(aws: Aws) -> None:
     assert ids(("vpc-id", [vid])) == {sid, by_id["SubnetId"]}
     assert ids(("vpc-id", [vid]), ("availability-zone", ["us-east-1b"])) == {sid}
     assert ids(("cidr-block", ["10.4.2.0/24"])) == {by_id["SubnetId"]}
+    # the camelCase aliases AWS documents for DescribeSubnets, and the free-address count
+    assert ids(("vpc-id", [vid]), ("availabilityZone", ["us-east-1b"])) == {sid}
+    assert ids(("vpc-id", [vid]), ("availabilityZoneId", ["use1-az4"])) == {by_id["SubnetId"]}
+    assert ids(("vpc-id", [vid]), ("available-ip-address-count", ["251"])) == \
+        {sid, by_id["SubnetId"]}
+    assert ids(("vpc-id", [vid]), ("available-ip-address-count", ["250"])) == set()
     assert ids(("vpc-id", [vid]), ("map-public-ip-on-launch", ["true"])) == {sid}
     assert ids(("subnet-id", [sid]), ("state", ["available"]), ("tag:Name", ["a"])) == {sid}
     assert ids(("vpc-id", [vid]), ("default-for-az", ["true"])) == set()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ebsengine.cloud.scope import REGIONS
-from test_aws_support import Aws, aws, expect_error  # noqa: F401  (fixture)
+from test_aws_support import Aws, aws, client, expect_error  # noqa: F401  (fixture)
 
 
 def test_describe_regions(aws: Aws) -> None:
@@ -40,6 +40,12 @@ def test_describe_availability_zones(aws: Aws) -> None:
         assert a["ZoneType"] == "availability-zone" and a["OptInStatus"] == "opt-in-not-required"
         west = aws.ec2_west.describe_availability_zones()["AvailabilityZones"]
         assert [z["ZoneId"] for z in west] == ["usw2-az1", "usw2-az2", "usw2-az3", "usw2-az4"]
+        # AWS shortens the compound directions to two letters (apse1, apne1), others to one
+        for region, short in (("ap-southeast-1", "apse1"), ("ap-northeast-2", "apne2"),
+                              ("ap-south-1", "aps1"), ("eu-central-1", "euc1"),
+                              ("sa-east-1", "sae1")):
+            got = client("ec2", aws.url, region).describe_availability_zones()["AvailabilityZones"]
+            assert got[0]["ZoneId"] == f"{short}-az1", region
         got = aws.ec2.describe_availability_zones(ZoneNames=["us-east-1c"])["AvailabilityZones"]
         assert [z["ZoneId"] for z in got] == ["use1-az3"]
         got = aws.ec2.describe_availability_zones(ZoneIds=["use1-az2"])["AvailabilityZones"]

@@ -168,7 +168,9 @@ class NetworkActions(Actions):
         "subnet-id": lambda s: [s.id],
         "vpc-id": lambda s: [s.vpc_id],
         "availability-zone": lambda s: [s.availability_zone],
+        "availabilityZone": lambda s: [s.availability_zone],  # AWS's documented aliases
         "availability-zone-id": lambda s: [zone_id(s.availability_zone)],
+        "availabilityZoneId": lambda s: [zone_id(s.availability_zone)],
         "cidr-block": lambda s: [s.cidr_block],
         "cidr": lambda s: [s.cidr_block],
         "cidrBlock": lambda s: [s.cidr_block],
@@ -199,15 +201,20 @@ class NetworkActions(Actions):
 
     def describe_subnets(self, ctx: Context, p: Params) -> Result:
         net = self.cloud.network
-        match = compile_filters(p.get("Filters"), self._SUBNET_FILTERS, lambda s: s.tags)
-        subs = [s for s in net.subnets(self.scope(ctx), p.get("SubnetIds")) if match(s)]
-        page, token = Paginator("subnets", 5, 1000).page(
-            subs, lambda s: [s.id], p.get("MaxResults"), p.get("NextToken"))
         used: dict[str, int] = {}
         for e in self.cloud.network_interfaces.in_region(ctx.region):
             used[e.subnet_id] = used.get(e.subnet_id, 0) + 1
-        return {"Subnets": [subnet_view(s, available_ip_count(s, used.get(s.id, 0)))
-                            for s in page], "NextToken": token}
+
+        def available(s: Subnet) -> int:
+            return available_ip_count(s, used.get(s.id, 0))
+
+        table = {**self._SUBNET_FILTERS,
+                 "available-ip-address-count": lambda s: [str(available(s))]}
+        match = compile_filters(p.get("Filters"), table, lambda s: s.tags)
+        subs = [s for s in net.subnets(self.scope(ctx), p.get("SubnetIds")) if match(s)]
+        page, token = Paginator("subnets", 5, 1000).page(
+            subs, lambda s: [s.id], p.get("MaxResults"), p.get("NextToken"))
+        return {"Subnets": [subnet_view(s, available(s)) for s in page], "NextToken": token}
 
     def modify_subnet_attribute(self, ctx: Context, p: Params) -> None:
         others = [k for k in p if k not in ("SubnetId", "MapPublicIpOnLaunch")]
