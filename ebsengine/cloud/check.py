@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 #: service namespaces of AWS-side records the reset wipes (the HMAC secret stays)
 AWS_NAMESPACES = ("aws.snapshot", "aws.direct", "aws.volmod", "aws.snapattr", "aws.token",
                   "aws.token-of", "aws.token-expiry", "ec2.region", "ec2.eip-released",
-                  "meter.ledger", "meter.api",
+                  "ec2.instance-expiry", "ec2.reservation", "meter.ledger", "meter.api",
                   # lifecycle policies, their runs and what they made (cloud/dlm.py)
                   "dlm.policy", "dlm.run", "dlm.made")
 

@@ -21,6 +21,7 @@ and its record is swept by the next launch or termination.
 
 from __future__ import annotations
 
+import math
 import time as _time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -49,6 +50,11 @@ USER_SHUTDOWN = {"Code": "Client.UserInitiatedShutdown",
                  "Message": "Client.UserInitiatedShutdown: User initiated shutdown"}
 #: action name of RunInstances' ClientToken records
 RUN_ACTION = "RunInstances"
+#: terminated instances by the time they vanish: ``<epoch, 12 digits>|<instance id>`` ->
+#: reservation id (read from its head by :meth:`Instances.sweep`)
+NS_EXPIRY = "ec2.instance-expiry"
+#: reservation id -> the ids of its instances still on record (ClientToken replays, sweep)
+NS_RESERVATION = "ec2.reservation"
 #: namespaces of a volume's AWS records, dropped with the volume (see aws/store.py)
 _VOLUME_NAMESPACES = ("aws.volmod",)
 
@@ -171,19 +177,33 @@ class Instances:
         return self.cloud.instance_table.put(self.settled(inst), tx=tx)
 
     def sweep(self, tx: Transaction, limit: int = 64) -> int:
-        """Delete the records of instances gone from view (and their reservation's tokens
-        once none of it is left); returns how many."""
+        """Delete up to ``limit`` records of instances gone from view, oldest first (and
+        their reservation's tokens once none of it is left); returns how many.
+
+        Reads only the head of the expiry index (``ec2.instance-expiry``, written by
+        terminate), so a launch or terminate costs the same however many terminated
+        instances are still visible."""
         c = self.cloud
+        eng = c.engine
         now = c.now()
-        every = c.instance_table.all(tx=tx)
-        dead = [i for i in every if self.gone(i, now)][:limit]
-        for inst in dead:
-            c.instance_table.delete(inst.id, tx=tx)
-        dead_ids = {i.id for i in dead}
-        for rid in {i.reservation_id for i in dead}:
-            if not any(i.reservation_id == rid and i.id not in dead_ids for i in every):
+        n = 0
+        for key, rid in eng.service_items(NS_EXPIRY, limit=limit, tx=tx):
+            if int(key.split("|", 1)[0]) > now:
+                break
+            iid = key.split("|", 1)[1]
+            inst = c.instance_table.get(iid, tx=tx)
+            if inst is not None and not self.gone(inst, now):
+                break  # keys are whole seconds (rounded down): this one is due within 1 s
+            eng.service_put(NS_EXPIRY, key, None, tx=tx)
+            if inst is None:
+                continue
+            c.instance_table.delete(iid, tx=tx)
+            left = [x for x in eng.service_get(NS_RESERVATION, rid, tx=tx) or [] if x != iid]
+            eng.service_put(NS_RESERVATION, rid, left or None, tx=tx)
+            if not left:
                 c.tokens.drop(tx, rid)
-        return len(dead)
+            n += 1
+        return n
 
     # --- lookups of what a launch names ---------------------------------------------------
 
@@ -474,6 +494,7 @@ class Instances:
                     monitoring="enabled" if monitoring else "disabled", tags=inst_tags)
                 c.instance_table.put(inst, tx=tx)  # stored pending: the launch's own state
                 out.append(inst)
+            eng.service_put(NS_RESERVATION, reservation, [i.id for i in out], tx=tx)
             if token is not None:
                 c.tokens.put(tx, scope.region, RUN_ACTION, token, digest, reservation)
         return out
@@ -484,9 +505,11 @@ class Instances:
         if rid is None:
             return None
         now = self.cloud.now()
-        found = [self.settled(i, now) for i in self.cloud.instance_table.in_region(scope.region,
-                                                                                   tx=tx)
-                 if i.reservation_id == rid and not self.gone(i, now)]
+        found = []
+        for iid in self.cloud.engine.service_get(NS_RESERVATION, rid, tx=tx) or []:
+            inst = self.cloud.instance_table.get(iid, tx=tx)
+            if inst is not None and inst.region == scope.region and not self.gone(inst, now):
+                found.append(self.settled(inst, now))
         return sorted(found, key=lambda i: i.ami_launch_index) or None
 
     # --- Start / Stop / Reboot / Terminate ------------------------------------------------
@@ -633,6 +656,10 @@ class Instances:
                             network_interface_ids=[], state_reason=USER_SHUTDOWN,
                             state_transition_reason=f"User initiated ({gmt(now)})")
                 self._put(new, tx)
+                cfg = c.config
+                gone_at = now + cfg.terminate_seconds + cfg.terminated_visible_seconds
+                eng.service_put(NS_EXPIRY, f"{math.floor(gone_at):012d}|{i.id}",
+                                i.reservation_id, tx=tx)
                 out.append(Transition(i.id, i.state, "shutting-down"))
             self.sweep(tx)
         return out
