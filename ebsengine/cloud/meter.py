@@ -138,7 +138,8 @@ class Meter:
         self._lock = threading.Lock()
         self._counts: dict[tuple[str, int, str], int] = {}
         self._last_flush: float | None = None
-        self._sampling: set[int] = set()
+        #: per open unit of work: (snapshot ids, volume ids) to sample once it commits
+        self._sampling: dict[int, tuple[set[str], set[str]]] = {}
 
     @property
     def engine(self) -> Any:
@@ -246,35 +247,58 @@ class Meter:
 
     def snapshot(self, tx: Transaction, snapshot_id: str) -> None:
         """Meter a snapshot made or deleted in ``tx``: its existence now (in the unit), its
-        stored bytes by :meth:`sample` once the unit commits."""
+        stored bytes by :meth:`sample` once the unit commits -- of just the snapshots whose
+        count can have changed: a new snapshot's own, and after a delete those of its
+        volume's other snapshots (the delete merged what they still need into its
+        successor)."""
         try:
             snap = self.engine.get_snapshot(snapshot_id, tx=tx)
         except errors.NotFound:
             snap = None
+        touched: set[str] = set()
+        volumes: set[str] = set()
         if snap is None:
-            if self._known("snapshot", snapshot_id, tx):
+            doc = self.engine.service_get(NS_LEDGER, f"snapshot:{snapshot_id}", tx=tx)
+            if doc is not None:
                 self.record(tx, "snapshot", snapshot_id, "", None)
+                if doc.get("volume"):
+                    volumes.add(str(doc["volume"]))
         elif snap.state == "completed":
             doc = self._doc("snapshot", snap.id, "", tx)
             if not doc["entries"] or doc["entries"][-1][1] is None:
                 self.record(tx, "snapshot", snap.id,
                             snapshot_region(self.engine, snap, tx=tx), {"bytes": None},
                             tags=dict(snap.tags))
+            if snap.volume_id:
+                doc = self._doc("snapshot", snap.id, "", tx)
+                if doc.get("volume") != snap.volume_id:
+                    doc["volume"] = snap.volume_id
+                    self.engine.service_put(NS_LEDGER, f"snapshot:{snap.id}", doc, tx=tx)
+            touched.add(snap.id)
         key = id(tx)
-        if key not in self._sampling:
-            self._sampling.add(key)
+        pending = self._sampling.get(key)
+        if pending is None:
+            pending = self._sampling[key] = (set(), set())
 
             def after() -> None:
-                self._sampling.discard(key)
-                self.sample()
+                ids, vols = self._sampling.pop(key, (set(), set()))
+                for vid in vols:
+                    ids |= {s.id for s in self.engine.list_snapshots(vid)}
+                if ids:
+                    self.sample(ids)
 
             tx.after_commit(after)
+        pending[0].update(touched)
+        pending[1].update(volumes)
 
-    def sample(self) -> None:
-        """Bring every snapshot's stored byte count up to date (its own unit of work)."""
+    def sample(self, ids: set[str] | None = None) -> None:
+        """Bring the stored byte counts of the snapshots ``ids`` (default: every one) up to
+        date, in a unit of work of its own."""
         eng = self.engine
         sizes: dict[str, int] = {}
-        for s in eng.list_snapshots():
+        snaps = eng.list_snapshots() if ids is None else \
+            [s for s in (self._snapshot_or_none(i) for i in sorted(ids)) if s is not None]
+        for s in snaps:
             if s.state != "completed":
                 continue
             try:
@@ -298,12 +322,20 @@ class Meter:
                     self.record(tx, "snapshot", sid, doc["region"] or
                                 snapshot_region(eng, snap, tx=tx), {"bytes": n}, t=now,
                                 tags=dict(snap.tags))
+            if ids is not None:  # deletes were recorded in their own units
+                return
             for _key, doc in eng.service_items(NS_LEDGER, "snapshot:", tx=tx):
                 if doc["entries"] and doc["entries"][-1][1] is not None:
                     try:
                         eng.get_snapshot(doc["id"], tx=tx)
                     except errors.NotFound:
                         self.record(tx, "snapshot", doc["id"], doc["region"], None, t=now)
+
+    def _snapshot_or_none(self, sid: str) -> Any:
+        try:
+            return self.engine.get_snapshot(sid)
+        except errors.NotFound:
+            return None
 
     def reconcile(self) -> None:
         """Catch what changed outside the metered paths (see the module docstring): every

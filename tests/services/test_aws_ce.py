@@ -195,3 +195,27 @@ def test_hourly_granularity_takes_times(env: tuple[Aws, Clock]) -> None:
     per_hour = 720 * 3600 / MONTH
     assert [r[0] for r in rows] == ["2025-01-01T00:00:00Z", "2025-01-01T01:00:00Z"]
     assert [round(r[1], 6) for r in rows] == [round(per_hour, 6)] * 2
+
+
+def test_a_deleted_snapshots_blocks_are_billed_to_its_successor_at_once(
+        env: tuple[Aws, Clock]) -> None:
+    """DeleteSnapshot merges what the next snapshot still needs into it: the ledger follows
+    in the same moment (the meter samples that volume's snapshots when the delete commits),
+    with no report in between."""
+    aws, _clock = env
+    vid = aws.volume(1)
+    aws.write(vid, 0, os.urandom(1 << 20))
+    first = aws.ec2.create_snapshot(VolumeId=vid)["SnapshotId"]
+    aws.write(vid, 4 << 20, os.urandom(1 << 20))
+    second = aws.ec2.create_snapshot(VolumeId=vid)["SnapshotId"]
+
+    def billed(sid: str) -> Any:
+        (doc,) = [d for d in aws.cloud.meter.records() if d["id"] == sid]
+        return doc["entries"][-1][1]
+
+    before = billed(second)["bytes"]
+    assert before == aws.engine.usage(second).stored_bytes
+    aws.ec2.delete_snapshot(SnapshotId=first)
+    assert billed(first) is None
+    after = billed(second)["bytes"]
+    assert after == aws.engine.usage(second).stored_bytes > before  # the first MiB moved over
