@@ -176,7 +176,7 @@ class Instances:
     def _put(self, inst: Instance, tx: Transaction) -> Instance:
         return self.cloud.instance_table.put(self.settled(inst), tx=tx)
 
-    def sweep(self, tx: Transaction, limit: int = 64) -> int:
+    def sweep(self, tx: Transaction, limit: int = 16) -> int:
         """Delete up to ``limit`` records of instances gone from view, oldest first (and
         their reservation's tokens once none of it is left); returns how many.
 

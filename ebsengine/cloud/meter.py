@@ -302,7 +302,7 @@ class Meter:
             if s.state != "completed":
                 continue
             try:
-                sizes[s.id] = int(eng.usage(s.id).stored_bytes)
+                sizes[s.id] = int(eng.stored_bytes(s.id))
             except errors.NotFound:
                 continue
         with eng.transaction() as tx:

@@ -433,6 +433,13 @@ class Engine:
             self.flush_volume(resource_id)
         return usage(self._records, self._maps, self._chunks, resource_id)
 
+    def stored_bytes(self, snapshot_id: str) -> int:
+        """A completed snapshot's own stored bytes (``usage(id).stored_bytes``), in
+        O(entries it recorded): without the O(volume) count of written bytes that
+        :meth:`usage` also makes. What the cost meter bills a snapshot by."""
+        return usage(self._records, self._maps, self._chunks, snapshot_id,
+                     written=False).stored_bytes
+
     def fold(self) -> int:
         """Merge every patch (partial-chunk writes) into whole chunks now; returns how many.
         A background folder does this by itself when the store is quiet; what any volume

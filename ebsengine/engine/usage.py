@@ -9,9 +9,11 @@ from ..storage.chunks import ChunkStore
 from .records import Records
 
 
-def usage(records: Records, maps: BlockMaps, chunks: ChunkStore, resource_id: str) -> Usage:
+def usage(records: Records, maps: BlockMaps, chunks: ChunkStore, resource_id: str, *,
+          written: bool = True) -> Usage:
     """Storage accounting for a volume (at its head: flush it first) or a completed
-    snapshot; see :meth:`ebsengine.engine.Engine.usage`."""
+    snapshot; see :meth:`ebsengine.engine.Engine.usage`. ``written=False`` leaves
+    ``written_bytes`` 0 and skips its count, the one part that costs O(volume entries)."""
     with records.store.read() as txn:
         if resource_id.startswith("snap-"):
             rec = records.completed(txn, resource_id)
@@ -50,6 +52,6 @@ def usage(records: Records, maps: BlockMaps, chunks: ChunkStore, resource_id: st
             if superseded and not pinned and (L.is_patch(value) or
                                               chunks.refcount(txn, value) == 1):
                 unique += n
-        written = len(maps.visible(txn, chain)) * L.CHUNK_SIZE
+        n_written = len(maps.visible(txn, chain)) * L.CHUNK_SIZE if written else 0
     return Usage(logical_bytes=size, stored_bytes=stored, unique_bytes=unique,
-                 written_bytes=written)
+                 written_bytes=n_written)
