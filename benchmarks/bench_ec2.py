@@ -26,19 +26,12 @@ import tempfile
 import time
 from collections.abc import Callable
 
+from bench_units import _median  # benchmarks/ is the script's directory
+
 import ebsengine
 from ebsengine.cloud import Cloud, Scope
 
 MIB = 1 << 20
-
-
-def _median(fn: Callable[[int], None], n: int) -> float:
-    times = []
-    for i in range(n):
-        t = time.perf_counter()
-        fn(i)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def _image(eng: ebsengine.Engine, cloud: Cloud, me: Scope, mib: int, name: str) -> tuple[str, str]:

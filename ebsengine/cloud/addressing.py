@@ -142,30 +142,12 @@ class Addressing:
     def free_private_ips(self, subnet: Subnet, tx: Transaction, limit: int) -> list[str]:
         """Up to ``limit`` free private addresses of ``subnet``, lowest first (one read of
         the interfaces, however many are wanted: a launch of many instances takes them
-        all at once)."""
-        net = ipaddress.ip_network(subnet.cidr_block)
-        used = self.private_ips_in_use(subnet.id, tx)
-        out: list[str] = []
-        for i in range(4, net.num_addresses - 1):
-            if len(out) >= limit:
-                break
-            cand = str(net.network_address + i)
-            if cand not in used:
-                out.append(cand)
-        return out
+        all at once). AWS reserves the first four and the last."""
+        return _free(subnet.cidr_block, 4, self.private_ips_in_use(subnet.id, tx), limit)
 
     def free_public_ips(self, tx: Transaction, limit: int) -> list[str]:
         """Up to ``limit`` free addresses of the public pool, lowest first (one read)."""
-        net = ipaddress.ip_network(self.cloud.config.public_pool)
-        used = self.public_ips_in_use(tx)
-        out: list[str] = []
-        for i in range(1, net.num_addresses - 1):
-            if len(out) >= limit:
-                break
-            cand = str(net.network_address + i)
-            if cand not in used:
-                out.append(cand)
-        return out
+        return _free(self.cloud.config.public_pool, 1, self.public_ips_in_use(tx), limit)
 
     def public_ips_in_use(self, tx: Transaction | None = None) -> set[str]:
         c = self.cloud
@@ -208,6 +190,20 @@ def public_dns_name(region: str, ip: str) -> str:
     host = "ec2-" + ip.replace(".", "-")
     return f"{host}.compute-1.amazonaws.com" if region == "us-east-1" else \
         f"{host}.{region}.compute.amazonaws.com"
+
+
+def _free(cidr: str, first: int, used: set[str], limit: int) -> list[str]:
+    """Up to ``limit`` addresses of ``cidr`` not in ``used``, lowest first, from the
+    ``first``-th address to the one before the last (the broadcast address)."""
+    net = ipaddress.ip_network(cidr)
+    out: list[str] = []
+    for i in range(first, net.num_addresses - 1):
+        if len(out) >= limit:
+            break
+        cand = str(net.network_address + i)
+        if cand not in used:
+            out.append(cand)
+    return out
 
 
 def mac_address() -> str:
