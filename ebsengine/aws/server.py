@@ -34,6 +34,9 @@ from ebsengine.cloud import Cloud, CloudConfig, Scope
 from .ebs import BLOCK_SIZE, EbsModel
 from .ec2 import Ec2Model, ModificationRules
 from .errors import ApiError, ebs_error, ec2_error
+from .kms import CONTENT_TYPE as KMS_CONTENT_TYPE
+from .kms import TARGET_PREFIX as KMS_TARGET
+from .kms import JsonProtocol, KmsModel, kms_error
 from .shapes import Ec2Protocol, RestJsonProtocol, RestRequest
 from .store import AwsStore, Context
 
@@ -96,6 +99,10 @@ class AwsApp:
         self.cloud.addressing.ensure_region(Scope(default_region, account_id))
         self.ec2 = Ec2Model(self.store, modification=modification, cloud=self.cloud)
         self.ebs = EbsModel(self.store)
+        # KMS (JSON protocol, X-Amz-Target: TrentService.*) over the engine's key service,
+        # on this app's clock
+        self.kms = KmsModel(engine.kms.bind(self.store.clock))
+        self.kms_protocol = JsonProtocol("kms")
         self.ec2_protocol = Ec2Protocol()
         self.ebs_protocol = RestJsonProtocol("ebs")
         self.default_region = default_region
@@ -110,6 +117,9 @@ class AwsApp:
             return self._reset(environ, start_response)
         if path.startswith("/snapshots"):
             return self._ebs(environ, start_response, path)
+        target = environ.get("HTTP_X_AMZ_TARGET") or ""
+        if target.startswith(KMS_TARGET) and environ.get("REQUEST_METHOD") == "POST":
+            return self._kms(environ, start_response, target[len(KMS_TARGET):])
         return self._ec2(environ, start_response)
 
     # helpers
@@ -198,6 +208,35 @@ class AwsApp:
             ("x-amzn-RequestId", ctx.request_id),
         ])
         return [body_out]
+
+    # KMS (JSON protocol)
+
+    def _kms(self, environ: dict[str, Any], start_response: StartResponse,
+             operation: str) -> Iterable[bytes]:
+        ctx, _ = self._context(environ)
+        try:
+            body = self._read_body(environ)
+            self.auth.verify(environ, "kms", ctx.region, body)
+            if not (self.kms_protocol.has_operation(operation) and self.kms.supports(operation)):
+                raise ApiError("UnknownOperationException",
+                               f"The operation {operation} is not supported by ebsengine's KMS")
+            params = self.kms_protocol.parse(operation, body)
+            out = self.kms_protocol.render(operation, self.kms.call(ctx, operation, params))
+            status = 200
+            headers = []
+        except Exception as exc:  # one translation table: kms.kms_error
+            if not isinstance(exc, (ApiError, engine_errors.EbsError)):
+                log.exception("KMS request failed")
+            code, message, status = kms_error(exc)
+            out = self.kms_protocol.render_error(code, message)
+            headers = [("x-amzn-ErrorType", code)]
+        start_response(_status(status), [
+            ("Content-Type", KMS_CONTENT_TYPE),
+            ("Content-Length", str(len(out))),
+            ("x-amzn-RequestId", ctx.request_id),
+            *headers,
+        ])
+        return [out]
 
     # moto server mode: POST /moto-api/reset
 
