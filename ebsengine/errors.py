@@ -163,13 +163,15 @@ class MasterKeyError(EbsError):
     cannot be used: missing while the store holds keys sealed under one, unreadable,
     malformed, or readable by others. Nothing in the store was changed."""
 
-    code = "KMSInternalException"
+    code = "MasterKeyError"
     exit_code = 7
 
 
 class WrongMasterKey(MasterKeyError):
     """The master key file is not the one the store's KMS keys are sealed under (the store's
     check value does not open with it). Nothing in the store was changed."""
+
+    code = "WrongMasterKey"
 
 
 # --- state ---------------------------------------------------------------------------------
