@@ -196,7 +196,7 @@ def _page(items: list[Any], sort_key: Callable[[Any], str], p: dict[str, Any],
     marker = p.get("Marker")
     if marker is not None:
         try:
-            after = base64.urlsafe_b64decode(marker.encode()).decode()
+            after = base64.b64decode(marker.encode(), altchars=b"-_", validate=True).decode()
         except (ValueError, binascii.Error, UnicodeDecodeError):
             raise KmsError("InvalidMarkerException", "The marker is not valid") from None
         items = [i for i in items if sort_key(i) > after]

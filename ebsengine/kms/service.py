@@ -653,7 +653,12 @@ class KeyService:
                 raise KmsError("IncorrectKeyException",
                                "The key ID in the request does not identify a KMS key that "
                                "can perform this operation.")
-        key = self._resolve(t, owner, region, account, now)
+        try:
+            key = self._resolve(t, owner, region, account, now)
+        except KmsError:  # tampered, of another region or account, or its key was deleted
+            raise KmsError("InvalidCiphertextException",
+                           "The ciphertext names no KMS key of this region and account "
+                           "(tampered with, or its key was deleted)") from None
         self._usable(key)
         aad = blob[:_HEADER] + _encode_context(context)
         try:
