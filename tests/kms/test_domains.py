@@ -49,7 +49,7 @@ def test_new_domain_and_domain_key(tmp_path, mk):
         default, default_arn = eng.kms.new_domain(None, R, A)  # alias/aws/ebs, made now
         assert eng.kms.describe_key("alias/aws/ebs", R, A).arn == default_arn
         assert eng.kms.describe_key("alias/aws/ebs", R, A).manager == "AWS"
-        west, west_arn = eng.kms.new_domain(None, "us-west-2", A)
+        _west, west_arn = eng.kms.new_domain(None, "us-west-2", A)
         assert west_arn.startswith("arn:aws:kms:us-west-2:") and west_arn != default_arn
     with ebsengine.Engine(path, master_key=mk) as eng:  # survives a restart
         assert eng.kms.domain_key(dom) == key

@@ -8,6 +8,7 @@ import time
 import uuid
 
 import pytest
+
 from test_aws_support import Aws, client, expect_error
 
 ACCOUNT = "123456789012"
@@ -121,8 +122,8 @@ def test_aliases(aws):
 
 def test_aws_managed_ebs_key_per_region(aws):
     with aws.unchanged():  # listing the predefined alias makes nothing
-        assert [x for x in aws.kms.list_aliases()["Aliases"]
-                if x["AliasName"] == "alias/aws/ebs"][0].get("TargetKeyId") is None
+        assert next(x for x in aws.kms.list_aliases()["Aliases"]
+                if x["AliasName"] == "alias/aws/ebs").get("TargetKeyId") is None
         assert aws.kms.list_keys()["Keys"] == []
     md = aws.kms.describe_key(KeyId="alias/aws/ebs")["KeyMetadata"]  # first use makes it
     assert md["KeyManager"] == "AWS" and md["KeyState"] == "Enabled"
