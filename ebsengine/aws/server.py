@@ -3,7 +3,8 @@
 Layers, each with one job:
 
 * :class:`AwsApp` (WSGI): routes a request to a protocol (``/snapshots...`` is EBS
-  rest-json, everything else is the EC2 Query protocol), takes the region from the SigV4
+  rest-json, a POST with ``X-Amz-Target: TrentService.*`` is KMS's JSON protocol
+  (:mod:`.kms`), everything else is the EC2 Query protocol), takes the region from the SigV4
   credential scope, parses with :mod:`.shapes`, calls the model (:mod:`.ec2`, :mod:`.ebs`)
   and renders the result or the error. No AWS rule lives here.
 * :class:`ApiServer`: werkzeug's threaded WSGI server on a thread of its own, so it runs
