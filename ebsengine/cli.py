@@ -2,7 +2,8 @@
 
 Tables for people, ``--json`` for scripts. Exit codes (stable, scripts rely on them):
 0 success, 1 internal error, 2 bad arguments or parameter values, 3 not found,
-4 wrong state (in use, read-only, ...), 5 store full or locked, 6 fsck found problems.
+4 wrong state (in use, read-only, disabled key, ...), 5 store full or locked, 6 fsck found
+problems, 7 the master key file is missing, wrong or unusable (``--master-key``).
 User errors print one line on stderr and no traceback.
 """
 
@@ -347,11 +348,60 @@ def cmd_cost(eng: Engine, a: argparse.Namespace, out: Out) -> int:
     return 0
 
 
+# --- keys (the key service, see ebsengine.kms) -----------------------------------------------
+
+
+def _key_row(k: Any) -> dict[str, Any]:
+    return {"id": k.id, "state": k.state, "manager": k.manager, "created": _when(k.created),
+            "deletion": _when(k.deletion_date) if k.deletion_date else "",
+            "description": k.description}
+
+
+def _key_json(eng: Engine, k: Any, region: str, account: str) -> dict[str, Any]:
+    d: dict[str, Any] = k.metadata()
+    d["Aliases"] = [a.name for a in eng.kms.list_aliases(region, account, k.id)]
+    d["Tags"] = dict(k.tags)
+    return d
+
+
+def cmd_keys(eng: Engine, a: argparse.Namespace, out: Out) -> int:
+    from .aws.server import DEFAULT_ACCOUNT
+
+    kms, region, account = eng.kms, a.region, DEFAULT_ACCOUNT
+    if a.keys_command == "create":
+        with eng.transaction() as tx:  # the key and its alias, or neither
+            k = kms.create_key(region, account, description=a.description,
+                               tags=_tags(a.tag), txn=tx)
+            if a.alias:
+                kms.create_alias(a.alias, k.id, region, account, txn=tx)
+        out.emit(_key_json(eng, k, region, account), lambda: k.id)
+        return 0
+    if a.keys_command == "list":
+        keys = kms.list_keys(region, account)
+        out.emit([_key_json(eng, k, region, account) for k in keys],
+                 lambda: _table([_key_row(k) for k in keys],
+                                ["id", "state", "manager", "created", "deletion", "description"]))
+        return 0
+    action = {"enable": kms.enable_key, "disable": kms.disable_key,
+              "cancel-deletion": kms.cancel_key_deletion}
+    # the CLI takes an alias wherever a key goes (KMS's state actions take ids only)
+    key_id = kms.describe_key(a.key, region, account).id
+    if a.keys_command in action:
+        k = action[a.keys_command](key_id, region, account)
+    elif a.keys_command == "schedule-deletion":
+        k = kms.schedule_key_deletion(key_id, region, account, a.days)
+    else:  # show
+        k = kms.describe_key(key_id, region, account)
+    out.emit(_key_json(eng, k, region, account),
+             lambda: "\n".join(f"{kk:22} {v}" for kk, v in _key_row(k).items()))
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Engine, argparse.Namespace, Out], int]] = {
     "create": cmd_create, "list": cmd_list, "show": cmd_show, "delete": cmd_delete,
     "resize": cmd_resize, "import": cmd_import, "export": cmd_export,
     "snapshot": cmd_snapshot, "restore": cmd_restore, "diff": cmd_diff, "blocks": cmd_blocks,
-    "usage": cmd_usage, "fsck": cmd_fsck, "serve": cmd_serve, "cost": cmd_cost,
+    "usage": cmd_usage, "fsck": cmd_fsck, "serve": cmd_serve, "cost": cmd_cost, "keys": cmd_keys,
 }
 
 
@@ -361,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default=None, metavar="PATH",
                    help=f"store directory (default: $EBSENGINE_STORE or {default_store_path()})")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.add_argument("--master-key", default=None, metavar="PATH",
+                   help="master key file sealing the store's KMS keys (default: "
+                        "$EBSENGINE_MASTER_KEY or ~/.config/ebsengine/master.key)")
     p.add_argument("--version", action="version", version=f"ebsengine {__version__}")
     # --store and --json are accepted before or after the command.
     common = argparse.ArgumentParser(add_help=False)
@@ -368,6 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=argparse.SUPPRESS)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print JSON for scripts")
+    common.add_argument("--master-key", default=argparse.SUPPRESS, metavar="PATH",
+                        help=argparse.SUPPRESS)
 
     class CommandParser(argparse.ArgumentParser):
         def __init__(self, **kw: Any) -> None:
@@ -470,6 +525,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed-images", type=_seed_file, default=None, metavar="FILE",
                    help="JSON list of public images to preload (and restore after a reset), "
                         'e.g. [{"ImageId": "ami-12c6146b", "Name": "..."}]: blank root volume')
+
+    s = sub.add_parser("keys", help="KMS keys (sealed by the master key; see README 'Keys')")
+    keys = s.add_subparsers(dest="keys_command", required=True, metavar="ACTION",
+                            parser_class=CommandParser)
+
+    def key_action(name: str, text: str) -> argparse.ArgumentParser:
+        k = keys.add_parser(name, help=text)
+        k.add_argument("--region", default="us-east-1", help="region (default us-east-1)")
+        return k
+
+    k = key_action("create", "create a symmetric key")
+    k.add_argument("--description", default="")
+    k.add_argument("--alias", help="also name it alias/NAME")
+    k.add_argument("--tag", action="append", metavar="KEY=VALUE")
+    key_action("list", "list the region's keys")
+    for name, text in (("show", "describe a key (id, ARN or alias)"),
+                       ("enable", "enable a key"), ("disable", "disable a key"),
+                       ("cancel-deletion", "cancel a scheduled deletion (the key stays "
+                                           "disabled)")):
+        key_action(name, text).add_argument("key")
+    k = key_action("schedule-deletion", "delete a key after a waiting period")
+    k.add_argument("key")
+    k.add_argument("--days", type=int, default=None, help="waiting period, 7-30 (default 30)")
     return p
 
 
@@ -517,7 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = parser.parse_args(argv)
     out = Out(a.json)
     try:
-        with Engine(a.store) as eng:
+        with Engine(a.store, master_key=a.master_key) as eng:
             return COMMANDS[a.command](eng, a, out)
     except EbsError as exc:
         if a.json:

@@ -132,6 +132,48 @@ class Ec2Error(EbsError):
             self.exit_code = 2
 
 
+class KmsError(EbsError):
+    """A refusal by the key service (``ebsengine.kms``), carrying KMS's own code
+    (``NotFoundException``, ``DisabledException``, ``KMSInvalidStateException``,
+    ``InvalidCiphertextException`` ...), as :class:`Ec2Error` carries EC2's: the HTTP layer
+    renders the code as is. ``status`` is the HTTP status KMS answers it with.
+
+    Raised too by :meth:`ebsengine.kms.KeyService.domain_key` when a data key cannot be
+    unwrapped because its KMS key is disabled (``DisabledException``), pending deletion
+    (``KMSInvalidStateException``) or deleted (``NotFoundException``): nothing is lost while
+    the key exists, enabling it (or cancelling its deletion) makes the data key readable."""
+
+    def __init__(self, code: str, message: str = "", *, status: int = 400) -> None:
+        super().__init__(message or code)
+        self.code = code
+        self.status = status
+        if code == "NotFoundException":
+            self.exit_code = 3
+        elif code in ("DisabledException", "KMSInvalidStateException", "AccessDeniedException",
+                      "NotAuthorizedException"):
+            self.exit_code = 4
+        elif code == "KMSInternalException":
+            self.exit_code = 1
+        else:
+            self.exit_code = 2
+
+
+class MasterKeyError(EbsError):
+    """The master key file (which seals every KMS key of a store, see ``ebsengine.kms``)
+    cannot be used: missing while the store holds keys sealed under one, unreadable,
+    malformed, or readable by others. Nothing in the store was changed."""
+
+    code = "MasterKeyError"
+    exit_code = 7
+
+
+class WrongMasterKey(MasterKeyError):
+    """The master key file is not the one the store's KMS keys are sealed under (the store's
+    check value does not open with it). Nothing in the store was changed."""
+
+    code = "WrongMasterKey"
+
+
 # --- state ---------------------------------------------------------------------------------
 
 

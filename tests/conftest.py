@@ -12,6 +12,14 @@ import ebsengine
 from ebsengine import layout as L
 
 
+@pytest.fixture(autouse=True)
+def _master_key_in_tmp(tmp_path_factory, monkeypatch) -> None:
+    """No test reads or writes the user's real master key file (~/.config/ebsengine): the
+    default master key path is a fresh temporary one per test (subprocesses inherit it)."""
+    path = tmp_path_factory.mktemp("master") / "master.key"
+    monkeypatch.setenv("EBSENGINE_MASTER_KEY", str(path))
+
+
 @pytest.fixture
 def store_path(tmp_path) -> str:
     return str(tmp_path / "store")

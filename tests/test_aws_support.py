@@ -57,6 +57,8 @@ class Aws:
         self.ebs = client("ebs", url)
         self.ec2_west = client("ec2", url, "us-west-2")
         self.ebs_west = client("ebs", url, "us-west-2")
+        self.kms = client("kms", url)
+        self.kms_west = client("kms", url, "us-west-2")
         self.dlm = client("dlm", url)
 
     def clock(self, **body: Any) -> Any:

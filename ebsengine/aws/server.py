@@ -3,7 +3,8 @@
 Layers, each with one job:
 
 * :class:`AwsApp` (WSGI): routes a request to a protocol (``/snapshots...`` is EBS
-  rest-json, everything else is the EC2 Query protocol), takes the region from the SigV4
+  rest-json, a POST with ``X-Amz-Target: TrentService.*`` is KMS's JSON protocol
+  (:mod:`.kms`), everything else is the EC2 Query protocol), takes the region from the SigV4
   credential scope, parses with :mod:`.shapes`, calls the model (:mod:`.ec2`, :mod:`.ebs`)
   and renders the result or the error. No AWS rule lives here.
 * :class:`ApiServer`: werkzeug's threaded WSGI server on a thread of its own, so it runs
@@ -39,6 +40,10 @@ from .ec2 import Ec2Model, ModificationRules
 from .errors import ApiError, ebs_error, ec2_error
 from .jsonproto import CONTENT_TYPE as JSON_CONTENT_TYPE
 from .jsonproto import JsonModel, JsonProtocol
+from .kms import CONTENT_TYPE as KMS_CONTENT_TYPE
+from .kms import TARGET_PREFIX as KMS_TARGET
+from .kms import JsonProtocol as KmsJsonProtocol
+from .kms import KmsModel, kms_error
 from .shapes import Ec2Protocol, RestJsonProtocol, RestRequest
 from .store import AwsStore, Context
 
@@ -111,6 +116,10 @@ class AwsApp:
         #: JSON-protocol services by X-Amz-Target prefix: (protocol, model, signing name)
         self.json_services: dict[str, tuple[JsonProtocol, JsonModel, str]] = {}
         self.add_json_service(JsonProtocol("ce"), CeModel(self.cloud))
+        # KMS (JSON protocol, X-Amz-Target: TrentService.*) over the engine's key service,
+        # on this app's clock
+        self.kms = KmsModel(engine.kms.bind(self.store.clock))
+        self.kms_protocol = KmsJsonProtocol("kms")
         self.ec2_protocol = Ec2Protocol()
         self.ebs_protocol = RestJsonProtocol("ebs")
         self.dlm = DlmModel(self.cloud)
@@ -139,7 +148,9 @@ class AwsApp:
             return self._clock(environ, start_response)
         if path.startswith("/snapshots"):
             return self._ebs(environ, start_response, path)
-        target = environ.get("HTTP_X_AMZ_TARGET")
+        target = environ.get("HTTP_X_AMZ_TARGET") or ""
+        if target.startswith(KMS_TARGET) and environ.get("REQUEST_METHOD") == "POST":
+            return self._kms(environ, start_response, target[len(KMS_TARGET):])
         if target and "." in target and target.split(".", 1)[0] in self.json_services:
             return self._json(environ, start_response, target)
         if path == "/policies" or path.startswith(("/policies/", "/tags/")):
@@ -262,6 +273,35 @@ class AwsApp:
         headers += [("Content-Length", str(len(body_out))), ("x-amzn-RequestId", ctx.request_id)]
         start_response(_status(status), headers)
         return [body_out]
+
+    # KMS (JSON protocol)
+
+    def _kms(self, environ: dict[str, Any], start_response: StartResponse,
+             operation: str) -> Iterable[bytes]:
+        ctx, _ = self._context(environ)
+        try:
+            body = self._read_body(environ)
+            self.auth.verify(environ, "kms", ctx.region, body)
+            if not (self.kms_protocol.has_operation(operation) and self.kms.supports(operation)):
+                raise ApiError("UnknownOperationException",
+                               f"The operation {operation} is not supported by ebsengine's KMS")
+            params = self.kms_protocol.parse(operation, body)
+            out = self.kms_protocol.render(operation, self.kms.call(ctx, operation, params))
+            status = 200
+            headers = []
+        except Exception as exc:  # one translation table: kms.kms_error
+            if not isinstance(exc, (ApiError, engine_errors.EbsError)):
+                log.exception("KMS request failed")
+            code, message, status = kms_error(exc)
+            out = self.kms_protocol.render_error(code, message)
+            headers = [("x-amzn-ErrorType", code)]
+        start_response(_status(status), [
+            ("Content-Type", KMS_CONTENT_TYPE),
+            ("Content-Length", str(len(out))),
+            ("x-amzn-RequestId", ctx.request_id),
+            *headers,
+        ])
+        return [out]
 
     # moto server mode: POST /moto-api/reset
 

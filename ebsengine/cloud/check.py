@@ -18,12 +18,17 @@ from .model import KINDS
 if TYPE_CHECKING:
     from .core import Cloud
 
-#: service namespaces of AWS-side records the reset wipes (the HMAC secret stays)
+#: service namespaces of AWS-side records the reset wipes (the HMAC secret stays; so does the
+#: KMS master key's check value: it names no resource, and the master key file stays too).
+#: KMS keys, aliases and data-key domains go, as moto's reset drops its KMS keys: every
+#: volume and snapshot a domain could protect goes in the same unit.
 AWS_NAMESPACES = ("aws.snapshot", "aws.direct", "aws.volmod", "aws.snapattr", "aws.token",
                   "aws.token-of", "aws.token-expiry", "ec2.region", "ec2.eip-released",
                   "ec2.instance-expiry", "ec2.reservation", "meter.ledger", "meter.api",
                   # lifecycle policies, their runs and what they made (cloud/dlm.py)
-                  "dlm.policy", "dlm.run", "dlm.made")
+                  "dlm.policy", "dlm.run", "dlm.made",
+                  # KMS keys, aliases and data-key domains (ebsengine/kms)
+                  "kms.keys", "kms.aliases", "kms.domains")
 
 
 def check_cloud(cloud: Cloud) -> list[str]:
@@ -206,6 +211,7 @@ def reset_all(cloud: Cloud) -> dict[str, Any]:
             for r in recs:
                 table.delete(r.id, tx=tx)
             removed[kind.KIND] = len(recs)
+        removed["kms-key"] = len(eng.service_items("kms.keys", tx=tx))
         for ns in AWS_NAMESPACES:
             for key, _ in eng.service_items(ns, tx=tx):
                 eng.service_put(ns, key, None, tx=tx)

@@ -21,6 +21,7 @@ from ..block.device import Device
 from ..block.folder import Folder
 from ..block.maps import BlockMaps
 from ..errors import EbsError, IncorrectState, InvalidBlock, InvalidParameterCombination
+from ..kms import KeyService, MasterKey, check_store_master
 from ..model import FsckReport, Snapshot, Usage, Volume
 from ..rules import check_id
 from ..storage.base import DEFAULT_MAP_SIZE, KvBackend, Txn
@@ -62,12 +63,18 @@ class Engine:
         backend: an opened storage backend (:class:`ebsengine.storage.base.KvBackend`, e.g.
             ``ebsengine.storage.memory.MemoryBackend()``) instead of ``path``; the engine
             closes it with itself.
+        master_key: the master key file sealing the store's KMS keys (see
+            :mod:`ebsengine.kms`); default ``$EBSENGINE_MASTER_KEY``, else
+            ``~/.config/ebsengine/master.key``. Read only when the store holds KMS keys
+            (then checked at open: MasterKeyError / WrongMasterKey, nothing changed) or when
+            :attr:`kms` makes its first key (then created, mode 0600).
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *,
                  map_size: int = DEFAULT_MAP_SIZE, dirty_limit: int = DEFAULT_DIRTY_LIMIT,
                  zstd_level: int = DEFAULT_ZSTD_LEVEL, readonly: bool = False,
-                 backend: KvBackend | None = None) -> None:
+                 backend: KvBackend | None = None,
+                 master_key: str | os.PathLike[str] | None = None) -> None:
         if backend is not None:
             if path is not None:
                 raise InvalidParameterCombination("give a store path or a backend, not both")
@@ -77,6 +84,16 @@ class Engine:
             self.path = os.fspath(path) if path is not None else default_store_path()
             self._store = Store(self.path, map_size=map_size, readonly=readonly,
                                 zstd_level=zstd_level)
+        # a store holding KMS keys opens only with its master key: refused before anything
+        # else reads or writes it
+        self._master = MasterKey(master_key)
+        try:
+            check_store_master(self._store, self._master)
+        except BaseException:
+            self._store.close()
+            raise
+        self._kms: KeyService | None = None
+        self._kms_lock = threading.Lock()
         self._chunks = ChunkStore(self._store)
         self._maps = BlockMaps(self._store, self._chunks)
         self._pool = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2)),
@@ -407,6 +424,36 @@ class Engine:
                     tx: Transaction | None = None) -> None:
         """Remove tags; a None value removes the key whatever its value."""
         self._meta.delete_tags(resource_id, tags, tx=tx)
+
+    # --- the key service ------------------------------------------------------------------------
+
+    @property
+    def kms(self) -> KeyService:
+        """The store's key service (KMS keys, aliases, data-key domains: see
+        :mod:`ebsengine.kms`), made on first use. Its ``txn=`` arguments take a unit of this
+        engine (:meth:`transaction`) or, below the engine, a storage transaction."""
+        if self._kms is None:
+            with self._kms_lock:
+                if self._kms is None:
+                    self._kms = KeyService(self._store, self._master, unit=self._kms_unit,
+                                           reading=self._kms_reading)
+        return self._kms
+
+    @contextlib.contextmanager
+    def _kms_unit(self, txn: Any) -> Iterator[Txn]:
+        if txn is None or isinstance(txn, Transaction):
+            with self._unit(txn, grows=True) as (_, t):
+                yield t
+        else:  # a storage transaction of the caller (the data path below the engine)
+            yield txn
+
+    @contextlib.contextmanager
+    def _kms_reading(self, txn: Any) -> Iterator[Txn]:
+        if txn is None or isinstance(txn, Transaction):
+            with self._reading(txn) as t:
+                yield t
+        else:
+            yield txn
 
     # --- service key/value space --------------------------------------------------------------
 

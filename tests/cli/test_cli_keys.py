@@ -1,0 +1,63 @@
+"""``ebsengine keys ...`` as a user runs it (a subprocess), with ``--master-key``."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+
+def run(store: str, mk: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    p = subprocess.run([sys.executable, "-m", "ebsengine.cli", "--store", store,
+                        "--master-key", mk, *args], capture_output=True, text=True, timeout=120)
+    if check and p.returncode != 0:
+        raise AssertionError(f"ebsengine {' '.join(args)} -> {p.returncode}\n{p.stderr}")
+    return p
+
+
+def js(store: str, mk: str, *args: str) -> object:
+    return json.loads(run(store, mk, *args, "--json").stdout)
+
+
+def test_keys_lifecycle(tmp_path):
+    store, mk = str(tmp_path / "s"), str(tmp_path / "mk" / "master.key")
+    assert js(store, mk, "keys", "list") == []
+    assert not os.path.exists(mk)
+    key = js(store, mk, "keys", "create", "--description", "backups", "--alias", "alias/bk",
+             "--tag", "team=ops")
+    assert isinstance(key, dict)
+    kid = key["KeyId"]
+    assert key["Aliases"] == ["alias/bk"] and key["Tags"] == {"team": "ops"}
+    assert stat.S_IMODE(os.stat(mk).st_mode) == 0o600
+    text = run(store, mk, "keys", "list").stdout
+    assert kid in text and "backups" in text and "Enabled" in text
+    assert js(store, mk, "keys", "disable", "alias/bk")["KeyState"] == "Disabled"
+    assert js(store, mk, "keys", "enable", kid)["KeyState"] == "Enabled"
+    out = js(store, mk, "keys", "schedule-deletion", kid, "--days", "7")
+    assert out["KeyState"] == "PendingDeletion" and out["PendingDeletionWindowInDays"] == 7
+    p = run(store, mk, "keys", "disable", kid, check=False)
+    assert p.returncode == 4 and "KMSInvalidStateException" in p.stderr
+    assert js(store, mk, "keys", "cancel-deletion", kid)["KeyState"] == "Disabled"
+    p = run(store, mk, "keys", "schedule-deletion", kid, "--days", "3", check=False)
+    assert p.returncode == 2 and "ValidationException" in p.stderr
+    p = run(store, mk, "keys", "show", "alias/none", check=False)
+    assert p.returncode == 3 and "NotFoundException" in p.stderr
+    p = run(store, mk, "keys", "create", "--alias", "alias/aws/x", check=False)
+    assert p.returncode == 4 and "NotAuthorizedException" in p.stderr
+    assert [k["KeyId"] for k in js(store, mk, "keys", "list")] == [kid]  # nothing half-made
+    assert js(store, mk, "keys", "list", "--region", "eu-west-1") == []
+
+
+def test_wrong_master_key_is_a_clear_error(tmp_path):
+    store, mk = str(tmp_path / "s"), str(tmp_path / "master.key")
+    run(store, mk, "keys", "create")
+    other = str(tmp_path / "other.key")
+    run(str(tmp_path / "s2"), other, "keys", "create")  # a master key of another store
+    p = run(store, other, "keys", "list", check=False)
+    assert p.returncode == 7 and "is not the master key of this store" in p.stderr
+    p = run(store, str(tmp_path / "missing"), "list", check=False)
+    assert p.returncode == 7 and "does not exist" in p.stderr
+    p = run(store, other, "keys", "list", "--json", check=False)
+    assert json.loads(p.stderr)["error"]["code"] == "WrongMasterKey"
