@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from ebsengine.cloud import Cloud
-from ebsengine.cloud.meter import Line, buckets
+from ebsengine.cloud.meter import GRANULARITIES, Line, buckets
 
 from .errors import ApiError
 from .store import Context
@@ -82,6 +82,24 @@ def _matches(expr: Mapping[str, Any], line: Line) -> bool:
     raise _invalid("The filter expression is empty")
 
 
+def check_filter(expr: Mapping[str, Any]) -> None:
+    """Refuse what :func:`_matches` would refuse, on every branch (before anything runs)."""
+    if "And" in expr or "Or" in expr:
+        for e in expr.get("And") or expr.get("Or") or []:
+            check_filter(e)
+    elif "Not" in expr:
+        check_filter(expr["Not"])
+    elif "Dimensions" in expr:
+        key = expr["Dimensions"].get("Key", "")
+        if key not in DIMENSIONS:
+            raise _invalid(f"Dimension {key} is not supported here; use "
+                           f"{', '.join(DIMENSIONS)}")
+    elif "CostCategories" in expr:
+        raise _invalid("Cost categories are not supported here")
+    elif "Tags" not in expr:
+        raise _invalid("The filter expression is empty")
+
+
 class CeModel:
     """The Cost Explorer operations this endpoint answers (``AWSInsightsIndexService.*``)."""
 
@@ -98,6 +116,8 @@ class CeModel:
 
     def get_cost_and_usage(self, ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
         gran = p["Granularity"]
+        if gran not in GRANULARITIES:
+            raise _invalid(f"Granularity {gran} is not valid; use {', '.join(GRANULARITIES)}")
         hourly = gran == "HOURLY"
         start = parse_day(p["TimePeriod"]["Start"], hourly)
         end = parse_day(p["TimePeriod"]["End"], hourly)
@@ -119,8 +139,10 @@ class CeModel:
             if g.get("Type") not in ("DIMENSION", "TAG") or not g.get("Key"):
                 raise _invalid("GroupBy needs Type DIMENSION or TAG and a Key")
         expr = p.get("Filter")
+        if expr is not None:
+            check_filter(expr)
         meter = self.cloud.meter
-        meter.reconcile()
+        meter.reconcile()  # validated: only now may the report write
         now = self.cloud.now()
         lines = meter.lines(start, end, gran, now=now,
                             keep=None if expr is None else (lambda ln: _matches(expr, ln)))

@@ -219,3 +219,23 @@ def test_a_deleted_snapshots_blocks_are_billed_to_its_successor_at_once(
     assert billed(first) is None
     after = billed(second)["bytes"]
     assert after == aws.engine.usage(second).stored_bytes > before  # the first MiB moved over
+
+
+def test_refused_reports_do_not_reconcile_first(env: tuple[Aws, Clock]) -> None:
+    """A report refused for its Granularity or its Filter writes nothing: the ledger's
+    reconcile (and the flush of the in-memory direct API counters) comes after validation."""
+    aws, _ = env
+    snap = aws.ebs.start_snapshot(VolumeSize=1)["SnapshotId"]
+    put_block(aws.ebs, snap, 0, os.urandom(524288))  # a counter held in memory
+    ce = _ce(aws)
+    period = {"Start": "2025-01-01", "End": "2025-01-03"}
+    with aws.unchanged():
+        expect_error(ce.get_cost_and_usage, "ValidationException", 400,
+                     TimePeriod=period, Granularity="WEEKLY", Metrics=["UnblendedCost"])
+        expect_error(ce.get_cost_and_usage, "ValidationException", 400,
+                     TimePeriod=period, Granularity="DAILY", Metrics=["UnblendedCost"],
+                     Filter={"Dimensions": {"Key": "AZ", "Values": ["us-east-1a"]}})
+        expect_error(ce.get_cost_and_usage, "ValidationException", 400,
+                     TimePeriod=period, Granularity="DAILY", Metrics=["UnblendedCost"],
+                     Filter={"Or": [{"Tags": {"Key": "a", "Values": ["b"]}},
+                                    {"CostCategories": {"Key": "c", "Values": ["d"]}}]})
