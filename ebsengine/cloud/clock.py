@@ -116,7 +116,10 @@ class SimulatedClock:
 
     def advance(self, seconds: float) -> float:
         """Move forward ``seconds`` (>= 0), running what falls due; the new time."""
-        seconds = float(seconds)
+        try:
+            seconds = float(seconds)
+        except OverflowError:  # an int too large for a float
+            raise ValueError("advance takes a finite number of seconds >= 0") from None
         if not seconds >= 0 or seconds == float("inf"):
             raise ValueError("advance takes a finite number of seconds >= 0")
         with self._lock:
@@ -125,6 +128,11 @@ class SimulatedClock:
     def set(self, when: str | float) -> float:
         """Move to ``when`` (not before now), running what falls due; the new time."""
         target = parse_instant(when)
+        try:  # a time the calendar (and every stamp made at it) can show, before anything runs
+            format_instant(target)
+        except (OverflowError, ValueError, OSError):
+            raise ValueError(f"the simulated clock cannot stand at {when!r}: past the "
+                             f"calendar (year 9999)") from None
         with self._lock:
             if target < self._now:
                 raise ValueError(f"the simulated clock does not go back: it is "

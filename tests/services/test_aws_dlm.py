@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from typing import Any
 
@@ -172,3 +173,24 @@ def test_serve_clock_simulated_subprocess(tmp_path: Any) -> None:
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert b"stopped" in out
+
+
+def _raw_clock(aws: Aws, body: bytes) -> int:
+    req = urllib.request.Request(aws.url + "/_ebsengine/clock", data=body, method="POST")
+    try:
+        with urllib.request.urlopen(req) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def test_clock_route_refuses_moves_past_the_calendar(sim: Aws) -> None:
+    """An advance too large for a timestamp is a 400 that changes nothing (it was a 500, or
+    the clock was stored at 1e300 and every later read of it failed)."""
+    with sim.unchanged():
+        assert _raw_clock(sim, b'{"advance": 1e300}') == 400
+        assert _raw_clock(sim, b'{"advance": ' + b"9" * 400 + b"}") == 400
+        assert _raw_clock(sim, b'{"set": "10000-01-01T00:00:00Z"}') == 400
+    assert sim.clock() == (200, {"now": "2025-01-01T00:00:00.000Z"})
+    sim.restart()
+    assert sim.clock() == (200, {"now": "2025-01-01T00:00:00.000Z"})
