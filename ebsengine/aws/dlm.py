@@ -91,15 +91,15 @@ class DlmModel:
         return {}
 
     def tag_resource(self, ctx: Context, p: Params) -> Result:
-        self.dlm.tag(p["ResourceArn"], p["Tags"])
+        self.dlm.tag(p["ResourceArn"], p["Tags"], self.scope(ctx))
         return {}
 
     def untag_resource(self, ctx: Context, p: Params) -> Result:
-        self.dlm.untag(p["ResourceArn"], p["TagKeys"])
+        self.dlm.untag(p["ResourceArn"], p["TagKeys"], self.scope(ctx))
         return {}
 
     def list_tags_for_resource(self, ctx: Context, p: Params) -> Result:
-        return {"Tags": self.dlm.tags_of(p["ResourceArn"])}
+        return {"Tags": self.dlm.tags_of(p["ResourceArn"], self.scope(ctx))}
 
 
 __all__ = ["DLM_STATUS", "DlmModel", "dlm_error"]

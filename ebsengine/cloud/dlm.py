@@ -469,28 +469,33 @@ class Lifecycle:
 
     # --- policy tags (by ARN) -------------------------------------------------------------
 
-    def _by_arn(self, arn: str, tx: Transaction | None = None) -> dict[str, Any]:
+    def _by_arn(self, arn: str, tx: Transaction | None = None,
+                scope: Scope | None = None) -> dict[str, Any]:
+        """The policy an ARN names; with ``scope`` (the endpoint's region and account) an ARN
+        of another region or account is not found, as AWS's regional endpoints answer."""
         m = re.fullmatch(r"arn:aws(?:-[a-z]{1,3}){0,2}:dlm:([A-Za-z0-9_/.-]{0,63}):(\d+):"
                          r"policy/([0-9A-Za-z_-]{1,128})", arn or "")
         if not m:
             raise _bad(f"Invalid resource ARN {arn!r}")
+        if scope is not None and (m.group(1), m.group(2)) != (scope.region, scope.account_id):
+            raise _not_found(m.group(3))
         return self._policy(Scope(m.group(1), m.group(2)), m.group(3), tx)
 
-    def tags_of(self, arn: str) -> dict[str, str]:
-        return dict(self._by_arn(arn).get("tags") or {})
+    def tags_of(self, arn: str, scope: Scope | None = None) -> dict[str, str]:
+        return dict(self._by_arn(arn, scope=scope).get("tags") or {})
 
-    def tag(self, arn: str, tags: dict[str, str]) -> None:
+    def tag(self, arn: str, tags: dict[str, str], scope: Scope | None = None) -> None:
         new = check_policy_tags(tags)
         with self.engine.transaction() as tx:
-            pol = self._by_arn(arn, tx)
+            pol = self._by_arn(arn, tx, scope)
             merged = check_policy_tags({**(pol.get("tags") or {}), **new})
             self.engine.service_put(NS_POLICY, pol["id"], dict(pol, tags=merged), tx=tx)
 
-    def untag(self, arn: str, keys: list[str]) -> None:
+    def untag(self, arn: str, keys: list[str], scope: Scope | None = None) -> None:
         if not isinstance(keys, list) or not 1 <= len(keys) <= 200:
             raise _bad("TagKeys must list 1 to 200 keys")
         with self.engine.transaction() as tx:
-            pol = self._by_arn(arn, tx)
+            pol = self._by_arn(arn, tx, scope)
             left = {k: v for k, v in (pol.get("tags") or {}).items() if k not in set(keys)}
             self.engine.service_put(NS_POLICY, pol["id"], dict(pol, tags=left), tx=tx)
 

@@ -194,3 +194,22 @@ def test_clock_route_refuses_moves_past_the_calendar(sim: Aws) -> None:
     assert sim.clock() == (200, {"now": "2025-01-01T00:00:00.000Z"})
     sim.restart()
     assert sim.clock() == (200, {"now": "2025-01-01T00:00:00.000Z"})
+
+
+def test_policy_tags_by_arn_are_scoped_to_the_endpoints_region(sim: Aws) -> None:
+    """A policy of us-east-1 is not found through us-west-2's endpoint, by ARN either."""
+    from test_aws_support import client
+
+    pid = sim.dlm.create_lifecycle_policy(ExecutionRoleArn=ROLE, Description="east",
+                                          State="ENABLED", PolicyDetails=details(),
+                                          Tags={"a": "b"})["PolicyId"]
+    arn = sim.dlm.get_lifecycle_policy(PolicyId=pid)["Policy"]["PolicyArn"]
+    west = client("dlm", sim.url, "us-west-2")
+    with sim.unchanged():
+        expect_error(west.tag_resource, "ResourceNotFoundException", 404, ResourceArn=arn,
+                     Tags={"c": "d"})
+        expect_error(west.untag_resource, "ResourceNotFoundException", 404, ResourceArn=arn,
+                     TagKeys=["a"])
+        expect_error(west.list_tags_for_resource, "ResourceNotFoundException", 404,
+                     ResourceArn=arn)
+    assert sim.dlm.list_tags_for_resource(ResourceArn=arn)["Tags"] == {"a": "b"}
