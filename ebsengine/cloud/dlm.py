@@ -772,6 +772,15 @@ class Lifecycle:
         with self.engine.transaction() as tx:
             self.engine.service_put(NS_MADE, key, None, tx=tx)
 
+    def _next_run(self, policy_id: str, at: float, tx: Transaction) -> float | None:
+        """The policy's first creation time after ``at`` (when a kept record is looked at
+        again), or None."""
+        pol = self.engine.service_get(NS_POLICY, policy_id, tx=tx)
+        times = [t for t in (self.next_slot(s, at) for s in
+                             (pol or {}).get("details", {}).get("Schedules", []))
+                 if t is not None]
+        return min(times) if times else None
+
     def _expire(self, policy_id: str, at: float) -> None:
         for key, rec in self.engine.service_items(NS_MADE, policy_id + "/"):
             exp = rec.get("expires")
@@ -786,7 +795,8 @@ class Lifecycle:
                         persist_clock(self.cloud.clock, tx)
                     else:  # kept (in use): look again at the next run, not in a loop
                         self.engine.service_put(NS_MADE, key, dict(
-                            self.engine.service_get(NS_MADE, key, tx=tx), expires=None), tx=tx)
+                            self.engine.service_get(NS_MADE, key, tx=tx),
+                            expires=self._next_run(policy_id, at, tx)), tx=tx)
 
 
 __all__ = ["DLM_NAMESPACES", "NS_MADE", "NS_POLICY", "NS_RUN", "POLICY_TAG", "SCHEDULE_TAG",

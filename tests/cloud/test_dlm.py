@@ -271,3 +271,24 @@ def test_the_wall_clock_thread_runs_due_work_by_itself() -> None:
     snaps = dlm_snaps(eng, pid)
     assert [s.volume_id for s in snaps] == [vid]
     eng.close()
+
+
+def test_an_expired_snapshot_an_ami_uses_goes_once_the_ami_is_deregistered() -> None:
+    """Age retention keeps a snapshot an AMI uses (DeleteSnapshot would refuse) and looks
+    again at the next run: once the AMI is gone, the snapshot goes too."""
+    eng, cloud, clock = make()
+    volume(eng)
+    pid = policy(cloud, every(24, {"Interval": 1, "IntervalUnit": "DAYS"}))
+    clock.advance(24 * HOUR)  # the first snapshot, at day 1
+    (first,) = dlm_snaps(eng, pid)
+    image = cloud.images.register(
+        SCOPE, name="from-dlm", root_device_name="/dev/xvda", architecture="x86_64",
+        virtualization_type="hvm", block_device_mappings=[{"DeviceName": "/dev/xvda", "Ebs": {
+            "SnapshotId": first.id, "VolumeSize": 1, "VolumeType": "gp3"}}])
+    clock.advance(2 * 24 * HOUR)  # the first one expired at day 2: kept, the AMI uses it
+    assert first.id in {s.id for s in dlm_snaps(eng, pid)}
+    cloud.images.deregister(SCOPE, image.id)
+    clock.advance(24 * HOUR)
+    assert first.id not in {s.id for s in dlm_snaps(eng, pid)}
+    assert first.id not in {s for r in cloud.dlm.made(pid) for s in r["snapshots"]}
+    assert eng.fsck().ok and cloud.check() == []
