@@ -156,7 +156,9 @@ class MasterKey:
             os.makedirs(directory, mode=0o700, exist_ok=True)
             os.chmod(directory, 0o700)
         key = os.urandom(KEY_BYTES)
-        tmp = os.path.join(directory, f".{os.path.basename(self.path)}.{os.getpid()}.tmp")
+        # a random name: a crashed creator's leftover (same pid after a restart) never blocks
+        tmp = os.path.join(directory, f".{os.path.basename(self.path)}."
+                                      f"{os.getpid()}.{os.urandom(8).hex()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.fchmod(fd, 0o600)

@@ -192,3 +192,17 @@ def test_ciphertext_bound_to_context_and_key(mk):
             assert info.value.code == "InvalidCiphertextException"
         # two encryptions of one plaintext differ (a fresh salt each)
         assert eng.kms.encrypt(k.id, b"same", R, A)[0] != eng.kms.encrypt(k.id, b"same", R, A)[0]
+
+
+def test_master_key_creation_survives_a_stale_temporary_file(tmp_path, mk):
+    """A crash between writing the temporary file and linking it leaves the file behind; a
+    later process with the same pid (a container's pid 1 at every start) must still create
+    the key (the temporary name was the pid alone: O_EXCL then failed forever)."""
+    from ebsengine.kms.crypto import MasterKey
+
+    os.makedirs(os.path.dirname(mk), mode=0o700)
+    stale = os.path.join(os.path.dirname(mk), f".master.key.{os.getpid()}.tmp")
+    Path(stale).write_text("half a key")
+    key = MasterKey(mk).load(create=True)
+    assert len(key) == 32 and MasterKey(mk).load(create=False) == key
+    assert stat.S_IMODE(os.stat(mk).st_mode) == 0o600
