@@ -75,9 +75,9 @@ ASYMMETRIC_SPECS = ("RSA_2048", "RSA_3072", "RSA_4096", "ECC_NIST_P256", "ECC_NI
                     "ECC_NIST_P521", "ECC_SECG_P256K1", "SM2", "ML_DSA_44", "ML_DSA_65",
                     "ML_DSA_87", "ECC_NIST_EDWARDS25519")
 MAX_TAGS = 50
-_ALIAS_RE = re.compile(r"^alias/[a-zA-Z0-9/_-]+$")
-_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_ARN_RE = re.compile(r"^arn:aws[a-z-]*:kms:([a-z0-9-]+):(\d{12}):(key/.+|alias/.+)$")
+_ALIAS_RE = re.compile(r"^alias/[a-zA-Z0-9/_-]+\Z")
+_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+_ARN_RE = re.compile(r"^arn:aws[a-z-]*:kms:([a-z0-9-]+):(\d{12}):(key/.+|alias/.+)\Z")
 
 Clock = Callable[[], float]
 #: ``unit(txn)``: a write transaction (the caller's ``txn`` resolved, else a unit of its own)

@@ -374,3 +374,15 @@ def test_cli_endpoint_client_factory_region(tmp_path):
         assert a.kms.list_keys()["Keys"] == []
     finally:
         a.stop()
+
+
+def test_alias_and_key_names_are_matched_whole(aws):
+    """A trailing newline is not part of a valid name (a ``$`` anchor let it through)."""
+    kid = new_key(aws)
+    aws.kms.create_alias(AliasName="alias/ok", TargetKeyId=kid)
+    with aws.unchanged():
+        expect_error(aws.kms.create_alias, "ValidationException", 400,
+                     AliasName="alias/foo\n", TargetKeyId=kid)
+        expect_error(aws.kms.describe_key, "NotFoundException", 400,
+                     KeyId=f"arn:aws:kms:us-east-1:{ACCOUNT}:alias/ok\n")
+    assert [a["AliasName"] for a in aws.kms.list_aliases(KeyId=kid)["Aliases"]] == ["alias/ok"]
