@@ -684,6 +684,10 @@ class KeyService:
         """ReEncrypt: ``(new blob, source key, destination key)``."""
         _encode_context(source_context)
         _encode_context(destination_context)
+        if self._managed_name(destination_key_id, region, account) is not None:
+            with self._reading(txn) as t:  # refuse a bad source before making the managed key
+                self._open_blob(t, blob, region, account, self.clock(), source_key_id,
+                                source_context)
         self._ensure_managed(destination_key_id, region, account, txn)
         with self._reading(txn) as t:
             now = self.clock()

@@ -386,3 +386,17 @@ def test_alias_and_key_names_are_matched_whole(aws):
         expect_error(aws.kms.describe_key, "NotFoundException", 400,
                      KeyId=f"arn:aws:kms:us-east-1:{ACCOUNT}:alias/ok\n")
     assert [a["AliasName"] for a in aws.kms.list_aliases(KeyId=kid)["Aliases"]] == ["alias/ok"]
+
+
+def test_refused_re_encrypt_does_not_make_the_managed_key(aws):
+    """ReEncrypt to alias/aws/ebs of a ciphertext that does not open is refused before the
+    AWS-managed key is made on first use."""
+    kid = new_key(aws)
+    blob = bytearray(aws.kms.encrypt(KeyId=kid, Plaintext=b"secret")["CiphertextBlob"])
+    blob[-1] ^= 1
+    with aws.unchanged():
+        expect_error(aws.kms.re_encrypt, "InvalidCiphertextException", 400,
+                     CiphertextBlob=bytes(blob), DestinationKeyId="alias/aws/ebs")
+    good = aws.kms.encrypt(KeyId=kid, Plaintext=b"secret")["CiphertextBlob"]
+    out = aws.kms.re_encrypt(CiphertextBlob=good, DestinationKeyId="alias/aws/ebs")
+    assert aws.kms.decrypt(CiphertextBlob=out["CiphertextBlob"])["Plaintext"] == b"secret"
