@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -138,8 +139,11 @@ class Meter:
         self._lock = threading.Lock()
         self._counts: dict[tuple[str, int, str], int] = {}
         self._last_flush: float | None = None
-        #: per open unit of work: (snapshot ids, volume ids) to sample once it commits
-        self._sampling: dict[int, tuple[set[str], set[str]]] = {}
+        #: per open unit of work: (snapshot ids, volume ids) to sample once it commits; weak,
+        #: so a unit that aborts leaves nothing behind (an id() key outlived it and could be
+        #: found again by a later unit given the same id)
+        self._sampling: weakref.WeakKeyDictionary[Transaction, tuple[set[str], set[str]]] = \
+            weakref.WeakKeyDictionary()
 
     @property
     def engine(self) -> Any:
@@ -275,13 +279,12 @@ class Meter:
                     doc["volume"] = snap.volume_id
                     self.engine.service_put(NS_LEDGER, f"snapshot:{snap.id}", doc, tx=tx)
             touched.add(snap.id)
-        key = id(tx)
-        pending = self._sampling.get(key)
+        pending = self._sampling.get(tx)
         if pending is None:
-            pending = self._sampling[key] = (set(), set())
+            pending = self._sampling[tx] = (set(), set())
 
-            def after() -> None:
-                ids, vols = self._sampling.pop(key, (set(), set()))
+            def after(pending: tuple[set[str], set[str]] = pending) -> None:
+                ids, vols = pending
                 for vid in vols:
                     ids |= {s.id for s in self.engine.list_snapshots(vid)}
                 if ids:

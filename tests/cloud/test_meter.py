@@ -122,3 +122,37 @@ def test_reset_wipes_the_ledger(env: tuple[Cloud, Clock]) -> None:
     assert cloud.meter.records()
     cloud.reset()
     assert cloud.meter.records() == []
+
+
+def _metered_then_refused(cloud: Cloud, vid: str) -> None:
+    try:
+        with cloud.engine.transaction(flush=[vid]) as tx:
+            snap = cloud.engine.create_snapshot(vid, tx=tx)
+            cloud.meter.snapshot(tx, snap.id)
+            raise RuntimeError("refused after metering")
+    except RuntimeError:
+        pass
+
+
+def test_an_aborted_unit_leaves_nothing_to_sample_behind(env: tuple[Cloud, Clock]) -> None:
+    """What to sample after a unit was kept by ``id(tx)`` and dropped only by the unit's
+    after-commit: every unit that metered a snapshot and then aborted left its entry for
+    good (a long-running server's memory grew with each), and a later unit whose
+    Transaction got the same id found it there, so registered no sampling of its own."""
+    import gc
+
+    cloud, _ = env
+    eng = cloud.engine
+    vid = eng.create_volume(1, "gp3", availability_zone="us-east-1a").id
+    for _ in range(3):
+        _metered_then_refused(cloud, vid)
+    gc.collect()
+    assert len(cloud.meter._sampling) == 0
+    with eng.open_volume(vid) as dev:
+        dev.pwrite(os.urandom(1 << 20), 0)
+        dev.flush()
+    with eng.transaction(flush=[vid]) as tx:
+        snap = eng.create_snapshot(vid, tx=tx)
+        cloud.meter.snapshot(tx, snap.id)
+    doc = eng.service_get(NS_LEDGER, f"snapshot:{snap.id}")
+    assert doc["entries"][-1][1] == {"bytes": eng.stored_bytes(snap.id)} != {"bytes": 0}
