@@ -646,7 +646,23 @@ class Lifecycle:
             return []
         mine = [(k, v) for k, v in self.engine.service_items(NS_MADE, pol["id"] + "/", tx=tx)
                 if v["schedule"] == sched["Name"] and v["resource"] == resource]
-        return mine[:max(0, len(mine) - int(count))]
+        # what the user deleted does not count (its record goes, deleting nothing)
+        gone = [(k, v) for k, v in mine if not self._still_there(v, tx)]
+        live = [(k, v) for k, v in mine if (k, v) not in gone]
+        return gone + live[:max(0, len(live) - int(count))]
+
+    def _still_there(self, rec: dict[str, Any], tx: Transaction | None) -> bool:
+        """Whether anything a made record names still exists (its AMI, else a snapshot)."""
+        if rec.get("image"):
+            img = self.cloud.image_table.get(rec["image"], tx=tx)
+            return img is not None and img.state not in ("deregistered", "failed")
+        for sid in rec["snapshots"]:
+            try:
+                self.engine.get_snapshot(sid, tx=tx)
+                return True
+            except errors.NotFound:
+                continue
+        return False
 
     def _snapshot_volume(self, pol: dict[str, Any], sched: dict[str, Any], vid: str,
                          at: float) -> None:

@@ -292,3 +292,22 @@ def test_an_expired_snapshot_an_ami_uses_goes_once_the_ami_is_deregistered() -> 
     assert first.id not in {s.id for s in dlm_snaps(eng, pid)}
     assert first.id not in {s for r in cloud.dlm.made(pid) for s in r["snapshots"]}
     assert eng.fsck().ok and cloud.check() == []
+
+
+def test_count_retention_counts_only_the_snapshots_still_there() -> None:
+    """Retain 3: the user deletes the two newest; the next run must keep the oldest (3 are
+    allowed, 2 remain), as AWS counts the policy's snapshots that exist. Records of deleted
+    snapshots counted, so the run deleted a backup it should have kept."""
+    eng, cloud, clock = make()
+    volume(eng)
+    pid = policy(cloud, every(12, {"Count": 3}))
+    clock.advance(36 * HOUR)
+    oldest, *newest = dlm_snaps(eng, pid)
+    assert len(newest) == 2
+    for s in newest:
+        eng.delete_snapshot(s.id)
+    clock.advance(12 * HOUR)
+    left = dlm_snaps(eng, pid)
+    assert len(left) == 2 and left[0].id == oldest.id
+    assert [r["snapshots"] for r in cloud.dlm.made(pid)] == [[s.id] for s in left]
+    assert cloud.check() == []
