@@ -100,6 +100,11 @@ def check_filter(expr: Mapping[str, Any]) -> None:
         raise _invalid("The filter expression is empty")
 
 
+#: the longest period of one report: 14 days at HOURLY (as AWS), 10 years otherwise
+HOURLY_SPAN = 14 * 86400
+MAX_SPAN = 3660 * 86400
+
+
 class CeModel:
     """The Cost Explorer operations this endpoint answers (``AWSInsightsIndexService.*``)."""
 
@@ -123,6 +128,10 @@ class CeModel:
         end = parse_day(p["TimePeriod"]["End"], hourly)
         if end <= start:
             raise _invalid("Start date (and hour) should be before end date (and hour)")
+        if hourly and end - start > HOURLY_SPAN:  # AWS keeps hourly data for 14 days
+            raise _invalid("HOURLY granularity is only available for up to 14 days")
+        if end - start > MAX_SPAN:  # one report's buckets stay bounded
+            raise _invalid("The time period may span at most 10 years")
         metrics = list(p["Metrics"])
         if not metrics:
             raise _invalid("Metrics must not be empty")

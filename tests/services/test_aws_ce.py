@@ -239,3 +239,21 @@ def test_refused_reports_do_not_reconcile_first(env: tuple[Aws, Clock]) -> None:
                      TimePeriod=period, Granularity="DAILY", Metrics=["UnblendedCost"],
                      Filter={"Or": [{"Tags": {"Key": "a", "Values": ["b"]}},
                                     {"CostCategories": {"Key": "c", "Values": ["d"]}}]})
+
+
+def test_report_periods_are_bounded(env: tuple[Aws, Clock]) -> None:
+    """HOURLY covers at most 14 days (as AWS), any report at most 10 years: a request for
+    millions of buckets is refused before any work, and changes nothing."""
+    aws, _clock = env
+    ce = _ce(aws)
+    with aws.unchanged():
+        expect_error(ce.get_cost_and_usage, "ValidationException", 400,
+                     TimePeriod={"Start": "2025-01-01T00:00:00Z", "End": "2025-01-16T00:00:00Z"},
+                     Granularity="HOURLY", Metrics=["UnblendedCost"])
+        expect_error(ce.get_cost_and_usage, "ValidationException", 400,
+                     TimePeriod={"Start": "1900-01-01", "End": "2100-01-01"},
+                     Granularity="DAILY", Metrics=["UnblendedCost"])
+    ok = ce.get_cost_and_usage(TimePeriod={"Start": "2025-01-01T00:00:00Z",
+                                           "End": "2025-01-15T00:00:00Z"},
+                               Granularity="HOURLY", Metrics=["UnblendedCost"])
+    assert len(ok["ResultsByTime"]) == 14 * 24
