@@ -82,6 +82,9 @@ class Served:
             out = b"".join(c.pread(off, min(NBD_CHUNK, length - off))
                            for off in range(0, length, NBD_CHUNK))
             c.disc()
+            # the server releases the volume before it closes the connection: once EOF is
+            # seen, the volume is no longer open (TerminateInstances may delete it)
+            assert c.is_closed(wait=30)
         return out
 
     def nbd_write(self, volume_id: str, offset: int, data: bytes) -> None:
@@ -90,6 +93,7 @@ class Served:
             c.pwrite(offset, data)
             c.cmd(nc.CMD_FLUSH)
             c.disc()
+            assert c.is_closed(wait=30)
 
 
 @pytest.fixture
