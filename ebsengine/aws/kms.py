@@ -20,8 +20,6 @@ from ebsengine.kms import Alias, KeyService, KmsKey
 from .errors import ApiError
 from .store import Context
 
-TARGET_PREFIX = "TrentService."
-CONTENT_TYPE = "application/x-amz-json-1.1"
 ALGORITHM = "SYMMETRIC_DEFAULT"
 
 #: HTTP status of a KMS error code; anything else is 400
