@@ -40,9 +40,6 @@ from .ec2 import Ec2Model, ModificationRules
 from .errors import ApiError, ebs_error, ec2_error
 from .jsonproto import CONTENT_TYPE as JSON_CONTENT_TYPE
 from .jsonproto import JsonModel, JsonProtocol
-from .kms import CONTENT_TYPE as KMS_CONTENT_TYPE
-from .kms import TARGET_PREFIX as KMS_TARGET
-from .kms import JsonProtocol as KmsJsonProtocol
 from .kms import KmsModel, kms_error
 from .shapes import Ec2Protocol, RestJsonProtocol, RestRequest
 from .store import AwsStore, Context
@@ -91,6 +88,16 @@ def _status(code: int) -> str:
         return f"{code} Error"
 
 
+#: an exception -> ``(code, message, HTTP status)`` of a JSON-protocol service
+ErrorTable = Callable[[BaseException], tuple[str, str, int]]
+
+
+def _ebs_style_error(exc: BaseException) -> tuple[str, str, int]:
+    """Cost Explorer's errors: the EBS direct APIs' table (ValidationException & co.)."""
+    code, message, status, _reason = ebs_error(exc)
+    return code, message, status
+
+
 class AwsApp:
     """WSGI application: parse -> call the model -> render."""
 
@@ -113,13 +120,13 @@ class AwsApp:
         self.ec2 = Ec2Model(self.store, modification=modification, cloud=self.cloud)
         self.ebs = EbsModel(self.store)
         self.ebs.meter = self.cloud.meter
-        #: JSON-protocol services by X-Amz-Target prefix: (protocol, model, signing name)
-        self.json_services: dict[str, tuple[JsonProtocol, JsonModel, str]] = {}
-        self.add_json_service(JsonProtocol("ce"), CeModel(self.cloud))
-        # KMS (JSON protocol, X-Amz-Target: TrentService.*) over the engine's key service,
-        # on this app's clock
+        #: JSON-protocol services by X-Amz-Target prefix:
+        #: (protocol, model, signing name, error table)
+        self.json_services: dict[str, tuple[JsonProtocol, JsonModel, str, ErrorTable]] = {}
+        self.add_json_service(JsonProtocol("ce"), CeModel(self.cloud), _ebs_style_error)
+        # KMS over the engine's key service, on this app's clock
         self.kms = KmsModel(engine.kms.bind(self.store.clock))
-        self.kms_protocol = KmsJsonProtocol("kms")
+        self.add_json_service(JsonProtocol("kms"), self.kms, kms_error)
         self.ec2_protocol = Ec2Protocol()
         self.ebs_protocol = RestJsonProtocol("ebs")
         self.dlm = DlmModel(self.cloud)
@@ -130,11 +137,13 @@ class AwsApp:
         #: ``POST /moto-api/reset`` wipes every resource (moto's server mode); off unless asked
         self.allow_reset = allow_reset
 
-    def add_json_service(self, protocol: JsonProtocol, model: JsonModel) -> None:
-        """Answer ``X-Amz-Target: <protocol.target_prefix>.<Operation>`` with ``model``."""
+    def add_json_service(self, protocol: JsonProtocol, model: JsonModel,
+                         errors: ErrorTable) -> None:
+        """Answer ``X-Amz-Target: <protocol.target_prefix>.<Operation>`` with ``model``;
+        ``errors`` turns an exception into ``(code, message, HTTP status)``."""
         signing = str(protocol.model.metadata.get("signingName")
                       or protocol.model.metadata.get("endpointPrefix", ""))
-        self.json_services[protocol.target_prefix] = (protocol, model, signing)
+        self.json_services[protocol.target_prefix] = (protocol, model, signing, errors)
 
     def close(self) -> None:
         """Persist what is held in memory (the EBS direct API call counters)."""
@@ -149,8 +158,6 @@ class AwsApp:
         if path.startswith("/snapshots"):
             return self._ebs(environ, start_response, path)
         target = environ.get("HTTP_X_AMZ_TARGET") or ""
-        if target.startswith(KMS_TARGET) and environ.get("REQUEST_METHOD") == "POST":
-            return self._kms(environ, start_response, target[len(KMS_TARGET):])
         if target and "." in target and target.split(".", 1)[0] in self.json_services:
             return self._json(environ, start_response, target)
         if path == "/policies" or path.startswith(("/policies/", "/tags/")):
@@ -250,7 +257,7 @@ class AwsApp:
               target: str) -> Iterable[bytes]:
         ctx, _ = self._context(environ)
         prefix, operation = target.split(".", 1)
-        protocol, model, signing = self.json_services[prefix]
+        protocol, model, signing, errors = self.json_services[prefix]
         try:
             if environ.get("REQUEST_METHOD") != "POST":
                 raise ApiError("UnknownOperationException", "Use POST for this service", status=400)
@@ -264,44 +271,16 @@ class AwsApp:
             body_out = protocol.render_json(operation, model.call(ctx, operation, params))
             status = 200
             headers = [("Content-Type", JSON_CONTENT_TYPE)]
-        except Exception as exc:  # the error table is EBS's (ValidationException & co.)
+        except Exception as exc:  # each service's own error table
             if not isinstance(exc, (ApiError, engine_errors.EbsError)):
                 log.exception("%s request failed", prefix)
-            code, message, status, _reason = ebs_error(exc)
+            code, message, status = errors(exc)
             body_out = protocol.render_json_error(code, message)
             headers = [("Content-Type", JSON_CONTENT_TYPE), ("x-amzn-ErrorType", code)]
         headers += [("Content-Length", str(len(body_out))), ("x-amzn-RequestId", ctx.request_id)]
         start_response(_status(status), headers)
         return [body_out]
 
-    # KMS (JSON protocol)
-
-    def _kms(self, environ: dict[str, Any], start_response: StartResponse,
-             operation: str) -> Iterable[bytes]:
-        ctx, _ = self._context(environ)
-        try:
-            body = self._read_body(environ)
-            self.auth.verify(environ, "kms", ctx.region, body)
-            if not (self.kms_protocol.has_operation(operation) and self.kms.supports(operation)):
-                raise ApiError("UnknownOperationException",
-                               f"The operation {operation} is not supported by ebsengine's KMS")
-            params = self.kms_protocol.parse(operation, body)
-            out = self.kms_protocol.render(operation, self.kms.call(ctx, operation, params))
-            status = 200
-            headers = []
-        except Exception as exc:  # one translation table: kms.kms_error
-            if not isinstance(exc, (ApiError, engine_errors.EbsError)):
-                log.exception("KMS request failed")
-            code, message, status = kms_error(exc)
-            out = self.kms_protocol.render_error(code, message)
-            headers = [("x-amzn-ErrorType", code)]
-        start_response(_status(status), [
-            ("Content-Type", KMS_CONTENT_TYPE),
-            ("Content-Length", str(len(out))),
-            ("x-amzn-RequestId", ctx.request_id),
-            *headers,
-        ])
-        return [out]
 
     # moto server mode: POST /moto-api/reset
 
