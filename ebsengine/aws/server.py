@@ -21,7 +21,9 @@ import http
 import json
 import logging
 import re
+import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -52,6 +54,10 @@ DEFAULT_REGION = "us-east-1"
 DEFAULT_ACCOUNT = "123456789012"
 #: largest request body read (PutSnapshotBlock is exactly one block; JSON/form bodies are small)
 MAX_BODY = 2 * BLOCK_SIZE
+#: after an early refusal (414...), how much of the rest of the request is read and thrown
+#: away before the connection closes (see ``_QuietHandler._drain``)
+LINGER_BYTES = 8 * 1024 * 1024
+LINGER_SECONDS = 5.0
 #: moto's state reset (see :meth:`AwsApp._reset`)
 RESET_PATH = "/moto-api/reset"
 #: the simulated clock's control (``serve --clock simulated``; 404 on the wall clock)
@@ -185,7 +191,12 @@ class AwsApp:
         length_text = environ.get("CONTENT_LENGTH")
         if not length_text:
             if environ.get("wsgi.input_terminated"):
-                data = stream.read(MAX_BODY + 1)
+                try:  # a chunked body: werkzeug decodes it and says OSError when it is bad
+                    data = stream.read(MAX_BODY + 1)
+                except OSError as exc:
+                    raise ApiError("ValidationException",
+                                   f"Malformed chunked request body ({exc})",
+                                   status=400) from None
                 if len(data) > MAX_BODY:
                     raise ApiError("ValidationException", "Request body too large", status=413)
                 return data  # type: ignore[no-any-return]
@@ -429,6 +440,43 @@ class _QuietHandler(WSGIRequestHandler):
     """
 
     timeout = 60
+    _linger = False
+
+    def send_error(self, code: int, message: str | None = None,
+                   explain: str | None = None) -> None:
+        # http.server's own refusals (414 URI too long, 431 header too large, 400 bad request
+        # line) answer before the request was read to its end, then close
+        self._linger = True
+        super().send_error(code, message, explain)
+
+    def handle_one_request(self) -> None:
+        super().handle_one_request()
+        if self._linger:
+            self._linger = False
+            self._drain()
+
+    def _drain(self) -> None:
+        """Lingering close: closing a socket with unread input makes the kernel reset the
+        connection, and the reset destroys the error response still unread at the client
+        (which sees a broken pipe instead of the 414). Send the response and our FIN, then
+        read what the client still sends, bounded in bytes and time."""
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + LINGER_SECONDS
+            left = LINGER_BYTES
+            while left > 0:
+                wait = deadline - time.monotonic()
+                if wait <= 0:
+                    break
+                self.connection.settimeout(wait)
+                data = self.rfile.read1(min(left, 65536))
+                if not data:
+                    break
+                left -= len(data)
+        except OSError:
+            pass
+        self.close_connection = True
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         return None
