@@ -266,7 +266,8 @@ def cmd_serve(eng: Engine, a: argparse.Namespace, out: Out) -> int:
             start = a.clock.split("=", 1)[1] if "=" in a.clock else None
             clock = SimulatedClock(start, engine=eng)
         api = ApiServer(eng, a.host, a.http_port, allow_reset=a.allow_reset,
-                        cloud_config=config, clock=clock, seed_images=a.seed_images)
+                        cloud_config=config, clock=clock, seed_images=a.seed_images,
+                        allow_origins=a.allow_origin or (), allow_hosts=a.allow_host or ())
         services.append(api)
         cloud = getattr(getattr(api, "app", None), "cloud", None)
         if cloud is not None and not clock.simulated:
@@ -521,6 +522,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="address to bind TCP listeners to")
     s.add_argument("--http-port", type=int, default=8788,
                    help="port of the AWS-compatible API (default 8788; 0 disables)")
+    s.add_argument("--allow-origin", action="append", metavar="URL",
+                   help="accept requests a web page at this origin (scheme://host[:port]; "
+                        "'*' for any) makes a browser send; repeatable (default: refused, 403)")
+    s.add_argument("--allow-host", action="append", metavar="NAME",
+                   help="accept this Host header (NAME or NAME:PORT) besides the server's "
+                        "own address; repeatable (default: other names refused, 403)")
     s.add_argument("--allow-reset", action="store_true",
                    help="enable POST /moto-api/reset, which deletes EVERY resource of the store "
                         "(for test suites written for moto's server mode)")
