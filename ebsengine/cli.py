@@ -3,7 +3,8 @@
 Tables for people, ``--json`` for scripts. Exit codes (stable, scripts rely on them):
 0 success, 1 internal error, 2 bad arguments or parameter values, 3 not found,
 4 wrong state (in use, read-only, disabled key, ...), 5 store full or locked, 6 fsck found
-problems, 7 the master key file is missing, wrong or unusable (``--master-key``).
+problems, 7 the master key file is missing, wrong or unusable (``--master-key``), 8 the
+store's permissions are looser than 0700/0600 (``--fix-permissions``).
 User errors print one line on stderr and no traceback.
 """
 
@@ -254,7 +255,7 @@ def cmd_serve(eng: Engine, a: argparse.Namespace, out: Out) -> int:
     tcp = (a.host, a.nbd_port) if a.nbd_port else None
     services: list[Service] = []
     if unix is not None or tcp is not None:
-        services.append(NbdServer(eng, unix, tcp))
+        services.append(NbdServer(eng, unix, tcp, socket_group=a.socket_group))
     if a.http_port:
         from .cloud import CloudConfig
         from .cloud.clock import SchedulerThread, SimulatedClock, WallClock
@@ -265,7 +266,8 @@ def cmd_serve(eng: Engine, a: argparse.Namespace, out: Out) -> int:
             start = a.clock.split("=", 1)[1] if "=" in a.clock else None
             clock = SimulatedClock(start, engine=eng)
         api = ApiServer(eng, a.host, a.http_port, allow_reset=a.allow_reset,
-                        cloud_config=config, clock=clock, seed_images=a.seed_images)
+                        cloud_config=config, clock=clock, seed_images=a.seed_images,
+                        allow_origins=a.allow_origin or (), allow_hosts=a.allow_host or ())
         services.append(api)
         cloud = getattr(getattr(api, "app", None), "cloud", None)
         if cloud is not None and not clock.simulated:
@@ -414,6 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--master-key", default=None, metavar="PATH",
                    help="master key file sealing the store's KMS keys (default: "
                         "$EBSENGINE_MASTER_KEY or ~/.config/ebsengine/master.key)")
+    p.add_argument("--fix-permissions", action="store_true",
+                   help="tighten a store whose directory or files give its group or others "
+                        "access (to 0700/0600) instead of refusing it (exit 8)")
     p.add_argument("--version", action="version", version=f"ebsengine {__version__}")
     # --store and --json are accepted before or after the command.
     common = argparse.ArgumentParser(add_help=False)
@@ -422,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print JSON for scripts")
     common.add_argument("--master-key", default=argparse.SUPPRESS, metavar="PATH",
+                        help=argparse.SUPPRESS)
+    common.add_argument("--fix-permissions", action="store_true", default=argparse.SUPPRESS,
                         help=argparse.SUPPRESS)
 
     class CommandParser(argparse.ArgumentParser):
@@ -509,9 +516,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Unix socket path for NBD (default: STORE/nbd.sock; 'none' disables)")
     s.add_argument("--nbd-port", type=int, default=10809,
                    help="loopback TCP port for NBD (default 10809; 0 disables)")
+    s.add_argument("--socket-group", default=None, metavar="GROUP",
+                   help="make the NBD Unix socket this group's, mode 0660 (default: 0600, "
+                        "the owner's alone)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind TCP listeners to")
     s.add_argument("--http-port", type=int, default=8788,
                    help="port of the AWS-compatible API (default 8788; 0 disables)")
+    s.add_argument("--allow-origin", action="append", metavar="URL",
+                   help="accept requests a web page at this origin (scheme://host[:port]; "
+                        "'*' for any) makes a browser send; repeatable (default: refused, 403)")
+    s.add_argument("--allow-host", action="append", metavar="NAME",
+                   help="accept this Host header (NAME or NAME:PORT) besides the server's "
+                        "own address; repeatable (default: other names refused, 403)")
     s.add_argument("--allow-reset", action="store_true",
                    help="enable POST /moto-api/reset, which deletes EVERY resource of the store "
                         "(for test suites written for moto's server mode)")
@@ -595,7 +611,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = parser.parse_args(argv)
     out = Out(a.json)
     try:
-        with Engine(a.store, master_key=a.master_key) as eng:
+        with Engine(a.store, master_key=a.master_key,
+                    fix_permissions=a.fix_permissions) as eng:
             return COMMANDS[a.command](eng, a, out)
     except EbsError as exc:
         if a.json:

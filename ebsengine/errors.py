@@ -228,6 +228,16 @@ class StoreLocked(EbsError):
     exit_code = 5
 
 
+class InsecureStore(EbsError):
+    """The store's directory or one of its files is open to its group or to others (mode
+    beyond 0700 for the directory, 0600 for files): the store is its owner's alone, as
+    PostgreSQL's data directory is. Nothing was changed; ``--fix-permissions``
+    (``Engine(path, fix_permissions=True)``) tightens the modes and opens it."""
+
+    code = "InsecureStore"
+    exit_code = 8
+
+
 class CorruptStore(EbsError):
     """The store violates one of its invariants (see ``layout.py``); run ``ebsengine fsck``."""
 

@@ -21,11 +21,13 @@ import http
 import json
 import logging
 import re
+import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
@@ -52,10 +54,21 @@ DEFAULT_REGION = "us-east-1"
 DEFAULT_ACCOUNT = "123456789012"
 #: largest request body read (PutSnapshotBlock is exactly one block; JSON/form bodies are small)
 MAX_BODY = 2 * BLOCK_SIZE
+#: after an early refusal (414...), how much of the rest of the request is read and thrown
+#: away before the connection closes (see ``_QuietHandler._drain``)
+LINGER_BYTES = 8 * 1024 * 1024
+LINGER_SECONDS = 5.0
 #: moto's state reset (see :meth:`AwsApp._reset`)
 RESET_PATH = "/moto-api/reset"
 #: the simulated clock's control (``serve --clock simulated``; 404 on the wall clock)
 CLOCK_PATH = "/_ebsengine/clock"
+
+#: names that always reach a loopback server (with its port); plus the bound address itself
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+#: EC2 Query actions that only read: the ones a GET may carry (a browser sends a GET, with
+#: no Origin and perhaps no Referer, from any page's <img>: it must never change state)
+READ_ONLY_PREFIXES = ("Describe", "Get", "List")
+_WILDCARDS = frozenset({"", "0.0.0.0", "::"})
 
 _CREDENTIAL_RE = re.compile(r"Credential=([^/,\s]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request")
 
@@ -79,6 +92,29 @@ class AcceptAll:
 
     def verify(self, environ: dict[str, Any], service: str, region: str, payload: Any) -> None:
         return None
+
+
+def _origin_key(value: str) -> str:
+    """``scheme://host[:port]`` of an origin or URL, lowercase (``null`` and ``*`` as
+    they are)."""
+    value = value.strip()
+    if value in ("*", "null"):
+        return value
+    try:
+        u = urlsplit(value)
+    except ValueError:
+        return value.lower()
+    return f"{u.scheme}://{u.netloc}".lower()
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _status(code: int) -> str:
@@ -105,7 +141,8 @@ class AwsApp:
                  modification: ModificationRules | None = None,
                  authenticator: Authenticator | None = None, clock: Callable[[], float] | None = None,
                  cloud_config: CloudConfig | None = None, allow_reset: bool = False,
-                 seed_images: list[dict[str, Any]] | None = None) -> None:
+                 seed_images: list[dict[str, Any]] | None = None,
+                 allow_origins: Iterable[str] = (), allow_hosts: Iterable[str] = ()) -> None:
         # one clock object for the store, the cloud layer and its scheduler
         self.clock: Callable[[], float] = clock if clock is not None else WallClock()
         self.cloud = Cloud(engine, clock=self.clock, config=cloud_config)
@@ -136,6 +173,12 @@ class AwsApp:
         self.auth: Authenticator = authenticator or AcceptAll()
         #: ``POST /moto-api/reset`` wipes every resource (moto's server mode); off unless asked
         self.allow_reset = allow_reset
+        #: browser-borne requests: an Origin/Referer of another site, or a Host that is not
+        #: this server's (DNS rebinding), are refused unless allowed here (see _browser_refusal)
+        self.allow_origins = {_origin_key(o) for o in allow_origins}
+        self.allow_hosts = {h.lower().rstrip(".") for h in allow_hosts}
+        #: (host, port) the server listens on; set by ApiServer.start (None: any port)
+        self.bound: tuple[str, int] | None = None
 
     def add_json_service(self, protocol: JsonProtocol, model: JsonModel,
                          errors: ErrorTable) -> None:
@@ -151,6 +194,7 @@ class AwsApp:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO") or "/"
+        environ["ebsengine.refused"] = self._browser_refusal(environ)
         if path == RESET_PATH:
             return self._reset(environ, start_response)
         if path == CLOCK_PATH:
@@ -165,6 +209,69 @@ class AwsApp:
         return self._ec2(environ, start_response)
 
     # helpers
+
+    @staticmethod
+    def _guard(environ: dict[str, Any], code: str) -> None:
+        """Refuse (403, ``code``) a request :meth:`_browser_refusal` found browser-borne."""
+        refused = environ.get("ebsengine.refused")
+        if refused:
+            raise ApiError(code, refused, status=403)
+
+    def _host_ok(self, host: str, port: int | None) -> bool:
+        """Whether ``host:port`` names this server: a loopback name or the bound address on
+        its port, any IP literal when bound to all interfaces, or an allowed host."""
+        host = host.lower().rstrip(".")
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if host in self.allow_hosts or where in self.allow_hosts:
+            return True
+        if self.bound is not None and (port or 80) != self.bound[1]:
+            return False
+        bound = self.bound[0].lower() if self.bound is not None else ""
+        if host in LOOPBACK_NAMES or host == bound:
+            return True
+        if bound in _WILDCARDS:  # every address of the machine is ours; names are not
+            return _is_ip(host)
+        return False
+
+    def _origin_ok(self, value: str) -> bool:
+        """An Origin (or a Referer's origin) is this server's own, or allowed."""
+        if "*" in self.allow_origins:
+            return True
+        key = _origin_key(value)
+        if key in self.allow_origins:
+            return True
+        try:
+            u = urlsplit(value)
+            host, port = u.hostname, u.port
+        except ValueError:
+            return False
+        if u.scheme != "http" or not host:
+            return False
+        return self._host_ok(host, port or 80)
+
+    def _browser_refusal(self, environ: dict[str, Any]) -> str | None:
+        """Why the request looks sent by a web page the user visits, or None.
+
+        boto3 and the aws-cli send neither ``Origin`` nor ``Referer`` and a ``Host`` naming
+        the endpoint. A page of another site makes the browser send its Origin (every
+        POST/fetch) or Referer; a page on a rebound DNS name sends that name as Host."""
+        host_header = environ.get("HTTP_HOST")
+        if host_header is not None:
+            try:
+                u = urlsplit("//" + host_header)
+                host, port = u.hostname, u.port
+            except ValueError:
+                host, port = None, None
+            if not host or not self._host_ok(host, port):
+                return (f"Host {host_header!r} is not this server's address; requests for "
+                        f"other names are refused (DNS rebinding). Allow a name with "
+                        f"--allow-host NAME")
+        for header, name in (("HTTP_ORIGIN", "Origin"), ("HTTP_REFERER", "Referer")):
+            value = environ.get(header)
+            if value is not None and not self._origin_ok(value):
+                return (f"{name} {value!r} is another site: requests a web page makes the "
+                        f"browser send are refused. Allow an origin with --allow-origin URL")
+        return None
 
     def _context(self, environ: dict[str, Any]) -> tuple[Context, str]:
         """Region and signing service from the SigV4 credential scope (header or presigned query)."""
@@ -185,7 +292,12 @@ class AwsApp:
         length_text = environ.get("CONTENT_LENGTH")
         if not length_text:
             if environ.get("wsgi.input_terminated"):
-                data = stream.read(MAX_BODY + 1)
+                try:  # a chunked body: werkzeug decodes it and says OSError when it is bad
+                    data = stream.read(MAX_BODY + 1)
+                except OSError as exc:
+                    raise ApiError("ValidationException",
+                                   f"Malformed chunked request body ({exc})",
+                                   status=400) from None
                 if len(data) > MAX_BODY:
                     raise ApiError("ValidationException", "Request body too large", status=413)
                 return data  # type: ignore[no-any-return]
@@ -215,6 +327,7 @@ class AwsApp:
     def _ec2(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         ctx, _service = self._context(environ)
         try:
+            self._guard(environ, "UnauthorizedOperation")
             form: dict[str, str] = {}
             query = environ.get("QUERY_STRING") or ""
             if query:
@@ -235,6 +348,10 @@ class AwsApp:
                 raise ApiError("MissingAction", "The request must contain the parameter Action")
             if not (self.ec2_protocol.has_action(action) and self.ec2.supports(action)):
                 raise ApiError("InvalidAction", f"The action {action} is not valid for this web service.")
+            if environ.get("REQUEST_METHOD") != "POST" and not action.startswith(READ_ONLY_PREFIXES):
+                raise ApiError("InvalidRequest", f"The action {action} changes state: send it "
+                               f"as a POST (only Describe*, Get* and List* actions are "
+                               f"accepted as {environ.get('REQUEST_METHOD')})", status=400)
             params = self.ec2_protocol.parse(action, form)
             result = self.ec2.call(ctx, action, params)
             body_out = self.ec2_protocol.render(action, result, ctx.request_id)
@@ -259,6 +376,7 @@ class AwsApp:
         prefix, operation = target.split(".", 1)
         protocol, model, signing, errors = self.json_services[prefix]
         try:
+            self._guard(environ, "AccessDeniedException")
             if environ.get("REQUEST_METHOD") != "POST":
                 raise ApiError("UnknownOperationException", "Use POST for this service", status=400)
             body = self._read_body(environ)
@@ -293,7 +411,9 @@ class AwsApp:
         """
         status: int
         doc: dict[str, Any]
-        if not self.allow_reset:
+        if environ.get("ebsengine.refused"):
+            status, doc = 403, {"Error": environ["ebsengine.refused"]}
+        elif not self.allow_reset:
             status, doc = 403, {"Error": "POST /moto-api/reset is disabled: it deletes every "
                                          "resource of the store; start the server with "
                                          "--allow-reset to enable it"}
@@ -323,7 +443,9 @@ class AwsApp:
         400 for a bad body or a move backwards, 405 for another method."""
         clock = self.clock
         status, doc = 200, {}
-        if not isinstance(clock, SimulatedClock):
+        if environ.get("ebsengine.refused"):
+            status, doc = 403, {"Error": environ["ebsengine.refused"]}
+        elif not isinstance(clock, SimulatedClock):
             status, doc = 404, {"Error": "the clock is the wall clock (start the server with "
                                          "--clock simulated to control it)"}
         elif environ.get("REQUEST_METHOD") == "GET":
@@ -364,6 +486,7 @@ class AwsApp:
         raw = environ.get("RAW_URI") or environ.get("REQUEST_URI") or environ.get("PATH_INFO") or "/"
         path = raw.split("?", 1)[0]
         try:
+            self._guard(environ, "InvalidRequestException")
             found = self.dlm_protocol.route(method, path)
             if found is None:
                 raise ApiError("InvalidRequestException", f"No operation matches {method} {path}",
@@ -397,6 +520,7 @@ class AwsApp:
         ctx, _ = self._context(environ)
         method = environ.get("REQUEST_METHOD", "GET")
         try:
+            self._guard(environ, "AccessDeniedException")
             found = self.ebs_protocol.route(method, path)
             if found is None:
                 raise ApiError("ValidationException", f"No operation matches {method} {path}",
@@ -429,6 +553,43 @@ class _QuietHandler(WSGIRequestHandler):
     """
 
     timeout = 60
+    _linger = False
+
+    def send_error(self, code: int, message: str | None = None,
+                   explain: str | None = None) -> None:
+        # http.server's own refusals (414 URI too long, 431 header too large, 400 bad request
+        # line) answer before the request was read to its end, then close
+        self._linger = True
+        super().send_error(code, message, explain)
+
+    def handle_one_request(self) -> None:
+        super().handle_one_request()
+        if self._linger:
+            self._linger = False
+            self._drain()
+
+    def _drain(self) -> None:
+        """Lingering close: closing a socket with unread input makes the kernel reset the
+        connection, and the reset destroys the error response still unread at the client
+        (which sees a broken pipe instead of the 414). Send the response and our FIN, then
+        read what the client still sends, bounded in bytes and time."""
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + LINGER_SECONDS
+            left = LINGER_BYTES
+            while left > 0:
+                wait = deadline - time.monotonic()
+                if wait <= 0:
+                    break
+                self.connection.settimeout(wait)
+                data = self.rfile.read1(min(left, 65536))
+                if not data:
+                    break
+                left -= len(data)
+        except OSError:
+            pass
+        self.close_connection = True
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         return None
@@ -446,7 +607,7 @@ class ApiServer:
     and closes the socket.
     ``app_options`` go to :class:`AwsApp` (``default_region``, ``account_id``,
     ``modification``, ``authenticator``, ``clock``, ``cloud_config``, ``allow_reset``,
-    ``seed_images``).
+    ``seed_images``, ``allow_origins``, ``allow_hosts``).
     """
 
     label = "the AWS API"  # what the serve loop calls it
@@ -477,6 +638,7 @@ class ApiServer:
         if self._server is not None:
             return self
         server = ThreadedWSGIServer(self.host, self._requested_port, self.app, handler=_QuietHandler)
+        self.app.bound = (self.host, int(server.server_port))
         # stop() waits for in-flight requests (server_close joins request threads), so none
         # of them can touch the engine after the caller closes it
         server.daemon_threads = False

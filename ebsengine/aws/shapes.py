@@ -78,14 +78,38 @@ def iso8601(value: float | _dt.datetime) -> str:
 
 
 _ISO_RE = re.compile(
-    r"^(\d{4})-(\d\d)-(\d\d)(?:[T ](\d\d):(\d\d)(?::(\d\d)(?:\.(\d+))?)?)?(Z|[+-]\d\d:?\d\d)?$"
+    r"^(\d{4})-(\d\d)-(\d\d)(?:[T ](\d\d):(\d\d)(?::(\d\d)(?:\.(\d+))?)?)?(Z|[+-]\d\d:?\d\d)?$",
+    re.ASCII,
 )
+# numbers as AWS reads them (Java's parseInt / parseDouble): ASCII digits only. Python's
+# int() and float() also take other scripts' digits ("\u0663" is 3), "_" separators and
+# surrounding blanks; none of those is a number on the wire.
+_INT_RE = re.compile(r"[+-]?[0-9]+\Z")
+_FLOAT_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
+
+
+def parse_int(text: str) -> int:
+    """An integer in ASCII digits with an optional sign; ValueError otherwise."""
+    if not isinstance(text, str):  # already a number (a form built in Python)
+        return int(text)
+    if not _INT_RE.match(text):
+        raise ValueError(text)
+    return int(text)
+
+
+def parse_float(text: str) -> float:
+    """A decimal number in ASCII (``1``, ``-2.5``, ``1e3``); ValueError otherwise."""
+    if not isinstance(text, str):  # already a number
+        return float(text)
+    if not _FLOAT_RE.match(text):
+        raise ValueError(text)
+    return float(text)
 
 
 def parse_timestamp(text: str) -> float:
     """Parse an ISO 8601 timestamp or epoch seconds into epoch seconds; ValueError if neither."""
     try:
-        return float(text)
+        return parse_float(text)
     except ValueError:
         pass
     m = _ISO_RE.match(text.strip())
@@ -208,9 +232,9 @@ class Ec2Protocol:
         kind = shape.type_name
         try:
             if kind in ("integer", "long"):
-                return int(raw)
+                return parse_int(raw)
             if kind in ("float", "double"):
-                return float(raw)
+                return parse_float(raw)
             if kind == "boolean":
                 low = raw.lower()
                 if low not in ("true", "false"):
@@ -434,7 +458,7 @@ class RestJsonProtocol:
         kind = shape.type_name
         try:
             if kind in ("integer", "long"):
-                return int(raw)
+                return parse_int(raw)
             if kind == "boolean":
                 if raw.lower() not in ("true", "false"):
                     raise ValueError(raw)

@@ -68,13 +68,18 @@ class Engine:
             ``~/.config/ebsengine/master.key``. Read only when the store holds KMS keys
             (then checked at open: MasterKeyError / WrongMasterKey, nothing changed) or when
             :attr:`kms` makes its first key (then created, mode 0600).
+        fix_permissions: a store directory must be 0700 and its files 0600 (created so
+            whatever the umask); a looser one is refused with :class:`InsecureStore`
+            (nothing changed) unless this is true, which tightens the modes first.
+            ``memory://`` stores have no permissions and ignore it.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *,
                  map_size: int = DEFAULT_MAP_SIZE, dirty_limit: int = DEFAULT_DIRTY_LIMIT,
                  zstd_level: int = DEFAULT_ZSTD_LEVEL, readonly: bool = False,
                  backend: KvBackend | None = None,
-                 master_key: str | os.PathLike[str] | None = None) -> None:
+                 master_key: str | os.PathLike[str] | None = None,
+                 fix_permissions: bool = False) -> None:
         if backend is not None:
             if path is not None:
                 raise InvalidParameterCombination("give a store path or a backend, not both")
@@ -83,7 +88,7 @@ class Engine:
         else:
             self.path = os.fspath(path) if path is not None else default_store_path()
             self._store = Store(self.path, map_size=map_size, readonly=readonly,
-                                zstd_level=zstd_level)
+                                zstd_level=zstd_level, fix_permissions=fix_permissions)
         # a store holding KMS keys opens only with its master key: refused before anything
         # else reads or writes it
         self._master = MasterKey(master_key)

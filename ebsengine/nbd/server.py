@@ -62,6 +62,10 @@ class NbdServer:
         handshake_timeout: seconds a client may idle during option haggling.
         background_flush: flush written volumes in the background (see ``flusher.py``)
             so that request threads never pay for the engine's inline flush.
+        socket_group: the Unix socket is mode 0600 (its owner's alone) unless this group
+            (name or gid) is given: then it is that group's and mode 0660. The members also
+            need search access to its directory (the store directory is 0700: put the
+            socket elsewhere with ``unix_path``).
     """
 
     label = "NBD"  # what the serve loop calls it
@@ -77,6 +81,7 @@ class NbdServer:
         inline_limit: int = DEFAULT_INLINE_LIMIT,
         handshake_timeout: float | None = 30.0,
         background_flush: bool = True,
+        socket_group: str | int | None = None,
     ) -> None:
         if unix_path is None and tcp is None:
             raise ValueError("NbdServer needs a Unix socket path, a TCP address, or both")
@@ -88,6 +93,7 @@ class NbdServer:
         self.inline_limit = inline_limit
         self.handshake_timeout = handshake_timeout
         self.background_flush = background_flush
+        self.socket_group = socket_group
         self._flushers: dict[str, Flusher] = {}
         self.tcp_address: tuple[str, int] | None = None  # actual bound address
         self._listeners: list[socket.socket] = []
@@ -219,7 +225,18 @@ class NbdServer:
         _remove_stale_socket(path)
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            s.bind(str(path))
+            # the socket is its owner's (0600; 0660 with socket_group) whatever the umask:
+            # made under a umask that leaves nobody else a window before the chmod
+            old = os.umask(0o177)
+            try:
+                s.bind(str(path))
+            finally:
+                os.umask(old)
+            if self.socket_group is not None:
+                os.chown(path, -1, _group_id(self.socket_group))
+                os.chmod(path, 0o660)
+            else:
+                os.chmod(path, 0o600)
             st = os.stat(path)
             self._unix_ino = (st.st_dev, st.st_ino)
             s.listen(64)
@@ -359,6 +376,18 @@ def _hang_up(conn: socket.socket) -> None:
         conn.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
+
+
+def _group_id(group: str | int) -> int:
+    """The gid of ``group`` (a name, or a number as text or int)."""
+    import grp
+
+    if isinstance(group, int) or (group.isascii() and group.isdigit()):
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ValueError(f"no such group: {group!r}") from None
 
 
 def _remove_stale_socket(path: Path) -> None:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Iterable
 from typing import Any
 
 import lmdb
 
 from .. import layout as L
-from ..errors import CorruptStore, StoreFull
+from ..errors import CorruptStore, InsecureStore, StoreFull
 from .base import DEFAULT_MAP_SIZE, Table, Txn
 
 
@@ -27,14 +28,16 @@ class LmdbBackend:
     errors: tuple[type[BaseException], ...] = (lmdb.Error,)
 
     def __init__(self, path: str | os.PathLike[str], *, map_size: int = DEFAULT_MAP_SIZE,
-                 readonly: bool = False) -> None:
+                 readonly: bool = False, fix_permissions: bool = False) -> None:
         self.path = os.fspath(path)
         if not readonly:
-            os.makedirs(self.path, exist_ok=True)
+            make_private_dir(self.path)
+        check_permissions(self.path, fix=fix_permissions)
         try:
             self.env = lmdb.open(self.path, map_size=map_size, max_dbs=len(L.DBS) + 2,
                                  subdir=True, readonly=readonly, sync=True, metasync=True,
-                                 readahead=True, writemap=False, max_readers=1024, lock=True)
+                                 readahead=True, writemap=False, max_readers=1024, lock=True,
+                                 mode=FILE_MODE)  # LMDB makes its files this & ~umask
         except lmdb.Error as exc:
             raise CorruptStore(f"cannot open store at {self.path}: {exc}") from exc
         self.map_size = map_size
@@ -90,6 +93,58 @@ class LmdbBackend:
 
     def close(self) -> None:
         self.env.close()
+
+
+DIR_MODE = 0o700  # the store directory: its owner's alone
+FILE_MODE = 0o600  # every file in it (data.mdb, lock.mdb, the NBD socket)
+_LOOSE = 0o077  # group or other bits: refused
+
+
+def make_private_dir(path: str) -> None:
+    """Create the store directory ``path`` mode 0700 whatever the umask (parents as
+    ``makedirs`` makes them). A directory that exists but holds no store yet (no
+    ``data.mdb``: e.g. made by ``mkdir`` or a test's tmp dir) is a new store: tightened to
+    0700 as ``initdb`` does, rather than refused."""
+    if os.path.isdir(path):
+        if not os.path.lexists(os.path.join(path, "data.mdb")):
+            os.chmod(path, stat.S_IMODE(os.stat(path).st_mode) & ~_LOOSE | DIR_MODE)
+        return
+    os.makedirs(path, mode=DIR_MODE, exist_ok=True)
+    os.chmod(path, DIR_MODE)
+
+
+def check_permissions(path: str, *, fix: bool = False) -> None:
+    """Refuse (:class:`InsecureStore`) a store directory whose mode or whose files' modes
+    give its group or others any access; ``fix`` tightens them instead (clears the group
+    and other bits). A missing directory is left to LMDB's own error."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    loose: list[tuple[str, int]] = []
+    if stat.S_IMODE(st.st_mode) & _LOOSE:
+        loose.append((path, stat.S_IMODE(st.st_mode)))
+    if stat.S_ISDIR(st.st_mode):
+        with os.scandir(path) as it:
+            for entry in it:
+                if entry.is_symlink():
+                    continue  # its mode means nothing; the target is checked where it lives
+                mode = stat.S_IMODE(entry.stat().st_mode)
+                if mode & _LOOSE:
+                    loose.append((entry.path, mode))
+    if not loose:
+        return
+    if fix:
+        for p, mode in loose:
+            os.chmod(p, mode & ~_LOOSE)
+        return
+    listed = ", ".join(f"{p} is {mode:04o}" for p, mode in loose[:4])
+    more = f" (and {len(loose) - 4} more)" if len(loose) > 4 else ""
+    raise InsecureStore(
+        f"store directory {path!r} has invalid permissions: {listed}{more}; the directory "
+        f"must be 0700 and its files 0600 (u=rwx / u=rw, no group or other access). Nothing "
+        f"was changed; run with --fix-permissions (Engine(path, fix_permissions=True)) or "
+        f"chmod -R go-rwx {path!r} to fix them")
 
 
 def _translate(exc: BaseException, path: str | None = None) -> Exception:

@@ -30,16 +30,19 @@ T = TypeVar("T")
 
 
 def open_backend(path: str | os.PathLike[str], *, map_size: int = DEFAULT_MAP_SIZE,
-                 readonly: bool = False) -> KvBackend:
+                 readonly: bool = False, fix_permissions: bool = False) -> KvBackend:
     """The backend for ``path``: ``memory://`` is a fresh in-memory store, ``memory://NAME``
-    the process-wide in-memory store NAME (reopenable), anything else an LMDB directory."""
+    the process-wide in-memory store NAME (reopenable), anything else an LMDB directory
+    (its owner's alone: refused with InsecureStore if its modes are looser than 0700/0600,
+    unless ``fix_permissions`` tightens them)."""
     p = os.fspath(path)
     if p.startswith(MEMORY_URL):
         from .memory import MemoryBackend
         return MemoryBackend(p[len(MEMORY_URL):] or None, map_size=map_size,
                              readonly=readonly)
     from .lmdb_env import LmdbBackend
-    return LmdbBackend(path, map_size=map_size, readonly=readonly)
+    return LmdbBackend(path, map_size=map_size, readonly=readonly,
+                       fix_permissions=fix_permissions)
 
 
 class Store:
@@ -54,11 +57,12 @@ class Store:
     def __init__(self, path: str | os.PathLike[str] | None = None, *,
                  map_size: int = DEFAULT_MAP_SIZE, readonly: bool = False,
                  zstd_level: int = DEFAULT_ZSTD_LEVEL,
-                 backend: KvBackend | None = None) -> None:
+                 backend: KvBackend | None = None, fix_permissions: bool = False) -> None:
         if backend is None:
             if path is None:
                 raise ValueError("Store needs a path or a backend")
-            backend = open_backend(path, map_size=map_size, readonly=readonly)
+            backend = open_backend(path, map_size=map_size, readonly=readonly,
+                                   fix_permissions=fix_permissions)
         self.backend = backend
         #: the backend under its py-lmdb name: ``env.begin(...)`` as on an LMDB Environment
         self.env = backend
