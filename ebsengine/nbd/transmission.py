@@ -10,13 +10,20 @@ Threading protocol (one connection):
   TRIM, WRITE_ZEROES, large READ / WRITE) go to the server's shared :class:`WorkerPool`,
   so replies may overtake each other, as the protocol allows;
 * every reply is written whole under ``send_lock``, so chunks of different replies never
-  interleave mid-frame. Input is read in large gulps (one recv() may hold many pipelined
+  interleave mid-frame. Shared workers never write to a socket: they put their replies on
+  the connection's reply queue, which the connection's own *sender* thread writes out (many
+  queued replies in one gather write). A client that stops reading its replies therefore
+  blocks only its own reader and sender, never a worker that other connections need; the
+  bytes of replies queued or being produced for pooled requests are bounded by
+  ``MAX_REPLY_BYTES``, and past that the reader stops reading new requests from this client
+  (back-pressure on it alone). Input is read in large gulps (one recv() may hold many pipelined
   requests), and replies of requests run on the reader thread are *corked*: collected and
   sent in one write just before the reader would block waiting for input (or once
   ``CORK_LIMIT`` bytes are waiting), so a deep queue costs a few syscalls per batch rather
   than three per request, and a lone request (QD1) is answered at once;
 * on DISC, EOF or shutdown the reader stops reading, waits until the in-flight count drops
-  to zero, flushes the device if this connection changed it, and closes the device.
+  to zero and the sender has written every queued reply, flushes the device if this
+  connection changed it, and closes the device.
 
 FLUSH needs no ordering against other requests: it must cover the writes *already
 answered*, and an answered write is complete in the engine's shared per-volume cache,
@@ -40,6 +47,10 @@ from ebsengine.nbd.handshake import Negotiated
 
 MAX_INFLIGHT_REQUESTS = 64  # queued to the worker pool, per connection
 MAX_INFLIGHT_BYTES = 64 * 1024 * 1024  # WRITE payloads queued, per connection
+# Replies of pooled requests queued for the sender, or reserved for requests still running
+# (a READ reserves its length), per connection; past this the reader reads no new requests.
+MAX_REPLY_BYTES = 2 * p.MAX_PAYLOAD
+_REPLY_OVERHEAD = 64  # reserved for a reply without data (headers, an error chunk)
 
 log = logging.getLogger("ebsengine.nbd")
 
@@ -136,11 +147,18 @@ class Transmission:
         self._out: list[bytes | bytearray | memoryview] = []  # corked replies (send_lock)
         self._outlen = 0
         self._reader_id: int | None = None
+        # Replies of pooled requests, written by the sender thread (None: stop); under _cv.
+        self._replies: list[list[bytes | bytearray | memoryview] | None] = []
+        self._reply_bytes = 0  # queued + reserved reply bytes (see MAX_REPLY_BYTES)
+        self._sender: threading.Thread | None = None
 
     # --- the reader loop ------------------------------------------------------------------
 
     def run(self) -> None:
         self._reader_id = threading.get_ident()
+        if self.pool is not None:
+            self._sender = threading.Thread(target=self._send_loop, name="nbd-send", daemon=True)
+            self._sender.start()
         try:
             self._loop()
         except p.Disconnect:
@@ -236,22 +254,39 @@ class Transmission:
                 )
                 and cmd not in (p.CMD_CACHE, p.CMD_BLOCK_STATUS)
             ):
+                reserve = _REPLY_OVERHEAD + (length if cmd == p.CMD_READ else 0)
                 with self._cv:
                     # Back-pressure: stop reading requests (and their payloads) while this
-                    # connection has too much queued, so one client cannot fill memory.
-                    while (self._inflight >= MAX_INFLIGHT_REQUESTS
-                           or self._inflight_bytes >= MAX_INFLIGHT_BYTES):
+                    # connection has too much queued or unsent, so one client cannot fill
+                    # memory (nor, not reading its replies, hold anything but itself).
+                    while not self._broken and (
+                        self._inflight >= MAX_INFLIGHT_REQUESTS
+                        or self._inflight_bytes >= MAX_INFLIGHT_BYTES
+                        or self._reply_bytes >= MAX_REPLY_BYTES
+                    ):
                         self._cv.wait()
+                    if self._broken:
+                        return
                     self._inflight += 1
                     self._inflight_bytes += len(data)
+                    self._reply_bytes += reserve
                 self.pool.submit(
-                    functools.partial(self._pooled, flags, cmd, cookie, offset, length, data)
+                    functools.partial(
+                        self._pooled, flags, cmd, cookie, offset, length, data, reserve
+                    )
                 )
             else:
                 self._execute(flags, cmd, cookie, offset, length, data)
 
     def _pooled(
-        self, flags: int, cmd: int, cookie: int, offset: int, length: int, data: bytes
+        self,
+        flags: int,
+        cmd: int,
+        cookie: int,
+        offset: int,
+        length: int,
+        data: bytes,
+        reserve: int,
     ) -> None:
         try:
             self._execute(flags, cmd, cookie, offset, length, data)
@@ -259,12 +294,17 @@ class Transmission:
             with self._cv:
                 self._inflight -= 1
                 self._inflight_bytes -= len(data)
+                self._reply_bytes -= reserve  # the reply itself is counted once queued
                 self._cv.notify_all()
 
     def _finish(self) -> None:
         with self._cv:
             while self._inflight:
                 self._cv.wait()
+            self._replies.append(None)  # the sender writes what is queued, then stops
+            self._cv.notify_all()
+        if self._sender is not None:
+            self._sender.join()
         try:
             if self._dirty:
                 self.dev.flush()
@@ -459,20 +499,57 @@ class Transmission:
             self._send([p.simple_reply(cookie, error)])
 
     def _send(self, buffers: list[bytes | bytearray | memoryview]) -> None:
-        """Send one whole reply; the reader thread's replies are corked (see ``_fill``)."""
+        """Send one whole reply. The reader thread's replies are corked (see ``_fill``); a
+        worker's go on the reply queue (never blocking: the sender writes them)."""
+        if threading.get_ident() != self._reader_id:
+            size = sum(len(b) for b in buffers)
+            with self._cv:
+                if self._broken:
+                    return  # nobody to send to; the queue has been dropped
+                self._replies.append(buffers)
+                self._reply_bytes += size
+                self._cv.notify_all()
+            return
         try:
             with self.send_lock:
-                if threading.get_ident() == self._reader_id:
-                    self._out.extend(buffers)
-                    self._outlen += sum(len(b) for b in buffers)
-                    if self._outlen >= CORK_LIMIT:
-                        self._send_out_locked()
-                else:
-                    if self._out:
-                        self._send_out_locked()
-                    p.send_all(self.sock, buffers)
+                self._out.extend(buffers)
+                self._outlen += sum(len(b) for b in buffers)
+                if self._outlen >= CORK_LIMIT:
+                    self._send_out_locked()
         except OSError as exc:
             self._lost(exc)
+
+    def _send_loop(self) -> None:
+        """The sender thread: write queued replies (all that are waiting, in one go)."""
+        while True:
+            with self._cv:
+                while not self._replies:
+                    self._cv.wait()
+                batch, self._replies = self._replies, []
+            stop = batch[-1] is None
+            replies = [r for r in batch if r is not None]
+            out = [b for r in replies for b in r]
+            size = sum(len(b) for b in out)
+            if out and not self._broken:
+                try:
+                    with self.send_lock:
+                        if self._out:  # corked replies of the reader go first
+                            self._send_out_locked()
+                        p.send_all(self.sock, out)
+                except OSError as exc:
+                    self._lost(exc)
+            with self._cv:
+                self._reply_bytes -= size
+                if self._broken:  # drop whatever came in meanwhile
+                    for r in self._replies:
+                        if r is None:
+                            stop = True
+                        else:
+                            self._reply_bytes -= sum(len(b) for b in r)
+                    self._replies = []
+                self._cv.notify_all()
+            if stop:
+                return
 
     def _flush_out(self) -> None:
         if not self._out:
@@ -492,9 +569,11 @@ class Transmission:
 
     def _lost(self, exc: OSError) -> None:
         # The client is gone (or we are shutting down): stop reading more requests.
-        if not self._broken:
-            log.debug("nbd: reply could not be sent: %s", exc)
-        self._broken = True
+        with self._cv:
+            if not self._broken:
+                log.debug("nbd: reply could not be sent: %s", exc)
+            self._broken = True
+            self._cv.notify_all()  # a reader waiting for room must not wait for ever
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
