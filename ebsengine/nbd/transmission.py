@@ -10,9 +10,12 @@ Threading protocol (one connection):
   TRIM, WRITE_ZEROES, large READ / WRITE) go to the server's shared :class:`WorkerPool`,
   so replies may overtake each other, as the protocol allows;
 * every reply is written whole under ``send_lock``, so chunks of different replies never
-  interleave mid-frame. Shared workers never write to a socket: they put their replies on
-  the connection's reply queue, which the connection's own *sender* thread writes out (many
-  queued replies in one gather write). A client that stops reading its replies therefore
+  interleave mid-frame. Shared workers never block on a client's socket: a worker writes
+  its reply itself only while the socket takes it (``WORKER_SEND_BUDGET`` in all, waiting
+  for the wire included), and otherwise puts it, or the rest of a half-sent frame (first),
+  on the connection's reply queue, which the connection's own *sender* thread writes out.
+  Once anything is queued, every reply (the reader's corked ones too) goes behind it, so a
+  half-sent frame is always finished first. A client that stops reading its replies thus
   blocks only its own reader and sender, never a worker that other connections need; the
   bytes of replies queued or being produced for pooled requests are bounded by
   ``MAX_REPLY_BYTES``, and past that the reader stops reading new requests from this client
@@ -35,8 +38,10 @@ from __future__ import annotations
 import functools
 import logging
 import queue
+import select
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 from ebsengine.block.volume import Extent
@@ -51,6 +56,12 @@ MAX_INFLIGHT_BYTES = 64 * 1024 * 1024  # WRITE payloads queued, per connection
 # (a READ reserves its length), per connection; past this the reader reads no new requests.
 MAX_REPLY_BYTES = 2 * p.MAX_PAYLOAD
 _REPLY_OVERHEAD = 64  # reserved for a reply without data (headers, an error chunk)
+# A worker writes its reply itself when the wire is free, waiting for socket room at most
+# this long in all; the unsent rest goes to the connection's sender. (Handing every reply
+# to the sender costs a GIL hand-off per reply: half the throughput of pipelined 1 MiB
+# READs.) A client that reads nothing costs one worker this much once, then its replies
+# queue behind the stuck sender.
+WORKER_SEND_BUDGET = 0.02
 
 log = logging.getLogger("ebsengine.nbd")
 
@@ -137,7 +148,10 @@ class Transmission:
         self.pool = pool
         self.inline_limit = inline_limit
         self.send_lock = threading.Lock()
-        self._cv = threading.Condition()
+        lock = threading.RLock()
+        self._cv = threading.Condition(lock)  # reader / _finish: room, in-flight count
+        self._send_cv = threading.Condition(lock)  # the sender: replies to write
+        self._wire_cv = threading.Condition(lock)  # workers: the wire became free
         self._inflight = 0
         self._inflight_bytes = 0
         self._dirty = False
@@ -150,6 +164,7 @@ class Transmission:
         # Replies of pooled requests, written by the sender thread (None: stop); under _cv.
         self._replies: list[list[bytes | bytearray | memoryview] | None] = []
         self._reply_bytes = 0  # queued + reserved reply bytes (see MAX_REPLY_BYTES)
+        self._sending = False  # a thread owns the wire for queued replies (under _cv)
         self._sender: threading.Thread | None = None
 
     # --- the reader loop ------------------------------------------------------------------
@@ -276,6 +291,10 @@ class Transmission:
                     )
                 )
             else:
+                if self._reply_bytes >= MAX_REPLY_BYTES:  # corked replies queued (above)
+                    with self._cv:
+                        while not self._broken and self._reply_bytes >= MAX_REPLY_BYTES:
+                            self._cv.wait()
                 self._execute(flags, cmd, cookie, offset, length, data)
 
     def _pooled(
@@ -302,7 +321,7 @@ class Transmission:
             while self._inflight:
                 self._cv.wait()
             self._replies.append(None)  # the sender writes what is queued, then stops
-            self._cv.notify_all()
+            self._send_cv.notify()
         if self._sender is not None:
             self._sender.join()
         try:
@@ -502,13 +521,7 @@ class Transmission:
         """Send one whole reply. The reader thread's replies are corked (see ``_fill``); a
         worker's go on the reply queue (never blocking: the sender writes them)."""
         if threading.get_ident() != self._reader_id:
-            size = sum(len(b) for b in buffers)
-            with self._cv:
-                if self._broken:
-                    return  # nobody to send to; the queue has been dropped
-                self._replies.append(buffers)
-                self._reply_bytes += size
-                self._cv.notify_all()
+            self._send_queued(buffers)
             return
         try:
             with self.send_lock:
@@ -519,13 +532,63 @@ class Transmission:
         except OSError as exc:
             self._lost(exc)
 
+    def _send_queued(self, buffers: list[bytes | bytearray | memoryview]) -> None:
+        """A worker's reply: written at once if the wire is free and the socket takes it
+        without blocking, else (or its unsent rest) queued for the sender."""
+        with self._cv:
+            if self._broken:
+                return  # nobody to send to; the queue has been dropped
+            if self._replies or self._sending:
+                # Wait a little for the wire (as workers used to wait for send_lock: a
+                # reply sent by the thread that made it is cheaper than a hand-off)...
+                deadline = time.monotonic() + WORKER_SEND_BUDGET
+                while (self._replies or self._sending) and not self._broken:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._wire_cv.wait(left)
+                if self._broken:
+                    return
+            if self._replies or self._sending:  # ...else queue it, behind what is queued
+                self._replies.append(buffers)
+                self._reply_bytes += sum(len(b) for b in buffers)
+                if not self._sending:  # else its owner wakes the sender when done
+                    self._send_cv.notify()
+                return
+            self._sending = True  # the sender waits until we are done
+        rest: list[bytes | bytearray | memoryview] = buffers
+        lost: OSError | None = None
+        if self.send_lock.acquire(blocking=False):  # never wait for the reader's send
+            try:
+                if self._out:  # corked replies of the reader go first
+                    rest = [*self._out, *buffers]
+                    self._out = []
+                    self._outlen = 0
+                rest = _send_briefly(self.sock, rest, WORKER_SEND_BUDGET)
+            except OSError as exc:
+                lost = exc
+            finally:
+                self.send_lock.release()
+        with self._cv:
+            self._sending = False
+            if rest and lost is None and not self._broken:
+                self._replies.insert(0, rest)  # the rest of a started frame goes next
+                self._reply_bytes += sum(len(b) for b in rest)
+            if self._replies:
+                self._send_cv.notify()
+            else:
+                self._wire_cv.notify()
+        if lost is not None:
+            self._lost(lost)
+
     def _send_loop(self) -> None:
         """The sender thread: write queued replies (all that are waiting, in one go)."""
         while True:
             with self._cv:
-                while not self._replies:
-                    self._cv.wait()
+                while not self._replies or self._sending:
+                    self._send_cv.wait()
                 batch, self._replies = self._replies, []
+                self._sending = True
             stop = batch[-1] is None
             replies = [r for r in batch if r is not None]
             out = [b for r in replies for b in r]
@@ -533,12 +596,16 @@ class Transmission:
             if out and not self._broken:
                 try:
                     with self.send_lock:
-                        if self._out:  # corked replies of the reader go first
-                            self._send_out_locked()
+                        if self._out:  # corked replies of the reader go too, after
+                            # (the batch may start with the rest of a half-sent frame)
+                            out.extend(self._out)
+                            self._out = []
+                            self._outlen = 0
                         p.send_all(self.sock, out)
                 except OSError as exc:
                     self._lost(exc)
             with self._cv:
+                self._sending = False
                 self._reply_bytes -= size
                 if self._broken:  # drop whatever came in meanwhile
                     for r in self._replies:
@@ -547,6 +614,8 @@ class Transmission:
                         else:
                             self._reply_bytes -= sum(len(b) for b in r)
                     self._replies = []
+                if not self._replies:
+                    self._wire_cv.notify()  # a worker waiting for the wire may write
                 self._cv.notify_all()
             if stop:
                 return
@@ -561,10 +630,21 @@ class Transmission:
             self._lost(exc)
 
     def _send_out_locked(self) -> None:
+        """The reader's corked replies: written now, or queued behind the replies that the
+        sender (or a worker) is writing, which may have a frame half-sent."""
         out = self._out
         self._out = []
         self._outlen = 0
-        if out:
+        if not out:
+            return
+        with self._cv:
+            busy = bool(self._replies or self._sending)
+            if busy and not self._broken:
+                self._replies.append(out)
+                self._reply_bytes += sum(len(b) for b in out)
+                if not self._sending:
+                    self._send_cv.notify()
+        if not busy:
             p.send_all(self.sock, out)
 
     def _lost(self, exc: OSError) -> None:
@@ -574,10 +654,44 @@ class Transmission:
                 log.debug("nbd: reply could not be sent: %s", exc)
             self._broken = True
             self._cv.notify_all()  # a reader waiting for room must not wait for ever
+            self._send_cv.notify()
+            self._wire_cv.notify_all()
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+
+def _send_briefly(
+    sock: socket.socket, buffers: list[bytes | bytearray | memoryview], budget: float
+) -> list[bytes | bytearray | memoryview]:
+    """Send what the socket takes within ``budget`` seconds (waiting for room only that
+    long in all); return the unsent rest (in order)."""
+    views = [memoryview(b).cast("B") for b in buffers if len(b)]
+    deadline: float | None = None
+    poller: select.poll | None = None
+    while views:
+        try:
+            sent = sock.sendmsg(views[:512], (), socket.MSG_DONTWAIT)  # IOV_MAX is 1024
+        except BlockingIOError:
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + budget
+                poller = select.poll()
+                poller.register(sock, select.POLLOUT)
+            if now >= deadline or poller is None:
+                break
+            poller.poll(max(1, int((deadline - now) * 1000)))
+            continue
+        while sent:
+            head = views[0]
+            if sent >= len(head):
+                sent -= len(head)
+                views.pop(0)
+            else:
+                views[0] = head[sent:]
+                sent = 0
+    return list(views)
 
 
 def nbd_state(kind: int) -> int:

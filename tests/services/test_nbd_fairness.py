@@ -115,3 +115,58 @@ def test_a_client_that_reads_no_replies_stalls_only_itself(engine: Any, tmp_path
             c.disc()
         assert nc.wait_for(lambda: srv.connection_count == 0, timeout=30.0)
     assert engine.fsck().ok
+
+
+def test_replies_never_interleave_when_the_client_reads_slowly(engine: Any, tmp_path: Path) -> None:
+    """Inline replies (corked by the reader) and pooled ones (written by a worker or the
+    connection's sender, sometimes half a frame at a time when the socket is full) mix on one
+    wire: with a client that lets the socket fill up, every reply still arrives whole."""
+    import random
+
+    rng = random.Random(7)
+    vol = engine.create_volume(size_gib=1).id
+    sock = str(tmp_path / "nbd.sock")
+    image = rng.randbytes(8 * MiB)
+    with NbdServer(engine, unix_path=sock, tcp=None) as srv:
+        with NbdClient(sock, timeout=60.0) as c:
+            c.go(vol)
+            for off in range(0, len(image), MiB):
+                c.pwrite(off, image[off : off + MiB])
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            expect: dict[int, tuple[int, int, int]] = {}  # cookie -> (cmd, offset, length)
+            frames = []
+            for _ in range(400):
+                kind = rng.random()
+                if kind < 0.35:
+                    off, n = rng.randrange(0, 8 * MiB - 65536, 512), rng.choice([512, 4096, 65536])
+                    cmd, flags, payload = nc.CMD_READ, 0, b""
+                elif kind < 0.6:
+                    n = rng.choice([MiB, 300_000, 300_000, 300_000])
+                    off, cmd, flags, payload = rng.randrange(0, 8 * MiB - n, 512), nc.CMD_READ, 0, b""
+                elif kind < 0.7:
+                    off, n, cmd, flags, payload = 0, 0, nc.CMD_FLUSH, 0, b""
+                elif kind < 0.8:
+                    off, n, cmd, flags, payload = 0, 8 * MiB, nc.CMD_STATUS, 0, b""
+                else:
+                    n = 4096
+                    off = 16 * MiB + rng.randrange(0, 256) * 4096
+                    cmd, flags, payload = nc.CMD_WRITE, rng.choice([0, p.CMD_FLAG_FUA]), rng.randbytes(n)
+                cookie = len(frames) + 1
+                expect[cookie] = (cmd, off, n)
+                frames.append(struct.pack(">IHHQQI", nc.REQUEST_MAGIC, flags, cmd, cookie, off, n) + payload)
+            sender = threading.Thread(target=lambda: c.send(b"".join(frames)))
+            sender.start()
+            time.sleep(0.5)  # let the server's socket fill up: frames go out in pieces
+            for i in range(len(frames)):
+                if i % 5 == 0:
+                    time.sleep(0.03)  # keep reading slowly (past the workers' send budget)
+                r = c.reply()
+                cmd, off, n = expect.pop(r.cookie)
+                assert r.error == 0, (cmd, r.error)
+                if cmd == nc.CMD_READ:
+                    assert r.data == image[off : off + n]
+            sender.join(10)
+            assert not expect
+            c.disc()
+        assert nc.wait_for(lambda: srv.connection_count == 0, timeout=30.0)
+    assert engine.fsck().ok
