@@ -55,6 +55,7 @@ MAX_INFLIGHT_BYTES = 64 * 1024 * 1024  # WRITE payloads queued, per connection
 # Replies of pooled requests queued for the sender, or reserved for requests still running
 # (a READ reserves its length), per connection; past this the reader reads no new requests.
 MAX_REPLY_BYTES = 2 * p.MAX_PAYLOAD
+MAX_QUEUED_REPLIES = 1024  # ... and as many entries on the reply queue (small replies)
 _REPLY_OVERHEAD = 64  # reserved for a reply without data (headers, an error chunk)
 # A worker writes its reply itself when the wire is free, waiting for socket room at most
 # this long in all; the unsent rest goes to the connection's sender. (Handing every reply
@@ -165,6 +166,7 @@ class Transmission:
         self._replies: list[list[bytes | bytearray | memoryview] | None] = []
         self._reply_bytes = 0  # queued + reserved reply bytes (see MAX_REPLY_BYTES)
         self._sending = False  # a thread owns the wire for queued replies (under _cv)
+        self._sender_owns = False  # ... and it is the sender (a slow client), not a worker
         self._sender: threading.Thread | None = None
 
     # --- the reader loop ------------------------------------------------------------------
@@ -278,6 +280,7 @@ class Transmission:
                         self._inflight >= MAX_INFLIGHT_REQUESTS
                         or self._inflight_bytes >= MAX_INFLIGHT_BYTES
                         or self._reply_bytes >= MAX_REPLY_BYTES
+                        or len(self._replies) >= MAX_QUEUED_REPLIES
                     ):
                         self._cv.wait()
                     if self._broken:
@@ -291,9 +294,15 @@ class Transmission:
                     )
                 )
             else:
-                if self._reply_bytes >= MAX_REPLY_BYTES:  # corked replies queued (above)
+                if self._replies and (  # corked replies get queued too (see _send_out_locked)
+                    self._reply_bytes >= MAX_REPLY_BYTES
+                    or len(self._replies) >= MAX_QUEUED_REPLIES
+                ):
                     with self._cv:
-                        while not self._broken and self._reply_bytes >= MAX_REPLY_BYTES:
+                        while not self._broken and (
+                            self._reply_bytes >= MAX_REPLY_BYTES
+                            or len(self._replies) >= MAX_QUEUED_REPLIES
+                        ):
                             self._cv.wait()
                 self._execute(flags, cmd, cookie, offset, length, data)
 
@@ -538,11 +547,14 @@ class Transmission:
         with self._cv:
             if self._broken:
                 return  # nobody to send to; the queue has been dropped
-            if self._replies or self._sending:
-                # Wait a little for the wire (as workers used to wait for send_lock: a
-                # reply sent by the thread that made it is cheaper than a hand-off)...
+            if self._sending and not self._sender_owns and not self._replies:
+                # Wait a little while another worker has the wire (as workers used to wait
+                # for send_lock: a reply sent by the thread that made it is cheaper than a
+                # hand-off); once the sender is involved (a slow client), queue at once.
                 deadline = time.monotonic() + WORKER_SEND_BUDGET
-                while (self._replies or self._sending) and not self._broken:
+                while (
+                    self._sending and not self._sender_owns and not self._replies
+                ) and not self._broken:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
@@ -588,7 +600,7 @@ class Transmission:
                 while not self._replies or self._sending:
                     self._send_cv.wait()
                 batch, self._replies = self._replies, []
-                self._sending = True
+                self._sending = self._sender_owns = True
             stop = batch[-1] is None
             replies = [r for r in batch if r is not None]
             out = [b for r in replies for b in r]
@@ -605,7 +617,7 @@ class Transmission:
                 except OSError as exc:
                     self._lost(exc)
             with self._cv:
-                self._sending = False
+                self._sending = self._sender_owns = False
                 self._reply_bytes -= size
                 if self._broken:  # drop whatever came in meanwhile
                     for r in self._replies:
