@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import nbd_client as nc
 from ebsengine.nbd import protocol as p
 from ebsengine.nbd.server import NbdServer
@@ -55,6 +57,13 @@ def _flush_loop(sock: str, vol: str, seconds: float, slot: int, out: dict[str, A
     out.update(worst_flush=worst_flush, worst_fua=worst_fua, flushes=flushes)
 
 
+def _send_quietly(c: NbdClient, data: bytes) -> None:
+    try:
+        c.send(data)
+    except OSError:
+        pass  # closed by the test
+
+
 def _run_others(sock: str, vols: list[str], seconds: float) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = [{} for _ in vols]
     threads = [
@@ -72,7 +81,12 @@ def _run_others(sock: str, vols: list[str], seconds: float) -> list[dict[str, An
     return results
 
 
-def test_a_client_that_reads_no_replies_stalls_only_itself(engine: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stuck_load", ["big-reads", "many-flushes"])
+def test_a_client_that_reads_no_replies_stalls_only_itself(
+    engine: Any, tmp_path: Path, stuck_load: str
+) -> None:
+    """big-reads: 8 READs of 32 MiB; many-flushes: 20000 pipelined FLUSHes (small replies:
+    the reply queue's length is bounded, not only its bytes)."""
     stuck_vol = engine.create_volume(size_gib=1).id
     other_vols = [engine.create_volume(size_gib=1).id for _ in range(2)]
     sock = str(tmp_path / "nbd.sock")
@@ -83,12 +97,20 @@ def test_a_client_that_reads_no_replies_stalls_only_itself(engine: Any, tmp_path
         stuck = NbdClient(sock, timeout=60.0)
         stuck.go(stuck_vol, structured=False)  # simple replies: all the data goes out
         stuck.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        for k in range(8):
-            stuck.request(nc.CMD_READ, k * p.MAX_PAYLOAD, p.MAX_PAYLOAD)
+        if stuck_load == "big-reads":
+            for k in range(8):
+                stuck.request(nc.CMD_READ, k * p.MAX_PAYLOAD, p.MAX_PAYLOAD)
+        else:  # the server stops reading them at some point: send from a thread
+            flood = b"".join(
+                struct.pack(">IHHQQI", nc.REQUEST_MAGIC, 0, nc.CMD_FLUSH, k, 0, 0)
+                for k in range(20000)
+            )
+            threading.Thread(target=_send_quietly, args=(stuck, flood), daemon=True).start()
         time.sleep(1.0)  # let the server start answering (and get stuck sending)
         try:
             during = _run_others(sock, vols, 3.0)
-        finally:
+        finally:  # shutdown first: close() alone leaves a send() blocked in the flood thread
+            stuck.sock.shutdown(socket.SHUT_RDWR)
             stuck.close()
 
         for name, res in (("before", before), ("during", during)):
