@@ -528,7 +528,7 @@ class Transmission:
 
     def _send(self, buffers: list[bytes | bytearray | memoryview]) -> None:
         """Send one whole reply. The reader thread's replies are corked (see ``_fill``); a
-        worker's go on the reply queue (never blocking: the sender writes them)."""
+        worker's never block on the socket (see ``_send_queued``)."""
         if threading.get_ident() != self._reader_id:
             self._send_queued(buffers)
             return
