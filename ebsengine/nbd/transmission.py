@@ -10,13 +10,23 @@ Threading protocol (one connection):
   TRIM, WRITE_ZEROES, large READ / WRITE) go to the server's shared :class:`WorkerPool`,
   so replies may overtake each other, as the protocol allows;
 * every reply is written whole under ``send_lock``, so chunks of different replies never
-  interleave mid-frame. Input is read in large gulps (one recv() may hold many pipelined
+  interleave mid-frame. Shared workers never block on a client's socket: a worker writes
+  its reply itself only while the socket takes it (``WORKER_SEND_BUDGET`` in all, waiting
+  for the wire included), and otherwise puts it, or the rest of a half-sent frame (first),
+  on the connection's reply queue, which the connection's own *sender* thread writes out.
+  Once anything is queued, every reply (the reader's corked ones too) goes behind it, so a
+  half-sent frame is always finished first. A client that stops reading its replies thus
+  blocks only its own reader and sender, never a worker that other connections need; the
+  bytes of replies queued or being produced for pooled requests are bounded by
+  ``MAX_REPLY_BYTES``, and past that the reader stops reading new requests from this client
+  (back-pressure on it alone). Input is read in large gulps (one recv() may hold many pipelined
   requests), and replies of requests run on the reader thread are *corked*: collected and
   sent in one write just before the reader would block waiting for input (or once
   ``CORK_LIMIT`` bytes are waiting), so a deep queue costs a few syscalls per batch rather
   than three per request, and a lone request (QD1) is answered at once;
 * on DISC, EOF or shutdown the reader stops reading, waits until the in-flight count drops
-  to zero, flushes the device if this connection changed it, and closes the device.
+  to zero and the sender has written every queued reply, flushes the device if this
+  connection changed it, and closes the device.
 
 FLUSH needs no ordering against other requests: it must cover the writes *already
 answered*, and an answered write is complete in the engine's shared per-volume cache,
@@ -28,8 +38,10 @@ from __future__ import annotations
 import functools
 import logging
 import queue
+import select
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 from ebsengine.block.volume import Extent
@@ -40,6 +52,17 @@ from ebsengine.nbd.handshake import Negotiated
 
 MAX_INFLIGHT_REQUESTS = 64  # queued to the worker pool, per connection
 MAX_INFLIGHT_BYTES = 64 * 1024 * 1024  # WRITE payloads queued, per connection
+# Replies of pooled requests queued for the sender, or reserved for requests still running
+# (a READ reserves its length), per connection; past this the reader reads no new requests.
+MAX_REPLY_BYTES = 2 * p.MAX_PAYLOAD
+MAX_QUEUED_REPLIES = 1024  # ... and as many entries on the reply queue (small replies)
+_REPLY_OVERHEAD = 64  # reserved for a reply without data (headers, an error chunk)
+# A worker writes its reply itself when the wire is free, waiting for socket room at most
+# this long in all; the unsent rest goes to the connection's sender. (Handing every reply
+# to the sender costs a GIL hand-off per reply: half the throughput of pipelined 1 MiB
+# READs.) A client that reads nothing costs one worker this much once, then its replies
+# queue behind the stuck sender.
+WORKER_SEND_BUDGET = 0.02
 
 log = logging.getLogger("ebsengine.nbd")
 
@@ -126,7 +149,10 @@ class Transmission:
         self.pool = pool
         self.inline_limit = inline_limit
         self.send_lock = threading.Lock()
-        self._cv = threading.Condition()
+        lock = threading.RLock()
+        self._cv = threading.Condition(lock)  # reader / _finish: room, in-flight count
+        self._send_cv = threading.Condition(lock)  # the sender: replies to write
+        self._wire_cv = threading.Condition(lock)  # workers: the wire became free
         self._inflight = 0
         self._inflight_bytes = 0
         self._dirty = False
@@ -136,11 +162,20 @@ class Transmission:
         self._out: list[bytes | bytearray | memoryview] = []  # corked replies (send_lock)
         self._outlen = 0
         self._reader_id: int | None = None
+        # Replies of pooled requests, written by the sender thread (None: stop); under _cv.
+        self._replies: list[list[bytes | bytearray | memoryview] | None] = []
+        self._reply_bytes = 0  # queued + reserved reply bytes (see MAX_REPLY_BYTES)
+        self._sending = False  # a thread owns the wire for queued replies (under _cv)
+        self._sender_owns = False  # ... and it is the sender (a slow client), not a worker
+        self._sender: threading.Thread | None = None
 
     # --- the reader loop ------------------------------------------------------------------
 
     def run(self) -> None:
         self._reader_id = threading.get_ident()
+        if self.pool is not None:
+            self._sender = threading.Thread(target=self._send_loop, name="nbd-send", daemon=True)
+            self._sender.start()
         try:
             self._loop()
         except p.Disconnect:
@@ -236,22 +271,50 @@ class Transmission:
                 )
                 and cmd not in (p.CMD_CACHE, p.CMD_BLOCK_STATUS)
             ):
+                reserve = _REPLY_OVERHEAD + (length if cmd == p.CMD_READ else 0)
                 with self._cv:
                     # Back-pressure: stop reading requests (and their payloads) while this
-                    # connection has too much queued, so one client cannot fill memory.
-                    while (self._inflight >= MAX_INFLIGHT_REQUESTS
-                           or self._inflight_bytes >= MAX_INFLIGHT_BYTES):
+                    # connection has too much queued or unsent, so one client cannot fill
+                    # memory (nor, not reading its replies, hold anything but itself).
+                    while not self._broken and (
+                        self._inflight >= MAX_INFLIGHT_REQUESTS
+                        or self._inflight_bytes >= MAX_INFLIGHT_BYTES
+                        or self._reply_bytes >= MAX_REPLY_BYTES
+                        or len(self._replies) >= MAX_QUEUED_REPLIES
+                    ):
                         self._cv.wait()
+                    if self._broken:
+                        return
                     self._inflight += 1
                     self._inflight_bytes += len(data)
+                    self._reply_bytes += reserve
                 self.pool.submit(
-                    functools.partial(self._pooled, flags, cmd, cookie, offset, length, data)
+                    functools.partial(
+                        self._pooled, flags, cmd, cookie, offset, length, data, reserve
+                    )
                 )
             else:
+                if self._replies and (  # corked replies get queued too (see _send_out_locked)
+                    self._reply_bytes >= MAX_REPLY_BYTES
+                    or len(self._replies) >= MAX_QUEUED_REPLIES
+                ):
+                    with self._cv:
+                        while not self._broken and (
+                            self._reply_bytes >= MAX_REPLY_BYTES
+                            or len(self._replies) >= MAX_QUEUED_REPLIES
+                        ):
+                            self._cv.wait()
                 self._execute(flags, cmd, cookie, offset, length, data)
 
     def _pooled(
-        self, flags: int, cmd: int, cookie: int, offset: int, length: int, data: bytes
+        self,
+        flags: int,
+        cmd: int,
+        cookie: int,
+        offset: int,
+        length: int,
+        data: bytes,
+        reserve: int,
     ) -> None:
         try:
             self._execute(flags, cmd, cookie, offset, length, data)
@@ -259,12 +322,17 @@ class Transmission:
             with self._cv:
                 self._inflight -= 1
                 self._inflight_bytes -= len(data)
+                self._reply_bytes -= reserve  # the reply itself is counted once queued
                 self._cv.notify_all()
 
     def _finish(self) -> None:
         with self._cv:
             while self._inflight:
                 self._cv.wait()
+            self._replies.append(None)  # the sender writes what is queued, then stops
+            self._send_cv.notify()
+        if self._sender is not None:
+            self._sender.join()
         try:
             if self._dirty:
                 self.dev.flush()
@@ -459,20 +527,110 @@ class Transmission:
             self._send([p.simple_reply(cookie, error)])
 
     def _send(self, buffers: list[bytes | bytearray | memoryview]) -> None:
-        """Send one whole reply; the reader thread's replies are corked (see ``_fill``)."""
+        """Send one whole reply. The reader thread's replies are corked (see ``_fill``); a
+        worker's never block on the socket (see ``_send_queued``)."""
+        if threading.get_ident() != self._reader_id:
+            self._send_queued(buffers)
+            return
         try:
             with self.send_lock:
-                if threading.get_ident() == self._reader_id:
-                    self._out.extend(buffers)
-                    self._outlen += sum(len(b) for b in buffers)
-                    if self._outlen >= CORK_LIMIT:
-                        self._send_out_locked()
-                else:
-                    if self._out:
-                        self._send_out_locked()
-                    p.send_all(self.sock, buffers)
+                self._out.extend(buffers)
+                self._outlen += sum(len(b) for b in buffers)
+                if self._outlen >= CORK_LIMIT:
+                    self._send_out_locked()
         except OSError as exc:
             self._lost(exc)
+
+    def _send_queued(self, buffers: list[bytes | bytearray | memoryview]) -> None:
+        """A worker's reply: written at once if the wire is free and the socket takes it
+        without blocking, else (or its unsent rest) queued for the sender."""
+        with self._cv:
+            if self._broken:
+                return  # nobody to send to; the queue has been dropped
+            if self._sending and not self._sender_owns and not self._replies:
+                # Wait a little while another worker has the wire (as workers used to wait
+                # for send_lock: a reply sent by the thread that made it is cheaper than a
+                # hand-off); once the sender is involved (a slow client), queue at once.
+                deadline = time.monotonic() + WORKER_SEND_BUDGET
+                while (
+                    self._sending and not self._sender_owns and not self._replies
+                ) and not self._broken:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._wire_cv.wait(left)
+                if self._broken:
+                    return
+            if self._replies or self._sending:  # ...else queue it, behind what is queued
+                self._replies.append(buffers)
+                self._reply_bytes += sum(len(b) for b in buffers)
+                if not self._sending:  # else its owner wakes the sender when done
+                    self._send_cv.notify()
+                return
+            self._sending = True  # the sender waits until we are done
+        rest: list[bytes | bytearray | memoryview] = buffers
+        lost: OSError | None = None
+        if self.send_lock.acquire(blocking=False):  # never wait for the reader's send
+            try:
+                if self._out:  # corked replies of the reader go first
+                    rest = [*self._out, *buffers]
+                    self._out = []
+                    self._outlen = 0
+                rest = _send_briefly(self.sock, rest, WORKER_SEND_BUDGET)
+            except OSError as exc:
+                lost = exc
+            finally:
+                self.send_lock.release()
+        with self._cv:
+            self._sending = False
+            if rest and lost is None and not self._broken:
+                self._replies.insert(0, rest)  # the rest of a started frame goes next
+                self._reply_bytes += sum(len(b) for b in rest)
+            if self._replies:
+                self._send_cv.notify()
+            else:
+                self._wire_cv.notify()
+        if lost is not None:
+            self._lost(lost)
+
+    def _send_loop(self) -> None:
+        """The sender thread: write queued replies (all that are waiting, in one go)."""
+        while True:
+            with self._cv:
+                while not self._replies or self._sending:
+                    self._send_cv.wait()
+                batch, self._replies = self._replies, []
+                self._sending = self._sender_owns = True
+            stop = batch[-1] is None
+            replies = [r for r in batch if r is not None]
+            out = [b for r in replies for b in r]
+            size = sum(len(b) for b in out)
+            if out and not self._broken:
+                try:
+                    with self.send_lock:
+                        if self._out:  # corked replies of the reader go too, after
+                            # (the batch may start with the rest of a half-sent frame)
+                            out.extend(self._out)
+                            self._out = []
+                            self._outlen = 0
+                        p.send_all(self.sock, out)
+                except OSError as exc:
+                    self._lost(exc)
+            with self._cv:
+                self._sending = self._sender_owns = False
+                self._reply_bytes -= size
+                if self._broken:  # drop whatever came in meanwhile
+                    for r in self._replies:
+                        if r is None:
+                            stop = True
+                        else:
+                            self._reply_bytes -= sum(len(b) for b in r)
+                    self._replies = []
+                if not self._replies:
+                    self._wire_cv.notify()  # a worker waiting for the wire may write
+                self._cv.notify_all()
+            if stop:
+                return
 
     def _flush_out(self) -> None:
         if not self._out:
@@ -484,21 +642,68 @@ class Transmission:
             self._lost(exc)
 
     def _send_out_locked(self) -> None:
+        """The reader's corked replies: written now, or queued behind the replies that the
+        sender (or a worker) is writing, which may have a frame half-sent."""
         out = self._out
         self._out = []
         self._outlen = 0
-        if out:
+        if not out:
+            return
+        with self._cv:
+            busy = bool(self._replies or self._sending)
+            if busy and not self._broken:
+                self._replies.append(out)
+                self._reply_bytes += sum(len(b) for b in out)
+                if not self._sending:
+                    self._send_cv.notify()
+        if not busy:
             p.send_all(self.sock, out)
 
     def _lost(self, exc: OSError) -> None:
         # The client is gone (or we are shutting down): stop reading more requests.
-        if not self._broken:
-            log.debug("nbd: reply could not be sent: %s", exc)
-        self._broken = True
+        with self._cv:
+            if not self._broken:
+                log.debug("nbd: reply could not be sent: %s", exc)
+            self._broken = True
+            self._cv.notify_all()  # a reader waiting for room must not wait for ever
+            self._send_cv.notify()
+            self._wire_cv.notify_all()
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+
+def _send_briefly(
+    sock: socket.socket, buffers: list[bytes | bytearray | memoryview], budget: float
+) -> list[bytes | bytearray | memoryview]:
+    """Send what the socket takes within ``budget`` seconds (waiting for room only that
+    long in all); return the unsent rest (in order)."""
+    views = [memoryview(b).cast("B") for b in buffers if len(b)]
+    deadline: float | None = None
+    poller: select.poll | None = None
+    while views:
+        try:
+            sent = sock.sendmsg(views[:512], (), socket.MSG_DONTWAIT)  # IOV_MAX is 1024
+        except BlockingIOError:
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + budget
+                poller = select.poll()
+                poller.register(sock, select.POLLOUT)
+            if now >= deadline or poller is None:
+                break
+            poller.poll(max(1, int((deadline - now) * 1000)))
+            continue
+        while sent:
+            head = views[0]
+            if sent >= len(head):
+                sent -= len(head)
+                views.pop(0)
+            else:
+                views[0] = head[sent:]
+                sent = 0
+    return list(views)
 
 
 def nbd_state(kind: int) -> int:
