@@ -216,6 +216,18 @@ def drain(sock: socket.socket, n: int) -> None:
         n -= got
 
 
+def drop_sent(views: list[memoryview], sent: int) -> None:
+    """Remove the first ``sent`` bytes from the gather list ``views`` (after a short send)."""
+    while sent:
+        head = views[0]
+        if sent >= len(head):
+            sent -= len(head)
+            views.pop(0)
+        else:
+            views[0] = head[sent:]
+            sent = 0
+
+
 def send_all(sock: socket.socket, buffers: list[bytes | bytearray | memoryview]) -> None:
     """Send every byte of ``buffers`` in order (a gather write, looping over short sends)."""
     if len(buffers) == 1:
@@ -227,14 +239,7 @@ def send_all(sock: socket.socket, buffers: list[bytes | bytearray | memoryview])
     views = [memoryview(b).cast("B") for b in buffers if len(b)]
     while views:
         sent = sock.sendmsg(views[:512])  # IOV_MAX is 1024 on Linux
-        while sent:
-            head = views[0]
-            if sent >= len(head):
-                sent -= len(head)
-                views.pop(0)
-            else:
-                views[0] = head[sent:]
-                sent = 0
+        drop_sent(views, sent)
 
 
 def option_reply(option: int, reply_type: int, payload: bytes = b"") -> bytes:

@@ -695,14 +695,7 @@ def _send_briefly(
                 break
             poller.poll(max(1, int((deadline - now) * 1000)))
             continue
-        while sent:
-            head = views[0]
-            if sent >= len(head):
-                sent -= len(head)
-                views.pop(0)
-            else:
-                views[0] = head[sent:]
-                sent = 0
+        p.drop_sent(views, sent)
     return list(views)
 
 
