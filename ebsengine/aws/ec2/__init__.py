@@ -45,20 +45,6 @@ from .snapshots import SnapshotActions
 from .tags import TagActions
 from .volumes import VolumeActions
 
-#: the action classes, one per resource (or family); their ACTIONS are merged
-HANDLERS: tuple[type[Actions], ...] = (
-    VolumeActions,
-    SnapshotActions,
-    TagActions,
-    ImageActions,
-    NetworkActions,
-    AddressActions,
-    SecurityGroupActions,
-    InstanceActions,
-    KeyPairActions,
-    RegionActions,
-)
-
 
 class Ec2Model(
     VolumeActions,
@@ -72,9 +58,10 @@ class Ec2Model(
     KeyPairActions,
     RegionActions,
 ):
-    """Every EC2 action this endpoint serves, over an :class:`AwsStore`."""
+    """Every EC2 action this endpoint serves, over an :class:`AwsStore`: one base class per
+    resource (or family), whose ``ACTIONS`` are merged (below the class)."""
 
-    ACTIONS: ClassVar[dict[str, str]] = {k: v for h in HANDLERS for k, v in h.ACTIONS.items()}
+    ACTIONS: ClassVar[dict[str, str]] = {}
 
     def __init__(self, store: AwsStore, *, modification: ModificationRules | None = None,
                  cloud: Cloud | None = None) -> None:
@@ -94,6 +81,11 @@ class Ec2Model(
         return method(ctx, params)
 
 
+
+#: the action classes, one per resource (or family)
+HANDLERS: tuple[type[Actions], ...] = tuple(
+    b for b in Ec2Model.__bases__ if issubclass(b, Actions))
+Ec2Model.ACTIONS = {k: v for h in HANDLERS for k, v in h.ACTIONS.items()}
 
 __all__ = [
     "CursorPages",
