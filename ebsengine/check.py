@@ -35,6 +35,7 @@ from .model import FsckReport
 from .storage.base import Txn
 from .storage.chunks import ChunkStore
 from .storage.envelope import decode_chunk, decode_pages
+from .storage.sealing import SEAL_OVERHEAD, Keyring, sealed_tag
 from .storage.store import Store
 
 MAX_REPORTED = 200
@@ -112,17 +113,32 @@ class _Reader:
             cm.__exit__(None, None, None)
 
 
+def _domain_id_ok(dom: str) -> bool:
+    try:
+        return dom.startswith("dom-") and len(bytes.fromhex(dom[4:])) == L.DOMAIN_TAG_SIZE
+    except ValueError:
+        return False
+
+
+def _dom(tag: bytes | None) -> str:
+    return "plaintext" if tag is None else f"dom-{tag.hex()}"
+
+
 def check_store(store: Store, chunks: ChunkStore, maps: BlockMaps, *,
-                batch: int = BATCH, chunk_batch: int = CHUNK_BATCH) -> FsckReport:
-    """Check every invariant over one point in time of the store (see the module doc)."""
+                batch: int = BATCH, chunk_batch: int = CHUNK_BATCH,
+                keys: Keyring | None = None) -> FsckReport:
+    """Check every invariant over one point in time of the store (see the module doc).
+    Encrypted values are opened and checked with the domains in ``keys``; those of other
+    domains get the structural checks only, counted in ``unverified``."""
+    keys = keys if keys is not None else Keyring()
     for _ in range(OPTIMISTIC_PASSES):
         before = store.commit_id()
-        report = _check_pass(store, chunks, maps, batch, chunk_batch)
+        report = _check_pass(store, chunks, maps, batch, chunk_batch, keys)
         if store.commit_id() == before:
             return report
     with store.write_lock:
         before = store.commit_id()
-        report = _check_pass(store, chunks, maps, batch, chunk_batch)
+        report = _check_pass(store, chunks, maps, batch, chunk_batch, keys)
         if store.commit_id() == before:
             return report
     raise StoreLocked("the store kept changing during the check (another process is writing "
@@ -130,8 +146,9 @@ def check_store(store: Store, chunks: ChunkStore, maps: BlockMaps, *,
 
 
 def _check_pass(store: Store, chunks: ChunkStore, maps: BlockMaps, batch: int,
-                chunk_batch: int) -> FsckReport:
+                chunk_batch: int, keys: Keyring) -> FsckReport:
     problems: list[str] = []
+    unverified: Counter[str] = Counter()  # domain id -> values not opened
 
     def bad(msg: str) -> None:
         if len(problems) < MAX_REPORTED:
@@ -159,6 +176,27 @@ def _check_pass(store: Store, chunks: ChunkStore, maps: BlockMaps, batch: int,
             except (ValueError, KeyError, TypeError, AttributeError, struct.error) as exc:
                 bad(f"I7: lineage record {k.hex()} unreadable: {exc}")
         stats["lineages"] = len(lineages)
+        # I11: a lineage and its base share one domain
+        for lid, lg in lineages.items():
+            if lg.domain is not None and not (isinstance(lg.domain, str)
+                                               and _domain_id_ok(lg.domain)):
+                bad(f"I11: lineage {lid} names a malformed domain {lg.domain!r}")
+            if lg.base is not None and lg.base[0] in lineages and \
+                    lineages[lg.base[0]].domain != lg.domain:
+                bad(f"I11: lineage {lid} (domain {lg.domain}) reads through lineage "
+                    f"{lg.base[0]} of domain {lineages[lg.base[0]].domain}")
+        stats["encrypted_lineages"] = sum(1 for lin in lineages.values() if lg.domain)
+
+        def want_tag(lid: int) -> bytes | None:
+            dom = lineages[lid].domain
+            return bytes.fromhex(dom[4:]) if dom and _domain_id_ok(dom) else None
+
+        chunk_tag: dict[bytes, bytes | None] = {}  # chunk key -> the domain tag referring to it
+
+        def refer(lid: int, key: bytes) -> None:
+            tag = want_tag(lid)
+            if chunk_tag.setdefault(key, tag) != tag:
+                bad(f"I11: chunk {key.hex()} is referenced from two domains")
 
         # maps: I2, I6 (membership, generation bound, one entry per interval)
         refcount: Counter[bytes] = Counter()
@@ -192,11 +230,13 @@ def _check_pass(store: Store, chunks: ChunkStore, maps: BlockMaps, batch: int,
                     bad(f"I10: patch {lid}/{idx}/{gen} has a bad page mask {mask:#x}")
                 if base is not None:
                     refcount[base] += 1
+                    refer(lid, base)
             elif v:
                 if len(v) != L.KEY_SIZE:
                     bad(f"I2: map entry {lid}/{idx}/{gen} has a malformed value")
                     continue
                 refcount[v] += 1
+                refer(lid, bytes(v))
             live = live_cache.setdefault(lid, lin.live_points())
             if not live or gen > live[-1]:
                 bad(f"I6: map entry {lid}/{idx}/{gen} is newer than every live point of its "
@@ -229,12 +269,23 @@ def _check_pass(store: Store, chunks: ChunkStore, maps: BlockMaps, batch: int,
             if len(k) != L.KEY_SIZE:
                 bad(f"I3: chunk key {k.hex()} has a bad length")
                 continue
-            try:
-                data = decode_chunk(v)
-            except (CorruptStore, IndexError) as exc:
-                bad(f"I3: chunk {k.hex()} does not decode: {exc or 'empty value'}")
-                continue
-            fp = chunks.fingerprints(data)[0]
+            tag = sealed_tag(v)
+            if k in chunk_tag and chunk_tag[k] != tag:
+                bad(f"I11: chunk {k.hex()} is sealed in "
+                    f"{_dom(tag)} but referenced from {_dom(chunk_tag[k])}")
+            domain = keys.get(tag) if tag is not None else None
+            if tag is not None and domain is None:
+                unverified[_dom(tag)] += 1
+                if len(v) < 1 + L.DOMAIN_TAG_SIZE + SEAL_OVERHEAD + 2:
+                    bad(f"I3: sealed chunk {k.hex()} is too short to hold a chunk")
+                data = None
+            else:
+                try:
+                    data = decode_chunk(v, k, keys)
+                except (CorruptStore, IndexError) as exc:
+                    bad(f"I3: chunk {k.hex()} does not decode: {exc or 'empty value'}")
+                    continue
+            fp = chunks.fingerprints(data, domain)[0] if data is not None else k[:L.FP_SIZE]
             if fp is None:
                 bad(f"I3: chunk {k.hex()} is all zeros (zero chunks are never stored)")
             elif fp != k[:L.FP_SIZE]:
@@ -269,12 +320,21 @@ def _check_pass(store: Store, chunks: ChunkStore, maps: BlockMaps, batch: int,
                 mask, digest, _, _ = L.parse_patch(value)
             except ValueError:
                 continue  # reported with its map entry
+            tag = sealed_tag(v)
+            plid = L.parse_map_key(bytes(k))[0]
+            if plid in lineages and want_tag(plid) != tag:
+                bad(f"I11: pages {k.hex()} are sealed in {_dom(tag)} but belong to lineage "
+                    f"{plid} of {_dom(want_tag(plid))}")
+            domain = keys.get(tag) if tag is not None else None
+            if tag is not None and domain is None:
+                unverified[_dom(tag)] += 1
+                continue
             try:
-                data = decode_pages(v, mask.bit_count() * L.PAGE_SIZE)
+                data = decode_pages(v, mask.bit_count() * L.PAGE_SIZE, bytes(k), keys)
             except (CorruptStore, IndexError) as exc:
                 bad(f"I10: pages {k.hex()} do not decode: {exc or 'empty value'}")
                 continue
-            if page_digest(data) != digest:
+            if page_digest(data, domain) != digest:
                 bad(f"I10: pages {k.hex()} do not match their patch's digest")
         for k in sorted(patches)[:20]:
             try:
@@ -386,4 +446,8 @@ def _check_pass(store: Store, chunks: ChunkStore, maps: BlockMaps, batch: int,
                     f"{lineages[blid].pins.get(bgen, 0)} pins")
     finally:
         rd.close()
-    return FsckReport(ok=not problems, problems=problems, stats=dict(stats))
+    stats["unverified_values"] = sum(unverified.values())
+    notes = [f"{n} encrypted values of {dom} not verified: its data key was not given (run "
+             f"fsck with the store's master key to open and check them)"
+             for dom, n in sorted(unverified.items())]
+    return FsckReport(ok=not problems, problems=problems, stats=dict(stats), unverified=notes)

@@ -238,6 +238,16 @@ class InsecureStore(EbsError):
     exit_code = 8
 
 
+class KeyUnavailable(EbsError):
+    """Encrypted data was asked for whose data key this process does not hold: its KMS key
+    has not been unlocked here (the engine unwraps it through KMS when a volume, snapshot or
+    export of that domain is opened, and refuses then if the key is disabled or pending
+    deletion). Nothing is lost."""
+
+    code = "KMS.DisabledException"
+    exit_code = 4
+
+
 class CorruptStore(EbsError):
     """The store violates one of its invariants (see ``layout.py``); run ``ebsengine fsck``."""
 

@@ -20,9 +20,12 @@ Sub-databases (key -> value; integers are unsigned big-endian so byte order = nu
     ``b"zstd_level"`` -> ASCII decimal; ``b"next_lineage"`` -> u64 (next free lineage id).
 ``chunks``
     chunk key (``fingerprint[16] | collision_no u32``) -> ``codec u8 | payload``.
-    ``codec`` 0 = raw (compression did not pay), 1 = zstd frame. The fingerprint is xxh3-128 of
-    the uncompressed chunk (``codec.fingerprint``). Chunks whose bytes differ but whose
-    fingerprints collide get distinct ``collision_no`` values: before a chunk is shared, its
+    ``codec`` 0 = raw (compression did not pay), 1 = zstd frame, 2 = sealed (format 3: the
+    chunk of an encrypted domain, see "Encryption" below). The fingerprint is xxh3-128 of
+    the uncompressed chunk (``codec.fingerprint``); in an encrypted domain, that digest
+    keyed by the domain (AES-256 of it under the domain's fingerprint key). Chunks whose
+    bytes differ but whose fingerprints collide get distinct ``collision_no`` values (and a
+    chunk of another domain never counts as equal): before a chunk is shared, its
     stored bytes are compared with the new bytes, so equal fingerprints alone never make two
     volumes share data (DESIGN invariant 5).
 ``refs``
@@ -61,7 +64,9 @@ Sub-databases (key -> value; integers are unsigned big-endian so byte order = nu
     ``owner`` (volume id or pending snapshot id owning the head), ``base`` (``[lineage, gen]``
     whose data shows through where this lineage has no entry, or null), ``points`` (live
     snapshot generations: ``{gen: snapshot_id}``), ``pins`` (``{gen: n}``, generations that
-    ``n`` child lineages read through), ``allocated`` (data chunks visible at the head).
+    ``n`` child lineages read through), ``allocated`` (data chunks visible at the head),
+    ``domain`` (format 3: the data-key domain id ``dom-<32 hex>`` of an encrypted lineage,
+    absent or null for a plaintext one).
 ``volumes``
     volume id (ASCII) -> JSON volume record (``ebsengine.model.Volume`` fields plus
     ``lineage``). While an image is imported, ``importer`` names the importing process
@@ -86,6 +91,25 @@ Sub-databases (key -> value; integers are unsigned big-endian so byte order = nu
     in the same transaction as the snapshot record; a snapshot's ``volume_id`` never changes,
     and deleting the record deletes its entry. The volume may be gone (snapshots outlive it).
 
+Encryption (format 3)
+---------------------
+An encrypted lineage names a data-key *domain* (``ebsengine.kms``: a random 256-bit data key
+stored only wrapped by a KMS key, which is itself sealed by the master key outside the
+store). A lineage and its base always share one domain (or are both plaintext): a volume
+that changes key or encrypts a plaintext snapshot gets a full copy, never a base in another
+domain. Every chunk and pages value written for an encrypted lineage is::
+
+    CODEC_SEALED u8 | domain tag[16] | salt[32] | AES-256-GCM ciphertext | tag[16]
+
+the AEAD of the plaintext encoding (``codec u8 | payload`` as above: compression first),
+under a one-message key HKDF-derived from the domain's sealing key and the random salt (so a
+nonce never repeats under one key), with AAD = ``"ebsengine/value/v1\0" | domain tag |``
+the chunk's fingerprint (for a chunk) or the page key (for pages). A value swapped for
+another, moved to another domain or changed in any bit does not open: ``CorruptStore``.
+Chunk keys of a domain use keyed fingerprints, so dedup stays within the domain and a name
+says nothing about the plaintext; a patch's digest is BLAKE2b-128 keyed the same way. Zero
+chunks are never stored, in any domain.
+
 Format history and migration
 ----------------------------
 * 1: no ``snaps_by_volume``, no ``pages``, no patch values in ``maps``.
@@ -94,6 +118,9 @@ Format history and migration
   map is a valid format-2 map), builds ``snaps_by_volume`` from the ``snapshots`` records and
   writes format 2, in one transaction (``storage/migrate.py``); a read-only open of a
   format-1 store is refused with a message saying to open it read-write once.
+* 3: encrypted lineages (``domain``, ``CODEC_SEALED`` values). Every format-2 store is a valid
+  format-3 store; a read-write open writes the new format number (older code then refuses it
+  instead of misreading a sealed value).
 
 How a point in time is read
 ---------------------------
@@ -135,7 +162,11 @@ I9  ``blocksums`` entries belong to pending snapshots and name blocks inside the
 I10 Every patch value is well formed: its page key is its own map key, its mask is not
     empty, its base (if any) is a stored chunk (counted in I4); ``pages`` holds exactly the
     page keys of the patch entries; each ``pages`` value decodes to ``popcount(mask)`` pages
-    whose BLAKE2b-128 is the patch's digest.
+    whose BLAKE2b-128 (keyed in an encrypted domain) is the patch's digest.
+I11 A lineage's ``domain`` equals its base lineage's; every chunk and pages value a lineage
+    refers to is sealed in that lineage's domain, or plaintext when it has none. With the
+    keys, every sealed value opens (I3 and I10 are checked on the plaintext); without them,
+    fsck checks the structure and reports how many values it could not verify.
 
 """
 
@@ -143,7 +174,7 @@ from __future__ import annotations
 
 import struct
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 CHUNK_SIZE = 64 * 1024
 BLOCK_SIZE = 512 * 1024
 CHUNKS_PER_BLOCK = BLOCK_SIZE // CHUNK_SIZE
@@ -157,6 +188,8 @@ MAX_GEN = 0xFFFFFFFF
 
 CODEC_RAW = 0
 CODEC_ZSTD = 1
+CODEC_SEALED = 2  # format 3: an encrypted value (see "Encryption" above)
+DOMAIN_TAG_SIZE = 16
 
 PAGE_SIZE = 4096  # the write unit of a patch
 PAGES_PER_CHUNK = CHUNK_SIZE // PAGE_SIZE

@@ -96,3 +96,5 @@ class FsckReport:
     ok: bool
     problems: list[str]
     stats: dict[str, int]
+    #: what could not be verified (encrypted data whose keys were not given), and why
+    unverified: list[str] = field(default_factory=list)

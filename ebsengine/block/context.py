@@ -18,10 +18,11 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from .. import layout as L
-from ..errors import Closed, CorruptStore
+from ..errors import Closed, CorruptStore, KeyUnavailable
 from ..storage.base import Table, Txn
 from ..storage.chunks import ChunkStore
-from ..storage.envelope import decode_chunk, decode_pages
+from ..storage.envelope import decode_pages
+from ..storage.sealing import Domain
 from ..storage.store import Store
 from .maps import BlockMaps
 
@@ -30,8 +31,11 @@ ZERO_CHUNK = bytes(L.CHUNK_SIZE)
 ZERO_PAGE = bytes(L.PAGE_SIZE)
 
 
-def page_digest(data: bytes | bytearray | memoryview) -> bytes:
-    """The digest a patch value carries of its pages (see ``layout.py``)."""
+def page_digest(data: bytes | bytearray | memoryview, domain: Domain | None = None) -> bytes:
+    """The digest a patch value carries of its pages (see ``layout.py``; keyed in an
+    encrypted domain)."""
+    if domain is not None:
+        return domain.page_digest(data)
     return hashlib.blake2b(data, digest_size=L.DIGEST_SIZE).digest()
 
 
@@ -62,11 +66,12 @@ class ChunkCache:
                 self._lru.move_to_end(key)
                 self.hits += 1
                 return hit[1]
-        data = decode_chunk(raw)  # outside the lock: other readers go on meanwhile
+        data = chunks.decode(key, raw)  # outside the lock: other readers go on meanwhile
         self._insert(key, raw, data)
         return data
 
-    def get_pages(self, txn: Txn, pages_db: Table, value: bytes, keep: bool = True) -> bytes:
+    def get_pages(self, txn: Txn, chunks: ChunkStore, pages_db: Table, value: bytes,
+                  keep: bool = True) -> bytes:
         """The decoded pages (ascending page order) of patch ``value``. Cached by the
         patch's header with no store read on a hit: the header holds the digest of exactly
         these pages and the map key they are stored at, so equal headers mean equal pages
@@ -83,7 +88,7 @@ class ChunkCache:
         raw = txn.get(page_key, db=pages_db)
         if raw is None:
             raise CorruptStore(f"the pages of patch {page_key.hex()} are missing")
-        data = decode_pages(raw, mask.bit_count() * L.PAGE_SIZE)
+        data = decode_pages(raw, mask.bit_count() * L.PAGE_SIZE, page_key, chunks.keys)
         if keep:
             self._insert(head, b"", data)
         return data
@@ -134,6 +139,22 @@ class BlockContext:
         self.pages_db = self.store.db["pages"]
         self.maps.on_free = self.cache.discard
 
+    # --- domains ----------------------------------------------------------------------------
+
+    def lineage_domain(self, txn: Txn, lineage: int) -> Domain | None:
+        """The domain lineage ``lineage`` is sealed in (None: plaintext), from the keys this
+        process holds: KeyUnavailable if its key was never unlocked here."""
+        lin = self.maps.peek(txn, lineage)
+        if lin is None:
+            raise CorruptStore(f"lineage {lineage} is referenced but missing")
+        if lin.domain is None:
+            return None
+        domain = self.chunks.keys.by_id(lin.domain)
+        if domain is None:
+            raise KeyUnavailable(f"lineage {lineage} is encrypted in {lin.domain}, whose key "
+                                 f"is not unlocked here")
+        return domain
+
     # --- decoding map values ----------------------------------------------------------------
 
     def chunk(self, txn: Txn, key: bytes) -> bytes:
@@ -144,7 +165,7 @@ class BlockContext:
         """``{page number: 4 KiB}`` of a patch value's stored pages (for flushes, folds and
         comparisons: a miss does not fill the read cache)."""
         nums = L.mask_pages(L.parse_patch(value)[0])
-        data = self.cache.get_pages(txn, self.pages_db, value, keep=False)
+        data = self.cache.get_pages(txn, self.chunks, self.pages_db, value, keep=False)
         return {p: data[i * L.PAGE_SIZE:(i + 1) * L.PAGE_SIZE] for i, p in enumerate(nums)}
 
     def content(self, txn: Txn, value: bytes | None) -> bytes:
@@ -196,7 +217,7 @@ class BlockContext:
                 end = min(b, (p + 1) * L.PAGE_SIZE)
                 if mask >> p & 1:
                     if stored is None:
-                        stored = self.cache.get_pages(txn, self.pages_db, value)
+                        stored = self.cache.get_pages(txn, self.chunks, self.pages_db, value)
                     # page p is the n-th stored page, n = the pages of the mask below it
                     at = (mask & ((1 << p) - 1)).bit_count() * L.PAGE_SIZE + pos % L.PAGE_SIZE
                     dst[pos - lo:end - lo] = stored[at:at + end - pos]

@@ -21,7 +21,7 @@ import time
 import weakref
 
 from .. import layout as L
-from ..errors import EbsError
+from ..errors import EbsError, KeyUnavailable
 from ..storage.envelope import encode_many
 from .context import BlockContext
 
@@ -87,25 +87,32 @@ class Folder:
                 more = len(cands) > BATCH
                 work = []
                 for _, mk, value in cands[:BATCH]:
-                    data = ctx.content(txn, value)
-                    fp = ctx.chunks.fingerprints(data)[0]
+                    try:  # a patch of a domain whose key is not unlocked here stays a patch
+                        domain = ctx.lineage_domain(txn, L.parse_map_key(mk)[0])
+                        data = ctx.content(txn, value)
+                        fp = ctx.chunks.fingerprints(data, domain)[0]
+                    except KeyUnavailable:
+                        fp = None
                     if fp is None:
                         if len(self._skip) > 65536:
                             self._skip.clear()
                         self._skip.add(value)
                         continue
-                    work.append((mk, value, fp, data, ctx.chunks.maybe_stored(txn, fp)))
+                    work.append((mk, value, fp, data, ctx.chunks.maybe_stored(txn, fp), domain))
             if not work:
                 return 0, more
-            todo = [w for w in work if not w[4]]
-            encoded = dict(zip((w[0] for w in todo), encode_many(
-                [w[3] for w in todo], ctx.chunks.level, ctx.pool), strict=True))
+            encoded: dict[bytes, bytes] = {}
+            for domain in {w[5] for w in work}:  # one batch per domain (nearly always one)
+                todo = [w for w in work if not w[4] and w[5] is domain]
+                encoded.update(zip((w[0] for w in todo), encode_many(
+                    [w[3] for w in todo], ctx.chunks.level, ctx.pool, domain,
+                    [w[2] for w in todo]), strict=True))
             n = 0
             with ctx.store.write() as txn:
-                for mk, value, fp, data, _ in work:
+                for mk, value, fp, data, _, domain in work:
                     if txn.get(mk, db=ctx.maps.maps) != value:
                         continue  # rewritten or dropped meanwhile: nothing to do
-                    key = ctx.chunks.put(txn, fp, data, encoded.get(mk))
+                    key = ctx.chunks.put(txn, fp, data, encoded.get(mk), domain)
                     ctx.maps.release(txn, mk, value)
                     txn.put(mk, key, db=ctx.maps.maps)
                     n += 1

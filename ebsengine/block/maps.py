@@ -32,6 +32,7 @@ class Lineage:
     points: dict[int, str] = field(default_factory=dict)  # gen -> snapshot id
     pins: dict[int, int] = field(default_factory=dict)  # gen -> number of child lineages
     allocated: int = 0  # data chunks visible at the head
+    domain: str | None = None  # data-key domain of an encrypted lineage (format 3)
 
     def live_points(self) -> list[int]:
         pts = set(self.points) | set(self.pins)
@@ -44,6 +45,8 @@ class Lineage:
         d["points"] = {str(k): v for k, v in self.points.items()}
         d["pins"] = {str(k): v for k, v in self.pins.items()}
         del d["id"]
+        if d["domain"] is None:
+            del d["domain"]  # a plaintext lineage's record is as in format 2
         return json.dumps(d, sort_keys=True).encode()
 
     @classmethod
@@ -52,7 +55,7 @@ class Lineage:
         return cls(id=lid, head=d["head"], owner=d["owner"], base=d["base"],
                    points={int(k): v for k, v in d["points"].items()},
                    pins={int(k): int(v) for k, v in d["pins"].items()},
-                   allocated=d["allocated"])
+                   allocated=d["allocated"], domain=d.get("domain"))
 
 
 class BlockMaps:
@@ -98,18 +101,23 @@ class BlockMaps:
             raise CorruptStore(f"lineage {lid} is referenced but missing")
         return Lineage(id=lid, head=lin.head, owner=lin.owner,
                        base=list(lin.base) if lin.base is not None else None,
-                       points=dict(lin.points), pins=dict(lin.pins), allocated=lin.allocated)
+                       points=dict(lin.points), pins=dict(lin.pins), allocated=lin.allocated,
+                       domain=lin.domain)
 
     def save(self, txn: Txn, lin: Lineage) -> None:
         txn.put(L.lineage_key(lin.id), lin.to_json(), db=self.lineages)
 
     def create(self, txn: Txn, owner: str | None, base: Point | None,
-               allocated: int = 0) -> Lineage:
-        """A new lineage with head generation 1, reading through ``base`` (pinned)."""
+               allocated: int = 0, domain: str | None = None) -> Lineage:
+        """A new lineage with head generation 1, reading through ``base`` (pinned), sealed
+        in data-key domain ``domain`` (None: plaintext), which must be its base's (I11)."""
         lin = Lineage(id=self.store.next_lineage(txn), head=1, owner=owner,
-                      base=list(base) if base else None, allocated=allocated)
+                      base=list(base) if base else None, allocated=allocated, domain=domain)
         if base is not None:
             parent = self.load(txn, base[0])
+            if parent.domain != domain:
+                raise ValueError(f"a lineage of domain {domain} cannot read through lineage "
+                                 f"{parent.id} of domain {parent.domain}: copy it instead")
             parent.pins[base[1]] = parent.pins.get(base[1], 0) + 1
             self.save(txn, parent)
         self.save(txn, lin)

@@ -41,6 +41,7 @@ from .. import layout as L
 from ..errors import Closed, CorruptStore, OutOfRange, SnapshotNotFound, VolumeNotFound
 from ..storage.base import Cursor, Txn
 from ..storage.envelope import encode_many, encode_pages
+from ..storage.sealing import Domain
 from .context import ZERO_CHUNK, BlockContext, page_digest, release_memory
 
 PS = L.PAGE_SIZE
@@ -254,9 +255,11 @@ class VolumeCache(_Source):
     _frozen_from = 1  # the head lineage's entries change; the bases it reads through do not
 
     def __init__(self, ctx: BlockContext, volume_id: str, lineage: int, size: int,
-                 dirty_limit: int) -> None:
+                 dirty_limit: int, domain: Domain | None = None) -> None:
         super().__init__(ctx)
         self.id = volume_id
+        #: the data-key domain its writes are sealed in (None: a plaintext volume)
+        self.domain = domain
         self.lineage = lineage
         self.size = size
         self.dirty_limit = dirty_limit
@@ -618,8 +621,8 @@ class VolumeCache(_Source):
         mask = 0
         for p in order:
             mask |= 1 << p
-        value = L.patch_value(mask, page_digest(data), mk, base)
-        return "patch", (value, encode_pages(data, L.PAGE_ZSTD_LEVEL)), base
+        value = L.patch_value(mask, page_digest(data, self.domain), mk, base)
+        return "patch", (value, encode_pages(data, L.PAGE_ZSTD_LEVEL, self.domain, mk)), base
 
     def _commit(self, items: list[tuple[int, Entry]],
                 in_txn: Callable[[Txn, object], None] | None) -> None:
@@ -648,13 +651,14 @@ class VolumeCache(_Source):
             for idx, e in items:
                 if isinstance(e, bytearray):
                     fulls[idx] = e
-            fps = {i: chunks.fingerprints(b)[0] for i, b in fulls.items()}
+            fps = {i: chunks.fingerprints(b, self.domain)[0] for i, b in fulls.items()}
             # Compress, outside the write transaction, the chunks probably not stored yet (a
             # colliding fingerprint that turns out to hold other bytes is encoded inline by put).
             todo = [i for i in sorted(fulls)
                     if (fp := fps[i]) is not None and not chunks.maybe_stored(txn, fp)]
         encoded: dict[int, bytes] = dict(zip(
-            todo, encode_many([memoryview(fulls[i]) for i in todo], chunks.level, ctx.pool),
+            todo, encode_many([memoryview(fulls[i]) for i in todo], chunks.level, ctx.pool,
+                              self.domain, [fps[i] for i in todo]),  # type: ignore[misc]
             strict=True))
         with ctx.store.write() as txn:
             raw = txn.get(L.lineage_key(self.lineage), db=maps.lineages)
@@ -677,7 +681,7 @@ class VolumeCache(_Source):
                 if kind == "chunk":
                     del patches[idx]
                     fulls[idx] = what  # type: ignore[assignment]
-                    fps[idx] = chunks.fingerprints(what)[0]  # type: ignore[arg-type]
+                    fps[idx] = chunks.fingerprints(what, self.domain)[0]  # type: ignore[arg-type]
                 else:
                     patches[idx] = (below_now, mk, what, base)  # type: ignore[assignment]
             for idx, _e in items:
@@ -689,7 +693,7 @@ class VolumeCache(_Source):
                 elif idx in fulls:
                     fp = fps[idx]
                     key = None if fp is None else chunks.put(txn, fp, memoryview(fulls[idx]),
-                                                             encoded.get(idx))
+                                                             encoded.get(idx), self.domain)
                     maps.set_head(txn, lin, chain, idx, key, floor, cur)
                 else:
                     maps.set_head(txn, lin, chain, idx, None, floor, cur)

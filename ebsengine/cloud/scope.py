@@ -14,9 +14,7 @@ from typing import Any
 
 from ebsengine import errors
 from ebsengine.engine import Engine, Transaction
-
-DEFAULT_REGION = "us-east-1"
-DEFAULT_ACCOUNT = "123456789012"
+from ebsengine.rules import DEFAULT_ACCOUNT, DEFAULT_REGION, region_of_zone
 
 #: service namespace of a snapshot's region record: ``{"region": str}``
 NS_SNAPSHOT_REGION = "aws.snapshot"
@@ -40,9 +38,6 @@ class Scope:
     account_id: str = DEFAULT_ACCOUNT
 
 
-def region_of_zone(zone: str) -> str:
-    """``us-east-1a`` -> ``us-east-1``."""
-    return zone[:-1] if zone and zone[-1].isalpha() else zone
 
 
 def zones(region: str) -> list[str]:

@@ -20,15 +20,24 @@ from ..block.context import BlockContext
 from ..block.device import Device
 from ..block.folder import Folder
 from ..block.maps import BlockMaps
-from ..errors import EbsError, IncorrectState, InvalidBlock, InvalidParameterCombination
+from ..errors import (
+    EbsError,
+    IncorrectState,
+    InvalidBlock,
+    InvalidParameterCombination,
+    KmsError,
+    MasterKeyError,
+)
 from ..kms import KeyService, MasterKey, check_store_master
 from ..model import FsckReport, Snapshot, Usage, Volume
 from ..rules import check_id
 from ..storage.base import DEFAULT_MAP_SIZE, KvBackend, Txn
 from ..storage.chunks import ChunkStore
 from ..storage.envelope import DEFAULT_ZSTD_LEVEL
+from ..storage.sealing import Keyring
 from ..storage.store import Store
 from .devices import VolumeCaches
+from .domains import Domains
 from .imports import recover_imports
 from .meta import Meta
 from .records import Records
@@ -106,6 +115,8 @@ class Engine:
         self._dirty_limit = dirty_limit
         self._ctx = BlockContext(self._store, self._chunks, self._maps, self._pool,
                                  lambda: self._closed)
+        self._domains = Domains(self._chunks, self._maps, self._ctx, lambda: self.kms)
+        self._chunks.keys.exists = lambda domain_id: self.kms.has_domain(domain_id)
         self._folder = Folder(self._ctx)
         if not readonly:
             self._folder.start()
@@ -115,12 +126,13 @@ class Engine:
         units = Units(self._unit, self._reading, self._no_unit, lambda: self._clock())
         self._records = Records(self._store)
         self._devices = VolumeCaches(self._store, self._ctx, self._records, dirty_limit,
-                                     self._no_unit)
+                                     self._no_unit, self._domains)
         self._caches = self._devices.caches  # volume id -> its cache (open volumes)
         self._lock = self._devices.lock      # the engine lock
-        self._volumes = Volumes(self._records, self._maps, self._devices, units)
+        self._volumes = Volumes(self._records, self._maps, self._devices, units,
+                                self._domains)
         self._snapshots = Snapshots(self._records, self._maps, self._chunks, self._ctx,
-                                    self._devices, units)
+                                    self._devices, units, self._domains)
         self._meta = Meta(self._records, units)
         self._transfer = Transfer(self._records, self._maps, self._chunks, self._ctx,
                                   self._pool, self._devices, self._volumes)
@@ -235,19 +247,26 @@ class Engine:
                       throughput: int | None = None, availability_zone: str | None = None,
                       multi_attach_enabled: bool = False, encrypted: bool = False,
                       kms_key_id: str | None = None,
-                      tags: dict[str, str] | None = None,
+                      tags: dict[str, str] | None = None, account: str | None = None,
                       tx: Transaction | None = None) -> Volume:
         """Create an empty volume, or one from a snapshot in O(1) (data read through lazily).
 
         ``availability_zone``: the zone to record (default: the rules'
-        ``DEFAULT_AVAILABILITY_ZONE``). Raises MissingParameter (no size and no snapshot),
+        ``DEFAULT_AVAILABILITY_ZONE``). ``encrypted``: seal its data under a new data key
+        wrapped by KMS key ``kms_key_id`` (id, ARN, alias or alias ARN of ``account`` in the
+        zone's region; default ``alias/aws/ebs``). A volume from an encrypted snapshot is
+        always encrypted: with the snapshot's data key (O(1)) unless another key is named;
+        another key, or encrypting a plaintext snapshot, copies the data under a new data
+        key (O(data)). The volume's ``kms_key_id`` is the key's ARN. Raises
+        MissingParameter (no size and no snapshot; KmsKeyId without Encrypted),
         InvalidParameter (size/type/IOPS limits), InvalidVolumeSize (below the snapshot's),
-        SnapshotNotFound, IncorrectState.
+        SnapshotNotFound, IncorrectState, KmsError (unknown, disabled or pending-deletion
+        key: nothing is created).
         """
         return self._volumes.create_volume(
             size_gib, volume_type, snapshot_id=snapshot_id, iops=iops, throughput=throughput,
             availability_zone=availability_zone, multi_attach_enabled=multi_attach_enabled,
-            encrypted=encrypted, kms_key_id=kms_key_id, tags=tags, tx=tx)
+            encrypted=encrypted, kms_key_id=kms_key_id, tags=tags, account=account, tx=tx)
 
     def get_volume(self, volume_id: str, *, tx: Transaction | None = None) -> Volume:
         with self._reading(tx) as txn:
@@ -350,10 +369,17 @@ class Engine:
         self._snapshots.delete_snapshot(snapshot_id, tx=tx)
 
     def copy_snapshot(self, snapshot_id: str, description: str = "",
-                      tags: dict[str, str] | None = None, *,
+                      tags: dict[str, str] | None = None, *, encrypted: bool = False,
+                      kms_key_id: str | None = None, region: str | None = None,
+                      account: str | None = None,
                       tx: Transaction | None = None) -> Snapshot:
-        """A new snapshot with the same content, sharing every chunk: O(1)."""
-        return self._snapshots.copy_snapshot(snapshot_id, description, tags, tx=tx)
+        """A new snapshot with the same content, sharing every chunk: O(1). An encrypted
+        source stays encrypted; ``encrypted`` encrypts a plaintext one, and ``kms_key_id``
+        (of ``account`` in ``region``) moves it to another key: both copy the data under a
+        new data key (O(data)). Decrypting is never possible."""
+        return self._snapshots.copy_snapshot(snapshot_id, description, tags,
+                                             encrypted=encrypted, kms_key_id=kms_key_id,
+                                             region=region, account=account, tx=tx)
 
     def list_snapshot_blocks(self, snapshot_id: str, start_block: int = 0) -> list[int]:
         """Indexes of the 512 KiB blocks holding data in a snapshot, ascending, from
@@ -383,11 +409,15 @@ class Engine:
     def start_snapshot(self, volume_size_gib: int, *, parent_snapshot_id: str | None = None,
                        description: str = "", tags: dict[str, str] | None = None,
                        encrypted: bool = False, kms_key_id: str | None = None,
+                       region: str | None = None, account: str | None = None,
                        tx: Transaction | None = None) -> Snapshot:
-        """Begin a snapshot written block by block (EBS direct API StartSnapshot)."""
+        """Begin a snapshot written block by block (EBS direct API StartSnapshot);
+        ``encrypted``/``kms_key_id`` as in :meth:`create_volume` (a child of an encrypted
+        parent is encrypted with the parent's data key unless another key is named)."""
         return self._snapshots.start_snapshot(
             volume_size_gib, parent_snapshot_id=parent_snapshot_id, description=description,
-            tags=tags, encrypted=encrypted, kms_key_id=kms_key_id, tx=tx)
+            tags=tags, encrypted=encrypted, kms_key_id=kms_key_id, region=region,
+            account=account, tx=tx)
 
     def put_snapshot_block(self, snapshot_id: str, block_index: int, data: bytes | memoryview,
                            progress: int | None = None, checksum: str | None = None) -> None:
@@ -502,10 +532,26 @@ class Engine:
                     cache.flush()
         return self._folder.fold_all()
 
-    def fsck(self) -> FsckReport:
-        """Verify every storage invariant of ``layout.py``; flushes open volumes first."""
+    def fsck(self, *, keys: bool = True) -> FsckReport:
+        """Verify every storage invariant of ``layout.py``; flushes open volumes first.
+
+        Encrypted data is opened and verified with its data keys, unwrapped through KMS
+        (which needs the master key) unless ``keys`` is False. A domain whose key cannot be
+        had (no master key, a disabled key) gets the structural checks only, and the
+        report's ``unverified`` says so; that alone does not make the report fail."""
         from ..check import check_store
         self._no_unit("fsck")
+        ring = Keyring()
+        why: list[str] = []
+        if keys:
+            for domain_id in self._lineage_domains():
+                try:
+                    domain = self._domains.unlock(domain_id)
+                except (KmsError, MasterKeyError) as exc:
+                    why.append(f"{domain_id}: {exc}")
+                    continue
+                if domain is not None:
+                    ring.add(domain)
         with self._lock:
             for cache in list(self._caches.values()):
                 if not cache.deleted:
@@ -513,7 +559,21 @@ class Engine:
                         cache.flush()
                     except EbsError:
                         pass  # a full store or disk still deserves a check of what it holds
-        return check_store(self._store, self._chunks, self._maps)
+        report = check_store(self._store, self._chunks, self._maps, keys=ring)
+        report.unverified.extend(why)
+        return report
+
+    def _lineage_domains(self) -> list[str]:
+        out: set[str] = set()
+        for batch in self._store.scan(self._store.db["lineages"]):
+            for _, raw in batch:
+                try:
+                    dom = json.loads(raw).get("domain")
+                except ValueError:
+                    continue  # fsck reports it
+                if isinstance(dom, str):
+                    out.add(dom)
+        return sorted(out)
 
     # --- bulk transfer ------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from ..block.device import Device
 from ..block.volume import SnapshotView, VolumeCache
 from ..errors import IncorrectState
 from ..storage.store import Store
+from .domains import Domains
 from .records import Records
 
 
@@ -23,8 +24,9 @@ class VolumeCaches:
     """
 
     def __init__(self, store: Store, ctx: BlockContext, records: Records, dirty_limit: int,
-                 no_unit: Callable[[str], None]) -> None:
+                 no_unit: Callable[[str], None], domains: Domains) -> None:
         self.store = store
+        self.domains = domains
         self.ctx = ctx
         self.records = records
         self.dirty_limit = dirty_limit
@@ -33,27 +35,31 @@ class VolumeCaches:
         self.caches: dict[str, VolumeCache] = {}
 
     def cache(self, volume_id: str) -> VolumeCache:
-        """The volume's cache, opened on first use."""
+        """The volume's cache, opened on first use (an encrypted volume's data key is
+        unwrapped then: KmsError if its KMS key is disabled or pending deletion)."""
         self.store._live()
         with self.lock:
             cache = self.caches.get(volume_id)
             if cache is None:
                 with self.store.read() as txn:
                     rec = self.records.vol_rec(txn, volume_id)
-                if rec["state"] in ("creating", "error") or rec.get("staging") is not None:
-                    raise IncorrectState(f"Volume '{volume_id}' is {rec['state']}"
-                                         + (" (being imported into)" if rec.get("staging")
-                                            else "") + "; it cannot be opened now.")
+                    if rec["state"] in ("creating", "error") or rec.get("staging") is not None:
+                        raise IncorrectState(f"Volume '{volume_id}' is {rec['state']}"
+                                             + (" (being imported into)" if rec.get("staging")
+                                                else "") + "; it cannot be opened now.")
+                    domain = self.domains.of_lineage(txn, rec["lineage"])
                 cache = VolumeCache(self.ctx, volume_id, rec["lineage"], rec["size_gib"] * L.GIB,
-                                    self.dirty_limit)
+                                    self.dirty_limit, domain)
                 self.caches[volume_id] = cache
             return cache
 
     def open(self, volume_id: str) -> Device:
         """A read-write device on the volume, sharing one cache with every other device of it
-        in this engine."""
+        in this engine. An encrypted volume opens only while KMS can unwrap its data key."""
         with self.lock:
             cache = self.cache(volume_id)
+            if cache.domain is not None:
+                self.domains.unlock(cache.domain.id)  # the key may be disabled since
             cache.users += 1
 
         def release() -> None:
@@ -66,6 +72,7 @@ class VolumeCaches:
         """A read-only device on a completed snapshot, served from the snapshot (no copy)."""
         with self.store.read() as txn:
             rec = self.records.completed(txn, snapshot_id)
+            self.domains.of_lineage(txn, rec["lineage"])  # refused while its key is unusable
         view = SnapshotView(self.ctx, snapshot_id, rec["lineage"], rec["gen"],
                             rec["volume_size_gib"] * L.GIB)
         return Device(view, lambda: None)

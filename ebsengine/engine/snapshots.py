@@ -14,13 +14,20 @@ from typing import Any
 from .. import layout as L
 from ..block.context import BlockContext
 from ..block.maps import BlockMaps, Lineage
-from ..errors import IncorrectState, InvalidBlock, InvalidVolumeSize, UnrelatedSnapshots
+from ..errors import (
+    IncorrectState,
+    InvalidBlock,
+    InvalidVolumeSize,
+    MissingParameter,
+    UnrelatedSnapshots,
+)
 from ..model import Snapshot
 from ..rules import MAX_SNAPSHOT_GIB, check_description, check_tags, new_id
 from ..storage.base import Txn
 from ..storage.chunks import ChunkStore
 from ..storage.envelope import encode_chunk
 from .devices import VolumeCaches
+from .domains import Domains
 from .records import Records
 from .unit import Transaction, Units
 
@@ -29,8 +36,10 @@ class Snapshots:
     """The snapshot records of one engine and the lineage points they name."""
 
     def __init__(self, records: Records, maps: BlockMaps, chunks: ChunkStore,
-                 ctx: BlockContext, devices: VolumeCaches, units: Units) -> None:
+                 ctx: BlockContext, devices: VolumeCaches, units: Units,
+                 domains: Domains) -> None:
         self.records = records
+        self.domains = domains
         self.store = records.store
         self.maps = maps
         self.chunks = chunks
@@ -118,14 +127,21 @@ class Snapshots:
             self.records.delete_snap(txn, rec)
 
     def copy_snapshot(self, snapshot_id: str, description: str = "",
-                      tags: dict[str, str] | None = None, *,
+                      tags: dict[str, str] | None = None, *, encrypted: bool = False,
+                      kms_key_id: str | None = None, region: str | None = None,
+                      account: str | None = None,
                       tx: Transaction | None = None) -> Snapshot:
         tags = check_tags(tags)
         check_description(description)
+        if kms_key_id is not None and not encrypted:
+            raise MissingParameter("The parameter KmsKeyId requires the parameter Encrypted "
+                                   "to be set.")
         sid = new_id("snap")
         with self.units.unit(tx, grows=True) as (_, txn):
             src = self.records.completed(txn, snapshot_id)
-            lin = self.maps.create(txn, None, (src["lineage"], src["gen"]))
+            lin, arn = self.domains.lineage_for(
+                txn, None, (src["lineage"], src["gen"]), 0, encrypted=encrypted,
+                kms_key_id=kms_key_id, region=region, account=account)
             lin.head = None
             lin.points[1] = sid
             self.maps.save(txn, lin)
@@ -134,7 +150,7 @@ class Snapshots:
                             volume_size_gib=src["volume_size_gib"], state="completed",
                             start_time=now, completion_time=now,
                             description=description or src["description"],
-                            encrypted=src["encrypted"], kms_key_id=src["kms_key_id"],
+                            encrypted=arn is not None, kms_key_id=arn,
                             parent_id=None, full_size_bytes=src["full_size_bytes"], tags=tags)
             self.records.put_snap(txn, {**snap.to_dict(), "lineage": lin.id, "gen": 1})
         return snap
@@ -185,6 +201,7 @@ class Snapshots:
     def start_snapshot(self, volume_size_gib: int, *, parent_snapshot_id: str | None = None,
                        description: str = "", tags: dict[str, str] | None = None,
                        encrypted: bool = False, kms_key_id: str | None = None,
+                       region: str | None = None, account: str | None = None,
                        tx: Transaction | None = None) -> Snapshot:
         tags = check_tags(tags)
         if isinstance(volume_size_gib, bool) or not isinstance(volume_size_gib, int) or \
@@ -203,11 +220,13 @@ class Snapshots:
                         f"{parent['volume_size_gib']}.")
                 base = (parent["lineage"], parent["gen"])
                 allocated = parent["full_size_bytes"] // L.CHUNK_SIZE
-            lin = self.maps.create(txn, sid, base, allocated)
+            lin, arn = self.domains.lineage_for(
+                txn, sid, base, allocated, encrypted=bool(encrypted), kms_key_id=kms_key_id,
+                region=region, account=account)
             snap = Snapshot(id=sid, volume_id=None, volume_size_gib=volume_size_gib,
                             state="pending", start_time=self.units.clock(), progress=0,
-                            description=description, encrypted=bool(encrypted),
-                            kms_key_id=kms_key_id, parent_id=parent_snapshot_id, tags=tags)
+                            description=description, encrypted=arn is not None,
+                            kms_key_id=arn, parent_id=parent_snapshot_id, tags=tags)
             self.records.put_snap(txn, {**snap.to_dict(), "lineage": lin.id, "gen": None})
         return snap
 
@@ -222,25 +241,30 @@ class Snapshots:
         if len(mv) != L.BLOCK_SIZE:
             raise InvalidBlock(f"Block data must be exactly {L.BLOCK_SIZE} bytes, "
                                f"not {len(mv)}.")
-        fps = self.chunks.fingerprints(mv)
-        pieces = [mv[i * L.CHUNK_SIZE:(i + 1) * L.CHUNK_SIZE] for i in range(len(fps))]
         with self.store.read() as txn:
             rec = self.records.snap_rec(txn, snapshot_id)
             self._check_block(rec, block_index)
+            domain = self.domains.of_lineage(txn, rec["lineage"])
+            fps = self.chunks.fingerprints(mv, domain)
+            pieces = [mv[i * L.CHUNK_SIZE:(i + 1) * L.CHUNK_SIZE] for i in range(len(fps))]
             todo = [i for i, fp in enumerate(fps)
                     if fp is not None and not self.chunks.maybe_stored(txn, fp)]
-        enc = {i: encode_chunk(pieces[i], self.chunks.level) for i in todo}
+        enc = {i: encode_chunk(pieces[i], self.chunks.level, domain, fps[i]) for i in todo}
 
         def apply(txn: Txn) -> None:
             rec = self.records.snap_rec(txn, snapshot_id)
             self._check_block(rec, block_index)
             lin = self.maps.load(txn, rec["lineage"])
+            if lin.domain != (domain.id if domain is not None else None):
+                raise IncorrectState(f"Snapshot {snapshot_id} changed while its block was "
+                                     f"prepared.")
             assert lin.head is not None  # pending: the head is its open generation
             chain = self.maps.chain(txn, (lin.id, lin.head))
             floor = self.maps.head_floor(lin)
             cur = txn.cursor(db=self.maps.maps)
             for i, fp in enumerate(fps):
-                key = None if fp is None else self.chunks.put(txn, fp, pieces[i], enc.get(i))
+                key = None if fp is None else self.chunks.put(txn, fp, pieces[i], enc.get(i),
+                                                              domain)
                 self.maps.set_head(txn, lin, chain, block_index * L.CHUNKS_PER_BLOCK + i, key,
                                     floor, cur)
             self.maps.save(txn, lin)

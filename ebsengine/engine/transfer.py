@@ -25,7 +25,7 @@ from ..errors import IncorrectState, InvalidParameter, InvalidParameterCombinati
 from ..model import Volume
 from ..storage.base import Txn
 from ..storage.chunks import ChunkStore
-from ..storage.envelope import decode_chunk, encode_batch
+from ..storage.envelope import encode_batch
 from .devices import VolumeCaches
 from .imports import drop_import, process_token
 from .records import Records
@@ -71,8 +71,9 @@ class Transfer:
         is_vol = isinstance(resource_id, str) and resource_id.startswith("vol-")
         if is_vol:
             self.devices.flush(resource_id)
-        with self.store.read() as txn:
-            self._view_chain(txn, resource_id)  # refused before the file is touched
+        with self.store.read() as txn:  # refused before the file is touched
+            chain, _ = self._view_chain(txn, resource_id)
+            self.volumes.domains.of_lineage(txn, chain[0][0])  # KmsError: key unusable
         fd = os.open(os.fspath(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             for attempt in range(EXPORT_ATTEMPTS):
@@ -108,10 +109,11 @@ class Transfer:
             with self.store.read() as txn:
                 keys = [k for _, k in part if not L.is_patch(k)]
                 got = dict(zip(keys, self.chunks.backend.get_many(txn, keys), strict=True))
-                values: list[bytes | bytearray | None] = []
+                values: list[tuple[bytes, bytes] | bytearray | None] = []
                 for _, k in part:
                     if not L.is_patch(k):
-                        values.append(got[k])
+                        v = got[k]
+                        values.append(None if v is None else (k, v))
                     elif txn.get(L.parse_patch(k)[2], db=self.maps.maps) != k:
                         # rewritten at its map key (a flush at the head) or gone since this
                         # attempt resolved it: its pages are not those any more; start over
@@ -124,8 +126,9 @@ class Transfer:
                 return None
             found = [v for v in values if v is not None]
             half = (len(found) + 1) // 2
+            decode = self.chunks.decode
             futs = [self.pool.submit(lambda vs: [
-                v if isinstance(v, bytearray) else decode_chunk(v) for v in vs], vs)
+                v if isinstance(v, bytearray) else decode(*v) for v in vs], vs)
                     for vs in (found[:half], found[half:]) if vs]
             return [i for i, _ in part], futs
 
@@ -209,12 +212,15 @@ class Transfer:
                     raise IncorrectState(f"Volume {volume_id} is {rec['state']}"
                                          f"{' (being imported into)' if rec.get('staging') else ''}"
                                          f"; nothing can be imported into it now.")
+                # an encrypted volume takes an image only while its key is usable
+                self.volumes.domains.of_lineage(txn, rec["lineage"])
                 rec["importer"] = process_token()
                 if size is None:
                     rec["state"] = "creating"
                     lid = int(rec["lineage"])
-                else:
-                    lid = self.maps.create(txn, volume_id, None).id
+                else:  # the staged image is sealed in the volume's own domain
+                    lid = self.maps.create(txn, volume_id, None, 0,
+                                           self.maps.load(txn, rec["lineage"]).domain).id
                     rec["staging"] = lid
                 self.records.put_vol(txn, rec)
             self.devices.caches.pop(volume_id, None)  # flushed; reopened on the new lineage later
@@ -271,6 +277,8 @@ class Transfer:
         compressing of what follows. ``finish(txn)`` runs in the last transaction: what makes
         the import visible. Every commit before is durable, and invisible until that one.
         """
+        with self.store.read() as txn:
+            domain = self.ctx.lineage_domain(txn, lid)  # unlocked by _begin_import
         batch = INGEST_BATCH_BYTES
         commit_bytes = INGEST_COMMIT_BYTES
         depth = INGEST_DEPTH
@@ -299,7 +307,8 @@ class Transfer:
                         txn = cm.__enter__()
                     lin = self.maps.load(txn, lid)
                     for (idx, fp, mv), enc in zip(entries, encoded, strict=True):
-                        self.maps.set_fresh(txn, lin, idx, self.chunks.put(txn, fp, mv, enc))
+                        self.maps.set_fresh(txn, lin, idx,
+                                            self.chunks.put(txn, fp, mv, enc, domain))
                     self.maps.save(txn, lin)
                     since += nbytes
                     if since >= commit_bytes:
@@ -342,12 +351,12 @@ class Transfer:
                     padded = -(-n // L.CHUNK_SIZE) * L.CHUNK_SIZE
                     buf[n:padded] = bytes(padded - n)  # zero-pad a short final chunk
                     mv = memoryview(buf)[:padded]
-                    fps = self.chunks.fingerprints(mv)
+                    fps = self.chunks.fingerprints(mv, domain)
                     first = pos // L.CHUNK_SIZE
                     entries = [(first + i, fp, mv[i * L.CHUNK_SIZE:(i + 1) * L.CHUNK_SIZE])
                                for i, fp in enumerate(fps) if fp is not None]
                     fut = self.pool.submit(encode_batch, [e[2] for e in entries], level,
-                                            threads)
+                                           threads, domain, [e[1] for e in entries])
                     work.put((entries, fut, n))
                     pos += n
                     read = pos

@@ -23,9 +23,11 @@ from ..rules import (
     check_tags,
     modified_spec,
     new_id,
+    region_of_zone,
     validate_volume_spec,
 )
 from .devices import VolumeCaches
+from .domains import Domains
 from .imports import drop_import, importing
 from .records import Records
 from .unit import Transaction, Units
@@ -35,8 +37,9 @@ class Volumes:
     """The volume records of one engine and the lineages they own."""
 
     def __init__(self, records: Records, maps: BlockMaps, devices: VolumeCaches,
-                 units: Units) -> None:
+                 units: Units, domains: Domains) -> None:
         self.records = records
+        self.domains = domains
         self.store = records.store
         self.maps = maps
         self.devices = devices
@@ -47,7 +50,7 @@ class Volumes:
                       throughput: int | None = None, availability_zone: str | None = None,
                       multi_attach_enabled: bool = False, encrypted: bool = False,
                       kms_key_id: str | None = None,
-                      tags: dict[str, str] | None = None,
+                      tags: dict[str, str] | None = None, account: str | None = None,
                       tx: Transaction | None = None) -> Volume:
         if size_gib is None and snapshot_id is None:
             raise MissingParameter("The request must contain the parameter size or snapshotId")
@@ -56,6 +59,8 @@ class Volumes:
         if kms_key_id is not None and not encrypted:
             raise MissingParameter("The parameter KmsKeyId requires the parameter Encrypted "
                                    "to be set.")
+        if kms_key_id is not None and (not isinstance(kms_key_id, str) or not kms_key_id):
+            raise InvalidParameter(f"Invalid KmsKeyId: {kms_key_id!r}")
         if availability_zone is None:
             availability_zone = DEFAULT_AVAILABILITY_ZONE
         elif not isinstance(availability_zone, str) or not availability_zone:
@@ -74,13 +79,13 @@ class Volumes:
                         f"'{snapshot_id}', expect size >= {snap['volume_size_gib']}GiB")
                 base = (snap["lineage"], snap["gen"])
                 allocated = snap["full_size_bytes"] // L.CHUNK_SIZE
-                if snap["encrypted"]:
-                    encrypted = True
-                    kms_key_id = kms_key_id or snap["kms_key_id"]
             assert size_gib is not None
             iops, throughput = validate_volume_spec(volume_type, size_gib, iops, throughput,
                                                     multi_attach_enabled)
-            lin = self.maps.create(txn, vid, base, allocated)
+            lin, kms_key_id = self.domains.lineage_for(
+                txn, vid, base, allocated, encrypted=encrypted, kms_key_id=kms_key_id,
+                region=region_of_zone(availability_zone), account=account)
+            encrypted = kms_key_id is not None
             vol = Volume(id=vid, size_gib=size_gib, volume_type=volume_type, state="available",
                          create_time=self.units.clock(), availability_zone=availability_zone,
                          iops=iops, throughput=throughput, snapshot_id=snapshot_id,

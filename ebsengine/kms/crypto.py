@@ -1,22 +1,6 @@
-"""Sealing (authenticated encryption) and the master key file.
-
-Cipher: AES-256-GCM from ``cryptography`` (already a dependency of ebsengine: no new code
-to trust). GCM is an AEAD: one pass gives secrecy and integrity, and the additional
-authenticated data (AAD) binds a ciphertext to what it belongs to (a key id, a domain id,
-an EncryptionContext), so a blob moved to another record, or tampered with in any bit, does
-not open. AES is what AWS KMS itself uses for symmetric keys (SYMMETRIC_DEFAULT is
-AES-256-GCM), and AES-NI makes it cheap.
-
-Nonces: GCM breaks if a (key, nonce) pair ever repeats. Every message here gets a fresh
-random 256-bit salt from ``os.urandom``; the salt derives a one-message key with
-HKDF-SHA256 from the long-term key, and that key is used with a fixed all-zero 96-bit nonce,
-exactly once. A repeat would need two equal 256-bit random salts (~2^-128 after 2^64
-messages), and the scheme needs no state: no persisted counter that a restored backup or two
-processes could rewind or share. (A random 96-bit nonce directly under the long-term key
-would cap a key at ~2^32 messages; a counter would have to be stored and committed before
-every use.) Cost: 32 bytes per message and one HKDF, negligible next to a KMS round trip.
-
-Sealed layout: ``salt[32] | ciphertext | tag[16]``, AAD given by the caller.
+"""The master key file (and, re-exported from :mod:`ebsengine.storage.sealing`, the sealing
+every KMS blob and every encrypted chunk uses: AES-256-GCM under a one-message key derived
+from a random 256-bit salt; its docstring says why).
 
 The master key (32 random bytes) lives in a file outside the store, never in it:
 :func:`default_master_key_path` (``$EBSENGINE_MASTER_KEY``, else
@@ -32,47 +16,14 @@ import binascii
 import os
 import threading
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 from ..errors import MasterKeyError
+from ..storage.sealing import KEY_BYTES, SealError, seal, unseal
 
-KEY_BYTES = 32
-SALT_BYTES = 32
-TAG_BYTES = 16
-_NONCE = bytes(12)
-_INFO = b"ebsengine/seal/v1"
+__all__ = ["KEY_BYTES", "MASTER_HEADER", "MasterKey", "SealError", "default_master_key_path",
+           "seal", "unseal"]
+
 MASTER_HEADER = "# ebsengine master key: it seals every KMS key of the stores that use it.\n" \
                 "# Back it up apart from the store; without it their keys cannot be read.\n"
-
-
-class SealError(Exception):
-    """A sealed blob did not open: wrong key, wrong AAD, or tampered with."""
-
-
-def _message_key(key: bytes, salt: bytes) -> AESGCM:
-    derived = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=salt, info=_INFO).derive(key)
-    return AESGCM(derived)
-
-
-def seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
-    """``salt | AES-256-GCM(HKDF(key, salt), nonce 0, plaintext, aad)``."""
-    salt = os.urandom(SALT_BYTES)
-    return salt + _message_key(key, salt).encrypt(_NONCE, bytes(plaintext), aad)
-
-
-def unseal(key: bytes, blob: bytes, aad: bytes) -> bytes:
-    """The plaintext of :func:`seal`'s output; SealError when it does not authenticate."""
-    blob = bytes(blob)
-    if len(blob) < SALT_BYTES + TAG_BYTES:
-        raise SealError("too short")
-    salt, body = blob[:SALT_BYTES], blob[SALT_BYTES:]
-    try:
-        return _message_key(key, salt).decrypt(_NONCE, body, aad)
-    except InvalidTag:
-        raise SealError("does not authenticate") from None
 
 
 # --- the master key file ------------------------------------------------------------------

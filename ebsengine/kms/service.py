@@ -801,6 +801,11 @@ class KeyService:
                                          f"unwrapped: {exc.message}") from None
             return plain
 
+    def has_domain(self, domain_id: str, txn: Any = None) -> bool:
+        """Whether data-key domain ``domain_id`` exists (whatever its key's state)."""
+        with self._reading(txn) as t:
+            return isinstance(domain_id, str) and self._get(t, NS_DOMAINS, domain_id) is not None
+
     def domain_key_arn(self, domain_id: str, txn: Any = None) -> str:
         """The ARN of the KMS key wrapping a domain's data key."""
         with self._reading(txn) as t:

@@ -16,17 +16,22 @@ from .tags import (
                    system_tag_keys,
 )
 from .volumes import (
+                   DEFAULT_ACCOUNT,
                    DEFAULT_AVAILABILITY_ZONE,
+                   DEFAULT_REGION,
                    MAX_SNAPSHOT_GIB,
                    VOLUME_TYPES,
                    TypeRule,
                    gp2_iops,
                    modified_spec,
+                   region_of_zone,
                    validate_volume_spec,
 )
 
 __all__ = [
+                   "DEFAULT_ACCOUNT",
                    "DEFAULT_AVAILABILITY_ZONE",
+                   "DEFAULT_REGION",
                    "EBS_DIRECT_TAG_LIMITS",
                    "EC2_TAG_LIMITS",
                    "MAX_SNAPSHOT_GIB",
@@ -45,6 +50,7 @@ __all__ = [
                    "is_aws_id",
                    "kept_reserved",
                    "modified_spec",
+                   "region_of_zone",
                    "new_id",
                    "system_tag_keys",
                    "validate_volume_spec",

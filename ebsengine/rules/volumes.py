@@ -25,6 +25,14 @@ class TypeRule:
 
 #: the zone of a volume whose creator names none (the library, the CLI)
 DEFAULT_AVAILABILITY_ZONE = "us-east-1a"
+DEFAULT_REGION = "us-east-1"
+#: the account of the open mode (and of every engine call that names none)
+DEFAULT_ACCOUNT = "123456789012"
+
+
+def region_of_zone(zone: str) -> str:
+    """``us-east-1a`` -> ``us-east-1``."""
+    return zone[:-1] if zone and zone[-1].isalpha() else zone
 #: largest snapshot (EBS direct StartSnapshot VolumeSize) in GiB
 MAX_SNAPSHOT_GIB = 65536
 

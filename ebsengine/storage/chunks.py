@@ -18,6 +18,7 @@ from .. import layout as L
 from ..errors import CorruptStore
 from .base import ChunkBackend, Table, Txn
 from .envelope import decode_chunk, encode_chunk
+from .sealing import Domain, Keyring, sealed_tag
 from .store import Store
 
 
@@ -77,38 +78,56 @@ class ChunkStore:
         self.backend: ChunkBackend = backend if backend is not None else \
             KvChunks(store, self.chunks)
         self.level = store.zstd_level
+        #: the data-key domains this process holds (see :mod:`.sealing`)
+        self.keys = Keyring()
 
     @staticmethod
-    def fingerprints(buf: bytes | bytearray | memoryview) -> list[bytes | None]:
-        """Fingerprint each CHUNK_SIZE piece of ``buf``; None marks an all-zero chunk.
+    def fingerprints(buf: bytes | bytearray | memoryview,
+                     domain: Domain | None = None) -> list[bytes | None]:
+        """Fingerprint each CHUNK_SIZE piece of ``buf`` (keyed by ``domain`` when given);
+        None marks an all-zero chunk.
 
         Every caller goes through this one method, so a test can replace it to force
         fingerprint collisions (DESIGN invariant 5)."""
-        return codec.scan_chunks(buf, L.CHUNK_SIZE)
+        fps = codec.scan_chunks(buf, L.CHUNK_SIZE)
+        return fps if domain is None else domain.fingerprints(fps)
+
+    def decode(self, key: bytes, value: bytes | memoryview) -> bytes:
+        """The plaintext of stored chunk ``key``'s ``value`` (opened with :attr:`keys`)."""
+        return decode_chunk(value, key, self.keys)
 
     def get(self, txn: Txn, key: bytes) -> bytes:
         value = self.backend.get_many(txn, [key])[0]
         if value is None:
             raise CorruptStore(f"chunk {key.hex()} is referenced but missing")
-        return decode_chunk(value)
+        return self.decode(key, value)
+
+    def _holds(self, key: bytes, value: bytes | None, data: bytes | memoryview,
+               domain: Domain | None) -> bool:
+        """Whether stored ``value`` is ``data`` in ``domain``: a chunk of another domain (or
+        plaintext, for an encrypted writer) is never shared, whatever its bytes."""
+        if value is None or sealed_tag(value) != (domain.tag if domain is not None else None):
+            return False
+        return self.decode(key, value) == data
 
     def get_encoded_many(self, txn: Txn, keys: Sequence[bytes]) -> list[bytes]:
-        """Stored (encoded) values of ``keys``; decode with :func:`.envelope.decode_chunk`
-        (e.g. on a pool, outside the transaction). CorruptStore if one is missing."""
+        """Stored (encoded) values of ``keys``; decode with :meth:`decode` (e.g. on a pool,
+        outside the transaction). CorruptStore if one is missing."""
         values = self.backend.get_many(txn, keys)
         for k, v in zip(keys, values, strict=True):
             if v is None:
                 raise CorruptStore(f"chunk {k.hex()} is referenced but missing")
         return values  # type: ignore[return-value]
 
-    def find(self, txn: Txn, fp: bytes, data: bytes | memoryview) -> bytes | None:
-        """Key of the stored chunk holding exactly ``data`` (fingerprint ``fp``), or None.
+    def find(self, txn: Txn, fp: bytes, data: bytes | memoryview,
+             domain: Domain | None = None) -> bytes | None:
+        """Key of the stored chunk holding exactly ``data`` (fingerprint ``fp``) in
+        ``domain``, or None.
 
         Compares bytes, not only fingerprints: a colliding chunk is never returned.
         """
         for key in self.backend.collision_keys(txn, fp):
-            value = self.backend.get_many(txn, [key])[0]
-            if value is not None and decode_chunk(value) == data:
+            if self._holds(key, self.backend.get_many(txn, [key])[0], data, domain):
                 return key
         return None
 
@@ -117,21 +136,21 @@ class ChunkStore:
         return bool(self.backend.collision_keys(txn, fp))
 
     def put(self, txn: Txn, fp: bytes, data: bytes | memoryview,
-            encoded: bytes | None = None) -> bytes:
-        """Store ``data`` (or find it stored) and take one reference; returns its key.
+            encoded: bytes | None = None, domain: Domain | None = None) -> bytes:
+        """Store ``data`` (or find it stored) in ``domain`` and take one reference; returns
+        its key. ``encoded`` (if given) must be its encoding in that domain.
 
         One listing of the chunks with fingerprint ``fp`` both finds an equal stored chunk
         and, for a new one, its free collision number (usually: one lookup, no chunk read)."""
         n = 0
         for key in self.backend.collision_keys(txn, fp):
-            value = self.backend.get_many(txn, [key])[0]
-            if value is not None and decode_chunk(value) == data:
+            if self._holds(key, self.backend.get_many(txn, [key])[0], data, domain):
                 self.incref(txn, key)
                 return key
             n = max(n, int.from_bytes(key[L.FP_SIZE:], "big") + 1)
         key = L.chunk_key(fp, n)
         self.backend.put_many(txn, [(key, encoded if encoded is not None
-                                     else encode_chunk(data, self.level))])
+                                     else encode_chunk(data, self.level, domain, fp))])
         txn.put(key, L.u64(1), db=self.refs)  # a new chunk has no count yet (I4)
         return key
 

@@ -2,7 +2,10 @@
 back (compression today; encryption wraps this same seam).
 
 A stored chunk value is ``codec u8 | payload`` (see ``layout.py``): ``CODEC_ZSTD`` for a zstd
-frame, ``CODEC_RAW`` when compression did not save at least 1/16.
+frame, ``CODEC_RAW`` when compression did not save at least 1/16. In an encrypted domain that
+encoding is then sealed (:class:`.sealing.Domain`: ``CODEC_SEALED | domain tag | AEAD``), with
+the chunk's fingerprint (pages: their page key) as authenticated data; decoding a sealed value
+takes the :class:`.sealing.Keyring` of the domains this process holds.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from collections.abc import Sequence
 import zstandard
 
 from .. import layout as L
-from ..errors import CorruptStore
+from ..errors import CorruptStore, KeyUnavailable
+from .sealing import Domain, Keyring, SealError
 
 DEFAULT_ZSTD_LEVEL = 3  # 64 KiB chunks alone: level 1 stores 1.078x restic, level 3 1.043x
 
@@ -38,17 +42,53 @@ class _Codecs(threading.local):
 _codecs = _Codecs()
 
 
-def encode_chunk(data: bytes | bytearray | memoryview, level: int) -> bytes:
-    """Stored form of one chunk: zstd when it saves at least 1/16, else raw."""
+def _plain(data: bytes | bytearray | memoryview, level: int) -> bytes:
     z = _codecs.compressor(level).compress(data)
     if len(z) < len(data) - len(data) // 16:
         return bytes((L.CODEC_ZSTD,)) + z
     return bytes((L.CODEC_RAW,)) + bytes(data)
 
 
-def decode_chunk(value: bytes | memoryview) -> bytes:
-    """Uncompressed bytes of a stored chunk value; :class:`CorruptStore` if it cannot be."""
-    kind = value[0]
+def encode_chunk(data: bytes | bytearray | memoryview, level: int,
+                 domain: Domain | None = None, fp: bytes | None = None) -> bytes:
+    """Stored form of one chunk: zstd when it saves at least 1/16, else raw; sealed in
+    ``domain`` (with its fingerprint ``fp`` bound in) when given."""
+    inner = _plain(data, level)
+    return inner if domain is None else _seal(domain, inner, fp)
+
+
+def _seal(domain: Domain, inner: bytes, fp: bytes | None) -> bytes:
+    if fp is None or len(fp) != L.FP_SIZE:
+        raise ValueError("sealing a chunk needs its fingerprint")
+    return domain.seal(inner, b"chunk\0" + fp)
+
+
+def _open(value: bytes | memoryview, keys: Keyring | None, aad: bytes, what: str) -> bytes:
+    tag = bytes(value[1:1 + L.DOMAIN_TAG_SIZE])
+    domain = keys.get(tag) if keys is not None else None
+    if domain is None:
+        if keys is not None and keys.exists is not None and not keys.exists(f"dom-{tag.hex()}"):
+            raise CorruptStore(f"{what} is sealed in dom-{tag.hex()}, which is no data-key "
+                               f"domain of this store: tampered with")
+        raise KeyUnavailable(f"{what} is encrypted in data-key domain dom-{tag.hex()}, whose "
+                             f"key is not unlocked here")
+    try:
+        return domain.open(value, aad)
+    except SealError as exc:
+        raise CorruptStore(f"{what} does not authenticate in domain {domain.id} ({exc}): "
+                           f"tampered with or moved") from None
+
+
+def decode_chunk(value: bytes | memoryview, key: bytes | None = None,
+                 keys: Keyring | None = None) -> bytes:
+    """Uncompressed bytes of a stored chunk value (a sealed one needs its chunk ``key`` and
+    the ``keys`` holding its domain: KeyUnavailable otherwise); :class:`CorruptStore` if it
+    cannot be decoded."""
+    if len(value) and value[0] == L.CODEC_SEALED:
+        if key is None:
+            raise KeyUnavailable("an encrypted chunk was read without its key")
+        value = _open(value, keys, b"chunk\0" + bytes(key[:L.FP_SIZE]), f"chunk {key.hex()}")
+    kind = value[0] if len(value) else -1
     if kind == L.CODEC_RAW:
         out = bytes(value[1:])
     elif kind == L.CODEC_ZSTD:
@@ -64,42 +104,67 @@ def decode_chunk(value: bytes | memoryview) -> bytes:
 
 
 def encode_batch(datas: Sequence[bytes | bytearray | memoryview], level: int,
-                 threads: int) -> list[bytes]:
+                 threads: int, domain: Domain | None = None,
+                 fps: Sequence[bytes] | None = None) -> list[bytes]:
     """Encode many chunks with ``threads`` zstd threads in one call (python-zstandard's
     ``multi_compress_to_buffer``: the GIL is released for the whole batch and this thread's
-    compression context is reused). Same stored form as :func:`encode_chunk`."""
+    compression context is reused). Same stored form as :func:`encode_chunk` (sealed in
+    ``domain``, with fingerprints ``fps``, when given)."""
+    if domain is not None and (fps is None or len(fps) != len(datas)):
+        raise ValueError("sealing chunks needs their fingerprints")
     if len(datas) < 2 * max(1, threads):
-        return [encode_chunk(d, level) for d in datas]
+        return [encode_chunk(d, level, domain, fps[i] if fps is not None else None)
+                for i, d in enumerate(datas)]
     frames = _codecs.compressor(level).multi_compress_to_buffer(list(datas), threads=threads)
     out = []
     for i, d in enumerate(datas):
         z = frames[i]
         n = len(d)
         if len(z) < n - n // 16:
-            out.append(bytes((L.CODEC_ZSTD,)) + z.tobytes())
+            inner = bytes((L.CODEC_ZSTD,)) + z.tobytes()
         else:
-            out.append(bytes((L.CODEC_RAW,)) + bytes(d))
+            inner = bytes((L.CODEC_RAW,)) + bytes(d)
+        out.append(inner if domain is None else _seal(domain, inner, fps[i]))  # type: ignore[index]
     return out
 
 
 def encode_many(datas: Sequence[bytes | memoryview], level: int,
-                pool: object | None = None) -> list[bytes]:
-    """Encode chunks; in parallel when ``pool`` is given (the caller may compress on
-    several cores): then one :func:`encode_batch` call with a zstd thread per core, which
-    beats a pool task per chunk (no per-task overhead, one reused context)."""
+                pool: object | None = None, domain: Domain | None = None,
+                fps: Sequence[bytes] | None = None) -> list[bytes]:
+    """Encode chunks (sealed in ``domain`` with fingerprints ``fps``, when given); in
+    parallel when ``pool`` is given (the caller may compress on several cores): then one
+    :func:`encode_batch` call with a zstd thread per core, which beats a pool task per chunk
+    (no per-task overhead, one reused context)."""
     if pool is None or len(datas) < 4:
-        return [encode_chunk(d, level) for d in datas]
-    return encode_batch(datas, level, os.cpu_count() or 1)
+        if domain is not None and (fps is None or len(fps) != len(datas)):
+            raise ValueError("sealing chunks needs their fingerprints")
+        return [encode_chunk(d, level, domain, fps[i] if fps is not None else None)
+                for i, d in enumerate(datas)]
+    return encode_batch(datas, level, os.cpu_count() or 1, domain, fps)
 
 
 
-def encode_pages(data: bytes | bytearray | memoryview, level: int) -> bytes:
-    """Stored form of a patch's pages (``pages`` values): like a chunk, any length."""
-    return encode_chunk(data, level)
+def encode_pages(data: bytes | bytearray | memoryview, level: int,
+                 domain: Domain | None = None, page_key: bytes | None = None) -> bytes:
+    """Stored form of a patch's pages (``pages`` values): like a chunk, any length; sealed
+    in ``domain`` with the ``page_key`` bound in, when given."""
+    inner = _plain(data, level)
+    if domain is None:
+        return inner
+    if page_key is None:
+        raise ValueError("sealing pages needs their page key")
+    return domain.seal(inner, b"pages\0" + page_key)
 
 
-def decode_pages(value: bytes | memoryview, size: int) -> bytes:
-    """Uncompressed pages of a ``pages`` value, which must be ``size`` bytes long."""
+def decode_pages(value: bytes | memoryview, size: int, page_key: bytes | None = None,
+                 keys: Keyring | None = None) -> bytes:
+    """Uncompressed pages of a ``pages`` value, which must be ``size`` bytes long (a sealed
+    one needs its ``page_key`` and the ``keys`` holding its domain)."""
+    if len(value) and value[0] == L.CODEC_SEALED:
+        if page_key is None:
+            raise KeyUnavailable("encrypted pages were read without their page key")
+        value = _open(value, keys, b"pages\0" + bytes(page_key),
+                      f"the pages of patch {bytes(page_key).hex()}")
     kind = value[0] if len(value) else -1
     if kind == L.CODEC_RAW:
         out = bytes(value[1:])

@@ -102,6 +102,9 @@ class Store:
                 txn.put(b"zstd_level", str(zstd_level).encode(), db=self.db["meta"])
                 txn.put(b"next_lineage", L.u64(1), db=self.db["meta"])
             fmt = str(L.FORMAT_VERSION).encode()
+        if fmt.isdigit() and int(fmt) in STEPS and self.readonly and \
+                all(not STEPS[v] for v in range(int(fmt), L.FORMAT_VERSION)):
+            fmt = str(L.FORMAT_VERSION).encode()  # nothing to change: readable as it is
         if fmt.isdigit() and int(fmt) in STEPS:  # an older format: migrate (one commit)
             if self.readonly:
                 raise FormatError(f"store format {int(fmt)} must be migrated to format "

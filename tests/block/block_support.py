@@ -1,5 +1,5 @@
 """Shared by the block-layer tests: an engine on a small map (the `eng` fixture, imported by
-name), and a counter of the calls of a block/context.py decoder (to prove what a read or
+name), and a counter of the calls of a chunk or pages decoder (to prove what a read or
 write does not decompress)."""
 
 from __future__ import annotations
@@ -11,6 +11,10 @@ import pytest
 
 import ebsengine
 from ebsengine.block import context as ctxmod
+from ebsengine.storage import chunks as chunksmod
+
+#: where each decoder is looked up when the block layer calls it
+_HOME = {"decode_chunk": chunksmod, "decode_pages": ctxmod}
 
 
 @pytest.fixture
@@ -20,14 +24,16 @@ def eng(store_path: str) -> Iterator[ebsengine.Engine]:
 
 
 class CallCounter:
-    """Counts the calls of ``block.context.<name>`` (``decode_chunk``, ``decode_pages``)."""
+    """Counts the calls of the chunk decoder (``decode_chunk``, which every chunk read goes
+    through, by ``ChunkStore.decode``) or of the pages decoder (``decode_pages``)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
         self.n = 0
-        real = getattr(ctxmod, name)
+        home = _HOME[name]
+        real = getattr(home, name)
 
         def counting(*args: Any) -> Any:
             self.n += 1
             return real(*args)
 
-        monkeypatch.setattr(ctxmod, name, counting)
+        monkeypatch.setattr(home, name, counting)

@@ -136,7 +136,7 @@ def test_format_1_store_is_migrated_on_open(store_path: str) -> None:
         ebsengine.Engine(store_path, readonly=True)  # a read-only open cannot migrate
     with ebsengine.Engine(store_path) as e:
         with e._store.read() as txn:
-            assert txn.get(b"format", db=e._store.db["meta"]) == b"2"
+            assert txn.get(b"format", db=e._store.db["meta"]) == str(L.FORMAT_VERSION).encode()
         assert e.fsck().ok
         with e.open_volume(vol.id) as dev:
             assert dev.pread(3 * CS, 0) == sha_bytes("v1", 3 * CS)

@@ -143,11 +143,11 @@ def test_a_long_fsck_lets_a_concurrent_writer_reuse_freed_space(busy, monkeypatc
     calls = [0]
     n_source = (SOURCE_MIB << 20) // L.CHUNK_SIZE
 
-    def slow_decode(value):
+    def slow_decode(value, *rest):
         calls[0] += 1
         if calls[0] <= n_source and calls[0] % 16 == 0:
             writer.one_round()  # in the middle of the first pass over the chunks
-        return real(value)
+        return real(value, *rest)
 
     monkeypatch.setattr(ebsengine.check, "decode_chunk", slow_decode)
     monkeypatch.setattr(ebsengine.check, "CHUNK_BATCH", 8, raising=False)
