@@ -85,6 +85,8 @@ lengths = st.one_of(st.integers(1, 2 * CS + 17), st.sampled_from([CS, 4096, 512,
 class EngineMachine(RuleBasedStateMachine):
     volumes = Bundle("volumes")
     snapshots = Bundle("snapshots")
+    #: whether new volumes are encrypted (the encrypted variant below)
+    ENCRYPT = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -94,6 +96,13 @@ class EngineMachine(RuleBasedStateMachine):
         self.snaps: dict[str, Sparse] = {}
         self.snap_vol: dict[str, str] = {}
         self.devs: dict[str, ebsengine.Device] = {}
+        self._other_key: str | None = None
+
+    def other_key(self) -> str:
+        """A customer KMS key besides alias/aws/ebs (made on first use)."""
+        if self._other_key is None:
+            self._other_key = self.eng.kms.create_key("us-east-1", "123456789012").id
+        return self._other_key
 
     def store_path(self) -> str:
         return os.path.join(self.dir, "s")
@@ -108,6 +117,7 @@ class EngineMachine(RuleBasedStateMachine):
             self.check_everything()
             report = self.eng.fsck()
             assert report.ok, report.problems
+            assert report.unverified == [], report.unverified  # every sealed value opened
         finally:
             for d in self.devs.values():
                 d.close()
@@ -119,7 +129,7 @@ class EngineMachine(RuleBasedStateMachine):
     @initialize(target=volumes, seed=st.integers(0, 2**32))
     def first_volume(self, seed: int):  # type: ignore[no-untyped-def]
         """Start every run with a written volume, so short runs reach snapshots."""
-        v = self.eng.create_volume(size_gib=1, volume_type="gp3")
+        v = self.eng.create_volume(size_gib=1, volume_type="gp3", encrypted=self.ENCRYPT)
         self.vols[v.id] = Sparse(GIB)
         data = random.Random(seed).randbytes(3 * CS)
         self.dev(v.id).pwrite(data, CS // 2)
@@ -128,7 +138,7 @@ class EngineMachine(RuleBasedStateMachine):
 
     @rule(target=volumes, gib=st.integers(1, 2))
     def create(self, gib: int) -> str:
-        v = self.eng.create_volume(size_gib=gib, volume_type="gp3")
+        v = self.eng.create_volume(size_gib=gib, volume_type="gp3", encrypted=self.ENCRYPT)
         self.vols[v.id] = Sparse(gib * GIB)
         return v.id
 
@@ -201,6 +211,28 @@ class EngineMachine(RuleBasedStateMachine):
         v = self.eng.create_volume(snapshot_id=sid, size_gib=m.size // GIB + extra)
         self.vols[v.id] = Sparse(m.size + extra * GIB, m.chunks)
         return v.id
+
+    @rule(target=volumes, sid=snapshots)
+    def restore_under_another_key(self, sid: str) -> str:
+        """Encrypts a plaintext snapshot, or re-encrypts: a full copy into a new domain."""
+        if sid not in self.snaps:
+            return "vol-00000000000000000"
+        m = self.snaps[sid]
+        v = self.eng.create_volume(snapshot_id=sid, encrypted=True,
+                                   kms_key_id=self.other_key())
+        assert v.encrypted
+        self.vols[v.id] = Sparse(m.size, m.chunks)
+        return v.id
+
+    @rule(target=snapshots, sid=snapshots)
+    def copy_encrypted(self, sid: str) -> str:
+        if sid not in self.snaps:
+            return "snap-00000000000000000"
+        s = self.eng.copy_snapshot(sid, encrypted=True)
+        assert s.encrypted
+        self.snaps[s.id] = self.snaps[sid].copy()
+        self.snap_vol[s.id] = self.snap_vol[sid]
+        return s.id
 
     @rule(target=snapshots, sid=snapshots)
     def copy(self, sid: str) -> str:
@@ -316,3 +348,14 @@ class MemoryEngineMachine(EngineMachine):
 
 MemoryEngineMachine.TestCase.settings = EngineMachine.TestCase.settings
 TestEngineModelMemory = MemoryEngineMachine.TestCase
+
+
+class EncryptedEngineMachine(EngineMachine):
+    """The same model check with every new volume encrypted (sealed chunks and pages,
+    domain-keyed dedup, copies into other domains)."""
+
+    ENCRYPT = True
+
+
+EncryptedEngineMachine.TestCase.settings = EngineMachine.TestCase.settings
+TestEngineModelEncrypted = EncryptedEngineMachine.TestCase
