@@ -233,9 +233,10 @@ def cmd_usage(eng: Engine, a: argparse.Namespace, out: Out) -> int:
 
 
 def cmd_fsck(eng: Engine, a: argparse.Namespace, out: Out) -> int:
-    r = eng.fsck()
-    out.emit({"ok": r.ok, "problems": r.problems, "stats": r.stats},
+    r = eng.fsck(keys=not a.no_keys)
+    out.emit({"ok": r.ok, "problems": r.problems, "stats": r.stats, "unverified": r.unverified},
              lambda: ("clean" if r.ok else "PROBLEMS:\n  " + "\n  ".join(r.problems))
+             + "".join(f"\nnot verified: {n}" for n in r.unverified)
              + "\n" + ", ".join(f"{k}={v}" for k, v in sorted(r.stats.items())))
     return 0 if r.ok else EXIT_FSCK
 
@@ -497,7 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("snapshot")
 
     sub.add_parser("usage", help="storage accounting of a volume or snapshot").add_argument("id")
-    sub.add_parser("fsck", help="verify every storage invariant (exit 6 on problems)")
+    s = sub.add_parser("fsck", help="verify every storage invariant (exit 6 on problems)")
+    s.add_argument("--no-keys", action="store_true",
+                   help="do not unwrap data keys: check encrypted data's structure only")
 
     s = sub.add_parser("cost", help="what the metered usage costs at list prices")
     s.add_argument("--since", type=_moment, default=None, metavar="DATE",
@@ -542,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSON list of public images to preload (and restore after a reset), "
                         'e.g. [{"ImageId": "ami-12c6146b", "Name": "..."}]: blank root volume')
 
-    s = sub.add_parser("keys", help="KMS keys (sealed by the master key; see README 'Keys')")
+    s = sub.add_parser("keys", help="KMS keys (sealed by the master key; see README 'Encryption at rest')")
     keys = s.add_subparsers(dest="keys_command", required=True, metavar="ACTION",
                             parser_class=CommandParser)
 

@@ -147,3 +147,17 @@ def test_bad_tag_argument_exits_2(tmp_path) -> None:
     p = run(store, "create", "--size", "1", "--tag", "foo", check=False)
     assert p.returncode == 2 and "KEY=VALUE" in p.stderr
     assert js(store, "list")["volumes"] == []  # and nothing was created
+
+
+def test_fsck_verifies_encrypted_data_with_the_master_key_and_says_what_it_cannot(tmp_path):
+    import ebsengine
+    store = str(tmp_path / "store")
+    with ebsengine.Engine(store) as e:
+        vol = e.create_volume(1, encrypted=True)
+        with e.open_volume(vol.id) as dev:
+            dev.pwrite(os.urandom(3 * 65536), 0)
+    full = js(store, "fsck")
+    assert full["ok"] and full["unverified"] == []
+    shallow = js(store, "fsck", "--no-keys")
+    assert shallow["ok"] and shallow["stats"]["unverified_values"] == 3
+    assert "not verified" in run(store, "fsck", "--no-keys").stdout

@@ -1,0 +1,164 @@
+"""What encryption at rest costs: the same work on a plaintext and an encrypted volume, in the
+same run, alternating, and the ratio encrypted/plaintext (goal: at most 1.10, README).
+
+1. ``import``: ``Engine(path)`` + ``import_image(image[, encrypted=True])`` + ``create_snapshot``
+   on a fresh store (the master key file is made once, outside the timing).
+2. ``nbdcopy in``: ``nbdcopy --flush IMAGE URI`` into a fresh volume served by
+   ``ebsengine.nbd.server.serve`` over its Unix socket.
+3. ``nbdcopy out``: ``nbdcopy URI null:`` of that volume (a new connection: a fresh server
+   process, so no decoded chunk is cached).
+
+Usage: ``PYTHONPATH=. python benchmarks/bench_encryption.py [--image FILE] [--size-mib 2048]
+[--reps 2]``. Without ``--image`` the benchmark image of ``../shared/bench/gen_image.py`` is
+generated once into ``$EBSENGINE_BENCH_CACHE`` (default ``/var/tmp/ebsengine-bench``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+GEN_IMAGE = ROOT.parent / "shared" / "bench" / "gen_image.py"
+GiB = 1024**3
+GOAL = 1.10
+
+
+def sh(cmd: list[str], timeout: float = 900, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def ensure_image(path: Path | None, size_mib: int) -> Path:
+    if path is not None:
+        return path
+    cache = Path(os.environ.get("EBSENGINE_BENCH_CACHE", "/var/tmp/ebsengine-bench"))
+    img = cache / f"gen_image_{size_mib}m.raw"
+    if not img.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        print(f"generating {img} ...", flush=True)
+        sh([sys.executable, str(GEN_IMAGE), str(img) + ".tmp", "--size-mib", str(size_mib)])
+        os.rename(str(img) + ".tmp", img)
+    return img
+
+
+def env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+def run_py(code: str) -> str:
+    return sh([sys.executable, "-c", code], env=env()).stdout.strip()
+
+
+def import_once(image: Path, store: Path, encrypted: bool) -> tuple[float, float]:
+    """Wall and CPU seconds of import + first snapshot, in a fresh process."""
+    code = (
+        "import time, resource, ebsengine\n"
+        "t0 = time.perf_counter()\n"
+        f"e = ebsengine.Engine({str(store)!r})\n"
+        f"v = e.import_image({str(image)!r}, encrypted={encrypted})\n"
+        "e.create_snapshot(v.id); e.close()\n"
+        "r = resource.getrusage(resource.RUSAGE_SELF)\n"
+        "print(time.perf_counter() - t0, r.ru_utime + r.ru_stime)\n"
+    )
+    wall, cpu = run_py(code).split()
+    return float(wall), float(cpu)
+
+
+class Served:
+    """``serve`` on a store holding one volume (made plaintext or encrypted)."""
+
+    def __init__(self, tmp: Path, size: int, encrypted: bool) -> None:
+        self.store = tmp / "store"
+        self.sock = tmp / "nbd.sock"
+        code = (f"import ebsengine; e = ebsengine.Engine({str(self.store)!r}); "
+                f"print(e.create_volume(size_gib={max(1, -(-size // GiB))}, "
+                f"encrypted={encrypted}).id); e.close()")
+        self.vol = run_py(code)
+        self.uri = f"nbd+unix:///{self.vol}?socket={self.sock}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        code = ("import sys; from ebsengine.nbd.server import serve; "
+                f"sys.exit(serve({str(self.store)!r}, {str(self.sock)!r}))")
+        self.proc = subprocess.Popen([sys.executable, "-c", code], env=env(),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(400):
+            if subprocess.run(["nbdinfo", "--size", self.uri], capture_output=True).returncode == 0:
+                return
+            time.sleep(0.05)
+        raise RuntimeError("serve did not come up")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(120)
+            self.proc = None
+
+
+def timed(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    sh(cmd)
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--image", type=Path, default=None)
+    ap.add_argument("--size-mib", type=int, default=2048)
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--no-nbd", action="store_true", help="only the import benchmark")
+    a = ap.parse_args(argv)
+    image = ensure_image(a.image, a.size_mib)
+    size = image.stat().st_size
+    nbd = not a.no_nbd and all(shutil.which(t) for t in ("nbdcopy", "nbdinfo"))
+    res: dict[str, dict[bool, list[float]]] = {}
+
+    def rec(key: str, enc: bool, value: float) -> None:
+        res.setdefault(key, {False: [], True: []})[enc].append(value)
+
+    with tempfile.TemporaryDirectory(prefix="ebs-bench-enc-", dir="/var/tmp") as td:
+        tmp = Path(td)
+        os.environ["EBSENGINE_MASTER_KEY"] = str(tmp / "master.key")
+        run_py(f"import ebsengine; e = ebsengine.Engine({str(tmp / 'warm')!r}); "
+               "e.create_volume(1, encrypted=True); e.close()")  # makes the master key
+        for rep in range(a.reps):
+            for enc in ((False, True) if rep % 2 == 0 else (True, False)):
+                d = tmp / f"imp-{rep}-{enc}"
+                wall, cpu = import_once(image, d / "store", enc)
+                rec("import+snapshot s", enc, wall)
+                rec("import+snapshot cpu s", enc, cpu)
+                shutil.rmtree(d)
+                if not nbd:
+                    continue
+                d = tmp / f"nbd-{rep}-{enc}"
+                d.mkdir()
+                srv = Served(d, size, enc)
+                srv.start()
+                try:
+                    rec("nbdcopy in s", enc, timed(["nbdcopy", "--flush", str(image), srv.uri]))
+                finally:
+                    srv.stop()
+                srv.start()
+                try:
+                    rec("nbdcopy out s", enc, timed(["nbdcopy", srv.uri, "null:"]))
+                finally:
+                    srv.stop()
+                shutil.rmtree(d)
+    print(f"image {image} ({size / GiB:.2f} GiB), {a.reps} reps, medians; goal ratio <= {GOAL}")
+    print(f"{'':24} {'plaintext':>10} {'encrypted':>10} {'ratio':>7}")
+    for key, by in res.items():
+        p, e = statistics.median(by[False]), statistics.median(by[True])
+        print(f"{key:24} {p:10.2f} {e:10.2f} {e / p:7.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
