@@ -63,6 +63,11 @@ class ExportNotFound(Exception):
     """The name does not resolve to a servable volume or snapshot (``NBD_REP_ERR_UNKNOWN``)."""
 
 
+class ExportRefused(Exception):
+    """The export exists but may not be served now: its data key is locked (a disabled or
+    pending-deletion KMS key) (``NBD_REP_ERR_POLICY``)."""
+
+
 @dataclass
 class Export:
     """One opened export: a device plus the facts the handshake advertises."""
@@ -113,6 +118,9 @@ def open_export(engine: EngineLike, name: str, default_export: str | None = None
         raise ExportNotFound(f"no such export {target!r}: {exc}") from exc
     except errors.IncorrectState as exc:  # e.g. a pending snapshot
         raise ExportNotFound(f"export {target!r} cannot be served now: {exc}") from exc
+    except (errors.KmsError, errors.KeyUnavailable, errors.MasterKeyError) as exc:
+        raise ExportRefused(f"export {target!r} is encrypted and its key is not usable: "
+                            f"{exc}") from exc
     try:
         return Export(
             name=name, ident=target, device=dev, size=int(dev.size), readonly=bool(dev.readonly)

@@ -21,7 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ebsengine.nbd import protocol as p
-from ebsengine.nbd.exports import EngineLike, Export, ExportNotFound, list_exports, open_export
+from ebsengine.nbd.exports import (
+    EngineLike,
+    Export,
+    ExportNotFound,
+    ExportRefused,
+    list_exports,
+    open_export,
+)
 
 log = logging.getLogger("ebsengine.nbd")
 
@@ -151,6 +158,8 @@ class Handshake:
             return open_export(self.engine, name, self.default_export)
         except ExportNotFound as exc:
             raise _OptionError(p.REP_ERR_UNKNOWN, str(exc)) from exc
+        except ExportRefused as exc:
+            raise _OptionError(p.REP_ERR_POLICY, str(exc)) from exc
 
     def _meta_id_for(self, name: str) -> int | None:
         if self.structured and self.meta_selected and self.meta_export == name:

@@ -185,3 +185,24 @@ def test_nbd_fio_verify(server: NbdServer, vol: Any, tmp_path: Path) -> None:
         "--bs=4k", "--size=32M", "--iodepth=8", "--verify=crc32c", "--do_verify=1",
         "--verify_fatal=1", "--verify_state_save=0", f"--output={tmp_path / 'fio.txt'}",
         cwd=tmp_path)
+
+
+def test_nbd_encrypted_volume_serves_its_bytes_and_a_disabled_key_refuses_the_export(
+        server: NbdServer, engine: Any, tmp_path: Path) -> None:
+    """nbdcopy in and out of an encrypted volume; with its KMS key disabled, new exports of
+    the volume and of its snapshot are refused (NBD_REP_ERR_POLICY) until it is enabled."""
+    need("nbdcopy", "nbdinfo")
+    key = engine.kms.create_key("us-east-1", "123456789012")
+    vol = engine.create_volume(size_gib=1, encrypted=True, kms_key_id=key.id)
+    src, out = tmp_path / "src.raw", tmp_path / "out.raw"
+    make_image(src, 64 * MiB, seed=5)
+    run("nbdcopy", "--flush", str(src), server.uri(vol.id))
+    snap = engine.create_snapshot(vol.id)
+    run("nbdcopy", server.uri(snap.id), str(out))
+    assert out.read_bytes()[:64 * MiB] == src.read_bytes()
+    engine.kms.disable_key(key.id, "us-east-1", "123456789012")
+    for rid in (vol.id, snap.id):
+        p = run("nbdinfo", "--size", server.uri(rid), check=False)
+        assert p.returncode != 0 and "policy" in p.stderr, p.stderr
+    engine.kms.enable_key(key.id, "us-east-1", "123456789012")
+    assert int(run("nbdinfo", "--size", server.uri(snap.id)).stdout) == 1 << 30
