@@ -113,7 +113,11 @@ class _Reader:
             cm.__exit__(None, None, None)
 
 
-def _domain_id_ok(dom: str) -> bool:
+def _domain_id_ok(dom: object) -> bool:
+    """Whether a lineage's ``domain`` is a well-formed domain id (it comes from JSON: any
+    type)."""
+    if not isinstance(dom, str):
+        return False
     try:
         return dom.startswith("dom-") and len(bytes.fromhex(dom[4:])) == L.DOMAIN_TAG_SIZE
     except ValueError:
@@ -178,14 +182,17 @@ def _check_pass(store: Store, chunks: ChunkStore, maps: BlockMaps, batch: int,
         stats["lineages"] = len(lineages)
         # I11: a lineage and its base share one domain
         for lid, lg in lineages.items():
-            if lg.domain is not None and not (isinstance(lg.domain, str)
-                                               and _domain_id_ok(lg.domain)):
+            if lg.domain is not None and not _domain_id_ok(lg.domain):
                 bad(f"I11: lineage {lid} names a malformed domain {lg.domain!r}")
+            elif lg.domain is not None and keys.exists is not None and \
+                    not keys.exists(lg.domain):
+                bad(f"I11: lineage {lid} names {lg.domain}, which is no data-key domain of "
+                    f"this store: its data cannot be decrypted")
             if lg.base is not None and lg.base[0] in lineages and \
                     lineages[lg.base[0]].domain != lg.domain:
                 bad(f"I11: lineage {lid} (domain {lg.domain}) reads through lineage "
                     f"{lg.base[0]} of domain {lineages[lg.base[0]].domain}")
-        stats["encrypted_lineages"] = sum(1 for lin in lineages.values() if lg.domain)
+        stats["encrypted_lineages"] = sum(1 for lg in lineages.values() if lg.domain)
 
         def want_tag(lid: int) -> bytes | None:
             dom = lineages[lid].domain

@@ -275,3 +275,56 @@ def test_ebs_direct_import_and_export_of_encrypted_data(eng, tmp_path):
     assert _read(eng, vol.id, 5 * CS) == img.read_bytes()
     report = eng.fsck()
     assert report.ok, report.problems
+
+
+def test_fsck_counts_the_encrypted_lineages(eng):
+    eng.create_volume(1)
+    eng.create_volume(1, encrypted=True)
+    eng.create_volume(1)
+    stats = eng.fsck().stats
+    assert stats["lineages"] == 3 and stats["encrypted_lineages"] == 1
+
+
+def _set_lineage_domain(store_path: str, vid: str, domain: object) -> None:
+    import json
+    with ebsengine.Engine(store_path) as e:
+        with e._store.write() as txn:
+            rec = e._records.vol_rec(txn, vid)
+            key, db = L.lineage_key(rec["lineage"]), e._store.db["lineages"]
+            lin = json.loads(txn.get(key, db=db))
+            txn.put(key, json.dumps({**lin, "domain": domain}).encode(), db=db)
+
+
+@pytest.mark.parametrize("domain", [5, ["dom-x"], "dom-zz"])
+def test_fsck_reports_a_malformed_lineage_domain_without_crashing(store_path, domain):
+    with ebsengine.Engine(store_path) as e:
+        vol = e.create_volume(1, encrypted=True)
+        _write(e, vol.id, os.urandom(CS))
+        _write(e, vol.id, os.urandom(4096), 2 * CS)      # and a patch
+    _set_lineage_domain(store_path, vol.id, domain)
+    with ebsengine.Engine(store_path) as e:
+        report = e.fsck()
+        assert not report.ok and any("malformed domain" in p for p in report.problems)
+
+
+def test_fsck_reports_a_lineage_whose_domain_record_is_gone(store_path):
+    # an empty encrypted volume: no chunk to betray it, only the lineage names the domain
+    with ebsengine.Engine(store_path) as e:
+        vol = e.create_volume(1, encrypted=True)
+    _set_lineage_domain(store_path, vol.id, "dom-" + "ab" * 16)
+    with ebsengine.Engine(store_path) as e:
+        for report in (e.fsck(), e.fsck(keys=False)):
+            assert not report.ok and any("no data-key domain" in p for p in report.problems)
+
+
+def test_patches_skipped_while_locked_fold_once_their_key_is_unlocked(store_path):
+    data = os.urandom(4096)
+    with ebsengine.Engine(store_path) as e:
+        vol = e.create_volume(1, encrypted=True)
+        _write(e, vol.id, data, 4096)                    # a patch: sealed pages
+    with ebsengine.Engine(store_path) as e:             # a fresh process: no key held
+        assert e.fold() == 0                             # cannot fold what it cannot open
+        assert _read(e, vol.id, 4096, 4096) == data     # the open unlocks the data key
+        assert e.fold() == 1
+        assert _read(e, vol.id, 4096, 4096) == data
+        assert e.fsck().ok
