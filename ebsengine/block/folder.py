@@ -39,6 +39,10 @@ class Folder:
         self.lock = ctx.fold_lock  # one fold round at a time in this process (see BlockContext)
         self._resume = b""  # where the next scan of ``pages`` starts
         self._skip: set[bytes] = set()  # patches reading as zeros: no chunk to fold into
+        #: patches of domains whose key this process did not hold (when the keyring had
+        #: ``_locked_at`` domains): tried again once another key is unlocked
+        self._locked: set[bytes] = set()
+        self._locked_at = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.folded = 0
@@ -61,6 +65,9 @@ class Folder:
         whether patches with enough pages are left)."""
         ctx = self.ctx
         with self.lock:
+            if len(ctx.chunks.keys) != self._locked_at:
+                self._locked.clear()
+                self._locked_at = len(ctx.chunks.keys)
             with ctx.store.read() as txn:
                 cands: list[tuple[int, bytes, bytes]] = []
                 cur = txn.cursor(db=ctx.pages_db)
@@ -72,7 +79,8 @@ class Folder:
                 while found:
                     mk = cur.key()
                     value = txn.get(mk, db=ctx.maps.maps)
-                    if value is not None and L.is_patch(value) and value not in self._skip:
+                    if value is not None and L.is_patch(value) and value not in self._skip \
+                            and value not in self._locked:
                         n = L.parse_patch(value)[0].bit_count()
                         if n >= min_pages:
                             cands.append((n, mk, value))
@@ -92,7 +100,10 @@ class Folder:
                         data = ctx.content(txn, value)
                         fp = ctx.chunks.fingerprints(data, domain)[0]
                     except KeyUnavailable:
-                        fp = None
+                        if len(self._locked) > 65536:
+                            self._locked.clear()
+                        self._locked.add(value)
+                        continue
                     if fp is None:
                         if len(self._skip) > 65536:
                             self._skip.clear()
