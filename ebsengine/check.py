@@ -35,6 +35,7 @@ from .model import FsckReport
 from .storage.base import Txn
 from .storage.chunks import ChunkStore
 from .storage.envelope import decode_chunk, decode_pages
+from .storage.migrate import readable_as_is
 from .storage.sealing import SEAL_OVERHEAD, Keyring, sealed_tag
 from .storage.store import Store
 
@@ -165,7 +166,7 @@ def _check_pass(store: Store, chunks: ChunkStore, maps: BlockMaps, batch: int,
     try:
         # I1 format
         fmt = rd.get("meta", b"format")
-        if _int(fmt) != L.FORMAT_VERSION:
+        if not readable_as_is(_int(fmt)):  # format 2 is a valid format 3 (read-only open)
             bad(f"I1: format version is {fmt!r}, expected {L.FORMAT_VERSION}")
         cs = rd.get("meta", b"chunk_size")
         if _int(cs) != L.CHUNK_SIZE:

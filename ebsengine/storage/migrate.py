@@ -34,6 +34,13 @@ STEPS: dict[int, list[Step]] = {
 }
 
 
+def readable_as_is(fmt: int | None) -> bool:
+    """Whether a store of format ``fmt`` is a valid store of ``layout.FORMAT_VERSION`` as it
+    is (every step up to it changes nothing): a read-only open reads it, fsck accepts it."""
+    return fmt == L.FORMAT_VERSION or (
+        fmt in STEPS and all(v in STEPS and not STEPS[v] for v in range(fmt, L.FORMAT_VERSION)))
+
+
 def migrate(txn: Txn, db: Mapping[str, Table], fmt: int) -> None:
     """Bring a store of format ``fmt`` to ``layout.FORMAT_VERSION`` inside ``txn``."""
     for version in range(fmt, L.FORMAT_VERSION):

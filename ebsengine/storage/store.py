@@ -20,7 +20,7 @@ from .. import layout as L
 from ..errors import Closed, FormatError, StoreFull, StoreLocked
 from .base import DEFAULT_MAP_SIZE, KvBackend, Table, Txn
 from .envelope import DEFAULT_ZSTD_LEVEL
-from .migrate import STEPS, migrate
+from .migrate import STEPS, migrate, readable_as_is
 
 GROUP_LINGER = 0.004  # seconds a group-commit leader waits for announced callers
 MEMORY_URL = "memory://"
@@ -102,8 +102,7 @@ class Store:
                 txn.put(b"zstd_level", str(zstd_level).encode(), db=self.db["meta"])
                 txn.put(b"next_lineage", L.u64(1), db=self.db["meta"])
             fmt = str(L.FORMAT_VERSION).encode()
-        if fmt.isdigit() and int(fmt) in STEPS and self.readonly and \
-                all(not STEPS[v] for v in range(int(fmt), L.FORMAT_VERSION)):
+        if fmt.isdigit() and self.readonly and readable_as_is(int(fmt)):
             fmt = str(L.FORMAT_VERSION).encode()  # nothing to change: readable as it is
         if fmt.isdigit() and int(fmt) in STEPS:  # an older format: migrate (one commit)
             if self.readonly:

@@ -164,3 +164,26 @@ def test_unknown_older_format_is_refused_untouched(store_path: str) -> None:
     with ebsengine.Engine(store_path) as e:
         assert store_digest(e) == before
     assert os.path.exists(os.path.join(store_path, "data.mdb"))
+
+
+def test_format_2_store_opened_read_only_passes_fsck(store_path: str) -> None:
+    """Format 2 is readable as format 3 (no migration step): a read-only open reads it and
+    fsck finds nothing wrong with it; a read-write open then writes format 3."""
+    with ebsengine.Engine(store_path) as e:
+        vol = e.create_volume(size_gib=1)
+        with e.open_volume(vol.id) as dev:
+            dev.pwrite(sha_bytes("v2", 2 * CS), 0)
+            dev.pwrite(b"page", 3 * CS + 7)
+    env = lmdb.open(store_path, max_dbs=32)
+    with env.begin(write=True) as txn:
+        txn.put(b"format", b"2", db=env.open_db(b"meta", txn=txn))
+    env.close()
+    with ebsengine.Engine(store_path, readonly=True) as e:
+        with e.open_volume(vol.id) as dev:
+            assert dev.pread(2 * CS, 0) == sha_bytes("v2", 2 * CS)
+        report = e.fsck()
+        assert report.ok, report.problems
+    with ebsengine.Engine(store_path) as e:
+        with e._store.read() as txn:
+            assert txn.get(b"format", db=e._store.db["meta"]) == str(L.FORMAT_VERSION).encode()
+        assert e.fsck().ok
