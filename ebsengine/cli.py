@@ -203,7 +203,8 @@ def cmd_snapshot(eng: Engine, a: argparse.Namespace, out: Out) -> int:
 
 def cmd_restore(eng: Engine, a: argparse.Namespace, out: Out) -> int:
     v = eng.create_volume(snapshot_id=a.snapshot, size_gib=a.size, volume_type=a.type,
-                          iops=a.iops, throughput=a.throughput, tags=_tags(a.tag))
+                          iops=a.iops, throughput=a.throughput, tags=_tags(a.tag),
+                          encrypted=a.encrypted, kms_key_id=a.kms_key, account=DEFAULT_ACCOUNT)
     out.emit(_record(v), lambda: v.id)
     return 0
 
@@ -497,6 +498,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, help="GiB (default: the snapshot's size)")
     spec(s, "gp3")
     s.add_argument("--tag", action="append", metavar="KEY=VALUE")
+    s.add_argument("--encrypted", action="store_true",
+                   help="encrypt a plaintext snapshot's volume (a copy under a new data key); "
+                        "an encrypted snapshot's volume is always encrypted")
+    s.add_argument("--kms-key", default=None, metavar="KEY",
+                   help="restore under this KMS key (needs --encrypted; re-encrypts)")
 
     s = sub.add_parser("diff", help="512 KiB blocks that differ between two snapshots")
     s.add_argument("first", help="older snapshot, or - for all blocks of SECOND")

@@ -93,3 +93,16 @@ def test_create_encrypted_volume_with_a_named_key(tmp_path):
     assert p.returncode == 2 and "Encrypted" in p.stderr
     vols = js(store, mk, "list", "--volumes")
     assert isinstance(vols, dict) and len(vols["volumes"]) == 3   # nothing half-made
+    # restore: a plaintext snapshot's volume encrypted on request; an encrypted one's always
+    run(store, mk, "keys", "enable", "alias/vols")
+    snap = js(store, mk, "snapshot", plain["id"])
+    enc_snap = js(store, mk, "snapshot", named["id"])
+    assert isinstance(snap, dict) and isinstance(enc_snap, dict)
+    assert enc_snap["kms_key_id"] == key["Arn"]
+    back = js(store, mk, "restore", snap["id"], "--encrypted", "--kms-key", "alias/vols")
+    again = js(store, mk, "restore", enc_snap["id"])
+    assert isinstance(back, dict) and isinstance(again, dict)
+    assert (back["encrypted"], back["kms_key_id"]) == (True, key["Arn"])
+    assert (again["encrypted"], again["kms_key_id"]) == (True, key["Arn"])
+    text = run(store, mk, "list", "--snapshots").stdout
+    assert key["Arn"] in text

@@ -199,6 +199,15 @@ def test_disabled_key_locks_ebs_direct_reads_and_writes_until_enabled(aws: Aws) 
                      AvailabilityZone="us-east-1a", SnapshotId=sid)
         expect_error(aws.ec2.copy_snapshot, "InvalidKMSKey.InvalidState", 400,
                      SourceRegion="us-east-1", SourceSnapshotId=sid)
+    # pending deletion locks it the same way; cancelling leaves it disabled
+    aws.kms.schedule_key_deletion(KeyId=md["KeyId"], PendingWindowInDays=7)
+    with aws.unchanged():
+        expect_error(aws.ec2.create_volume, "InvalidKMSKey.InvalidState", 400,
+                     AvailabilityZone="us-east-1a", SnapshotId=sid)
+        r = expect_error(aws.ebs.get_snapshot_block, "AccessDeniedException", 403,
+                         SnapshotId=sid, BlockIndex=0, BlockToken=tokens[0])
+        assert r["Reason"] == "DEPENDENCY_ACCESS_DENIED"
+    aws.kms.cancel_key_deletion(KeyId=md["KeyId"])
     aws.kms.enable_key(KeyId=md["KeyId"])
     assert read_block(aws.ebs, sid, 0) == data
     vid = aws.ec2.create_volume(AvailabilityZone="us-east-1a", SnapshotId=sid)["VolumeId"]
