@@ -23,7 +23,7 @@ from . import __version__
 from .engine import Engine, default_store_path
 from .errors import EbsError, InvalidParameter
 from .model import Snapshot, Volume
-from .rules import VOLUME_TYPES
+from .rules import DEFAULT_ACCOUNT, VOLUME_TYPES
 
 EXIT_USAGE = 2
 EXIT_FSCK = 6
@@ -82,13 +82,15 @@ def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
 
 def _vol_row(v: Volume) -> dict[str, Any]:
     return {"id": v.id, "size": f"{v.size_gib}GiB", "type": v.volume_type, "state": v.state,
-            "iops": v.iops or "-", "from": v.snapshot_id or "-", "created": _when(v.create_time)}
+            "iops": v.iops or "-", "from": v.snapshot_id or "-", "created": _when(v.create_time),
+            "kms key": v.kms_key_id if v.encrypted else "-"}
 
 
 def _snap_row(s: Snapshot) -> dict[str, Any]:
     return {"id": s.id, "volume": s.volume_id or "-", "size": f"{s.volume_size_gib}GiB",
             "state": s.state, "written": f"{s.full_size_bytes / 2**20:,.1f}MiB",
-            "started": _when(s.start_time), "description": s.description}
+            "started": _when(s.start_time), "kms key": s.kms_key_id if s.encrypted else "-",
+            "description": s.description}
 
 
 class Out:
@@ -116,9 +118,11 @@ def _show(x: Volume | Snapshot) -> str:
 
 
 def cmd_create(eng: Engine, a: argparse.Namespace, out: Out) -> int:
+    # the key resolves in the zone's region, in the account the keys group uses
     v = eng.create_volume(size_gib=a.size, volume_type=a.type, iops=a.iops,
                           throughput=a.throughput, availability_zone=a.az,
-                          encrypted=a.encrypted, tags=_tags(a.tag))
+                          encrypted=a.encrypted, kms_key_id=a.kms_key, tags=_tags(a.tag),
+                          account=DEFAULT_ACCOUNT)
     out.emit(_record(v), lambda: v.id)
     return 0
 
@@ -132,11 +136,11 @@ def cmd_list(eng: Engine, a: argparse.Namespace, out: Out) -> int:
     if not a.snapshots:
         parts.append("VOLUMES\n" + _table([_vol_row(v) for v in vols],
                                           ["id", "size", "type", "state", "iops", "from",
-                                           "created"]))
+                                           "created", "kms key"]))
     if not a.volumes:
         parts.append("SNAPSHOTS\n" + _table([_snap_row(s) for s in snaps],
                                             ["id", "volume", "size", "state", "written",
-                                             "started", "description"]))
+                                             "started", "kms key", "description"]))
     out.emit({"volumes": [_record(v) for v in vols], "snapshots": [_record(s) for s in snaps]},
              lambda: "\n\n".join(parts))
     return 0
@@ -199,7 +203,8 @@ def cmd_snapshot(eng: Engine, a: argparse.Namespace, out: Out) -> int:
 
 def cmd_restore(eng: Engine, a: argparse.Namespace, out: Out) -> int:
     v = eng.create_volume(snapshot_id=a.snapshot, size_gib=a.size, volume_type=a.type,
-                          iops=a.iops, throughput=a.throughput, tags=_tags(a.tag))
+                          iops=a.iops, throughput=a.throughput, tags=_tags(a.tag),
+                          encrypted=a.encrypted, kms_key_id=a.kms_key, account=DEFAULT_ACCOUNT)
     out.emit(_record(v), lambda: v.id)
     return 0
 
@@ -449,7 +454,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, required=True, help="GiB")
     spec(s, "gp3")
     s.add_argument("--az", default="us-east-1a", help="availability zone")
-    s.add_argument("--encrypted", action="store_true")
+    s.add_argument("--encrypted", action="store_true",
+                   help="seal its data under a new data key wrapped by a KMS key")
+    s.add_argument("--kms-key", default=None, metavar="KEY",
+                   help="the KMS key (id, ARN, alias/NAME or alias ARN of the zone's region; "
+                        "needs --encrypted; default alias/aws/ebs)")
     s.add_argument("--tag", action="append", metavar="KEY=VALUE")
 
     s = sub.add_parser("list", help="list volumes and snapshots")
@@ -489,6 +498,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, help="GiB (default: the snapshot's size)")
     spec(s, "gp3")
     s.add_argument("--tag", action="append", metavar="KEY=VALUE")
+    s.add_argument("--encrypted", action="store_true",
+                   help="encrypt a plaintext snapshot's volume (a copy under a new data key); "
+                        "an encrypted snapshot's volume is always encrypted")
+    s.add_argument("--kms-key", default=None, metavar="KEY",
+                   help="restore under this KMS key (needs --encrypted; re-encrypts)")
 
     s = sub.add_parser("diff", help="512 KiB blocks that differ between two snapshots")
     s.add_argument("first", help="older snapshot, or - for all blocks of SECOND")
@@ -545,7 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSON list of public images to preload (and restore after a reset), "
                         'e.g. [{"ImageId": "ami-12c6146b", "Name": "..."}]: blank root volume')
 
-    s = sub.add_parser("keys", help="KMS keys (sealed by the master key; see README 'Encryption at rest')")
+    s = sub.add_parser("keys", help="KMS keys (sealed by the master key; see README "
+                                    "'Encryption at rest')")
     keys = s.add_subparsers(dest="keys_command", required=True, metavar="ACTION",
                             parser_class=CommandParser)
 

@@ -13,8 +13,10 @@ import hashlib
 from typing import Any, ClassVar
 
 from ebsengine import errors as engine_errors
+from ebsengine.cloud.encryption import EbsEncryption
 from ebsengine.cloud.meter import Meter
 from ebsengine.cloud.pricing import DIRECT_API
+from ebsengine.cloud.scope import Scope
 from ebsengine.rules import EBS_DIRECT_TAG_LIMITS, MAX_SNAPSHOT_GIB, check_tags, is_aws_id
 from ebsengine.rules import tokens as token_rules
 
@@ -66,6 +68,8 @@ class EbsModel:
         self._persisted_activity: dict[str, float] = {}
         #: the cost meter (set by the app): counts the billable calls, meters completions
         self.meter: Meter | None = None
+        #: the Region's encryption by default and default key (stored in the engine)
+        self.encryption = EbsEncryption(store.engine)
 
     def _count(self, ctx: Context, action: str, n: int = 1) -> None:
         if self.meter is not None:
@@ -136,11 +140,22 @@ class EbsModel:
         size = int(p["VolumeSize"])
         if not 1 <= size <= MAX_SNAPSHOT_GIB:
             raise _validation(f"Volume size {size} GiB is outside 1-{MAX_SNAPSHOT_GIB}", "INVALID_VOLUME_SIZE")
+        # AWS's encryption outcomes for StartSnapshot ("Encryption outcomes for EBS direct
+        # APIs"): Encrypted (true or false) and ParentSnapshotId never go together, nor
+        # KmsKeyArn and a parent (a child takes its parent's key); KmsKeyArn needs
+        # Encrypted=true; with encryption by default on, an unencrypted snapshot (Encrypted=
+        # false, or an unencrypted parent) is refused and Encrypted omitted means encrypted
+        # under the Region's default key. Every refusal is a ValidationException.
         parent_id = p.get("ParentSnapshotId")
-        encrypted = bool(p.get("Encrypted", False))
-        if parent_id and encrypted:
+        given = p.get("Encrypted")
+        encrypted = bool(given)
+        kms_arn = p.get("KmsKeyArn") or None
+        if parent_id and given is not None:
             raise _validation("ParentSnapshotId cannot be combined with Encrypted", "INVALID_PARAMETER_VALUE")
-        if p.get("KmsKeyArn") and not encrypted:
+        if parent_id and kms_arn:
+            raise _validation("KmsKeyArn cannot be combined with ParentSnapshotId: a snapshot takes "
+                              "its parent's key", "INVALID_PARAMETER_VALUE")
+        if kms_arn and not encrypted:
             raise _validation("KmsKeyArn requires Encrypted", "INVALID_PARAMETER_VALUE")
         timeout = int(p.get("Timeout") or DEFAULT_TIMEOUT_MIN)
         if not 10 <= timeout <= 4320:
@@ -152,22 +167,40 @@ class EbsModel:
         done = self._replay(ctx, token, digest)
         if done is not None:
             return done
+        scope = Scope(ctx.region, ctx.account_id)
+        by_default = self.encryption.enabled(scope)
         if parent_id:
             parent = self._snapshot(ctx, parent_id)  # region-scoped; the engine checks the rest
             if parent.state != "completed":
                 raise _validation(f"The parent snapshot '{parent_id}' is not completed", "INVALID_SNAPSHOT_ID")
+            if by_default and not parent.encrypted:
+                raise _validation("Encryption by default is enabled: a snapshot cannot start from the "
+                                  f"unencrypted parent '{parent_id}' (copy it encrypted first)",
+                                  "INVALID_PARAMETER_VALUE")
+        elif by_default and given is False:
+            raise _validation("Encryption by default is enabled: unencrypted snapshots cannot be made",
+                              "INVALID_PARAMETER_VALUE")
         kms = None
-        if encrypted:  # AWS's default key for EBS when none is given
-            kms = p.get("KmsKeyArn") or f"arn:aws:kms:{ctx.region}:{ctx.account_id}:alias/aws/ebs"
+        if not parent_id:  # the key named, else the Region's default key (None: alias/aws/ebs)
+            encrypted, kms = self.encryption.resolve(scope, encrypted=encrypted,
+                                                                 kms_key_id=kms_arn)
         now = self.store.clock()
         # The snapshot, its region, its Timeout bookkeeping and its ClientToken: one unit.
         with self.engine.transaction() as tx:
             done = self._replay(ctx, token, digest, tx)
             if done is not None:
                 return done
-            snap = self.engine.start_snapshot(size, parent_snapshot_id=parent_id or None,
-                                              description=p.get("Description") or "", tags=tags or None,
-                                              encrypted=encrypted, kms_key_id=kms, tx=tx)
+            try:
+                snap = self.engine.start_snapshot(size, parent_snapshot_id=parent_id or None,
+                                                  description=p.get("Description") or "", tags=tags or None,
+                                                  encrypted=encrypted, kms_key_id=kms, region=ctx.region,
+                                                  account=ctx.account_id, tx=tx)
+            except engine_errors.KmsError as exc:
+                if parent_id:  # the parent's key: a dependency (errors.ebs_error)
+                    raise
+                # the key named (or the default) is unknown, disabled or not for EBS
+                raise _validation(f"The KMS key is not valid for this snapshot: {exc}",
+                                  "INVALID_CUSTOMER_KEY") from None
             self.store.put_snapshot_region(tx, snap.id, ctx.region)
             self.engine.service_put(NS_DIRECT, snap.id, {"state": "pending", "timeout": timeout, "last": now,
                                                          "progress": 0}, tx=tx)

@@ -40,10 +40,36 @@ class ApiError(Exception):
         return f"{self.code}: {self.message}"
 
 
+def kms_ec2_error(exc: engine_errors.KmsError) -> tuple[str, str]:
+    """``(EC2 code, message)`` of a KMS refusal met by an EC2 action (CreateVolume,
+    CopySnapshot, RunInstances, ModifyEbsDefaultKmsKeyId ...).
+
+    AWS checks a KmsKeyId asynchronously: the call returns and the volume or instance then
+    fails (a launch's StateReason is ``Client.InvalidKMSKey.InvalidState: The KMS key
+    provided is in an incorrect state``; a volume vanishes). Here the key is checked in the
+    call and the call is refused with nothing made, in EC2's words for the same causes:
+
+    * a key that does not exist (``NotFoundException``), or one EBS cannot use (asymmetric,
+      HMAC: ``InvalidKeyUsageException``): ``InvalidParameterValue``, EC2's code for a
+      parameter value it rejects, with its "Value (...) for parameter kmsKeyId is invalid"
+      shape;
+    * a disabled or pending-deletion key (``DisabledException``,
+      ``KMSInvalidStateException``) or one the caller may not use: ``InvalidKMSKey.InvalidState``,
+      the code of the launch failure above without its ``Client.`` prefix.
+    """
+    if exc.code in ("NotFoundException", "InvalidKeyUsageException", "ValidationException",
+                    "InvalidArnException"):
+        return "InvalidParameterValue", f"Value for parameter kmsKeyId is invalid. {exc.message}"
+    return "InvalidKMSKey.InvalidState", f"The KMS key provided is in an incorrect state: {exc.message}"
+
+
 def ec2_error(exc: BaseException) -> tuple[str, str, int]:
     """``(code, message, http status)`` of any exception raised while serving an EC2 action."""
     if isinstance(exc, ApiError):
         return exc.code, exc.message, exc.status or EC2_STATUS.get(exc.code, 400)
+    if isinstance(exc, engine_errors.KmsError):
+        code, message = kms_ec2_error(exc)
+        return code, message, 400
     if isinstance(exc, engine_errors.EbsError):
         code = exc.code
         return code, exc.message or code, EC2_STATUS.get(code, 400)
@@ -78,9 +104,20 @@ _EBS_STATUS: dict[str, int] = {
 
 
 def ebs_error(exc: BaseException) -> tuple[str, str, int, str | None]:
-    """``(exception name, message, http status, reason)`` for an EBS direct-API failure."""
+    """``(exception name, message, http status, reason)`` for an EBS direct-API failure.
+
+    A KMS refusal while reading or writing blocks (the snapshot's key disabled, pending
+    deletion or gone: EBS cannot decrypt its data key) is a failure of a resource EBS depends
+    on: ``AccessDeniedException`` / ``DEPENDENCY_ACCESS_DENIED``, or for a key that no longer
+    exists ``ResourceNotFoundException`` / ``DEPENDENCY_RESOURCE_NOT_FOUND`` (the reasons the
+    ebs model lists for those exceptions). StartSnapshot's own key errors are
+    ``INVALID_CUSTOMER_KEY`` (aws/ebs.py)."""
     if isinstance(exc, ApiError):
         return exc.code, exc.message, exc.status or _EBS_STATUS.get(exc.code, 400), exc.reason
+    if isinstance(exc, engine_errors.KmsError):
+        if exc.code == "NotFoundException":
+            return "ResourceNotFoundException", str(exc), 404, "DEPENDENCY_RESOURCE_NOT_FOUND"
+        return "AccessDeniedException", str(exc), 403, "DEPENDENCY_ACCESS_DENIED"
     for cls, code, status, reason in _EBS_TABLE:
         if isinstance(exc, cls):
             return code, str(exc) or code, status, reason

@@ -27,6 +27,8 @@ AWS_NAMESPACES = ("aws.snapshot", "aws.direct", "aws.volmod", "aws.snapattr", "a
                   "ec2.instance-expiry", "ec2.reservation", "meter.ledger", "meter.api",
                   # lifecycle policies, their runs and what they made (cloud/dlm.py)
                   "dlm.policy", "dlm.run", "dlm.made",
+                  # encryption by default and the default KMS key (cloud/encryption.py)
+                  "ec2.ebs-encryption",
                   # KMS keys, aliases and data-key domains (ebsengine/kms)
                   "kms.keys", "kms.aliases", "kms.domains")
 

@@ -29,6 +29,7 @@ from .addresses import Addresses
 from .addressing import Addressing
 from .clock import Scheduler, bind_clock
 from .dlm import Lifecycle
+from .encryption import EbsEncryption
 from .images import Images
 from .instances import Instances
 from .keypairs import KeyPairs
@@ -99,6 +100,8 @@ class Cloud:
         self.instance_table: Table[Instance] = self.table(Instance)
         self.addressing = Addressing(self)
         self.tags = Tags(self)
+        #: encryption by default and the default KMS key, per region (:mod:`.encryption`)
+        self.encryption = EbsEncryption(engine)
         # the managers: the library API of each resource family
         self.keypairs = KeyPairs(self)
         self.network = Network(self)

@@ -401,10 +401,17 @@ class Images:
                 raise _bdm_error(f"The parameter {unsupported} is not valid in an AMI's block "
                                  f"device mapping ({dev})")
         encrypted = False
+        if ebs.get("KmsKeyId") is not None:
+            # AWS: KmsKeyId "is only supported on BlockDeviceMapping objects called by
+            # RunInstances, RequestSpotFleet, and RequestSpotInstances"
+            raise _err("InvalidParameterValue", f"The parameter KmsKeyId is not valid in an "
+                                                f"AMI's block device mapping ({dev}); name "
+                                                f"the key in RunInstances' mappings")
         if sid:
-            if ebs.get("Encrypted") is not None or ebs.get("KmsKeyId") is not None:
-                raise _bdm_error(f"Encrypted and KmsKeyId must be omitted for {dev}: a "
-                                 f"snapshot's volumes take its encryption")
+            if ebs.get("Encrypted") is not None:
+                # AWS: from a snapshot, Encrypted must be omitted whatever its value
+                raise _bdm_error(f"Encrypted must be omitted for {dev}: a snapshot's "
+                                 f"volumes take its encryption")
             snap = self._snapshot(scope, str(sid), tx)
             encrypted = bool(snap.encrypted)
             if size is None:
@@ -415,10 +422,9 @@ class Images:
         elif size is None:
             raise _bdm_error(f"Either snapshot ID or volume size must be provided for: {dev}")
         else:
+            # a new (empty) volume: Encrypted true or false (default false); RunInstances
+            # makes it under the Region's default key (or its mapping's KmsKeyId)
             encrypted = bool(ebs.get("Encrypted"))
-            if encrypted or ebs.get("KmsKeyId"):
-                raise _err("InvalidParameterValue", "Encrypted volumes in an AMI's mappings "
-                                                    "are not supported")
         vtype = ebs.get("VolumeType") or "gp2"
         iops, throughput = validate_volume_spec(vtype, int(size), ebs.get("Iops"),
                                                 ebs.get("Throughput"), False)
@@ -523,9 +529,6 @@ class Images:
         if kms_key_id and not encrypted:
             raise _err("InvalidParameterDependency",
                        "The parameter KmsKeyId requires the parameter Encrypted to be set.")
-        if encrypted:
-            raise _err("InvalidParameterValue",
-                       "Encrypting the snapshots of an AMI copy is not supported here")
         if completion_minutes is not None and (completion_minutes < 15 or
                                                completion_minutes > 2880 or
                                                completion_minutes % 15):
@@ -565,10 +568,16 @@ class Images:
                     mappings.append(dict(m))
                     continue
                 snap = self._snapshot(src_scope, str(sid), tx)
+                # as CopySnapshot: encrypted when asked or by default, never decrypted; the
+                # key resolves in the destination region
+                enc, key = self.cloud.encryption.resolve(
+                    scope, encrypted=encrypted, kms_key_id=kms_key_id,
+                    source_encrypted=bool(snap.encrypted), tx=tx)
                 copy = eng.copy_snapshot(
                     snap.id, description=f"Copied for DestinationAmi {new} from SourceAmi "
                                          f"{src.id} for SourceSnapshot {snap.id}",
-                    tags=snapshot_tags or None, tx=tx)
+                    tags=snapshot_tags or None, encrypted=enc, kms_key_id=key,
+                    region=scope.region, account=scope.account_id, tx=tx)
                 put_snapshot_region(eng, tx, copy.id, scope.region)
                 self.cloud.meter.snapshot(tx, copy.id)
                 mappings.append({**m, "Ebs": {**(ebs or {}), "SnapshotId": copy.id,

@@ -277,7 +277,7 @@ class Instances:
             return name
         raise errors.Ec2Error("InvalidKeyPair.NotFound", f"The key pair '{name}' does not exist")
 
-    def _devices(self, img: Image, overrides: list[dict[str, Any]] | None,
+    def _devices(self, scope: Scope, img: Image, overrides: list[dict[str, Any]] | None,
                  tx: Transaction) -> list[dict[str, Any]]:
         """The EBS volumes to make: the AMI's mappings, overridden per DeviceName by the
         request's (``NoDevice`` removes one, new names add volumes). Each plan:
@@ -332,6 +332,11 @@ class Instances:
             sid = ebs.get("SnapshotId") or None
             size = ebs.get("VolumeSize")
             encrypted = bool(ebs.get("Encrypted", False))
+            if ebs.get("KmsKeyId") and not encrypted:
+                raise errors.Ec2Error("InvalidParameterDependency",
+                                      f"The parameter KmsKeyId requires the parameter "
+                                      f"Encrypted to be set ({dev}).")
+            source_encrypted = False
             if sid is not None:
                 try:
                     snap = eng.get_snapshot(sid, tx=tx)
@@ -345,15 +350,20 @@ class Instances:
                         "InvalidBlockDeviceMapping",
                         f"Volume of size {size}GB is smaller than snapshot '{sid}', expect "
                         f"size >= {snap.volume_size_gib}GB")
-                encrypted = encrypted or bool(snap.encrypted)
+                source_encrypted = bool(snap.encrypted)
             elif size is None:
                 raise errors.Ec2Error("InvalidBlockDeviceMapping",
                                       f"The device {dev} needs a VolumeSize or a SnapshotId")
             dot = ebs.get("DeleteOnTermination")
+            # Encrypted=true encrypts a volume of a plaintext snapshot (a copy under a new
+            # data key), KmsKeyId picks the key; encryption by default applies too
+            encrypted, kms_key_id = self.cloud.encryption.resolve(
+                scope, encrypted=encrypted, kms_key_id=ebs.get("KmsKeyId") or None,
+                source_encrypted=source_encrypted, tx=tx)
             plans.append({"device": dev, "snapshot_id": sid, "size": size,
                           "type": ebs.get("VolumeType") or "gp2", "iops": ebs.get("Iops"),
                           "throughput": ebs.get("Throughput"), "encrypted": encrypted,
-                          "kms_key_id": ebs.get("KmsKeyId") if encrypted else None,
+                          "kms_key_id": kms_key_id,
                           "delete_on_termination": True if dot is None else bool(dot)})
         plans.sort(key=lambda p: (p["device"] != img.root_device_name, p["device"]))
         return plans
@@ -430,7 +440,7 @@ class Instances:
                                                        or []),
                                   list(security_groups or []), tx)
             key = self._key(scope, key_name, tx)
-            plans = self._devices(img, block_device_mappings, tx)
+            plans = self._devices(scope, img, block_device_mappings, tx)
             auto_public = bool(nic.get("AssociatePublicIpAddress",
                                        subnet.map_public_ip_on_launch))
             now = c.now()
@@ -462,7 +472,7 @@ class Instances:
                         p["size"], p["type"], snapshot_id=p["snapshot_id"], iops=p["iops"],
                         throughput=p["throughput"], availability_zone=subnet.availability_zone,
                         encrypted=p["encrypted"], kms_key_id=p["kms_key_id"],
-                        tags=vol_tags or None, tx=tx)
+                        tags=vol_tags or None, account=scope.account_id, tx=tx)
                     eng.attach_volume(vol.id, iid, p["device"], p["delete_on_termination"],
                                       tx=tx)
                     c.meter.volume(tx, vol.id)

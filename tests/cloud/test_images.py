@@ -268,8 +268,16 @@ def test_copy_across_regions_shares_bytes(cloud: Cloud) -> None:
     assert cloud.images.snapshot_in_use(WEST, new_sid) == copy.id
     refused(cloud, "InvalidAMIID.NotFound", cloud.images.copy, WEST, source_image_id=src.id,
             source_region="us-west-2", name="wrong region")
-    refused(cloud, "InvalidParameterValue", cloud.images.copy, WEST, source_image_id=src.id,
-            source_region="us-east-1", name="enc", encrypted=True)
+    # a key unknown in the destination region: KMS's refusal, nothing copied
+    refused(cloud, "NotFoundException", cloud.images.copy, WEST, source_image_id=src.id,
+            source_region="us-east-1", name="enc", encrypted=True, kms_key_id="alias/nope")
+    enc = cloud.images.copy(WEST, source_image_id=src.id, source_region="us-east-1",
+                            name="enc", encrypted=True)
+    enc_sid = enc.block_device_mappings[0]["Ebs"]["SnapshotId"]
+    enc_snap = cloud.engine.get_snapshot(enc_sid)
+    assert enc_snap.encrypted and ":us-west-2:" in str(enc_snap.kms_key_id)
+    with cloud.engine.open_snapshot(enc_sid) as dev:
+        assert dev.pread(len(data), 4096) == data
     refused(cloud, "InvalidAMIName.Duplicate", cloud.images.copy, WEST, source_image_id=src.id,
             source_region="us-east-1", name="west copy")
     assert cloud.check() == []

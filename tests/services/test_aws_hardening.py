@@ -78,11 +78,13 @@ def test_malformed_http_bodies_are_client_errors(aws: Aws) -> None:
 
 
 def test_encrypted_start_snapshot_reports_its_key(aws: Aws) -> None:
-    arn = "arn:aws:kms:us-east-1:123456789012:key/11111111-2222-3333-4444-555555555555"
+    arn = aws.kms.create_key()["KeyMetadata"]["Arn"]
     out: Any = aws.ebs.start_snapshot(VolumeSize=1, Encrypted=True, KmsKeyArn=arn)
     assert out["KmsKeyArn"] == arn and out["SseType"] == "sse-kms"
+    # the default key: alias/aws/ebs's key, named by its key ARN
     out = aws.ebs.start_snapshot(VolumeSize=1, Encrypted=True)
-    assert out["KmsKeyArn"].endswith(":alias/aws/ebs")
+    assert out["KmsKeyArn"] == aws.kms.describe_key(KeyId="alias/aws/ebs")["KeyMetadata"]["Arn"]
+    assert ":key/" in out["KmsKeyArn"]
     plain = aws.ebs.start_snapshot(VolumeSize=1)
     assert plain["SseType"] == "none" and "KmsKeyArn" not in plain
 

@@ -303,8 +303,8 @@ def test_copy_image_within_and_across_regions(aws: Aws) -> None:
     ({"SourceRegion": "us-west-2"}, "InvalidAMIID.NotFound"),
     ({"Name": "bad|name"}, "InvalidAMIName.Malformed"),
     ({"Name": "base image"}, "InvalidAMIName.Duplicate"),
-    ({"Encrypted": True}, "InvalidParameterValue"),
     ({"KmsKeyId": "alias/aws/ebs"}, "InvalidParameterDependency"),
+    ({"Encrypted": True, "KmsKeyId": "alias/nope"}, "InvalidParameterValue"),
     ({"TagSpecifications": [{"ResourceType": "volume", "Tags": [{"Key": "a", "Value": "b"}]}]},
      "InvalidParameterValue"),
 ])

@@ -35,6 +35,7 @@ from .common import (
     exact_values,
     volume_view,
 )
+from .encryption import EncryptionActions
 from .images import ImageActions
 from .instances import InstanceActions
 from .keypairs import KeyPairActions
@@ -57,6 +58,7 @@ class Ec2Model(
     InstanceActions,
     KeyPairActions,
     RegionActions,
+    EncryptionActions,
 ):
     """Every EC2 action this endpoint serves, over an :class:`AwsStore`: one base class per
     resource (or family), whose ``ACTIONS`` are merged (below the class)."""

@@ -179,15 +179,22 @@ class SnapshotActions(Actions):
         if p.get("KmsKeyId") and not p.get("Encrypted"):
             raise ApiError("InvalidParameterDependency",
                            "The parameter KmsKeyId requires the parameter Encrypted to be set.")
-        if p.get("Encrypted") and not snap.encrypted:
-            raise ApiError("InvalidParameterValue", "Encrypting a copy of an unencrypted snapshot is not supported")
         dur = p.get("CompletionDurationMinutes")
         if dur is not None and (dur < 15 or dur > 2880 or dur % 15):
             raise ApiError("InvalidParameterValue", "CompletionDurationMinutes must be a multiple of 15 in 15-2880")
         tags = self._spec_tags(p.get("TagSpecifications"), "snapshot")
         with self.engine.transaction() as tx:
+            # Encrypted=true encrypts a plaintext source, KmsKeyId re-encrypts, encryption
+            # by default of the destination applies; an encrypted source stays encrypted
+            # (Encrypted=false never decrypts). The key resolves in the destination region
+            # (the request's: DestinationRegion must be it, above).
+            encrypted, kms_key_id = self.cloud.encryption.resolve(
+                self.scope(ctx), encrypted=bool(p.get("Encrypted", False)),
+                kms_key_id=p.get("KmsKeyId") or None, source_encrypted=bool(snap.encrypted), tx=tx)
             copy = self.engine.copy_snapshot(snap.id, description=p.get("Description") or "",
-                                             tags=tags or None, tx=tx)
+                                             tags=tags or None, encrypted=encrypted,
+                                             kms_key_id=kms_key_id, region=ctx.region,
+                                             account=ctx.account_id, tx=tx)
             self.store.put_snapshot_region(tx, copy.id, ctx.region)
             self.cloud.meter.snapshot(tx, copy.id)
         return {"SnapshotId": copy.id, "Tags": _tag_list(copy.tags)}

@@ -65,6 +65,7 @@ class VolumeActions(Actions):
         size, snap_id = p.get("Size"), p.get("SnapshotId")
         if size is None and not snap_id:
             raise ApiError("MissingParameter", "The request must contain the parameter size or snapshotId")
+        snap = None
         if snap_id:
             snap = self.store.snapshot(ctx, snap_id)
             if snap.state != "completed":
@@ -80,12 +81,18 @@ class VolumeActions(Actions):
             done = self._replay(ctx, token, digest, tx)  # a concurrent retry may have won
             if done is not None:
                 return done
+            # encrypted when asked, from an encrypted snapshot, or by the Region's default;
+            # the key resolves in the caller's account and region (errors: aws/errors.py)
+            encrypted, kms_key_id = self.cloud.encryption.resolve(
+                self.scope(ctx), encrypted=bool(p.get("Encrypted", False)),
+                kms_key_id=p.get("KmsKeyId") or None,
+                source_encrypted=bool(snap is not None and snap.encrypted), tx=tx)
             vol = self.engine.create_volume(
                 size, p.get("VolumeType") or "gp2", snapshot_id=snap_id or None, iops=p.get("Iops"),
                 throughput=p.get("Throughput"), availability_zone=zone,
                 multi_attach_enabled=bool(p.get("MultiAttachEnabled", False)),
-                encrypted=bool(p.get("Encrypted", False)), kms_key_id=p.get("KmsKeyId"), tags=tags or None,
-                tx=tx)
+                encrypted=encrypted, kms_key_id=kms_key_id, tags=tags or None,
+                account=ctx.account_id, tx=tx)
             if token is not None:  # commits with the volume: a crash cannot split them
                 self.store.put_token(tx, ctx, "CreateVolume", token, digest, vol.id)
             self.cloud.meter.volume(tx, vol.id)
