@@ -168,7 +168,7 @@ class EbsModel:
             snap = self.engine.start_snapshot(size, parent_snapshot_id=parent_id or None,
                                               description=p.get("Description") or "", tags=tags or None,
                                               encrypted=encrypted, kms_key_id=kms, tx=tx)
-            self.store.put_snapshot_region(tx, snap.id, ctx.region)
+            self.store.put_snapshot_region(tx, snap.id, ctx)
             self.engine.service_put(NS_DIRECT, snap.id, {"state": "pending", "timeout": timeout, "last": now,
                                                          "progress": 0}, tx=tx)
             if token is not None:

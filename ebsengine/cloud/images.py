@@ -42,7 +42,7 @@ from ebsengine.rules import (
 from ebsengine.rules import tokens as token_rules
 
 from .model import Image
-from .scope import REGIONS, Scope, put_snapshot_region, snapshot_region
+from .scope import REGIONS, Scope, put_snapshot_region, snapshot_owner, snapshot_region
 from .tables import Table
 from .tags import spec_tags
 
@@ -58,7 +58,7 @@ OWNER_ALIASES = ("amazon", "aws-marketplace", "aws-backup-vault")
 DEAD_STATES = ("deregistered", "failed")
 #: the AWS-side records of a snapshot (namespaces of ``ebsengine.aws.store``) dropped with it
 _SNAPSHOT_NAMESPACES = ("aws.snapshot", "aws.direct", "aws.snapattr")
-_ACCOUNT = re.compile(r"^\d{12}$")
+_ACCOUNT = re.compile(r"^[0-9]{12}$")
 #: the owner of seed images (``Images.seed``) that name none: an account that is not the
 #: caller's, as a catalogue's images are
 SEED_OWNER = "137112412989"
@@ -405,7 +405,7 @@ class Images:
             if ebs.get("Encrypted") is not None or ebs.get("KmsKeyId") is not None:
                 raise _bdm_error(f"Encrypted and KmsKeyId must be omitted for {dev}: a "
                                  f"snapshot's volumes take its encryption")
-            snap = self._snapshot(scope, str(sid), tx)
+            snap = self._snapshot(scope, str(sid), tx, owner=scope.account_id)
             encrypted = bool(snap.encrypted)
             if size is None:
                 size = snap.volume_size_gib
@@ -433,8 +433,8 @@ class Images:
             out["Throughput"] = throughput
         return out
 
-    def _snapshot(self, scope: Scope, sid: str, tx: Transaction) -> Any:
-        """A completed snapshot of the scope's region."""
+    def _snapshot(self, scope: Scope, sid: str, tx: Transaction, *, owner: str) -> Any:
+        """A completed snapshot of the scope's region that ``owner`` owns."""
         if not is_aws_id(sid, "snap"):
             raise _err("InvalidSnapshotID.Malformed", f'Invalid id: "{sid}" (expecting '
                                                       f'"snap-...")')
@@ -443,7 +443,8 @@ class Images:
             snap = eng.get_snapshot(sid, tx=tx)
         except errors.NotFound:
             snap = None
-        if snap is None or snapshot_region(eng, snap, scope.region, tx=tx) != scope.region:
+        if snap is None or snapshot_region(eng, snap, scope.region, tx=tx) != scope.region or \
+                snapshot_owner(eng, snap.id, tx) != owner:
             raise _err("InvalidSnapshot.NotFound", f"The snapshot '{sid}' does not exist.")
         if snap.state != "completed":
             raise _err("IncorrectState", f"Snapshot '{sid}' is not in the completed state "
@@ -543,7 +544,7 @@ class Images:
         eng = self.cloud.engine
         with eng.transaction() as tx:
             if token is not None:
-                prev = self.cloud.tokens.previous(scope.region, "CopyImage", token, digest, tx)
+                prev = self.cloud.tokens.previous(scope, "CopyImage", token, digest, tx)
                 done = self.table.get(prev, tx=tx) if prev else None
                 if done is not None:
                     return done
@@ -564,12 +565,12 @@ class Images:
                 if not sid:
                     mappings.append(dict(m))
                     continue
-                snap = self._snapshot(src_scope, str(sid), tx)
+                snap = self._snapshot(src_scope, str(sid), tx, owner=src.owner_id)
                 copy = eng.copy_snapshot(
                     snap.id, description=f"Copied for DestinationAmi {new} from SourceAmi "
                                          f"{src.id} for SourceSnapshot {snap.id}",
                     tags=snapshot_tags or None, tx=tx)
-                put_snapshot_region(eng, tx, copy.id, scope.region)
+                put_snapshot_region(eng, tx, copy.id, scope.region, scope.account_id)
                 self.cloud.meter.snapshot(tx, copy.id)
                 mappings.append({**m, "Ebs": {**(ebs or {}), "SnapshotId": copy.id,
                                               "Encrypted": bool(copy.encrypted)}})
@@ -584,7 +585,7 @@ class Images:
                           deregister_time=None, tags=tags)
             self.table.put(img, tx=tx)
             if token is not None:
-                self.cloud.tokens.put(tx, scope.region, "CopyImage", token, digest, img.id)
+                self.cloud.tokens.put(tx, scope, "CopyImage", token, digest, img.id)
         return img
 
     # --- attributes -----------------------------------------------------------------------
