@@ -174,16 +174,17 @@ class SigV4Verifier:
                 raise AuthFailed("incomplete", "Only one auth mechanism allowed; only the "
                                  "X-Amz-Algorithm query parameter or the Authorization header "
                                  "should be specified")
-            return self._verify_header(environ, auth, service, pairs, body, unsigned_payload)
+            return self._verify_header(environ, auth, service, region, pairs, body,
+                                       unsigned_payload)
         if presigned:
-            return self._verify_query(environ, service, pairs, body, unsigned_payload)
+            return self._verify_query(environ, service, region, pairs, body, unsigned_payload)
         raise AuthFailed("missing", "The request must contain a Signature Version 4 signature "
                          "(an Authorization header or X-Amz-Signature query parameter) made "
                          "with a registered access key id")
 
     # the two forms
 
-    def _verify_header(self, environ: dict[str, Any], auth: str, service: str,
+    def _verify_header(self, environ: dict[str, Any], auth: str, service: str, region: str,
                        pairs: list[tuple[str, str]], body: bytes, unsigned_ok: bool) -> str:
         algorithm, _, rest = auth.strip().partition(" ")
         if algorithm != ALGORITHM:
@@ -192,8 +193,12 @@ class SigV4Verifier:
         fields: dict[str, str] = {}
         for part in rest.split(","):
             key, eq, value = part.strip().partition("=")
-            if eq:
-                fields[key] = value.strip()
+            if not eq or key not in ("Credential", "SignedHeaders", "Signature") \
+                    or key in fields:
+                raise AuthFailed("incomplete", f"Authorization header has an unexpected or "
+                                 f"repeated part {part.strip()!r}: it is '{ALGORITHM} "
+                                 f"Credential=..., SignedHeaders=..., Signature=...'")
+            fields[key] = value.strip()
         for name in ("Credential", "SignedHeaders", "Signature"):
             if not fields.get(name):
                 raise AuthFailed("incomplete", f"Authorization header requires '{name}' "
@@ -219,7 +224,8 @@ class SigV4Verifier:
             except (TypeError, ValueError):
                 raise AuthFailed("incomplete", f"Date header {date!r} is not an HTTP date") \
                     from None
-        user, scope_region, scope_service = self._scope(fields["Credential"], when, service)
+        user, scope_region, scope_service = self._scope(fields["Credential"], when, service,
+                                                        region)
         stamp = when.strftime(_TIMESTAMP)
         self._check_skew(when)
         if "host" not in signed:
@@ -237,9 +243,13 @@ class SigV4Verifier:
         self._compare(signer, request, fields["Signature"])
         return user.account_id
 
-    def _verify_query(self, environ: dict[str, Any], service: str,
+    def _verify_query(self, environ: dict[str, Any], service: str, region: str,
                       pairs: list[tuple[str, str]], body: bytes, unsigned_ok: bool) -> str:
         params = dict(pairs)
+        auth_names = [k for k, _ in pairs if k.startswith("X-Amz-")]
+        if len(auth_names) != len(set(auth_names)):
+            raise AuthFailed("incomplete", "A presigned request names an X-Amz-* query "
+                             "parameter twice")
         for name in ("X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date",
                      "X-Amz-SignedHeaders", "X-Amz-Signature", "X-Amz-Expires"):
             if not params.get(name):
@@ -260,7 +270,7 @@ class SigV4Verifier:
         expires = int(expires_text)
         signed = params["X-Amz-SignedHeaders"].split(";")
         user, scope_region, scope_service = self._scope(params["X-Amz-Credential"], when,
-                                                        service)
+                                                        service, region)
         now = self.clock()
         start = when.timestamp()
         if now > start + expires:
@@ -287,9 +297,11 @@ class SigV4Verifier:
 
     # the checks both forms make
 
-    def _scope(self, credential: str, when: dt.datetime, service: str) -> tuple[User, str, str]:
+    def _scope(self, credential: str, when: dt.datetime, service: str, acting: str
+               ) -> tuple[User, str, str]:
         """The user and the scope's region and service, checked: AuthFailed when the key is
-        unknown or the scope is not the request's date, a known region, ``service``."""
+        unknown or the scope is not the request's date, a known region, ``service``, and
+        the region the server will act in (``acting``)."""
         parts = credential.split("/")
         if len(parts) != 5:
             raise AuthFailed("incomplete", f"Credential {credential!r} is not "
@@ -308,6 +320,9 @@ class SigV4Verifier:
         if region not in self.regions:
             raise AuthFailed("signature", f"Credential should be scoped to a valid region, "
                              f"not '{region}'.")
+        if region != acting:
+            raise AuthFailed("signature", f"Credential should be scoped to the region the "
+                             f"request acts in ('{acting}'), not '{region}'.")
         if scope_service != service:
             raise AuthFailed("signature", f"Credential should be scoped to correct service: "
                              f"'{service}'.")

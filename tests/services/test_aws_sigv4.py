@@ -415,6 +415,13 @@ def test_unsigned_and_incomplete_requests_are_refused(signed: Signed) -> None:
         status, _, body = send(req.url, "POST", DESCRIBE,
                                dict(req.headers, Authorization=f"AWS {ALICE[0]}:c2ln"))
         assert (status, ec2_code(body)) == (400, "IncompleteSignature")
+        # an extra Credential part (the region the server acts in is the one signed)
+        req = sign(signed.url + "/", DESCRIBE, ALICE, headers=FORM)
+        auth = req.headers["Authorization"]
+        forged = auth.replace("AWS4-HMAC-SHA256 ", "AWS4-HMAC-SHA256 X=Credential="
+                              f"{ALICE[0]}/20260101/eu-west-1/ec2/aws4_request, ")
+        status, _, body = send(req.url, "POST", DESCRIBE, dict(req.headers, Authorization=forged))
+        assert (status, ec2_code(body)) == (400, "IncompleteSignature")
         # host left out of the signed headers
         req = sign(signed.url + "/", DESCRIBE, ALICE, headers=FORM)
         headers = dict(req.headers)
