@@ -168,6 +168,10 @@ class SigV4Verifier:
         query = environ.get("QUERY_STRING") or ""
         pairs = parse_qsl(query, keep_blank_values=True)
         auth = environ.get("HTTP_AUTHORIZATION")
+        if environ.get("HTTP_X_AMZ_SECURITY_TOKEN") is not None or \
+                any(k == "X-Amz-Security-Token" for k, _ in pairs):
+            raise AuthFailed("unknown_key", "Temporary credentials (X-Amz-Security-Token) are "
+                             "not issued here: sign with a user's access key")
         presigned = any(k == "X-Amz-Signature" or k == "X-Amz-Algorithm" for k, _ in pairs)
         if auth is not None:
             if presigned:

@@ -238,3 +238,63 @@ def test_ami_launch_permission_across_accounts(signed: Signed) -> None:
                                  LaunchPermission={"Remove": [{"UserId": BOB[2]}]})
     expect_error(bob.run_instances, "InvalidAMIID.NotFound", 400, ImageId=image,
                  MinCount=1, MaxCount=1, InstanceType="t3.micro")
+
+
+def test_network_changes_and_tokens_stay_in_their_account(signed: Signed) -> None:
+    alice = signed.client("ec2", ALICE)
+    bob = signed.client("ec2", BOB)
+    vpc = alice.create_vpc(CidrBlock="10.8.0.0/16")["Vpc"]["VpcId"]
+    subnet = alice.create_subnet(VpcId=vpc, CidrBlock="10.8.1.0/24",
+                                 AvailabilityZone=AZ)["Subnet"]["SubnetId"]
+    sg = alice.create_security_group(GroupName="web", Description="d", VpcId=vpc)["GroupId"]
+    alice.create_key_pair(KeyName="shared-name")
+    image = signed.image(b"boot", owner=BOB[2])
+    bob.describe_vpcs()  # bob's default VPC is made at his first use of the region
+    with signed.unchanged():
+        expect_error(bob.delete_vpc, "InvalidVpcID.NotFound", 400, VpcId=vpc)
+        expect_error(bob.create_subnet, "InvalidVpcID.NotFound", 400, VpcId=vpc,
+                     CidrBlock="10.8.2.0/24")
+        expect_error(bob.delete_subnet, "InvalidSubnetID.NotFound", 400, SubnetId=subnet)
+        expect_error(bob.authorize_security_group_ingress, "InvalidGroup.NotFound", 400,
+                     GroupId=sg, IpProtocol="tcp", FromPort=22, ToPort=22, CidrIp="0.0.0.0/0")
+        expect_error(bob.run_instances, "InvalidSubnetID.NotFound", 400, ImageId=image,
+                     MinCount=1, MaxCount=1, InstanceType="t3.micro", SubnetId=subnet)
+        expect_error(bob.describe_subnets, "InvalidSubnetID.NotFound", 400, SubnetIds=[subnet])
+    # names are per account too: bob may use the key name alice has
+    bob.create_key_pair(KeyName="shared-name")
+    assert [k["KeyName"] for k in bob.describe_key_pairs()["KeyPairs"]] == ["shared-name"]
+    # RunInstances' ClientToken is the account's: the same token launches for each
+    alice_image = signed.image(b"boot", owner=ALICE[2])
+    ra = alice.run_instances(ImageId=alice_image, MinCount=1, MaxCount=1,
+                             InstanceType="t3.micro", ClientToken="launch-1")
+    rb = bob.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="t3.micro",
+                           ClientToken="launch-1")
+    assert ra["ReservationId"] != rb["ReservationId"]
+    again = alice.run_instances(ImageId=alice_image, MinCount=1, MaxCount=1,
+                                InstanceType="t3.micro", ClientToken="launch-1")
+    assert again["ReservationId"] == ra["ReservationId"]
+
+
+def test_lifecycle_policies_snapshot_their_accounts_volumes(signed: Signed) -> None:
+    tags = [{"ResourceType": "volume", "Tags": [{"Key": "backup", "Value": "yes"}]}]
+    alice = signed.client("ec2", ALICE)
+    bob = signed.client("ec2", BOB)
+    mine = alice.create_volume(AvailabilityZone=AZ, Size=1, TagSpecifications=tags)["VolumeId"]
+    theirs = bob.create_volume(AvailabilityZone=AZ, Size=1, TagSpecifications=tags)["VolumeId"]
+    dlm_a, dlm_b = signed.client("dlm", ALICE), signed.client("dlm", BOB)
+    pid = dlm_a.create_lifecycle_policy(
+        ExecutionRoleArn=f"arn:aws:iam::{ALICE[2]}:role/AWSDataLifecycleManagerDefaultRole",
+        Description="daily", State="ENABLED", PolicyDetails={
+            "PolicyType": "EBS_SNAPSHOT_MANAGEMENT", "ResourceTypes": ["VOLUME"],
+            "TargetTags": [{"Key": "backup", "Value": "yes"}],
+            "Schedules": [{"Name": "daily", "CreateRule": {"Interval": 24,
+                                                           "IntervalUnit": "HOURS"},
+                           "RetainRule": {"Count": 1}}]})["PolicyId"]
+    expect_error(dlm_b.get_lifecycle_policy, "ResourceNotFoundException", 404, PolicyId=pid)
+    assert dlm_b.get_lifecycle_policies()["Policies"] == []
+    # the schedule fires (the scheduler's own entry point; the wall clock is not moved here)
+    signed.cloud.dlm.run_schedule(pid, "daily", signed.cloud.now())
+    (snap,) = alice.describe_snapshots(OwnerIds=["self"])["Snapshots"]
+    assert snap["VolumeId"] == mine and snap["OwnerId"] == ALICE[2]
+    assert bob.describe_snapshots(Filters=[{"Name": "volume-id", "Values": [theirs]}])[
+        "Snapshots"] == []

@@ -307,6 +307,9 @@ def test_unknown_access_key_is_refused_per_protocol(signed: Signed) -> None:
                      403, VolumeSize=1)
         expect_error(signed.client("dlm", nobody).get_lifecycle_policies,
                      "UnrecognizedClientException", 403)
+        # a known key with a session token: no temporary credentials are issued here
+        temp = signed.client("ec2", ALICE, aws_session_token="FwoGZXIvYXdzEXAMPLE")
+        expect_error(temp.describe_volumes, "AuthFailure", 401)
 
 
 def test_wrong_region_scope_is_refused(signed: Signed) -> None:
