@@ -648,6 +648,12 @@ class Images:
                         raise _err("InvalidParameterValue",
                                    "Images with encrypted snapshots cannot be made public")
                     public = True
+                if any(e.get("UserId") not in (None, scope.account_id) for e in add) and \
+                        any(self._snapshot_encrypted(sid, tx) for sid in image_snapshots(img)):
+                    raise _err("InvalidParameterValue",
+                               "Images with encrypted snapshots cannot be shared with other "
+                               "accounts: their KMS keys cannot be granted to another account "
+                               "here")
                 for e in add:
                     if e.get("UserId") and e["UserId"] not in users:
                         users.append(e["UserId"])

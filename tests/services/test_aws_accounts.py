@@ -151,6 +151,27 @@ def test_snapshot_sharing_and_cross_account_restore(signed: Signed) -> None:
     assert [v["VolumeId"] for v in bob.describe_volumes(VolumeIds=[vid2])["Volumes"]] == [vid2]
 
 
+def test_encrypted_snapshots_and_images_are_not_shared(signed: Signed) -> None:
+    """Their keys are their account's (no key policies grant them to another), so sharing
+    them is refused, changing nothing."""
+    alice = signed.client("ec2", ALICE)
+    vid = alice.create_volume(AvailabilityZone=AZ, Size=1, Encrypted=True)["VolumeId"]
+    sid = alice.create_snapshot(VolumeId=vid)["SnapshotId"]
+    alice.get_waiter("snapshot_completed").wait(SnapshotIds=[sid],
+                                                WaiterConfig={"Delay": 0.1, "MaxAttempts": 50})
+    image = alice.register_image(Name="enc", RootDeviceName="/dev/xvda", BlockDeviceMappings=[
+        {"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": sid}}])["ImageId"]
+    with signed.unchanged():
+        expect_error(alice.modify_snapshot_attribute, "InvalidParameterValue", 400,
+                     SnapshotId=sid, Attribute="createVolumePermission",
+                     OperationType="add", UserIds=[BOB[2]])
+        expect_error(alice.modify_image_attribute, "InvalidParameterValue", 400,
+                     ImageId=image, LaunchPermission={"Add": [{"UserId": BOB[2]}]})
+    bob = signed.client("ec2", BOB)
+    expect_error(bob.create_volume, "InvalidSnapshot.NotFound", 400, AvailabilityZone=AZ,
+                 SnapshotId=sid)
+
+
 def test_instances_and_network_are_their_accounts(signed: Signed) -> None:
     alice = signed.client("ec2", ALICE)
     bob = signed.client("ec2", BOB)

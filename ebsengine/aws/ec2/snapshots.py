@@ -228,6 +228,10 @@ class SnapshotActions(Actions):
                 raise ApiError("InvalidParameterValue", f"Value ({e['UserId']}) for parameter userId is invalid")
         if snap.encrypted and any(e.get("Group") == "all" for e in add):
             raise ApiError("InvalidParameterValue", "Encrypted snapshots cannot be made public")
+        if snap.encrypted and any(e.get("UserId") not in (None, ctx.account_id) for e in add):
+            raise ApiError("InvalidParameterValue",
+                           "Encrypted snapshots cannot be shared with other accounts: their KMS "
+                           "keys cannot be granted to another account here")
         with self.engine.transaction() as tx:  # read-modify-write; not after a concurrent delete
             self.engine.get_snapshot(snap.id, tx=tx)
             cur = self.engine.service_get(NS_SNAPATTR, snap.id, tx=tx) or {"users": [], "groups": []}
