@@ -501,3 +501,16 @@ def test_aws_cli_with_a_profile(signed: Signed, tmp_path: Any) -> None:
     finally:
         signed.creds = env_file
     assert refused.returncode != 0 and "SignatureDoesNotMatch" in refused.stderr
+
+
+def test_clock_control_is_refused_with_sigv4(tmp_path: Any) -> None:
+    creds = tmp_path / "credentials"
+    creds.write_text(CREDENTIALS)
+    a = Aws(str(tmp_path / "s"), simulated="2025-01-01T00:00:00Z",
+            authenticator=SigV4Verifier(load_credentials(str(creds)), regions=REGIONS))
+    try:
+        status, doc = a.clock(advance=3600)
+        assert status == 403 and "--auth sigv4" in doc["Error"]
+        assert a.clock() == (200, {"now": "2025-01-01T00:00:00.000Z"})
+    finally:
+        a.stop()
