@@ -271,9 +271,16 @@ def cmd_serve(eng: Engine, a: argparse.Namespace, out: Out) -> int:
         if a.clock.startswith("simulated"):
             start = a.clock.split("=", 1)[1] if "=" in a.clock else None
             clock = SimulatedClock(start, engine=eng)
+        authenticator = None
+        if a.auth == "sigv4":
+            from .aws.sigv4 import SigV4Verifier
+            from .cloud.scope import REGIONS
+
+            authenticator = SigV4Verifier(a.credentials, regions=REGIONS)
         api = ApiServer(eng, a.host, a.http_port, allow_reset=a.allow_reset,
                         cloud_config=config, clock=clock, seed_images=a.seed_images,
-                        allow_origins=a.allow_origin or (), allow_hosts=a.allow_host or ())
+                        allow_origins=a.allow_origin or (), allow_hosts=a.allow_host or (),
+                        authenticator=authenticator)
         services.append(api)
         cloud = getattr(getattr(api, "app", None), "cloud", None)
         if cloud is not None and not clock.simulated:
@@ -558,6 +565,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed-images", type=_seed_file, default=None, metavar="FILE",
                    help="JSON list of public images to preload (and restore after a reset), "
                         'e.g. [{"ImageId": "ami-12c6146b", "Name": "..."}]: blank root volume')
+    s.add_argument("--auth", choices=("open", "sigv4"), default="open",
+                   help="open (default): any credentials, one account (123456789012); sigv4: "
+                        "every request's Signature Version 4 is verified against --credentials "
+                        "and acts in the signer's account (README 'Security')")
+    s.add_argument("--credentials", type=_credentials_file, default=None, metavar="FILE",
+                   help="with --auth sigv4: the users, an AWS shared-credentials file with one "
+                        "[section] per user: aws_access_key_id, aws_secret_access_key, "
+                        "account_id (12 digits)")
 
     s = sub.add_parser("keys", help="KMS keys (sealed by the master key; see README "
                                     "'Encryption at rest')")
@@ -599,6 +614,16 @@ def _clock_spec(text: str) -> str:
     raise argparse.ArgumentTypeError("--clock is wall, simulated or simulated=ISO8601")
 
 
+def _credentials_file(path: str) -> Any:
+    """The users of a --credentials file (checked whole: a clear error names the section)."""
+    from .aws.sigv4 import CredentialsError, load_credentials
+
+    try:
+        return load_credentials(path)
+    except CredentialsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _seed_file(path: str) -> list[dict[str, Any]]:
     """The entries of a --seed-images file, checked as ``Images.seed`` will."""
     import json
@@ -627,6 +652,12 @@ def _cidr(text: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
+    if a.command == "serve":
+        if a.auth == "sigv4" and a.credentials is None:
+            parser.error("serve --auth sigv4 needs --credentials FILE (the users and their "
+                         "accounts)")
+        if a.auth != "sigv4" and a.credentials is not None:
+            parser.error("--credentials is read with --auth sigv4 only")
     out = Out(a.json)
     try:
         with Engine(a.store, master_key=a.master_key,

@@ -150,7 +150,7 @@ def put_image(cloud: Any, data: bytes = b"", offset: int = 0, *, size: int = 1,
             dev.flush()
     with eng.transaction(flush=[vol.id]) as tx:
         snap = eng.create_snapshot(vol.id, tx=tx)
-        put_snapshot_region(eng, tx, snap.id, region)
+        put_snapshot_region(eng, tx, snap.id, region, owner)
         eng.delete_volume(vol.id, tx=tx)
     image = cloud.images.register(
         Scope(region, owner), name=name or f"image-{snap.id}", root_device_name=root,

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from ebsengine import errors as engine_errors
 from ebsengine.cloud import Cloud, Scope
 
-from .errors import ApiError
+from .errors import AUTH_CODES, ApiError
 from .store import Context
 
 Params = dict[str, Any]
@@ -25,6 +25,8 @@ DLM_STATUS = {"InvalidRequestException": 400, "ResourceNotFoundException": 404,
 def dlm_error(exc: BaseException) -> tuple[str, str, int]:
     """``(exception name, message, http status)`` of a failed DLM operation."""
     if isinstance(exc, ApiError):
+        if exc.code in AUTH_CODES:  # a refused signature, as the protocol answers it
+            return exc.code, exc.message, exc.status or 403
         code = exc.code if exc.code in DLM_STATUS else "InvalidRequestException"
         return code, exc.message, exc.status or DLM_STATUS[code]
     if isinstance(exc, engine_errors.Ec2Error) and exc.code in DLM_STATUS:

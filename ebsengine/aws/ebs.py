@@ -201,7 +201,7 @@ class EbsModel:
                 # the key named (or the default) is unknown, disabled or not for EBS
                 raise _validation(f"The KMS key is not valid for this snapshot: {exc}",
                                   "INVALID_CUSTOMER_KEY") from None
-            self.store.put_snapshot_region(tx, snap.id, ctx.region)
+            self.store.put_snapshot_region(tx, snap.id, ctx)
             self.engine.service_put(NS_DIRECT, snap.id, {"state": "pending", "timeout": timeout, "last": now,
                                                          "progress": 0}, tx=tx)
             if token is not None:

@@ -122,3 +122,58 @@ def ebs_error(exc: BaseException) -> tuple[str, str, int, str | None]:
         if isinstance(exc, cls):
             return code, str(exc) or code, status, reason
     return "InternalServerException", "An internal error has occurred", 500, None
+
+
+class AuthFailed(Exception):
+    """A request's signature refused (``serve --auth sigv4``); ``kind`` says how:
+    ``missing`` (unsigned), ``incomplete`` (malformed), ``unknown_key``, ``signature`` (does
+    not match, or a wrong scope), ``expired`` (outside the clock-skew window or past
+    X-Amz-Expires). :func:`auth_error` turns it into the protocol's error."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+#: a signature refusal -> (code, HTTP status, message or None: the refusal's own), per
+#: protocol family: what EC2's Query API, the JSON services (KMS, Cost Explorer) and the
+#: rest-json services (EBS direct, DLM) answer
+AUTH_ERRORS: dict[str, dict[str, tuple[str, int, str | None]]] = {
+    "query": {
+        "missing": ("MissingAuthenticationToken", 403,
+                    "The request must contain either a valid (registered) AWS access key ID "
+                    "or X.509 certificate."),
+        "incomplete": ("IncompleteSignature", 400, None),
+        "unknown_key": ("AuthFailure", 401,
+                        "AWS was not able to validate the provided access credentials"),
+        "signature": ("SignatureDoesNotMatch", 403, None),
+        "expired": ("RequestExpired", 400, None),
+    },
+    "json": {
+        "missing": ("MissingAuthenticationTokenException", 400, "Missing Authentication Token"),
+        "incomplete": ("IncompleteSignatureException", 400, None),
+        "unknown_key": ("UnrecognizedClientException", 400,
+                        "The security token included in the request is invalid."),
+        "signature": ("InvalidSignatureException", 400, None),
+        "expired": ("InvalidSignatureException", 400, None),
+    },
+    "rest-json": {
+        "missing": ("MissingAuthenticationTokenException", 403, "Missing Authentication Token"),
+        "incomplete": ("IncompleteSignatureException", 403, None),
+        "unknown_key": ("UnrecognizedClientException", 403,
+                        "The security token included in the request is invalid."),
+        "signature": ("InvalidSignatureException", 403, None),
+        "expired": ("InvalidSignatureException", 403, None),
+    },
+}
+
+#: every code :data:`AUTH_ERRORS` answers with (the error tables pass them through)
+AUTH_CODES = frozenset(code for table in AUTH_ERRORS.values() for code, _, _ in table.values())
+
+
+def auth_error(exc: AuthFailed, family: str) -> ApiError:
+    """The ApiError a protocol family (``query``, ``json``, ``rest-json``) answers a
+    refused signature with."""
+    code, status, message = AUTH_ERRORS[family][exc.kind]
+    return ApiError(code, message or exc.message, status=status)

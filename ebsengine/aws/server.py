@@ -10,13 +10,15 @@ Layers, each with one job:
 * :class:`ApiServer`: werkzeug's threaded WSGI server on a thread of its own, so it runs
   beside the NBD server in ``ebsengine serve``.
 
-Signatures are not verified yet; :class:`Authenticator` is where that plugs in (it sees
-the method, path, headers and the payload hash the client signed).
+Signatures are checked by an :class:`Authenticator`: :class:`AcceptAll` in open mode (the
+default: one account), :class:`~.sigv4.SigV4Verifier` with ``serve --auth sigv4`` (the
+signer's account is the request's).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import http
 import json
 import logging
@@ -39,7 +41,7 @@ from .ce import CeModel
 from .dlm import DlmModel, dlm_error
 from .ebs import BLOCK_SIZE, EbsModel
 from .ec2 import Ec2Model, ModificationRules
-from .errors import ApiError, ebs_error, ec2_error
+from .errors import ApiError, AuthFailed, auth_error, ebs_error, ec2_error
 from .jsonproto import CONTENT_TYPE as JSON_CONTENT_TYPE
 from .jsonproto import JsonModel, JsonProtocol
 from .kms import KmsModel, kms_error
@@ -76,21 +78,32 @@ StartResponse = Callable[..., Any]
 
 
 class Authenticator(Protocol):
-    """Checks a request's SigV4 signature; raises ApiError (``AuthFailure``...) to refuse it.
+    """Checks a request's SigV4 signature and says whose it is; raises
+    :class:`~.errors.AuthFailed` to refuse it (the server answers with the protocol's code).
 
     ``environ`` carries the method, path, query and headers (``HTTP_AUTHORIZATION``,
-    ``HTTP_X_AMZ_DATE``, ``HTTP_X_AMZ_CONTENT_SHA256``); ``payload`` is the request body as
-    read (the form of an EC2 request, the JSON of an EBS call, a PutSnapshotBlock block whose
-    signature covers ``UNSIGNED-PAYLOAD`` instead), or None when there was none.
+    ``HTTP_X_AMZ_DATE``, ``HTTP_X_AMZ_CONTENT_SHA256``); ``service`` is the signing name the
+    credential scope must name; ``payload`` is the request body as read (the form of an EC2
+    request, the JSON of an EBS call), or None when there was none; ``unsigned_payload``: the
+    operation may sign ``UNSIGNED-PAYLOAD`` instead of its body (PutSnapshotBlock). Returns
+    the caller's account id (None: the server's default account).
     """
 
-    def verify(self, environ: dict[str, Any], service: str, region: str, payload: Any) -> None: ...
+    #: whether requests must be signed (False: open mode)
+    requires_signature: bool
+
+    def verify(self, environ: dict[str, Any], service: str, region: str, payload: Any, *,
+               unsigned_payload: bool = False) -> str | None: ...
 
 
 class AcceptAll:
-    """Signatures are not checked (issue 4); the credential scope still selects the region."""
+    """Open mode: signatures are not checked, every caller is the server's one account; the
+    credential scope still selects the region."""
 
-    def verify(self, environ: dict[str, Any], service: str, region: str, payload: Any) -> None:
+    requires_signature = False
+
+    def verify(self, environ: dict[str, Any], service: str, region: str, payload: Any, *,
+               unsigned_payload: bool = False) -> str | None:
         return None
 
 
@@ -285,6 +298,19 @@ class AwsApp:
         service = m.group(4) if m else ""
         return Context(region, self.account_id, str(uuid.uuid4())), service
 
+    def _verify(self, environ: dict[str, Any], ctx: Context, service: str, body: Any,
+                family: str, *, unsigned_payload: bool = False) -> Context:
+        """``ctx`` with the signer's account (:attr:`auth` checks the signature); a refused
+        signature raises the ApiError of the protocol ``family``."""
+        try:
+            account = self.auth.verify(environ, service, ctx.region, body,
+                                       unsigned_payload=unsigned_payload)
+        except AuthFailed as exc:
+            raise auth_error(exc, family) from None
+        if account is None or account == ctx.account_id:
+            return ctx
+        return dataclasses.replace(ctx, account_id=account)
+
     @staticmethod
     def _read_body(environ: dict[str, Any], into: bytearray | None = None) -> bytes | bytearray:
         """The request body, read straight into one buffer (no intermediate copies)."""
@@ -342,7 +368,7 @@ class AwsApp:
                         raise ApiError("InvalidParameterValue",
                                        "The request body is not valid UTF-8") from None
                     form.update(parse_qsl(text, keep_blank_values=True))
-            self.auth.verify(environ, "ec2", ctx.region, body)
+            ctx = self._verify(environ, ctx, "ec2", body, "query")
             action = form.get("Action")
             if not action:
                 raise ApiError("MissingAction", "The request must contain the parameter Action")
@@ -380,7 +406,7 @@ class AwsApp:
             if environ.get("REQUEST_METHOD") != "POST":
                 raise ApiError("UnknownOperationException", "Use POST for this service", status=400)
             body = self._read_body(environ)
-            self.auth.verify(environ, signing, ctx.region, body)
+            ctx = self._verify(environ, ctx, signing, body, "json")
             if not (protocol.has_operation(operation) and model.supports(operation)):
                 raise ApiError("UnknownOperationException",
                                f"The operation {operation} is not supported by this endpoint",
@@ -413,6 +439,10 @@ class AwsApp:
         doc: dict[str, Any]
         if environ.get("ebsengine.refused"):
             status, doc = 403, {"Error": environ["ebsengine.refused"]}
+        elif self.auth.requires_signature:
+            status, doc = 403, {"Error": "POST /moto-api/reset is disabled with --auth sigv4: "
+                                         "it is not signed, and it deletes every account's "
+                                         "resources"}
         elif not self.allow_reset:
             status, doc = 403, {"Error": "POST /moto-api/reset is disabled: it deletes every "
                                          "resource of the store; start the server with "
@@ -450,6 +480,9 @@ class AwsApp:
                                          "--clock simulated to control it)"}
         elif environ.get("REQUEST_METHOD") == "GET":
             doc = {"now": format_instant(clock())}
+        elif self.auth.requires_signature:
+            status, doc = 403, {"Error": "moving the clock is disabled with --auth sigv4 (the "
+                                         "control is not signed); GET still reads it"}
         elif environ.get("REQUEST_METHOD") != "POST":
             status, doc = 405, {"Error": "POST a JSON body {\"advance\": SECONDS} or "
                                          "{\"set\": \"ISO8601\"}"}
@@ -487,20 +520,20 @@ class AwsApp:
         path = raw.split("?", 1)[0]
         try:
             self._guard(environ, "InvalidRequestException")
+            body: Any = None
+            if method in ("PUT", "POST", "PATCH"):
+                body = self._read_body(environ)
+            ctx = self._verify(environ, ctx, "dlm", body, "rest-json")
             found = self.dlm_protocol.route(method, path)
             if found is None:
                 raise ApiError("InvalidRequestException", f"No operation matches {method} {path}",
                                status=404)
             operation, uri = found
-            body: Any = None
-            if method in ("PUT", "POST", "PATCH"):
-                body = self._read_body(environ)
             pairs = parse_qsl(environ.get("QUERY_STRING") or "", keep_blank_values=True)
             multi: dict[str, list[str]] = {}
             for k, v in pairs:
                 multi.setdefault(k, []).append(v)
             headers = {k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")}
-            self.auth.verify(environ, "dlm", ctx.region, body)
             params = self.dlm_protocol.parse(operation, uri, RestRequest(
                 method, path, dict(pairs), headers, body, multi_query=multi))
             result = self.dlm.call(ctx, operation, params)
@@ -522,16 +555,18 @@ class AwsApp:
         try:
             self._guard(environ, "AccessDeniedException")
             found = self.ebs_protocol.route(method, path)
+            body: Any = None
+            if method in ("PUT", "POST"):
+                body = self._read_body(environ)
+            # the block of PutSnapshotBlock may be signed as UNSIGNED-PAYLOAD
+            ctx = self._verify(environ, ctx, "ebs", body, "rest-json",
+                               unsigned_payload=found is not None and found[0] == "PutSnapshotBlock")
             if found is None:
                 raise ApiError("ValidationException", f"No operation matches {method} {path}",
                                status=404, reason="INVALID_PARAMETER_VALUE")
             operation, uri = found
-            body: Any = None
-            if method in ("PUT", "POST"):
-                body = self._read_body(environ)
             query = dict(parse_qsl(environ.get("QUERY_STRING") or "", keep_blank_values=True))
             headers = {k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")}
-            self.auth.verify(environ, "ebs", ctx.region, body)
             params = self.ebs_protocol.parse(operation, uri, RestRequest(method, path, query, headers, body))
             result = self.ebs.call(ctx, operation, params)
             status, out_headers, chunks = self.ebs_protocol.render(operation, result)

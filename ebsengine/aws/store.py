@@ -6,7 +6,9 @@ and is as durable as the volumes it describes:
 =====================  ==========================  ============================================
 namespace              key                          value
 =====================  ==========================  ============================================
-``aws.snapshot``       snapshot id                  ``{"region": str}`` -- region it was made in
+``aws.snapshot``       snapshot id                  ``{"region": str, "owner": account}`` -- region
+                                                    it was made in, account it belongs to
+``aws.volume``         volume id                    ``{"owner": account}`` (none: open mode's)
 ``aws.direct``         snapshot id                  pending EBS-direct snapshot: ``{"timeout": min,
                                                     "last": epoch, "progress": int, "state": str}``
 ``aws.volmod``         volume id                    list of modification records (newest last)
@@ -19,9 +21,13 @@ Every record commits in the engine's unit of work together with the resource it 
 (``with engine.transaction() as tx``), so a crash or a refused step cannot split them: a
 resource's records are written with it and deleted with it.
 
-Volumes need no record: a volume's region is its availability zone minus the zone letter.
-Resources made through the library (no record) belong to the region of their volume, else
-to ``default_region``.
+A volume's region is its availability zone minus the zone letter. Resources made through
+the library (no record) belong to the region of their volume, else to ``default_region``,
+and to open mode's account (``123456789012``).
+
+Lookups are the caller's account's: another account's volume or snapshot is NotFound, as on
+AWS, except a snapshot shared with the caller (createVolumePermission) where sharing reaches
+(``shared=True``: DescribeSnapshots, CreateVolume, CopySnapshot, RunInstances).
 """
 
 from __future__ import annotations
@@ -37,10 +43,17 @@ from typing import Any
 
 from ebsengine import errors as engine_errors
 from ebsengine.cloud.scope import (
+    NS_SNAPSHOT_ATTR,
     NS_SNAPSHOT_REGION,
+    Scope,
+    forget_volume_owner,
     put_snapshot_region,
+    put_volume_owner,
     region_of_zone,
+    snapshot_owner,
     snapshot_region,
+    snapshot_usable_by,
+    volume_owner,
 )
 from ebsengine.cloud.tokens import TOKEN_SWEEP, TokenStore
 from ebsengine.engine import Engine, Transaction
@@ -51,7 +64,7 @@ from .errors import ApiError
 NS_SNAPSHOT = NS_SNAPSHOT_REGION
 NS_DIRECT = "aws.direct"
 NS_VOLMOD = "aws.volmod"
-NS_SNAPATTR = "aws.snapattr"
+NS_SNAPATTR = NS_SNAPSHOT_ATTR
 NS_SECRET = "aws.secret"
 
 
@@ -87,9 +100,30 @@ class AwsStore:
     def snapshot_region(self, snap: Any) -> str:
         return snapshot_region(self.engine, snap, self.default_region)
 
-    def put_snapshot_region(self, tx: Transaction, snap_id: str, region: str) -> None:
-        """Record the region a snapshot was made in, in the unit that makes it."""
-        put_snapshot_region(self.engine, tx, snap_id, region)
+    def put_snapshot_region(self, tx: Transaction, snap_id: str, ctx: Context) -> None:
+        """Record the region a snapshot was made in and its owner (the caller's account), in
+        the unit that makes it."""
+        put_snapshot_region(self.engine, tx, snap_id, ctx.region, ctx.account_id)
+
+    def put_volume_owner(self, tx: Transaction, volume_id: str, ctx: Context) -> None:
+        """Record a volume's owner (the caller's account), in the unit that makes it."""
+        put_volume_owner(self.engine, tx, volume_id, ctx.account_id)
+
+    # owners
+
+    def volume_owner(self, vol: Any) -> str:
+        return volume_owner(self.engine, vol.id)
+
+    def snapshot_owner(self, snap: Any) -> str:
+        return snapshot_owner(self.engine, snap.id)
+
+    def snapshot_usable(self, ctx: Context, snap: Any) -> bool:
+        """Whether the caller owns the snapshot or may restore it (createVolumePermission)."""
+        return snapshot_usable_by(self.engine, snap.id, ctx.account_id)
+
+    def owns_volume(self, ctx: Context, vol: Any) -> bool:
+        """The volume is in the caller's region and account."""
+        return self.volume_region(vol) == ctx.region and self.volume_owner(vol) == ctx.account_id
 
     def forget_snapshot(self, tx: Transaction, snap_id: str) -> None:
         """Drop a snapshot's records, in the unit that deletes it."""
@@ -100,6 +134,7 @@ class AwsStore:
     def forget_volume(self, tx: Transaction, volume_id: str) -> None:
         """Drop a volume's records, in the unit that deletes it."""
         self.engine.service_put(NS_VOLMOD, volume_id, None, tx=tx)
+        forget_volume_owner(self.engine, tx, volume_id)
         self.drop_tokens(tx, volume_id)
 
     # region-scoped lookups (EC2 error codes; the EBS model translates)
@@ -111,30 +146,35 @@ class AwsStore:
             vol = self.engine.get_volume(volume_id)
         except engine_errors.NotFound:
             vol = None
-        if vol is None or self.volume_region(vol) != ctx.region:
+        if vol is None or not self.owns_volume(ctx, vol):
             raise ApiError("InvalidVolume.NotFound", f"The volume '{volume_id}' does not exist.")
         return vol
 
-    def snapshot(self, ctx: Context, snapshot_id: str) -> Any:
+    def snapshot(self, ctx: Context, snapshot_id: str, *, shared: bool = False) -> Any:
+        """The caller's snapshot in the request's region (``shared``: or one another account
+        lets it restore); InvalidSnapshot.NotFound otherwise."""
         if not is_aws_id(snapshot_id, "snap"):
             raise ApiError("InvalidSnapshotID.Malformed", f'Invalid id: "{snapshot_id}" (expecting "snap-...")')
         try:
             snap = self.engine.get_snapshot(snapshot_id)
         except engine_errors.NotFound:
             snap = None
-        if snap is None or self.snapshot_region(snap) != ctx.region:
+        if snap is None or self.snapshot_region(snap) != ctx.region or not (
+                self.snapshot_usable(ctx, snap) if shared
+                else self.snapshot_owner(snap) == ctx.account_id):
             raise ApiError("InvalidSnapshot.NotFound", f"The snapshot '{snapshot_id}' does not exist.")
         self.expire_pending(snap.id)
         return self.engine.get_snapshot(snapshot_id) if snap.state == "pending" else snap
 
     def volumes(self, ctx: Context) -> list[Any]:
-        vols = [v for v in self.engine.list_volumes() if self.volume_region(v) == ctx.region]
+        vols = [v for v in self.engine.list_volumes() if self.owns_volume(ctx, v)]
         vols.sort(key=lambda v: (v.create_time, v.id))
         return vols
 
     def snapshots(self, ctx: Context) -> list[Any]:
         self.expire_pending()
-        snaps = [s for s in self.engine.list_snapshots() if self.snapshot_region(s) == ctx.region]
+        snaps = [s for s in self.engine.list_snapshots()
+                 if self.snapshot_region(s) == ctx.region and self.snapshot_owner(s) == ctx.account_id]
         snaps.sort(key=lambda s: (s.start_time, s.id))
         return snaps
 
@@ -174,12 +214,12 @@ class AwsStore:
                        tx: Transaction | None = None) -> str | None:
         """The id of the resource an earlier request with this token made, or None when this
         request is new. Raises IdempotencyMismatch (token reused with other parameters)."""
-        return self.tokens.previous(ctx.region, action, token, digest, tx=tx)
+        return self.tokens.previous(Scope(ctx.region, ctx.account_id), action, token, digest, tx=tx)
 
     def put_token(self, tx: Transaction, ctx: Context, action: str, token: str, digest: str,
                   resource_id: str) -> None:
         """Record a token in the unit that makes its resource (and sweep expired ones)."""
-        self.tokens.put(tx, ctx.region, action, token, digest, resource_id)
+        self.tokens.put(tx, Scope(ctx.region, ctx.account_id), action, token, digest, resource_id)
 
     def drop_tokens(self, tx: Transaction, resource_id: str) -> None:
         """Forget the tokens that made a resource, in the unit that deletes it."""

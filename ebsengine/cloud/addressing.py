@@ -25,7 +25,7 @@ from ebsengine.engine import Transaction
 from ebsengine.rules import new_id
 
 from .model import Address, NetworkInterface, SecurityGroup, Subnet, Vpc
-from .scope import Scope, zones
+from .scope import DEFAULT_ACCOUNT, Scope, zones
 
 if TYPE_CHECKING:
     from .core import Cloud
@@ -63,9 +63,12 @@ class Addressing:
     # default network
 
     def ensure_region(self, scope: Scope, tx: Transaction | None = None) -> None:
-        """Make the region's default VPC, subnets and group if this region never had them."""
+        """Make the account's default VPC, subnets and group of the region if it never had
+        them (each account has its own, as on AWS)."""
         eng = self.cloud.engine
-        if eng.service_get(NS_REGION, scope.region, tx=tx) is not None:
+        key = scope.region if scope.account_id == DEFAULT_ACCOUNT \
+            else f"{scope.region}@{scope.account_id}"
+        if eng.service_get(NS_REGION, key, tx=tx) is not None:
             return
         if tx is None:
             with eng.transaction() as own:
@@ -83,7 +86,7 @@ class Addressing:
                                  availability_zone=zone, default_for_az=True,
                                  map_public_ip_on_launch=True), tx=tx)
         c.security_groups.put(default_group(scope, vpc.id), tx=tx)
-        eng.service_put(NS_REGION, scope.region, {"default_vpc": vpc.id}, tx=tx)
+        eng.service_put(NS_REGION, key, {"default_vpc": vpc.id}, tx=tx)
 
     def default_vpc(self, scope: Scope, tx: Transaction | None = None) -> Vpc | None:
         self.ensure_region(scope, tx)

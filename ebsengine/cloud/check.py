@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 #: KMS master key's check value: it names no resource, and the master key file stays too).
 #: KMS keys, aliases and data-key domains go, as moto's reset drops its KMS keys: every
 #: volume and snapshot a domain could protect goes in the same unit.
-AWS_NAMESPACES = ("aws.snapshot", "aws.direct", "aws.volmod", "aws.snapattr", "aws.token",
-                  "aws.token-of", "aws.token-expiry", "ec2.region", "ec2.eip-released",
+AWS_NAMESPACES = ("aws.snapshot", "aws.direct", "aws.volmod", "aws.volume", "aws.snapattr",
+                  "aws.token", "aws.token-of", "aws.token-expiry", "ec2.region", "ec2.eip-released",
                   "ec2.instance-expiry", "ec2.reservation", "meter.ledger", "meter.api",
                   # lifecycle policies, their runs and what they made (cloud/dlm.py)
                   "dlm.policy", "dlm.run", "dlm.made",

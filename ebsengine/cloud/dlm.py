@@ -46,7 +46,7 @@ from .schedule import (
     next_interval_slot,
     parse_time_of_day,
 )
-from .scope import Scope, put_snapshot_region, region_of_zone
+from .scope import Scope, put_snapshot_region, region_of_zone, volume_owner
 from .tags import spec_tags
 
 if TYPE_CHECKING:
@@ -611,7 +611,8 @@ class Lifecycle:
         if d["ResourceTypes"] == ["VOLUME"]:
             vols = [v for v in self.engine.list_volumes()
                     if region_of_zone(v.availability_zone) == pol["region"] and
-                    _matches(v.tags, target)]
+                    _matches(v.tags, target) and
+                    volume_owner(self.engine, v.id) == pol["account"]]
             return [(v.id, functools.partial(self._snapshot_volume, pol, sched, v.id, at))
                     for v in sorted(vols, key=lambda v: v.id)]
         out = []
@@ -671,7 +672,7 @@ class Lifecycle:
             vol = eng.get_volume(vid, tx=tx)
             snap = eng.create_snapshot(vid, description=self._description(pol, sched),
                                        tags=self._tags(pol, sched, vol.tags, None, at), tx=tx)
-            put_snapshot_region(eng, tx, snap.id, pol["region"])
+            put_snapshot_region(eng, tx, snap.id, pol["region"], pol["account"])
             self._record(tx, pol, sched, vid, "snapshot", at, [snap.id])
             for key, rec in self._over_count(pol, sched, vid, tx):
                 self._discard_snapshots(key, rec, tx)
@@ -707,7 +708,7 @@ class Lifecycle:
             for vid in chosen:
                 snap = eng.create_snapshot(vid, description=self._description(pol, sched),
                                            tags=tags, tx=tx)
-                put_snapshot_region(eng, tx, snap.id, pol["region"])
+                put_snapshot_region(eng, tx, snap.id, pol["region"], pol["account"])
                 snaps.append(snap.id)
             self._record(tx, pol, sched, iid, "set", at, snaps)
             for key, rec in self._over_count(pol, sched, iid, tx):

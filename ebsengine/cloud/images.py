@@ -42,7 +42,7 @@ from ebsengine.rules import (
 from ebsengine.rules import tokens as token_rules
 
 from .model import Image
-from .scope import REGIONS, Scope, put_snapshot_region, snapshot_region
+from .scope import REGIONS, Scope, put_snapshot_region, snapshot_owner, snapshot_region
 from .tables import Table
 from .tags import spec_tags
 
@@ -58,7 +58,7 @@ OWNER_ALIASES = ("amazon", "aws-marketplace", "aws-backup-vault")
 DEAD_STATES = ("deregistered", "failed")
 #: the AWS-side records of a snapshot (namespaces of ``ebsengine.aws.store``) dropped with it
 _SNAPSHOT_NAMESPACES = ("aws.snapshot", "aws.direct", "aws.snapattr")
-_ACCOUNT = re.compile(r"^\d{12}$")
+_ACCOUNT = re.compile(r"^[0-9]{12}$")
 #: the owner of seed images (``Images.seed``) that name none: an account that is not the
 #: caller's, as a catalogue's images are
 SEED_OWNER = "137112412989"
@@ -412,7 +412,7 @@ class Images:
                 # AWS: from a snapshot, Encrypted must be omitted whatever its value
                 raise _bdm_error(f"Encrypted must be omitted for {dev}: a snapshot's "
                                  f"volumes take its encryption")
-            snap = self._snapshot(scope, str(sid), tx)
+            snap = self._snapshot(scope, str(sid), tx, owner=scope.account_id)
             encrypted = bool(snap.encrypted)
             if size is None:
                 size = snap.volume_size_gib
@@ -439,8 +439,8 @@ class Images:
             out["Throughput"] = throughput
         return out
 
-    def _snapshot(self, scope: Scope, sid: str, tx: Transaction) -> Any:
-        """A completed snapshot of the scope's region."""
+    def _snapshot(self, scope: Scope, sid: str, tx: Transaction, *, owner: str) -> Any:
+        """A completed snapshot of the scope's region that ``owner`` owns."""
         if not is_aws_id(sid, "snap"):
             raise _err("InvalidSnapshotID.Malformed", f'Invalid id: "{sid}" (expecting '
                                                       f'"snap-...")')
@@ -449,7 +449,8 @@ class Images:
             snap = eng.get_snapshot(sid, tx=tx)
         except errors.NotFound:
             snap = None
-        if snap is None or snapshot_region(eng, snap, scope.region, tx=tx) != scope.region:
+        if snap is None or snapshot_region(eng, snap, scope.region, tx=tx) != scope.region or \
+                snapshot_owner(eng, snap.id, tx) != owner:
             raise _err("InvalidSnapshot.NotFound", f"The snapshot '{sid}' does not exist.")
         if snap.state != "completed":
             raise _err("IncorrectState", f"Snapshot '{sid}' is not in the completed state "
@@ -546,7 +547,7 @@ class Images:
         eng = self.cloud.engine
         with eng.transaction() as tx:
             if token is not None:
-                prev = self.cloud.tokens.previous(scope.region, "CopyImage", token, digest, tx)
+                prev = self.cloud.tokens.previous(scope, "CopyImage", token, digest, tx)
                 done = self.table.get(prev, tx=tx) if prev else None
                 if done is not None:
                     return done
@@ -567,7 +568,7 @@ class Images:
                 if not sid:
                     mappings.append(dict(m))
                     continue
-                snap = self._snapshot(src_scope, str(sid), tx)
+                snap = self._snapshot(src_scope, str(sid), tx, owner=src.owner_id)
                 # as CopySnapshot: encrypted when asked or by default, never decrypted; the
                 # key resolves in the destination region
                 enc, key = self.cloud.encryption.resolve(
@@ -578,7 +579,7 @@ class Images:
                                          f"{src.id} for SourceSnapshot {snap.id}",
                     tags=snapshot_tags or None, encrypted=enc, kms_key_id=key,
                     region=scope.region, account=scope.account_id, tx=tx)
-                put_snapshot_region(eng, tx, copy.id, scope.region)
+                put_snapshot_region(eng, tx, copy.id, scope.region, scope.account_id)
                 self.cloud.meter.snapshot(tx, copy.id)
                 mappings.append({**m, "Ebs": {**(ebs or {}), "SnapshotId": copy.id,
                                               "Encrypted": bool(copy.encrypted)}})
@@ -593,7 +594,7 @@ class Images:
                           deregister_time=None, tags=tags)
             self.table.put(img, tx=tx)
             if token is not None:
-                self.cloud.tokens.put(tx, scope.region, "CopyImage", token, digest, img.id)
+                self.cloud.tokens.put(tx, scope, "CopyImage", token, digest, img.id)
         return img
 
     # --- attributes -----------------------------------------------------------------------
@@ -656,6 +657,12 @@ class Images:
                         raise _err("InvalidParameterValue",
                                    "Images with encrypted snapshots cannot be made public")
                     public = True
+                if any(e.get("UserId") not in (None, scope.account_id) for e in add) and \
+                        any(self._snapshot_encrypted(sid, tx) for sid in image_snapshots(img)):
+                    raise _err("InvalidParameterValue",
+                               "Images with encrypted snapshots cannot be shared with other "
+                               "accounts: their KMS keys cannot be granted to another account "
+                               "here")
                 for e in add:
                     if e.get("UserId") and e["UserId"] not in users:
                         users.append(e["UserId"])

@@ -35,7 +35,15 @@ from ebsengine.rules import tokens as token_rules
 from .addressing import new_interface, private_dns_name, public_dns_name
 from .instance_types import instance_type as lookup_type
 from .model import Image, Instance, NetworkInterface, SecurityGroup, Subnet
-from .scope import Scope, check_zone, put_snapshot_region, region_of_zone
+from .scope import (
+    Scope,
+    check_zone,
+    put_snapshot_region,
+    put_volume_owner,
+    region_of_zone,
+    snapshot_usable_by,
+    volume_owner,
+)
 from .tags import spec_tags
 
 if TYPE_CHECKING:
@@ -56,7 +64,7 @@ NS_EXPIRY = "ec2.instance-expiry"
 #: reservation id -> the ids of its instances still on record (ClientToken replays, sweep)
 NS_RESERVATION = "ec2.reservation"
 #: namespaces of a volume's AWS records, dropped with the volume (see aws/store.py)
-_VOLUME_NAMESPACES = ("aws.volmod",)
+_VOLUME_NAMESPACES = ("aws.volmod", "aws.volume")
 
 
 def gmt(t: float) -> str:
@@ -341,6 +349,11 @@ class Instances:
                 try:
                     snap = eng.get_snapshot(sid, tx=tx)
                 except errors.NotFound:
+                    snap = None
+                # the AMI's own snapshots launch with it; one the request adds must be the
+                # caller's or shared with it
+                if snap is None or (dev in added and
+                                    not snapshot_usable_by(eng, sid, scope.account_id, tx)):
                     raise errors.Ec2Error("InvalidSnapshot.NotFound",
                                           f"The snapshot '{sid}' does not exist.") from None
                 if size is None:
@@ -473,6 +486,7 @@ class Instances:
                         throughput=p["throughput"], availability_zone=subnet.availability_zone,
                         encrypted=p["encrypted"], kms_key_id=p["kms_key_id"],
                         tags=vol_tags or None, account=scope.account_id, tx=tx)
+                    put_volume_owner(eng, tx, vol.id, scope.account_id)
                     eng.attach_volume(vol.id, iid, p["device"], p["delete_on_termination"],
                                       tx=tx)
                     c.meter.volume(tx, vol.id)
@@ -506,12 +520,12 @@ class Instances:
                 out.append(inst)
             eng.service_put(NS_RESERVATION, reservation, [i.id for i in out], tx=tx)
             if token is not None:
-                c.tokens.put(tx, scope.region, RUN_ACTION, token, digest, reservation)
+                c.tokens.put(tx, scope, RUN_ACTION, token, digest, reservation)
         return out
 
     def _replay(self, scope: Scope, token: str, digest: str,
                 tx: Transaction | None) -> list[Instance] | None:
-        rid = self.cloud.tokens.previous(scope.region, RUN_ACTION, token, digest, tx=tx)
+        rid = self.cloud.tokens.previous(scope, RUN_ACTION, token, digest, tx=tx)
         if rid is None:
             return None
         now = self.cloud.now()
@@ -762,7 +776,8 @@ class Instances:
             vol = self.cloud.engine.get_volume(volume_id, tx=tx)
         except errors.NotFound:
             vol = None
-        if vol is None or region_of_zone(vol.availability_zone) != scope.region:
+        if vol is None or region_of_zone(vol.availability_zone) != scope.region or \
+                volume_owner(self.cloud.engine, vol.id, tx) != scope.account_id:
             raise errors.Ec2Error("InvalidVolume.NotFound",
                                   f"The volume '{volume_id}' does not exist.")
         return vol
@@ -880,7 +895,7 @@ class Instances:
             for vid, t in plans:
                 snap = eng.create_snapshot(vid, description=description or "", tags=t or None,
                                            tx=tx)
-                put_snapshot_region(eng, tx, snap.id, scope.region)
+                put_snapshot_region(eng, tx, snap.id, scope.region, scope.account_id)
                 self.cloud.meter.snapshot(tx, snap.id)
                 snaps.append(snap)
             return snaps
@@ -932,7 +947,7 @@ class Instances:
                 snap = eng.create_snapshot(vol.id, description=f"Created by CreateImage"
                                            f"({inst.id}) for {image_id}",
                                            tags=snap_tags or None, tx=tx)
-                put_snapshot_region(eng, tx, snap.id, scope.region)
+                put_snapshot_region(eng, tx, snap.id, scope.region, scope.account_id)
                 c.meter.snapshot(tx, snap.id)
                 ebs: dict[str, Any] = {
                     "SnapshotId": snap.id, "VolumeSize": size, "VolumeType": vol.volume_type,

@@ -262,7 +262,7 @@ class Network:
                                              "Tags": tags})
         with c.engine.transaction() as tx:
             if token is not None:
-                prev = c.tokens.previous(scope.region, "CreateNetworkInterface", token, digest,
+                prev = c.tokens.previous(scope, "CreateNetworkInterface", token, digest,
                                          tx=tx)
                 done = c.network_interfaces.get(prev, tx=tx) if prev else None
                 if done is not None:
@@ -274,7 +274,7 @@ class Network:
                 tags=check_tags(dict(tags or {})))
             c.network_interfaces.put(eni, tx=tx)
             if token is not None:
-                c.tokens.put(tx, scope.region, "CreateNetworkInterface", token, digest, eni.id)
+                c.tokens.put(tx, scope, "CreateNetworkInterface", token, digest, eni.id)
         return eni
 
     def _groups(self, scope: Scope, vpc_id: str, groups: list[str] | None,

@@ -2,9 +2,12 @@
 
 Every EC2 resource belongs to one account and one region; the cloud layer's lookups are
 scoped by a :class:`Scope` (the HTTP layer builds it from the request's SigV4 credential
-scope, the library passes one). Volumes and snapshots live in the engine, which knows no
-regions: a volume's region is its zone minus the zone letter, a snapshot's is recorded
-beside it (``aws.snapshot`` service records, written in the unit that makes it).
+scope and signer, the library passes one). Volumes and snapshots live in the engine, which
+knows no regions or accounts: a volume's region is its zone minus the zone letter and its
+owner is recorded beside it (``aws.volume``), a snapshot's region and owner are recorded
+beside it (``aws.snapshot``), each written in the unit that makes the resource. A volume or
+snapshot without an owner record (made through the library or the CLI, or before accounts
+existed) belongs to :data:`DEFAULT_ACCOUNT`, the account of open mode.
 """
 
 from __future__ import annotations
@@ -16,8 +19,12 @@ from ebsengine import errors
 from ebsengine.engine import Engine, Transaction
 from ebsengine.rules import DEFAULT_ACCOUNT, DEFAULT_REGION, region_of_zone
 
-#: service namespace of a snapshot's region record: ``{"region": str}``
+#: service namespace of a snapshot's region record: ``{"region": str, "owner": account}``
 NS_SNAPSHOT_REGION = "aws.snapshot"
+#: service namespace of a volume's owner record: ``{"owner": account}``
+NS_VOLUME_OWNER = "aws.volume"
+#: service namespace of a snapshot's createVolumePermission: ``{"users": [...], "groups": [...]}``
+NS_SNAPSHOT_ATTR = "aws.snapattr"
 
 #: the commercial regions answered by DescribeRegions, with how many zones each has here
 #: (AWS's own counts for the big ones; three elsewhere)
@@ -93,6 +100,47 @@ def snapshot_region(engine: Engine, snap: Any, default: str = DEFAULT_REGION,
         return default
 
 
-def put_snapshot_region(engine: Engine, tx: Transaction, snap_id: str, region: str) -> None:
-    """Record the region a snapshot was made in, in the unit that makes it."""
-    engine.service_put(NS_SNAPSHOT_REGION, snap_id, {"region": region}, tx=tx)
+def put_snapshot_region(engine: Engine, tx: Transaction, snap_id: str, region: str,
+                        owner: str = DEFAULT_ACCOUNT) -> None:
+    """Record the region a snapshot was made in and its owner, in the unit that makes it."""
+    engine.service_put(NS_SNAPSHOT_REGION, snap_id, {"region": region, "owner": owner}, tx=tx)
+
+
+def snapshot_owner(engine: Engine, snap_id: str, tx: Transaction | None = None) -> str:
+    """The account a snapshot belongs to (no record: :data:`DEFAULT_ACCOUNT`)."""
+    rec = engine.service_get(NS_SNAPSHOT_REGION, snap_id, tx=tx)
+    return str(rec.get("owner") or DEFAULT_ACCOUNT) if rec else DEFAULT_ACCOUNT
+
+
+def put_volume_owner(engine: Engine, tx: Transaction, volume_id: str, owner: str) -> None:
+    """Record a volume's owner, in the unit that makes it (open mode's account needs none)."""
+    engine.service_put(NS_VOLUME_OWNER, volume_id,
+                       None if owner == DEFAULT_ACCOUNT else {"owner": owner}, tx=tx)
+
+
+def volume_owner(engine: Engine, volume_id: str, tx: Transaction | None = None) -> str:
+    """The account a volume belongs to (no record: :data:`DEFAULT_ACCOUNT`)."""
+    rec = engine.service_get(NS_VOLUME_OWNER, volume_id, tx=tx)
+    return str(rec.get("owner") or DEFAULT_ACCOUNT) if rec else DEFAULT_ACCOUNT
+
+
+def forget_volume_owner(engine: Engine, tx: Transaction, volume_id: str) -> None:
+    """Drop a volume's owner record, in the unit that deletes it."""
+    engine.service_put(NS_VOLUME_OWNER, volume_id, None, tx=tx)
+
+
+def snapshot_permission(engine: Engine, snap_id: str, tx: Transaction | None = None
+                        ) -> dict[str, list[str]]:
+    """A snapshot's createVolumePermission: ``{"users": [...], "groups": [...]}``."""
+    rec = engine.service_get(NS_SNAPSHOT_ATTR, snap_id, tx=tx)
+    return rec if rec else {"users": [], "groups": []}
+
+
+def snapshot_usable_by(engine: Engine, snap_id: str, account: str,
+                       tx: Transaction | None = None) -> bool:
+    """Whether ``account`` may restore a snapshot: it owns it, or the snapshot's
+    createVolumePermission names it or the group ``all``."""
+    if snapshot_owner(engine, snap_id, tx) == account:
+        return True
+    perm = snapshot_permission(engine, snap_id, tx)
+    return "all" in perm["groups"] or account in perm["users"]

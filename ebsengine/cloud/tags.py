@@ -12,7 +12,7 @@ from ebsengine.engine import Transaction
 from ebsengine.rules import check_tags, is_aws_id, kept_reserved, system_tag_keys
 
 from .model import KINDS
-from .scope import Scope, region_of_zone, snapshot_region
+from .scope import Scope, region_of_zone, snapshot_owner, snapshot_region, volume_owner
 from .tables import CloudRecord, Table
 
 if TYPE_CHECKING:
@@ -69,15 +69,18 @@ class Tags:
         try:
             if prefix == "vol":
                 found = eng.get_volume(rid, tx=tx)
-                if region_of_zone(found.availability_zone) != scope.region:
+                if region_of_zone(found.availability_zone) != scope.region or \
+                        volume_owner(eng, rid, tx) != scope.account_id:
                     found = None
             elif prefix == "snap":
                 found = eng.get_snapshot(rid, tx=tx)
-                if snapshot_region(eng, found, scope.region, tx=tx) != scope.region:
+                if snapshot_region(eng, found, scope.region, tx=tx) != scope.region or \
+                        snapshot_owner(eng, rid, tx) != scope.account_id:
                     found = None
             else:
                 rec = self.tables[prefix].get(rid, tx=tx)
-                found = rec if rec is not None and rec.region == scope.region else None
+                found = rec if rec is not None and rec.region == scope.region and \
+                    _owner(rec) in (None, scope.account_id) else None
         except errors.NotFound:
             found = None
         if found is None:
@@ -140,15 +143,24 @@ class Tags:
                        for k, v in tags.items())
 
         eng = self.cloud.engine
+        me = scope.account_id
         for v in eng.list_volumes():
-            if region_of_zone(v.availability_zone) == scope.region:
+            if region_of_zone(v.availability_zone) == scope.region and \
+                    volume_owner(eng, v.id) == me:
                 add(v.id, "volume", v.tags)
         for s in eng.list_snapshots():
-            if s.tags and snapshot_region(eng, s, scope.region) == scope.region:
+            if s.tags and snapshot_region(eng, s, scope.region) == scope.region and \
+                    snapshot_owner(eng, s.id) == me:
                 add(s.id, "snapshot", s.tags)
         for table in self.tables.values():
             for r in table.in_region(scope.region):
-                if r.tags:
+                if r.tags and _owner(r) in (None, me):
                     add(r.id, table.cls.RESOURCE_TYPE, r.tags)
         out.sort(key=lambda r: (r["ResourceId"], r["Key"]))
         return out
+
+
+def _owner(rec: Any) -> str | None:
+    """The account a cloud record belongs to (None: a record kind without owners)."""
+    owner = getattr(rec, "owner_id", None)
+    return None if owner is None else str(owner)

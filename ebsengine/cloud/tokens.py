@@ -3,7 +3,9 @@
 =====================  ==========================  ============================================
 namespace              key                          value
 =====================  ==========================  ============================================
-``aws.token``          ``<region>|<action>|<tok>``  ClientToken record (``rules/tokens.py``)
+``aws.token``          ``<where>|<action>|<tok>``   ClientToken record (``rules/tokens.py``);
+                                                    ``<where>``: the region, ``region@account``
+                                                    for another account than open mode's
 ``aws.token-of``       resource id                  ``[token key, ...]``: the tokens that made it
 ``aws.token-expiry``   ``<expiry>|<token key>``     resource id; the tokens in order of expiry
 =====================  ==========================  ============================================
@@ -21,6 +23,8 @@ from typing import Any
 from ebsengine.engine import Engine, Transaction
 from ebsengine.rules import tokens as token_rules
 
+from .scope import DEFAULT_ACCOUNT, Scope
+
 NS_TOKEN = "aws.token"
 NS_TOKEN_OF = "aws.token-of"
 NS_TOKEN_EXPIRY = "aws.token-expiry"
@@ -33,18 +37,19 @@ class TokenStore:
         self.engine = engine
         self.clock = clock
 
-    def previous(self, region: str, action: str, token: str, digest: str,
+    def previous(self, scope: Scope, action: str, token: str, digest: str,
                  tx: Transaction | None = None) -> str | None:
-        """The id of the resource an earlier request with this token made, or None when this
-        request is new. Raises IdempotencyMismatch (token reused with other parameters)."""
-        key = token_rules.token_key(region, action, token)
+        """The id of the resource an earlier request of the scope's account and region with
+        this token made, or None when this request is new. Raises IdempotencyMismatch (token
+        reused with other parameters)."""
+        key = _key(scope, action, token)
         rec = self.engine.service_get(NS_TOKEN, key, tx=tx)
         return token_rules.previous(rec, digest, token, self.clock())
 
-    def put(self, tx: Transaction, region: str, action: str, token: str, digest: str,
+    def put(self, tx: Transaction, scope: Scope, action: str, token: str, digest: str,
             resource_id: str) -> None:
         """Record a token in the unit that makes its resource (and sweep expired ones)."""
-        key = token_rules.token_key(region, action, token)
+        key = _key(scope, action, token)
         old = self.engine.service_get(NS_TOKEN, key, tx=tx)
         if old is not None:  # expired, or its resource is gone: it names the new one now
             self._drop(tx, key, old)
@@ -86,3 +91,10 @@ class TokenStore:
         rid = str(rec.get("id"))
         mine = [k for k in self.engine.service_get(NS_TOKEN_OF, rid, tx=tx) or [] if k != key]
         self.engine.service_put(NS_TOKEN_OF, rid, mine or None, tx=tx)
+
+
+def _key(scope: Scope, action: str, token: str) -> str:
+    """A token's key: tokens are the account's own (two accounts may use one token)."""
+    where = scope.region if scope.account_id == DEFAULT_ACCOUNT \
+        else f"{scope.region}@{scope.account_id}"
+    return token_rules.token_key(where, action, token)

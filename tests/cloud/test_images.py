@@ -39,13 +39,20 @@ def cloud(tmp_path: Any, clock: Clock) -> Iterator[Cloud]:
         yield Cloud(eng, clock=clock, config=CloudConfig(deregistered_visible_seconds=600))
 
 
-def snapshot(cloud: Cloud, size: int = 2, data: bytes = b"root bytes") -> str:
+def snapshot(cloud: Cloud, size: int = 2, data: bytes = b"root bytes",
+             owner: str | None = None) -> str:
+    """A snapshot holding ``data``; ``owner``: the account it is recorded as belonging to
+    (None: no record, open mode's account)."""
     eng = cloud.engine
     vol = eng.create_volume(size, "gp3", availability_zone="us-east-1a")
     with eng.open_volume(vol.id) as dev:
         dev.pwrite(data, 4096)
         dev.flush()
-    return str(eng.create_snapshot(vol.id).id)
+    with eng.transaction(flush=[vol.id]) as tx:
+        snap = eng.create_snapshot(vol.id, tx=tx)
+        if owner is not None:
+            put_snapshot_region(eng, tx, snap.id, "us-east-1", owner)
+    return str(snap.id)
 
 
 def register(cloud: Cloud, sid: str, name: str = "base", scope: Scope = EAST,
@@ -147,7 +154,9 @@ def test_duplicate_name_until_deregistered(cloud: Cloud) -> None:
     sid = snapshot(cloud)
     img = register(cloud, sid)
     refused(cloud, "InvalidAMIName.Duplicate", register, cloud, sid)
-    register(cloud, sid, scope=OTHER)  # names are per account
+    register(cloud, snapshot(cloud, owner=OTHER.account_id), scope=OTHER)  # names are per account
+    # an image is registered from the account's own snapshots only
+    refused(cloud, "InvalidSnapshot.NotFound", register, cloud, sid, name="other", scope=OTHER)
     cloud.images.deregister(EAST, img.id)
     again = register(cloud, sid)
     assert again.id != img.id
@@ -203,7 +212,7 @@ def test_deregister_deletes_snapshots_but_keeps_shared_ones(cloud: Cloud) -> Non
 def test_visibility_owners_and_executable_users(cloud: Cloud) -> None:
     sid = snapshot(cloud)
     mine = register(cloud, sid, name="mine")
-    theirs = register(cloud, sid, name="theirs", scope=OTHER)
+    theirs = register(cloud, snapshot(cloud, owner=OTHER.account_id), name="theirs", scope=OTHER)
     assert [i.id for i in cloud.images.describe(EAST)] == [mine.id]
     refused(cloud, "InvalidAMIID.NotFound", cloud.images.describe, EAST, image_ids=[theirs.id])
     refused(cloud, "InvalidAMIID.Malformed", cloud.images.describe, EAST, image_ids=["ami-x"])

@@ -573,13 +573,17 @@ class _RefuseWithoutScope:
     def __init__(self) -> None:
         self.seen: list[tuple[str, str, bool]] = []
 
-    def verify(self, environ: dict[str, Any], service: str, region: str, payload: Any) -> None:
+    requires_signature = True
+
+    def verify(self, environ: dict[str, Any], service: str, region: str, payload: Any, *,
+               unsigned_payload: bool = False) -> str | None:
         from ebsengine.aws.errors import ApiError
 
         self.seen.append((service, region, payload is not None))
         if "Credential=AKIDBAD/" in environ.get("HTTP_AUTHORIZATION", ""):
             raise ApiError("AuthFailure", "AWS was not able to validate the provided access credentials",
                            status=401)
+        return None
 
 
 def test_authenticator_hook_can_refuse(tmp_path: Any) -> None:

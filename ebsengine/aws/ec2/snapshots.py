@@ -45,7 +45,7 @@ class SnapshotActions(Actions):
             "State": state or snap.state,
             "StartTime": snap.start_time,
             "Progress": f"{100 if snap.state == 'completed' and state is None else progress}%",
-            "OwnerId": ctx.account_id,
+            "OwnerId": self.store.snapshot_owner(snap),
             "Description": snap.description or "",
             "VolumeSize": snap.volume_size_gib,
             "Encrypted": bool(snap.encrypted),
@@ -67,7 +67,7 @@ class SnapshotActions(Actions):
             raise ApiError("InvalidParameterValue", "Description must be at most 255 characters")
         with self.engine.transaction(flush=[vol.id]) as tx:
             snap = self.engine.create_snapshot(vol.id, description=desc, tags=tags or None, tx=tx)
-            self.store.put_snapshot_region(tx, snap.id, ctx.region)
+            self.store.put_snapshot_region(tx, snap.id, ctx)
             self.cloud.meter.snapshot(tx, snap.id)
         return self._snapshot_view(ctx, snap, state="pending")
 
@@ -113,6 +113,29 @@ class SnapshotActions(Actions):
         "owner-alias": lambda s: [],
     }
 
+    def _visible(self, ctx: Context, owners: list[str] | None, restorable: list[str] | None
+                 ) -> Any:
+        """The test DescribeSnapshots applies: the caller sees its own snapshots and those
+        shared with it or public; ``OwnerIds`` keeps those of the accounts named,
+        ``RestorableByUserIds`` those the accounts named may restore (``self``: the caller)."""
+        me = ctx.account_id
+        want_owners = {me if o == "self" else o for o in owners or []}
+        want_users = {me if u == "self" else u for u in restorable or []}
+
+        def visible(s: Any) -> bool:
+            owner = self.store.snapshot_owner(s)
+            if want_owners and owner not in want_owners:
+                return False
+            if owner == me and not want_users:
+                return True
+            perm = self.engine.service_get(NS_SNAPATTR, s.id) or {"users": [], "groups": []}
+            users, public = perm["users"], "all" in perm["groups"]
+            if owner != me and not (public or me in users):
+                return False
+            return not want_users or public or any(u == owner or u in users for u in want_users)
+
+        return visible
+
     def describe_snapshots(self, ctx: Context, p: Params) -> Result:
         """Snapshots in id order, paged by the engine's cursor like DescribeVolumes; an
         exact ``volume-id`` filter reads the engine's per-volume index, an exact
@@ -124,22 +147,10 @@ class SnapshotActions(Actions):
         pages = CursorPages(self.store, "snapshots", "snap")
         after, limit = pages.open(ctx, p)
         table = dict(self._SNAPSHOT_FILTERS)
-        table["owner-id"] = lambda s: [ctx.account_id]
+        table["owner-id"] = lambda s: [self.store.snapshot_owner(s)]
         filters = p.get("Filters")
         match = compile_filters(filters, table, lambda s: s.tags)
-        owners = p.get("OwnerIds")
-        if owners and not any(o in ("self", ctx.account_id) for o in owners):
-            return {"Snapshots": [], "NextToken": None}
-        restorable: list[str] = p.get("RestorableByUserIds") or []
-        others = bool(restorable) and not any(u in ("self", ctx.account_id) for u in restorable)
-
-        def shared(s: Any) -> bool:
-            """With RestorableByUserIds naming other accounts: only snapshots shared with
-            one of them, or public ones."""
-            if not others:
-                return True
-            perm = self.engine.service_get(NS_SNAPATTR, s.id) or {"users": [], "groups": []}
-            return "all" in perm["groups"] or any(u in perm["users"] for u in restorable)
+        shared = self._visible(ctx, p.get("OwnerIds"), p.get("RestorableByUserIds"))
 
         region = ctx.region
 
@@ -147,7 +158,7 @@ class SnapshotActions(Actions):
             return self.store.snapshot_region(s) == region and match(s) and shared(s)
 
         if ids:
-            found = {sid: self.store.snapshot(ctx, sid) for sid in ids}
+            found = {sid: self.store.snapshot(ctx, sid, shared=True) for sid in ids}
             page, last = pages.in_memory([s for s in found.values() if match(s) and shared(s)],
                                          after, limit)
         elif (wanted := exact_values(filters, "snapshot-id")) is not None:
@@ -173,7 +184,7 @@ class SnapshotActions(Actions):
             raise ApiError("InvalidParameterValue",
                            f"DestinationRegion {dest} must be the region of the request ({ctx.region})")
         src_ctx = Context(src_region, ctx.account_id, ctx.request_id)
-        snap = self.store.snapshot(src_ctx, p["SourceSnapshotId"])
+        snap = self.store.snapshot(src_ctx, p["SourceSnapshotId"], shared=True)
         if snap.state != "completed":
             raise ApiError("IncorrectState", f"Snapshot '{snap.id}' is not in the completed state")
         if p.get("KmsKeyId") and not p.get("Encrypted"):
@@ -195,7 +206,7 @@ class SnapshotActions(Actions):
                                              tags=tags or None, encrypted=encrypted,
                                              kms_key_id=kms_key_id, region=ctx.region,
                                              account=ctx.account_id, tx=tx)
-            self.store.put_snapshot_region(tx, copy.id, ctx.region)
+            self.store.put_snapshot_region(tx, copy.id, ctx)
             self.cloud.meter.snapshot(tx, copy.id)
         return {"SnapshotId": copy.id, "Tags": _tag_list(copy.tags)}
 
@@ -220,10 +231,14 @@ class SnapshotActions(Actions):
         for e in add + remove:
             if e.get("Group") not in (None, "all"):
                 raise ApiError("InvalidParameterValue", f"Value ({e['Group']}) for parameter group is invalid")
-            if e.get("UserId") is not None and not re.match(r"^\d{12}$", e["UserId"]):
+            if e.get("UserId") is not None and not re.match(r"^[0-9]{12}$", e["UserId"]):
                 raise ApiError("InvalidParameterValue", f"Value ({e['UserId']}) for parameter userId is invalid")
         if snap.encrypted and any(e.get("Group") == "all" for e in add):
             raise ApiError("InvalidParameterValue", "Encrypted snapshots cannot be made public")
+        if snap.encrypted and any(e.get("UserId") not in (None, ctx.account_id) for e in add):
+            raise ApiError("InvalidParameterValue",
+                           "Encrypted snapshots cannot be shared with other accounts: their KMS "
+                           "keys cannot be granted to another account here")
         with self.engine.transaction() as tx:  # read-modify-write; not after a concurrent delete
             self.engine.get_snapshot(snap.id, tx=tx)
             cur = self.engine.service_get(NS_SNAPATTR, snap.id, tx=tx) or {"users": [], "groups": []}

@@ -67,7 +67,7 @@ class VolumeActions(Actions):
             raise ApiError("MissingParameter", "The request must contain the parameter size or snapshotId")
         snap = None
         if snap_id:
-            snap = self.store.snapshot(ctx, snap_id)
+            snap = self.store.snapshot(ctx, snap_id, shared=True)  # or one shared with the caller
             if snap.state != "completed":
                 raise ApiError("IncorrectState", f"Snapshot '{snap_id}' is not in the completed state")
         if p.get("KmsKeyId") and not p.get("Encrypted"):
@@ -93,6 +93,7 @@ class VolumeActions(Actions):
                 multi_attach_enabled=bool(p.get("MultiAttachEnabled", False)),
                 encrypted=encrypted, kms_key_id=kms_key_id, tags=tags or None,
                 account=ctx.account_id, tx=tx)
+            self.store.put_volume_owner(tx, vol.id, ctx)
             if token is not None:  # commits with the volume: a crash cannot split them
                 self.store.put_token(tx, ctx, "CreateVolume", token, digest, vol.id)
             self.cloud.meter.volume(tx, vol.id)
@@ -133,10 +134,9 @@ class VolumeActions(Actions):
         pages = CursorPages(self.store, "volumes", "vol")
         after, limit = pages.open(ctx, p)
         match = compile_filters(p.get("Filters"), self._VOLUME_FILTERS, lambda v: v.tags)
-        region = ctx.region
 
         def keep(v: Any) -> bool:
-            return self.store.volume_region(v) == region and match(v)
+            return self.store.owns_volume(ctx, v) and match(v)
 
         if ids:  # direct lookups: O(ids), not O(all volumes)
             found = {vid: self.store.volume(ctx, vid) for vid in ids}  # raises Malformed / NotFound
