@@ -72,6 +72,11 @@ class Engine:
             whatever the umask); a looser one is refused with :class:`InsecureStore`
             (nothing changed) unless this is true, which tightens the modes first.
             ``memory://`` stores have no permissions and ignore it.
+
+    A read-write engine on a store that another process owns (serves it, or has devices
+    open on it) is refused with :class:`StoreOwned` naming that process, nothing changed;
+    ``readonly=True`` opens beside it and sees what it has committed. See :meth:`own` and
+    :mod:`ebsengine.storage.owner`.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *,

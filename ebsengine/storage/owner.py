@@ -89,12 +89,10 @@ def _open(directory: str, create: bool) -> int | None:
     flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
     try:
         fd = os.open(path, flags, FILE_MODE)
-    except FileNotFoundError:
-        return None
-    except PermissionError:
+    except OSError:
         if create:
             raise
-        return None
+        return None  # no store (yet), or not ours to read: nobody is known to own it
     if create:
         os.fchmod(fd, FILE_MODE)  # whatever the umask
     return fd
