@@ -11,19 +11,21 @@ User errors print one line on stderr and no traceback.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import Any, TextIO
 
 from . import __version__
 from .engine import Engine, default_store_path
-from .errors import EbsError, InvalidParameter
+from .errors import EbsError, InvalidParameter, StoreOwned
 from .model import Snapshot, Volume
 from .rules import DEFAULT_ACCOUNT, VOLUME_TYPES
+from .storage.owner import Holder, store_owner
 
 EXIT_USAGE = 2
 EXIT_FSCK = 6
@@ -94,14 +96,18 @@ def _snap_row(s: Snapshot) -> dict[str, Any]:
 
 
 class Out:
-    def __init__(self, as_json: bool) -> None:
+    """Where a command's result goes: ``file`` (stdout; a buffer when the command runs in
+    the server for another process, see :func:`_control_handler`)."""
+
+    def __init__(self, as_json: bool, file: TextIO | None = None) -> None:
         self.json = as_json
+        self.file = file
 
     def emit(self, obj: Any, text: Callable[[], str]) -> None:
         if self.json:
-            print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+            print(json.dumps(obj, indent=2, sort_keys=True, default=str), file=self.file)
         else:
-            print(text())
+            print(text(), file=self.file)
 
 
 def _record(x: Volume | Snapshot) -> dict[str, Any]:
@@ -112,6 +118,12 @@ def _record(x: Volume | Snapshot) -> dict[str, Any]:
 
 def _show(x: Volume | Snapshot) -> str:
     return "\n".join(f"{k:22} {v}" for k, v in _record(x).items())
+
+
+def _progress_on(a: argparse.Namespace) -> bool:
+    """A progress bar for this process's user: never in the server running the command
+    for another process (its stderr is the server's)."""
+    return not getattr(a, "remote", False) and (a.progress or sys.stderr.isatty())
 
 
 # --- commands ---------------------------------------------------------------------------
@@ -175,7 +187,7 @@ def cmd_resize(eng: Engine, a: argparse.Namespace, out: Out) -> int:
 def cmd_import(eng: Engine, a: argparse.Namespace, out: Out) -> int:
     t0 = time.monotonic()
     v = eng.import_image(a.image, volume_id=a.volume, volume_type=a.type,
-                         progress=Progress("import", a.progress or sys.stderr.isatty()))
+                         progress=Progress("import", _progress_on(a)))
     result: dict[str, Any] = {"volume": _record(v), "seconds": round(time.monotonic() - t0, 3)}
     text = [f"{v.id} ({v.size_gib}GiB) imported from {a.image}"]
     if a.snapshot:
@@ -188,7 +200,7 @@ def cmd_import(eng: Engine, a: argparse.Namespace, out: Out) -> int:
 
 def cmd_export(eng: Engine, a: argparse.Namespace, out: Out) -> int:
     t0 = time.monotonic()
-    n = eng.export(a.id, a.output, progress=Progress("export", a.progress or sys.stderr.isatty()))
+    n = eng.export(a.id, a.output, progress=Progress("export", _progress_on(a)))
     out.emit({"id": a.id, "path": a.output, "data_bytes": n,
               "seconds": round(time.monotonic() - t0, 3)},
              lambda: f"{a.id} exported to {a.output} ({n / 2**20:,.1f} MiB of data)")
@@ -251,6 +263,7 @@ def cmd_serve(eng: Engine, a: argparse.Namespace, out: Out) -> int:
     from .aws.server import ApiServer
     from .nbd.server import DEFAULT_SOCKET_NAME, NbdServer
     from .serve import Service, run_services
+    from .serve.control import ControlServer
 
     if a.nbd_socket is None:
         unix: str | None = os.path.join(os.path.abspath(eng.path), DEFAULT_SOCKET_NAME)
@@ -260,6 +273,12 @@ def cmd_serve(eng: Engine, a: argparse.Namespace, out: Out) -> int:
         unix = os.path.abspath(a.nbd_socket)
     tcp = (a.host, a.nbd_port) if a.nbd_port else None
     services: list[Service] = []
+    control: ControlServer | None = None
+    if not eng.path.startswith("memory://"):
+        # first: it makes this process the store's owner before anything listens, and the
+        # CLI's commands for this store then run here (see _control_handler)
+        control = ControlServer(eng, _control_handler(eng))
+        services.append(control)
     if unix is not None or tcp is not None:
         services.append(NbdServer(eng, unix, tcp, socket_group=a.socket_group))
     if a.http_port:
@@ -286,7 +305,9 @@ def cmd_serve(eng: Engine, a: argparse.Namespace, out: Out) -> int:
         if cloud is not None and not clock.simulated:
             # due lifecycle runs on the wall clock: a background thread of the serve loop
             services.append(SchedulerThread(cloud.scheduler))
-    if not services:
+        if control is not None:
+            control.handler = _control_handler(eng, cloud)
+    if len(services) == int(control is not None):  # nothing but the control socket
         print("ebsengine: error: nothing to serve (NBD and HTTP both disabled)", file=sys.stderr)
         return EXIT_USAGE
     return run_services(services, store=eng.path)
@@ -316,10 +337,21 @@ def cmd_cost(eng: Engine, a: argparse.Namespace, out: Out) -> int:
     from .cloud.clock import store_clock
     from .cloud.pricing import Prices
 
-    cloud = Cloud(eng, clock=store_clock(eng),
-                  config=CloudConfig(prices_file=a.prices) if a.prices else None)
     prices = Prices.load(a.prices)
-    cloud.meter.prices = prices
+    served = getattr(a, "served_cloud", None)
+    if served is not None:
+        # run in a server for another process: its own cloud and ledger (a second Cloud on
+        # the engine would rebind the engine's clock), read at these prices
+        from .cloud.meter import Meter
+
+        cloud = served
+        meter = Meter(cloud)
+        meter.prices = prices
+    else:
+        cloud = Cloud(eng, clock=store_clock(eng),
+                      config=CloudConfig(prices_file=a.prices) if a.prices else None)
+        cloud.meter.prices = prices
+        meter = cloud.meter
     now = cloud.now()
     until = a.until if a.until is not None else now
     if a.since is not None:
@@ -330,7 +362,7 @@ def cmd_cost(eng: Engine, a: argparse.Namespace, out: Out) -> int:
     if until <= since:
         raise InvalidParameter("--until must be after --since")
     cloud.meter.reconcile()
-    lines = cloud.meter.lines(since, until, "MONTHLY", now=now)
+    lines = meter.lines(since, until, "MONTHLY", now=now)
     by_resource = a.by == "resource"
     acc: dict[tuple[str, ...], list[Any]] = {}
     for ln in lines:
@@ -649,6 +681,103 @@ def _cidr(text: str) -> str:
     return str(net)
 
 
+#: commands that read the store directly (opened read-only) while another process owns it:
+#: they read only committed records and completed snapshots, which the owner's write cache
+#: cannot change. Every other command runs in the owner (:func:`_through_owner`).
+DIRECT_READS = frozenset({"list", "show", "diff", "blocks"})
+#: arguments naming files, made absolute for a server whose working directory is not ours
+_PATH_ARGS = {"import": ("image",), "export": ("output",), "cost": ("prices",)}
+#: arguments about opening the store, which the server has done its own way
+_LOCAL_ARGS = ("store", "master_key", "fix_permissions")
+
+
+def _report(exc: EbsError | FileNotFoundError, as_json: bool, err: TextIO) -> int:
+    """One line on ``err`` for a user error; the exit code."""
+    if isinstance(exc, FileNotFoundError):
+        print(f"ebsengine: error: {exc.strerror}: {exc.filename}", file=err)
+        return EXIT_USAGE
+    if as_json:
+        print(json.dumps({"error": {"code": exc.code, "message": str(exc)}}), file=err)
+    else:
+        print(f"ebsengine: error: {exc} [{exc.code}]", file=err)
+    return exc.exit_code
+
+
+def _control_handler(eng: Engine, cloud: Any = None) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """What ``serve``'s control socket runs: another process's command (its parsed
+    arguments) on this engine, answered with the exit code and what it printed. ``cloud``:
+    the API's cloud, when the server serves the API (``cost`` reads its ledger)."""
+
+    def handle(request: dict[str, Any]) -> dict[str, Any]:
+        command, args = request.get("command"), request.get("args")
+        if command not in COMMANDS or command == "serve" or not isinstance(args, dict):
+            return {"rc": EXIT_USAGE, "stdout": "",
+                    "stderr": f"ebsengine: error: the server does not run {command!r}\n"}
+        a = argparse.Namespace(**args)
+        a.command, a.remote, a.served_cloud = command, True, cloud
+        stdout, stderr = io.StringIO(), io.StringIO()
+        as_json = bool(getattr(a, "json", False))
+        try:
+            rc = COMMANDS[command](eng, a, Out(as_json, stdout))
+        except (EbsError, FileNotFoundError) as exc:
+            rc = _report(exc, as_json, stderr)
+        return {"rc": rc, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()}
+
+    return handle
+
+
+def _through_owner(path: str, a: argparse.Namespace, holder: Holder) -> int:
+    """Run the command in the process owning the store, over its control socket."""
+    from .serve.control import call, socket_path
+
+    args = {k: v for k, v in vars(a).items() if k not in _LOCAL_ARGS}
+    for k in _PATH_ARGS.get(a.command, ()):
+        if args.get(k):
+            args[k] = os.path.abspath(args[k])
+    try:
+        answer = call(path, {"command": a.command, "args": args})
+    except (OSError, ValueError) as exc:
+        raise StoreOwned(
+            f"store {path!r} is owned by {holder.describe()}, and no control socket answers "
+            f"at {socket_path(path)} ({exc}); nothing was changed. Only 'ebsengine serve' "
+            f"takes commands for its store: stop that process first, or use a command that "
+            f"reads ({', '.join(sorted(DIRECT_READS))})") from None
+    if "error" in answer:
+        print(f"ebsengine: error: the serving process {holder.pid} failed: {answer['error']}",
+              file=sys.stderr)
+        return 1
+    sys.stdout.write(str(answer.get("stdout", "")))
+    sys.stdout.flush()
+    sys.stderr.write(str(answer.get("stderr", "")))
+    return int(answer.get("rc", 1))
+
+
+def _run(a: argparse.Namespace, out: Out) -> int:
+    """The command: in this process, or in the process owning the store (see README "One
+    owner per store")."""
+    if a.command == "serve":
+        with Engine(a.store, master_key=a.master_key,
+                    fix_permissions=a.fix_permissions) as eng:
+            return cmd_serve(eng, a, out)
+    path = a.store if a.store is not None else default_store_path()
+    for attempt in range(2):
+        holder = None if path.startswith("memory://") else store_owner(path)
+        if holder is not None:
+            if a.command in DIRECT_READS:
+                with Engine(path, readonly=True, master_key=a.master_key) as eng:
+                    return COMMANDS[a.command](eng, a, out)
+            return _through_owner(path, a, holder)
+        try:
+            eng = Engine(path, master_key=a.master_key, fix_permissions=a.fix_permissions)
+        except StoreOwned:
+            if attempt:
+                raise
+            continue  # it began serving since we looked: through it, then
+        with eng:
+            return COMMANDS[a.command](eng, a, out)
+    raise AssertionError("not reached")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
@@ -660,19 +789,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--credentials is read with --auth sigv4 only")
     out = Out(a.json)
     try:
-        with Engine(a.store, master_key=a.master_key,
-                    fix_permissions=a.fix_permissions) as eng:
-            return COMMANDS[a.command](eng, a, out)
-    except EbsError as exc:
-        if a.json:
-            print(json.dumps({"error": {"code": exc.code, "message": str(exc)}}),
-                  file=sys.stderr)
-        else:
-            print(f"ebsengine: error: {exc} [{exc.code}]", file=sys.stderr)
-        return exc.exit_code
-    except FileNotFoundError as exc:
-        print(f"ebsengine: error: {exc.strerror}: {exc.filename}", file=sys.stderr)
-        return EXIT_USAGE
+        return _run(a, out)
+    except (EbsError, FileNotFoundError) as exc:
+        return _report(exc, a.json, sys.stderr)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # e.g. `ebsengine list | head`

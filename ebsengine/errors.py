@@ -228,6 +228,15 @@ class StoreLocked(EbsError):
     exit_code = 5
 
 
+class StoreOwned(StoreLocked):
+    """Another process owns the store (``ebsengine serve``, or an engine with open devices:
+    see :mod:`ebsengine.storage.owner`); the message names it (pid and command line).
+    Nothing was changed. Go through the owner (the CLI does, over its control socket), open
+    the store read-only, or stop the owner first."""
+
+    code = "StoreOwned"
+
+
 class InsecureStore(EbsError):
     """The store's directory or one of its files is open to its group or to others (mode
     beyond 0700 for the directory, 0600 for files): the store is its owner's alone, as

@@ -36,6 +36,7 @@ from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 from ebsengine import errors as engine_errors
 from ebsengine.cloud import Cloud, CloudConfig, Scope
 from ebsengine.cloud.clock import SimulatedClock, WallClock, format_instant
+from ebsengine.serve.control import OWN_WAIT
 
 from .ce import CeModel
 from .dlm import DlmModel, dlm_error
@@ -649,6 +650,7 @@ class ApiServer:
 
     def __init__(self, engine: Any, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, **app_options: Any) -> None:
         self.app = AwsApp(engine, **app_options)
+        self.engine = engine
         self.host = host
         self._requested_port = port
         self._server: ThreadedWSGIServer | None = None
@@ -672,6 +674,10 @@ class ApiServer:
     def start(self) -> ApiServer:
         if self._server is not None:
             return self
+        # serving makes this process the store's owner (see ebsengine.storage.owner)
+        own = getattr(self.engine, "own", None)
+        if own is not None:
+            own(wait=OWN_WAIT)
         server = ThreadedWSGIServer(self.host, self._requested_port, self.app, handler=_QuietHandler)
         self.app.bound = (self.host, int(server.server_port))
         # stop() waits for in-flight requests (server_close joins request threads), so none

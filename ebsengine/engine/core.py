@@ -81,6 +81,11 @@ class Engine:
             whatever the umask); a looser one is refused with :class:`InsecureStore`
             (nothing changed) unless this is true, which tightens the modes first.
             ``memory://`` stores have no permissions and ignore it.
+
+    A read-write engine on a store that another process owns (serves it, or has devices
+    open on it) is refused with :class:`StoreOwned` naming that process, nothing changed;
+    ``readonly=True`` opens beside it and sees what it has committed. See :meth:`own` and
+    :mod:`ebsengine.storage.owner`.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *,
@@ -159,6 +164,18 @@ class Engine:
         self._store.close()
         if error is not None:
             raise error
+
+    def own(self, wait: float = 0.0) -> None:
+        """Make this process the store's owner until the engine closes (see
+        :mod:`ebsengine.storage.owner`): other processes cannot open the store read-write
+        meanwhile (StoreOwned, naming this process); read-only opens still work. Serving a
+        store and opening a device do it by themselves. Waits up to ``wait`` seconds for
+        other processes using the store to close it, then raises StoreOwned naming one.
+        In-memory stores are this process's alone already."""
+        self._store._live()
+        own = getattr(self._store.backend, "own", None)
+        if own is not None:
+            own(wait)
 
     def __enter__(self) -> Engine:
         return self
@@ -319,7 +336,9 @@ class Engine:
 
     def open_volume(self, volume_id: str) -> Device:
         """A read-write device on the volume, sharing one cache with every other device of it
-        in this engine."""
+        in this engine. The engine becomes the store's owner (:meth:`own`): its cache holds
+        writes no other process sees."""
+        self.own()
         return self._devices.open(volume_id)
 
     def open_snapshot(self, snapshot_id: str) -> Device:

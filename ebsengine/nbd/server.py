@@ -38,6 +38,7 @@ from ebsengine.nbd.exports import EngineLike, Export
 from ebsengine.nbd.flusher import Flusher
 from ebsengine.nbd.handshake import Handshake
 from ebsengine.nbd.transmission import DEFAULT_INLINE_LIMIT, Transmission, WorkerPool
+from ebsengine.serve.control import OWN_WAIT
 
 log = logging.getLogger("ebsengine.nbd")
 
@@ -116,6 +117,11 @@ class NbdServer:
             raise RuntimeError("server already started")
         self._started = True
         try:
+            # serving makes this process the store's owner (StoreOwned, naming the owner,
+            # when another process owns or uses it): see ebsengine.storage.owner
+            own = getattr(self.engine, "own", None)
+            if own is not None:
+                own(wait=OWN_WAIT)
             if self.unix_path is not None:
                 self._listeners.append(self._bind_unix(self.unix_path))
             if self.tcp is not None:

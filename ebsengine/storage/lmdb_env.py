@@ -20,6 +20,7 @@ import lmdb
 from .. import layout as L
 from ..errors import CorruptStore, InsecureStore, StoreFull
 from .base import DEFAULT_MAP_SIZE, Table, Txn
+from .owner import StoreLock
 
 
 class LmdbBackend:
@@ -33,13 +34,20 @@ class LmdbBackend:
         if not readonly:
             make_private_dir(self.path)
         check_permissions(self.path, fix=fix_permissions)
+        #: this engine's hold on the store's owner lock (see :mod:`.owner`): a read-write
+        #: store is refused (StoreOwned) while another process owns it; read-only takes none
+        self.owner: StoreLock | None = None if readonly else StoreLock.attach(self.path)
         try:
             self.env = lmdb.open(self.path, map_size=map_size, max_dbs=len(L.DBS) + 2,
                                  subdir=True, readonly=readonly, sync=True, metasync=True,
                                  readahead=True, writemap=False, max_readers=1024, lock=True,
                                  mode=FILE_MODE)  # LMDB makes its files this & ~umask
         except lmdb.Error as exc:
+            self._release()
             raise CorruptStore(f"cannot open store at {self.path}: {exc}") from exc
+        except BaseException:
+            self._release()
+            raise
         self.map_size = map_size
         self.readonly = readonly
         self._psize = self.env.stat()["psize"]
@@ -91,8 +99,21 @@ class LmdbBackend:
         info = self.env.info()
         return bool((info["last_pgno"] + 1) * self._psize > 0.8 * info["map_size"])
 
+    def own(self, wait: float = 0.0) -> None:
+        """Make this process the store's owner (see :mod:`.owner`); StoreOwned naming the
+        process that keeps it from that. Read-only: nothing to own."""
+        if self.owner is not None:
+            self.owner.own(wait)
+
+    def _release(self) -> None:
+        if self.owner is not None:
+            self.owner.release()
+
     def close(self) -> None:
-        self.env.close()
+        try:
+            self.env.close()
+        finally:
+            self._release()
 
 
 DIR_MODE = 0o700  # the store directory: its owner's alone

@@ -58,6 +58,7 @@ class Store:
                  map_size: int = DEFAULT_MAP_SIZE, readonly: bool = False,
                  zstd_level: int = DEFAULT_ZSTD_LEVEL,
                  backend: KvBackend | None = None, fix_permissions: bool = False) -> None:
+        opened = backend is None
         if backend is None:
             if path is None:
                 raise ValueError("Store needs a path or a backend")
@@ -71,19 +72,24 @@ class Store:
         self.closed = False
         self.map_size = backend.map_size
         self.reserve = max(self.map_size // 32, 256 * 1024)
-        self.db: dict[str, Table] = {}
-        for name in L.DBS:
-            try:
-                self.db[name] = backend.open_db(name.encode(), create=not self.readonly)
-            except backend.errors:
-                if name == "meta" or not self.readonly:
-                    raise
-                # read-only and an older format lacking this table: _init_meta refuses it
         self.write_lock = threading.RLock()
         self._group_mutex = threading.Lock()
         self._group_queue: list[_Job] = []
         self._coming = 0
-        self._init_meta(zstd_level)
+        self.db: dict[str, Table] = {}
+        try:
+            for name in L.DBS:
+                try:
+                    self.db[name] = backend.open_db(name.encode(), create=not self.readonly)
+                except backend.errors:
+                    if name == "meta" or not self.readonly:
+                        raise
+                    # read-only and an older format lacking this table: _init_meta refuses it
+            self._init_meta(zstd_level)
+        except BaseException:
+            if opened:  # refused: the backend (and its hold on the owner lock) goes too
+                backend.close()
+            raise
 
     def _init_meta(self, zstd_level: int) -> None:
         with self.env.begin(db=self.db["meta"]) as txn:

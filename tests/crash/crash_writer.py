@@ -22,7 +22,8 @@ call returned, so a line the parent reads is a promise:
   ``rec=<i>``, never written) exists; then ``delvol <volume id>`` for each such volume
   but the two newest, as it is deleted.
 
-Reader (``crash_writer.py STORE --read SECONDS``): opens its own Engine on the store and
+Reader (``crash_writer.py STORE --read SECONDS``): opens its own Engine on the store
+(read-only: the writer, with a device open, owns the store; see ebsengine.storage.owner) and
 for SECONDS reads every completed snapshot it finds in a loop, comparing each with the
 replayed stream; a snapshot deleted under it is skipped. Prints ``verified <n> skipped <m>``
 and exits 0, or prints ``MISMATCH ...`` and exits 1.
@@ -183,7 +184,7 @@ def run_reader(store: str, seconds: float) -> int:
     replay = Replayer()
     verified = skipped = 0
     deadline = time.monotonic() + seconds
-    with ebsengine.Engine(store) as eng:
+    with ebsengine.Engine(store, readonly=True) as eng:
         while time.monotonic() < deadline:
             for snap in eng.list_snapshots():
                 n = int(snap.description.split()[1])

@@ -53,7 +53,7 @@ def test_a_new_store_is_private_whatever_the_umask(tmp_path):
         make_store(store)
     assert mode(store) == 0o700
     names = sorted(p.name for p in store.iterdir())
-    assert names == ["data.mdb", "lock.mdb"]
+    assert names == ["data.mdb", "lock.mdb", "owner.lock"]
     for name in names:
         assert mode(store / name) == 0o600, name
 
@@ -137,6 +137,8 @@ def test_serve_under_umask_000_makes_a_private_store_and_socket(tmp_path):
         assert sock.exists(), "".join(lines)
         assert stat.S_ISSOCK(os.lstat(sock).st_mode)
         assert mode(sock) == 0o600
+        assert mode(store / "control.sock") == 0o600  # the CLI's way in: never a group's
+        assert mode(store / "owner.lock") == 0o600
         assert mode(store) == 0o700
         assert mode(store / "data.mdb") == 0o600
         assert mode(store / "lock.mdb") == 0o600
