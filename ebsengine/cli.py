@@ -280,7 +280,8 @@ def cmd_serve(eng: Engine, a: argparse.Namespace, out: Out) -> int:
         control = ControlServer(eng, _control_handler(eng))
         services.append(control)
     if unix is not None or tcp is not None:
-        services.append(NbdServer(eng, unix, tcp, socket_group=a.socket_group))
+        services.append(NbdServer(eng, unix, tcp, socket_group=a.socket_group,
+                                  tls=getattr(a, "tls_config", None)))
     if a.http_port:
         from .cloud import CloudConfig
         from .cloud.clock import SchedulerThread, SimulatedClock, WallClock
@@ -570,8 +571,25 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="serve volumes over NBD and the AWS-compatible HTTP API")
     s.add_argument("--nbd-socket", default=None,
                    help="Unix socket path for NBD (default: STORE/nbd.sock; 'none' disables)")
-    s.add_argument("--nbd-port", type=int, default=10809,
-                   help="loopback TCP port for NBD (default 10809; 0 disables)")
+    s.add_argument("--nbd-port", type=int, default=None, metavar="N",
+                   help="also serve NBD over TCP on this port of --host (default: off, the "
+                        "Unix socket only; 10809 is NBD's usual port; 0 also means off)")
+    s.add_argument("--tls", choices=("off", "on", "require"), default=None,
+                   help="TLS on the NBD TCP port: 'on' offers STARTTLS, 'require' refuses "
+                        "anything else before it (default: require with --tls-cert, else off)")
+    s.add_argument("--tls-cert", default=None, metavar="FILE",
+                   help="the server's X.509 certificate (PEM, may include the chain)")
+    s.add_argument("--tls-key", default=None, metavar="FILE",
+                   help="the private key of --tls-cert (PEM)")
+    s.add_argument("--tls-ca", default=None, metavar="FILE",
+                   help="CA certificate(s) that client certificates must chain to "
+                        "(with --tls-verify-client)")
+    s.add_argument("--tls-verify-client", action="store_true",
+                   help="NBD clients must present a certificate signed by --tls-ca")
+    s.add_argument("--insecure", action="store_true",
+                   help="allow serving on a non-loopback --host without SigV4 (HTTP) or "
+                        "required TLS (NBD): anyone who reaches the address can read and "
+                        "change every volume")
     s.add_argument("--socket-group", default=None, metavar="GROUP",
                    help="make the NBD Unix socket this group's, mode 0660 (default: 0600, "
                         "the owner's alone)")
@@ -778,6 +796,65 @@ def _run(a: argparse.Namespace, out: Out) -> int:
     raise AssertionError("not reached")
 
 
+def _is_loopback(host: str) -> bool:
+    """True if every address ``host`` names is a loopback one (``""`` is every interface)."""
+    import ipaddress
+    import socket
+
+    if host in ("", "0.0.0.0", "::"):
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return False
+    return bool(infos) and all(
+        ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback for info in infos
+    )
+
+
+def check_serve_args(a: argparse.Namespace) -> str | None:
+    """The serve options' consistency and exposure rules, checked before the store is opened:
+    an error message, or None (then ``a.tls_config`` is set)."""
+    from .nbd.tls import TlsConfig, TlsConfigError
+
+    a.tls_config = None
+    tcp = bool(a.nbd_port)
+    mode = a.tls or ("require" if a.tls_cert else "off")
+    if mode != "off" or a.tls_cert or a.tls_key or a.tls_ca or a.tls_verify_client:
+        if not tcp:
+            return "--tls options apply to NBD over TCP: give --nbd-port N too"
+        if mode == "off":
+            return "--tls off contradicts the other --tls-* options"
+        if not (a.tls_cert and a.tls_key):
+            return f"--tls {mode} needs --tls-cert FILE and --tls-key FILE"
+        if a.tls_verify_client and not a.tls_ca:
+            return "--tls-verify-client needs --tls-ca FILE (the CA client certificates chain to)"
+        if a.tls_ca and not a.tls_verify_client:
+            return "--tls-ca is used to verify clients: give --tls-verify-client too"
+        try:
+            config = TlsConfig(a.tls_cert, a.tls_key, a.tls_ca, a.tls_verify_client, mode)
+            config.context()  # load the files now: a bad one is a usage error, not a crash
+        except TlsConfigError as exc:
+            return str(exc)
+        a.tls_config = config
+    if _is_loopback(a.host) or a.insecure:
+        return None
+    exposed = []
+    if a.http_port and getattr(a, "auth", "open") != "sigv4":
+        exposed.append(f"the AWS API (port {a.http_port}) without --auth sigv4")
+    if tcp and mode != "require":
+        exposed.append(f"NBD (port {a.nbd_port}) without --tls require (--tls-cert, --tls-key)")
+    if exposed:
+        return (f"refusing to serve {' and '.join(exposed)} on the non-loopback address "
+                f"{a.host!r}: anyone who reaches it could read and change every volume; "
+                "secure it, bind to 127.0.0.1, or pass --insecure")
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
@@ -788,6 +865,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.auth != "sigv4" and a.credentials is not None:
             parser.error("--credentials is read with --auth sigv4 only")
     out = Out(a.json)
+    if a.command == "serve":
+        problem = check_serve_args(a)
+        if problem is not None:
+            print(f"ebsengine: error: {problem}", file=sys.stderr)
+            return EXIT_USAGE
     try:
         return _run(a, out)
     except (EbsError, FileNotFoundError) as exc:

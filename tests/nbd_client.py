@@ -15,6 +15,7 @@ import itertools
 import os
 import random
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -33,6 +34,7 @@ OPT_INFO, OPT_GO, OPT_SR, OPT_LIST_META, OPT_SET_META = 6, 7, 8, 9, 10
 REP_ACK, REP_SERVER, REP_INFO, REP_META = 1, 2, 3, 4
 ERR = 1 << 31
 ERR_UNSUP, ERR_POLICY, ERR_INVALID, ERR_UNKNOWN, ERR_SHUTDOWN = ERR | 1, ERR | 2, ERR | 3, ERR | 6, ERR | 7
+ERR_TLS_REQD = ERR | 5
 INFO_EXPORT, INFO_NAME, INFO_DESCRIPTION, INFO_BLOCK_SIZE = 0, 1, 2, 3
 
 CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH, CMD_TRIM, CMD_CACHE, CMD_ZEROES, CMD_STATUS = range(8)
@@ -73,7 +75,10 @@ class Reply:
 class NbdClient:
     """A deliberately permissive NBD client over a raw socket."""
 
-    def __init__(self, address: str | tuple[str, int], timeout: float = 10.0) -> None:
+    def __init__(self, address: str | tuple[str, int], timeout: float = 10.0,
+                 tls: ssl.SSLContext | None = None) -> None:
+        """``tls``: ``go()`` sends STARTTLS first and continues over TLS with this context."""
+        self.tls = tls
         if isinstance(address, tuple):
             self.sock = socket.create_connection(address, timeout=timeout)
         else:
@@ -138,6 +143,12 @@ class NbdClient:
         assert magic == OPT_REPLY_MAGIC, hex(magic)
         return OptReply(option, rtype, self.recv(length))
 
+    def starttls(self, ctx: ssl.SSLContext, server_hostname: str = "localhost") -> None:
+        """STARTTLS (asserts ACK), then the TLS handshake: the rest goes over TLS."""
+        replies = self.opt(OPT_STARTTLS)
+        assert replies[-1].type == REP_ACK, replies
+        self.sock = ctx.wrap_socket(self.sock, server_hostname=server_hostname)
+
     def opt(self, option: int, data: bytes = b"") -> list[OptReply]:
         """Send an option and collect its replies up to the final ACK or error."""
         self.send_opt(option, data)
@@ -165,8 +176,10 @@ class NbdClient:
         return out
 
     def go(self, name: str, structured: bool = True, meta: bool = True, flags: int = 3) -> list[OptReply]:
-        """Full handshake up to transmission; asserts success."""
+        """Full handshake up to transmission (STARTTLS first with ``tls``); asserts success."""
         self.greet(flags)
+        if self.tls is not None:
+            self.starttls(self.tls)
         if structured:
             assert self.opt(OPT_SR)[-1].type == REP_ACK
             self.structured = True

@@ -10,13 +10,20 @@ negotiation". The rules this module keeps:
   ABORT, or EOF;
 * INFO and GO answer from the same code, so INFO followed by GO returns the same data;
 * ``BLOCK_STATUS`` is later allowed only when the *last* SET_META_CONTEXT selected
-  ``base:allocation`` for the very export that GO / EXPORT_NAME opened.
+  ``base:allocation`` for the very export that GO / EXPORT_NAME opened;
+* TLS (proto.md "TLS support"; ``tls.py``): without a :class:`TlsConfig` STARTTLS gets
+  ``ERR_POLICY`` (NOTLS). With one, STARTTLS is answered ``ACK`` and the TLS handshake
+  follows on the same socket (``self.sock`` becomes the :class:`TlsSocket`); a second
+  STARTTLS gets ``ERR_INVALID``. In ``require`` mode (FORCEDTLS) every option other than
+  STARTTLS and ABORT is answered ``ERR_TLS_REQD`` until TLS is up, and EXPORT_NAME (which
+  cannot be answered with an error) closes the connection.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,6 +36,7 @@ from ebsengine.nbd.exports import (
     list_exports,
     open_export,
 )
+from ebsengine.nbd.tls import TlsConfig, TlsSocket
 
 log = logging.getLogger("ebsengine.nbd")
 
@@ -69,7 +77,9 @@ class _OptionError(Exception):
 
 
 class Handshake:
-    """Runs one connection's handshake. ``run()`` returns :class:`Negotiated` or ``None``."""
+    """Runs one connection's handshake. ``run()`` returns :class:`Negotiated` or ``None``;
+    afterwards ``sock`` is what the transmission phase uses (a :class:`TlsSocket` after
+    STARTTLS)."""
 
     def __init__(
         self,
@@ -78,8 +88,13 @@ class Handshake:
         *,
         default_export: str | None = None,
         stopping: Callable[[], bool] = lambda: False,
+        tls: TlsConfig | None = None,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
-        self.sock = sock
+        self.sock: p.Stream = sock
+        self.tls = tls
+        self.tls_context = tls_context
+        self.tls_up = False
         self.engine = engine
         self.default_export = default_export
         self.stopping = stopping
@@ -102,6 +117,7 @@ class Handshake:
         self.fixed = bool(cflags & p.CLIENT_FLAG_FIXED_NEWSTYLE)
         self.no_zeroes = bool(cflags & p.CLIENT_FLAG_NO_ZEROES)
         while True:
+            sock = self.sock  # the TLS stream once STARTTLS went through
             magic, option, length = p.OPTION_HEADER.unpack(p.recv_exact(sock, 16))
             if magic != p.IHAVEOPT:
                 log.info("nbd: bad option magic %#x; closing", magic)
@@ -113,6 +129,17 @@ class Handshake:
             if self.stopping():
                 self._reply(option, p.REP_ERR_SHUTDOWN, b"server is shutting down")
                 return None
+            if (
+                self.tls is not None
+                and self.tls.required
+                and not self.tls_up
+                and option not in (p.OPT_STARTTLS, p.OPT_ABORT)
+            ):
+                if option == p.OPT_EXPORT_NAME:  # cannot be refused with an error: close
+                    log.info("nbd: EXPORT_NAME before STARTTLS and TLS is required; closing")
+                    return None
+                self._reply(option, p.REP_ERR_TLS_REQD, b"TLS is required: send STARTTLS first")
+                continue
             try:
                 result = self._handle(option, data)
             except _OptionError as err:
@@ -146,12 +173,30 @@ class Handshake:
         elif option in (p.OPT_LIST_META_CONTEXT, p.OPT_SET_META_CONTEXT):
             self._meta_context(option, data)
         elif option == p.OPT_STARTTLS:
-            raise _OptionError(p.REP_ERR_POLICY, "TLS is not supported by this server")
+            self._starttls(option, data)
         else:  # PEEK_EXPORT (withdrawn), EXTENDED_HEADERS (experimental), unknown
             raise _OptionError(p.REP_ERR_UNSUP, f"option {option} is not supported")
         return None
 
     # --- options --------------------------------------------------------------------------
+
+    def _starttls(self, option: int, data: bytes) -> None:
+        if self.tls is None or self.tls_context is None or not self.fixed:
+            raise _OptionError(p.REP_ERR_POLICY, "TLS is not offered on this listener")
+        if self.tls_up:
+            raise _OptionError(p.REP_ERR_INVALID, "TLS is already on")
+        if data:
+            raise _OptionError(p.REP_ERR_INVALID, "STARTTLS takes no data")
+        self._reply(option, p.REP_ACK)
+        raw = self.sock
+        assert isinstance(raw, socket.socket)
+        try:
+            self.sock = TlsSocket.accept(raw, self.tls_context)
+        except ssl.SSLError as exc:  # an OSError: the caller ends the connection
+            log.info("nbd: TLS handshake failed: %s", exc)
+            raise
+        self.tls_up = True
+        log.debug("nbd: TLS up (%s)", self.sock.version)
 
     def _open(self, name: str) -> Export:
         try:

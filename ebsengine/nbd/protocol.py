@@ -1,4 +1,4 @@
-"""NBD wire constants, frame layouts and socket framing helpers (fixed newstyle, no TLS).
+"""NBD wire constants, frame layouts and socket framing helpers (fixed newstyle).
 
 Everything here is big-endian, as on the wire. The values follow NetworkBlockDevice/nbd
 ``doc/proto.md``. Nothing in this module
@@ -10,7 +10,8 @@ from __future__ import annotations
 import errno
 import socket
 import struct
-from typing import Final
+from collections.abc import Iterable
+from typing import Any, Final, Protocol
 
 # --- handshake -----------------------------------------------------------------------------
 
@@ -184,7 +185,22 @@ class Disconnect(Exception):
     """The peer closed the socket, or the stream is no longer in frame: drop the connection."""
 
 
-def recv_exact(sock: socket.socket, n: int) -> bytes:
+class Stream(Protocol):
+    """What the handshake and transmission use of a connection: a ``socket.socket``, or the
+    TLS stream of ``tls.py`` after STARTTLS (same semantics for these calls)."""
+
+    def recv(self, bufsize: int, flags: int = ..., /) -> bytes: ...
+    def recv_into(self, buffer: memoryview, nbytes: int = ..., /) -> int: ...
+    def sendall(self, data: bytes | bytearray | memoryview, /) -> None: ...
+    def sendmsg(
+        self, buffers: Iterable[bytes | bytearray | memoryview], ancdata: Any = ...,
+        flags: int = ..., /,
+    ) -> int: ...
+    def shutdown(self, how: int, /) -> None: ...
+    def fileno(self) -> int: ...
+
+
+def recv_exact(sock: Stream, n: int) -> bytes:
     """Return exactly ``n`` bytes from ``sock``; raise :class:`Disconnect` on EOF."""
     if n == 0:
         return b""
@@ -205,7 +221,7 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
     return b"".join(parts)
 
 
-def drain(sock: socket.socket, n: int) -> None:
+def drain(sock: Stream, n: int) -> None:
     """Read and discard ``n`` bytes (a refused WRITE's payload) without holding them in memory."""
     buf = bytearray(min(n, 1 << 20))
     view = memoryview(buf)
@@ -228,7 +244,7 @@ def drop_sent(views: list[memoryview], sent: int) -> None:
             sent = 0
 
 
-def send_all(sock: socket.socket, buffers: list[bytes | bytearray | memoryview]) -> None:
+def send_all(sock: Stream, buffers: list[bytes | bytearray | memoryview]) -> None:
     """Send every byte of ``buffers`` in order (a gather write, looping over short sends)."""
     if len(buffers) == 1:
         sock.sendall(buffers[0])

@@ -10,6 +10,8 @@ both run the server in :func:`ebsengine.serve.run_services`, the one serve loop.
 
 Defaults: a Unix socket ``<store>/nbd.sock`` (``serve``), TCP off unless a port is given
 (the conventional port is :data:`DEFAULT_TCP_PORT`, bound to 127.0.0.1 only by default).
+TLS (``tls=TlsConfig(...)``, see ``tls.py``) applies to TCP connections; the Unix socket is
+protected by its file mode and stays plain.
 A stale socket file (left by a killed server) is removed on start; a socket file that a
 live server still answers on is not touched (``OSError(EADDRINUSE)``). Our own socket
 file is removed on stop.
@@ -26,6 +28,7 @@ import logging
 import os
 import selectors
 import socket
+import ssl
 import stat
 import struct
 import threading
@@ -37,6 +40,7 @@ from ebsengine.nbd import protocol as p
 from ebsengine.nbd.exports import EngineLike, Export
 from ebsengine.nbd.flusher import Flusher
 from ebsengine.nbd.handshake import Handshake
+from ebsengine.nbd.tls import TlsConfig, TlsSocket
 from ebsengine.nbd.transmission import DEFAULT_INLINE_LIMIT, Transmission, WorkerPool
 from ebsengine.serve.control import OWN_WAIT
 
@@ -67,6 +71,9 @@ class NbdServer:
             (name or gid) is given: then it is that group's and mode 0660. The members also
             need search access to its directory (the store directory is 0700: put the
             socket elsewhere with ``unix_path``).
+        tls: TLS for the TCP listener (X.509 certificate, optional client verification,
+            ``on`` or ``require``); ``None``: plain TCP. Its files are loaded by ``start()``
+            (a :class:`~ebsengine.nbd.tls.TlsConfigError` there, before anything listens).
     """
 
     label = "NBD"  # what the serve loop calls it
@@ -83,6 +90,7 @@ class NbdServer:
         handshake_timeout: float | None = 30.0,
         background_flush: bool = True,
         socket_group: str | int | None = None,
+        tls: TlsConfig | None = None,
     ) -> None:
         if unix_path is None and tcp is None:
             raise ValueError("NbdServer needs a Unix socket path, a TCP address, or both")
@@ -95,6 +103,8 @@ class NbdServer:
         self.handshake_timeout = handshake_timeout
         self.background_flush = background_flush
         self.socket_group = socket_group
+        self.tls = tls
+        self._tls_context: ssl.SSLContext | None = None
         self._flushers: dict[str, Flusher] = {}
         self.tcp_address: tuple[str, int] | None = None  # actual bound address
         self._listeners: list[socket.socket] = []
@@ -122,6 +132,8 @@ class NbdServer:
             own = getattr(self.engine, "own", None)
             if own is not None:
                 own(wait=OWN_WAIT)
+            if self.tls is not None:
+                self._tls_context = self.tls.context()
             if self.unix_path is not None:
                 self._listeners.append(self._bind_unix(self.unix_path))
             if self.tcp is not None:
@@ -147,7 +159,8 @@ class NbdServer:
         if self.unix_path is not None:
             out.append(f"unix:{self.unix_path}")
         if self.tcp_address is not None:
-            out.append(f"tcp:{self.tcp_address[0]}:{self.tcp_address[1]}")
+            tls = "" if self.tls is None else f" (TLS {self.tls.mode})"
+            out.append(f"tcp:{self.tcp_address[0]}:{self.tcp_address[1]}{tls}")
         return out
 
     def uri(self, export: str) -> str:
@@ -155,7 +168,8 @@ class NbdServer:
         if self.unix_path is not None:
             return f"nbd+unix:///{export}?socket={self.unix_path}"
         assert self.tcp_address is not None
-        return f"nbd://{self.tcp_address[0]}:{self.tcp_address[1]}/{export}"
+        scheme = "nbd" if self.tls is None else "nbds"
+        return f"{scheme}://{self.tcp_address[0]}:{self.tcp_address[1]}/{export}"
 
     def serve_forever(self) -> None:
         """Start if needed, then block until :meth:`stop` is called (from another thread)."""
@@ -304,6 +318,7 @@ class NbdServer:
     # --- one connection -------------------------------------------------------------------
 
     def _serve_connection(self, conn: socket.socket) -> None:
+        sock: p.Stream = conn
         try:
             conn.settimeout(self.handshake_timeout)
             # The timeout above bounds each read; this bounds the whole negotiation, so a
@@ -313,14 +328,19 @@ class NbdServer:
                 watchdog = threading.Timer(self.handshake_timeout, _hang_up, (conn,))
                 watchdog.daemon = True
                 watchdog.start()
+            tcp = conn.family in (socket.AF_INET, socket.AF_INET6)
+            handshake = Handshake(
+                conn,
+                self.engine,
+                default_export=self.default_export,
+                stopping=self._stopping.is_set,
+                tls=self.tls if tcp else None,
+                tls_context=self._tls_context if tcp else None,
+            )
             try:
-                session = Handshake(
-                    conn,
-                    self.engine,
-                    default_export=self.default_export,
-                    stopping=self._stopping.is_set,
-                ).run()
+                session = handshake.run()
             finally:
+                sock = handshake.sock  # the TLS stream after STARTTLS
                 if watchdog is not None:
                     watchdog.cancel()
             if session is None:
@@ -336,7 +356,7 @@ class NbdServer:
             flusher = self._acquire_flusher(session.export)
             try:
                 Transmission(
-                    conn, session, self._pool, inline_limit=self.inline_limit, flusher=flusher
+                    sock, session, self._pool, inline_limit=self.inline_limit, flusher=flusher
                 ).run()
             finally:
                 if flusher is not None:
@@ -348,6 +368,8 @@ class NbdServer:
         finally:
             with self._lock:
                 self._conns.pop(conn, None)
+            if isinstance(sock, TlsSocket):
+                sock.close_notify()
             conn.close()
 
 

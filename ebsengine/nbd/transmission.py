@@ -129,7 +129,7 @@ class Transmission:
 
     def __init__(
         self,
-        sock: socket.socket,
+        sock: p.Stream,
         session: Negotiated,
         pool: WorkerPool | None,
         *,
@@ -675,7 +675,7 @@ class Transmission:
 
 
 def _send_briefly(
-    sock: socket.socket, buffers: list[bytes | bytearray | memoryview], budget: float
+    sock: p.Stream, buffers: list[bytes | bytearray | memoryview], budget: float
 ) -> list[bytes | bytearray | memoryview]:
     """Send what the socket takes within ``budget`` seconds (waiting for room only that
     long in all); return the unsent rest (in order)."""

@@ -5,14 +5,19 @@ byte is on the wire) and never reads a reply. Other clients (on other volumes an
 stuck client's own volume, same server) keep doing WRITE + FLUSH and FUA WRITEs: each must
 complete within seconds (before per-connection senders it took 45-92 s, the shared workers
 being stuck in send()). After the stuck client goes away everything is clean.
+
+Each test runs over the Unix socket and over TCP with TLS (``tls.py``: the workers' brief
+non-blocking sends and the sender's hand-off work on encrypted streams too).
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +26,51 @@ import pytest
 import nbd_client as nc
 from ebsengine.nbd import protocol as p
 from ebsengine.nbd.server import NbdServer
+from ebsengine.nbd.tls import TlsConfig
 from nbd_client import NbdClient
+from tls_support import make_pki
 
 MiB = 1 << 20
 BOUND = 5.0  # seconds: generous; the failure mode is tens of seconds (SO_SNDTIMEO is 30)
 
 
-def _flush_loop(sock: str, vol: str, seconds: float, slot: int, out: dict[str, Any]) -> None:
+@dataclass
+class Transport:
+    """Where the clients connect: the Unix socket, or TCP with TLS (then ``ctx`` is set)."""
+
+    unix: str | None
+    tls: TlsConfig | None = None
+    ctx: ssl.SSLContext | None = None
+    address: str | tuple[str, int] = ""
+
+    def server(self, engine: Any) -> NbdServer:
+        if self.tls is None:
+            srv = NbdServer(engine, unix_path=self.unix, tcp=None)
+        else:
+            srv = NbdServer(engine, unix_path=None, tcp=("127.0.0.1", 0), tls=self.tls)
+        srv.start()
+        self.address = self.unix if self.tls is None else srv.tcp_address  # type: ignore[assignment]
+        return srv
+
+    def client(self, timeout: float = 10.0) -> NbdClient:
+        return NbdClient(self.address, timeout=timeout, tls=self.ctx)
+
+
+@pytest.fixture(params=["unix", "tls"])
+def transport(request: Any, tmp_path: Path) -> Transport:
+    if request.param == "unix":
+        return Transport(str(tmp_path / "nbd.sock"))
+    pki = make_pki(tmp_path / "pki")
+    ctx = ssl.create_default_context(cafile=str(pki.ca))
+    return Transport(None, TlsConfig(str(pki.server_cert), str(pki.server_key)), ctx)
+
+
+def _flush_loop(tr: Transport, vol: str, seconds: float, slot: int, out: dict[str, Any]) -> None:
     """WRITE + FLUSH, then a FUA WRITE, in a loop; records the worst latencies."""
     worst_flush = worst_fua = 0.0
     flushes = 0
     try:
-        with NbdClient(sock, timeout=60.0) as c:
+        with tr.client(timeout=60.0) as c:
             c.go(vol)
             assert c.tflags & nc.TF_FUA
             deadline = time.monotonic() + seconds
@@ -64,10 +102,10 @@ def _send_quietly(c: NbdClient, data: bytes) -> None:
         pass  # closed by the test
 
 
-def _run_others(sock: str, vols: list[str], seconds: float) -> list[dict[str, Any]]:
+def _run_others(tr: Transport, vols: list[str], seconds: float) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = [{} for _ in vols]
     threads = [
-        threading.Thread(target=_flush_loop, args=(sock, v, seconds, i, results[i]))
+        threading.Thread(target=_flush_loop, args=(tr, v, seconds, i, results[i]))
         for i, v in enumerate(vols)
     ]
     for t in threads:
@@ -83,18 +121,17 @@ def _run_others(sock: str, vols: list[str], seconds: float) -> list[dict[str, An
 
 @pytest.mark.parametrize("stuck_load", ["big-reads", "many-flushes"])
 def test_a_client_that_reads_no_replies_stalls_only_itself(
-    engine: Any, tmp_path: Path, stuck_load: str
+    engine: Any, transport: Transport, stuck_load: str
 ) -> None:
     """big-reads: 8 READs of 32 MiB; many-flushes: 20000 pipelined FLUSHes (small replies:
     the reply queue's length is bounded, not only its bytes)."""
     stuck_vol = engine.create_volume(size_gib=1).id
     other_vols = [engine.create_volume(size_gib=1).id for _ in range(2)]
-    sock = str(tmp_path / "nbd.sock")
-    with NbdServer(engine, unix_path=sock, tcp=None) as srv:
+    with transport.server(engine) as srv:
         vols = [*other_vols, stuck_vol]  # the stuck client's own volume too
-        before = _run_others(sock, vols, 1.0)
+        before = _run_others(transport, vols, 1.0)
 
-        stuck = NbdClient(sock, timeout=60.0)
+        stuck = transport.client(timeout=60.0)
         stuck.go(stuck_vol, structured=False)  # simple replies: all the data goes out
         stuck.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         if stuck_load == "big-reads":
@@ -108,7 +145,7 @@ def test_a_client_that_reads_no_replies_stalls_only_itself(
             threading.Thread(target=_send_quietly, args=(stuck, flood), daemon=True).start()
         time.sleep(1.0)  # let the server start answering (and get stuck sending)
         try:
-            during = _run_others(sock, vols, 3.0)
+            during = _run_others(transport, vols, 3.0)
         finally:  # shutdown first: close() alone leaves a send() blocked in the flood thread
             stuck.sock.shutdown(socket.SHUT_RDWR)
             stuck.close()
@@ -129,7 +166,7 @@ def test_a_client_that_reads_no_replies_stalls_only_itself(
 
         # The stuck client is gone: its connection ends, and the server still serves.
         assert nc.wait_for(lambda: srv.connection_count == 0, timeout=30.0)
-        with NbdClient(sock) as c:
+        with transport.client() as c:
             c.go(stuck_vol, structured=False)
             # what the third client (slot 2) wrote to the stuck client's volume is there
             assert c.pread(2 * 64 * 4096, 8) == struct.pack(">Q", 2)
@@ -139,7 +176,9 @@ def test_a_client_that_reads_no_replies_stalls_only_itself(
     assert engine.fsck().ok
 
 
-def test_replies_never_interleave_when_the_client_reads_slowly(engine: Any, tmp_path: Path) -> None:
+def test_replies_never_interleave_when_the_client_reads_slowly(
+    engine: Any, transport: Transport
+) -> None:
     """Inline replies (corked by the reader) and pooled ones (written by a worker or the
     connection's sender, sometimes half a frame at a time when the socket is full) mix on one
     wire: with a client that lets the socket fill up, every reply still arrives whole."""
@@ -147,14 +186,16 @@ def test_replies_never_interleave_when_the_client_reads_slowly(engine: Any, tmp_
 
     rng = random.Random(7)
     vol = engine.create_volume(size_gib=1).id
-    sock = str(tmp_path / "nbd.sock")
     image = rng.randbytes(8 * MiB)
-    with NbdServer(engine, unix_path=sock, tcp=None) as srv:
-        with NbdClient(sock, timeout=60.0) as c:
+    with transport.server(engine) as srv:
+        with transport.client(timeout=60.0) as c:
             c.go(vol)
             for off in range(0, len(image), MiB):
                 c.pwrite(off, image[off : off + MiB])
-            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            # small, so the server's socket fills up (TCP: not so small that a window of a
+            # few KiB and delayed ACKs make the transfer crawl)
+            rcvbuf = 4096 if transport.tls is None else 65536
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             expect: dict[int, tuple[int, int, int]] = {}  # cookie -> (cmd, offset, length)
             frames = []
             for _ in range(400):
