@@ -149,8 +149,9 @@ class ChunkStore:
                 return key
             n = max(n, int.from_bytes(key[L.FP_SIZE:], "big") + 1)
         key = L.chunk_key(fp, n)
-        self.backend.put_many(txn, [(key, encoded if encoded is not None
-                                     else encode_chunk(data, self.level, domain, fp))])
+        if encoded is None or (domain is not None and n != 0):  # sealed for number 0
+            encoded = encode_chunk(data, self.level, domain, key)
+        self.backend.put_many(txn, [(key, encoded)])
         txn.put(key, L.u64(1), db=self.refs)  # a new chunk has no count yet (I4)
         return key
 

@@ -58,8 +58,13 @@ def encode_chunk(data: bytes | bytearray | memoryview, level: int,
 
 
 def _seal(domain: Domain, inner: bytes, fp: bytes | None) -> bytes:
-    if fp is None or len(fp) != L.FP_SIZE:
-        raise ValueError("sealing a chunk needs its fingerprint")
+    """Seal a chunk's encoding, bound to its chunk key: ``fp`` is the key (20 bytes) or a
+    fingerprint (16 bytes: the key with collision number 0, which nearly every chunk gets;
+    :meth:`.chunks.ChunkStore.put` seals again under another number)."""
+    if fp is not None and len(fp) == L.FP_SIZE:
+        fp = L.chunk_key(fp, 0)
+    if fp is None or len(fp) != L.KEY_SIZE:
+        raise ValueError("sealing a chunk needs its fingerprint or key")
     return domain.seal(inner, b"chunk\0" + fp)
 
 
@@ -87,7 +92,7 @@ def decode_chunk(value: bytes | memoryview, key: bytes | None = None,
     if len(value) and value[0] == L.CODEC_SEALED:
         if key is None:
             raise KeyUnavailable("an encrypted chunk was read without its key")
-        value = _open(value, keys, b"chunk\0" + bytes(key[:L.FP_SIZE]), f"chunk {key.hex()}")
+        value = _open(value, keys, b"chunk\0" + bytes(key), f"chunk {bytes(key).hex()}")
     kind = value[0] if len(value) else -1
     if kind == L.CODEC_RAW:
         out = bytes(value[1:])

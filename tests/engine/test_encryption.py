@@ -328,3 +328,32 @@ def test_patches_skipped_while_locked_fold_once_their_key_is_unlocked(store_path
         assert e.fold() == 1
         assert _read(e, vol.id, 4096, 4096) == data
         assert e.fsck().ok
+
+
+def test_chunks_colliding_in_one_domain_are_bound_to_their_collision_numbers(store_path,
+                                                                            monkeypatch):
+    """Two chunks of one domain sharing a fingerprint (forced) get keys fp|0 and fp|1; each
+    is sealed to its whole key, so swapping their values is CorruptStore, not wrong bytes."""
+    fake = bytes.fromhex("5eed") * 8
+
+    def colliding(buf, domain=None):
+        mv = memoryview(buf).cast("B")
+        return [None if not any(mv[i:i + CS]) else fake for i in range(0, len(mv), CS)]
+
+    monkeypatch.setattr(ChunkStore, "fingerprints", staticmethod(colliding))
+    a, b = os.urandom(CS), os.urandom(CS)
+    with ebsengine.Engine(store_path) as e:
+        vol = e.create_volume(1, encrypted=True)
+        _write(e, vol.id, a + b)
+        assert _read(e, vol.id, 2 * CS) == a + b
+        keys = [k for batch in e._chunks.iter_stored() for k, _ in batch]
+        assert sorted(k[L.FP_SIZE:] for k in keys) == [bytes(4), (1).to_bytes(4, "big")]
+        assert e.fsck().ok
+        db = e._store.db["chunks"]
+        with e._store.write() as txn:
+            va, vb = (bytes(txn.get(k, db=db)) for k in keys)
+            txn.put(keys[0], vb, db=db)
+            txn.put(keys[1], va, db=db)
+    with ebsengine.Engine(store_path) as e:
+        with pytest.raises(CorruptStore):
+            _read(e, vol.id, 2 * CS)
