@@ -153,8 +153,10 @@ class CeModel:
         meter = self.cloud.meter
         meter.reconcile()  # validated: only now may the report write
         now = self.cloud.now()
+        account = ctx.account_id  # each account sees its own bill
         lines = meter.lines(start, end, gran, now=now,
-                            keep=None if expr is None else (lambda ln: _matches(expr, ln)))
+                            keep=lambda ln: ln.account == account and (
+                                expr is None or _matches(expr, ln)))
         spans = buckets(start, end, gran)
         periods: dict[float, list[Line]] = {a: [] for a, _ in spans}
         for ln in lines:

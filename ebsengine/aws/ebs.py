@@ -73,7 +73,7 @@ class EbsModel:
 
     def _count(self, ctx: Context, action: str, n: int = 1) -> None:
         if self.meter is not None:
-            self.meter.count(ctx.region, DIRECT_API[action], n)
+            self.meter.count(ctx.region, DIRECT_API[action], n, ctx.account_id)
 
     def call(self, ctx: Context, action: str, params: Params) -> Result:
         return getattr(self, self.ACTIONS[action])(ctx, params)  # type: ignore[no-any-return]

@@ -62,7 +62,13 @@ from ebsengine import errors
 from ebsengine.engine import Transaction
 
 from .pricing import VOLUME_SUFFIX, Prices, usage_type
-from .scope import region_of_zone, snapshot_region
+from .scope import (
+    DEFAULT_ACCOUNT,
+    region_of_zone,
+    snapshot_owner,
+    snapshot_region,
+    volume_owner,
+)
 
 if TYPE_CHECKING:
     from .core import Cloud
@@ -92,6 +98,8 @@ class Line:
     unit: str
     cost: float
     tags: dict[str, str] = field(default_factory=dict)
+    #: the account billed (the resource's owner; Cost Explorer shows each account its own)
+    account: str = DEFAULT_ACCOUNT
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,7 @@ class _Piece:
     end: float
     per_second: float = 0.0
     count: float = 0.0
+    account: str = DEFAULT_ACCOUNT
 
 
 def buckets(since: float, until: float, granularity: str) -> list[tuple[float, float]]:
@@ -137,7 +146,7 @@ class Meter:
         self.cloud = cloud
         self._prices: Prices | None = None
         self._lock = threading.Lock()
-        self._counts: dict[tuple[str, int, str], int] = {}
+        self._counts: dict[tuple[str, int, str, str], int] = {}
         self._last_flush: float | None = None
         #: per open unit of work: (snapshot ids, volume ids) to sample once it commits; weak,
         #: so a unit that aborts leaves nothing behind (an id() key outlived it and could be
@@ -170,11 +179,14 @@ class Meter:
 
     def record(self, tx: Transaction, kind: str, rid: str, region: str,
                attrs: dict[str, Any] | None, t: float | None = None,
-               tags: dict[str, str] | None = None) -> None:
-        """Bill ``rid`` by ``attrs`` from ``t`` (default now) on; ``None`` stops billing it
-        (and drops a start dated after ``t``: an instance stopped before it ran)."""
+               tags: dict[str, str] | None = None, account: str | None = None) -> None:
+        """Bill ``rid`` (of ``account``, kept from the first record that names it) by
+        ``attrs`` from ``t`` (default now) on; ``None`` stops billing it (and drops a start
+        dated after ``t``: an instance stopped before it ran)."""
         now = self.cloud.now() if t is None else t
         doc = self._doc(kind, rid, region, tx)
+        if account is not None and doc.get("account") is None:
+            doc["account"] = account
         entries: list[list[Any]] = [list(e) for e in doc["entries"]]
         before = (list(map(list, doc["entries"])), doc.get("tags"))
         if attrs is None:
@@ -206,12 +218,13 @@ class Meter:
             ip = getattr(rec, "public_ip", None)
             if rec is not None or self._known("eni", rid, tx):
                 self.record(tx, "eni", rid, getattr(rec, "region", ""),
-                            {"ip": ip} if ip else None, tags=getattr(rec, "tags", None))
+                            {"ip": ip} if ip else None, tags=getattr(rec, "tags", None),
+                            account=getattr(rec, "owner_id", None))
         elif kind == "eip":
             attrs = None if rec is None else {"in_use": bool(getattr(rec, "network_interface_id",
                                                                      None))}
             self.record(tx, "eip", rid, getattr(rec, "region", ""), attrs,
-                        tags=getattr(rec, "tags", None))
+                        tags=getattr(rec, "tags", None), account=getattr(rec, "owner_id", None))
 
     def _known(self, kind: str, rid: str, tx: Transaction) -> bool:
         return self.engine.service_get(NS_LEDGER, f"{kind}:{rid}", tx=tx) is not None
@@ -230,7 +243,7 @@ class Meter:
                 self.record(tx, "instance", rid, rec.region, None, tags=rec.tags)
             return
         self.record(tx, "instance", rid, rec.region, {"type": rec.instance_type}, t=t,
-                    tags=rec.tags)
+                    tags=rec.tags, account=rec.owner_id)
 
     # --- hooks: engine volumes and snapshots -----------------------------------------------
 
@@ -247,7 +260,7 @@ class Meter:
         attrs = {"type": vol.volume_type, "size": int(vol.size_gib),
                  "iops": int(vol.iops or 0), "throughput": int(vol.throughput or 0)}
         self.record(tx, "volume", vol.id, region_of_zone(vol.availability_zone), attrs,
-                    tags=dict(vol.tags))
+                    tags=dict(vol.tags), account=volume_owner(self.engine, vol.id, tx))
 
     def snapshot(self, tx: Transaction, snapshot_id: str) -> None:
         """Meter a snapshot made or deleted in ``tx``: its existence now (in the unit), its
@@ -272,7 +285,8 @@ class Meter:
             if not doc["entries"] or doc["entries"][-1][1] is None:
                 self.record(tx, "snapshot", snap.id,
                             snapshot_region(self.engine, snap, tx=tx), {"bytes": None},
-                            tags=dict(snap.tags))
+                            tags=dict(snap.tags),
+                            account=snapshot_owner(self.engine, snap.id, tx))
             if snap.volume_id:
                 doc = self._doc("snapshot", snap.id, "", tx)
                 if doc.get("volume") != snap.volume_id:
@@ -355,13 +369,14 @@ class Meter:
 
     # --- hooks: EBS direct API calls -------------------------------------------------------
 
-    def count(self, region: str, op: str, n: int = 1) -> None:
+    def count(self, region: str, op: str, n: int = 1,
+              account: str = DEFAULT_ACCOUNT) -> None:
         """Count ``n`` billable units of EBS direct API ``op`` (``Get``/``Put``: blocks,
-        ``List``: requests)."""
+        ``List``: requests) made by ``account``."""
         now = self.cloud.now()
         hour = int(now // 3600) * 3600
         with self._lock:
-            key = (region, hour, op)
+            key = (region, hour, op, account)
             self._counts[key] = self._counts.get(key, 0) + n
             if self._last_flush is None:
                 self._last_flush = now
@@ -378,8 +393,10 @@ class Meter:
             return
         try:
             with self.engine.transaction() as tx:
-                for (region, hour, op), n in counts.items():
-                    key = f"{region}|{hour}|{op}"
+                for (region, hour, op, account), n in counts.items():
+                    key = f"{region}|{hour}|{op}"  # the open mode's key, as before accounts
+                    if account != DEFAULT_ACCOUNT:
+                        key += f"|{account}"
                     old = int(self.engine.service_get(NS_API, key, tx=tx) or 0)
                     self.engine.service_put(NS_API, key, old + n, tx=tx)
         except Exception:
@@ -395,6 +412,7 @@ class Meter:
         month = p.month_seconds
         for doc in self.records():
             kind, rid, region = doc["kind"], doc["id"], doc.get("region") or ""
+            account = str(doc.get("account") or DEFAULT_ACCOUNT)
             tags = dict(doc.get("tags") or {})
             entries = doc["entries"]
             for i, (start, attrs) in enumerate(entries):
@@ -405,16 +423,17 @@ class Meter:
                     e = end
                     if kind == "instance":
                         e = max(end, start + p.instance_minimum_seconds)
-                    yield _Piece(region, base, rid, float(start), float(e), per_second), tags
+                    yield _Piece(region, base, rid, float(start), float(e), per_second,
+                                 account=account), tags
         for key, n in self.engine.service_items(NS_API):
-            region, hour, op = key.split("|")
+            region, hour, op, *who = key.split("|")
             yield _Piece(region, f"EBS:directAPI.snapshot.{op}", "", float(hour), float(hour),
-                         count=float(n)), {}
+                         count=float(n), account=who[0] if who else DEFAULT_ACCOUNT), {}
         with self._lock:
             pending = dict(self._counts)
-        for (region, hour, op), n in pending.items():
+        for (region, hour, op, account), n in pending.items():
             yield _Piece(region, f"EBS:directAPI.snapshot.{op}", "", float(hour), float(hour),
-                         count=float(n)), {}
+                         count=float(n), account=account), {}
 
     def _rates(self, kind: str, a: dict[str, Any], month: float) -> list[tuple[str, float]]:
         p = self.prices
@@ -451,7 +470,7 @@ class Meter:
             raise errors.InvalidParameter("the end of the period must be after its start")
         t_now = self.cloud.now() if now is None else now
         periods = buckets(since, until, granularity)
-        acc: dict[tuple[int, str, str, str], list[Any]] = {}
+        acc: dict[tuple[int, str, str, str, str], list[Any]] = {}
         for piece, tags in self._pieces(t_now):
             for bi, (a, b) in enumerate(periods):
                 if piece.count:
@@ -460,15 +479,15 @@ class Meter:
                     q = max(0.0, min(b, piece.end) - max(a, piece.start)) * piece.per_second
                 if q <= 0:
                     continue
-                k = (bi, piece.region, piece.base, piece.resource_id)
+                k = (bi, piece.region, piece.base, piece.resource_id, piece.account)
                 slot = acc.setdefault(k, [0.0, tags])
                 slot[0] += q
         out = []
-        for (bi, region, base, rid), (q, tags) in sorted(acc.items()):
+        for (bi, region, base, rid, account), (q, tags) in sorted(acc.items()):
             rate = self.prices.rate(base)
             a, b = periods[bi]
             line = Line(a, b, region, rate.service, usage_type(region, base), rid, q, rate.unit,
-                        q * rate.price, tags)
+                        q * rate.price, tags, account)
             if keep is None or keep(line):
                 out.append(line)
         return out

@@ -319,3 +319,23 @@ def test_lifecycle_policies_snapshot_their_accounts_volumes(signed: Signed) -> N
     assert snap["VolumeId"] == mine and snap["OwnerId"] == ALICE[2]
     assert bob.describe_snapshots(Filters=[{"Name": "volume-id", "Values": [theirs]}])[
         "Snapshots"] == []
+
+
+def test_cost_explorer_shows_each_account_its_own_bill(signed: Signed) -> None:
+    """Alice's volume is on Alice's bill only; Bob, with none, is billed nothing."""
+    import datetime as dt
+    alice = signed.client("ec2", ALICE)
+    vol = alice.create_volume(Size=100, AvailabilityZone="us-east-1a", VolumeType="gp3")
+    today = dt.datetime.now(dt.timezone.utc).date()
+    period = {"Start": today.isoformat(), "End": (today + dt.timedelta(days=1)).isoformat()}
+
+    def cost(user: tuple[str, str, str]) -> list[str]:
+        ce = signed.client("ce", user)
+        out = ce.get_cost_and_usage(TimePeriod=period, Granularity="DAILY",
+                                    Metrics=["UsageQuantity"],
+                                    GroupBy=[{"Type": "DIMENSION", "Key": "USAGE_TYPE"}])
+        return [g["Keys"][0] for r in out["ResultsByTime"] for g in r["Groups"]]
+
+    assert any("VolumeUsage.gp3" in k for k in cost(ALICE)), cost(ALICE)
+    assert cost(BOB) == []
+    alice.delete_volume(VolumeId=vol["VolumeId"])
