@@ -96,33 +96,35 @@ def load_credentials(path: str) -> dict[str, User]:
     return users
 
 
-class _SignedHeadersAuth(SigV4Auth):
-    """botocore's signer, signing exactly the headers the client listed (botocore itself
-    leaves out a few, user-agent among them, that other SDKs do sign)."""
+class _ListedHeaders:
+    """Signs exactly the headers the client listed (botocore itself leaves out a few,
+    user-agent among them, that other SDKs do sign)."""
+
+    _signed: list[str]
+
+    def headers_to_sign(self, request: AWSRequest) -> HTTPHeaders:
+        headers = HTTPHeaders()
+        for name in self._signed:
+            headers[name] = request.headers.get(name, "")
+        return headers
+
+
+class _SignedHeadersAuth(_ListedHeaders, SigV4Auth):
+    """botocore's header signer over the listed headers."""
 
     def __init__(self, credentials: Credentials, service: str, region: str,
                  signed: list[str]) -> None:
         super().__init__(credentials, service, region)
         self._signed = signed
 
-    def headers_to_sign(self, request: AWSRequest) -> HTTPHeaders:
-        headers = HTTPHeaders()
-        for name in self._signed:
-            headers[name] = request.headers.get(name, "")
-        return headers
 
+class _SignedHeadersQueryAuth(_ListedHeaders, SigV4QueryAuth):
+    """botocore's presigned-URL signer over the listed headers."""
 
-class _SignedHeadersQueryAuth(SigV4QueryAuth):
     def __init__(self, credentials: Credentials, service: str, region: str,
                  signed: list[str], expires: int) -> None:
         super().__init__(credentials, service, region, expires=expires)
         self._signed = signed
-
-    def headers_to_sign(self, request: AWSRequest) -> HTTPHeaders:
-        headers = HTTPHeaders()
-        for name in self._signed:
-            headers[name] = request.headers.get(name, "")
-        return headers
 
 
 def _header(environ: Mapping[str, Any], name: str) -> str | None:

@@ -157,6 +157,17 @@ def test_a_forced_fingerprint_collision_across_domains_never_mixes_data(eng, mon
     assert report.stats["chunks"] == 3    # one per domain (and the plaintext one)
 
 
+def _swap_the_two_chunks(eng: ebsengine.Engine) -> None:
+    """Exchange the stored values of the store's only two chunks (a tampering)."""
+    keys = [k for batch in eng._chunks.iter_stored() for k, _ in batch]
+    assert len(keys) == 2
+    db = eng._store.db["chunks"]
+    with eng._store.write() as txn:
+        a, b = (bytes(txn.get(k, db=db)) for k in keys)
+        txn.put(keys[0], b, db=db)
+        txn.put(keys[1], a, db=db)
+
+
 def _first_sealed(eng: ebsengine.Engine) -> bytes:
     for batch in eng._chunks.iter_stored():
         for k, v in batch:
@@ -186,12 +197,7 @@ def test_a_chunk_swapped_for_another_of_its_domain_does_not_open(store_path):
     with ebsengine.Engine(store_path) as e:
         vol = e.create_volume(1, encrypted=True)
         _write(e, vol.id, os.urandom(2 * CS))
-        keys = [k for batch in e._chunks.iter_stored() for k, _ in batch]
-        db = e._store.db["chunks"]
-        with e._store.write() as txn:
-            a, b = (bytes(txn.get(k, db=db)) for k in keys)
-            txn.put(keys[0], b, db=db)
-            txn.put(keys[1], a, db=db)
+        _swap_the_two_chunks(e)
     with ebsengine.Engine(store_path) as e:
         with pytest.raises(CorruptStore):
             _read(e, vol.id, 2 * CS)
@@ -349,11 +355,7 @@ def test_chunks_colliding_in_one_domain_are_bound_to_their_collision_numbers(sto
         keys = [k for batch in e._chunks.iter_stored() for k, _ in batch]
         assert sorted(k[L.FP_SIZE:] for k in keys) == [bytes(4), (1).to_bytes(4, "big")]
         assert e.fsck().ok
-        db = e._store.db["chunks"]
-        with e._store.write() as txn:
-            va, vb = (bytes(txn.get(k, db=db)) for k in keys)
-            txn.put(keys[0], vb, db=db)
-            txn.put(keys[1], va, db=db)
+        _swap_the_two_chunks(e)
     with ebsengine.Engine(store_path) as e:
         with pytest.raises(CorruptStore):
             _read(e, vol.id, 2 * CS)
