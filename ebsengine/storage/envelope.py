@@ -98,7 +98,7 @@ def decode_chunk(value: bytes | memoryview, key: bytes | None = None,
         out = bytes(value[1:])
     elif kind == L.CODEC_ZSTD:
         try:
-            out = _codecs.d.decompress(bytes(value[1:]), max_output_size=L.CHUNK_SIZE)
+            out = _codecs.d.decompress(memoryview(value)[1:], max_output_size=L.CHUNK_SIZE)
         except zstandard.ZstdError as exc:
             raise CorruptStore(f"chunk does not decompress: {exc}") from exc
     else:

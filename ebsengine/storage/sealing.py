@@ -15,7 +15,9 @@ scheme needs no state: no persisted counter that a restored backup or two proces
 rewind or share. (A random 96-bit nonce directly under the long-term key would cap a key at
 ~2^32 messages: 256 TiB of chunks.)
 
-Sealed layout: ``salt[32] | ciphertext | tag[16]``, AAD given by the caller.
+Sealed layout: ``salt[32] | ciphertext | tag[16]``, AAD given by the caller. (Chunk and
+pages values derive their one-message key with keyed BLAKE2b instead of HKDF, the same PRF
+construction at a third of the cost, since every chunk read pays it: :meth:`Domain.seal`.)
 
 A :class:`Domain` is one data key's world (an encrypted volume lineage and everything that
 shares its chunks, see ``layout.py``): it seals chunk and page values, and it keys the
@@ -92,8 +94,8 @@ class Domain:
     """One data key's domain: seals and opens its values, keys its fingerprints.
 
     ``data_key`` is the 32-byte key KMS unwraps for domain ``domain_id``; two keys are derived
-    from it (HKDF, distinct labels): one seals values (through :func:`seal`), one keys
-    fingerprints and page digests."""
+    from it (HKDF, distinct labels): one seals values (a one-message key per value, see
+    :meth:`_value_key`), one keys fingerprints and page digests."""
 
     def __init__(self, domain_id: str, data_key: bytes) -> None:
         if len(data_key) != KEY_BYTES:
@@ -125,18 +127,34 @@ class Domain:
 
     # --- values -----------------------------------------------------------------------------
 
+    def _value_key(self, salt: bytes) -> AESGCM:
+        """The one-message key of a value: keyed BLAKE2b-256 (a PRF) of its random salt
+        under the sealing key. The same construction as :func:`seal`'s HKDF, at a third of
+        its cost (~1 us against ~3.5 us): on the read path of every chunk it counts."""
+        return AESGCM(hashlib.blake2b(salt, key=self._seal_key, digest_size=KEY_BYTES,
+                                      person=b"ebsengine/value").digest())
+
     def seal(self, inner: bytes | bytearray | memoryview, aad: bytes) -> bytes:
-        """``CODEC_SEALED | tag | seal(inner)``: the stored form of an encoded value."""
-        return bytes((L.CODEC_SEALED,)) + self.tag + seal(self._seal_key, inner,
-                                                           self._aad(aad))
+        """``CODEC_SEALED | tag | salt | AES-256-GCM(inner)``: the stored form of an encoded
+        value (``layout.py``, "Encryption")."""
+        salt = os.urandom(SALT_BYTES)
+        return b"".join((bytes((L.CODEC_SEALED,)), self.tag, salt,
+                         self._value_key(salt).encrypt(_NONCE, inner, self._aad(aad))))
 
     def open(self, value: bytes | memoryview, aad: bytes) -> bytes:
         """The inner encoded value of :meth:`seal`'s output; SealError if it does not
         authenticate (tampered, or sealed for another place or domain)."""
         head = 1 + L.DOMAIN_TAG_SIZE
-        if len(value) < head or value[0] != L.CODEC_SEALED or bytes(value[1:head]) != self.tag:
+        if len(value) < head + SEAL_OVERHEAD or value[0] != L.CODEC_SEALED or \
+                bytes(value[1:head]) != self.tag:
             raise SealError("not sealed in this domain")
-        return unseal(self._seal_key, value[head:], self._aad(aad))
+        mv = memoryview(value)
+        salt = bytes(mv[head:head + SALT_BYTES])
+        try:
+            return self._value_key(salt).decrypt(_NONCE, mv[head + SALT_BYTES:],
+                                                 self._aad(aad))
+        except InvalidTag:
+            raise SealError("does not authenticate") from None
 
     def _aad(self, aad: bytes) -> bytes:
         return b"ebsengine/value/v1\0" + self.tag + aad
