@@ -105,7 +105,8 @@ the AEAD of the plaintext encoding (``codec u8 | payload`` as above: compression
 under a one-message key derived from the domain's sealing key and the random salt (keyed
 BLAKE2b-256, person ``ebsengine/value``: a nonce never repeats under one key), with AAD =
 ``"ebsengine/value/v1\0" | domain tag |`` ``chunk\0`` and the chunk's key (fingerprint and
-collision number), or ``pages\0`` and the page key. A value swapped for another, moved to another domain or changed in any bit does not open: ``CorruptStore``.
+collision number), or ``pages\0`` and the page key. A value swapped for another, moved to
+another domain or changed in any bit does not open: ``CorruptStore``.
 Chunk keys of a domain use keyed fingerprints, so dedup stays within the domain and a name
 says nothing about the plaintext; a patch's digest is BLAKE2b-128 keyed the same way. Zero
 chunks are never stored, in any domain.
