@@ -24,6 +24,7 @@ import pytest
 
 import ebsengine
 import nbd_client as nc
+from serve_support import wait_ready
 
 GIB = 1 << 30
 REPO = Path(__file__).resolve().parents[2]
@@ -44,12 +45,7 @@ def ok(store: Path, *args: str, cwd: Path | None = None) -> str:
 def start(argv: list[str]) -> tuple[subprocess.Popen[str], list[str]]:
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=ENV)
-    lines: list[str] = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("ebsengine: store"):
-            break
+    lines = wait_ready(proc)
     assert proc.poll() is None, "".join(lines)
     return proc, lines
 

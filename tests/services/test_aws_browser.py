@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from serve_support import wait_ready
 from test_aws_support import Aws, aws  # noqa: F401  (aws is a fixture)
 
 AUTH = ("AWS4-HMAC-SHA256 Credential=a/20260101/us-east-1/ec2/aws4_request, "
@@ -155,10 +156,7 @@ def test_serve_options_allow_origins_and_hosts(tmp_path) -> None:
          "--allow-origin", "http://app.example", "--allow-host", "ebs.test"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if line.startswith("ebsengine: store"):
-                break
+        wait_ready(proc)
 
         class Url:
             url = f"http://127.0.0.1:{p}"

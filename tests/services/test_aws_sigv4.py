@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -30,6 +29,7 @@ from botocore.credentials import Credentials
 
 from ebsengine.aws.sigv4 import CredentialsError, SigV4Verifier, load_credentials
 from ebsengine.cloud.scope import REGIONS
+from serve_support import free_port, wait_ready
 from test_aws_support import BLOCK, Aws, expect_error, put_block
 
 ALICE = ("AKIAALICE000000001", "alice-secret/with+chars", "111111111111")
@@ -190,27 +190,18 @@ def test_serve_refuses_a_bad_credentials_file(tmp_path: Any) -> None:
     assert not (tmp_path / "s").exists()  # refused before the store was opened
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_serve_with_sigv4_verifies_and_scopes(tmp_path: Any) -> None:
     """``ebsengine serve --auth sigv4 --credentials FILE`` as a user starts it."""
     creds = tmp_path / "credentials"
     creds.write_text(CREDENTIALS)
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "ebsengine.cli", "--store", str(tmp_path / "s"), "serve",
          "--nbd-socket", "none", "--nbd-port", "0", "--http-port", str(port),
          "--auth", "sigv4", "--credentials", str(creds)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if line.startswith("ebsengine: store"):
-                break
+        wait_ready(proc)
         url = f"http://127.0.0.1:{port}"
         kw: dict[str, Any] = {"endpoint_url": url, "region_name": "us-east-1", "config": _CONFIG}
         alice = boto3.client("ec2", aws_access_key_id=ALICE[0], aws_secret_access_key=ALICE[1],

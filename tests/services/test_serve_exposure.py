@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import nbd_client as nc
+from serve_support import start_serve
 from tls_support import make_pki
 
 
@@ -23,16 +24,7 @@ def free_port() -> int:
 
 
 def start(store: Path, *args: str) -> tuple[subprocess.Popen[str], list[str]]:
-    proc = subprocess.Popen([sys.executable, "-m", "ebsengine.cli", "--store", str(store),
-                             "serve", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    lines = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("ebsengine: store"):
-            break
-    return proc, lines
+    return start_serve(store, *args)
 
 
 def stop(proc: subprocess.Popen[str]) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import pytest
 from ebsengine import Engine
 from ebsengine.cli import main
 from ebsengine.errors import InsecureStore
+from serve_support import free_port, start_serve
 
 
 def mode(p: Path) -> int:
@@ -103,24 +103,9 @@ def test_memory_stores_have_no_permissions_to_check():
         eng.create_volume(1, "gp3")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _serve(store: Path, *extra: str) -> tuple[subprocess.Popen[str], list[str]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ebsengine.cli", "--store", str(store), "serve",
-         "--nbd-port", "0", "--http-port", str(_free_port()), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, umask=0)
-    lines: list[str] = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("ebsengine: store"):
-            break
-    return proc, lines
+    return start_serve(store, "--nbd-port", "0", "--http-port", str(free_port()), *extra,
+                       umask=0)
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
