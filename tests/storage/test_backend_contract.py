@@ -20,14 +20,20 @@ from ebsengine.storage.base import MAX_KEY_SIZE, KvBackend
 from ebsengine.storage.chunks import ChunkStore, KvChunks
 from ebsengine.storage.lmdb_env import LmdbBackend
 from ebsengine.storage.memory import MemoryBackend
+from ebsengine.storage.rados_kv import DictPool, RadosKv
 from ebsengine.storage.store import Store
 
-BACKENDS = ["lmdb", "memory"]
+#: "radoskv" is the metadata backend of rados:// stores over an in-process pool (DictPool:
+#: RADOS's object versions, conditional writes and locks); the same backend over a real
+#: cluster runs in tests/storage/test_rados_store.py.
+BACKENDS = ["lmdb", "memory", "radoskv"]
 
 
 def make_backend(kind: str, tmp_path, map_size: int = 1 << 30) -> KvBackend:
     if kind == "lmdb":
         return LmdbBackend(tmp_path / "kv", map_size=map_size)
+    if kind == "radoskv":
+        return RadosKv(DictPool(), path="rados://contract", map_size=map_size)
     return MemoryBackend(map_size=map_size)
 
 
