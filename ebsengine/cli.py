@@ -4,7 +4,8 @@ Tables for people, ``--json`` for scripts. Exit codes (stable, scripts rely on t
 0 success, 1 internal error, 2 bad arguments or parameter values, 3 not found,
 4 wrong state (in use, read-only, disabled key, ...), 5 store full or locked, 6 fsck found
 problems, 7 the master key file is missing, wrong or unusable (``--master-key``), 8 the
-store's permissions are looser than 0700/0600 (``--fix-permissions``).
+store's permissions are looser than 0700/0600 (``--fix-permissions``), 9 the storage backend
+could not be reached (a Ceph cluster down or unreachable: nothing was lost, retry).
 User errors print one line on stderr and no traceback.
 """
 

@@ -237,6 +237,18 @@ class StoreOwned(StoreLocked):
     code = "StoreOwned"
 
 
+class BackendUnavailable(EbsError):
+    """The storage backend could not be reached in time (a Ceph cluster that is down, its
+    monitors or the OSDs holding the object unreachable, or the client's timeout passed):
+    the message says what failed. Nothing stored was lost and the operation that hit it
+    was not committed (a write whose objects were sent may leave unreferenced objects that
+    a sweep removes); retry once the cluster is back. The HTTP endpoint answers it with 503
+    (``Unavailable``), NBD with EIO."""
+
+    code = "Unavailable"
+    exit_code = 9
+
+
 class InsecureStore(EbsError):
     """The store's directory or one of its files is open to its group or to others (mode
     beyond 0700 for the directory, 0600 for files): the store is its owner's alone, as

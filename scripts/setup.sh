@@ -2,7 +2,8 @@
 # Set up ebsengine on a fresh Debian machine (run as root, or with sudo available).
 #   bash scripts/setup.sh           runtime: C-core build header + the package (editable)
 #   bash scripts/setup.sh --test    also what the test suite needs (block clients, FUSE,
-#                                   aws-cli, boto3, hypothesis, ...)
+#                                   aws-cli, boto3, hypothesis, Ceph for the RADOS backend's
+#                                   tests: scripts/ceph_cluster.sh starts a throw-away cluster)
 #   bash scripts/setup.sh --bench   also what the benchmarks compare against (restic, moto)
 # Safe to run again: installed packages are skipped.
 set -euo pipefail
@@ -25,6 +26,9 @@ if [ "$want_test" = 1 ]; then
   # independent checks of key pairs: fingerprints (openssl), loading the keys (ssh-keygen,
   # puttygen) -- tests/keys_support.py
   apt_pkgs+=(openssl openssh-client putty-tools)
+  # a one-host Ceph cluster for the RADOS backend's tests (scripts/ceph_cluster.sh) and the
+  # librados binding (python3-rados)
+  apt_pkgs+=(ceph-mon ceph-osd ceph-common python3-rados)
 fi
 if [ "$want_bench" = 1 ]; then
   apt_pkgs+=(restic)
@@ -37,6 +41,28 @@ if [ "${#missing[@]}" -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if [ "$want_test" = 1 ]; then
+  # Debian builds its librados binding for its own python3 and PyPI has none. It loads in any
+  # CPython of the same minor version, so the python3 that pip installs into gets just that one
+  # module: a directory holding a link to it, named by a .pth file in its site-packages (all of
+  # dist-packages on the path would bring Debian's other packages along).
+  link_rados() {
+    local so dir=/usr/local/lib/ebsengine-rados site
+    so=$(ls /usr/lib/python3/dist-packages/rados.cpython-*.so 2>/dev/null | head -n 1 || true)
+    [ -n "$so" ] || { echo "setup: python3-rados installed no rados module" >&2; return 1; }
+    site=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO mkdir -p "$dir"
+    $SUDO ln -sfn "$so" "$dir/$(basename "$so")"
+    echo "$dir" | $SUDO tee "$site/ebsengine-rados.pth" >/dev/null
+    if ! python3 -c 'import rados' 2>/dev/null; then
+      echo "setup: warning: $(python3 -V) cannot load $so (built for another Python);" \
+           "the RADOS tests will fail" >&2
+    fi
+  }
+  link_rados
 fi
 
 extras=""

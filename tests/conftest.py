@@ -97,19 +97,29 @@ def pytest_report_header(config) -> str:
            f"slow mode: {os.environ.get('EBSENGINE_SLOW', '0')}"
 
 
-# --- tests that need apt-installed or root-only tools ---------------------------------------
+# --- tests that need apt-installed or root-only tools, or a Ceph cluster --------------------
 # They may skip elsewhere with a clear reason, but in CI (CI=true, or EBSENGINE_REQUIRE_TOOLS=1)
-# a skip of a test marked ``needs_tools`` is turned into a failure.
+# a skip of a test marked ``needs_tools`` or ``needs_ceph`` is turned into a failure; so is a
+# skip of a ``needs_ceph`` test when EBSENGINE_TEST_RADOS=1 says a cluster is there.
 
 REQUIRE_TOOLS = os.environ.get("EBSENGINE_REQUIRE_TOOLS") == "1" or \
     os.environ.get("CI", "").lower() == "true"
+REQUIRE_CEPH = REQUIRE_TOOLS or os.environ.get("EBSENGINE_TEST_RADOS") == "1"
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    if REQUIRE_TOOLS and report.skipped and item.get_closest_marker("needs_tools"):
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
-        report.outcome = "failed"
-        report.longrepr = f"needs_tools test skipped in CI (a tool is missing): {reason}"
+    if not report.skipped:
+        return
+    if REQUIRE_TOOLS and item.get_closest_marker("needs_tools"):
+        what = "needs_tools test skipped in CI (a tool is missing)"
+    elif REQUIRE_CEPH and item.get_closest_marker("needs_ceph"):
+        what = "needs_ceph test skipped where a Ceph cluster is required (CI, or " \
+               "EBSENGINE_TEST_RADOS=1)"
+    else:
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+    report.outcome = "failed"
+    report.longrepr = f"{what}: {reason}"

@@ -1,0 +1,582 @@
+"""Talking to a Ceph cluster through librados: store URLs, one connection, batched object I/O.
+
+This module is the only one that imports the ``rados`` binding (Debian's ``python3-rados``;
+``scripts/setup.sh --test`` makes it importable), and only when a connection is opened, so
+the package imports without it.
+
+Store URLs
+----------
+``rados://PREFIX?conf=/etc/ceph/ceph.conf&id=admin&keyring=/etc/ceph/ceph.client.admin.keyring&timeout=30``
+
+``PREFIX`` names the pools: ``PREFIX.meta`` (replicated: metadata, which lives in omap and
+object data, and erasure-coded pools have no omap) and ``PREFIX.data`` (chunks), each
+created with the cluster's defaults if missing (create a pool beforehand to choose its size,
+placement groups or an erasure-coded profile for the data pool). Options, all optional:
+
+``conf``
+    the ceph.conf to read (default: librados's own search: ``$CEPH_CONF``,
+    ``/etc/ceph/ceph.conf``, ``~/.ceph/config``, ``./ceph.conf``);
+``id``
+    the client's name without ``client.`` (default ``admin``);
+``keyring``
+    its keyring file (default: what the conf names);
+``timeout``
+    seconds (default 30) after which an operation that the cluster does not answer fails with
+    :class:`~ebsengine.errors.BackendUnavailable` instead of waiting for ever: sets librados's
+    ``rados_osd_op_timeout``, ``rados_mon_op_timeout`` and ``client_mount_timeout``;
+``meta`` / ``data``
+    pool names that replace ``PREFIX.meta`` / ``PREFIX.data``.
+
+Operations
+----------
+:func:`connect` gives a :class:`RadosConnection` holding one :class:`Pool` per pool
+(``conn.meta``, ``conn.data``). A :class:`Pool` does batched I/O (``put_many``,
+``read_many``, ``stat_many``, ``remove_many``: asynchronous, ``window`` operations in flight),
+versioned reads and compare-and-swap writes (``read_versioned``, ``cas_write``: one compound
+operation asserting the object's version, writing its data and its omap), omap reads,
+advisory locks with a duration (``try_lock``/``renew_lock``/``unlock``) and a streaming
+listing. Object names are ``str`` (RADOS names), omap keys ``str``, values ``bytes``.
+
+Errors become the engine's: a full cluster or pool quota is
+:class:`~ebsengine.errors.StoreFull`; a cluster that cannot be reached, an operation that
+timed out or a refused login is :class:`~ebsengine.errors.BackendUnavailable`; an object
+the cluster cannot read (EIO) is :class:`~ebsengine.errors.CorruptStore`; anything else an
+:class:`~ebsengine.errors.EbsError` naming the operation, object and errno. None is
+swallowed; a missing object is a result (None, False) where the operation says so.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from ..errors import BackendUnavailable, CorruptStore, EbsError, InvalidParameter, StoreFull
+
+SCHEME = "rados://"
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_WINDOW = 16  # operations in flight per batch: about 6x the put rate of one at a time
+READ_HINT = 128 * 1024  # bytes asked for by a first read; a longer object is read again
+APPLICATION = "ebsengine"  # the pool application tag (Ceph warns about untagged pools)
+
+_POOL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,100}")
+_OPTIONS = ("conf", "id", "keyring", "timeout", "meta", "data")
+
+# errno values that mean "the cluster cannot be reached or did not answer in time"
+_UNAVAILABLE = {errno.ETIMEDOUT, errno.ESHUTDOWN, errno.ENOTCONN, errno.ECONNREFUSED,
+                errno.ECONNRESET, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EINTR,
+                errno.EAGAIN, errno.EACCES, errno.EPERM, errno.ECANCELED}
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+# errno values of a compare-and-swap whose condition failed (version moved, object created
+# or removed meanwhile)
+_CAS_LOST = {errno.ERANGE, errno.EOVERFLOW, errno.ENOENT, errno.EEXIST}
+
+LOCK_MUST_RENEW = 2  # LIBRADOS_LOCK_FLAG_MUST_RENEW: renew only a lock this cookie holds
+
+
+@dataclass(frozen=True)
+class RadosUrl:
+    """A parsed ``rados://`` store URL (see the module docstring)."""
+
+    prefix: str
+    conf: str | None = None
+    id: str = "admin"
+    keyring: str | None = None
+    timeout: float = DEFAULT_TIMEOUT
+    meta_pool: str = ""
+    data_pool: str = ""
+
+    def __str__(self) -> str:
+        opts = [f"{k}={v}" for k, v in (("conf", self.conf), ("id", self.id),
+                                         ("keyring", self.keyring)) if v]
+        return f"{SCHEME}{self.prefix}?{'&'.join(opts)}" if opts else SCHEME + self.prefix
+
+
+def is_rados_url(path: object) -> bool:
+    return isinstance(path, str) and path.startswith(SCHEME)
+
+
+def parse_url(url: str) -> RadosUrl:
+    """The parts of ``rados://PREFIX?opt=value&...``; InvalidParameter for anything else."""
+    if not is_rados_url(url):
+        raise InvalidParameter(f"not a rados:// store URL: {url!r}")
+    parts = urlsplit(url)
+    prefix = unquote(parts.netloc + parts.path).rstrip("/")
+    if not _POOL_NAME.fullmatch(prefix or "-"):
+        raise InvalidParameter(f"{url!r}: the pool prefix must be 1-101 letters, digits, "
+                               f"'.', '_' or '-' (rados://PREFIX?conf=...)")
+    try:
+        query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError as exc:
+        raise InvalidParameter(f"{url!r}: bad option list: {exc}") from None
+    unknown = sorted(set(query) - set(_OPTIONS))
+    if unknown:
+        raise InvalidParameter(f"{url!r}: unknown option(s) {', '.join(unknown)} "
+                               f"(known: {', '.join(_OPTIONS)})")
+    one: dict[str, str] = {}
+    for key, values in query.items():
+        if len(values) != 1 or not values[0]:
+            raise InvalidParameter(f"{url!r}: option {key} needs exactly one non-empty value")
+        one[key] = values[0]
+    timeout = DEFAULT_TIMEOUT
+    if "timeout" in one:
+        try:
+            timeout = float(one["timeout"])
+        except ValueError:
+            timeout = -1.0
+        if not (0 < timeout <= 3600):
+            raise InvalidParameter(f"{url!r}: timeout must be a number of seconds in (0, 3600]")
+    meta = one.get("meta", prefix + ".meta")
+    data = one.get("data", prefix + ".data")
+    for name in (meta, data):
+        if not _POOL_NAME.fullmatch(name):
+            raise InvalidParameter(f"{url!r}: {name!r} is not a usable pool name")
+    if meta == data:
+        raise InvalidParameter(f"{url!r}: the meta and data pools must differ")
+    return RadosUrl(prefix=prefix, conf=one.get("conf"), id=one.get("id", "admin"),
+                    keyring=one.get("keyring"), timeout=timeout, meta_pool=meta,
+                    data_pool=data)
+
+
+def _rados() -> Any:
+    try:
+        import rados
+    except ImportError as exc:
+        raise BackendUnavailable(
+            "the librados Python binding is not installed (Debian: apt-get install "
+            "python3-rados; scripts/setup.sh --test links it into this Python): "
+            f"{exc}") from None
+    return rados
+
+
+def _errno_of(exc: BaseException) -> int | None:
+    n = getattr(exc, "errno", None)
+    return abs(n) if isinstance(n, int) else None
+
+
+def translate(exc: BaseException, what: str) -> Exception:
+    """The engine's error for librados error ``exc`` raised while doing ``what`` (a phrase
+    naming the operation, pool and object)."""
+    n = _errno_of(exc)
+    return translate_errno(n, what, str(exc))
+
+
+def translate_errno(n: int | None, what: str, detail: str = "") -> Exception:
+    """The engine's error for errno ``n`` (positive) returned by ``what``."""
+    detail = f" ({detail})" if detail else ""
+    if n in _FULL:
+        return StoreFull(f"the Ceph cluster is full or the pool is at its quota: {what} "
+                         f"failed{detail}; nothing was changed")
+    if n in (errno.EACCES, errno.EPERM):
+        return BackendUnavailable(f"the Ceph cluster refused access: {what} failed{detail}; "
+                                  f"check the client id, its keyring and its caps. "
+                                  f"Nothing was lost")
+    if n in _UNAVAILABLE or n is None:
+        return BackendUnavailable(f"the Ceph cluster is unavailable: {what} failed"
+                                  f"{detail}; nothing stored was lost, retry when it is back")
+    if n == errno.EIO:
+        return CorruptStore(f"the Ceph cluster could not read it: {what} failed{detail}")
+    return EbsError(f"{what} failed: {errno.errorcode.get(n, n)} ({n}){detail}")
+
+
+class RadosConnection:
+    """One client session with the cluster and the two pools of a store URL. Thread-safe
+    (librados is); close it once (also a context manager)."""
+
+    def __init__(self, url: RadosUrl, *, create: bool = True) -> None:
+        rados = _rados()
+        self.url = url
+        self.timeout = url.timeout
+        where = f"connecting to the Ceph cluster (conf {url.conf or 'default'}, " \
+                f"client.{url.id})"
+        try:
+            cluster = rados.Rados(conffile=url.conf, rados_id=url.id)
+        except rados.Error as exc:
+            raise BackendUnavailable(f"{where}: cannot read the configuration: {exc}") from None
+        self.cluster = cluster
+        try:
+            secs = str(max(1, math.ceil(url.timeout)))
+            for opt in ("rados_osd_op_timeout", "rados_mon_op_timeout", "client_mount_timeout"):
+                cluster.conf_set(opt, secs)
+            if url.keyring:
+                cluster.conf_set("keyring", url.keyring)
+            cluster.connect()
+        except rados.Error as exc:
+            self._shutdown()
+            raise translate(exc, where) from None
+        try:
+            self.meta = Pool(self, self._open(url.meta_pool, create))
+            self.data = Pool(self, self._open(url.data_pool, create))
+        except BaseException:
+            self._shutdown()
+            raise
+
+    def _open(self, name: str, create: bool) -> Any:
+        rados = _rados()
+        try:
+            if not self.cluster.pool_exists(name):
+                if not create:
+                    raise BackendUnavailable(f"pool {name!r} does not exist on the cluster")
+                try:
+                    self.cluster.create_pool(name)
+                except rados.ObjectExists:
+                    pass  # another client made it meanwhile
+            ioctx = self.cluster.open_ioctx(name)
+            if create and APPLICATION not in ioctx.application_list():
+                ioctx.application_enable(APPLICATION)
+            return ioctx
+        except rados.Error as exc:
+            raise translate(exc, f"opening pool {name!r}") from None
+
+    def delete_pools(self) -> None:
+        """Remove both pools and everything in them (tests; the monitor must allow it:
+        ``mon allow pool delete = true``)."""
+        rados = _rados()
+        for pool in (self.meta, self.data):
+            pool.ioctx.close()
+            try:
+                self.cluster.delete_pool(pool.name)
+            except rados.ObjectNotFound:
+                pass
+            except rados.Error as exc:
+                raise translate(exc, f"deleting pool {pool.name!r}") from None
+
+    def _shutdown(self) -> None:
+        try:
+            self.cluster.shutdown()
+        except Exception:  # noqa: BLE001 - closing a half-made session: its error is moot
+            pass
+
+    def close(self) -> None:
+        for pool in (getattr(self, "meta", None), getattr(self, "data", None)):
+            if pool is not None:
+                pool.close()
+        self._shutdown()
+
+    def __enter__(self) -> RadosConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(url: str | RadosUrl, *, create: bool = True) -> RadosConnection:
+    """A connection to the pools of ``url`` (created if missing, unless ``create=False``)."""
+    return RadosConnection(parse_url(url) if isinstance(url, str) else url, create=create)
+
+
+@dataclass
+class ObjectStat:
+    size: int
+    mtime: float  # seconds since the epoch (RADOS keeps whole seconds here)
+
+
+class _Batch:
+    """Up to ``window`` asynchronous operations in flight; results by index."""
+
+    def __init__(self, n: int, window: int) -> None:
+        self.slots = threading.BoundedSemaphore(max(1, window))
+        self.results: list[Any] = [None] * n
+        self.codes: list[int] = [0] * n
+        self.completions: list[Any] = []
+
+    def done(self, i: int, code: int, value: Any = None) -> None:
+        self.codes[i] = code
+        self.results[i] = value
+        self.slots.release()
+
+    def run(self, items: Iterable[Any], submit: Callable[[int, Any], Any]) -> None:
+        """Submit each item (``submit(i, item)`` returns a completion whose callback calls
+        :meth:`done`), then wait for every one (each ends: librados times them out)."""
+        try:
+            for i, item in enumerate(items):
+                self.slots.acquire()
+                try:
+                    self.completions.append(submit(i, item))
+                except BaseException:
+                    self.slots.release()
+                    raise
+        finally:
+            for c in self.completions:
+                c.wait_for_complete_and_cb()
+
+
+class Pool:
+    """Object I/O on one pool (an ioctx of a :class:`RadosConnection`)."""
+
+    def __init__(self, conn: RadosConnection, ioctx: Any) -> None:
+        self.conn = conn
+        self.ioctx = ioctx
+        self.name: str = ioctx.get_pool_name()
+        # get_last_version() reports the last operation of the ioctx: versioned operations
+        # take turns so each reads its own
+        self._version_lock = threading.Lock()
+
+    def _what(self, op: str, name: str | None = None) -> str:
+        return f"{op} {self.name}/{name}" if name is not None else f"{op} in pool {self.name}"
+
+    def close(self) -> None:
+        try:
+            self.ioctx.close()
+        except Exception:  # noqa: BLE001 - closing: nothing useful to do with its error
+            pass
+
+    # --- batched I/O -----------------------------------------------------------------
+
+    def put_many(self, items: Sequence[tuple[str, bytes | bytearray | memoryview]], *,
+                 window: int = DEFAULT_WINDOW) -> None:
+        """Write each ``(name, data)`` as a whole object (replacing any), ``window`` writes in
+        flight; returns once every one is durable (acknowledged by all replicas), raises the
+        first failure after all have ended (the others may be written)."""
+        if not items:
+            return
+        batch = _Batch(len(items), window)
+
+        def submit(i: int, item: tuple[str, Any]) -> Any:
+            name, data = item
+            return self.ioctx.aio_write_full(
+                name, bytes(data), oncomplete=lambda c: batch.done(i, c.get_return_value()))
+
+        self._run(batch, items, submit, "writing")
+        for (name, _), code in zip(items, batch.codes, strict=True):
+            if code < 0:
+                raise translate_errno(-code, self._what("writing", name))
+
+    def read_many(self, names: Sequence[str], *, window: int = DEFAULT_WINDOW,
+                  hint: int = READ_HINT) -> list[bytes | None]:
+        """Each object's whole data (None: no such object), ``window`` reads in flight. An
+        object longer than ``hint`` bytes is read again whole."""
+        if not names:
+            return []
+        batch = _Batch(len(names), window)
+
+        def submit(i: int, name: str) -> Any:
+            return self.ioctx.aio_read(
+                name, hint, 0, oncomplete=lambda c, data: batch.done(i, c.get_return_value(),
+                                                                     data))
+
+        self._run(batch, names, submit, "reading")
+        out: list[bytes | None] = []
+        for name, code, data in zip(names, batch.codes, batch.results, strict=True):
+            if code == -errno.ENOENT:
+                out.append(None)
+            elif code < 0:
+                raise translate_errno(-code, self._what("reading", name))
+            else:
+                data = bytes(data or b"")
+                out.append(data if len(data) < hint else self.read(name, hint * 4))
+        return out
+
+    def stat_many(self, names: Sequence[str], *,
+                  window: int = DEFAULT_WINDOW) -> list[ObjectStat | None]:
+        """Each object's size and modification time (None: no such object)."""
+        if not names:
+            return []
+        batch = _Batch(len(names), window)
+
+        def submit(i: int, name: str) -> Any:
+            def cb(c: Any, size: int | None, mtime: time.struct_time | None) -> None:
+                batch.done(i, c.get_return_value(),
+                           None if size is None or mtime is None
+                           else ObjectStat(size, time.mktime(mtime)))
+            return self.ioctx.aio_stat(name, cb)
+
+        self._run(batch, names, submit, "looking up")
+        out: list[ObjectStat | None] = []
+        for name, code, st in zip(names, batch.codes, batch.results, strict=True):
+            if code == -errno.ENOENT:
+                out.append(None)
+            elif code < 0:
+                raise translate_errno(-code, self._what("looking up", name))
+            else:
+                out.append(st)
+        return out
+
+    def remove_many(self, names: Sequence[str], *, window: int = DEFAULT_WINDOW) -> int:
+        """Remove each object (a missing one is fine); the number that existed."""
+        if not names:
+            return 0
+        batch = _Batch(len(names), window)
+
+        def submit(i: int, name: str) -> Any:
+            return self.ioctx.aio_remove(
+                name, oncomplete=lambda c: batch.done(i, c.get_return_value()))
+
+        self._run(batch, names, submit, "removing")
+        removed = 0
+        for name, code in zip(names, batch.codes, strict=True):
+            if code >= 0:
+                removed += 1
+            elif code != -errno.ENOENT:
+                raise translate_errno(-code, self._what("removing", name))
+        return removed
+
+    def _run(self, batch: _Batch, items: Iterable[Any], submit: Callable[[int, Any], Any],
+             op: str) -> None:
+        rados = _rados()
+        try:
+            batch.run(items, submit)
+        except rados.Error as exc:
+            raise translate(exc, self._what(op)) from None
+
+    # --- single objects --------------------------------------------------------------
+
+    def read(self, name: str, hint: int = READ_HINT) -> bytes | None:
+        """The whole object (None: no such object)."""
+        return self._read_whole(name, hint)[0]
+
+    def _read_whole(self, name: str, hint: int) -> tuple[bytes | None, int]:
+        """(data or None, version) of one object, read in one operation (a read that fills
+        its buffer is repeated with a bigger one, so data and version always match)."""
+        rados = _rados()
+        length = max(hint, 4096)
+        with self._version_lock:
+            while True:
+                try:
+                    data = self.ioctx.read(name, length, 0)
+                except rados.ObjectNotFound:
+                    return None, 0
+                except rados.Error as exc:
+                    raise translate(exc, self._what("reading", name)) from None
+                version = int(self.ioctx.get_last_version())
+                if len(data) < length:
+                    return bytes(data), version
+                length *= 4
+
+    def read_versioned(self, name: str) -> tuple[bytes | None, int]:
+        """``(data, version)`` of one object; ``(None, 0)`` if it does not exist. Pass the
+        version to :meth:`cas_write` to replace exactly what was read."""
+        return self._read_whole(name, READ_HINT)
+
+    def cas_write(self, name: str, expected_version: int | None, data: bytes | None, *,
+                  omap_set: dict[str, bytes] | None = None,
+                  omap_rm: Sequence[str] = ()) -> bool:
+        """Compare-and-swap: if the object is still at ``expected_version`` (None or 0: if
+        it does not exist yet), replace its data with ``data`` (None: keep it) and apply
+        the omap changes, all in one atomic operation. False (nothing changed) when the
+        version moved or the object appeared or vanished meanwhile."""
+        return self.cas_write_version(name, expected_version, data, omap_set=omap_set,
+                                      omap_rm=omap_rm) is not None
+
+    def cas_write_version(self, name: str, expected_version: int | None,
+                          data: bytes | None, *, omap_set: dict[str, bytes] | None = None,
+                          omap_rm: Sequence[str] = ()) -> int | None:
+        """:meth:`cas_write` returning the object's new version (None: the swap lost)."""
+        rados = _rados()
+        with self._version_lock, rados.WriteOpCtx() as op:
+            if expected_version:
+                op.assert_version(expected_version)
+            else:
+                op.new(rados.LIBRADOS_CREATE_EXCLUSIVE)
+            if data is not None:
+                op.write_full(bytes(data))
+            if omap_rm:
+                self.ioctx.remove_omap_keys(op, tuple(omap_rm))
+            if omap_set:
+                keys = tuple(omap_set)
+                self.ioctx.set_omap(op, keys, tuple(bytes(omap_set[k]) for k in keys))
+            try:
+                self.ioctx.operate_write_op(op, name)
+            except rados.Error as exc:
+                if _errno_of(exc) in _CAS_LOST:
+                    return None
+                raise translate(exc, self._what("compare-and-swap of", name)) from None
+            return int(self.ioctx.get_last_version())
+
+    def write_full(self, name: str, data: bytes) -> None:
+        """Replace one object's data (unconditionally)."""
+        self.put_many([(name, data)], window=1)
+
+    # --- omap ------------------------------------------------------------------------
+
+    def omap_get(self, name: str, *, start_after: str = "", prefix: str = "",
+                 max_return: int = 1000) -> list[tuple[str, bytes]]:
+        """Up to ``max_return`` omap entries of ``name`` after ``start_after`` (in key
+        order), only those starting with ``prefix`` if given; [] if no such object. Page
+        through with the last key returned as the next ``start_after``."""
+        rados = _rados()
+        with rados.ReadOpCtx() as op:
+            it, _ = self.ioctx.get_omap_vals(op, start_after, prefix, max_return)
+            try:
+                self.ioctx.operate_read_op(op, name)
+            except rados.ObjectNotFound:
+                return []
+            except rados.Error as exc:
+                raise translate(exc, self._what("reading the omap of", name)) from None
+            return [(k, bytes(v or b"")) for k, v in it]
+
+    def omap_get_keys(self, name: str, keys: Sequence[str]) -> dict[str, bytes]:
+        """The values of those of ``keys`` that ``name``'s omap holds ({} if no object)."""
+        rados = _rados()
+        if not keys:
+            return {}
+        with rados.ReadOpCtx() as op:
+            it, _ = self.ioctx.get_omap_vals_by_keys(op, tuple(keys))
+            try:
+                self.ioctx.operate_read_op(op, name)
+            except rados.ObjectNotFound:
+                return {}
+            except rados.Error as exc:
+                raise translate(exc, self._what("reading the omap of", name)) from None
+            return {k: bytes(v or b"") for k, v in it}
+
+    # --- locks -----------------------------------------------------------------------
+
+    def try_lock(self, name: str, lockname: str, cookie: str, duration: float, *,
+                 desc: str = "") -> bool:
+        """Take exclusive lock ``lockname`` on object ``name`` (created if missing) for
+        ``duration`` seconds (rounded up to whole seconds), as ``cookie``; False if another
+        cookie holds it. Taking a lock this cookie already holds renews it."""
+        return self._lock(name, lockname, cookie, duration, desc, flags=1)
+
+    def renew_lock(self, name: str, lockname: str, cookie: str, duration: float, *,
+                   desc: str = "") -> bool:
+        """Extend this cookie's lock by ``duration`` from now; False if it does not hold the
+        lock any more (it expired and another cookie took it, or it was broken)."""
+        return self._lock(name, lockname, cookie, duration, desc, flags=LOCK_MUST_RENEW)
+
+    def _lock(self, name: str, lockname: str, cookie: str, duration: float, desc: str,
+              flags: int) -> bool:
+        rados = _rados()
+        try:
+            self.ioctx.lock_exclusive(name, lockname, cookie, desc=desc,
+                                      duration=max(1, math.ceil(duration)), flags=flags)
+        except (rados.ObjectBusy, rados.ObjectExists):
+            return False
+        except rados.Error as exc:
+            if _errno_of(exc) in (errno.EBUSY, errno.EEXIST, errno.ENOENT):
+                return False
+            raise translate(exc, self._what(f"locking {lockname!r} on", name)) from None
+        return True
+
+    def unlock(self, name: str, lockname: str, cookie: str) -> bool:
+        """Release this cookie's lock; False if it did not hold it (expired or broken)."""
+        rados = _rados()
+        try:
+            self.ioctx.unlock(name, lockname, cookie)
+        except rados.ObjectNotFound:
+            return False
+        except rados.Error as exc:
+            raise translate(exc, self._what(f"unlocking {lockname!r} on", name)) from None
+        return True
+
+    # --- listing ---------------------------------------------------------------------
+
+    def list_objects(self, prefix: str = "") -> Iterator[str]:
+        """The names of the pool's objects that start with ``prefix``, streamed as the
+        cluster lists them (in no particular order; objects made or removed meanwhile may
+        or may not show)."""
+        rados = _rados()
+        try:
+            for obj in self.ioctx.list_objects():
+                key = obj.key
+                if key.startswith(prefix):
+                    yield key
+        except rados.Error as exc:
+            raise translate(exc, self._what("listing objects")) from None
