@@ -7,9 +7,9 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from ceph_support import ceph_cluster, rados_pools  # noqa: F401 - fixtures for every test
 
 import ebsengine
+from ceph_support import ceph_cluster, rados_pools  # noqa: F401 - fixtures for every test
 from ebsengine import layout as L
 
 

@@ -217,7 +217,7 @@ class _Nodes:
     def load_many(self, ids: Sequence[bytes]) -> list[bytes]:
         got = self.pool.read_many([node_name(i) for i in ids])
         out: list[bytes] = []
-        for node_id, data in zip(ids, got):
+        for node_id, data in zip(ids, got, strict=True):
             if data is None:
                 raise CorruptStore(f"metadata node {node_name(node_id)} is missing from the "
                                    f"pool (the store's metadata is damaged)")
@@ -269,7 +269,7 @@ class _Snapshot(dict[bytes | None, Committed]):
     hashed by identity: this process tracks which snapshots its transactions still hold)."""
 
     seq = 0
-    __hash__ = object.__hash__
+    __hash__ = object.__hash__  # type: ignore[assignment]
 
     def __eq__(self, other: object) -> bool:
         return self is other
