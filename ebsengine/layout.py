@@ -189,6 +189,11 @@ I11 A lineage's ``domain`` equals its base lineage's; every chunk and pages valu
     refers to is sealed in that lineage's domain, or plaintext when it has none. With the
     keys, every sealed value opens (I3 and I10 are checked on the plaintext); without them,
     fsck checks the structure and reports how many values it could not verify.
+R1  (``rados://`` stores) The root decodes and every table's tree is sound: each node it
+    reaches exists and passes its checksum, keys are ordered within and across nodes and
+    between separators, levels are consistent, and the tree's entry count and byte count
+    match its leaves (``cowtree.check_tree``). On RADOS stores, I2-I4's "present in
+    ``chunks``" means "indexed in ``rados_index``, with its object in the data pool".
 
 """
 

@@ -35,6 +35,7 @@ The layout is part of the store's on-disk format: ``layout.py`` refers here.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import struct
 import sys
@@ -48,13 +49,16 @@ import xxhash
 
 from ..errors import CorruptStore, FormatError, StoreLocked, StoreOwned
 from .base import DEFAULT_MAP_SIZE, ChunkBackend
-from .cowtree import NodeCache, Tree
+from .cowtree import NodeCache, Tree, check_tree
 from .memory import _DELETED, Committed, MemoryBackend, MemoryError_, _Overlay
 from .owner import StoreLock
 
 if TYPE_CHECKING:
+    from .rados_chunks import RadosChunks
     from .rados_io import RadosConnection
     from .store import Store
+
+log = logging.getLogger("ebsengine.rados")
 
 ROOT = "kv.root"
 LOCK = "kv.lock"  # the object carrying the writer lock (locking creates an empty object)
@@ -505,6 +509,53 @@ class RadosKv(MemoryBackend):
         self._load_root(force=not self._locked)
         return {n: t for n, t in self._current.items() if isinstance(t, Tree)}
 
+    def check_structure(self) -> tuple[list[str], dict[str, int]]:
+        """fsck's R1 (``layout.py``): every table's tree is sound (:func:`.cowtree.check_tree`:
+        every node present, checksummed, ordered and counted). Problems, and statistics."""
+        problems: list[str] = []
+        nodes = 0
+        for name, tree in sorted(self.trees().items(), key=lambda kv: kv[0] or b""):
+            label = "the table of tables" if name is None else f"table {name.decode()!r}"
+            problems.extend(f"{label}: {p}" for p in check_tree(tree))
+            try:
+                nodes += sum(1 for _ in tree.node_ids())
+            except CorruptStore:
+                pass  # already reported by check_tree
+        self._list_free()
+        return problems, {"metadata_nodes": nodes, "freed_nodes_pending": self.pending_free()}
+
+    def sweep_orphan_nodes(self, grace: float | None = None) -> int:
+        """Remove metadata nodes that no committed tree reaches and no freed-node record
+        names, once older than ``grace`` (default: the store's): what commits that never
+        reached their root write (a crash, a lost lock) left behind. Returns how many."""
+        grace = self.grace if grace is None else grace
+        keep = {node_name(i) for tree in self.trees().values() for i in tree.node_ids()}
+        self._list_free()
+        with self._mu:
+            keep.update(n for _, _, names in self._free.values() for n in names)
+        stat = getattr(self.pool, "stat_many", None)
+        list_objects = getattr(self.pool, "list_objects", None)
+        if stat is None or list_objects is None:
+            return 0
+        cutoff = time.time() - grace
+        removed = 0
+        batch: list[str] = []
+
+        def flush() -> int:
+            old = [n for n, st in zip(batch, stat(batch), strict=True)
+                   if st is not None and st.mtime <= cutoff]
+            return int(self.pool.remove_many(old)) if old else 0
+
+        for name in list_objects(NODE_PREFIX):
+            if name not in keep:
+                batch.append(name)
+                if len(batch) >= 1024:
+                    removed += flush()
+                    batch = []
+        if batch:
+            removed += flush()
+        return removed
+
     def close(self) -> None:
         self._release_lock()
         super().close()
@@ -536,6 +587,7 @@ class RadosStore(RadosKv):
         self.owner: StoreLock | None = None
         self.owner_seconds = owner_seconds
         self._renewer: threading.Thread | None = None
+        self._janitor: threading.Thread | None = None
         self._stop = threading.Event()
         super().__init__(conn.meta, path=path, map_size=map_size, readonly=readonly,
                          grace=grace)
@@ -545,10 +597,33 @@ class RadosStore(RadosKv):
 
     def chunk_backend(self, store: Store) -> ChunkBackend:
         from .rados_chunks import RadosChunks
-        return RadosChunks(self.conn, store, self.open_db(b"rados_index",
-                                                          create=not self.readonly),
-                           self.open_db(b"rados_gc", create=not self.readonly),
-                           grace=self.grace)
+        chunks = RadosChunks(self.conn, store, self.open_db(b"rados_index",
+                                                            create=not self.readonly),
+                             self.open_db(b"rados_gc", create=not self.readonly),
+                             grace=self.grace)
+        if not self.readonly and self._janitor is None:
+            self._janitor = threading.Thread(target=self._sweeps, args=(chunks,),
+                                             name="rados-janitor", daemon=True)
+            self._janitor.start()
+        return chunks
+
+    def _sweeps(self, chunks: RadosChunks) -> None:
+        """Remove what waited out its grace: deleted chunks' objects, freed metadata nodes;
+        once per engine (after one grace), the orphans of commits that never happened."""
+        period = min(max(self.grace / 4, 1.0), 30.0)
+        started = time.monotonic()
+        orphans_done = False
+        while not self._stop.wait(period):
+            try:
+                while chunks.sweep() > 0 and not self._stop.is_set():
+                    pass
+                self.collect()
+                if not orphans_done and time.monotonic() - started >= self.grace:
+                    chunks.sweep_orphans()
+                    self.sweep_orphan_nodes()
+                    orphans_done = True
+            except Exception as exc:  # noqa: BLE001 - the cluster may be away: next period
+                log.warning("rados sweep of %s failed (will retry): %s", self.path, exc)
 
     def own(self, wait: float = 0.0) -> None:
         """Own the store: on this host (lock file), then across hosts (the RADOS lock);
@@ -592,6 +667,8 @@ class RadosStore(RadosKv):
     def close(self) -> None:
         try:
             self._stop.set()
+            if self._janitor is not None:
+                self._janitor.join(30)
             if self._renewer is not None:
                 self._renewer.join(5)
                 try:
