@@ -97,6 +97,8 @@ class Volumes:
 
     def delete_volume(self, volume_id: str, *, tx: Transaction | None = None) -> None:
         with self.units.unit(tx, frees=True) as (unit, txn):
+            self.records.vol_rec(txn, volume_id)  # NotFound first
+            unit.hold(self.devices.claim(volume_id))  # not while another front end serves it
             # the unit holds the engine lock: no device can open the volume meanwhile
             cache = self.devices.caches.get(volume_id)
             if cache is not None and cache.users > 0:
@@ -122,7 +124,7 @@ class Volumes:
                 if cache is not None:
                     with cache.lock:
                         cache.drop()
-                    self.devices.caches.pop(volume_id, None)
+                    self.devices.forget(volume_id)
 
             unit.after_commit(forget)
 
@@ -133,6 +135,7 @@ class Volumes:
                       tx: Transaction | None = None) -> Volume:
         with self.units.unit(tx, grows=True) as (unit, txn):
             rec = self.records.vol_rec(txn, volume_id)
+            unit.hold(self.devices.claim(volume_id))  # not while another front end serves it
             new_size = rec["size_gib"] if size_gib is None else size_gib
             if isinstance(new_size, bool) or not isinstance(new_size, int):
                 raise InvalidParameter(f"Size must be a whole number of GiB, not {new_size!r}")
