@@ -142,7 +142,7 @@ class Engine:
         self._transfer = Transfer(self._records, self._maps, self._chunks, self._ctx,
                                   self._pool, self._devices, self._volumes)
         if not readonly:
-            recover_imports(self._records, self._maps)
+            recover_imports(self._records, self._maps, self._devices.lease_free)
 
     # --- lifecycle --------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from .. import layout as L
 from ..block.context import BlockContext
 from ..block.device import Device
 from ..block.volume import SnapshotView, VolumeCache
-from ..errors import IncorrectState
+from ..errors import IncorrectState, VolumeInUse
 from ..storage.store import Store
 from .domains import Domains
 from .records import Records
@@ -82,6 +82,19 @@ class VolumeCaches:
         with self.lock:
             if self.caches.pop(volume_id, None) is not None:
                 self._release(volume_id)
+
+    def lease_free(self, volume_id: str) -> bool:
+        """Whether no front end holds the volume's lease (on a store with leases; elsewhere
+        False: there is nothing to tell)."""
+        lease = getattr(self.store.backend, "lease", None)
+        if lease is None:
+            return False
+        try:
+            lease(volume_id)
+        except VolumeInUse:
+            return False
+        self._release(volume_id)
+        return True
 
     def drop_idle(self, volume_id: str) -> None:
         """On a store with volume leases, drop a cache no device uses (and its lease): it

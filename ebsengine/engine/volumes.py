@@ -28,7 +28,7 @@ from ..rules import (
 )
 from .devices import VolumeCaches
 from .domains import Domains
-from .imports import drop_import, importing
+from .imports import drop_import, elsewhere, importing
 from .records import Records
 from .unit import Transaction, Units
 
@@ -98,13 +98,15 @@ class Volumes:
     def delete_volume(self, volume_id: str, *, tx: Transaction | None = None) -> None:
         with self.units.unit(tx, frees=True) as (unit, txn):
             self.records.vol_rec(txn, volume_id)  # NotFound first
-            unit.hold(self.devices.claim(volume_id))  # not while another front end serves it
+            claim = self.devices.claim(volume_id)  # not while another front end serves it
+            unit.hold(claim)
             # the unit holds the engine lock: no device can open the volume meanwhile
             cache = self.devices.caches.get(volume_id)
             if cache is not None and cache.users > 0:
                 raise VolumeInUse(f"Volume {volume_id} is open ({cache.users} device(s)).")
             rec = self.records.vol_rec(txn, volume_id)
-            if importing(rec):
+            # an importer on another host held the lease we now hold: it is gone
+            if importing(rec) and not (claim is not None and elsewhere(rec["importer"])):
                 raise IncorrectState(f"Volume {volume_id} is being imported into.")
             if rec.get("staging") is not None:  # left by a crashed import: drop it too
                 drop_import(self.records, self.maps, txn, rec, rec["staging"], delete=False)

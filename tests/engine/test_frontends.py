@@ -188,3 +188,29 @@ def test_the_default_lease_lets_a_volume_be_taken_over_within_30_seconds():
     assert parse_url("rados://p?lease=5").lease == 5
     with pytest.raises(InvalidParameter):
         parse_url("rados://p?lease=0")
+
+
+def _mark_importing(eng: ebsengine.Engine, vid: str, host: str) -> None:
+    """Make the volume look like a new volume another host is importing into."""
+    import json
+    with eng._store.write() as txn:
+        rec = json.loads(txn.get(vid.encode(), db=eng._store.db["volumes"]))
+        rec["state"] = "creating"
+        rec["importer"] = {"pid": 1, "start": "1", "boot": "x", "host": host}
+        txn.put(vid.encode(), json.dumps(rec).encode(), db=eng._store.db["volumes"])
+
+
+def test_an_import_on_another_host_is_settled_only_once_its_lease_is_free(url):
+    with ebsengine.Engine(url("a")) as a:
+        vid = a.create_volume(1).id
+        _mark_importing(a, vid, "another-host")
+        a._store.backend.lease(vid)  # the importer (another host) holds the lease
+        with ebsengine.Engine(url("b")) as b:  # b cannot see that process: it asks the lease
+            assert b.get_volume(vid).state == "creating"
+            with pytest.raises(VolumeInUse):
+                b.delete_volume(vid)
+        a._store.backend.release(vid)  # the importer is gone
+        with ebsengine.Engine(url("c")) as c:
+            assert c.get_volume(vid).state == "error"  # settled, as a crashed import is
+            c.delete_volume(vid)
+            assert c.fsck().ok
