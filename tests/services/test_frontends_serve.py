@@ -13,8 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-import nbd_client as nc
 import pytest
+
+import nbd_client as nc
 from serve_support import free_port, start_serve
 
 pytestmark = pytest.mark.needs_ceph
