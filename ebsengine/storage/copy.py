@@ -46,24 +46,30 @@ usually change again.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import queue
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from .. import layout as L
 from ..errors import IncorrectState, InvalidParameter, StoreLocked, StoreOwned
 from .base import DEFAULT_MAP_SIZE, KvBackend, Table, Txn
 from .chunks import ChunkStore
 from .owner import store_owner
-from .store import MEMORY_URL, Store, copy_source, local_dir, open_backend
+from .store import MEMORY_URL, RADOS_URL, Store, copy_source, local_dir, open_backend
 
 BATCH = 1024  # table rows per transaction
 CHUNK_BATCH = 128  # chunks per transaction (at most 8 MiB plus their envelopes)
 #: tables of rados:// stores only (``layout.py``): checked for emptiness, never copied
 RADOS_ONLY = ("rados_index", "rados_gc")
+PREFETCH = 1  # source batches read ahead of the destination's writes
+T = TypeVar("T")
 #: ``progress(done, total)``: rows and chunks copied so far, of how many
 ProgressFn = Callable[[int, int], None]
 
@@ -126,6 +132,47 @@ def _refuse_owned_source(path: str) -> None:
                          f"changed). Stop it first, then copy")
 
 
+def _prefetched(batches: Iterator[T]) -> Iterator[T]:
+    """``batches``, each read by a helper thread while the caller writes the one before:
+    the source's reads overlap the destination's writes, and at most ``PREFETCH`` batches
+    wait (memory stays bounded). The helper stops when the caller stops iterating."""
+    q: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=PREFETCH)
+    stop = threading.Event()
+
+    def hand(item: tuple[str, object]) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for b in batches:
+                if not hand(("batch", b)):
+                    return
+            hand(("end", None))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            hand(("error", exc))
+
+    helper = threading.Thread(target=run, name="copy-store-read", daemon=True)
+    helper.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                assert isinstance(value, BaseException)
+                raise value
+            yield value  # type: ignore[misc]
+    finally:
+        stop.set()
+        helper.join()
+
+
 def _put_rows(txn: Txn, table: Table, items: Sequence[tuple[bytes, bytes]]) -> int:
     put = txn.put
     n = 0
@@ -138,7 +185,7 @@ def _put_rows(txn: Txn, table: Table, items: Sequence[tuple[bytes, bytes]]) -> i
 class _Copier:
     """One run of :func:`copy_tables` (see the module docstring)."""
 
-    def __init__(self, src: Store, dst: Store, stats: CopyStats, total: int,
+    def __init__(self, src: Store, dst: Store, begin: int, stats: CopyStats, total: int,
                  progress: ProgressFn | None) -> None:
         self.src = src
         self.dst = dst
@@ -146,7 +193,7 @@ class _Copier:
         self.total = total
         self.progress = progress
         self.done = 0
-        self.begin = src.commit_id()
+        self.begin = begin  # the source's commit counter before its first read
 
     def check_source(self) -> None:
         if self.src.commit_id() != self.begin:
@@ -167,7 +214,7 @@ class _Copier:
                 continue
             src_table, dst_table = self.src.db[name], self.dst.db[name]
             self.stats.rows.setdefault(name, 0)
-            for items in self.src.scan(src_table, batch=batch):
+            for items in _prefetched(self.src.scan(src_table, batch=batch)):
                 self.check_source()
                 with commit(self.dst) as txn:
                     self.stats.row_bytes += _put_rows(txn, dst_table, items)
@@ -178,7 +225,7 @@ class _Copier:
     def chunks(self, chunk_batch: int) -> None:
         source = ChunkStore(self.src).backend
         target = ChunkStore(self.dst).backend
-        for items in source.iter_all(chunk_batch):
+        for items in _prefetched(source.iter_all(chunk_batch)):
             self.check_source()
             with commit(self.dst) as txn:
                 target.put_many(txn, items)
@@ -208,9 +255,12 @@ def copy_tables(src_path: str | os.PathLike[str], dst_path: str | os.PathLike[st
     if _same_store(src_p, dst_p):
         raise InvalidParameter(f"source and destination are the same store ({src_p!r})")
     t0 = time.monotonic()
+    if not src_p.startswith((MEMORY_URL, RADOS_URL)) and not os.path.isdir(src_p):
+        raise FileNotFoundError(errno.ENOENT, "no store directory", src_p)
     _refuse_owned_source(src_p)
     src = Store(src_p, readonly=True, map_size=map_size)
     try:
+        begin = src.commit_id()
         with src.read() as txn:
             meta_rows = list(txn.cursor(db=src.db["meta"]))
             total = sum(int(txn.stat(src.db[n])["entries"]) for n in L.DBS
@@ -244,7 +294,7 @@ def copy_tables(src_path: str | os.PathLike[str], dst_path: str | os.PathLike[st
             raise
         dst = Store(backend=backend, copying=True)
         try:
-            copier = _Copier(src, dst, stats, total, progress)
+            copier = _Copier(src, dst, begin, stats, total, progress)
             copier.tables(batch)
             copier.chunks(chunk_batch)
             copier.check_source()
