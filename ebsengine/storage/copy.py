@@ -14,9 +14,11 @@ What is copied, and how
   is needed to copy it. The RADOS-only tables (``rados_index``, ``rados_gc``) are not copied:
   a RADOS destination's ``put_many`` writes its own index; chunks waiting out their grace
   in a source's ``rados_gc`` are no longer stored and are left behind.
-* In bounded batches (``batch`` rows, ``chunk_batch`` chunks), each read in a fresh short
+* In bounded batches (``batch`` rows, ``chunk_batch`` chunks or ``pages`` rows, whose
+  values are up to a chunk's size), each read in a fresh short
   read transaction of the source and written in a fresh write transaction of the
-  destination: never one huge transaction, memory bounded by one batch.
+  destination: never one huge transaction. The next batch is read (by a helper thread)
+  while the current one is written, so memory is bounded by a few batches.
 
 All or nothing, for the user
 ----------------------------
@@ -208,13 +210,15 @@ class _Copier:
         if self.progress is not None:
             self.progress(self.done, self.total)
 
-    def tables(self, batch: int) -> None:
+    def tables(self, batch: int, chunk_batch: int) -> None:
         for name in L.DBS:
             if name in ("meta", "chunks"):
                 continue
             src_table, dst_table = self.src.db[name], self.dst.db[name]
             self.stats.rows.setdefault(name, 0)
-            for items in _prefetched(self.src.scan(src_table, batch=batch)):
+            # a pages value holds up to a chunk's worth of pages: batched like chunks
+            n = chunk_batch if name == "pages" else batch
+            for items in _prefetched(self.src.scan(src_table, batch=n)):
                 self.check_source()
                 with commit(self.dst) as txn:
                     self.stats.row_bytes += _put_rows(txn, dst_table, items)
@@ -283,19 +287,22 @@ def copy_tables(src_path: str | os.PathLike[str], dst_path: str | os.PathLike[st
             stamp = json.dumps({"from": src_p, "since": time.time(), "pid": os.getpid()})
             meta = backend.open_db(b"meta", create=True)
             # the first commit that holds data carries the marker
-            with backend.begin(write=True) as txn:
-                stats.row_bytes += _put_rows(txn, meta, [(k, v) for k, v in meta_rows
-                                                         if k != L.COPY_MARKER])
-                txn.put(L.COPY_MARKER, stamp.encode(), db=meta)
+            try:
+                with backend.begin(write=True) as txn:
+                    stats.row_bytes += _put_rows(txn, meta, [(k, v) for k, v in meta_rows
+                                                             if k != L.COPY_MARKER])
+                    txn.put(L.COPY_MARKER, stamp.encode(), db=meta)
+            except backend.errors as exc:
+                raise backend.translate(exc) from exc
             stats.commits += 1
             stats.rows["meta"] = len(meta_rows)
+            dst = Store(backend=backend, copying=True)
         except BaseException:
             backend.close()
             raise
-        dst = Store(backend=backend, copying=True)
         try:
             copier = _Copier(src, dst, begin, stats, total, progress)
-            copier.tables(batch)
+            copier.tables(batch, chunk_batch)
             copier.chunks(chunk_batch)
             copier.check_source()
             with commit(dst) as txn:  # the last commit: the copy is complete
