@@ -260,3 +260,13 @@ def test_a_source_owned_by_another_process_is_refused(tmp_path):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def test_a_copy_needs_no_master_key_and_says_what_its_check_could_not_open(mem_path, tmp_path):
+    populate(mem_path)
+    dst = str(tmp_path / "nokey")
+    report = copy_store(mem_path, dst, master_key=str(tmp_path / "absent.key"))
+    assert report.ok, report.fsck.problems  # the structure of sealed values is checked
+    assert any("absent.key" in why for why in report.fsck.unverified)
+    assert tables(dst) == tables(mem_path)
+    assert contents(dst) == contents(mem_path)  # with the right key it all opens
