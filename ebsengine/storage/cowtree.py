@@ -657,11 +657,14 @@ class Tree:
         if self.root is None:
             res = self._merge_leaf(b, [], [], ck, cv, 0, len(ck))
             level = 0
+            if res is _UNCHANGED:
+                return self._same(), [], []
         else:
             level = self.depth - 1
             top = _Touch(self.root, self._expect(self.root, self._load(self.root), level),
                          0, len(ck))
             frontier = [top]
+            levels = [frontier]
             for lvl in range(level, 0, -1):  # descend: one batched read per level
                 want: list[tuple[_Touch, int, bytes, int, int]] = []
                 for t in frontier:
@@ -678,7 +681,9 @@ class Tree:
                     child = _Touch(nid, self._expect(nid, node, lvl - 1), j, e)
                     t.kids.append((i, child))
                     frontier.append(child)
-            res = self._rewrite(b, top, level, ck, cv)
+                levels.append(frontier)
+            levels.reverse()
+            res = self._rebuild(b, levels, ck, cv)
             if res is _UNCHANGED:
                 return self._same(), [], []
         root, depth = self._finish(b, res, level)
@@ -772,26 +777,51 @@ class Tree:
         nv += vals[i:]
         return _Pending(True, nk, nv) if changed else _UNCHANGED
 
-    def _rewrite(self, b: _Build, t: _Touch, level: int, ck: list[bytes],
+    def _rebuild(self, b: _Build, levels: list[list[_Touch]], ck: list[bytes],
                  cv: list[bytes | None]) -> Any:
-        """The new content of touched node ``t``: a _Pending, or _UNCHANGED."""
-        node = t.node
-        if level == 0:
-            res = self._merge_leaf(b, node.keys, node.vals, ck, cv, t.lo, t.hi)
-            if res is not _UNCHANGED:
-                b.freed.append(t.nid)
-            return res
-        done = [(i, self._rewrite(b, c, level - 1, ck, cv)) for i, c in t.kids]
-        if all(r is _UNCHANGED for _, r in done):
-            return _UNCHANGED
-        b.freed.append(t.nid)
-        seps: list[bytes | None] = [None, *node.keys]
-        slots: list[Any] = list(node.kids)  # type: ignore[arg-type]  # an id or a _Pending
-        for i, r in done:
+        """The new content of the touched nodes, bottom up, one level at a time (``levels[0]``
+        the touched leaves, ``levels[-1]`` the root): the root's _Pending, or _UNCHANGED.
+        The neighbours that small new nodes will be merged with are read in one batch per
+        level."""
+        res: dict[int, Any] = {}
+        for t in levels[0]:
+            r = self._merge_leaf(b, t.node.keys, t.node.vals, ck, cv, t.lo, t.hi)
             if r is not _UNCHANGED:
-                slots[i] = r
-        self._settle(b, seps, slots, level - 1)
-        return self._close(b, seps, slots, level - 1)
+                b.freed.append(t.nid)
+            res[id(t)] = r
+        limit = self.node_size >> 2
+        for level in range(1, len(levels)):
+            work: list[tuple[_Touch, list[bytes | None], list[Any]]] = []
+            want: list[bytes] = []
+            for t in levels[level]:
+                done = [(i, res[id(c)]) for i, c in t.kids]
+                if all(r is _UNCHANGED for _, r in done):
+                    res[id(t)] = _UNCHANGED
+                    continue
+                b.freed.append(t.nid)
+                seps: list[bytes | None] = [None, *t.node.keys]
+                slots: list[Any] = list(t.node.kids)  # type: ignore[arg-type]  # id or _Pending
+                for i, r in done:
+                    if r is not _UNCHANGED:
+                        slots[i] = r
+                work.append((t, seps, slots))
+                n = len(slots)
+                for i, r in done:  # the neighbour _settle will read for a small new node
+                    if r is _UNCHANGED or r.empty() or n == 1 or not r.small(limit):
+                        continue
+                    right = slots[i + 1] if i + 1 < n else None
+                    left = slots[i - 1] if i else None
+                    if right.__class__ is _Pending or left.__class__ is _Pending:
+                        continue
+                    nb = right if right is not None else left
+                    if nb is not None:
+                        want.append(nb)
+            if want:
+                self._load_many([nid for nid in want if self._cache.get(nid) is None])
+            for t, seps, slots in work:
+                self._settle(b, seps, slots, level - 1)
+                res[id(t)] = self._close(b, seps, slots, level - 1)
+        return res[id(levels[-1][0])]
 
     def _close(self, b: _Build, seps: list[bytes | None], slots: list[Any],
                level: int) -> _Pending:
@@ -819,16 +849,19 @@ class Tree:
         """Drop empty pending children, merge small ones with a neighbour (in place)."""
         limit = self.node_size >> 2
         i = 0
-        while i < len(slots):
-            p = slots[i]
-            if p.__class__ is bytes:
-                i += 1
-                continue
-            if p.empty():
+        while i < len(slots):  # first the empty ones: nothing may merge with them
+            if slots[i].__class__ is _Pending and slots[i].empty():
                 del slots[i]
                 del seps[i]
                 if i == 0 and seps:
                     seps[0] = None
+            else:
+                i += 1
+        i = 0
+        while i < len(slots):
+            p = slots[i]
+            if p.__class__ is bytes:
+                i += 1
                 continue
             if len(slots) == 1 or not p.small(limit):
                 i += 1
@@ -846,8 +879,12 @@ class Tree:
                 j = i + 1 if i + 1 < len(slots) else i - 1
             q = slots[j]
             if q.__class__ is bytes:
-                other = self._expect(q, self._load(q), level)
-                b.freed.append(q)
+                got = b.new.pop(q, None)  # a node this apply made: never written, not freed
+                if got is None:
+                    other = self._expect(q, self._load(q), level)
+                    b.freed.append(q)
+                else:
+                    other = got[1]
                 q = _Pending(level == 0, list(other.keys),
                              list(other.vals if level == 0 else other.kids))  # type: ignore[arg-type]
                 p.absorbed = True
@@ -877,8 +914,9 @@ class Tree:
         if not p.leaf and any(k.__class__ is _Pending for k in p.vals):
             p = self._close(b, [None, *p.keys], [*p.vals], level - 1)
             if len(p.vals) == 1 and p.vals[0].__class__ is _Pending:  # still lone: encode it
-                kid = p.vals[0]
-                p = _Pending(False, [], [nid for _, nid in self._emit(b, kid, level - 1, None)])
+                parts = self._emit(b, p.vals[0], level - 1, None)
+                p = _Pending(False, [s for s, _ in parts[1:]],  # type: ignore[misc]
+                             [nid for _, nid in parts])
         sizes = p.sizes()
         n = len(sizes)
         target = self.node_size
