@@ -68,6 +68,7 @@ import threading
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from itertools import accumulate, pairwise
+from operator import add
 from struct import pack, unpack_from
 from typing import Any, Protocol
 
@@ -100,14 +101,24 @@ class NodeSource(Protocol):
         ...
 
 
-class BlobRef:
-    """A leaf's reference to a value stored out of line."""
+class BlobRef(bytes):
+    """A leaf's reference to a value stored out of line. It is its own encoded value area
+    (``value length u64 | blob id``), so a leaf encodes and measures its values with
+    C-level joins and ``len``; ``type(v) is bytes`` tells inline values from these."""
 
-    __slots__ = ("id", "length")
+    __slots__ = ()
 
-    def __init__(self, id: bytes, length: int) -> None:
-        self.id = id
-        self.length = length
+    @classmethod
+    def to(cls, nid: bytes, length: int) -> BlobRef:
+        return cls(pack("<Q", length) + nid)
+
+    @property
+    def id(self) -> bytes:
+        return bytes(self[8:])
+
+    @property
+    def length(self) -> int:
+        return int(unpack_from("<Q", self)[0])
 
     def __repr__(self) -> str:
         return f"BlobRef({self.id!r}, {self.length})"
@@ -118,20 +129,17 @@ class Node:
     Internal: ``keys`` are the separators (one fewer than ``kids``), ``vals`` None. Blob:
     ``vals`` is the value (bytes), ``keys`` empty. Shared between threads: never mutated."""
 
-    __slots__ = ("kind", "level", "keys", "vals", "kids", "size")
+    __slots__ = ("kind", "level", "keys", "vals", "kids", "enc", "size")
 
     def __init__(self, kind: int, level: int, keys: list[bytes], vals: Any,
-                 kids: list[bytes] | None, size: int) -> None:
+                 kids: list[bytes] | None, enc: int) -> None:
         self.kind = kind
         self.level = level
         self.keys = keys
         self.vals = vals
         self.kids = kids
-        self.size = size  # approximate bytes it holds in memory (for the cache)
-
-
-def _mem_size(encoded: int, entries: int) -> int:
-    return 200 + encoded + 90 * entries
+        self.enc = enc  # its encoded size
+        self.size = 200 + enc + 90 * len(keys)  # about what it holds in memory (for the cache)
 
 
 def _corrupt(nid: bytes, what: str) -> CorruptStore:
@@ -145,24 +153,24 @@ def _seal(body: bytes) -> bytes:
     return body + pack("<Q", xxh3_64_intdigest(body))
 
 
-def _area(v: bytes | BlobRef) -> bytes:
-    return v if v.__class__ is bytes else pack("<Q", v.length) + v.id  # type: ignore[union-attr]
-
-
 def encode_leaf(keys: Sequence[bytes], vals: Sequence[bytes | BlobRef]) -> bytes:
     n = len(keys)
-    areas = [_area(v) for v in vals]
-    vlens = [len(a) if v.__class__ is bytes else len(a) | _BLOB_FLAG
-             for a, v in zip(areas, vals, strict=True)]
-    head = pack(f"<BBBI{n}H{n}I", LEAF, FORMAT_VERSION, 0, n, *map(len, keys), *vlens)
-    return _seal(b"".join([head, *keys, *areas]))
+    if len(vals) != n:
+        raise ValueError("a leaf needs one value per key")
+    if BlobRef in set(map(type, vals)):
+        vlens = [len(v) | _BLOB_FLAG if v.__class__ is BlobRef else len(v) for v in vals]
+    else:
+        vlens = list(map(len, vals))
+    return _seal(b"".join([pack(f"<BBBI{n}H{n}I", LEAF, FORMAT_VERSION, 0, n, *map(len, keys),
+                                *vlens), *keys, *vals]))
 
 
 def encode_internal(level: int, seps: Sequence[bytes], kids: Sequence[bytes]) -> bytes:
     n = len(kids)
-    head = pack(f"<BBBI{n}B{n - 1}H", INTERNAL, FORMAT_VERSION, level, n, *map(len, kids),
-                *map(len, seps))
-    return _seal(b"".join([head, *kids, *seps]))
+    if len(seps) != n - 1:
+        raise ValueError("an internal node needs one separator fewer than children")
+    return _seal(b"".join([pack(f"<BBBI{n}B{n - 1}H", INTERNAL, FORMAT_VERSION, level, n,
+                                *map(len, kids), *map(len, seps)), *kids, *seps]))
 
 
 def encode_blob(value: bytes) -> bytes:
@@ -183,7 +191,7 @@ def decode_node(nid: bytes, raw: bytes) -> Node:
     if kind == BLOB:
         if level:
             raise _corrupt(nid, f"blob at level {level}")
-        return Node(BLOB, 0, [], raw[3:end], None, _mem_size(size, 0))
+        return Node(BLOB, 0, [], raw[3:end], None, size)
     if end < _HEADER:
         raise _corrupt(nid, "truncated header")
     n = unpack_from("<I", raw, 3)[0]
@@ -211,8 +219,8 @@ def decode_node(nid: bytes, raw: bytes) -> Node:
                     area = vals[i]
                     if len(area) < 9:
                         raise _corrupt(nid, f"blob reference of {len(area)} bytes")
-                    vals[i] = BlobRef(area[8:], unpack_from("<Q", area)[0])
-        return Node(LEAF, 0, keys, vals, None, _mem_size(size, n))
+                    vals[i] = BlobRef(area)
+        return Node(LEAF, 0, keys, vals, None, size)
     if kind == INTERNAL:
         if level == 0 or n == 0:
             raise _corrupt(nid, f"internal node at level {level} with {n} children")
@@ -229,7 +237,7 @@ def decode_node(nid: bytes, raw: bytes) -> Node:
             raise _corrupt(nid, f"lengths add up to {spos[-1]} bytes, not {end}")
         kids = [raw[a:b] for a, b in pairwise(ipos)]
         seps = [raw[a:b] for a, b in pairwise(spos)]
-        return Node(INTERNAL, level, seps, None, kids, _mem_size(size, n))
+        return Node(INTERNAL, level, seps, None, kids, size)
     raise _corrupt(nid, f"unknown node type {kind}")
 
 
@@ -291,26 +299,37 @@ class _Pending:
     """A node being built by :meth:`Tree.apply` (lists it may change; not yet encoded).
     Leaf: ``keys``/``vals``; internal: ``keys`` = separators, ``vals`` = child ids."""
 
-    __slots__ = ("leaf", "keys", "vals", "absorbed")
+    __slots__ = ("leaf", "keys", "vals", "absorbed", "_size")
 
-    def __init__(self, leaf: bool, keys: list[bytes], vals: list[Any]) -> None:
+    def __init__(self, leaf: bool, keys: list[bytes], vals: list[Any],
+                 size: int | None = None) -> None:
         self.leaf = leaf
         self.keys = keys
         self.vals = vals
         self.absorbed = False  # merged with a neighbour that had to be read
+        self._size = size  # encoded size, when known
 
     def empty(self) -> bool:
         return not self.vals
 
     def sizes(self) -> list[int]:
+        """Encoded bytes of each entry (internal: a child with the separator before it)."""
         if self.leaf:
-            return [6 + len(k) + (len(v) if v.__class__ is bytes else 8 + len(v.id))
-                    for k, v in zip(self.keys, self.vals, strict=True)]
-        seps = self.keys
-        return [1 + len(c) + (2 + len(seps[i - 1]) if i else 0) for i, c in enumerate(self.vals)]
+            return list(map(add, map(len, self.keys), map(len, self.vals)))  # + 6 each
+        return [0, *map(len, self.keys)]  # + 3 each but the first: + 1 + len(id) each
 
     def size(self) -> int:
-        return _HEADER + _TRAILER + sum(self.sizes())
+        if self._size is None:
+            self._size = self._measure()
+        return self._size
+
+    def _measure(self) -> int:
+        n = len(self.vals)
+        if self.leaf:
+            return _HEADER + _TRAILER + 6 * n + sum(map(len, self.keys)) \
+                + sum(map(len, self.vals))
+        return _HEADER + _TRAILER + 3 * n - 2 + sum(map(len, self.vals)) \
+            + sum(map(len, self.keys))
 
     def small(self, limit: int) -> bool:
         return (not self.leaf and len(self.vals) < 2) or self.size() < limit
@@ -655,7 +674,7 @@ class Tree:
             return self._same(), [], []
         b = _Build(new_id)
         if self.root is None:
-            res = self._merge_leaf(b, [], [], ck, cv, 0, len(ck))
+            res = self._merge_leaf(b, [], [], ck, cv, 0, len(ck), _HEADER + _TRAILER)
             level = 0
             if res is _UNCHANGED:
                 return self._same(), [], []
@@ -703,10 +722,10 @@ class Tree:
             return v
         nid = b.new_id()
         raw = encode_blob(v)
-        node = Node(BLOB, 0, [], v, None, _mem_size(len(raw), 0))
+        node = Node(BLOB, 0, [], v, None, len(raw))
         b.new[nid] = (raw, node)
         self._cache.put(nid, node)
-        return BlobRef(nid, len(v))
+        return BlobRef.to(nid, len(v))
 
     @staticmethod
     def _drop_value(b: _Build, key: bytes, old: bytes | BlobRef) -> None:
@@ -719,8 +738,9 @@ class Tree:
             b.freed.append(ref.id)
 
     def _merge_leaf(self, b: _Build, keys: list[bytes], vals: list[Any], ck: list[bytes],
-                    cv: list[bytes | None], lo: int, hi: int) -> Any:
-        """A leaf's entries with changes ``[lo, hi)``: a _Pending, or _UNCHANGED."""
+                    cv: list[bytes | None], lo: int, hi: int, size: int) -> Any:
+        """A leaf's entries with changes ``[lo, hi)``: a _Pending, or _UNCHANGED. ``size``:
+        the leaf's encoded size (the new one is tracked from it)."""
         changed = False
         if hi - lo <= 32 or hi - lo < len(keys) >> 3:  # few changes: copy and insert
             keys = list(keys)
@@ -734,17 +754,22 @@ class Tree:
                     if v is not None and old.__class__ is bytes and old == v:
                         continue
                     self._drop_value(b, k, old)
+                    size -= len(old)
                     if v is None:
                         del keys[i]
                         del vals[i]
+                        size -= 6 + len(k)
                     else:
-                        vals[i] = self._new_value(b, k, v)
+                        new = vals[i] = self._new_value(b, k, v)
+                        size += len(new)
                     changed = True
                 elif v is not None:
                     keys.insert(i, k)
-                    vals.insert(i, self._new_value(b, k, v))
+                    new = self._new_value(b, k, v)
+                    vals.insert(i, new)
+                    size += 6 + len(k) + len(new)
                     changed = True
-            return _Pending(True, keys, vals) if changed else _UNCHANGED
+            return _Pending(True, keys, vals, size) if changed else _UNCHANGED
         nk: list[bytes] = []
         nv: list[Any] = []
         i = 0
@@ -775,7 +800,7 @@ class Tree:
             changed = True
         nk += keys[i:]
         nv += vals[i:]
-        return _Pending(True, nk, nv) if changed else _UNCHANGED
+        return _Pending(True, nk, nv) if changed else _UNCHANGED  # size measured if needed
 
     def _rebuild(self, b: _Build, levels: list[list[_Touch]], ck: list[bytes],
                  cv: list[bytes | None]) -> Any:
@@ -785,7 +810,7 @@ class Tree:
         level."""
         res: dict[int, Any] = {}
         for t in levels[0]:
-            r = self._merge_leaf(b, t.node.keys, t.node.vals, ck, cv, t.lo, t.hi)
+            r = self._merge_leaf(b, t.node.keys, t.node.vals, ck, cv, t.lo, t.hi, t.node.enc)
             if r is not _UNCHANGED:
                 b.freed.append(t.nid)
             res[id(t)] = r
@@ -886,13 +911,15 @@ class Tree:
                 else:
                     other = got[1]
                 q = _Pending(level == 0, list(other.keys),
-                             list(other.vals if level == 0 else other.kids))  # type: ignore[arg-type]
+                             list(other.vals if level == 0 else other.kids),  # type: ignore[arg-type]
+                             other.enc)
                 p.absorbed = True
             left, right = (p, q) if j > i else (q, p)
             lo = min(i, j)
             mid = seps[lo + 1]
             if left.leaf:
-                merged = _Pending(True, left.keys + right.keys, left.vals + right.vals)
+                merged = _Pending(True, left.keys + right.keys, left.vals + right.vals,
+                                  left.size() + right.size() - _HEADER - _TRAILER)
             else:
                 merged = _Pending(False, [*left.keys, mid, *right.keys],  # type: ignore[list-item]
                                   left.vals + right.vals)
@@ -917,13 +944,17 @@ class Tree:
                 parts = self._emit(b, p.vals[0], level - 1, None)
                 p = _Pending(False, [s for s, _ in parts[1:]],  # type: ignore[misc]
                              [nid for _, nid in parts])
-        sizes = p.sizes()
-        n = len(sizes)
+        n = len(p.vals)
         target = self.node_size
         fixed = _HEADER + _TRAILER
-        total = fixed + sum(sizes)
+        total = p.size()
         cuts = [0]
         if total > target:
+            if p.leaf:
+                sizes = [s + 6 for s in p.sizes()]
+            else:
+                sizes = [3 + s + len(c) for s, c in zip(p.sizes(), p.vals, strict=True)]
+                sizes[0] -= 2
             least = 1 if p.leaf else 2
             goal = total / -(-total // target)
             acc = fixed
@@ -951,14 +982,14 @@ class Tree:
                 ks = keys[a:e]
                 vs = vals[a:e]
                 raw = encode_leaf(ks, vs)
-                node = Node(LEAF, 0, ks, vs, None, _mem_size(len(raw), e - a))
+                node = Node(LEAF, 0, ks, vs, None, len(raw))
                 if a:
                     sep = _shortest_sep(keys[a - 1], keys[a])
             else:
                 ss = keys[a:e - 1]
                 kids = vals[a:e]
                 raw = encode_internal(level, ss, kids)
-                node = Node(INTERNAL, level, ss, None, kids, _mem_size(len(raw), e - a))
+                node = Node(INTERNAL, level, ss, None, kids, len(raw))
                 if a:
                     sep = keys[a - 1]
             nid = b.new_id()
@@ -1054,7 +1085,7 @@ def check_tree(tree: Tree, *, sizes: bool = True) -> list[str]:
                 length = v.length if v.__class__ is BlobRef else len(v)
                 count += 1
                 nbytes += len(k) + length + ENTRY_OVERHEAD
-                encoded += 6 + len(k) + (len(v) if v.__class__ is bytes else 8 + len(v.id))
+                encoded += 6 + len(k) + len(v)
                 if v.__class__ is bytes and len(v) > tree.blob_threshold:
                     problems.append(f"{where}: value of {len(v)} bytes stored inline")
             for ref, blob in zip(refs, load([r.id for r in refs]), strict=True):
