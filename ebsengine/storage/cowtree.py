@@ -129,7 +129,7 @@ class Node:
     Internal: ``keys`` are the separators (one fewer than ``kids``), ``vals`` None. Blob:
     ``vals`` is the value (bytes), ``keys`` empty. Shared between threads: never mutated."""
 
-    __slots__ = ("kind", "level", "keys", "vals", "kids", "enc", "size")
+    __slots__ = ("kind", "level", "keys", "vals", "kids", "enc", "size", "map")
 
     def __init__(self, kind: int, level: int, keys: list[bytes], vals: Any,
                  kids: list[bytes] | None, enc: int) -> None:
@@ -139,7 +139,10 @@ class Node:
         self.vals = vals
         self.kids = kids
         self.enc = enc  # its encoded size
-        self.size = 200 + enc + 90 * len(keys)  # about what it holds in memory (for the cache)
+        # about what it holds in memory (for the cache), with the map
+        self.size = 200 + enc + 150 * len(keys)
+        # leaf: key -> value, built by the first get (exact lookups: one hash, no bisect)
+        self.map: dict[bytes, Any] | None = None
 
 
 def _corrupt(nid: bytes, what: str) -> CorruptStore:
@@ -469,9 +472,13 @@ class Tree:
             raise _corrupt(ref.id, f"not a blob of {ref.length} bytes")
         return node.vals  # type: ignore[no-any-return]
 
-    def _leaf_for(self, key: bytes) -> Node:
-        nid: bytes = self.root  # type: ignore[assignment]
-        young = self._cache._young
+    # --- reads --------------------------------------------------------------------------------
+
+    def get(self, key: bytes) -> bytes | None:
+        nid = self.root
+        if nid is None:
+            return None
+        young = self._cache._young  # the hot path: one dict lookup per level
         node = young.get(nid) or self._load(nid)
         for _ in range(self.depth - 1):
             kids = node.kids
@@ -479,22 +486,15 @@ class Tree:
                 self._expect(nid, node, 1)
             nid = kids[bisect_right(node.keys, key)]  # type: ignore[index]
             node = young.get(nid) or self._load(nid)
-        if node.kind != LEAF:
-            self._expect(nid, node, 0)
-        return node
-
-    # --- reads --------------------------------------------------------------------------------
-
-    def get(self, key: bytes) -> bytes | None:
-        if self.root is None:
-            return None
-        node = self._leaf_for(key)
-        keys = node.keys
-        i = bisect_left(keys, key)
-        if i < len(keys) and keys[i] == key:
-            v = node.vals[i]
-            return v if v.__class__ is bytes else self._value(v)
-        return None
+        m = node.map
+        if m is None:
+            if node.kind != LEAF:
+                self._expect(nid, node, 0)
+            m = node.map = dict(zip(node.keys, node.vals, strict=True))  # a benign race
+        v = m.get(key)
+        if v is None or v.__class__ is bytes:
+            return v
+        return self._value(v)
 
     def seek(self, key: bytes | None, *, forward: bool, strict: bool) -> bytes | None:
         """Forward: the first key >= ``key`` (strict: > key), None: the first key. Backward:
