@@ -59,7 +59,8 @@ Cost: :meth:`Tree.apply` takes its changes sorted and descends once, one batched
 :meth:`NodeSource.load_many` per level for every node it touches; it re-encodes only the
 touched leaves, the internal nodes above them and the (rare) neighbours merged into them.
 Reads go through a :class:`NodeCache` of decoded nodes shared by every version of a table
-(nodes are immutable, so a cached node is never stale).
+(nodes are immutable, so a cached node is never stale); a decoded leaf holds its keys and
+values as lists (bisect for seeks and scans) and, once it serves a ``get``, a dict of them.
 """
 
 from __future__ import annotations
@@ -261,8 +262,7 @@ class NodeCache:
         self._old: dict[bytes, Node] = {}
         self._young_bytes = 0
         self._lock = threading.Lock()
-        self.hits = 0  # promotions and misses are counted; young hits are not (hot path)
-        self.misses = 0
+        self.misses = 0  # nodes read from the source through this cache (approximate)
 
     def get(self, nid: bytes) -> Node | None:
         node = self._young.get(nid)
@@ -359,11 +359,17 @@ class _Build:
     """What one :meth:`Tree.apply` produces besides the new root."""
 
     def __init__(self, new_id: Callable[[], bytes]) -> None:
-        self.new_id = new_id
+        self._new_id = new_id
         self.new: dict[bytes, tuple[bytes, Node]] = {}
         self.freed: list[bytes] = []
         self.dcount = 0
         self.dbytes = 0
+
+    def new_id(self) -> bytes:
+        nid = self._new_id()
+        if nid.__class__ is not bytes or not 0 < len(nid) < 256 or nid in self.new:
+            raise ValueError(f"new_id() gave {nid!r}: ids are unique, 1-255 bytes")
+        return nid
 
 
 def _shortest_sep(left: bytes, right: bytes) -> bytes:
@@ -440,7 +446,8 @@ class Tree:
         raws = self._source.load_many(ids)
         if len(raws) != len(ids):
             raise CorruptStore(f"node source returned {len(raws)} nodes for {len(ids)} ids")
-        nodes = [decode_node(nid, raw) for nid, raw in zip(ids, raws, strict=True)]
+        nodes = [decode_node(nid, raw if raw.__class__ is bytes else bytes(raw))
+                 for nid, raw in zip(ids, raws, strict=True)]
         if cache:
             for nid, node in zip(ids, nodes, strict=True):
                 self._cache.put(nid, node)
@@ -1043,20 +1050,43 @@ def check_tree(tree: Tree, *, sizes: bool = True) -> list[str]:
     nbytes = 0
     limit = tree.node_size
 
+    def read(ids: list[bytes]) -> list[bytes | None]:
+        try:
+            return list(tree._source.load_many(ids))
+        except CorruptStore:  # which one: read them one by one
+            if len(ids) == 1:
+                raise
+        out: list[bytes | None] = []
+        for nid in ids:
+            try:
+                out.append(tree._source.load_many([nid])[0])
+            except CorruptStore as e:
+                problems.append(f"node {nid.hex()}: {e}")
+                out.append(None)
+        return out
+
     def load(ids: list[bytes]) -> list[Node | None]:
-        out: list[Node | None] = []
+        fresh = []
         for nid in ids:
             if nid in seen:
                 problems.append(f"node {nid.hex()} is referenced twice")
-                out.append(None)
+            else:
+                seen.add(nid)
+                fresh.append(nid)
+        got: dict[bytes, Node] = {}
+        try:
+            raws = read(fresh) if fresh else []
+        except CorruptStore as e:
+            problems.append(f"node {fresh[0].hex()}: {e}")
+            raws = [None]
+        for nid, raw in zip(fresh, raws, strict=True):
+            if raw is None:
                 continue
-            seen.add(nid)
             try:
-                out.append(decode_node(nid, tree._source.load_many([nid])[0]))
+                got[nid] = decode_node(nid, bytes(raw))
             except CorruptStore as e:
                 problems.append(str(e))
-                out.append(None)
-        return out
+        return [got.get(nid) for nid in ids]
 
     # (id, node, level, lower bound, upper bound)
     stack: list[tuple[bytes, Node | None, int, bytes | None, bytes | None]] = [

@@ -402,6 +402,12 @@ def test_bad_changes_are_refused() -> None:
         t.apply([(b"k" * 512, b"")], Ids())
     with pytest.raises(TypeError):
         t.apply([("a", b"")], Ids())  # type: ignore[list-item]
+    many = [(b"%04d" % i, b"v" * 30) for i in range(100)]  # several nodes
+    with pytest.raises(ValueError, match="unique"):
+        t.apply(many, lambda: b"same")
+    with pytest.raises(ValueError, match="1-255"):
+        t.apply(many, lambda: b"")
+    assert (t.root, t.count) == (None, 0)  # a refused apply changed nothing
 
 
 # --- concurrency ------------------------------------------------------------------------------
