@@ -953,33 +953,8 @@ class Tree:
                              [nid for _, nid in parts])
         n = len(p.vals)
         target = self.node_size
-        fixed = _HEADER + _TRAILER
         total = p.size()
-        cuts = [0]
-        if total > target:
-            if p.leaf:
-                sizes = [s + 6 for s in p.sizes()]
-            else:
-                sizes = [3 + s + len(c) for s, c in zip(p.sizes(), p.vals, strict=True)]
-                sizes[0] -= 2
-            least = 1 if p.leaf else 2
-            goal = total / -(-total // target)
-            acc = fixed
-            count = 0
-            for i, s in enumerate(sizes):
-                if count >= least and (acc + s > target or acc + s / 2 > goal):
-                    cuts.append(i)
-                    acc = fixed
-                    count = 0
-                    if not p.leaf:  # the separator before it moves up to the parent
-                        s -= 2 + len(p.keys[i - 1])
-                acc += s
-                count += 1
-            if len(cuts) > 1 and n - cuts[-1] < least:  # the last node needs more
-                if cuts[-1] - cuts[-2] > least:
-                    cuts[-1] -= 1
-                else:
-                    cuts.pop()
+        cuts = self._cuts(p, n, total) if total > target else [0]
         cuts.append(n)
         out: list[tuple[bytes | None, bytes]] = []
         keys = p.keys
@@ -1004,6 +979,65 @@ class Tree:
             self._cache.put(nid, node)
             out.append((sep, nid))
         return out
+
+    def _cuts(self, p: _Pending, n: int, total: int) -> list[int]:
+        """Where to cut pending node ``p`` (``total`` encoded bytes, over ``node_size``):
+        the first entry of each node. Nodes of about equal size, none over ``node_size``
+        unless it holds the fewest entries its kind can (leaf 1, internal 2; 3 when the
+        last would be left with 1)."""
+        target = self.node_size
+        fixed = _HEADER + _TRAILER
+        least = 1 if p.leaf else 2
+        keys = p.keys
+        # prefix[i]: encoded bytes of entries [0, i); an internal entry is its child with the
+        # separator before it, which moves up to the parent when the entry starts a node
+        if p.leaf:
+            prefix = list(accumulate(map((6).__add__, map(add, map(len, keys), map(len, p.vals))),
+                                     initial=0))
+        else:
+            first = 1 + len(p.vals[0])
+            prefix = [0, *accumulate(map((3).__add__, map(add, map(len, p.vals[1:]),
+                                                         map(len, keys))), initial=first)]
+
+        def over(a: int, e: int) -> bool:
+            size = fixed + prefix[e] - prefix[a] - (2 + len(keys[a - 1]) if a and not p.leaf else 0)
+            return size > target and e - a > least
+
+        # equal shares first (C-level bisects); the greedy walk when a share breaks the bound
+        m = -(-total // target)
+        whole = prefix[n]
+        cuts = [0]
+        for c in range(1, m):
+            x = whole * c / m
+            i = bisect_left(prefix, x, cuts[-1] + 1)
+            if i > cuts[-1] + 1 and x - prefix[i - 1] < prefix[i] - x:
+                i -= 1
+            if i - cuts[-1] < least or n - i < least:
+                break
+            cuts.append(i)
+        else:
+            if not any(over(a, e) for a, e in pairwise([*cuts, n])):
+                return cuts
+        cuts = [0]
+        goal = total / m
+        acc = fixed
+        count = 0
+        for i in range(n):
+            s = prefix[i + 1] - prefix[i]
+            if count >= least and (acc + s > target or acc + s / 2 > goal):
+                cuts.append(i)
+                acc = fixed
+                count = 0
+                if not p.leaf:  # the separator before it moves up to the parent
+                    s -= 2 + len(keys[i - 1])
+            acc += s
+            count += 1
+        if len(cuts) > 1 and n - cuts[-1] < least:  # the last node needs more
+            if cuts[-1] - cuts[-2] > least:
+                cuts[-1] -= 1
+            else:
+                cuts.pop()
+        return cuts
 
     def _finish(self, b: _Build, p: _Pending, level: int) -> tuple[bytes | None, int]:
         """The root id and depth of the tree whose root-level content is ``p``."""
