@@ -59,7 +59,8 @@ Cost: :meth:`Tree.apply` takes its changes sorted and descends once, one batched
 :meth:`NodeSource.load_many` per level for every node it touches; it re-encodes only the
 touched leaves, the internal nodes above them and the (rare) neighbours merged into them.
 Reads go through a :class:`NodeCache` of decoded nodes shared by every version of a table
-(nodes are immutable, so a cached node is never stale).
+(nodes are immutable, so a cached node is never stale); a decoded leaf holds its keys and
+values as lists (bisect for seeks and scans) and, once it serves a ``get``, a dict of them.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ import threading
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from itertools import accumulate, pairwise
+from operator import add
 from struct import pack, unpack_from
 from typing import Any, Protocol
 
@@ -100,14 +102,24 @@ class NodeSource(Protocol):
         ...
 
 
-class BlobRef:
-    """A leaf's reference to a value stored out of line."""
+class BlobRef(bytes):
+    """A leaf's reference to a value stored out of line. It is its own encoded value area
+    (``value length u64 | blob id``), so a leaf encodes and measures its values with
+    C-level joins and ``len``; ``type(v) is bytes`` tells inline values from these."""
 
-    __slots__ = ("id", "length")
+    __slots__ = ()
 
-    def __init__(self, id: bytes, length: int) -> None:
-        self.id = id
-        self.length = length
+    @classmethod
+    def to(cls, nid: bytes, length: int) -> BlobRef:
+        return cls(pack("<Q", length) + nid)
+
+    @property
+    def id(self) -> bytes:
+        return bytes(self[8:])
+
+    @property
+    def length(self) -> int:
+        return int(unpack_from("<Q", self)[0])
 
     def __repr__(self) -> str:
         return f"BlobRef({self.id!r}, {self.length})"
@@ -118,20 +130,20 @@ class Node:
     Internal: ``keys`` are the separators (one fewer than ``kids``), ``vals`` None. Blob:
     ``vals`` is the value (bytes), ``keys`` empty. Shared between threads: never mutated."""
 
-    __slots__ = ("kind", "level", "keys", "vals", "kids", "size")
+    __slots__ = ("kind", "level", "keys", "vals", "kids", "enc", "size", "map")
 
     def __init__(self, kind: int, level: int, keys: list[bytes], vals: Any,
-                 kids: list[bytes] | None, size: int) -> None:
+                 kids: list[bytes] | None, enc: int) -> None:
         self.kind = kind
         self.level = level
         self.keys = keys
         self.vals = vals
         self.kids = kids
-        self.size = size  # approximate bytes it holds in memory (for the cache)
-
-
-def _mem_size(encoded: int, entries: int) -> int:
-    return 200 + encoded + 90 * entries
+        self.enc = enc  # its encoded size
+        # about what it holds in memory (for the cache), with the map
+        self.size = 200 + enc + 150 * len(keys)
+        # leaf: key -> value, built by the first get (exact lookups: one hash, no bisect)
+        self.map: dict[bytes, Any] | None = None
 
 
 def _corrupt(nid: bytes, what: str) -> CorruptStore:
@@ -145,24 +157,24 @@ def _seal(body: bytes) -> bytes:
     return body + pack("<Q", xxh3_64_intdigest(body))
 
 
-def _area(v: bytes | BlobRef) -> bytes:
-    return v if v.__class__ is bytes else pack("<Q", v.length) + v.id  # type: ignore[union-attr]
-
-
 def encode_leaf(keys: Sequence[bytes], vals: Sequence[bytes | BlobRef]) -> bytes:
     n = len(keys)
-    areas = [_area(v) for v in vals]
-    vlens = [len(a) if v.__class__ is bytes else len(a) | _BLOB_FLAG
-             for a, v in zip(areas, vals, strict=True)]
-    head = pack(f"<BBBI{n}H{n}I", LEAF, FORMAT_VERSION, 0, n, *map(len, keys), *vlens)
-    return _seal(b"".join([head, *keys, *areas]))
+    if len(vals) != n:
+        raise ValueError("a leaf needs one value per key")
+    if BlobRef in set(map(type, vals)):
+        vlens = [len(v) | _BLOB_FLAG if v.__class__ is BlobRef else len(v) for v in vals]
+    else:
+        vlens = list(map(len, vals))
+    return _seal(b"".join([pack(f"<BBBI{n}H{n}I", LEAF, FORMAT_VERSION, 0, n, *map(len, keys),
+                                *vlens), *keys, *vals]))
 
 
 def encode_internal(level: int, seps: Sequence[bytes], kids: Sequence[bytes]) -> bytes:
     n = len(kids)
-    head = pack(f"<BBBI{n}B{n - 1}H", INTERNAL, FORMAT_VERSION, level, n, *map(len, kids),
-                *map(len, seps))
-    return _seal(b"".join([head, *kids, *seps]))
+    if len(seps) != n - 1:
+        raise ValueError("an internal node needs one separator fewer than children")
+    return _seal(b"".join([pack(f"<BBBI{n}B{n - 1}H", INTERNAL, FORMAT_VERSION, level, n,
+                                *map(len, kids), *map(len, seps)), *kids, *seps]))
 
 
 def encode_blob(value: bytes) -> bytes:
@@ -183,7 +195,7 @@ def decode_node(nid: bytes, raw: bytes) -> Node:
     if kind == BLOB:
         if level:
             raise _corrupt(nid, f"blob at level {level}")
-        return Node(BLOB, 0, [], raw[3:end], None, _mem_size(size, 0))
+        return Node(BLOB, 0, [], raw[3:end], None, size)
     if end < _HEADER:
         raise _corrupt(nid, "truncated header")
     n = unpack_from("<I", raw, 3)[0]
@@ -211,8 +223,8 @@ def decode_node(nid: bytes, raw: bytes) -> Node:
                     area = vals[i]
                     if len(area) < 9:
                         raise _corrupt(nid, f"blob reference of {len(area)} bytes")
-                    vals[i] = BlobRef(area[8:], unpack_from("<Q", area)[0])
-        return Node(LEAF, 0, keys, vals, None, _mem_size(size, n))
+                    vals[i] = BlobRef(area)
+        return Node(LEAF, 0, keys, vals, None, size)
     if kind == INTERNAL:
         if level == 0 or n == 0:
             raise _corrupt(nid, f"internal node at level {level} with {n} children")
@@ -229,7 +241,7 @@ def decode_node(nid: bytes, raw: bytes) -> Node:
             raise _corrupt(nid, f"lengths add up to {spos[-1]} bytes, not {end}")
         kids = [raw[a:b] for a, b in pairwise(ipos)]
         seps = [raw[a:b] for a, b in pairwise(spos)]
-        return Node(INTERNAL, level, seps, None, kids, _mem_size(size, n))
+        return Node(INTERNAL, level, seps, None, kids, size)
     raise _corrupt(nid, f"unknown node type {kind}")
 
 
@@ -250,8 +262,7 @@ class NodeCache:
         self._old: dict[bytes, Node] = {}
         self._young_bytes = 0
         self._lock = threading.Lock()
-        self.hits = 0  # promotions and misses are counted; young hits are not (hot path)
-        self.misses = 0
+        self.misses = 0  # nodes read from the source through this cache (approximate)
 
     def get(self, nid: bytes) -> Node | None:
         node = self._young.get(nid)
@@ -291,26 +302,37 @@ class _Pending:
     """A node being built by :meth:`Tree.apply` (lists it may change; not yet encoded).
     Leaf: ``keys``/``vals``; internal: ``keys`` = separators, ``vals`` = child ids."""
 
-    __slots__ = ("leaf", "keys", "vals", "absorbed")
+    __slots__ = ("leaf", "keys", "vals", "absorbed", "_size")
 
-    def __init__(self, leaf: bool, keys: list[bytes], vals: list[Any]) -> None:
+    def __init__(self, leaf: bool, keys: list[bytes], vals: list[Any],
+                 size: int | None = None) -> None:
         self.leaf = leaf
         self.keys = keys
         self.vals = vals
         self.absorbed = False  # merged with a neighbour that had to be read
+        self._size = size  # encoded size, when known
 
     def empty(self) -> bool:
         return not self.vals
 
     def sizes(self) -> list[int]:
+        """Encoded bytes of each entry (internal: a child with the separator before it)."""
         if self.leaf:
-            return [6 + len(k) + (len(v) if v.__class__ is bytes else 8 + len(v.id))
-                    for k, v in zip(self.keys, self.vals, strict=True)]
-        seps = self.keys
-        return [1 + len(c) + (2 + len(seps[i - 1]) if i else 0) for i, c in enumerate(self.vals)]
+            return list(map(add, map(len, self.keys), map(len, self.vals)))  # + 6 each
+        return [0, *map(len, self.keys)]  # + 3 each but the first: + 1 + len(id) each
 
     def size(self) -> int:
-        return _HEADER + _TRAILER + sum(self.sizes())
+        if self._size is None:
+            self._size = self._measure()
+        return self._size
+
+    def _measure(self) -> int:
+        n = len(self.vals)
+        if self.leaf:
+            return _HEADER + _TRAILER + 6 * n + sum(map(len, self.keys)) \
+                + sum(map(len, self.vals))
+        return _HEADER + _TRAILER + 3 * n - 2 + sum(map(len, self.vals)) \
+            + sum(map(len, self.keys))
 
     def small(self, limit: int) -> bool:
         return (not self.leaf and len(self.vals) < 2) or self.size() < limit
@@ -337,11 +359,17 @@ class _Build:
     """What one :meth:`Tree.apply` produces besides the new root."""
 
     def __init__(self, new_id: Callable[[], bytes]) -> None:
-        self.new_id = new_id
+        self._new_id = new_id
         self.new: dict[bytes, tuple[bytes, Node]] = {}
         self.freed: list[bytes] = []
         self.dcount = 0
         self.dbytes = 0
+
+    def new_id(self) -> bytes:
+        nid = self._new_id()
+        if nid.__class__ is not bytes or not 0 < len(nid) < 256 or nid in self.new:
+            raise ValueError(f"new_id() gave {nid!r}: ids are unique, 1-255 bytes")
+        return nid
 
 
 def _shortest_sep(left: bytes, right: bytes) -> bytes:
@@ -418,7 +446,8 @@ class Tree:
         raws = self._source.load_many(ids)
         if len(raws) != len(ids):
             raise CorruptStore(f"node source returned {len(raws)} nodes for {len(ids)} ids")
-        nodes = [decode_node(nid, raw) for nid, raw in zip(ids, raws, strict=True)]
+        nodes = [decode_node(nid, raw if raw.__class__ is bytes else bytes(raw))
+                 for nid, raw in zip(ids, raws, strict=True)]
         if cache:
             for nid, node in zip(ids, nodes, strict=True):
                 self._cache.put(nid, node)
@@ -450,9 +479,13 @@ class Tree:
             raise _corrupt(ref.id, f"not a blob of {ref.length} bytes")
         return node.vals  # type: ignore[no-any-return]
 
-    def _leaf_for(self, key: bytes) -> Node:
-        nid: bytes = self.root  # type: ignore[assignment]
-        young = self._cache._young
+    # --- reads --------------------------------------------------------------------------------
+
+    def get(self, key: bytes) -> bytes | None:
+        nid = self.root
+        if nid is None:
+            return None
+        young = self._cache._young  # the hot path: one dict lookup per level
         node = young.get(nid) or self._load(nid)
         for _ in range(self.depth - 1):
             kids = node.kids
@@ -460,22 +493,15 @@ class Tree:
                 self._expect(nid, node, 1)
             nid = kids[bisect_right(node.keys, key)]  # type: ignore[index]
             node = young.get(nid) or self._load(nid)
-        if node.kind != LEAF:
-            self._expect(nid, node, 0)
-        return node
-
-    # --- reads --------------------------------------------------------------------------------
-
-    def get(self, key: bytes) -> bytes | None:
-        if self.root is None:
-            return None
-        node = self._leaf_for(key)
-        keys = node.keys
-        i = bisect_left(keys, key)
-        if i < len(keys) and keys[i] == key:
-            v = node.vals[i]
-            return v if v.__class__ is bytes else self._value(v)
-        return None
+        m = node.map
+        if m is None:
+            if node.kind != LEAF:
+                self._expect(nid, node, 0)
+            m = node.map = dict(zip(node.keys, node.vals, strict=True))  # a benign race
+        v = m.get(key)
+        if v is None or v.__class__ is bytes:
+            return v
+        return self._value(v)
 
     def seek(self, key: bytes | None, *, forward: bool, strict: bool) -> bytes | None:
         """Forward: the first key >= ``key`` (strict: > key), None: the first key. Backward:
@@ -655,13 +681,16 @@ class Tree:
             return self._same(), [], []
         b = _Build(new_id)
         if self.root is None:
-            res = self._merge_leaf(b, [], [], ck, cv, 0, len(ck))
+            res = self._merge_leaf(b, [], [], ck, cv, 0, len(ck), _HEADER + _TRAILER)
             level = 0
+            if res is _UNCHANGED:
+                return self._same(), [], []
         else:
             level = self.depth - 1
             top = _Touch(self.root, self._expect(self.root, self._load(self.root), level),
                          0, len(ck))
             frontier = [top]
+            levels = [frontier]
             for lvl in range(level, 0, -1):  # descend: one batched read per level
                 want: list[tuple[_Touch, int, bytes, int, int]] = []
                 for t in frontier:
@@ -678,7 +707,9 @@ class Tree:
                     child = _Touch(nid, self._expect(nid, node, lvl - 1), j, e)
                     t.kids.append((i, child))
                     frontier.append(child)
-            res = self._rewrite(b, top, level, ck, cv)
+                levels.append(frontier)
+            levels.reverse()
+            res = self._rebuild(b, levels, ck, cv)
             if res is _UNCHANGED:
                 return self._same(), [], []
         root, depth = self._finish(b, res, level)
@@ -698,10 +729,10 @@ class Tree:
             return v
         nid = b.new_id()
         raw = encode_blob(v)
-        node = Node(BLOB, 0, [], v, None, _mem_size(len(raw), 0))
+        node = Node(BLOB, 0, [], v, None, len(raw))
         b.new[nid] = (raw, node)
         self._cache.put(nid, node)
-        return BlobRef(nid, len(v))
+        return BlobRef.to(nid, len(v))
 
     @staticmethod
     def _drop_value(b: _Build, key: bytes, old: bytes | BlobRef) -> None:
@@ -714,8 +745,9 @@ class Tree:
             b.freed.append(ref.id)
 
     def _merge_leaf(self, b: _Build, keys: list[bytes], vals: list[Any], ck: list[bytes],
-                    cv: list[bytes | None], lo: int, hi: int) -> Any:
-        """A leaf's entries with changes ``[lo, hi)``: a _Pending, or _UNCHANGED."""
+                    cv: list[bytes | None], lo: int, hi: int, size: int) -> Any:
+        """A leaf's entries with changes ``[lo, hi)``: a _Pending, or _UNCHANGED. ``size``:
+        the leaf's encoded size (the new one is tracked from it)."""
         changed = False
         if hi - lo <= 32 or hi - lo < len(keys) >> 3:  # few changes: copy and insert
             keys = list(keys)
@@ -729,17 +761,22 @@ class Tree:
                     if v is not None and old.__class__ is bytes and old == v:
                         continue
                     self._drop_value(b, k, old)
+                    size -= len(old)
                     if v is None:
                         del keys[i]
                         del vals[i]
+                        size -= 6 + len(k)
                     else:
-                        vals[i] = self._new_value(b, k, v)
+                        new = vals[i] = self._new_value(b, k, v)
+                        size += len(new)
                     changed = True
                 elif v is not None:
                     keys.insert(i, k)
-                    vals.insert(i, self._new_value(b, k, v))
+                    new = self._new_value(b, k, v)
+                    vals.insert(i, new)
+                    size += 6 + len(k) + len(new)
                     changed = True
-            return _Pending(True, keys, vals) if changed else _UNCHANGED
+            return _Pending(True, keys, vals, size) if changed else _UNCHANGED
         nk: list[bytes] = []
         nv: list[Any] = []
         i = 0
@@ -770,28 +807,53 @@ class Tree:
             changed = True
         nk += keys[i:]
         nv += vals[i:]
-        return _Pending(True, nk, nv) if changed else _UNCHANGED
+        return _Pending(True, nk, nv) if changed else _UNCHANGED  # size measured if needed
 
-    def _rewrite(self, b: _Build, t: _Touch, level: int, ck: list[bytes],
+    def _rebuild(self, b: _Build, levels: list[list[_Touch]], ck: list[bytes],
                  cv: list[bytes | None]) -> Any:
-        """The new content of touched node ``t``: a _Pending, or _UNCHANGED."""
-        node = t.node
-        if level == 0:
-            res = self._merge_leaf(b, node.keys, node.vals, ck, cv, t.lo, t.hi)
-            if res is not _UNCHANGED:
-                b.freed.append(t.nid)
-            return res
-        done = [(i, self._rewrite(b, c, level - 1, ck, cv)) for i, c in t.kids]
-        if all(r is _UNCHANGED for _, r in done):
-            return _UNCHANGED
-        b.freed.append(t.nid)
-        seps: list[bytes | None] = [None, *node.keys]
-        slots: list[Any] = list(node.kids)  # type: ignore[arg-type]  # an id or a _Pending
-        for i, r in done:
+        """The new content of the touched nodes, bottom up, one level at a time (``levels[0]``
+        the touched leaves, ``levels[-1]`` the root): the root's _Pending, or _UNCHANGED.
+        The neighbours that small new nodes will be merged with are read in one batch per
+        level."""
+        res: dict[int, Any] = {}
+        for t in levels[0]:
+            r = self._merge_leaf(b, t.node.keys, t.node.vals, ck, cv, t.lo, t.hi, t.node.enc)
             if r is not _UNCHANGED:
-                slots[i] = r
-        self._settle(b, seps, slots, level - 1)
-        return self._close(b, seps, slots, level - 1)
+                b.freed.append(t.nid)
+            res[id(t)] = r
+        limit = self.node_size >> 2
+        for level in range(1, len(levels)):
+            work: list[tuple[_Touch, list[bytes | None], list[Any]]] = []
+            want: list[bytes] = []
+            for t in levels[level]:
+                done = [(i, res[id(c)]) for i, c in t.kids]
+                if all(r is _UNCHANGED for _, r in done):
+                    res[id(t)] = _UNCHANGED
+                    continue
+                b.freed.append(t.nid)
+                seps: list[bytes | None] = [None, *t.node.keys]
+                slots: list[Any] = list(t.node.kids)  # type: ignore[arg-type]  # id or _Pending
+                for i, r in done:
+                    if r is not _UNCHANGED:
+                        slots[i] = r
+                work.append((t, seps, slots))
+                n = len(slots)
+                for i, r in done:  # the neighbour _settle will read for a small new node
+                    if r is _UNCHANGED or r.empty() or n == 1 or not r.small(limit):
+                        continue
+                    right = slots[i + 1] if i + 1 < n else None
+                    left = slots[i - 1] if i else None
+                    if right.__class__ is _Pending or left.__class__ is _Pending:
+                        continue
+                    nb = right if right is not None else left
+                    if nb is not None:
+                        want.append(nb)
+            if want:
+                self._load_many([nid for nid in want if self._cache.get(nid) is None])
+            for t, seps, slots in work:
+                self._settle(b, seps, slots, level - 1)
+                res[id(t)] = self._close(b, seps, slots, level - 1)
+        return res[id(levels[-1][0])]
 
     def _close(self, b: _Build, seps: list[bytes | None], slots: list[Any],
                level: int) -> _Pending:
@@ -819,16 +881,19 @@ class Tree:
         """Drop empty pending children, merge small ones with a neighbour (in place)."""
         limit = self.node_size >> 2
         i = 0
-        while i < len(slots):
-            p = slots[i]
-            if p.__class__ is bytes:
-                i += 1
-                continue
-            if p.empty():
+        while i < len(slots):  # first the empty ones: nothing may merge with them
+            if slots[i].__class__ is _Pending and slots[i].empty():
                 del slots[i]
                 del seps[i]
                 if i == 0 and seps:
                     seps[0] = None
+            else:
+                i += 1
+        i = 0
+        while i < len(slots):
+            p = slots[i]
+            if p.__class__ is bytes:
+                i += 1
                 continue
             if len(slots) == 1 or not p.small(limit):
                 i += 1
@@ -846,16 +911,22 @@ class Tree:
                 j = i + 1 if i + 1 < len(slots) else i - 1
             q = slots[j]
             if q.__class__ is bytes:
-                other = self._expect(q, self._load(q), level)
-                b.freed.append(q)
+                got = b.new.pop(q, None)  # a node this apply made: never written, not freed
+                if got is None:
+                    other = self._expect(q, self._load(q), level)
+                    b.freed.append(q)
+                else:
+                    other = got[1]
                 q = _Pending(level == 0, list(other.keys),
-                             list(other.vals if level == 0 else other.kids))  # type: ignore[arg-type]
+                             list(other.vals if level == 0 else other.kids),  # type: ignore[arg-type]
+                             other.enc)
                 p.absorbed = True
             left, right = (p, q) if j > i else (q, p)
             lo = min(i, j)
             mid = seps[lo + 1]
             if left.leaf:
-                merged = _Pending(True, left.keys + right.keys, left.vals + right.vals)
+                merged = _Pending(True, left.keys + right.keys, left.vals + right.vals,
+                                  left.size() + right.size() - _HEADER - _TRAILER)
             else:
                 merged = _Pending(False, [*left.keys, mid, *right.keys],  # type: ignore[list-item]
                                   left.vals + right.vals)
@@ -877,33 +948,13 @@ class Tree:
         if not p.leaf and any(k.__class__ is _Pending for k in p.vals):
             p = self._close(b, [None, *p.keys], [*p.vals], level - 1)
             if len(p.vals) == 1 and p.vals[0].__class__ is _Pending:  # still lone: encode it
-                kid = p.vals[0]
-                p = _Pending(False, [], [nid for _, nid in self._emit(b, kid, level - 1, None)])
-        sizes = p.sizes()
-        n = len(sizes)
+                parts = self._emit(b, p.vals[0], level - 1, None)
+                p = _Pending(False, [s for s, _ in parts[1:]],  # type: ignore[misc]
+                             [nid for _, nid in parts])
+        n = len(p.vals)
         target = self.node_size
-        fixed = _HEADER + _TRAILER
-        total = fixed + sum(sizes)
-        cuts = [0]
-        if total > target:
-            least = 1 if p.leaf else 2
-            goal = total / -(-total // target)
-            acc = fixed
-            count = 0
-            for i, s in enumerate(sizes):
-                if count >= least and (acc + s > target or acc + s / 2 > goal):
-                    cuts.append(i)
-                    acc = fixed
-                    count = 0
-                    if not p.leaf:  # the separator before it moves up to the parent
-                        s -= 2 + len(p.keys[i - 1])
-                acc += s
-                count += 1
-            if len(cuts) > 1 and n - cuts[-1] < least:  # the last node needs more
-                if cuts[-1] - cuts[-2] > least:
-                    cuts[-1] -= 1
-                else:
-                    cuts.pop()
+        total = p.size()
+        cuts = self._cuts(p, n, total) if total > target else [0]
         cuts.append(n)
         out: list[tuple[bytes | None, bytes]] = []
         keys = p.keys
@@ -913,14 +964,14 @@ class Tree:
                 ks = keys[a:e]
                 vs = vals[a:e]
                 raw = encode_leaf(ks, vs)
-                node = Node(LEAF, 0, ks, vs, None, _mem_size(len(raw), e - a))
+                node = Node(LEAF, 0, ks, vs, None, len(raw))
                 if a:
                     sep = _shortest_sep(keys[a - 1], keys[a])
             else:
                 ss = keys[a:e - 1]
                 kids = vals[a:e]
                 raw = encode_internal(level, ss, kids)
-                node = Node(INTERNAL, level, ss, None, kids, _mem_size(len(raw), e - a))
+                node = Node(INTERNAL, level, ss, None, kids, len(raw))
                 if a:
                     sep = keys[a - 1]
             nid = b.new_id()
@@ -928,6 +979,65 @@ class Tree:
             self._cache.put(nid, node)
             out.append((sep, nid))
         return out
+
+    def _cuts(self, p: _Pending, n: int, total: int) -> list[int]:
+        """Where to cut pending node ``p`` (``total`` encoded bytes, over ``node_size``):
+        the first entry of each node. Nodes of about equal size, none over ``node_size``
+        unless it holds the fewest entries its kind can (leaf 1, internal 2; 3 when the
+        last would be left with 1)."""
+        target = self.node_size
+        fixed = _HEADER + _TRAILER
+        least = 1 if p.leaf else 2
+        keys = p.keys
+        # prefix[i]: encoded bytes of entries [0, i); an internal entry is its child with the
+        # separator before it, which moves up to the parent when the entry starts a node
+        if p.leaf:
+            prefix = list(accumulate(map((6).__add__, map(add, map(len, keys), map(len, p.vals))),
+                                     initial=0))
+        else:
+            first = 1 + len(p.vals[0])
+            prefix = [0, *accumulate(map((3).__add__, map(add, map(len, p.vals[1:]),
+                                                         map(len, keys))), initial=first)]
+
+        def over(a: int, e: int) -> bool:
+            size = fixed + prefix[e] - prefix[a] - (2 + len(keys[a - 1]) if a and not p.leaf else 0)
+            return size > target and e - a > least
+
+        # equal shares first (C-level bisects); the greedy walk when a share breaks the bound
+        m = -(-total // target)
+        whole = prefix[n]
+        cuts = [0]
+        for c in range(1, m):
+            x = whole * c / m
+            i = bisect_left(prefix, x, cuts[-1] + 1)
+            if i > cuts[-1] + 1 and x - prefix[i - 1] < prefix[i] - x:
+                i -= 1
+            if i - cuts[-1] < least or n - i < least:
+                break
+            cuts.append(i)
+        else:
+            if not any(over(a, e) for a, e in pairwise([*cuts, n])):
+                return cuts
+        cuts = [0]
+        goal = total / m
+        acc = fixed
+        count = 0
+        for i in range(n):
+            s = prefix[i + 1] - prefix[i]
+            if count >= least and (acc + s > target or acc + s / 2 > goal):
+                cuts.append(i)
+                acc = fixed
+                count = 0
+                if not p.leaf:  # the separator before it moves up to the parent
+                    s -= 2 + len(keys[i - 1])
+            acc += s
+            count += 1
+        if len(cuts) > 1 and n - cuts[-1] < least:  # the last node needs more
+            if cuts[-1] - cuts[-2] > least:
+                cuts[-1] -= 1
+            else:
+                cuts.pop()
+        return cuts
 
     def _finish(self, b: _Build, p: _Pending, level: int) -> tuple[bytes | None, int]:
         """The root id and depth of the tree whose root-level content is ``p``."""
@@ -974,20 +1084,43 @@ def check_tree(tree: Tree, *, sizes: bool = True) -> list[str]:
     nbytes = 0
     limit = tree.node_size
 
+    def read(ids: list[bytes]) -> list[bytes | None]:
+        try:
+            return list(tree._source.load_many(ids))
+        except CorruptStore:  # which one: read them one by one
+            if len(ids) == 1:
+                raise
+        out: list[bytes | None] = []
+        for nid in ids:
+            try:
+                out.append(tree._source.load_many([nid])[0])
+            except CorruptStore as e:
+                problems.append(f"node {nid.hex()}: {e}")
+                out.append(None)
+        return out
+
     def load(ids: list[bytes]) -> list[Node | None]:
-        out: list[Node | None] = []
+        fresh = []
         for nid in ids:
             if nid in seen:
                 problems.append(f"node {nid.hex()} is referenced twice")
-                out.append(None)
+            else:
+                seen.add(nid)
+                fresh.append(nid)
+        got: dict[bytes, Node] = {}
+        try:
+            raws = read(fresh) if fresh else []
+        except CorruptStore as e:
+            problems.append(f"node {fresh[0].hex()}: {e}")
+            raws = [None]
+        for nid, raw in zip(fresh, raws, strict=True):
+            if raw is None:
                 continue
-            seen.add(nid)
             try:
-                out.append(decode_node(nid, tree._source.load_many([nid])[0]))
+                got[nid] = decode_node(nid, bytes(raw))
             except CorruptStore as e:
                 problems.append(str(e))
-                out.append(None)
-        return out
+        return [got.get(nid) for nid in ids]
 
     # (id, node, level, lower bound, upper bound)
     stack: list[tuple[bytes, Node | None, int, bytes | None, bytes | None]] = [
@@ -1016,7 +1149,7 @@ def check_tree(tree: Tree, *, sizes: bool = True) -> list[str]:
                 length = v.length if v.__class__ is BlobRef else len(v)
                 count += 1
                 nbytes += len(k) + length + ENTRY_OVERHEAD
-                encoded += 6 + len(k) + (len(v) if v.__class__ is bytes else 8 + len(v.id))
+                encoded += 6 + len(k) + len(v)
                 if v.__class__ is bytes and len(v) > tree.blob_threshold:
                     problems.append(f"{where}: value of {len(v)} bytes stored inline")
             for ref, blob in zip(refs, load([r.id for r in refs]), strict=True):
