@@ -122,6 +122,7 @@ class Engine:
                                  lambda: self._closed)
         self._domains = Domains(self._chunks, self._maps, self._ctx, lambda: self.kms)
         self._chunks.keys.exists = lambda domain_id: self.kms.has_domain(domain_id)
+        self._maps.on_domain_gone = self._domains.forget
         self._folder = Folder(self._ctx)
         if not readonly:
             self._folder.start()
@@ -143,6 +144,7 @@ class Engine:
                                   self._pool, self._devices, self._volumes)
         if not readonly:
             recover_imports(self._records, self._maps, self._devices.lease_free)
+            self._domains.recover()
 
     # --- lifecycle --------------------------------------------------------------------------
 

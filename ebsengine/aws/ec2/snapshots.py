@@ -54,6 +54,7 @@ class SnapshotActions(Actions):
             "StorageTier": "standard",
             "CompletionTime": snap.completion_time if snap.state == "completed" and state is None else None,
             "FullSnapshotSizeInBytes": snap.full_size_bytes if snap.state == "completed" else None,
+            "StateMessage": snap.state_message if state is None else None,
         }
 
 
