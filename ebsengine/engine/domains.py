@@ -24,6 +24,7 @@ from .. import layout as L
 from ..block.context import BlockContext
 from ..block.maps import BlockMaps, Lineage
 from ..errors import EbsError, IncorrectState, KmsError
+from ..kms.service import EBS_ALIAS
 from ..rules import DEFAULT_ACCOUNT, DEFAULT_REGION
 from ..storage.base import Txn
 from ..storage.chunks import ChunkStore
@@ -141,9 +142,9 @@ class Domains:
         An encrypted source is never decrypted into a plaintext lineage. KmsError when a key
         is unusable; the caller's unit then aborts, so nothing of it is stored."""
         region = region or DEFAULT_REGION
-        if staged is not None:
-            if staged.source != source:
-                raise ValueError("a staged copy adopted for another source")
+        if staged is not None and self._fits(txn, staged, source, encrypted=encrypted,
+                                             kms_key_id=kms_key_id, region=region,
+                                             account=account):
             return self.adopt(txn, staged, owner), staged.arn
         src_domain = self.domain_of(txn, source[0]) if source is not None else None
         if src_domain is None and not encrypted:
@@ -163,6 +164,18 @@ class Domains:
         return lin, arn
 
     # --- copies staged in transactions of their own ----------------------------------------
+
+    def _fits(self, txn: Txn, staged: Staged, source: tuple[int, int] | None, *,
+              encrypted: bool, kms_key_id: str | None, region: str,
+              account: str | None) -> bool:
+        """Whether ``staged`` is the copy this request makes now: same source, a copy is
+        still needed, under the same KMS key (else the request copies in its own unit and
+        the staged copy is dropped with its :meth:`staging` block)."""
+        if staged.source != source or not self.needs_copy(
+                txn, source, encrypted=encrypted, kms_key_id=kms_key_id, region=region,
+                account=account):
+            return False
+        return self._arn(txn, kms_key_id or EBS_ALIAS, region, account) == staged.arn
 
     @contextlib.contextmanager
     def staging(self, source: Callable[[Txn], tuple[tuple[int, int], int]] | None, *,
@@ -274,6 +287,11 @@ class Domains:
         assert head is not None
         lin.head, lin.owner, lin.allocated, lin.copier = None, None, 0, None
         self.maps.drop_point(txn, lin, head)
+        meta = self.chunks.store.db["meta"]
+        if L.read_u64(txn.get(b"next_lineage", db=meta)) == lid + 1:
+            # nothing was made since: give the id back, so a failed request leaves the store
+            # exactly as it was (no reference to a dropped lineage id remains anywhere)
+            txn.put(b"next_lineage", L.u64(lid), db=meta)
 
     # --- domain records ---------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from .. import layout as L
@@ -162,26 +163,35 @@ class Snapshots:
     def copy_snapshot(self, snapshot_id: str, description: str = "",
                       tags: dict[str, str] | None = None, *, encrypted: bool = False,
                       kms_key_id: str | None = None, region: str | None = None,
-                      account: str | None = None,
-                      tx: Transaction | None = None) -> Snapshot:
+                      account: str | None = None, tx: Transaction | None = None,
+                      staged: Staged | None = None) -> Snapshot:
         tags = check_tags(tags)
         check_description(description)
         if kms_key_id is not None and not encrypted:
             raise MissingParameter("The parameter KmsKeyId requires the parameter Encrypted "
                                    "to be set.")
         sid = new_id("snap")
+        # a copy under a new data key is made before the unit, in transactions of its own
+        free = tx is None and staged is None and outside_unit(self.units)
+        with self.staged_copy(snapshot_id if free else None, encrypted=encrypted,
+                              kms_key_id=kms_key_id, region=region, account=account) as own:
+            return self._copy(snapshot_id, sid, description, tags, encrypted, kms_key_id,
+                              region, account, tx, staged or own)
+
+    def staged_copy(self, snapshot_id: str | None, *, encrypted: bool,
+                    kms_key_id: str | None, region: str | None,
+                    account: str | None) -> AbstractContextManager[Staged | None]:
+        """``Domains.staging`` for a volume or snapshot made from snapshot ``snapshot_id``
+        (None: nothing to stage)."""
 
         def source(txn: Txn) -> tuple[tuple[int, int], int]:
+            assert snapshot_id is not None
             src = self.records.completed(txn, snapshot_id)
             return (src["lineage"], src["gen"]), src["volume_size_gib"] * L.CHUNKS_PER_GIB
 
-        # a copy under a new data key is made before the unit, in transactions of its own
-        free = tx is None and outside_unit(self.units)
-        with self.domains.staging(source if free else None, encrypted=encrypted,
-                                  kms_key_id=kms_key_id, region=region,
-                                  account=account) as staged:
-            return self._copy(snapshot_id, sid, description, tags, encrypted, kms_key_id,
-                              region, account, tx, staged)
+        return self.domains.staging(source if snapshot_id is not None else None,
+                                    encrypted=encrypted, kms_key_id=kms_key_id,
+                                    region=region, account=account)
 
     def _copy(self, snapshot_id: str, sid: str, description: str, tags: dict[str, str],
               encrypted: bool, kms_key_id: str | None, region: str | None,

@@ -52,7 +52,7 @@ class Volumes:
                       multi_attach_enabled: bool = False, encrypted: bool = False,
                       kms_key_id: str | None = None,
                       tags: dict[str, str] | None = None, account: str | None = None,
-                      tx: Transaction | None = None) -> Volume:
+                      tx: Transaction | None = None, staged: Staged | None = None) -> Volume:
         if size_gib is None and snapshot_id is None:
             raise MissingParameter("The request must contain the parameter size or snapshotId")
         check_int("size", size_gib)
@@ -78,13 +78,14 @@ class Volumes:
             return (snap["lineage"], snap["gen"]), snap["volume_size_gib"] * L.CHUNKS_PER_GIB
 
         # a copy under a new data key is made before the unit, in transactions of its own
-        free = tx is None and snapshot_id is not None and outside_unit(self.units)
+        free = tx is None and staged is None and snapshot_id is not None and \
+            outside_unit(self.units)
         with self.domains.staging(source if free else None,
                                   encrypted=encrypted, kms_key_id=kms_key_id, region=region,
-                                  account=account) as staged:
+                                  account=account) as own:
             return self._create(vid, size_gib, volume_type, snapshot_id, iops, throughput,
                                 availability_zone, multi_attach_enabled, encrypted,
-                                kms_key_id, tags, account, tx, staged)
+                                kms_key_id, tags, account, tx, staged or own)
 
     def _create(self, vid: str, size_gib: int | None, volume_type: str,
                 snapshot_id: str | None, iops: int | None, throughput: int | None,
