@@ -136,3 +136,17 @@ def test_an_encrypting_copy_that_fails_midway_leaves_the_store_as_it_was(
     assert aws.ec2.describe_volumes()["Volumes"] == []
     report = aws.engine.fsck()
     assert report.ok, report.problems
+
+
+def test_create_image_of_an_instance_whose_volume_key_is_unusable_fails(aws: Aws) -> None:
+    md = _key(aws)
+    iid = aws.launch(ImageId=aws.image(os.urandom(4096)), BlockDeviceMappings=[
+        {"DeviceName": "/dev/xvda", "Ebs": {"Encrypted": True, "KmsKeyId": md["KeyId"]}}])
+    aws.kms.disable_key(KeyId=md["KeyId"])
+    image_id = aws.ec2.create_image(InstanceId=iid, Name="locked", NoReboot=True)["ImageId"]
+    (img,) = aws.ec2.describe_images(ImageIds=[image_id])["Images"]
+    assert img["State"] == "failed"
+    sid = img["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+    assert _snapshot(aws, sid)["State"] == "error"
+    report = aws.engine.fsck()
+    assert report.ok, report.problems
