@@ -9,7 +9,15 @@ running (as an attached EBS volume keeps working when its key is disabled).
 
 A lineage reads through a base of the same domain only. Encrypting a plaintext snapshot, or
 moving data to another key, is a full copy (:meth:`Domains.copy_into`): every visible chunk is
-decoded and stored again, sealed in the new domain.
+decoded and stored again, sealed in the new domain. Outside a unit of work that copy is
+*staged* (:meth:`Domains.staging`): made first, in transactions of at most
+``STAGE_COMMIT_CHUNKS`` chunks, into a lineage marked ``copier``, then adopted in O(1) by the
+unit that makes the volume or snapshot; dropped if that unit fails, and at the next
+read-write open after a crash. Inside a unit given no staged copy, the unit copies itself.
+
+A domain's record (its wrapped data key) lives as long as some lineage names the domain:
+the transaction that destroys the last one deletes it (:meth:`Domains.forget`, called by
+``BlockMaps.destroy``).
 """
 
 from __future__ import annotations
