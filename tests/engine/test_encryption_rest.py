@@ -15,7 +15,7 @@ import ebsengine
 from conftest import store_digest
 from ebsengine import layout as L
 from ebsengine.engine import domains as domains_mod
-from ebsengine.errors import CorruptStore, StoreFull
+from ebsengine.errors import CorruptStore, InvalidVolumeSize, StoreFull
 from ebsengine.storage.chunks import ChunkStore
 
 CS = L.CHUNK_SIZE
@@ -369,4 +369,31 @@ def test_a_snapshot_of_a_volume_with_an_unusable_key_ends_in_error(eng, lock, in
         eng.kms.enable_key(key.id, REGION, ACCOUNT)
     again = eng.create_snapshot(vol.id)
     assert again.state == "completed" and _read(eng, again.id, CS) == data
+    _clean(eng)
+
+
+def test_a_staged_copy_is_adopted_only_by_a_unit_that_commits_the_same_request(eng):
+    sid, data = _plain_snapshot(eng, chunks=6)
+    key = eng.kms.create_key(REGION, ACCOUNT)
+    eng.kms.describe_key("alias/aws/ebs", REGION, ACCOUNT)
+    before = store_digest(eng)
+    with pytest.raises(RuntimeError), eng.staged_copy(sid, encrypted=True) as staged:
+        assert staged is not None
+        with eng.transaction() as tx:
+            eng.create_volume(snapshot_id=sid, encrypted=True, tx=tx, staged=staged)
+            raise RuntimeError("the unit fails after adopting the copy")
+    assert store_digest(eng) == before       # the copy went with the failed request
+    with pytest.raises(InvalidVolumeSize):  # the request's own error, nothing staged
+        eng.create_volume(0, snapshot_id=sid, encrypted=True)
+    assert store_digest(eng) == before
+    with eng.staged_copy(sid, encrypted=True) as staged, eng.transaction() as tx:
+        vol = eng.create_volume(snapshot_id=sid, encrypted=True, tx=tx, staged=staged)
+    assert _read(eng, vol.id, len(data)) == data
+    with eng.staged_copy(sid, encrypted=True) as staged, eng.transaction() as tx:
+        # another key than the staged copy's: not adopted, the unit copies by itself
+        other = eng.create_volume(snapshot_id=sid, encrypted=True, kms_key_id=key.id, tx=tx,
+                                  staged=staged)
+    assert other.kms_key_id == key.arn and _read(eng, other.id, len(data)) == data
+    assert not any("copier" in lin for lin in _lineages(eng).values())
+    assert len(eng.kms.domains()) == 2
     _clean(eng)
