@@ -31,6 +31,7 @@ from . import layout as L
 from .block.context import page_digest
 from .block.maps import BlockMaps, Lineage
 from .errors import CorruptStore, StoreLocked
+from .kms.service import NS_DOMAINS
 from .model import FsckReport
 from .storage.base import Txn
 from .storage.chunks import ChunkStore
@@ -202,6 +203,19 @@ def _check_pass(store: Store, chunks: ChunkStore, maps: BlockMaps, batch: int,
                 bad(f"I11: lineage {lid} (domain {lg.domain}) reads through lineage "
                     f"{lg.base[0]} of domain {lineages[lg.base[0]].domain}")
         stats["encrypted_lineages"] = sum(1 for lg in lineages.values() if lg.domain)
+        # I11: every domain record is used by some lineage (it goes with the last one)
+        used = {lg.domain for lg in lineages.values() if isinstance(lg.domain, str)}
+        prefix = L.service_key(NS_DOMAINS, "")
+        domain_records = 0
+        for k, _ in rd.rows("service"):
+            if bytes(k[:len(prefix)]) != prefix:
+                continue
+            domain_records += 1
+            dom = bytes(k[len(prefix):]).decode(errors="replace")
+            if dom not in used:
+                bad(f"I11: data-key domain {dom} has a record (its wrapped data key) but no "
+                    f"lineage uses it")
+        stats["domain_records"] = domain_records
 
         def want_tag(lid: int) -> bytes | None:
             dom = lineages[lid].domain
@@ -437,6 +451,20 @@ def _check_pass(store: Store, chunks: ChunkStore, maps: BlockMaps, batch: int,
                 bad(f"I9: block checksum {k!r} does not belong to a pending snapshot")
             elif int.from_bytes(blk, "big") >= rec["volume_size_gib"] * L.GIB // L.BLOCK_SIZE:
                 bad(f"I9: block checksum {k!r} names a block beyond its snapshot")
+        # I7 copies staged under a new data key (engine.domains): owned by their copy id
+        for lid, lin in lineages.items():
+            if lin.copier is None:
+                continue
+            stats["staged_copies"] += 1
+            if lin.head is None or not isinstance(lin.owner, str) or \
+                    not lin.owner.startswith("copy-") or lin.base is not None or \
+                    lin.points or lin.domain is None:
+                bad(f"I7: lineage {lid} is marked as a staged copy but is not one (head "
+                    f"{lin.head}, owner {lin.owner}, base {lin.base}, domain {lin.domain})")
+            elif lid in owners:
+                bad(f"I7: staged copy {lid} is also named by {owners[lid]}")
+            else:
+                owners[lid] = lin.owner
         pins: Counter[tuple[int, int]] = Counter()
         for lid, lin in lineages.items():
             for g, sid in lin.points.items():

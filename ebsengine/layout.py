@@ -70,7 +70,11 @@ Sub-databases (key -> value; integers are unsigned big-endian so byte order = nu
     snapshot generations: ``{gen: snapshot_id}``), ``pins`` (``{gen: n}``, generations that
     ``n`` child lineages read through), ``allocated`` (data chunks visible at the head),
     ``domain`` (format 3: the data-key domain id ``dom-<32 hex>`` of an encrypted lineage,
-    absent or null for a plaintext one).
+    absent or null for a plaintext one), ``copier`` (absent, except on a *staged copy*: a
+    lineage being filled with a copy of a snapshot under a new data key, in transactions of
+    its own, before the unit that makes the volume or snapshot adopts it; it names the
+    copying process ``{"pid", "start", "boot"}``, its ``owner`` is a ``copy-<32 hex>`` id,
+    it has a head, no base and no point. A store opened after that process died drops it.)
 ``volumes``
     volume id (ASCII) -> JSON volume record (``ebsengine.model.Volume`` fields plus
     ``lineage``). While an image is imported, ``importer`` names the importing process
@@ -178,7 +182,8 @@ I6  Every ``maps`` entry belongs to a known lineage; its generation is at most t
     lineage's newest live point; between two consecutive live points (and below the first)
     there is at most one entry per chunk index.
 I7  Every volume names a lineage whose ``owner`` is that volume (and so does its
-    ``staging`` lineage, if any); every snapshot names a
+    ``staging`` lineage, if any); a staged copy (``copier``) is owned by its ``copy-`` id,
+    and nothing else names it; every snapshot names a
     lineage and a generation that is a live point of it mapped to that snapshot; every
     ``base`` names a known lineage, and ``pins`` count exactly the lineages whose base is that
     generation. A lineage with no live point and no pin does not exist. ``snaps_by_volume``
@@ -189,8 +194,11 @@ I10 Every patch value is well formed: its page key is its own map key, its mask 
     empty, its base (if any) is a stored chunk (counted in I4); ``pages`` holds exactly the
     page keys of the patch entries; each ``pages`` value decodes to ``popcount(mask)`` pages
     whose BLAKE2b-128 (keyed in an encrypted domain) is the patch's digest.
-I11 A lineage's ``domain`` equals its base lineage's; every chunk and pages value a lineage
-    refers to is sealed in that lineage's domain, or plaintext when it has none. With the
+I11 A lineage's ``domain`` equals its base lineage's and names a domain record
+    (``service``: ``kms.domains``); every domain record is named by some lineage (it is
+    deleted in the transaction that destroys its domain's last lineage); every chunk and
+    pages value a lineage refers to is sealed in that lineage's domain, or plaintext when it
+    has none (reads check it too, and refuse such a value as ``CorruptStore``). With the
     keys, every sealed value opens (I3 and I10 are checked on the plaintext); without them,
     fsck checks the structure and reports how many values it could not verify.
 R1  (``rados://`` stores) The root decodes and every table's tree is sound: each node it

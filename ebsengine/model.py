@@ -70,6 +70,8 @@ class Snapshot(_Record):
     parent_id: str | None = None
     full_size_bytes: int = 0
     tags: dict[str, str] = field(default_factory=dict)
+    #: why a snapshot is in state ``error`` (EC2's ``StateMessage``), else None
+    state_message: str | None = None
 
     @property
     def size_bytes(self) -> int:

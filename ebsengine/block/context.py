@@ -22,13 +22,31 @@ from ..errors import Closed, CorruptStore, KeyUnavailable
 from ..storage.base import Table, Txn
 from ..storage.chunks import ChunkStore
 from ..storage.envelope import decode_pages
-from ..storage.sealing import Domain
+from ..storage.sealing import Domain, sealed_tag
 from ..storage.store import Store
 from .maps import BlockMaps
 
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 ZERO_CHUNK = bytes(L.CHUNK_SIZE)
 ZERO_PAGE = bytes(L.PAGE_SIZE)
+
+
+def _tag(domain: Domain | None) -> bytes | None:
+    return domain.tag if domain is not None else None
+
+
+def check_domain(raw: bytes | memoryview, tag: bytes | None, what: str) -> None:
+    """Refuse (CorruptStore) a stored chunk or pages value that is not sealed in the domain
+    (tag) of the lineage reading it, or that is sealed when the lineage is plaintext: a
+    block map edited to name another domain's value, or a plaintext one, never reads
+    back as bytes (``layout.py``, I11). Costs the codec byte and a 16-byte compare; the
+    AEAD then binds the value to that domain and to its key."""
+    got = sealed_tag(raw)
+    if got != tag:
+        have = "plaintext" if got is None else f"sealed in dom-{got.hex()}"
+        want = "a plaintext lineage" if tag is None else f"a lineage of dom-{tag.hex()}"
+        raise CorruptStore(f"{what} is {have} but is read by {want}: the block map was "
+                           f"tampered with")
 
 
 def page_digest(data: bytes | bytearray | memoryview, domain: Domain | None = None) -> bytes:
@@ -56,10 +74,13 @@ class ChunkCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, txn: Txn, chunks: ChunkStore, key: bytes) -> bytes:
+    def get(self, txn: Txn, chunks: ChunkStore, key: bytes, tag: bytes | None) -> bytes:
+        """Decoded chunk ``key`` for a lineage of domain ``tag`` (None: plaintext; see
+        :func:`check_domain`)."""
         raw = chunks.backend.get_many(txn, [key])[0]
         if raw is None:
             raise CorruptStore(f"chunk {key.hex()} is referenced but missing")
+        check_domain(raw, tag, f"chunk {key.hex()}")
         with self._lock:
             hit = self._lru.get(key)
             if hit is not None and hit[0] == raw:
@@ -71,16 +92,18 @@ class ChunkCache:
         return data
 
     def get_pages(self, txn: Txn, chunks: ChunkStore, pages_db: Table, value: bytes,
-                  keep: bool = True) -> bytes:
+                  tag: bytes | None, keep: bool = True) -> bytes:
         """The decoded pages (ascending page order) of patch ``value``. Cached by the
         patch's header with no store read on a hit: the header holds the digest of exactly
         these pages and the map key they are stored at, so equal headers mean equal pages
-        (a rewrite of the patch changes its digest, a fold removes the patch). With
+        (a rewrite of the patch changes its digest, a fold removes the patch); a hit also
+        needs the domain ``tag`` the pages were checked against (:func:`check_domain`). With
         ``keep=False`` a miss is not cached (pages about to be replaced: flush, fold)."""
         head = value[:L.PATCH_SIZE]
+        mark = tag or b""
         with self._lock:
             hit = self._lru.get(head)
-            if hit is not None:
+            if hit is not None and hit[0] == mark:
                 self._lru.move_to_end(head)
                 self.hits += 1
                 return hit[1]
@@ -88,9 +111,10 @@ class ChunkCache:
         raw = txn.get(page_key, db=pages_db)
         if raw is None:
             raise CorruptStore(f"the pages of patch {page_key.hex()} are missing")
+        check_domain(raw, tag, f"the pages of patch {page_key.hex()}")
         data = decode_pages(raw, mask.bit_count() * L.PAGE_SIZE, page_key, chunks.keys)
         if keep:
-            self._insert(head, b"", data)
+            self._insert(head, mark, data)
         return data
 
     def _insert(self, key: bytes, raw: bytes, data: bytes) -> None:
@@ -157,30 +181,35 @@ class BlockContext:
 
     # --- decoding map values ----------------------------------------------------------------
 
-    def chunk(self, txn: Txn, key: bytes) -> bytes:
-        """Decoded bytes of stored chunk ``key`` (through the cache)."""
-        return self.cache.get(txn, self.chunks, key)
+    # Every method below takes ``domain``, the domain of the lineage the value was read for
+    # (None: a plaintext lineage): a stored value of any other domain is CorruptStore.
 
-    def patch_pages(self, txn: Txn, value: bytes) -> dict[int, bytes]:
+    def chunk(self, txn: Txn, key: bytes, domain: Domain | None) -> bytes:
+        """Decoded bytes of stored chunk ``key`` (through the cache)."""
+        return self.cache.get(txn, self.chunks, key, _tag(domain))
+
+    def patch_pages(self, txn: Txn, value: bytes, domain: Domain | None) -> dict[int, bytes]:
         """``{page number: 4 KiB}`` of a patch value's stored pages (for flushes, folds and
         comparisons: a miss does not fill the read cache)."""
         nums = L.mask_pages(L.parse_patch(value)[0])
-        data = self.cache.get_pages(txn, self.chunks, self.pages_db, value, keep=False)
+        data = self.cache.get_pages(txn, self.chunks, self.pages_db, value, _tag(domain),
+                                    keep=False)
         return {p: data[i * L.PAGE_SIZE:(i + 1) * L.PAGE_SIZE] for i, p in enumerate(nums)}
 
-    def content(self, txn: Txn, value: bytes | None) -> bytes:
+    def content(self, txn: Txn, value: bytes | None, domain: Domain | None) -> bytes:
         """The 64 KiB a ``maps`` value (or None: nothing stored) reads as."""
         if not value:
             return ZERO_CHUNK
         if not L.is_patch(value):
-            return self.chunk(txn, value)
+            return self.chunk(txn, value, domain)
         base = L.parse_patch(value)[3]
-        out = bytearray(self.chunk(txn, base) if base is not None else ZERO_CHUNK)
-        for p, page in self.patch_pages(txn, value).items():
+        out = bytearray(self.chunk(txn, base, domain) if base is not None else ZERO_CHUNK)
+        for p, page in self.patch_pages(txn, value, domain).items():
             out[p * L.PAGE_SIZE:(p + 1) * L.PAGE_SIZE] = page
         return bytes(out)
 
-    def same_content(self, txn: Txn, a: bytes | None, b: bytes | None) -> bool:
+    def same_content(self, txn: Txn, a: bytes | None, b: bytes | None,
+                     domain: Domain | None) -> bool:
         """Whether two ``maps`` values read the same. Chunk keys and tombstones are equal
         exactly when their values are (a chunk is shared only after its bytes compared
         equal, zero chunks are never stored); only a patch makes its content be compared."""
@@ -189,10 +218,10 @@ class BlockContext:
             return True
         if not (a is not None and L.is_patch(a)) and not (b is not None and L.is_patch(b)):
             return False
-        return self.content(txn, a) == self.content(txn, b)
+        return self.content(txn, a, domain) == self.content(txn, b, domain)
 
     def fill(self, txn: Txn, value: bytes | None, dst: memoryview, lo: int,
-             pages: list[int] | None = None) -> None:
+             pages: list[int] | None, domain: Domain | None) -> None:
         """Copy bytes ``[lo, lo + len(dst))`` of what ``value`` reads as into ``dst``; with
         ``pages``, only the parts of ``dst`` inside those 4 KiB pages of the chunk."""
         hi = lo + len(dst)
@@ -202,8 +231,9 @@ class BlockContext:
             for a, b in spans:
                 dst[a - lo:b - lo] = ZERO_CHUNK[:b - a]
             return
+        tag = _tag(domain)
         if not L.is_patch(value):
-            data = self.chunk(txn, value)
+            data = self.cache.get(txn, self.chunks, value, tag)
             for a, b in spans:
                 dst[a - lo:b - lo] = data[a:b]
             return
@@ -217,22 +247,23 @@ class BlockContext:
                 end = min(b, (p + 1) * L.PAGE_SIZE)
                 if mask >> p & 1:
                     if stored is None:
-                        stored = self.cache.get_pages(txn, self.chunks, self.pages_db, value)
+                        stored = self.cache.get_pages(txn, self.chunks, self.pages_db, value,
+                                                      tag)
                     # page p is the n-th stored page, n = the pages of the mask below it
                     at = (mask & ((1 << p) - 1)).bit_count() * L.PAGE_SIZE + pos % L.PAGE_SIZE
                     dst[pos - lo:end - lo] = stored[at:at + end - pos]
                 elif base is not None:
                     if base_data is None:
-                        base_data = self.chunk(txn, base)
+                        base_data = self.cache.get(txn, self.chunks, base, tag)
                     dst[pos - lo:end - lo] = base_data[pos:end]
                 else:
                     dst[pos - lo:end - lo] = ZERO_PAGE[:end - pos]
                 pos = end
 
-    def page(self, txn: Txn, value: bytes | None, p: int) -> bytes:
+    def page(self, txn: Txn, value: bytes | None, p: int, domain: Domain | None) -> bytes:
         """4 KiB page ``p`` of what ``value`` reads as."""
         out = bytearray(L.PAGE_SIZE)
-        self.fill(txn, value, memoryview(out), p * L.PAGE_SIZE)
+        self.fill(txn, value, memoryview(out), p * L.PAGE_SIZE, None, domain)
         return bytes(out)
 
     def check_open(self, what: str) -> None:

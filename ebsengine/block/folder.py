@@ -97,7 +97,7 @@ class Folder:
                 for _, mk, value in cands[:BATCH]:
                     try:  # a patch of a domain whose key is not unlocked here stays a patch
                         domain = ctx.lineage_domain(txn, L.parse_map_key(mk)[0])
-                        data = ctx.content(txn, value)
+                        data = ctx.content(txn, value, domain)
                         fp = ctx.chunks.fingerprints(data, domain)[0]
                     except KeyUnavailable:
                         if len(self._locked) > 65536:

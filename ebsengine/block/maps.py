@@ -33,6 +33,9 @@ class Lineage:
     pins: dict[int, int] = field(default_factory=dict)  # gen -> number of child lineages
     allocated: int = 0  # data chunks visible at the head
     domain: str | None = None  # data-key domain of an encrypted lineage (format 3)
+    #: a copy being staged into this lineage (re-keying, ``engine.domains``): the copying
+    #: process (``engine.imports.process_token``); None once adopted by a volume or snapshot
+    copier: dict[str, object] | None = None
 
     def live_points(self) -> list[int]:
         pts = set(self.points) | set(self.pins)
@@ -47,6 +50,8 @@ class Lineage:
         del d["id"]
         if d["domain"] is None:
             del d["domain"]  # a plaintext lineage's record is as in format 2
+        if d["copier"] is None:
+            del d["copier"]
         return json.dumps(d, sort_keys=True).encode()
 
     @classmethod
@@ -55,7 +60,8 @@ class Lineage:
         return cls(id=lid, head=d["head"], owner=d["owner"], base=d["base"],
                    points={int(k): v for k, v in d["points"].items()},
                    pins={int(k): int(v) for k, v in d["pins"].items()},
-                   allocated=d["allocated"], domain=d.get("domain"))
+                   allocated=d["allocated"], domain=d.get("domain"),
+                   copier=d.get("copier"))
 
 
 class BlockMaps:
@@ -71,6 +77,9 @@ class BlockMaps:
         #: called with a chunk key once its last reference is released, and with a patch's
         #: header once its pages are (cache eviction)
         self.on_free: Callable[[bytes], None] | None = None
+        #: called in the transaction that destroys the last lineage of a data-key domain,
+        #: with that domain's id (the engine deletes the domain's record: its wrapped key)
+        self.on_domain_gone: Callable[[Txn, str], None] | None = None
         self._parsed: dict[int, tuple[bytes, Lineage]] = {}
 
     # --- lineage records --------------------------------------------------------------------
@@ -102,7 +111,8 @@ class BlockMaps:
         return Lineage(id=lid, head=lin.head, owner=lin.owner,
                        base=list(lin.base) if lin.base is not None else None,
                        points=dict(lin.points), pins=dict(lin.pins), allocated=lin.allocated,
-                       domain=lin.domain)
+                       domain=lin.domain,
+                       copier=dict(lin.copier) if lin.copier is not None else None)
 
     def save(self, txn: Txn, lin: Lineage) -> None:
         txn.put(L.lineage_key(lin.id), lin.to_json(), db=self.lineages)
@@ -333,6 +343,9 @@ class BlockMaps:
         for egen, idx in self.interval_entries(txn, lin.id, 0, L.MAX_GEN - 1):
             self._drop_entry(txn, lin.id, idx, egen)
         txn.delete(L.lineage_key(lin.id), db=self.lineages)
+        if lin.domain is not None and lin.base is None and self.on_domain_gone is not None \
+                and not self.domain_used(txn, lin.domain):
+            self.on_domain_gone(txn, lin.domain)
         if lin.base is not None:
             parent = self.load(txn, lin.base[0])
             g = lin.base[1]
@@ -344,6 +357,21 @@ class BlockMaps:
             else:
                 parent.pins.pop(g, None)
             self.drop_point(txn, parent, g)
+
+    def domain_used(self, txn: Txn, domain_id: str) -> bool:
+        """Whether some lineage in ``txn`` is sealed in data-key domain ``domain_id``.
+
+        Only a lineage with no base can be the last of its domain (a lineage with a base
+        keeps that base, of the same domain, alive), so :meth:`destroy` asks only then: the
+        roots of a domain are its first lineage and the lineages staged beside one of its
+        volumes (imports), any number of them. O(lineages), on raw records: the id is
+        looked for in the stored bytes and only a record holding it is parsed."""
+        needle = domain_id.encode()
+        for key, raw in txn.cursor(db=self.lineages):
+            if needle in raw and \
+                    Lineage.from_json(L.read_u64(key), raw).domain == domain_id:
+                return True
+        return False
 
     def set_fresh(self, txn: Txn, lin: Lineage, idx: int, key: bytes) -> None:
         """:meth:`set_head` for a lineage known to hold no entry at ``idx`` and to read

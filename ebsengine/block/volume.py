@@ -147,6 +147,9 @@ class _Source:
     size: int
     #: chain positions below this one are frozen and their locations are cached
     _frozen_from = 0
+    #: the data-key domain of the lineage read (None: plaintext): every stored value read
+    #: must be sealed in it (``BlockContext.check_domain``)
+    domain: Domain | None = None
 
     def __init__(self, ctx: BlockContext) -> None:
         self.ctx = ctx
@@ -209,7 +212,8 @@ class _Source:
         pos = 0
         for idx, within, take in _pieces(offset, len(mv)):
             if idx in want:
-                self.ctx.fill(txn, values[idx], mv[pos:pos + take], within, want[idx])
+                self.ctx.fill(txn, values[idx], mv[pos:pos + take], within, want[idx],
+                              self.domain)
             pos += take
 
 
@@ -217,8 +221,9 @@ class SnapshotView(_Source):
     """Read-only view of a completed snapshot (no copy: reads resolve along its chain)."""
 
     def __init__(self, ctx: BlockContext, snap_id: str, lineage: int, gen: int,
-                 size: int) -> None:
+                 size: int, domain: Domain | None = None) -> None:
         super().__init__(ctx)
+        self.domain = domain
         self.id = snap_id
         self.lineage = lineage
         self.gen = gen
@@ -420,7 +425,7 @@ class VolumeCache(_Source):
             with txn:
                 values = self._values(txn, sorted({i for i, _ in need}))
                 for idx, p in need:
-                    bases[(idx, p)] = self.ctx.page(txn, values[idx], p)
+                    bases[(idx, p)] = self.ctx.page(txn, values[idx], p, self.domain)
 
     def _needs_base(self, idx: int, p: int) -> bool:
         """Whether a partial write of page ``p`` of chunk ``idx`` needs that page from the
@@ -594,7 +599,7 @@ class VolumeCache(_Source):
         pages: dict[int, bytes | bytearray] = {}
         base: bytes | None = None
         if below and L.is_patch(below):
-            pages.update(self.ctx.patch_pages(txn, below))
+            pages.update(self.ctx.patch_pages(txn, below, self.domain))
             base = L.parse_patch(below)[3]
         elif below:
             base = below
@@ -613,7 +618,7 @@ class VolumeCache(_Source):
             # hole as before (zero chunks are never stored); only zero writes pay this check.
             if base is None:
                 return "chunk", ZERO_CHUNK, None
-            buf = bytearray(self.ctx.chunk(txn, base))
+            buf = bytearray(self.ctx.chunk(txn, base, self.domain))
             for p in order:
                 buf[p * PS:(p + 1) * PS] = ZERO_CHUNK[:PS]
             if codec.is_zero(buf):

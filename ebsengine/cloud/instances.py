@@ -929,6 +929,7 @@ class Instances:
             c.images.check_unique(scope, name, tx)
             image_id = new_id("ami")
             mappings: list[dict[str, Any]] = []
+            failed = False  # a snapshot ended in error (its volume's KMS key is unusable)
             devs = {bd["device"]: bd for bd in inst.block_devices}
             for bd in inst.block_devices:
                 o = overrides.get(bd["device"]) or {}
@@ -949,6 +950,7 @@ class Instances:
                                            tags=snap_tags or None, tx=tx)
                 put_snapshot_region(eng, tx, snap.id, scope.region, scope.account_id)
                 c.meter.snapshot(tx, snap.id)
+                failed |= snap.state == "error"
                 ebs: dict[str, Any] = {
                     "SnapshotId": snap.id, "VolumeSize": size, "VolumeType": vol.volume_type,
                     "DeleteOnTermination": bool(oe.get("DeleteOnTermination",
@@ -962,8 +964,10 @@ class Instances:
             added = [o for dev, o in overrides.items() if dev not in devs and "NoDevice" not in o]
             if added:  # new devices: the rules of RegisterImage's mappings (snapshots exist...)
                 mappings += c.images._mappings(scope, added, tx)
+            # pending with a failed snapshot reads as failed (Images.state), as EC2's does
             img = Image(id=image_id, region=scope.region, owner_id=scope.account_id,
-                        name=name, description=description, state="available",
+                        name=name, description=description,
+                        state="pending" if failed else "available",
                         creation_time=c.now(), architecture=inst.architecture,
                         virtualization_type=inst.virtualization_type,
                         root_device_name=inst.root_device_name, root_device_type="ebs",

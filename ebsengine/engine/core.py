@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from typing import Any
 
 from .. import layout as L
@@ -37,7 +38,7 @@ from ..storage.envelope import DEFAULT_ZSTD_LEVEL
 from ..storage.sealing import Keyring
 from ..storage.store import Store
 from .devices import VolumeCaches
-from .domains import Domains
+from .domains import Domains, Staged
 from .imports import recover_imports
 from .meta import Meta
 from .records import Records
@@ -122,6 +123,7 @@ class Engine:
                                  lambda: self._closed)
         self._domains = Domains(self._chunks, self._maps, self._ctx, lambda: self.kms)
         self._chunks.keys.exists = lambda domain_id: self.kms.has_domain(domain_id)
+        self._maps.on_domain_gone = self._domains.forget
         self._folder = Folder(self._ctx)
         if not readonly:
             self._folder.start()
@@ -143,6 +145,7 @@ class Engine:
                                   self._pool, self._devices, self._volumes)
         if not readonly:
             recover_imports(self._records, self._maps, self._devices.lease_free)
+            self._domains.recover()
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -275,7 +278,7 @@ class Engine:
                       multi_attach_enabled: bool = False, encrypted: bool = False,
                       kms_key_id: str | None = None,
                       tags: dict[str, str] | None = None, account: str | None = None,
-                      tx: Transaction | None = None) -> Volume:
+                      tx: Transaction | None = None, staged: Staged | None = None) -> Volume:
         """Create an empty volume, or one from a snapshot in O(1) (data read through lazily).
 
         ``availability_zone``: the zone to record (default: the rules'
@@ -284,7 +287,9 @@ class Engine:
         zone's region; default ``alias/aws/ebs``). A volume from an encrypted snapshot is
         always encrypted: with the snapshot's data key (O(1)) unless another key is named;
         another key, or encrypting a plaintext snapshot, copies the data under a new data
-        key (O(data)). The volume's ``kms_key_id`` is the key's ARN. Raises
+        key (O(data)), in transactions of its own before the unit (:meth:`staged_copy`;
+        inside a unit, pass ``staged`` or the unit makes the copy). The volume's
+        ``kms_key_id`` is the key's ARN. Raises
         MissingParameter (no size and no snapshot; KmsKeyId without Encrypted),
         InvalidParameter (size/type/IOPS limits), InvalidVolumeSize (below the snapshot's),
         SnapshotNotFound, IncorrectState, KmsError (unknown, disabled or pending-deletion
@@ -293,7 +298,8 @@ class Engine:
         return self._volumes.create_volume(
             size_gib, volume_type, snapshot_id=snapshot_id, iops=iops, throughput=throughput,
             availability_zone=availability_zone, multi_attach_enabled=multi_attach_enabled,
-            encrypted=encrypted, kms_key_id=kms_key_id, tags=tags, account=account, tx=tx)
+            encrypted=encrypted, kms_key_id=kms_key_id, tags=tags, account=account, tx=tx,
+            staged=staged)
 
     def get_volume(self, volume_id: str, *, tx: Transaction | None = None) -> Volume:
         with self._reading(tx) as txn:
@@ -400,15 +406,35 @@ class Engine:
     def copy_snapshot(self, snapshot_id: str, description: str = "",
                       tags: dict[str, str] | None = None, *, encrypted: bool = False,
                       kms_key_id: str | None = None, region: str | None = None,
-                      account: str | None = None,
-                      tx: Transaction | None = None) -> Snapshot:
+                      account: str | None = None, tx: Transaction | None = None,
+                      staged: Staged | None = None) -> Snapshot:
         """A new snapshot with the same content, sharing every chunk: O(1). An encrypted
         source stays encrypted; ``encrypted`` encrypts a plaintext one, and ``kms_key_id``
         (of ``account`` in ``region``) moves it to another key: both copy the data under a
-        new data key (O(data)). Decrypting is never possible."""
+        new data key (O(data)), in transactions of their own before the unit (see
+        :meth:`staged_copy`; inside a unit, pass ``staged`` or the unit makes the copy).
+        Decrypting is never possible."""
         return self._snapshots.copy_snapshot(snapshot_id, description, tags,
                                              encrypted=encrypted, kms_key_id=kms_key_id,
-                                             region=region, account=account, tx=tx)
+                                             region=region, account=account, tx=tx,
+                                             staged=staged)
+
+    def staged_copy(self, snapshot_id: str | None, *, encrypted: bool = False,
+                    kms_key_id: str | None = None, region: str | None = None,
+                    account: str | None = None) -> AbstractContextManager[Staged | None]:
+        """Before a unit of work that will make a volume (:meth:`create_volume`) or a
+        snapshot (:meth:`copy_snapshot`) from snapshot ``snapshot_id`` with these
+        encryption arguments: when that needs a copy under a new data key, make it now, in
+        bounded transactions of its own (the writer is never held for the whole copy), and
+        yield it (else None) to pass as ``staged=`` in the unit, which adopts it in O(1).
+        All or nothing: a copy the unit did not adopt (it failed, or asked for something
+        else) is dropped when the block ends; after a crash, at the next read-write open.
+        Must be entered outside any unit of work."""
+        if snapshot_id is not None:
+            self._no_unit("staged_copy")
+        return self._snapshots.staged_copy(snapshot_id, encrypted=encrypted,
+                                           kms_key_id=kms_key_id, region=region,
+                                           account=account)
 
     def list_snapshot_blocks(self, snapshot_id: str, start_block: int = 0) -> list[int]:
         """Indexes of the 512 KiB blocks holding data in a snapshot, ascending, from

@@ -150,9 +150,9 @@ class VolumeCaches:
         self._fresh()  # it may have just been taken by another front end
         with self.store.read() as txn:
             rec = self.records.completed(txn, snapshot_id)
-            self.domains.of_lineage(txn, rec["lineage"])  # refused while its key is unusable
+            domain = self.domains.of_lineage(txn, rec["lineage"])  # refused while locked
         view = SnapshotView(self.ctx, snapshot_id, rec["lineage"], rec["gen"],
-                            rec["volume_size_gib"] * L.GIB)
+                            rec["volume_size_gib"] * L.GIB, domain)
         return Device(view, lambda: None)
 
     def flush(self, volume_id: str) -> None:

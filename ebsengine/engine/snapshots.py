@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from .. import layout as L
@@ -18,6 +19,7 @@ from ..errors import (
     IncorrectState,
     InvalidBlock,
     InvalidVolumeSize,
+    KmsError,
     MissingParameter,
     UnrelatedSnapshots,
 )
@@ -27,9 +29,9 @@ from ..storage.base import Txn
 from ..storage.chunks import ChunkStore
 from ..storage.envelope import encode_chunk
 from .devices import VolumeCaches
-from .domains import Domains
+from .domains import Domains, Staged
 from .records import Records
-from .unit import Transaction, Units
+from .unit import Transaction, Units, outside_unit
 
 
 class Snapshots:
@@ -61,6 +63,9 @@ class Snapshots:
                         f"transaction(flush=...) so its snapshot holds every acknowledged write.")
                 rec = self.records.vol_rec(txn, volume_id)
                 lin = self.maps.load(txn, rec["lineage"])
+                failed = self._key_refused(txn, lin, rec, sid, description, tags, unit.now)
+                if failed is not None:
+                    return failed
                 snap = self._freeze(txn, lin, rec, sid, description, tags, unit.now)
                 self.maps.save(txn, lin)
                 return snap
@@ -69,8 +74,11 @@ class Snapshots:
 
         def freeze(txn: Txn, lin: object) -> None:
             assert isinstance(lin, Lineage)
-            out.append(self._freeze(txn, lin, self.records.vol_rec(txn, volume_id), sid,
-                                    description, tags, self.units.clock()))
+            rec = self.records.vol_rec(txn, volume_id)
+            now = self.units.clock()
+            failed = self._key_refused(txn, lin, rec, sid, description, tags, now)
+            out.append(failed if failed is not None else
+                       self._freeze(txn, lin, rec, sid, description, tags, now))
 
         opened = volume_id not in self.devices.caches
         cache = self.devices.cache(volume_id)  # VolumeInUse if another front end serves it
@@ -80,6 +88,28 @@ class Snapshots:
             if opened:
                 self.devices.drop_idle(volume_id)
         return out[0]
+
+    def _key_refused(self, txn: Txn, lin: Lineage, rec: dict[str, Any], sid: str,
+                     description: str, tags: dict[str, str], now: float) -> Snapshot | None:
+        """A snapshot of an encrypted volume whose KMS key cannot be used now (disabled,
+        pending deletion, deleted) fails as EBS's does: the call is accepted and the
+        snapshot ends in state ``error`` (EC2 checks the key asynchronously; its
+        ``StateMessage`` says why). Nothing of the volume is frozen: its lineage is not
+        touched. Returns that snapshot, or None when the key is usable (or there is none)."""
+        if lin.domain is None:
+            return None
+        try:
+            self.domains.unlock(lin.domain, txn)
+        except KmsError as exc:
+            snap = Snapshot(id=sid, volume_id=rec["id"], volume_size_gib=rec["size_gib"],
+                            state="error", start_time=now, progress=0,
+                            description=description, encrypted=True,
+                            kms_key_id=rec["kms_key_id"], tags=tags,
+                            state_message=f"{exc.code}: the KMS key of volume {rec['id']} "
+                                          f"cannot be used: {exc.message}")
+            self.records.put_snap(txn, {**snap.to_dict(), "lineage": None, "gen": None})
+            return snap
+        return None
 
     def _freeze(self, txn: Txn, lin: Lineage, rec: dict[str, Any], sid: str,
                 description: str, tags: dict[str, str], now: float) -> Snapshot:
@@ -133,19 +163,44 @@ class Snapshots:
     def copy_snapshot(self, snapshot_id: str, description: str = "",
                       tags: dict[str, str] | None = None, *, encrypted: bool = False,
                       kms_key_id: str | None = None, region: str | None = None,
-                      account: str | None = None,
-                      tx: Transaction | None = None) -> Snapshot:
+                      account: str | None = None, tx: Transaction | None = None,
+                      staged: Staged | None = None) -> Snapshot:
         tags = check_tags(tags)
         check_description(description)
         if kms_key_id is not None and not encrypted:
             raise MissingParameter("The parameter KmsKeyId requires the parameter Encrypted "
                                    "to be set.")
         sid = new_id("snap")
+        # a copy under a new data key is made before the unit, in transactions of its own
+        free = tx is None and staged is None and outside_unit(self.units)
+        with self.staged_copy(snapshot_id if free else None, encrypted=encrypted,
+                              kms_key_id=kms_key_id, region=region, account=account) as own:
+            return self._copy(snapshot_id, sid, description, tags, encrypted, kms_key_id,
+                              region, account, tx, staged or own)
+
+    def staged_copy(self, snapshot_id: str | None, *, encrypted: bool,
+                    kms_key_id: str | None, region: str | None,
+                    account: str | None) -> AbstractContextManager[Staged | None]:
+        """``Domains.staging`` for a volume or snapshot made from snapshot ``snapshot_id``
+        (None: nothing to stage)."""
+
+        def source(txn: Txn) -> tuple[tuple[int, int], int]:
+            assert snapshot_id is not None
+            src = self.records.completed(txn, snapshot_id)
+            return (src["lineage"], src["gen"]), src["volume_size_gib"] * L.CHUNKS_PER_GIB
+
+        return self.domains.staging(source if snapshot_id is not None else None,
+                                    encrypted=encrypted, kms_key_id=kms_key_id,
+                                    region=region, account=account)
+
+    def _copy(self, snapshot_id: str, sid: str, description: str, tags: dict[str, str],
+              encrypted: bool, kms_key_id: str | None, region: str | None,
+              account: str | None, tx: Transaction | None, staged: Staged | None) -> Snapshot:
         with self.units.unit(tx, grows=True) as (_, txn):
             src = self.records.completed(txn, snapshot_id)
             lin, arn = self.domains.lineage_for(
                 txn, None, (src["lineage"], src["gen"]), 0, encrypted=encrypted,
-                kms_key_id=kms_key_id, region=region, account=account)
+                kms_key_id=kms_key_id, region=region, account=account, staged=staged)
             lin.head = None
             lin.points[1] = sid
             self.maps.save(txn, lin)
@@ -185,8 +240,17 @@ class Snapshots:
                 raise UnrelatedSnapshots(
                     f"Snapshots {first_snapshot_id} and {second_snapshot_id} are not related.")
             cur = txn.cursor(db=self.maps.maps)
-            changed = {i for i in cands if i >= lo and not self.ctx.same_content(
-                txn, self.maps.resolve(txn, a, i, cur), self.maps.resolve(txn, b, i, cur))}
+            dom_id = self.maps.load(txn, a[0][0]).domain  # both chains' domain (I11)
+            held = [self.chunks.keys.by_id(dom_id) if dom_id is not None else None]
+
+            def same(x: bytes | None, y: bytes | None) -> bool:
+                if dom_id is not None and held[0] is None and any(
+                        v is not None and L.is_patch(v) for v in (x, y)):
+                    held[0] = self.domains.unlock(dom_id, txn)  # only content needs the key
+                return self.ctx.same_content(txn, x, y, held[0])
+
+            changed = {i for i in cands if i >= lo and not same(
+                self.maps.resolve(txn, a, i, cur), self.maps.resolve(txn, b, i, cur))}
         return sorted({i // L.CHUNKS_PER_BLOCK for i in changed})
 
     def _diff_candidates(self, txn: Txn, a: list[tuple[int, int]],

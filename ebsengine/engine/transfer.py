@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from .. import layout as L
-from ..block.context import BlockContext
+from ..block.context import BlockContext, check_domain
 from ..block.maps import BlockMaps
 from ..errors import IncorrectState, InvalidParameter, InvalidParameterCombination, VolumeInUse
 from ..model import Volume
@@ -93,6 +93,15 @@ class Transfer:
         finally:
             os.close(fd)
 
+    def _pages_of(self, txn: Txn, patch: bytes, tag: bytes | None) -> bool:
+        """Whether the pages of ``patch`` are stored; CorruptStore if they are not sealed in
+        the domain of the lineage exported (``check_domain``: a tampered map)."""
+        page_key = L.parse_patch(patch)[2]
+        raw = txn.get(page_key, db=self.ctx.pages_db)
+        if raw is not None:
+            check_domain(raw, tag, f"the pages of patch {page_key.hex()}")
+        return raw is not None
+
     def _export_once(self, resource_id: str, fd: int,
                      progress: Callable[[int, int], None] | None) -> int | None:
         """One export attempt (see :meth:`export`); None if a chunk it needs was freed."""
@@ -100,6 +109,8 @@ class Transfer:
         with self.store.read() as txn:
             chain, size = self._view_chain(txn, resource_id)
             visible = sorted(self.maps.visible(txn, chain).items())
+            domain = self.ctx.lineage_domain(txn, chain[0][0])  # unlocked by export()
+        tag = domain.tag if domain is not None else None
         total = len(visible) * L.CHUNK_SIZE
         os.ftruncate(fd, 0)  # a retry leaves nothing of the attempt before
         os.ftruncate(fd, size)
@@ -113,13 +124,16 @@ class Transfer:
                 for _, k in part:
                     if not L.is_patch(k):
                         v = got[k]
+                        if v is not None:
+                            check_domain(v, tag, f"chunk {k.hex()}")
                         values.append(None if v is None else (k, v))
-                    elif txn.get(L.parse_patch(k)[2], db=self.maps.maps) != k:
+                    elif not self._pages_of(txn, k, tag) or \
+                            txn.get(L.parse_patch(k)[2], db=self.maps.maps) != k:
                         # rewritten at its map key (a flush at the head) or gone since this
                         # attempt resolved it: its pages are not those any more; start over
                         values.append(None)
                     else:  # a patch is laid over its base here; stored chunks decode on the pool
-                        values.append(bytearray(self.ctx.content(txn, k)))
+                        values.append(bytearray(self.ctx.content(txn, k, domain)))
             if any(v is None for v in values):
                 with self.store.read() as txn:
                     self._view_chain(txn, resource_id)  # VolumeNotFound if it was deleted

@@ -75,3 +75,13 @@ class Units:
     no_unit: Callable[[str], None]
     #: the time records are stamped with (``Engine.use_clock``; the wall clock by default)
     clock: Callable[[], float] = time.time
+
+
+def outside_unit(units: Units) -> bool:
+    """Whether no unit of work is open on this thread (work may open transactions of its
+    own, before the unit it then opens)."""
+    try:
+        units.no_unit("")
+    except IncorrectState:
+        return False
+    return True

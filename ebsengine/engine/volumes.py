@@ -26,11 +26,12 @@ from ..rules import (
     region_of_zone,
     validate_volume_spec,
 )
+from ..storage.base import Txn
 from .devices import VolumeCaches
-from .domains import Domains
+from .domains import Domains, Staged
 from .imports import drop_import, elsewhere, importing
 from .records import Records
-from .unit import Transaction, Units
+from .unit import Transaction, Units, outside_unit
 
 
 class Volumes:
@@ -51,7 +52,7 @@ class Volumes:
                       multi_attach_enabled: bool = False, encrypted: bool = False,
                       kms_key_id: str | None = None,
                       tags: dict[str, str] | None = None, account: str | None = None,
-                      tx: Transaction | None = None) -> Volume:
+                      tx: Transaction | None = None, staged: Staged | None = None) -> Volume:
         if size_gib is None and snapshot_id is None:
             raise MissingParameter("The request must contain the parameter size or snapshotId")
         check_int("size", size_gib)
@@ -66,6 +67,31 @@ class Volumes:
         elif not isinstance(availability_zone, str) or not availability_zone:
             raise InvalidParameter(f"Invalid availability zone: {availability_zone!r}")
         vid = new_id("vol")
+        region = region_of_zone(availability_zone)
+
+        def source(txn: Txn) -> tuple[tuple[int, int], int]:
+            snap = self.records.completed(txn, snapshot_id)  # type: ignore[arg-type]
+            size = snap["volume_size_gib"] if size_gib is None else size_gib
+            if size < snap["volume_size_gib"]:
+                raise InvalidVolumeSize("smaller than the snapshot")  # raised again below
+            validate_volume_spec(volume_type, size, iops, throughput, multi_attach_enabled)
+            return (snap["lineage"], snap["gen"]), snap["volume_size_gib"] * L.CHUNKS_PER_GIB
+
+        # a copy under a new data key is made before the unit, in transactions of its own
+        free = tx is None and staged is None and snapshot_id is not None and \
+            outside_unit(self.units)
+        with self.domains.staging(source if free else None,
+                                  encrypted=encrypted, kms_key_id=kms_key_id, region=region,
+                                  account=account) as own:
+            return self._create(vid, size_gib, volume_type, snapshot_id, iops, throughput,
+                                availability_zone, multi_attach_enabled, encrypted,
+                                kms_key_id, tags, account, tx, staged or own)
+
+    def _create(self, vid: str, size_gib: int | None, volume_type: str,
+                snapshot_id: str | None, iops: int | None, throughput: int | None,
+                availability_zone: str, multi_attach_enabled: bool, encrypted: bool,
+                kms_key_id: str | None, tags: dict[str, str], account: str | None,
+                tx: Transaction | None, staged: Staged | None) -> Volume:
         with self.units.unit(tx, grows=True) as (_, txn):
             base = None
             allocated = 0
@@ -84,7 +110,7 @@ class Volumes:
                                                     multi_attach_enabled)
             lin, kms_key_id = self.domains.lineage_for(
                 txn, vid, base, allocated, encrypted=encrypted, kms_key_id=kms_key_id,
-                region=region_of_zone(availability_zone), account=account)
+                region=region_of_zone(availability_zone), account=account, staged=staged)
             encrypted = kms_key_id is not None
             vol = Volume(id=vid, size_gib=size_gib, volume_type=volume_type, state="available",
                          create_time=self.units.clock(), availability_zone=availability_zone,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar
 
+from ebsengine.engine import Transaction
 from ebsengine.rules import is_aws_id
 
 from ..errors import ApiError
@@ -54,6 +55,7 @@ class SnapshotActions(Actions):
             "StorageTier": "standard",
             "CompletionTime": snap.completion_time if snap.state == "completed" and state is None else None,
             "FullSnapshotSizeInBytes": snap.full_size_bytes if snap.state == "completed" else None,
+            "StateMessage": snap.state_message if state is None else None,
         }
 
 
@@ -194,20 +196,29 @@ class SnapshotActions(Actions):
         if dur is not None and (dur < 15 or dur > 2880 or dur % 15):
             raise ApiError("InvalidParameterValue", "CompletionDurationMinutes must be a multiple of 15 in 15-2880")
         tags = self._spec_tags(p.get("TagSpecifications"), "snapshot")
-        with self.engine.transaction() as tx:
+
+        def resolve(tx: Transaction | None) -> tuple[bool, str | None]:
             # Encrypted=true encrypts a plaintext source, KmsKeyId re-encrypts, encryption
             # by default of the destination applies; an encrypted source stays encrypted
             # (Encrypted=false never decrypts). The key resolves in the destination region
             # (the request's: DestinationRegion must be it, above).
-            encrypted, kms_key_id = self.cloud.encryption.resolve(
+            return self.cloud.encryption.resolve(
                 self.scope(ctx), encrypted=bool(p.get("Encrypted", False)),
                 kms_key_id=p.get("KmsKeyId") or None, source_encrypted=bool(snap.encrypted), tx=tx)
-            copy = self.engine.copy_snapshot(snap.id, description=p.get("Description") or "",
-                                             tags=tags or None, encrypted=encrypted,
-                                             kms_key_id=kms_key_id, region=ctx.region,
-                                             account=ctx.account_id, tx=tx)
-            self.store.put_snapshot_region(tx, copy.id, ctx)
-            self.cloud.meter.snapshot(tx, copy.id)
+
+        # a copy under a new data key is made first, in transactions of its own; the unit
+        # adopts it (or, if the answer changed meanwhile, copies itself)
+        staging, staged_key = resolve(None)
+        with self.engine.staged_copy(snap.id, encrypted=staging, kms_key_id=staged_key,
+                                     region=ctx.region, account=ctx.account_id) as staged:
+            with self.engine.transaction() as tx:
+                encrypted, kms_key_id = resolve(tx)
+                copy = self.engine.copy_snapshot(snap.id, description=p.get("Description") or "",
+                                                 tags=tags or None, encrypted=encrypted,
+                                                 kms_key_id=kms_key_id, region=ctx.region,
+                                                 account=ctx.account_id, tx=tx, staged=staged)
+                self.store.put_snapshot_region(tx, copy.id, ctx)
+                self.cloud.meter.snapshot(tx, copy.id)
         return {"SnapshotId": copy.id, "Tags": _tag_list(copy.tags)}
 
     def modify_snapshot_attribute(self, ctx: Context, p: Params) -> None:

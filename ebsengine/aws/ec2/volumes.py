@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from ebsengine import errors as engine_errors
-from ebsengine.rules import modified_spec
+from ebsengine.engine import Transaction
+from ebsengine.rules import modified_spec, region_of_zone
 from ebsengine.rules import tokens as token_rules
 
 from ..errors import ApiError
@@ -77,26 +78,37 @@ class VolumeActions(Actions):
             raise ApiError("InvalidParameterCombination",
                            "VolumeInitializationRate can only be specified with SnapshotId")
         tags = self._spec_tags(p.get("TagSpecifications"), "volume")
-        with self.engine.transaction() as tx:
-            done = self._replay(ctx, token, digest, tx)  # a concurrent retry may have won
-            if done is not None:
-                return done
+
+        def resolve(tx: Transaction | None) -> tuple[bool, str | None]:
             # encrypted when asked, from an encrypted snapshot, or by the Region's default;
             # the key resolves in the caller's account and region (errors: aws/errors.py)
-            encrypted, kms_key_id = self.cloud.encryption.resolve(
+            return self.cloud.encryption.resolve(
                 self.scope(ctx), encrypted=bool(p.get("Encrypted", False)),
                 kms_key_id=p.get("KmsKeyId") or None,
                 source_encrypted=bool(snap is not None and snap.encrypted), tx=tx)
-            vol = self.engine.create_volume(
-                size, p.get("VolumeType") or "gp2", snapshot_id=snap_id or None, iops=p.get("Iops"),
-                throughput=p.get("Throughput"), availability_zone=zone,
-                multi_attach_enabled=bool(p.get("MultiAttachEnabled", False)),
-                encrypted=encrypted, kms_key_id=kms_key_id, tags=tags or None,
-                account=ctx.account_id, tx=tx)
-            self.store.put_volume_owner(tx, vol.id, ctx)
-            if token is not None:  # commits with the volume: a crash cannot split them
-                self.store.put_token(tx, ctx, "CreateVolume", token, digest, vol.id)
-            self.cloud.meter.volume(tx, vol.id)
+
+        # a copy under a new data key is made first, in transactions of its own; the unit
+        # adopts it (or, if the answer changed meanwhile, copies itself)
+        staging, staged_key = resolve(None) if snap is not None else (False, None)
+        with self.engine.staged_copy(snap.id if snap is not None else None,
+                                     encrypted=staging, kms_key_id=staged_key,
+                                     region=region_of_zone(zone),
+                                     account=ctx.account_id) as staged:
+            with self.engine.transaction() as tx:
+                done = self._replay(ctx, token, digest, tx)  # a concurrent retry may have won
+                if done is not None:
+                    return done
+                encrypted, kms_key_id = resolve(tx)
+                vol = self.engine.create_volume(
+                    size, p.get("VolumeType") or "gp2", snapshot_id=snap_id or None,
+                    iops=p.get("Iops"), throughput=p.get("Throughput"), availability_zone=zone,
+                    multi_attach_enabled=bool(p.get("MultiAttachEnabled", False)),
+                    encrypted=encrypted, kms_key_id=kms_key_id, tags=tags or None,
+                    account=ctx.account_id, tx=tx, staged=staged)
+                self.store.put_volume_owner(tx, vol.id, ctx)
+                if token is not None:  # commits with the volume: a crash cannot split them
+                    self.store.put_token(tx, ctx, "CreateVolume", token, digest, vol.id)
+                self.cloud.meter.volume(tx, vol.id)
         return volume_view(vol, state="creating")
 
     def delete_volume(self, ctx: Context, p: Params) -> None:
