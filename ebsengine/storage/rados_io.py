@@ -30,6 +30,13 @@ placement groups or an erasure-coded profile for the data pool). Options, all op
     seconds (default 60) that stored objects a commit stopped referencing (chunks, metadata
     nodes) are kept before they are removed, so that a reader in another process whose
     snapshot is that old still finds them;
+``lock``
+    seconds (default 30, rounded up to whole seconds) for which the RADOS locks of a
+    process hold without renewal: the metadata writer lock (``kv.lock``, held during a
+    write transaction) and the owner lock (``store.owner``, renewed every third of it while
+    an engine owns the store). A process that dies holding them (kill -9, a lost host)
+    keeps other front ends waiting at most this long; a process stalled past it loses them
+    (its commits are then refused, never applied over another's);
 ``workdir``
     the store's local directory on this host (owner lock, control and NBD sockets; never any
     data): default ``~/.cache/ebsengine/rados/<hash of the pools and the conf>``.
@@ -75,8 +82,9 @@ READ_HINT = 128 * 1024  # bytes asked for by a first read; a longer object is re
 APPLICATION = "ebsengine"  # the pool application tag (Ceph warns about untagged pools)
 
 _POOL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,100}")
-_OPTIONS = ("conf", "id", "keyring", "timeout", "meta", "data", "grace", "workdir")
+_OPTIONS = ("conf", "id", "keyring", "timeout", "meta", "data", "grace", "lock", "workdir")
 DEFAULT_GRACE = 60.0
+DEFAULT_LOCK = 30.0  # the bound on how long a dead front end keeps the store
 
 # errno values that mean "the cluster cannot be reached or did not answer in time"
 _UNAVAILABLE = {errno.ETIMEDOUT, errno.ESHUTDOWN, errno.ENOTCONN, errno.ECONNREFUSED,
@@ -102,6 +110,7 @@ class RadosUrl:
     meta_pool: str = ""
     data_pool: str = ""
     grace: float = DEFAULT_GRACE
+    lock: float = DEFAULT_LOCK
     workdir: str | None = None
 
     def __str__(self) -> str:
@@ -152,6 +161,14 @@ def parse_url(url: str) -> RadosUrl:
             grace = -1.0
         if not (0 <= grace <= 86400):
             raise InvalidParameter(f"{url!r}: grace must be a number of seconds in [0, 86400]")
+    lock = DEFAULT_LOCK
+    if "lock" in one:
+        try:
+            lock = float(one["lock"])
+        except ValueError:
+            lock = -1.0
+        if not (0 < lock <= 3600):
+            raise InvalidParameter(f"{url!r}: lock must be a number of seconds in (0, 3600]")
     meta = one.get("meta", prefix + ".meta")
     data = one.get("data", prefix + ".data")
     for name in (meta, data):
@@ -161,7 +178,7 @@ def parse_url(url: str) -> RadosUrl:
         raise InvalidParameter(f"{url!r}: the meta and data pools must differ")
     return RadosUrl(prefix=prefix, conf=one.get("conf"), id=one.get("id", "admin"),
                     keyring=one.get("keyring"), timeout=timeout, meta_pool=meta,
-                    data_pool=data, grace=grace, workdir=one.get("workdir"))
+                    data_pool=data, grace=grace, lock=lock, workdir=one.get("workdir"))
 
 
 def workdir(url: str | RadosUrl) -> str:

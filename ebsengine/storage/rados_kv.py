@@ -530,7 +530,8 @@ class RadosStore(RadosKv):
 
     def __init__(self, conn: RadosConnection, *, path: str, workdir: str,
                  map_size: int = DEFAULT_MAP_SIZE, readonly: bool = False,
-                 grace: float = DEFAULT_GRACE, owner_seconds: float = LOCK_SECONDS) -> None:
+                 grace: float = DEFAULT_GRACE, lock_seconds: float = LOCK_SECONDS,
+                 owner_seconds: float = LOCK_SECONDS) -> None:
         self.conn = conn
         self.workdir = workdir
         self.owner: StoreLock | None = None
@@ -538,7 +539,7 @@ class RadosStore(RadosKv):
         self._renewer: threading.Thread | None = None
         self._stop = threading.Event()
         super().__init__(conn.meta, path=path, map_size=map_size, readonly=readonly,
-                         grace=grace)
+                         grace=grace, lock_seconds=lock_seconds)
         if not readonly:
             os.makedirs(workdir, mode=0o700, exist_ok=True)
             self.owner = StoreLock.attach(workdir)
@@ -613,7 +614,8 @@ def open_rados(url: str, *, map_size: int = DEFAULT_MAP_SIZE,
     conn = connect(parsed, create=not readonly)
     try:
         return RadosStore(conn, path=url, workdir=workdir(url), map_size=map_size,
-                          readonly=readonly, grace=parsed.grace)
+                          readonly=readonly, grace=parsed.grace, lock_seconds=parsed.lock,
+                          owner_seconds=parsed.lock)
     except BaseException:
         conn.close()
         raise
