@@ -6,6 +6,8 @@ The write stream is a deterministic function of a global record number ``i`` (se
 ended, and the test can compute what any prefix of the stream leaves on the volume
 (:class:`Replayer`).
 
+``STORE`` is a path or store URL (the crash tests also run on ``rados://`` stores).
+
 Writer (``crash_writer.py STORE --start N``): opens ``ebsengine.Engine(STORE)`` with its
 background folder merging patches into chunks continuously, uses the
 store's volume (creates it if there is none) and applies records ``N, N+1, ...``. After
@@ -49,6 +51,9 @@ SNAP_EVERY = 5 * FLUSH_EVERY      # ... of which every fifth is a snapshot
 MAX_LIVE_SNAPSHOTS = 4            # beyond this, the second oldest is deleted
 RESTORE_EVERY = 2 * SNAP_EVERY    # then a volume is restored from a snapshot
 SEED = 0x5EB5
+#: seconds a writer or a check waits to own the store: an LMDB store's owner lock goes with
+#: its dead holder, a rados:// store's RADOS lock only after its duration (the URL's ``lock``)
+OWN_WAIT = 60.0
 LENGTHS = (1, 7, 511, 512, 4096, 3 * 4096 + 17, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK,
            100_000, 3 * CHUNK)
 
@@ -134,6 +139,7 @@ def run_writer(store: str, start: int, stop: int) -> int:
     # Fold patches (the partial writes) all the time, so SIGKILL lands inside folds too.
     folder.QUIET, folder.INTERVAL = 0.0, 0.02
     eng = ebsengine.Engine(store)
+    eng.own(wait=OWN_WAIT)  # a killed predecessor's RADOS owner lock lasts until it expires
     vols = [v for v in eng.list_volumes() if "rec" not in v.tags]
     vol = vols[0].id if vols else eng.create_volume(size_gib=VOLUME_GIB).id
     say(f"ready {vol} {start}")

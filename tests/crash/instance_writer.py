@@ -1,6 +1,6 @@
 """Child process of test_instance_crash.py: launches and terminates instances on one store
 until killed. Prints ``ready`` once its AMI exists, then ``run`` / ``term`` after each
-acknowledged call. Usage: ``instance_writer.py STORE``."""
+acknowledged call. Usage: ``instance_writer.py STORE`` (a path or a store URL)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ def image(cloud: Cloud) -> str:
 
 def main() -> None:
     eng = Engine(sys.argv[1])
+    # own it as a server does; a killed predecessor's RADOS owner lock lasts until it expires
+    eng.own(wait=60.0)
     cloud = Cloud(eng)
     scope = Scope()
     ami = image(cloud)
