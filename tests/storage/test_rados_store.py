@@ -74,3 +74,41 @@ def test_a_killed_owner_keeps_the_store_for_at_most_its_lock_duration(rados_pool
         child.wait(30)
         if child.stdout is not None:
             child.stdout.close()
+
+
+def rados_cli(conf: str, pool: str, *args: str) -> str:
+    p = subprocess.run(["rados", "-c", conf, "-p", pool, *args], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, (args, p.stdout, p.stderr)
+    return p.stdout
+
+
+@pytest.mark.needs_ceph
+def test_an_owner_that_lost_its_lock_changes_nothing_more(rados_pools, tmp_path) -> None:
+    """Its RADOS owner lock broken (an operator's ``rados lock break``, or expired during a
+    stall) and taken by another front end: the first one's next change is refused, instead
+    of going on as if it still owned the store."""
+    import json
+    url = rados_pools.url(workdir=str(tmp_path / "a"), lock=3)
+    a = ebsengine.Engine(url)
+    try:
+        vol = a.create_volume(size_gib=1)
+        a.own()
+        meta = f"{rados_pools.prefix}.meta"
+        info = json.loads(rados_cli(rados_pools.cluster.conf, meta, "lock", "info",
+                                    "store.owner", "owner", "--format", "json"))
+        (locker,) = info["lockers"]
+        rados_cli(rados_pools.cluster.conf, meta, "lock", "break", "store.owner", "owner",
+                  locker["name"], "--lock-cookie", locker["cookie"])
+        with ebsengine.Engine(rados_pools.url(workdir=str(tmp_path / "b"), lock=3)) as b:
+            b.own(wait=5)
+            time.sleep(1.5)  # a's renewer (every lock/3 s) meets b's lock
+            with pytest.raises(StoreOwned, match="lost"):
+                a.create_volume(size_gib=1)
+            with pytest.raises(StoreOwned, match="lost"):
+                a.delete_volume(vol.id)
+            with pytest.raises(StoreOwned, match="lost"):
+                a.own()
+            assert [v.id for v in b.list_volumes()] == [vol.id]
+    finally:
+        a.close()
