@@ -538,6 +538,7 @@ class RadosStore(RadosKv):
         self.owner_seconds = owner_seconds
         self._renewer: threading.Thread | None = None
         self._stop = threading.Event()
+        self._lost = False  # the owner lock was taken by another front end: change nothing
         super().__init__(conn.meta, path=path, map_size=map_size, readonly=readonly,
                          grace=grace, lock_seconds=lock_seconds)
         if not readonly:
@@ -556,6 +557,7 @@ class RadosStore(RadosKv):
         StoreOwned naming the holder otherwise."""
         if self.owner is None:
             return
+        self._refuse_if_lost()
         self.owner.own(wait)
         if self._renewer is not None:
             return
@@ -586,9 +588,23 @@ class RadosStore(RadosKv):
             try:
                 if not self.pool.try_lock(OWNER_OBJECT, OWNER_LOCK, self.cookie,
                                           self.owner_seconds):
-                    return  # lost (expired during a stall and taken): nothing to renew
+                    # lost (expired during a stall, or broken) and taken by another front
+                    # end: from now on this process may not change the store
+                    self._lost = True
+                    return
             except Exception:  # noqa: BLE001 - the cluster is away; retry next period
                 continue
+
+    def _refuse_if_lost(self) -> None:
+        if self._lost:
+            raise StoreOwned(f"store {self.path!r}: this process lost its ownership (its RADOS "
+                             f"owner lock was not renewed within {self.owner_seconds:g} s, or "
+                             f"was broken, and another front end owns the store now); "
+                             f"nothing was changed. Close it and open the store again")
+
+    def _begin_write(self) -> None:
+        self._refuse_if_lost()
+        super()._begin_write()
 
     def close(self) -> None:
         try:
