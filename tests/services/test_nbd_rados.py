@@ -23,7 +23,7 @@ MiB = 1 << 20
 GIB = 1 << 30
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
-pytestmark = [pytest.mark.needs_tools, pytest.mark.needs_ceph]
+pytestmark = pytest.mark.needs_ceph
 
 
 def cli(store: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -37,18 +37,28 @@ def ok(store: str, *args: str) -> str:
     return p.stdout.strip()
 
 
+def serve(url: str) -> tuple[subprocess.Popen[str], list[str]]:
+    proc = subprocess.Popen([sys.executable, "-m", "ebsengine.cli", "--store", url, "serve",
+                             "--http-port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=ENV)
+    return proc, wait_ready(proc)
+
+
+def serving(lines: list[str]) -> bool:
+    """Whether ``serve`` said it serves (its output may end before it is reaped)."""
+    return bool(lines) and lines[-1].startswith("ebsengine: store")
+
+
+@pytest.mark.needs_tools
 def test_nbd_clients_against_the_cli_server_on_a_rados_store(rados_pools,
                                                              tmp_path: Path) -> None:
     need("nbdcopy", "qemu-img", "nbdinfo")
     workdir = tmp_path / "workdir"
     url = rados_pools.url(workdir=str(workdir))
     vol = ok(url, "create", "--size", "1")  # no server yet: the CLI opens the store itself
-    proc = subprocess.Popen([sys.executable, "-m", "ebsengine.cli", "--store", url, "serve",
-                             "--http-port", "0"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=ENV)
+    proc, lines = serve(url)
     try:
-        lines = wait_ready(proc)
-        assert proc.poll() is None, "".join(lines)
+        assert serving(lines), "".join(lines)
         sock = workdir / "nbd.sock"
         assert sock.exists(), "".join(lines)
         uri = f"nbd+unix:///{vol}?socket={sock}"
@@ -93,3 +103,69 @@ def test_nbd_clients_against_the_cli_server_on_a_rados_store(rados_pools,
         with eng.open_volume(vol) as dev:
             assert dev.pread(MiB, 0) == after.read_bytes()
             assert dev.pread(size - MiB, MiB) == src.read_bytes()[MiB:size]
+
+
+#: long enough for a server started right after the kill to find the lock still held (serve
+#: waits 2 s to own a store)
+LOCK_S = 10
+
+
+def test_a_killed_server_is_replaced_once_its_lock_expires_with_every_flushed_write(
+        rados_pools, tmp_path: Path) -> None:
+    """kill -9 of ``serve`` on a rados:// store: a new server is refused while the dead
+    one's RADOS owner lock lasts (``lock`` seconds), then serves the volume with every write
+    the dead one acknowledged as flushed; the store checks clean."""
+    import time
+
+    import nbd_client as nc
+    workdir = tmp_path / "workdir"
+    url = rados_pools.url(workdir=str(workdir), lock=LOCK_S)
+    vol = ok(url, "create", "--size", "1")
+    proc, lines = serve(url)
+    flushed, unflushed = os.urandom(700_000), os.urandom(65536)
+    try:
+        assert serving(lines), "".join(lines)
+        with nc.NbdClient(str(workdir / "nbd.sock")) as c:
+            c.go(vol)
+            c.pwrite(12345, flushed)
+            assert c.cmd(nc.CMD_FLUSH).error == 0
+            c.pwrite(5 * MiB, unflushed)  # acknowledged, never flushed: may be lost
+            proc.kill()
+            proc.wait(60)
+            killed = time.monotonic()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+    # another server right away: the dead one's lock still holds, and it says so
+    early, out = serve(url)
+    if serving(out):
+        early.kill()
+    rest, _ = early.communicate(timeout=120)
+    assert early.returncode == 5, "".join(out) + rest
+    assert "[StoreOwned]" in "".join(out) + rest
+    assert time.monotonic() - killed < LOCK_S, "too slow to see the lock held"
+    deadline = killed + LOCK_S + 30
+    while True:
+        proc, lines = serve(url)
+        if serving(lines) or time.monotonic() > deadline:
+            break
+        proc.communicate(timeout=60)
+        time.sleep(0.5)
+    try:
+        assert serving(lines), "".join(lines)
+        assert time.monotonic() - killed <= LOCK_S + 15
+        with nc.NbdClient(str(workdir / "nbd.sock")) as c:
+            c.go(vol)
+            assert c.pread(12345, len(flushed)) == flushed
+            assert c.pread(5 * MiB, len(unflushed)) in (unflushed, bytes(len(unflushed)))
+            c.disc()
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, "".join(lines) + rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    fsck = cli(url, "fsck")
+    assert fsck.returncode == 0, (fsck.stdout, fsck.stderr)
