@@ -112,3 +112,26 @@ def test_an_owner_that_lost_its_lock_changes_nothing_more(rados_pools, tmp_path)
             assert [v.id for v in b.list_volumes()] == [vol.id]
     finally:
         a.close()
+
+
+ATTACH = """
+import sys, ebsengine
+with ebsengine.Engine(sys.argv[1]) as eng:
+    print(len(eng.list_volumes()))
+"""
+
+
+@pytest.mark.needs_ceph
+def test_a_refused_own_leaves_this_hosts_lock_as_it_was(rados_pools, tmp_path) -> None:
+    """own() refused by another front end's RADOS owner lock: this process does not stay
+    the owner on this host either (other local processes can still open the store)."""
+    url = rados_pools.url(workdir=str(tmp_path / "here"), lock=3)
+    with ebsengine.Engine(rados_pools.url(workdir=str(tmp_path / "there"), lock=3)) as there:
+        there.own()
+        with ebsengine.Engine(url) as here:
+            with pytest.raises(StoreOwned, match="owned by process"):
+                here.own()
+            p = subprocess.run([sys.executable, "-c", ATTACH, url], capture_output=True,
+                               text=True, timeout=120, env={**os.environ,
+                                                            "PYTHONPATH": str(REPO)})
+            assert p.returncode == 0 and p.stdout == "0\n", p.stderr
