@@ -564,24 +564,30 @@ class RadosStore(RadosKv):
         deadline = time.monotonic() + wait
         me = json.dumps({"pid": os.getpid(), "host": os.uname().nodename,
                          "cmdline": " ".join(sys.argv), "since": time.time()})
-        while not self.pool.try_lock(OWNER_OBJECT, OWNER_LOCK, self.cookie,
-                                     self.owner_seconds, desc=me):
-            if time.monotonic() >= deadline:
-                raw = self.pool.read_many([OWNER_OBJECT])[0] or b"{}"
-                try:
-                    who = json.loads(raw)
-                    desc = f"process {who.get('pid')} on {who.get('host')} " \
-                           f"({who.get('cmdline', '')})"
-                except ValueError:
-                    desc = "another front end"
-                raise StoreOwned(f"store {self.path!r} is owned by {desc}, which serves it; "
-                                 f"nothing was changed. Open it read-only, or stop that "
-                                 f"server (its lock expires {self.owner_seconds:g} s after "
-                                 f"it dies)")
-            time.sleep(0.2)
+        try:
+            while not self.pool.try_lock(OWNER_OBJECT, OWNER_LOCK, self.cookie,
+                                         self.owner_seconds, desc=me):
+                if time.monotonic() >= deadline:
+                    raise StoreOwned(f"store {self.path!r} is owned by {self._holder()}, "
+                                     f"which serves it; nothing was changed. Open it "
+                                     f"read-only, or stop that server (its lock expires "
+                                     f"{self.owner_seconds:g} s after it dies)")
+                time.sleep(0.2)
+        except BaseException:
+            self.owner.disown()  # not the owner on this host either: a refusal changes nothing
+            raise
         self.pool.put_many([(OWNER_OBJECT, me.encode())])
         self._renewer = threading.Thread(target=self._renew, name="rados-owner", daemon=True)
         self._renewer.start()
+
+    def _holder(self) -> str:
+        """Who holds the owner lock, as its holder wrote it into the lock's object."""
+        raw = self.pool.read_many([OWNER_OBJECT])[0] or b"{}"
+        try:
+            who = json.loads(raw)
+            return f"process {who.get('pid')} on {who.get('host')} ({who.get('cmdline', '')})"
+        except (ValueError, AttributeError):
+            return "another front end"
 
     def _renew(self) -> None:
         while not self._stop.wait(self.owner_seconds / 3):
