@@ -6,6 +6,8 @@ The write stream is a deterministic function of a global record number ``i`` (se
 ended, and the test can compute what any prefix of the stream leaves on the volume
 (:class:`Replayer`).
 
+``STORE`` is a path or store URL (the crash tests also run on ``rados://`` stores).
+
 Writer (``crash_writer.py STORE --start N``): opens ``ebsengine.Engine(STORE)`` with its
 background folder merging patches into chunks continuously, uses the
 store's volume (creates it if there is none) and applies records ``N, N+1, ...``. After
@@ -49,6 +51,24 @@ SNAP_EVERY = 5 * FLUSH_EVERY      # ... of which every fifth is a snapshot
 MAX_LIVE_SNAPSHOTS = 4            # beyond this, the second oldest is deleted
 RESTORE_EVERY = 2 * SNAP_EVERY    # then a volume is restored from a snapshot
 SEED = 0x5EB5
+#: seconds a writer or a check waits for a volume: an LMDB store's owner lock goes with its
+#: dead holder, a rados:// store's volume lease only after its duration (the URL's ``lease``)
+OWN_WAIT = 60.0
+
+
+def open_volume_waiting(eng, vid: str, wait: float = OWN_WAIT):  # type: ignore[no-untyped-def]
+    """``eng.open_volume(vid)``, waiting while a killed predecessor's lease lasts."""
+    import time
+
+    from ebsengine.errors import VolumeInUse
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return eng.open_volume(vid)
+        except VolumeInUse:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 LENGTHS = (1, 7, 511, 512, 4096, 3 * 4096 + 17, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK,
            100_000, 3 * CHUNK)
 
@@ -134,10 +154,11 @@ def run_writer(store: str, start: int, stop: int) -> int:
     # Fold patches (the partial writes) all the time, so SIGKILL lands inside folds too.
     folder.QUIET, folder.INTERVAL = 0.0, 0.02
     eng = ebsengine.Engine(store)
+    eng.own(wait=OWN_WAIT)
     vols = [v for v in eng.list_volumes() if "rec" not in v.tags]
     vol = vols[0].id if vols else eng.create_volume(size_gib=VOLUME_GIB).id
     say(f"ready {vol} {start}")
-    with eng.open_volume(vol) as dev:
+    with open_volume_waiting(eng, vol) as dev:
         for i in range(start, stop):
             kind, off, payload = record(i)
             if kind == "write":

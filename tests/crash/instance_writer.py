@@ -1,14 +1,16 @@
 """Child process of test_instance_crash.py: launches and terminates instances on one store
 until killed. Prints ``ready`` once its AMI exists, then ``run`` / ``term`` after each
-acknowledged call. Usage: ``instance_writer.py STORE``."""
+acknowledged call. Usage: ``instance_writer.py STORE`` (a path or a store URL)."""
 
 from __future__ import annotations
 
 import sys
+import time
 
 from ebsengine import Engine
 from ebsengine.cloud import Cloud, Scope
 from ebsengine.cloud.model import Image
+from ebsengine.errors import VolumeInUse
 from ebsengine.rules import new_id
 
 
@@ -32,6 +34,7 @@ def image(cloud: Cloud) -> str:
 
 def main() -> None:
     eng = Engine(sys.argv[1])
+    eng.own(wait=60.0)  # own it as a server does
     cloud = Cloud(eng)
     scope = Scope()
     ami = image(cloud)
@@ -41,7 +44,11 @@ def main() -> None:
     while True:
         live = [i.id for i in cloud.instances.describe(scope) if i.state == "running"]
         if len(live) >= 4:
-            cloud.instances.terminate(scope, live[:3])
+            try:
+                cloud.instances.terminate(scope, live[:3])
+            except VolumeInUse:  # rados://: a killed predecessor was deleting one: its lease
+                time.sleep(0.2)
+                continue
             print("term", flush=True)
         cloud.instances.run(scope, image_id=ami, instance_type="t3.micro", min_count=1,
                             max_count=2, block_device_mappings=extra)

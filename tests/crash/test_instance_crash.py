@@ -12,7 +12,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+
+import pytest
 
 import ebsengine
 from ebsengine.cloud import Cloud
@@ -23,10 +24,25 @@ SLOW = os.environ.get("EBSENGINE_SLOW", "0") not in ("", "0")
 KILLS = 40 if SLOW else 10
 
 
+#: the RADOS lock duration of the rados:// store here (a killed child's locks last this long)
+RADOS_LOCK_S = 2
+
+
+@pytest.fixture(params=["lmdb", pytest.param("rados", marks=pytest.mark.needs_ceph)])
+def crash_store(request, tmp_path: Path) -> str:
+    """An LMDB directory, or a rados:// store on the test cluster (its pools outlive every
+    kill and are dropped after the test)."""
+    if request.param == "lmdb":
+        return str(tmp_path / "store")
+    pools = request.getfixturevalue("rados_pools")
+    return pools.url(workdir=str(tmp_path / "workdir"), lease=RADOS_LOCK_S)
+
+
 def _consistent(path: str) -> tuple[int, int]:
     """Check the store; returns (instances launched so far, terminations seen)."""
     with ebsengine.Engine(path) as eng:
-        assert eng.fsck().ok
+        report = eng.fsck()
+        assert report.ok, report.problems
         cloud = Cloud(eng)
         assert cloud.check() == []
         live = [i for i in cloud.instance_table.all() if i.state != "shutting-down"
@@ -41,8 +57,8 @@ def _consistent(path: str) -> tuple[int, int]:
         return len(every), len(every) - len(live)
 
 
-def test_kill_during_run_and_terminate_leaves_all_or_none(tmp_path: Any) -> None:
-    path = str(tmp_path / "store")
+def test_kill_during_run_and_terminate_leaves_all_or_none(crash_store: str) -> None:
+    path = crash_store
     rng = random.Random(8)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     launched = terminated = 0

@@ -11,8 +11,10 @@ import os
 import random
 import shutil
 import tempfile
+import uuid
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import (
     Bundle,
@@ -23,9 +25,11 @@ from hypothesis.stateful import (
     multiple,
     precondition,
     rule,
+    run_state_machine_as_test,
 )
 
 import ebsengine
+from ceph_support import Cluster, drop_pools
 from ebsengine import layout as L
 from ebsengine.errors import EbsError, UnrelatedSnapshots
 
@@ -359,3 +363,42 @@ class EncryptedEngineMachine(EngineMachine):
 
 EncryptedEngineMachine.TestCase.settings = EngineMachine.TestCase.settings
 TestEngineModelEncrypted = EncryptedEngineMachine.TestCase
+
+
+class RadosEngineMachine(EngineMachine):
+    """The same model check on a ``rados://`` store of the test cluster: fresh pools per
+    example (dropped in teardown), and a local work directory in the example's temporary
+    directory; reopen opens the same URL again (a new connection, the same pools)."""
+
+    cluster: Cluster | None = None  # set by the test below (a session fixture)
+
+    def store_path(self) -> str:
+        assert self.cluster is not None
+        if not hasattr(self, "_prefix"):
+            self._prefix = f"sm{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        return self.cluster.url(self._prefix, workdir=os.path.join(self.dir, "w"))
+
+    def teardown(self) -> None:
+        try:
+            super().teardown()
+        finally:
+            assert self.cluster is not None
+            drop_pools(self.cluster.conf, self._prefix)
+
+
+#: fewer, shorter runs than on a local store (each example makes and drops two pools, and
+#: every commit is a round trip to the cluster); EBSENGINE_SLOW=1 runs the full count
+RADOS_SETTINGS = settings(
+    EngineMachine.TestCase.settings,
+    max_examples=400 if SLOW else 25,
+    stateful_step_count=60 if SLOW else 30,
+)
+
+
+@pytest.mark.needs_ceph
+def test_engine_model_rados(ceph_cluster: Cluster) -> None:
+    RadosEngineMachine.cluster = ceph_cluster
+    try:
+        run_state_machine_as_test(RadosEngineMachine, settings=RADOS_SETTINGS)
+    finally:
+        RadosEngineMachine.cluster = None

@@ -1,4 +1,5 @@
-"""The kernel mount pipeline over our NBD server: nbdfuse -> loop -> ext4 (as root, no /dev/nbd needed).
+"""The kernel mount pipeline over our NBD server: nbdfuse -> loop -> ext4 (as root, no /dev/nbd needed),
+on a local store and on a rados:// store of the test cluster.
 
 Needs root, /dev/fuse, loop devices, nbdfuse, fusermount3, mkfs.ext4, e2fsck. Cleanup always
 runs in the recipe's order: leave the fs -> umount (lazy as a fallback) -> detach loops ->
@@ -175,6 +176,24 @@ def write_tree(root: Path) -> None:
     deep = root / "a" / "b" / "c"
     deep.mkdir(parents=True)
     (deep / "text.txt").write_bytes(b"the quick brown fox\n" * 20000)
+
+
+@pytest.fixture(params=["local", pytest.param("rados", marks=pytest.mark.needs_ceph)])
+def engine(request: Any, tmp_path: Path) -> Iterator[Any]:
+    """The served engine: tests/conftest.py's (an LMDB store, or the protocol layer's
+    stand-in), or a real one on a rados:// store of the test cluster (issue 10)."""
+    if request.param == "local":
+        e = nc.make_engine(tmp_path / "store")
+    else:
+        if nc.real_engine_class() is None or os.environ.get("EBSENGINE_NBD_FAKE_ENGINE"):
+            pytest.skip("a rados:// store needs the real engine")
+        pools = request.getfixturevalue("rados_pools")
+        import ebsengine
+        e = ebsengine.Engine(pools.url(workdir=str(tmp_path / "rados-workdir")))
+    try:
+        yield e
+    finally:
+        e.close()
 
 
 @pytest.fixture
