@@ -333,7 +333,8 @@ class Pool:
                  window: int = DEFAULT_WINDOW) -> None:
         """Write each ``(name, data)`` as a whole object (replacing any), ``window`` writes in
         flight; returns once every one is durable (acknowledged by all replicas), raises the
-        first failure after all have ended (the others may be written)."""
+        first failure after all have ended (the others may be written; so may a write that
+        timed out, later)."""
         if not items:
             return
         batch = _Batch(len(items), window)
@@ -460,7 +461,10 @@ class Pool:
         """Compare-and-swap: if the object is still at ``expected_version`` (None or 0: if
         it does not exist yet), replace its data with ``data`` (None: keep it) and apply
         the omap changes, all in one atomic operation. False (nothing changed) when the
-        version moved or the object appeared or vanished meanwhile."""
+        version moved or the object appeared or vanished meanwhile.
+
+        BackendUnavailable (a timeout) leaves the outcome unknown: the operation may still
+        be applied when the cluster answers again. Read the object's version to learn."""
         return self.cas_write_version(name, expected_version, data, omap_set=omap_set,
                                       omap_rm=omap_rm) is not None
 
