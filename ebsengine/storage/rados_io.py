@@ -172,7 +172,7 @@ def translate_errno(n: int | None, what: str, detail: str = "") -> Exception:
     detail = f" ({detail})" if detail else ""
     if n in _FULL:
         return StoreFull(f"the Ceph cluster is full or the pool is at its quota: {what} "
-                         f"failed{detail}; nothing was changed")
+                         f"failed{detail}; nothing was committed (deleting frees space)")
     if n in (errno.EACCES, errno.EPERM):
         return BackendUnavailable(f"the Ceph cluster refused access: {what} failed{detail}; "
                                   f"check the client id, its keyring and its caps. "
@@ -228,6 +228,9 @@ class RadosConnection:
                 except rados.ObjectExists:
                     pass  # another client made it meanwhile
             ioctx = self.cluster.open_ioctx(name)
+            # a full cluster refuses writes at once (ENOSPC: StoreFull) instead of holding
+            # them until it has room or the timeout passes; deletes still go through
+            ioctx.set_osdmap_full_try()
             if create and APPLICATION not in ioctx.application_list():
                 ioctx.application_enable(APPLICATION)
             return ioctx

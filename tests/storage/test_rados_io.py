@@ -19,7 +19,9 @@ import pytest
 from ceph_support import ceph_cluster, rados_pools, start_private_cluster, stop_cluster  # noqa: F401
 from ebsengine.errors import BackendUnavailable, CorruptStore, EbsError, InvalidParameter, StoreFull
 from ebsengine.storage import rados_io
+from ebsengine.storage.memory import MemoryBackend
 from ebsengine.storage.rados_io import READ_HINT, parse_url
+from ebsengine.storage.store import Store
 
 # --- store URLs ---------------------------------------------------------------------------
 
@@ -234,6 +236,21 @@ def test_a_dead_monitor_fails_cleanly_within_the_timeout(ceph_cluster, tmp_path)
     assert time.monotonic() - t0 < 15
 
 
+def chunk_put(c, store) -> None:
+    from ebsengine.storage.rados_chunks import RadosChunks
+    rc = RadosChunks(c, store, store.backend.open_db(b"chunk_index"),
+                     store.backend.open_db(b"chunk_gc"))
+    with store.write() as txn:
+        txn.put(b"volume", b"refers to the chunk", db=store.db["service"])
+        rc.put_many(txn, [(bytes(20), b"chunk")])
+
+
+def store_content(store) -> list:
+    with store.read() as txn:
+        return [(name, list(txn.cursor(db=store.backend.open_db(name.encode()))))
+                for name in ("service", "chunk_index", "chunk_gc")]
+
+
 @pytest.mark.needs_ceph
 def test_a_cluster_that_stops_answering_gives_backend_unavailable_not_a_hang(ceph_cluster):
     cluster = start_private_cluster()
@@ -241,17 +258,25 @@ def test_a_cluster_that_stops_answering_gives_backend_unavailable_not_a_hang(cep
         c = rados_io.connect(cluster.url("down", timeout=3))
         c.data.put_many([("a", b"A"), ("b", b"B")])
         c.meta.cas_write("root", None, b"r")
+        store = Store(backend=MemoryBackend())
+        before = store_content(store)
         osd = int(Path(f"{cluster.dir}/run/osd.0.pid").read_text())
         os.kill(osd, signal.SIGSTOP)  # the OSD hangs (as a lost host does): nothing answers
         try:
-            for op in (lambda: c.data.put_many([("c", b"C")]),
-                       lambda: c.data.read_many(["a", "b"]),
-                       lambda: c.meta.read_versioned("root"),
-                       lambda: c.meta.cas_write("root", 999, b"x")):  # can never apply
+            ops = {"put": lambda: c.data.put_many([("c", b"C")]),
+                   "read": lambda: c.data.read_many(["a", "b"]),
+                   "read_versioned": lambda: c.meta.read_versioned("root"),
+                   "cas": lambda: c.meta.cas_write("root", 999, b"x"),  # can never apply
+                   "chunk put": lambda: chunk_put(c, store)}
+            for name, op in ops.items():
                 t0 = time.monotonic()
-                with pytest.raises(BackendUnavailable, match="nothing stored was lost"):
-                    op()
-                assert time.monotonic() - t0 < 15
+                try:
+                    got = op()
+                except BackendUnavailable as exc:
+                    assert "nothing stored was lost" in str(exc)
+                else:
+                    pytest.fail(f"{name} returned {got!r} from a stopped OSD")
+                assert time.monotonic() - t0 < 15, name
         finally:
             os.kill(osd, signal.SIGCONT)
         # back: work resumes (once the OSD has caught up), nothing was lost
@@ -263,11 +288,38 @@ def test_a_cluster_that_stops_answering_gives_backend_unavailable_not_a_hang(cep
             except BackendUnavailable:
                 assert time.monotonic() < deadline, "the cluster did not come back"
         assert c.meta.read("root") == b"r"
+        assert store_content(store) == before  # the chunk put's transaction committed nothing
         c.close()
         stop_cluster(cluster)
         t0 = time.monotonic()  # the whole cluster gone: connecting fails too, and soon
         with pytest.raises(BackendUnavailable):
             rados_io.connect(cluster.url("down", timeout=2))
         assert time.monotonic() - t0 < 15
+    finally:
+        stop_cluster(cluster)
+
+
+@pytest.mark.needs_ceph
+def test_a_full_cluster_refuses_writes_at_once_and_deletes_free_it(ceph_cluster):
+    cluster = start_private_cluster(CEPH_OSD_MB="64")
+    try:
+        c = rados_io.connect(cluster.url("full", timeout=20))
+        t0 = time.monotonic()
+        with pytest.raises(StoreFull, match="full"):
+            for i in range(100):
+                c.data.put_many([(f"o{i}.{j}", os.urandom(1 << 20)) for j in range(4)])
+        assert time.monotonic() - t0 < 20  # refused, not held until the timeout
+        names = list(c.data.list_objects())
+        assert names and c.data.remove_many(names) == len(names)  # deletes still work
+        deadline = time.monotonic() + 60
+        while True:  # and once the OSD reports the room, writes work again
+            try:
+                c.data.put_many([("after", b"x")])
+                break
+            except StoreFull:
+                assert time.monotonic() < deadline
+                time.sleep(0.5)
+        assert c.data.read("after") == b"x"
+        c.close()
     finally:
         stop_cluster(cluster)
