@@ -50,6 +50,7 @@ from __future__ import annotations
 import errno
 import math
 import re
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -77,7 +78,21 @@ _FULL = {errno.ENOSPC, errno.EDQUOT}
 # or removed meanwhile)
 _CAS_LOST = {errno.ERANGE, errno.EOVERFLOW, errno.ENOENT, errno.EEXIST}
 
-LOCK_MUST_RENEW = 2  # LIBRADOS_LOCK_FLAG_MUST_RENEW: renew only a lock this cookie holds
+# Ceph's lock object class (cls_lock): lock type and flags of its "lock" call
+_LOCK_EXCLUSIVE = 1
+_LOCK_MAY_RENEW = 1  # taking a lock this cookie holds renews it
+_LOCK_MUST_RENEW = 2  # renew only: fails (ENOENT) unless this cookie holds the lock
+
+
+def _enc_str(text: str) -> bytes:
+    """A string in Ceph's encoding: u32 length (little-endian), then the bytes."""
+    b = text.encode()
+    return struct.pack("<I", len(b)) + b
+
+
+def _enc_struct(body: bytes, version: int = 1, compat: int = 1) -> bytes:
+    """A versioned struct in Ceph's encoding: version, oldest compatible version, length."""
+    return bytes([version, compat]) + struct.pack("<I", len(body)) + body
 
 
 @dataclass(frozen=True)
@@ -538,40 +553,54 @@ class Pool:
     def try_lock(self, name: str, lockname: str, cookie: str, duration: float, *,
                  desc: str = "") -> bool:
         """Take exclusive lock ``lockname`` on object ``name`` (created if missing) for
-        ``duration`` seconds (rounded up to whole seconds), as ``cookie``; False if another
-        cookie holds it. Taking a lock this cookie already holds renews it."""
-        return self._lock(name, lockname, cookie, duration, desc, flags=1)
+        ``duration`` seconds, as ``cookie``; False if another cookie holds it. Taking a lock
+        this cookie already holds renews it.
+
+        The OSD judges the expiry by its own clock, from when it took the lock: a holder
+        renews well before (at a third of the duration, say) and stops writing once a
+        renewal is late, rather than counting on the last fraction of a second."""
+        return self._lock(name, lockname, cookie, duration, desc, _LOCK_MAY_RENEW)
 
     def renew_lock(self, name: str, lockname: str, cookie: str, duration: float, *,
                    desc: str = "") -> bool:
-        """Extend this cookie's lock by ``duration`` from now; False if it does not hold the
-        lock any more (it expired and another cookie took it, or it was broken)."""
-        return self._lock(name, lockname, cookie, duration, desc, flags=LOCK_MUST_RENEW)
+        """Extend this cookie's lock to ``duration`` from now; False if it does not hold the
+        lock any more (it expired, or was broken, and may have been taken by another)."""
+        return self._lock(name, lockname, cookie, duration, desc, _LOCK_MUST_RENEW)
 
     def _lock(self, name: str, lockname: str, cookie: str, duration: float, desc: str,
               flags: int) -> bool:
-        rados = _rados()
-        try:
-            self.ioctx.lock_exclusive(name, lockname, cookie, desc=desc,
-                                      duration=max(1, math.ceil(duration)), flags=flags)
-        except (rados.ObjectBusy, rados.ObjectExists):
-            return False
-        except rados.Error as exc:
-            if _errno_of(exc) in (errno.EBUSY, errno.EEXIST, errno.ENOENT):
-                return False
-            raise translate(exc, self._what(f"locking {lockname!r} on", name)) from None
-        return True
+        # Ceph's lock object class, called with arguments encoded here: the binding's
+        # lock_exclusive passes whole seconds plus an unset microseconds field, which made
+        # a 1 s lock last anywhere from 0.6 s to 3 s here.
+        if not 0 < duration < 2**31:
+            raise InvalidParameter(f"a lock duration must be positive seconds, not {duration}")
+        sec = int(duration)
+        nsec = min(round((duration - sec) * 1e9), 999_999_999)
+        body = (_enc_str(lockname) + bytes([_LOCK_EXCLUSIVE]) + _enc_str(cookie) + _enc_str("")
+                + _enc_str(desc) + struct.pack("<II", sec, nsec) + bytes([flags]))
+        code = self._call(name, "lock", _enc_struct(body), f"locking {lockname!r} on")
+        return code == 0
 
     def unlock(self, name: str, lockname: str, cookie: str) -> bool:
         """Release this cookie's lock; False if it did not hold it (expired or broken)."""
+        code = self._call(name, "unlock", _enc_struct(_enc_str(lockname) + _enc_str(cookie)),
+                          f"unlocking {lockname!r} on")
+        return code == 0
+
+    def _call(self, name: str, method: str, arg: bytes, what: str) -> int:
+        """Run ``lock.<method>`` on object ``name`` as a write; 0, or the errno of a refusal
+        (held by another, already held, not held)."""
         rados = _rados()
-        try:
-            self.ioctx.unlock(name, lockname, cookie)
-        except rados.ObjectNotFound:
-            return False
-        except rados.Error as exc:
-            raise translate(exc, self._what(f"unlocking {lockname!r} on", name)) from None
-        return True
+        with rados.WriteOpCtx() as op:
+            op.execute("lock", method, arg)
+            try:
+                self.ioctx.operate_write_op(op, name)
+            except rados.Error as exc:
+                n = _errno_of(exc)
+                if n in (errno.EBUSY, errno.EEXIST, errno.ENOENT):
+                    return n
+                raise translate(exc, self._what(what, name)) from None
+        return 0
 
     # --- listing ---------------------------------------------------------------------
 

@@ -207,20 +207,24 @@ def test_concurrent_compare_and_swap_loses_no_update(conn):
 def test_exclusive_locks_renew_expire_and_release(conn):
     m = conn.meta
     assert m.try_lock("vol.1", "attach", "front-a", 30)
+    assert m.try_lock("vol.1", "attach", "front-a", 30)  # its own lock: renewed
     assert not m.try_lock("vol.1", "attach", "front-b", 30)
     assert m.renew_lock("vol.1", "attach", "front-a", 30)
     assert not m.renew_lock("vol.1", "attach", "front-b", 30)
+    assert not m.unlock("vol.1", "attach", "front-b")  # not the holder: nothing happens
     assert m.unlock("vol.1", "attach", "front-a")
     assert not m.unlock("vol.1", "attach", "front-a")  # not held any more
     t0 = time.monotonic()
-    assert m.try_lock("vol.1", "attach", "front-b", 1)
-    # front-b's lease runs out (the OSD drops an expired locker within a few seconds): then a
-    # takeover succeeds, never before, and b cannot renew
+    assert m.try_lock("vol.1", "attach", "front-b", 1.5)
+    # front-b's lease runs out when it said, to a few hundredths of a second: then a takeover
+    # succeeds, never before, and b cannot renew
     while not m.try_lock("vol.1", "attach", "front-a", 30):
-        assert time.monotonic() - t0 < 15
-        time.sleep(0.2)
-    assert time.monotonic() - t0 >= 1
+        assert time.monotonic() - t0 < 3
+        time.sleep(0.02)
+    assert time.monotonic() - t0 >= 1.4
     assert not m.renew_lock("vol.1", "attach", "front-b", 30)
+    with pytest.raises(InvalidParameter):
+        m.try_lock("vol.1", "attach", "front-a", 0)
 
 
 # --- a cluster that is not there -------------------------------------------------------------
