@@ -1,4 +1,4 @@
-"""``fsck``: verify every invariant written down in ``layout.py`` (I1-I10).
+"""``fsck``: verify every invariant written down in ``layout.py`` (I1-I11, and R1 on RADOS).
 
 The check never holds one read transaction for its whole run (on LMDB that would stop
 the pages that concurrent commits free from being reused, so a busy store would fill up
@@ -162,6 +162,14 @@ def _check_pass(store: Store, chunks: ChunkStore, maps: BlockMaps, batch: int,
             problems.append("... more problems not listed")
 
     stats: Counter[str] = Counter()
+    structure = getattr(store.backend, "check_structure", None)
+    if structure is not None:  # R1: a backend's own structures (rados://: its trees)
+        found, extra = structure()
+        for msg in found:
+            bad(f"R1: {msg}")
+        stats.update(extra)
+        if found:  # the tables cannot be read as they are: report what is known
+            return FsckReport(ok=False, problems=problems, stats=dict(stats), unverified=[])
     rd = _Reader(store, chunks, batch, chunk_batch)
     try:
         # I1 format

@@ -27,6 +27,7 @@ from .errors import EbsError, InvalidParameter, StoreOwned
 from .model import Snapshot, Volume
 from .rules import DEFAULT_ACCOUNT, VOLUME_TYPES
 from .storage.owner import Holder, store_owner
+from .storage.store import local_dir
 
 EXIT_USAGE = 2
 EXIT_FSCK = 6
@@ -267,7 +268,8 @@ def cmd_serve(eng: Engine, a: argparse.Namespace, out: Out) -> int:
     from .serve.control import ControlServer
 
     if a.nbd_socket is None:
-        unix: str | None = os.path.join(os.path.abspath(eng.path), DEFAULT_SOCKET_NAME)
+        where = local_dir(eng.path)
+        unix: str | None = os.path.join(where, DEFAULT_SOCKET_NAME) if where else None
     elif a.nbd_socket in ("", "none"):
         unix = None
     else:
@@ -780,7 +782,8 @@ def _run(a: argparse.Namespace, out: Out) -> int:
             return cmd_serve(eng, a, out)
     path = a.store if a.store is not None else default_store_path()
     for attempt in range(2):
-        holder = None if path.startswith("memory://") else store_owner(path)
+        where = local_dir(path)
+        holder = None if where is None else store_owner(where)
         if holder is not None:
             if a.command in DIRECT_READS:
                 with Engine(path, readonly=True, master_key=a.master_key) as eng:

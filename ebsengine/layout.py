@@ -111,6 +111,27 @@ Chunk keys of a domain use keyed fingerprints, so dedup stays within the domain 
 says nothing about the plaintext; a patch's digest is BLAKE2b-128 keyed the same way. Zero
 chunks are never stored, in any domain.
 
+Stores on Ceph RADOS (``rados://PREFIX?...``)
+---------------------------------------------
+The same tables, with the same keys, values and invariants, kept in two pools instead of
+one LMDB file:
+
+* the metadata pool (``PREFIX.meta``, replicated: RADOS has no omap on erasure-coded pools)
+  holds every table as a copy-on-write B+tree of immutable node objects ``n.<hex id>`` and
+  one root object ``kv.root`` naming each table's root node and the commit sequence number;
+  the root write (a compound op asserting the root's object version) is the single commit
+  point of a transaction, nodes are written before it, and nodes a commit stopped using are
+  listed in the root's omap and removed after a grace period. Node, root and freed-list
+  formats: ``storage/cowtree.py`` and ``storage/rados_kv.py``;
+* the chunk bytes of ``chunks`` are objects ``c.<hex chunk key>`` of the data pool
+  (``PREFIX.data``), written and durable before the commit that references them. Two more
+  tables exist only on RADOS stores: ``rados_index`` (chunk key -> ``b""``: the chunks that
+  are stored, the RADOS counterpart of ``chunks``'s keys, written in the commit that puts the
+  object) and ``rados_gc`` (chunk key -> deadline: objects whose last reference a commit
+  dropped, removed only after the deadline; a later put of the key within the grace revives
+  it). See ``storage/rados_chunks.py``. An object with no ``rados_index`` entry is an orphan
+  of a transaction that did not commit; a sweep removes it once older than the grace.
+
 Format history and migration
 ----------------------------
 * 1: no ``snaps_by_volume``, no ``pages``, no patch values in ``maps``.
@@ -168,6 +189,11 @@ I11 A lineage's ``domain`` equals its base lineage's; every chunk and pages valu
     refers to is sealed in that lineage's domain, or plaintext when it has none. With the
     keys, every sealed value opens (I3 and I10 are checked on the plaintext); without them,
     fsck checks the structure and reports how many values it could not verify.
+R1  (``rados://`` stores) The root decodes and every table's tree is sound: each node it
+    reaches exists and passes its checksum, keys are ordered within and across nodes and
+    between separators, levels are consistent, and the tree's entry count and byte count
+    match its leaves (``cowtree.check_tree``). On RADOS stores, I2-I4's "present in
+    ``chunks``" means "indexed in ``rados_index``, with its object in the data pool".
 
 """
 

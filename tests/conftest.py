@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 import ebsengine
+from ceph_support import ceph_cluster, rados_pools  # noqa: F401 - fixtures for every test
 from ebsengine import layout as L
 
 
@@ -25,16 +26,22 @@ def store_path(tmp_path) -> str:
     return str(tmp_path / "store")
 
 
-STORE_KINDS = ["lmdb", "memory"]
+#: "rados" is a store on the test Ceph cluster (tests/ceph_support.py): one pool prefix per test
+STORE_KINDS = ["lmdb", "memory", pytest.param("rados", marks=pytest.mark.needs_ceph)]
 
 
 @pytest.fixture(params=STORE_KINDS)
 def any_store_path(request, tmp_path) -> Iterator[str]:
-    """A store path on each storage backend: an LMDB directory, or a named in-memory store
-    (``memory://NAME``: reopenable by the same path, dropped after the test). A test
-    module runs on both by overriding ``store_path`` with it."""
+    """A store path on each storage backend: an LMDB directory, a named in-memory store
+    (``memory://NAME``: reopenable by the same path, dropped after the test), or a
+    ``rados://`` store on the test cluster (its pools dropped after the test). A test
+    module runs on all of them by overriding ``store_path`` with it."""
     if request.param == "lmdb":
         yield str(tmp_path / "store")
+        return
+    if request.param == "rados":
+        pools = request.getfixturevalue("rados_pools")
+        yield pools.url(workdir=str(tmp_path / "rados-workdir"))
         return
     from ebsengine.storage.memory import forget
     name = f"test-{os.getpid()}-{id(request)}-{request.node.name}"

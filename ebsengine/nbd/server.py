@@ -43,6 +43,7 @@ from ebsengine.nbd.handshake import Handshake
 from ebsengine.nbd.tls import TlsConfig, TlsSocket
 from ebsengine.nbd.transmission import DEFAULT_INLINE_LIMIT, Transmission, WorkerPool
 from ebsengine.serve.control import OWN_WAIT
+from ebsengine.storage.store import local_dir
 
 log = logging.getLogger("ebsengine.nbd")
 
@@ -474,7 +475,8 @@ def serve(
     from ebsengine.serve import run_services
 
     if unix_path is None:
-        unix = Path(store_path) / DEFAULT_SOCKET_NAME
+        where = local_dir(str(store_path))
+        unix = Path(where) / DEFAULT_SOCKET_NAME if where else None
     elif str(unix_path) == "":
         unix = None
     else:

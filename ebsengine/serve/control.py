@@ -26,6 +26,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ..storage.store import local_dir
+
 log = logging.getLogger("ebsengine.control")
 
 CONTROL_SOCKET_NAME = "control.sock"
@@ -48,7 +50,12 @@ class _Owner(Protocol):
 
 
 def socket_path(store: str) -> str:
-    return os.path.join(os.path.abspath(store), CONTROL_SOCKET_NAME)
+    """The control socket of ``store``: in its local directory (see
+    :func:`ebsengine.storage.store.local_dir`)."""
+    where = local_dir(store)
+    if where is None:
+        raise ValueError(f"{store!r} has no local directory for a control socket")
+    return os.path.join(where, CONTROL_SOCKET_NAME)
 
 
 class ControlServer:

@@ -13,6 +13,10 @@ every other backend (:mod:`.memory` now, Ceph RADOS later) imitates that shape:
 * :class:`ChunkBackend` — where chunk *bytes* live, with batch operations; see its
   docstring for the contract (ordering against the metadata commit) a backend must keep.
 
+A key-value backend that keeps chunk bytes elsewhere (``rados://``: objects of a data pool)
+has a method ``chunk_backend(store) -> ChunkBackend``, which the chunk store uses instead
+of a table of the key-value backend.
+
 The contract every backend must pass is ``tests/storage/test_backend_contract.py``.
 
 Semantics a :class:`KvBackend` must keep (LMDB's, which the engine relies on):

@@ -75,6 +75,9 @@ class ChunkStore:
         self.store = store
         self.chunks = store.db["chunks"]
         self.refs = store.db["refs"]
+        if backend is None:  # a backend may keep chunk bytes elsewhere (rados://: objects)
+            own = getattr(store.backend, "chunk_backend", None)
+            backend = own(store) if own is not None else None
         self.backend: ChunkBackend = backend if backend is not None else \
             KvChunks(store, self.chunks)
         self.level = store.zstd_level

@@ -25,7 +25,7 @@ import itertools
 import threading
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import CorruptStore, StoreFull
 from .base import DEFAULT_MAP_SIZE, MAX_KEY_SIZE, Buf, Table, Txn
@@ -62,7 +62,11 @@ class _Handle:
 
 
 class _Version:
-    """Committed content of one table (never changed once published)."""
+    """Committed content of one table (never changed once published).
+
+    Transactions read a committed version only through :meth:`get`, :meth:`seek`,
+    :attr:`count` and :attr:`nbytes` (the :class:`Committed` shape), so another backend
+    (:mod:`.rados_kv`: a copy-on-write B-tree) plugs in its own versions."""
 
     __slots__ = ("data", "keys", "nbytes")
 
@@ -71,8 +75,47 @@ class _Version:
         self.keys = keys
         self.nbytes = nbytes
 
+    @property
+    def count(self) -> int:
+        return len(self.data)
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.data.get(key)
+
+    def seek(self, key: bytes | None, *, forward: bool, strict: bool) -> bytes | None:
+        return _seek_sorted(self.keys, key, forward=forward, strict=strict)
+
 
 _EMPTY = _Version({}, [], 0)
+
+
+class Committed(Protocol):
+    """What a transaction reads of one table's committed content."""
+
+    @property
+    def count(self) -> int: ...
+    @property
+    def nbytes(self) -> int: ...
+    def get(self, key: bytes) -> bytes | None: ...
+    def seek(self, key: bytes | None, *, forward: bool, strict: bool) -> bytes | None:
+        """The first key >= ``key`` (forward; > if strict; None: the first), or the last
+        key <= ``key`` (backward; < if strict; None: the last); None when there is none."""
+        ...
+
+
+def _seek_sorted(keys: list[bytes], key: bytes | None, *, forward: bool,
+                 strict: bool) -> bytes | None:
+    if not keys:
+        return None
+    if forward:
+        if key is None:
+            return keys[0]
+        i = bisect_right(keys, key) if strict else bisect_left(keys, key)
+        return keys[i] if i < len(keys) else None
+    if key is None:
+        return keys[-1]
+    i = (bisect_left(keys, key) if strict else bisect_right(keys, key)) - 1
+    return keys[i] if i >= 0 else None
 
 
 class _Overlay:
@@ -147,7 +190,7 @@ class MemoryBackend:
     def open_db(self, key: bytes, create: bool = True) -> Table:
         self._live()
         name = _key(key)
-        if name not in self._s.tables[None].data:
+        if self._snapshot()[None].get(name) is None:
             if not create or self.readonly:
                 raise MemoryError_(f"table {name!r} does not exist")
             with self.begin(write=True) as txn:  # the main table names the tables, as LMDB's
@@ -166,11 +209,11 @@ class MemoryBackend:
         if write:
             if self.readonly:
                 raise MemoryError_("the backend is read-only")
-            self._s.writer.acquire()
+            self._begin_write()
             try:
                 return MemoryTxn(self, write=True, parent=None, default=db)
             except BaseException:
-                self._s.writer.release()
+                self._end_write()
                 raise
         return MemoryTxn(self, write=False, parent=None, default=db)
 
@@ -198,6 +241,32 @@ class MemoryBackend:
 
     # --- internals --------------------------------------------------------------------------
 
+    # --- what the transactions ask of their backend (another backend overrides these) --------
+
+    def _snapshot(self) -> dict[bytes | None, Committed]:
+        """The committed tables a new transaction starts from (a read snapshot)."""
+        return self._s.tables  # type: ignore[return-value]
+
+    def _begin_write(self) -> None:
+        """Take the one-writer lock (``begin(write=True)``)."""
+        self._s.writer.acquire()
+
+    def _end_write(self) -> None:
+        """Release what :meth:`_begin_write` took (after commit or abort)."""
+        self._s.writer.release()
+
+    def _publish(self, base: dict[bytes | None, Committed],
+                 over: dict[bytes | None, _Overlay]) -> None:
+        """Make a root write transaction's changes the committed state (atomically)."""
+        with self._s.publish:
+            tables = dict(self._s.tables)
+            for name, ov in over.items():
+                old = tables.get(name, _EMPTY)
+                assert isinstance(old, _Version)
+                tables[name] = _apply(old, ov)
+            self._s.tables = tables
+            self._s.txnid += 1
+
     def _live(self) -> None:
         if self._closed:
             raise MemoryError_("the memory backend is closed")
@@ -218,7 +287,7 @@ class MemoryTxn:
         self._env = env
         self.write = write
         self._parent = parent
-        self._base: dict[bytes | None, _Version] = parent._base if parent else env._s.tables
+        self._base: dict[bytes | None, Committed] = parent._base if parent else env._snapshot()
         self._over: dict[bytes | None, _Overlay] = {}
         self._default = env._table_name(default)
         self._child: MemoryTxn | None = None
@@ -257,31 +326,19 @@ class MemoryTxn:
                 v = ov.changes[key]
                 return None if v is _DELETED else v
             t = t._parent
-        return self._base.get(name, _EMPTY).data.get(key)
+        return self._base.get(name, _EMPTY).get(key)
 
     def _seek(self, name: bytes | None, key: bytes | None, *, forward: bool,
               strict: bool) -> bytes | None:
         """The first live key after (forward) or before ``key`` (None: from the end)."""
-        layers = [ov.keys for ov in self._layers(name)] + [self._base.get(name, _EMPTY).keys]
+        layers = [ov.keys for ov in self._layers(name)]
+        base = self._base.get(name, _EMPTY)
         while True:
-            best: bytes | None = None
+            best = base.seek(key, forward=forward, strict=strict)
             for keys in layers:
-                if not keys:
-                    continue
-                if forward:
-                    if key is None:
-                        i = 0
-                    else:
-                        i = bisect_right(keys, key) if strict else bisect_left(keys, key)
-                    if i < len(keys) and (best is None or keys[i] < best):
-                        best = keys[i]
-                else:
-                    if key is None:
-                        i = len(keys) - 1
-                    else:
-                        i = (bisect_left(keys, key) if strict else bisect_right(keys, key)) - 1
-                    if i >= 0 and (best is None or keys[i] > best):
-                        best = keys[i]
+                k = _seek_sorted(keys, key, forward=forward, strict=strict)
+                if k is not None and (best is None or (k < best if forward else k > best)):
+                    best = k
             if best is None:
                 return None
             if self._lookup(name, best) is not None:
@@ -295,7 +352,7 @@ class MemoryTxn:
         for ov in reversed(self._layers(name)):
             merged.update(ov.changes)
         for k, v in merged.items():
-            old = ver.data.get(k)
+            old = ver.get(k)
             if old is not None:
                 n -= len(k) + len(old) + ENTRY_OVERHEAD
             if v is not _DELETED:
@@ -320,12 +377,12 @@ class MemoryTxn:
         self._usable()
         name = self._name(db)
         ver = self._base.get(name, _EMPTY)
-        n = len(ver.data)
+        n = ver.count
         merged: dict[bytes, Any] = {}
         for ov in reversed(self._layers(name)):
             merged.update(ov.changes)
         for k, v in merged.items():
-            n += int(v is not _DELETED) - int(k in ver.data)
+            n += int(v is not _DELETED) - int(ver.get(k) is not None)
         return {"psize": 4096, "depth": 1 if n else 0, "branch_pages": 0, "leaf_pages": 0,
                 "overflow_pages": 0, "entries": n}
 
@@ -366,10 +423,17 @@ class MemoryTxn:
 
     # --- end --------------------------------------------------------------------------------
 
+    def _drop_base(self) -> None:
+        """An ended transaction lets go of its snapshot (a backend may free what only
+        old snapshots still see)."""
+        self._base = {}
+        self._over = {}
+
     def commit(self) -> None:
         self._usable()
         self._done = True
         if not self.write:
+            self._drop_base()
             return
         if self._parent is not None:
             parent = self._parent
@@ -381,17 +445,14 @@ class MemoryTxn:
                 else:
                     for k in ov.keys:
                         pov.set(k, ov.changes[k])
+            self._drop_base()
             return
         env = self._env
         try:
-            with env._s.publish:
-                tables = dict(env._s.tables)
-                for name, ov in self._over.items():
-                    tables[name] = _apply(tables.get(name, _EMPTY), ov)
-                env._s.tables = tables
-                env._s.txnid += 1
+            env._publish(self._base, self._over)
         finally:
-            env._s.writer.release()
+            self._drop_base()
+            env._end_write()
 
     def abort(self) -> None:
         if self._done:
@@ -399,10 +460,11 @@ class MemoryTxn:
         if self._child is not None:
             self._child.abort()
         self._done = True
+        self._drop_base()
         if self._parent is not None:
             self._parent._child = None
         elif self.write:
-            self._env._s.writer.release()
+            self._env._end_write()
 
     def __del__(self) -> None:  # like LMDB: a forgotten transaction is aborted
         if not getattr(self, "_done", True):

@@ -25,7 +25,14 @@ placement groups or an erasure-coded profile for the data pool). Options, all op
     :class:`~ebsengine.errors.BackendUnavailable` instead of waiting for ever: sets librados's
     ``rados_osd_op_timeout``, ``rados_mon_op_timeout`` and ``client_mount_timeout``;
 ``meta`` / ``data``
-    pool names that replace ``PREFIX.meta`` / ``PREFIX.data``.
+    pool names that replace ``PREFIX.meta`` / ``PREFIX.data``;
+``grace``
+    seconds (default 60) that stored objects a commit stopped referencing (chunks, metadata
+    nodes) are kept before they are removed, so that a reader in another process whose
+    snapshot is that old still finds them;
+``workdir``
+    the store's local directory on this host (owner lock, control and NBD sockets; never any
+    data): default ``~/.cache/ebsengine/rados/<hash of the pools and the conf>``.
 
 Operations
 ----------
@@ -48,7 +55,9 @@ swallowed; a missing object is a result (None, False) where the operation says s
 from __future__ import annotations
 
 import errno
+import hashlib
 import math
+import os
 import re
 import struct
 import threading
@@ -67,7 +76,8 @@ READ_HINT = 128 * 1024  # bytes asked for by a first read; a longer object is re
 APPLICATION = "ebsengine"  # the pool application tag (Ceph warns about untagged pools)
 
 _POOL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,100}")
-_OPTIONS = ("conf", "id", "keyring", "timeout", "meta", "data")
+_OPTIONS = ("conf", "id", "keyring", "timeout", "meta", "data", "grace", "workdir")
+DEFAULT_GRACE = 60.0
 
 # errno values that mean "the cluster cannot be reached or did not answer in time"
 _UNAVAILABLE = {errno.ETIMEDOUT, errno.ESHUTDOWN, errno.ENOTCONN, errno.ECONNREFUSED,
@@ -106,6 +116,8 @@ class RadosUrl:
     timeout: float = DEFAULT_TIMEOUT
     meta_pool: str = ""
     data_pool: str = ""
+    grace: float = DEFAULT_GRACE
+    workdir: str | None = None
 
     def __str__(self) -> str:
         opts = [f"{k}={v}" for k, v in (("conf", self.conf), ("id", self.id),
@@ -147,6 +159,14 @@ def parse_url(url: str) -> RadosUrl:
             timeout = -1.0
         if not (0 < timeout <= 3600):
             raise InvalidParameter(f"{url!r}: timeout must be a number of seconds in (0, 3600]")
+    grace = DEFAULT_GRACE
+    if "grace" in one:
+        try:
+            grace = float(one["grace"])
+        except ValueError:
+            grace = -1.0
+        if not (0 <= grace <= 86400):
+            raise InvalidParameter(f"{url!r}: grace must be a number of seconds in [0, 86400]")
     meta = one.get("meta", prefix + ".meta")
     data = one.get("data", prefix + ".data")
     for name in (meta, data):
@@ -156,7 +176,18 @@ def parse_url(url: str) -> RadosUrl:
         raise InvalidParameter(f"{url!r}: the meta and data pools must differ")
     return RadosUrl(prefix=prefix, conf=one.get("conf"), id=one.get("id", "admin"),
                     keyring=one.get("keyring"), timeout=timeout, meta_pool=meta,
-                    data_pool=data)
+                    data_pool=data, grace=grace, workdir=one.get("workdir"))
+
+
+def workdir(url: str | RadosUrl) -> str:
+    """The store's local directory on this host (see the ``workdir`` option)."""
+    u = parse_url(url) if isinstance(url, str) else url
+    if u.workdir:
+        return os.path.abspath(u.workdir)
+    conf = os.path.realpath(u.conf) if u.conf else ""
+    ident = hashlib.sha256(f"{conf}\0{u.id}\0{u.meta_pool}\0{u.data_pool}".encode())
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "ebsengine", "rados", ident.hexdigest()[:16])
 
 
 def _rados() -> Any:

@@ -24,15 +24,32 @@ from .migrate import STEPS, migrate, readable_as_is
 
 GROUP_LINGER = 0.004  # seconds a group-commit leader waits for announced callers
 MEMORY_URL = "memory://"
+RADOS_URL = "rados://"
 SCAN_BATCH = 1024  # items per read transaction in :meth:`Store.scan`
 
 T = TypeVar("T")
 
 
+def local_dir(path: str | os.PathLike[str]) -> str | None:
+    """The local directory of a store: where its owner lock, control socket and NBD socket
+    live. An LMDB store's own directory; for ``rados://`` stores (see
+    :mod:`.rados_io`) the URL's ``workdir`` or one derived from the pools and the cluster
+    conf under ``~/.cache/ebsengine/rados/`` (it holds no data: a lost one loses nothing);
+    None for in-memory stores."""
+    p = os.fspath(path)
+    if p.startswith(MEMORY_URL):
+        return None
+    if p.startswith(RADOS_URL):
+        from .rados_io import workdir
+        return workdir(p)
+    return os.path.abspath(p)
+
+
 def open_backend(path: str | os.PathLike[str], *, map_size: int = DEFAULT_MAP_SIZE,
                  readonly: bool = False, fix_permissions: bool = False) -> KvBackend:
     """The backend for ``path``: ``memory://`` is a fresh in-memory store, ``memory://NAME``
-    the process-wide in-memory store NAME (reopenable), anything else an LMDB directory
+    the process-wide in-memory store NAME (reopenable), ``rados://PREFIX?...`` a store on
+    a Ceph cluster (:mod:`.rados_kv`, :mod:`.rados_io`), anything else an LMDB directory
     (its owner's alone: refused with InsecureStore if its modes are looser than 0700/0600,
     unless ``fix_permissions`` tightens them)."""
     p = os.fspath(path)
@@ -40,6 +57,9 @@ def open_backend(path: str | os.PathLike[str], *, map_size: int = DEFAULT_MAP_SI
         from .memory import MemoryBackend
         return MemoryBackend(p[len(MEMORY_URL):] or None, map_size=map_size,
                              readonly=readonly)
+    if p.startswith(RADOS_URL):
+        from .rados_kv import open_rados
+        return open_rados(p, map_size=map_size, readonly=readonly)
     from .lmdb_env import LmdbBackend
     return LmdbBackend(path, map_size=map_size, readonly=readonly,
                        fix_permissions=fix_permissions)

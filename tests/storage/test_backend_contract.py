@@ -1,7 +1,7 @@
 """The contract every storage backend keeps (``ebsengine/storage/base.py``), run against each
-backend: LMDB and in-memory key-value backends (``BACKENDS``); chunk backends over each of
-them and RADOS chunks (``CHUNK_BACKENDS``: objects on a Ceph cluster, metadata in memory;
-marked ``needs_ceph``).
+backend: the key-value backends (``BACKENDS``); chunk backends over each of them and RADOS
+chunks (``CHUNK_BACKENDS``: objects on a Ceph cluster, metadata in memory; marked
+``needs_ceph``).
 
 Part 1 is the key-value backend (tables, transactions, cursors); part 2 the chunk backend
 (batch operations, ordering against the metadata commit, streaming iteration); part 3 the
@@ -23,15 +23,23 @@ from ebsengine.storage.base import MAX_KEY_SIZE, KvBackend
 from ebsengine.storage.chunks import ChunkStore, KvChunks
 from ebsengine.storage.lmdb_env import LmdbBackend
 from ebsengine.storage.memory import MemoryBackend
+from ebsengine.storage.rados_kv import DictPool, RadosKv
 from ebsengine.storage.store import Store
 
-BACKENDS = ["lmdb", "memory"]
-CHUNK_BACKENDS = ["lmdb", "memory", pytest.param("rados", marks=pytest.mark.needs_ceph)]
+#: "radoskv" is the metadata backend of rados:// stores over an in-process pool (DictPool:
+#: RADOS's object versions, conditional writes and locks); the same backend over a real
+#: cluster runs in tests/storage/test_rados_store.py.
+BACKENDS = ["lmdb", "memory", "radoskv"]
+#: chunk backends: KvChunks over each key-value backend, and RadosChunks (objects on the test
+#: Ceph cluster, metadata in memory)
+CHUNK_BACKENDS = [*BACKENDS, pytest.param("rados", marks=pytest.mark.needs_ceph)]
 
 
 def make_backend(kind: str, tmp_path, map_size: int = 1 << 30) -> KvBackend:
     if kind == "lmdb":
         return LmdbBackend(tmp_path / "kv", map_size=map_size)
+    if kind == "radoskv":
+        return RadosKv(DictPool(), path="rados://contract", map_size=map_size)
     return MemoryBackend(map_size=map_size)
 
 

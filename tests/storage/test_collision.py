@@ -42,8 +42,8 @@ pattern = sha_bytes  # deterministic incompressible bytes (conftest)
 
 
 def stored_keys(eng: ebsengine.Engine) -> list[bytes]:
-    with eng._store.read() as txn:
-        return [k for k, _ in txn.cursor(db=eng._store.db["chunks"])]
+    """The keys of every stored chunk, from the chunk backend (any backend)."""
+    return [k for batch in eng._chunks.backend.iter_all() for k, _ in batch]
 
 
 def assert_collided(eng: ebsengine.Engine, n: int) -> None:

@@ -259,7 +259,7 @@ def store_content(store) -> list:
 def test_a_cluster_that_stops_answering_gives_backend_unavailable_not_a_hang(ceph_cluster):
     cluster = start_private_cluster()
     try:
-        c = rados_io.connect(cluster.url("down", timeout=3))
+        c = rados_io.connect(cluster.url("down", timeout=2))
         c.data.put_many([("a", b"A"), ("b", b"B")])
         c.meta.cas_write("root", None, b"r")
         store = Store(backend=MemoryBackend())
@@ -269,7 +269,6 @@ def test_a_cluster_that_stops_answering_gives_backend_unavailable_not_a_hang(cep
         try:
             ops = {"put": lambda: c.data.put_many([("c", b"C")]),
                    "read": lambda: c.data.read_many(["a", "b"]),
-                   "read_versioned": lambda: c.meta.read_versioned("root"),
                    "cas": lambda: c.meta.cas_write("root", 999, b"x"),  # can never apply
                    "chunk put": lambda: chunk_put(c, store)}
             for name, op in ops.items():
@@ -284,13 +283,15 @@ def test_a_cluster_that_stops_answering_gives_backend_unavailable_not_a_hang(cep
         finally:
             os.kill(osd, signal.SIGCONT)
         # back: work resumes (once the OSD has caught up), nothing was lost
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while True:
             try:
                 assert c.data.read_many(["a", "b"]) == [b"A", b"B"]
                 break
             except BackendUnavailable:
-                assert time.monotonic() < deadline, "the cluster did not come back"
+                log = Path(f"{cluster.dir}/log/osd.0.log").read_text().splitlines()[-20:]
+                assert time.monotonic() < deadline, "the cluster did not come back:\n" + \
+                    "\n".join(log)
         assert c.meta.read("root") == b"r"
         assert store_content(store) == before  # the chunk put's transaction committed nothing
         c.close()

@@ -1,0 +1,700 @@
+"""The metadata of a ``rados://`` store: a :class:`~.base.KvBackend` over a RADOS pool.
+
+The engine's tables (block maps, lineages, volumes, snapshots, service records, ...) keep
+LMDB's semantics here (``base.py``): ordered tables, one writer at a time, read
+transactions that see one commit for their whole life. They are laid out as LMDB lays out
+its file, one level up:
+
+* each table is a copy-on-write B+tree (:mod:`.cowtree`) whose nodes are immutable objects
+  ``n.<hex id>`` of the metadata pool; a node is never changed once written, so any number
+  of readers, in any process, read any committed version without locks, and a node can be
+  cached anywhere with no invalidation;
+* one small *root* object, ``kv.root``, names the root node of every table and carries the
+  commit sequence number. A commit writes its new nodes first (pipelined, durable), then
+  replaces the root in one compound operation that asserts the root's object version: the
+  root write is the commit point, a crash before it leaves only unreferenced nodes, and a
+  writer that lost its lock to another front end cannot overwrite that one's commit;
+* one writer at a time across every process: a write transaction holds the RADOS lock
+  ``writer`` on ``kv.lock`` (cls_lock, with a duration, so a dead writer's lock expires)
+  from ``begin(write=True)`` to its commit or abort, and reads the root afresh under it;
+* nodes a commit stops referencing are listed in an omap entry of the root written in the
+  same compound op (``f<seq:016x>`` -> ``time_ns u64 | ids``) and removed only after
+  ``grace`` seconds *and* once no read transaction of this process can still see them, so
+  a reader in another process (whose snapshot is at most ``grace`` old: readers are kept
+  short and long walks use fresh transactions) never finds a node missing.
+
+What a commit costs: O(changed leaves x depth) node writes (one B-tree path per changed
+region; unchanged subtrees are shared between versions), the lock round trips and one root
+write. A lookup costs the tree's depth in node visits, from a shared cache of decoded nodes.
+
+The pool is reached through :class:`ObjectPool`; :class:`DictPool` is an in-process one (the
+same semantics, object versions and locks included) for tests that need no cluster.
+The layout is part of the store's on-disk format: ``layout.py`` refers here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+import xxhash
+
+from ..errors import CorruptStore, FormatError, StoreLocked, StoreOwned
+from .base import DEFAULT_MAP_SIZE, ChunkBackend
+from .cowtree import NodeCache, Tree, check_tree
+from .memory import _DELETED, Committed, MemoryBackend, MemoryError_, _Overlay
+from .owner import StoreLock
+
+if TYPE_CHECKING:
+    from .rados_chunks import RadosChunks
+    from .rados_io import RadosConnection
+    from .store import Store
+
+log = logging.getLogger("ebsengine.rados")
+
+ROOT = "kv.root"
+LOCK = "kv.lock"  # the object carrying the writer lock (locking creates an empty object)
+WRITER_LOCK = "writer"
+ROOT_MAGIC = b"EBSKVR01"
+NODE_PREFIX = "n."
+FREE_PREFIX = "f"
+ID_SIZE = 12  # random node ids: 96 bits, never reused
+LOCK_SECONDS = 30.0  # a dead writer's lock expires after this long
+LOCK_WAIT = 60.0  # begin(write=True) gives up (StoreLocked) after waiting this long
+DEFAULT_GRACE = 60.0  # freed nodes outlive their last commit by this long
+DEFAULT_REFRESH = 1.0  # a read transaction may see a root this old (other processes' commits)
+_HEAD = struct.Struct(">8sQI")  # magic, seq, number of tables
+_NAME = struct.Struct(">H")
+_FREE = struct.Struct(">Q")
+_NO_NAME = 0xFFFF  # the name length that marks the main (unnamed) table
+
+
+class ObjectPool(Protocol):
+    """The operations of one pool that the metadata needs (:class:`.rados_io.Pool`'s)."""
+
+    def put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """Write whole objects, pipelined; durable when it returns."""
+        ...
+
+    def read_many(self, names: Sequence[str]) -> list[bytes | None]:
+        """Whole objects (None: no such object)."""
+        ...
+
+    def remove_many(self, names: Sequence[str]) -> int:
+        """Remove objects (a missing one is no error); how many existed."""
+        ...
+
+    def read_versioned(self, name: str) -> tuple[bytes | None, int]:
+        """The object and its version (None, 0 when it does not exist)."""
+        ...
+
+    def cas_write_version(self, name: str, expected_version: int | None, data: bytes | None,
+                          *, omap_set: dict[str, bytes] | None = None,
+                          omap_rm: Sequence[str] = ()) -> int | None:
+        """Replace the object and change its omap in one atomic operation, only if its
+        version is still ``expected_version`` (None: only if it does not exist). The new
+        version, or None when the condition failed (nothing changed)."""
+        ...
+
+    def omap_get(self, name: str, *, start_after: str = "", prefix: str = "",
+                 max_return: int = 1000) -> list[tuple[str, bytes]]:
+        """Up to ``max_return`` omap entries after ``start_after`` starting with ``prefix``,
+        in key order."""
+        ...
+
+    def try_lock(self, name: str, lockname: str, cookie: str, duration: float, *,
+                 desc: str = "") -> bool:
+        """Take (or renew, same cookie) an exclusive lock on ``name``; False if another
+        cookie holds it. It expires after ``duration`` seconds unless renewed."""
+        ...
+
+    def unlock(self, name: str, lockname: str, cookie: str) -> bool: ...
+
+
+class DictPool:
+    """An :class:`ObjectPool` in this process's memory, with RADOS's semantics (object
+    versions that change with every write, compound conditional writes, expiring locks).
+    ``fail_after`` makes the N-th mutating call from now raise (crash tests)."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, tuple[bytes, int]] = {}
+        self.omaps: dict[str, dict[str, bytes]] = {}
+        self.locks: dict[tuple[str, str], tuple[str, float]] = {}
+        self._mu = threading.Lock()
+        self._version = 0
+        self.fail_after: int | None = None
+
+    def _mutating(self) -> None:
+        if self.fail_after is not None:
+            if self.fail_after <= 0:
+                raise OSError(5, "injected pool failure")
+            self.fail_after -= 1
+
+    def put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        with self._mu:
+            for name, data in items:
+                self._mutating()
+                self._version += 1
+                self.objects[name] = (bytes(data), self._version)
+
+    def read_many(self, names: Sequence[str]) -> list[bytes | None]:
+        with self._mu:
+            return [self.objects[n][0] if n in self.objects else None for n in names]
+
+    def remove_many(self, names: Sequence[str]) -> int:
+        with self._mu:
+            found = 0
+            for n in names:
+                self._mutating()
+                found += self.objects.pop(n, None) is not None
+                self.omaps.pop(n, None)
+            return found
+
+    def read_versioned(self, name: str) -> tuple[bytes | None, int]:
+        with self._mu:
+            got = self.objects.get(name)
+            return (None, 0) if got is None else got
+
+    def cas_write_version(self, name: str, expected_version: int | None, data: bytes | None,
+                          *, omap_set: dict[str, bytes] | None = None,
+                          omap_rm: Sequence[str] = ()) -> int | None:
+        with self._mu:
+            self._mutating()
+            got = self.objects.get(name)
+            if (got is None) != (not expected_version) or \
+                    (got is not None and got[1] != expected_version):
+                return None
+            self._version += 1
+            self.objects[name] = (got[0] if data is None and got else bytes(data or b""),
+                                  self._version)
+            omap = self.omaps.setdefault(name, {})
+            for k in omap_rm:
+                omap.pop(k, None)
+            omap.update(omap_set or {})
+            return self._version
+
+    def omap_get(self, name: str, *, start_after: str = "", prefix: str = "",
+                 max_return: int = 1000) -> list[tuple[str, bytes]]:
+        with self._mu:
+            omap = self.omaps.get(name, {})
+            got = sorted((k, v) for k, v in omap.items()
+                         if k.startswith(prefix) and k > start_after)
+            return got[:max_return]
+
+    def try_lock(self, name: str, lockname: str, cookie: str, duration: float, *,
+                 desc: str = "") -> bool:
+        with self._mu:
+            held = self.locks.get((name, lockname))
+            now = time.monotonic()
+            if held is not None and held[0] != cookie and held[1] > now:
+                return False
+            self.locks[(name, lockname)] = (cookie, now + duration)
+            return True
+
+    def unlock(self, name: str, lockname: str, cookie: str) -> bool:
+        with self._mu:
+            held = self.locks.get((name, lockname))
+            if held is not None and held[0] == cookie:
+                del self.locks[(name, lockname)]
+                return True
+            return False
+
+
+def node_name(node_id: bytes) -> str:
+    return NODE_PREFIX + node_id.hex()
+
+
+class _Nodes:
+    """The trees' :class:`~.cowtree.NodeSource`: nodes are objects of the pool."""
+
+    def __init__(self, pool: ObjectPool) -> None:
+        self.pool = pool
+
+    def load_many(self, ids: Sequence[bytes]) -> list[bytes]:
+        got = self.pool.read_many([node_name(i) for i in ids])
+        out: list[bytes] = []
+        for node_id, data in zip(ids, got, strict=True):
+            if data is None:
+                raise CorruptStore(f"metadata node {node_name(node_id)} is missing from the "
+                                   f"pool (the store's metadata is damaged)")
+            out.append(data)
+        return out
+
+
+def encode_root(seq: int, tables: dict[bytes | None, Tree]) -> bytes:
+    """``kv.root``: magic, commit seq, then each table's name and tree meta; xxh3-64 last."""
+    parts = [_HEAD.pack(ROOT_MAGIC, seq, len(tables))]
+    for name in sorted(tables, key=lambda n: b"" if n is None else b"\x00" + n):
+        meta = tables[name].to_meta()
+        parts.append(_NAME.pack(_NO_NAME) if name is None else _NAME.pack(len(name)) + name)
+        parts.append(_NAME.pack(len(meta)) + meta)
+    body = b"".join(parts)
+    return body + xxhash.xxh3_64_digest(body)
+
+
+def decode_root(data: bytes, nodes: _Nodes, cache: NodeCache) -> tuple[int, dict[bytes | None,
+                                                                               Tree]]:
+    if len(data) < _HEAD.size + 8 or xxhash.xxh3_64_digest(data[:-8]) != data[-8:]:
+        raise CorruptStore(f"the metadata root {ROOT} is damaged (checksum)")
+    magic, seq, n = _HEAD.unpack_from(data)
+    if magic != ROOT_MAGIC:
+        raise FormatError(f"{ROOT} is not an ebsengine metadata root (magic {magic!r})")
+    pos = _HEAD.size
+    tables: dict[bytes | None, Tree] = {}
+    try:
+        for _ in range(n):
+            (ln,) = _NAME.unpack_from(data, pos)
+            pos += 2
+            name: bytes | None = None
+            if ln != _NO_NAME:
+                name = data[pos:pos + ln]
+                pos += ln
+            (ml,) = _NAME.unpack_from(data, pos)
+            pos += 2
+            tables[name] = Tree.from_meta(nodes, cache, data[pos:pos + ml])
+            pos += ml
+    except struct.error as exc:
+        raise CorruptStore(f"the metadata root {ROOT} is damaged ({exc})") from None
+    if pos != len(data) - 8 or None not in tables:
+        raise CorruptStore(f"the metadata root {ROOT} is damaged (layout)")
+    return seq, tables
+
+
+class _Snapshot(dict[bytes | None, Committed]):
+    """The tables one transaction reads, and the commit they belong to (compared and
+    hashed by identity: this process tracks which snapshots its transactions still hold)."""
+
+    seq = 0
+    __hash__ = object.__hash__  # type: ignore[assignment]
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+
+class RadosKv(MemoryBackend):
+    """The metadata of a ``rados://`` store (see the module docstring).
+
+    Transactions are :class:`~.memory.MemoryTxn`'s (an overlay per table over committed
+    versions); what differs is where committed versions live and how a commit is published.
+    """
+
+    def __init__(self, pool: ObjectPool, *, path: str, map_size: int = DEFAULT_MAP_SIZE,
+                 readonly: bool = False, grace: float = DEFAULT_GRACE,
+                 refresh: float = DEFAULT_REFRESH, lock_seconds: float = LOCK_SECONDS,
+                 lock_wait: float = LOCK_WAIT, cache_bytes: int = 64 << 20) -> None:
+        super().__init__(None, map_size=map_size, readonly=readonly)
+        self.path = path
+        self.pool = pool
+        self.grace = grace
+        self.refresh = refresh
+        self.lock_seconds = lock_seconds
+        self.lock_wait = lock_wait
+        self.cookie = f"{os.uname().nodename}:{os.getpid()}:{os.urandom(6).hex()}"
+        self._nodes = _Nodes(pool)
+        self._cache = NodeCache(cache_bytes)
+        self._mu = threading.Lock()  # guards _current, _version, _readers, _free
+        self._current = _Snapshot({None: Tree(self._nodes, self._cache)})
+        self._version: int | None = None  # kv.root's object version (None: no root yet)
+        self._read_at = 0.0
+        self._readers: weakref.WeakSet[_Snapshot] = weakref.WeakSet()
+        #: freed-node records not yet removed: omap key -> (seq, time_ns, node names)
+        self._free: dict[str, tuple[int, int, list[str]]] = {}
+        self._free_seen: int | None = None  # the root seq at which _free was last listed
+        self._locked = False
+        self._removed = 0  # nodes the last commit removed (collect())
+        self._load_root(force=True)
+        if self._version is None and not readonly:
+            self._create_root()
+
+    # --- the root -------------------------------------------------------------------------
+
+    def _load_root(self, *, force: bool = False) -> None:
+        """Read ``kv.root`` (if ``force`` or older than ``refresh``) and adopt it if it
+        names a newer commit."""
+        now = time.monotonic()
+        if not force and now - self._read_at < self.refresh:
+            return
+        data, version = self.pool.read_versioned(ROOT)
+        if data is None:
+            with self._mu:
+                self._read_at = now
+                self._version = None
+            return
+        if version == self._version:
+            self._read_at = now
+            return
+        seq, tables = decode_root(data, self._nodes, self._cache)
+        with self._mu:
+            self._read_at = now
+            if seq > self._current.seq or (seq == self._current.seq and force):
+                snap = _Snapshot(tables)
+                snap.seq = seq
+                self._current = snap
+                self._version = version
+            elif seq == self._current.seq:
+                self._version = version
+            # else: a read that raced a newer commit of ours; keep the newer one
+
+    def _create_root(self) -> None:
+        snap = self._current
+        tables = {n: t for n, t in snap.items() if isinstance(t, Tree)}
+        version = self.pool.cas_write_version(ROOT, None, encode_root(0, tables))
+        if version is None:
+            self._load_root(force=True)  # another process created it first: use theirs
+            return
+        with self._mu:
+            self._version = version
+
+    # --- what the transactions ask of the backend ----------------------------------------
+
+    def _snapshot(self) -> dict[bytes | None, Committed]:
+        if not self._locked:
+            self._load_root()
+        with self._mu:
+            snap = self._current
+            self._readers.add(snap)
+            return snap
+
+    def _begin_write(self) -> None:
+        super()._begin_write()  # this process's writers, one at a time
+        try:
+            deadline = time.monotonic() + self.lock_wait
+            delay = 0.001
+            while not self.pool.try_lock(LOCK, WRITER_LOCK, self.cookie, self.lock_seconds,
+                                         desc="ebsengine metadata writer"):
+                if time.monotonic() > deadline:
+                    raise StoreLocked(f"{self.path}: another process has held the metadata "
+                                      f"writer lock for over {self.lock_wait:g} s")
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+            self._locked = True
+            self._load_root(force=True)  # under the lock: the newest commit, ours to extend
+        except BaseException:
+            self._release_lock()
+            super()._end_write()
+            raise
+
+    def _release_lock(self) -> None:
+        if self._locked:
+            self._locked = False
+            try:
+                self.pool.unlock(LOCK, WRITER_LOCK, self.cookie)
+            except Exception:  # noqa: BLE001 - the lock expires by itself
+                pass
+
+    def _end_write(self) -> None:
+        try:
+            self._release_lock()
+        finally:
+            super()._end_write()
+
+    def _publish(self, base: dict[bytes | None, Committed],
+                 over: dict[bytes | None, _Overlay]) -> None:
+        assert isinstance(base, _Snapshot)
+        if base is not self._current:
+            raise CorruptStore("a write transaction began on a stale metadata root")
+        tables: dict[bytes | None, Tree] = {n: t for n, t in base.items()
+                                            if isinstance(t, Tree)}
+        new_nodes: list[tuple[str, bytes]] = []
+        freed: list[str] = []
+        for name, ov in over.items():
+            changes = [(k, None if ov.changes[k] is _DELETED else ov.changes[k])
+                       for k in ov.keys]
+            tree = tables.get(name) or Tree(self._nodes, self._cache)
+            new, nodes, gone = tree.apply(changes, _new_id)
+            tables[name] = new
+            new_nodes.extend((node_name(i), data) for i, data in nodes)
+            freed.extend(node_name(i) for i in gone)
+        now_ns = time.time_ns()
+        removed = self._collect(now_ns)
+        if not over and not removed:
+            return  # nothing changed: no commit to publish
+        seq = base.seq + 1
+        if new_nodes:
+            self.pool.put_many(new_nodes)
+        omap_set: dict[str, bytes] = {}
+        if freed:
+            omap_set[f"{FREE_PREFIX}{seq:016x}"] = _FREE.pack(now_ns) + \
+                b"".join(bytes.fromhex(n[len(NODE_PREFIX):]) for n in freed)
+        version = self.pool.cas_write_version(ROOT, self._version, encode_root(seq, tables),
+                                              omap_set=omap_set, omap_rm=removed)
+        if version is None:
+            raise StoreLocked(f"{self.path}: the metadata root changed under this writer "
+                              f"(its lock expired and another process committed); this "
+                              f"transaction was not committed")
+        snap = _Snapshot(tables)
+        snap.seq = seq
+        with self._mu:
+            self._version = version
+            self._current = snap
+            self._read_at = time.monotonic()
+            for key in removed:
+                self._free.pop(key, None)
+            if freed:
+                self._free[f"{FREE_PREFIX}{seq:016x}"] = (seq, now_ns, freed)
+            if self._free_seen == base.seq:
+                self._free_seen = seq  # what we know of the records is still complete
+            self._s.txnid = seq
+
+    def _collect(self, now_ns: int) -> list[str]:
+        """Remove the nodes of freed-node records that are past their grace and that no
+        read transaction of this process can see; their omap keys, for the root write.
+        Runs under the writer lock."""
+        if self._free_seen != self._current.seq:  # first time, or another process committed
+            self._list_free()
+        with self._mu:
+            oldest = min((s.seq for s in self._readers), default=self._current.seq)
+            due = [(key, names) for key, (seq, t, names) in sorted(self._free.items())
+                   if seq <= oldest and now_ns - t >= self.grace * 1e9]
+        if not due:
+            return []
+        names = [n for _, names in due for n in names]
+        self.pool.remove_many(names)
+        self._removed = len(names)
+        return [key for key, _ in due]
+
+    def _list_free(self) -> None:
+        records: dict[str, tuple[int, int, list[str]]] = {}
+        for key, value in self._omap(FREE_PREFIX):
+            try:
+                seq = int(key[len(FREE_PREFIX):], 16)
+                (t,) = _FREE.unpack_from(value)
+            except (ValueError, struct.error):
+                raise CorruptStore(f"{ROOT}: damaged freed-node record {key!r}") from None
+            ids = value[_FREE.size:]
+            records[key] = (seq, t, [node_name(ids[i:i + ID_SIZE])
+                                     for i in range(0, len(ids), ID_SIZE)])
+        with self._mu:
+            self._free = records
+            self._free_seen = self._current.seq
+
+    def _omap(self, prefix: str) -> list[tuple[str, bytes]]:
+        out: list[tuple[str, bytes]] = []
+        while True:
+            page = self.pool.omap_get(ROOT, start_after=out[-1][0] if out else "",
+                                      prefix=prefix, max_return=1000)
+            out.extend(page)
+            if len(page) < 1000:
+                return out
+
+    # --- the rest of the protocol ---------------------------------------------------------
+
+    def commit_id(self) -> int:
+        if not self._locked:
+            self._load_root(force=True)
+        return self._current.seq
+
+    def pending_free(self) -> int:
+        """Nodes freed by commits and not yet removed (they wait for their grace)."""
+        with self._mu:
+            return sum(len(names) for _, _, names in self._free.values())
+
+    def collect(self) -> int:
+        """Remove what is due now (normally each commit does it); the number of nodes."""
+        self._removed = 0
+        with self.begin(write=True):
+            pass  # an empty commit still removes what is due (_publish -> _collect)
+        return self._removed
+
+    def trees(self) -> dict[bytes | None, Tree]:
+        """The committed trees, by table name (for fsck)."""
+        self._load_root(force=not self._locked)
+        return {n: t for n, t in self._current.items() if isinstance(t, Tree)}
+
+    def check_structure(self) -> tuple[list[str], dict[str, int]]:
+        """fsck's R1 (``layout.py``): every table's tree is sound (:func:`.cowtree.check_tree`:
+        every node present, checksummed, ordered and counted). Problems, and statistics."""
+        problems: list[str] = []
+        nodes = 0
+        for name, tree in sorted(self.trees().items(), key=lambda kv: kv[0] or b""):
+            label = "the table of tables" if name is None else f"table {name.decode()!r}"
+            problems.extend(f"{label}: {p}" for p in check_tree(tree))
+            try:
+                nodes += sum(1 for _ in tree.node_ids())
+            except CorruptStore:
+                pass  # already reported by check_tree
+        self._list_free()
+        return problems, {"metadata_nodes": nodes, "freed_nodes_pending": self.pending_free()}
+
+    def sweep_orphan_nodes(self, grace: float | None = None) -> int:
+        """Remove metadata nodes that no committed tree reaches and no freed-node record
+        names, once older than ``grace`` (default: the store's): what commits that never
+        reached their root write (a crash, a lost lock) left behind. Returns how many."""
+        grace = self.grace if grace is None else grace
+        keep = {node_name(i) for tree in self.trees().values() for i in tree.node_ids()}
+        self._list_free()
+        with self._mu:
+            keep.update(n for _, _, names in self._free.values() for n in names)
+        stat = getattr(self.pool, "stat_many", None)
+        list_objects = getattr(self.pool, "list_objects", None)
+        if stat is None or list_objects is None:
+            return 0
+        cutoff = time.time() - grace
+        removed = 0
+        batch: list[str] = []
+
+        def flush() -> int:
+            old = [n for n, st in zip(batch, stat(batch), strict=True)
+                   if st is not None and st.mtime <= cutoff]
+            return int(self.pool.remove_many(old)) if old else 0
+
+        for name in list_objects(NODE_PREFIX):
+            if name not in keep:
+                batch.append(name)
+                if len(batch) >= 1024:
+                    removed += flush()
+                    batch = []
+        if batch:
+            removed += flush()
+        return removed
+
+    def close(self) -> None:
+        self._release_lock()
+        super().close()
+
+
+def _new_id() -> bytes:
+    return os.urandom(ID_SIZE)
+
+
+OWNER_OBJECT = "store.owner"
+OWNER_LOCK = "owner"
+
+
+class RadosStore(RadosKv):
+    """A ``rados://`` store: :class:`RadosKv` on the metadata pool of a connection, the
+    chunks in its data pool (:class:`.rados_chunks.RadosChunks`), and ownership.
+
+    Ownership (see :mod:`.owner`) has two levels: on this host, the lock file in the
+    store's local directory (:func:`.store.local_dir`), exactly as for an LMDB store, so the
+    CLI finds a local server and goes through its control socket; across hosts, the RADOS
+    lock ``owner`` on ``store.owner``, renewed while the engine owns the store, whose
+    holder is written into that object so that a refusal names it."""
+
+    def __init__(self, conn: RadosConnection, *, path: str, workdir: str,
+                 map_size: int = DEFAULT_MAP_SIZE, readonly: bool = False,
+                 grace: float = DEFAULT_GRACE, owner_seconds: float = LOCK_SECONDS) -> None:
+        self.conn = conn
+        self.workdir = workdir
+        self.owner: StoreLock | None = None
+        self.owner_seconds = owner_seconds
+        self._renewer: threading.Thread | None = None
+        self._janitor: threading.Thread | None = None
+        self._stop = threading.Event()
+        super().__init__(conn.meta, path=path, map_size=map_size, readonly=readonly,
+                         grace=grace)
+        if not readonly:
+            os.makedirs(workdir, mode=0o700, exist_ok=True)
+            self.owner = StoreLock.attach(workdir)
+
+    def chunk_backend(self, store: Store) -> ChunkBackend:
+        from .rados_chunks import RadosChunks
+        chunks = RadosChunks(self.conn, store, self.open_db(b"rados_index",
+                                                            create=not self.readonly),
+                             self.open_db(b"rados_gc", create=not self.readonly),
+                             grace=self.grace)
+        if not self.readonly and self._janitor is None:
+            self._janitor = threading.Thread(target=self._sweeps, args=(chunks,),
+                                             name="rados-janitor", daemon=True)
+            self._janitor.start()
+        return chunks
+
+    def _sweeps(self, chunks: RadosChunks) -> None:
+        """Remove what waited out its grace: deleted chunks' objects, freed metadata nodes;
+        once per engine (after one grace), the orphans of commits that never happened."""
+        period = min(max(self.grace / 4, 1.0), 30.0)
+        started = time.monotonic()
+        orphans_done = False
+        while not self._stop.wait(period):
+            try:
+                while chunks.sweep() > 0 and not self._stop.is_set():
+                    pass
+                self.collect()
+                if not orphans_done and time.monotonic() - started >= self.grace:
+                    chunks.sweep_orphans()
+                    self.sweep_orphan_nodes()
+                    orphans_done = True
+            except Exception as exc:  # noqa: BLE001 - the cluster may be away: next period
+                log.warning("rados sweep of %s failed (will retry): %s", self.path, exc)
+
+    def own(self, wait: float = 0.0) -> None:
+        """Own the store: on this host (lock file), then across hosts (the RADOS lock);
+        StoreOwned naming the holder otherwise."""
+        if self.owner is None:
+            return
+        self.owner.own(wait)
+        if self._renewer is not None:
+            return
+        deadline = time.monotonic() + wait
+        me = json.dumps({"pid": os.getpid(), "host": os.uname().nodename,
+                         "cmdline": " ".join(sys.argv), "since": time.time()})
+        while not self.pool.try_lock(OWNER_OBJECT, OWNER_LOCK, self.cookie,
+                                     self.owner_seconds, desc=me):
+            if time.monotonic() >= deadline:
+                raw = self.pool.read_many([OWNER_OBJECT])[0] or b"{}"
+                try:
+                    who = json.loads(raw)
+                    desc = f"process {who.get('pid')} on {who.get('host')} " \
+                           f"({who.get('cmdline', '')})"
+                except ValueError:
+                    desc = "another front end"
+                raise StoreOwned(f"store {self.path!r} is owned by {desc}, which serves it; "
+                                 f"nothing was changed. Open it read-only, or stop that "
+                                 f"server (its lock expires {self.owner_seconds:g} s after "
+                                 f"it dies)")
+            time.sleep(0.2)
+        self.pool.put_many([(OWNER_OBJECT, me.encode())])
+        self._renewer = threading.Thread(target=self._renew, name="rados-owner", daemon=True)
+        self._renewer.start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.owner_seconds / 3):
+            try:
+                if not self.pool.try_lock(OWNER_OBJECT, OWNER_LOCK, self.cookie,
+                                          self.owner_seconds):
+                    return  # lost (expired during a stall and taken): nothing to renew
+            except Exception:  # noqa: BLE001 - the cluster is away; retry next period
+                continue
+
+    def close(self) -> None:
+        try:
+            self._stop.set()
+            if self._janitor is not None:
+                self._janitor.join(30)
+            if self._renewer is not None:
+                self._renewer.join(5)
+                try:
+                    self.pool.unlock(OWNER_OBJECT, OWNER_LOCK, self.cookie)
+                except Exception:  # noqa: BLE001 - it expires by itself
+                    pass
+            super().close()
+        finally:
+            if self.owner is not None:
+                self.owner.release()
+            self.conn.close()
+
+
+def open_rados(url: str, *, map_size: int = DEFAULT_MAP_SIZE,
+               readonly: bool = False) -> RadosStore:
+    """The backend of store URL ``rados://PREFIX?...`` (see :mod:`.rados_io`)."""
+    from .rados_io import connect, parse_url, workdir
+    parsed = parse_url(url)
+    conn = connect(parsed, create=not readonly)
+    try:
+        return RadosStore(conn, path=url, workdir=workdir(url), map_size=map_size,
+                          readonly=readonly, grace=parsed.grace)
+    except BaseException:
+        conn.close()
+        raise
+
+
+__all__ = ["DictPool", "MemoryError_", "ObjectPool", "RadosKv", "RadosStore", "decode_root",
+           "encode_root", "node_name", "open_rados"]

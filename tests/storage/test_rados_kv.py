@@ -1,0 +1,204 @@
+"""The metadata backend of rados:// stores (``storage/rados_kv.py``) over an in-process pool
+with RADOS's semantics (:class:`DictPool`): what the shared contract suite cannot see —
+several processes on one pool, the writer lock, lost locks, crashes between the node writes
+and the root write, and when freed nodes may go. The same backend over a real cluster runs
+in ``test_rados_store.py``."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from ebsengine.errors import CorruptStore, FormatError, StoreLocked
+from ebsengine.storage.rados_kv import NODE_PREFIX, ROOT, DictPool, RadosKv, node_name
+
+
+def kv_on(pool: DictPool, **kw) -> RadosKv:
+    kw.setdefault("refresh", 0.0)
+    return RadosKv(pool, path="rados://t", **kw)
+
+
+def items(kv: RadosKv, db) -> list[tuple[bytes, bytes]]:
+    with kv.begin(db=db) as txn:
+        return list(txn.cursor())
+
+
+def live(kv: RadosKv) -> set[str]:
+    """The nodes the committed trees reach."""
+    return {node_name(i) for tree in kv.trees().values() for i in tree.node_ids()}
+
+
+def nodes(pool: DictPool) -> set[str]:
+    return {n for n in pool.objects if n.startswith(NODE_PREFIX)}
+
+
+def test_a_second_process_reads_the_first_ones_commits_and_extends_them():
+    pool = DictPool()
+    a, b = kv_on(pool), kv_on(pool)
+    ta = a.open_db(b"t")
+    with a.begin(write=True, db=ta) as txn:
+        txn.put(b"k1", b"from a")
+    tb = b.open_db(b"t")
+    assert items(b, tb) == [(b"k1", b"from a")]
+    with b.begin(write=True, db=tb) as txn:
+        txn.put(b"k2", b"from b")
+    assert items(a, ta) == [(b"k1", b"from a"), (b"k2", b"from b")]
+    # a third opener sees the same durable state from the pool alone
+    c = kv_on(pool)
+    assert items(c, c.open_db(b"t")) == [(b"k1", b"from a"), (b"k2", b"from b")]
+
+
+def test_a_reader_may_lag_by_the_refresh_interval_but_keeps_its_snapshot():
+    pool = DictPool()
+    a, b = kv_on(pool), kv_on(pool, refresh=3600.0)
+    ta = a.open_db(b"t")
+    tb = b.open_db(b"t")
+    with a.begin(write=True, db=ta) as txn:
+        txn.put(b"k", b"1")
+    assert items(b, tb) == []  # b read the root less than an hour ago
+    with b.begin(write=True, db=tb) as txn:  # a writer always reads the newest root
+        assert txn.get(b"k") == b"1"
+
+
+def test_one_writer_across_processes():
+    pool = DictPool()
+    a, b = kv_on(pool), kv_on(pool, lock_wait=0.3)
+    ta = a.open_db(b"t")
+    b.open_db(b"t")
+    txn = a.begin(write=True, db=ta)
+    txn.put(b"k", b"a")
+    t0 = time.monotonic()
+    with pytest.raises(StoreLocked):
+        b.begin(write=True)
+    assert time.monotonic() - t0 >= 0.3
+    txn.commit()
+    got: list[bytes | None] = []
+
+    def other() -> None:
+        with b.begin(write=True, db=b.open_db(b"t")) as t2:
+            got.append(t2.get(b"k"))
+    th = threading.Thread(target=other)
+    th.start()
+    th.join(5)
+    assert got == [b"a"]
+
+
+def test_a_dead_writers_lock_expires():
+    pool = DictPool()
+    a = kv_on(pool, lock_seconds=0.2)
+    a.open_db(b"t")
+    dead = a.begin(write=True)  # "dies" holding the lock: never commits, never unlocks
+    b = kv_on(pool, lock_wait=5.0)
+    t0 = time.monotonic()
+    with b.begin(write=True, db=b.open_db(b"t")) as txn:
+        txn.put(b"k", b"b")
+    assert 0.1 < time.monotonic() - t0 < 5.0
+    del dead
+
+
+def test_a_writer_whose_lock_expired_cannot_overwrite_the_next_writers_commit():
+    pool = DictPool()
+    a = kv_on(pool, lock_seconds=0.1)
+    ta = a.open_db(b"t")
+    slow = a.begin(write=True, db=ta)
+    slow.put(b"k", b"stale")
+    time.sleep(0.2)  # a stalls past its lock; b takes over and commits
+    b = kv_on(pool)
+    with b.begin(write=True, db=b.open_db(b"t")) as txn:
+        txn.put(b"k", b"b")
+    with pytest.raises(StoreLocked, match="not committed"):
+        slow.commit()
+    assert items(b, b.open_db(b"t")) == [(b"k", b"b")]
+
+
+def test_a_crash_before_the_root_write_leaves_the_last_commit_and_only_orphans():
+    pool = DictPool()
+    a = kv_on(pool)
+    ta = a.open_db(b"t")
+    with a.begin(write=True, db=ta) as txn:
+        for i in range(50):
+            txn.put(b"k%03d" % i, b"v" * 100)
+    before = dict(pool.objects)
+    txn = a.begin(write=True, db=ta)
+    for i in range(50):
+        txn.put(b"k%03d" % i, b"w" * 100)
+    pool.fail_after = 1  # the node writes land, the root write fails
+    with pytest.raises(OSError):
+        txn.commit()
+    pool.fail_after = None
+    assert pool.objects[ROOT] == before[ROOT]
+    b = kv_on(pool)
+    assert items(b, b.open_db(b"t")) == [(b"k%03d" % i, b"v" * 100) for i in range(50)]
+    assert nodes(pool) > {n for n in before if n.startswith(NODE_PREFIX)}  # orphans only
+
+
+def test_freed_nodes_wait_for_the_grace_and_for_this_processes_readers():
+    pool = DictPool()
+    a = kv_on(pool, grace=0.3)
+    ta = a.open_db(b"t")
+    with a.begin(write=True, db=ta) as txn:
+        txn.put(b"k", b"1")
+    reader = a.begin(db=ta)
+    live_then = nodes(pool)
+    with a.begin(write=True, db=ta) as txn:
+        txn.put(b"k", b"2")
+    assert a.pending_free() > 0
+    time.sleep(0.35)
+    assert a.collect() == 0  # past the grace, but an open reader can still see them
+    assert reader.get(b"k") == b"1"
+    reader.abort()
+    assert live_then <= nodes(pool)
+    assert a.collect() > 0
+    assert live_then - nodes(pool)  # the first version's nodes are gone now
+    assert a.pending_free() == 0
+    assert pool.omap_get(ROOT, prefix="f") == []
+    assert items(a, ta) == [(b"k", b"2")]
+
+
+def test_freed_nodes_are_not_removed_within_the_grace():
+    pool = DictPool()
+    a = kv_on(pool, grace=3600.0)
+    ta = a.open_db(b"t")
+    with a.begin(write=True, db=ta) as txn:
+        txn.put(b"k", b"1")
+    old = nodes(pool)
+    with a.begin(write=True, db=ta) as txn:
+        txn.put(b"k", b"2")
+    assert a.collect() == 0
+    assert old <= nodes(pool)  # a reader in another process may still use them
+    # another process learns of the pending records from the pool and honours them too
+    b = kv_on(pool, grace=3600.0)
+    b.open_db(b"t")
+    assert b.collect() == 0 and old <= nodes(pool)
+    c = kv_on(pool, grace=0.0)
+    c.open_db(b"t")
+    assert c.collect() > 0
+    assert nodes(pool) == live(c) and old - live(c) and not (old - live(c)) & nodes(pool)
+
+
+def test_a_damaged_root_is_corruption_and_a_foreign_object_is_refused():
+    pool = DictPool()
+    kv_on(pool).open_db(b"t")
+    data, version = pool.objects[ROOT]
+    pool.objects[ROOT] = (data[:-1] + bytes([data[-1] ^ 1]), version + 1)
+    with pytest.raises(CorruptStore):
+        kv_on(pool)
+    pool2 = DictPool()
+    pool2.objects[ROOT] = (b"not a root" + bytes(30), 1)
+    with pytest.raises((FormatError, CorruptStore)):
+        kv_on(pool2)
+
+
+def test_a_missing_node_is_corruption_not_an_empty_table():
+    pool = DictPool()
+    a = kv_on(pool)
+    ta = a.open_db(b"t")
+    with a.begin(write=True, db=ta) as txn:
+        txn.put(b"k", b"v")
+    for n in nodes(pool):
+        del pool.objects[n]
+    b = kv_on(pool)
+    with pytest.raises(CorruptStore, match="missing"):
+        items(b, b.open_db(b"t"))

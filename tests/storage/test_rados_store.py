@@ -1,0 +1,113 @@
+"""A whole store on the test Ceph cluster (``rados://``): what is particular to RADOS — the
+objects in the pools, fsck's R1 over the metadata trees, the sweeps that remove what waited
+out its grace, orphans of commits that never happened. The engine's behaviour on RADOS is
+covered by the suites that run on every backend (``any_store_path`` in tests/conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+import ebsengine
+from ebsengine import layout as L
+from ebsengine.storage.rados_chunks import OBJECT_PREFIX
+from ebsengine.storage.rados_kv import NODE_PREFIX, ROOT, RadosStore
+
+pytestmark = pytest.mark.needs_ceph
+CS = L.CHUNK_SIZE
+
+
+def objects(pool, prefix: str) -> set[str]:
+    return set(pool.list_objects(prefix))
+
+
+def reachable(be: RadosStore) -> set[str]:
+    return {NODE_PREFIX + i.hex() for t in be.trees().values() for i in t.node_ids()}
+
+
+def backend(eng: ebsengine.Engine) -> RadosStore:
+    be = eng._store.backend
+    assert isinstance(be, RadosStore)
+    return be
+
+
+def test_data_and_metadata_live_in_their_pools_and_fsck_walks_the_trees(rados_pools,
+                                                                          tmp_path):
+    url = rados_pools.url(workdir=str(tmp_path / "wd"))
+    data = os.urandom(3 * CS)
+    with ebsengine.Engine(url) as eng:
+        v = eng.create_volume(1).id
+        with eng.open_volume(v) as dev:
+            dev.pwrite(data, 0)
+            dev.pwrite(b"p" * 4096, 10 * CS)  # a patch: its pages are a blob in the tree
+        eng.create_snapshot(v)
+        be = backend(eng)
+        assert len(objects(be.conn.data, OBJECT_PREFIX)) == 3  # the three chunks, once each
+        assert ROOT in objects(be.conn.meta, "kv.")
+        report = eng.fsck()
+        assert report.ok, report.problems
+        assert report.stats["metadata_nodes"] >= 5
+        assert report.stats["chunks"] == 3
+    assert not os.listdir(tmp_path / "wd") or \
+        set(os.listdir(tmp_path / "wd")) <= {"owner.lock"}  # the workdir holds no data
+    with ebsengine.Engine(url, readonly=True) as eng:
+        with eng.open_volume(eng.list_volumes()[0].id) as dev:
+            assert dev.pread(3 * CS, 0) == data
+
+
+def test_fsck_reports_a_damaged_metadata_node_as_r1_and_does_not_crash(rados_pools, tmp_path):
+    url = rados_pools.url(workdir=str(tmp_path / "wd"))
+    with ebsengine.Engine(url) as eng:
+        v = eng.create_volume(1).id
+        with eng.open_volume(v) as dev:
+            dev.pwrite(os.urandom(CS), 0)
+        be = backend(eng)
+        tree = be.trees()[b"maps"]
+        name = NODE_PREFIX + next(tree.node_ids()).hex()  # a live node of the block maps
+        raw = bytearray(be.conn.meta.read(name) or b"")
+        raw[len(raw) // 2] ^= 0x01
+        be.conn.meta.put_many([(name, bytes(raw))])
+        be._cache.clear()
+        report = eng.fsck()
+    assert not report.ok
+    assert any(p.startswith("R1:") and name[len(NODE_PREFIX):] in p for p in report.problems)
+
+
+def test_deleted_chunks_and_freed_nodes_go_after_the_grace(rados_pools, tmp_path):
+    url = rados_pools.url(workdir=str(tmp_path / "wd"), grace=1)
+    with ebsengine.Engine(url) as eng:
+        be = backend(eng)
+        v = eng.create_volume(1).id
+        with eng.open_volume(v) as dev:
+            dev.pwrite(os.urandom(4 * CS), 0)
+        assert len(objects(be.conn.data, OBJECT_PREFIX)) == 4
+        eng.delete_volume(v)
+        # within the grace the objects stay (a reader elsewhere may still read them) ...
+        assert len(objects(be.conn.data, OBJECT_PREFIX)) == 4
+        deadline = time.monotonic() + 20
+        while objects(be.conn.data, OBJECT_PREFIX) and time.monotonic() < deadline:
+            time.sleep(0.2)  # ... then the store's own sweeps remove them
+        assert objects(be.conn.data, OBJECT_PREFIX) == set()
+        while be.pending_free() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert be.pending_free() == 0
+        report = eng.fsck()
+        assert report.ok, report.problems
+        assert objects(be.conn.meta, NODE_PREFIX) == reachable(be)  # nothing unreachable stays
+
+
+def test_orphan_nodes_of_a_commit_that_never_happened_are_swept(rados_pools, tmp_path):
+    url = rados_pools.url(workdir=str(tmp_path / "wd"), grace=0)
+    with ebsengine.Engine(url) as eng:
+        be = backend(eng)
+        eng.create_volume(1)
+        orphan = NODE_PREFIX + "ab" * 12
+        be.conn.meta.put_many([(orphan, b"left by a writer that died before its root write")])
+        time.sleep(1.1)  # RADOS keeps whole seconds of mtime
+        be.sweep_orphan_nodes()  # (the store's own sweeper may have been first)
+        left = objects(be.conn.meta, NODE_PREFIX)
+        assert orphan not in left
+        assert reachable(be) <= left  # every node a tree reaches is still there
+        assert eng.fsck().ok
