@@ -328,3 +328,18 @@ def test_a_full_cluster_refuses_writes_at_once_and_deletes_free_it(ceph_cluster)
         c.close()
     finally:
         stop_cluster(cluster)
+
+
+def test_only_rados_io_imports_the_binding():
+    import ast
+
+    import ebsengine
+    root = Path(ebsengine.__file__).parent
+    importers = set()
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            if any(n == "rados" or n.startswith("rados.") for n in names):
+                importers.add(path.relative_to(root).as_posix())
+    assert importers == {"storage/rados_io.py"}
