@@ -36,9 +36,10 @@ EXIT_FSCK = 6
 class Progress:
     """A one-line progress bar on stderr (only when stderr is a terminal, or forced)."""
 
-    def __init__(self, label: str, enabled: bool) -> None:
+    def __init__(self, label: str, enabled: bool, unit: str = "MiB") -> None:
         self.label = label
         self.enabled = enabled
+        self.unit = unit  # "MiB": done and total are bytes; anything else: counts of it
         self.start = time.monotonic()
         self.last = 0.0
 
@@ -52,9 +53,11 @@ class Progress:
         frac = done / total if total else 1.0
         width = 30
         bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
-        rate = done / max(now - self.start, 1e-9) / 2**20
+        scale = 2**20 if self.unit == "MiB" else 1
+        rate = done / max(now - self.start, 1e-9) / scale
         sys.stderr.write(f"\r{self.label} [{bar}] {frac * 100:5.1f}% "
-                         f"{done / 2**20:,.0f}/{total / 2**20:,.0f} MiB {rate:,.0f} MiB/s")
+                         f"{done / scale:,.0f}/{total / scale:,.0f} {self.unit} "
+                         f"{rate:,.0f} {self.unit}/s")
         if done >= total:
             sys.stderr.write("\n")
         sys.stderr.flush()
@@ -260,6 +263,49 @@ def cmd_fsck(eng: Engine, a: argparse.Namespace, out: Out) -> int:
     return 0 if r.ok else EXIT_FSCK
 
 
+def cmd_copy_store(a: argparse.Namespace, out: Out) -> int:
+    """``copy-store SRC DST``: runs on no engine of ``--store`` (it opens both stores)."""
+    from .engine import copy_store
+    r = copy_store(a.source, a.destination, batch=a.batch, chunk_batch=a.chunk_batch,
+                   progress=Progress("copy-store", _progress_on(a), unit="items"),
+                   master_key=a.master_key)
+    st = r.stats
+    mib = st.stored_bytes / 2**20
+
+    def text() -> str:
+        lines = [f"copied {a.source} to {a.destination}: {sum(st.rows.values()):,} rows, "
+                 f"{st.chunks:,} chunks, {mib:,.1f} MiB stored, {st.commits:,} commits in "
+                 f"{st.seconds:.1f} s ({r.rate / 2**20:,.1f} MiB/s)",
+                 "  " + ", ".join(f"{k}={v}" for k, v in st.rows.items()),
+                 "fsck of the destination: " + ("clean" if r.fsck.ok else "PROBLEMS:\n  "
+                                                 + "\n  ".join(r.fsck.problems))]
+        lines += [f"not verified: {n}" for n in r.fsck.unverified]
+        return "\n".join(lines)
+
+    out.emit({**st.as_dict(), "mib_per_s": round(r.rate / 2**20, 3),
+              "fsck": {"ok": r.fsck.ok, "problems": r.fsck.problems, "stats": r.fsck.stats,
+                       "unverified": r.fsck.unverified}}, text)
+    return 0 if r.fsck.ok else EXIT_FSCK
+
+
+COPY_STORE_HELP = """\
+Copy every volume, snapshot (with its lineage: incremental chains and the bases of restored
+volumes), KMS key and service record of the store SRC into a new store DST, on any backend:
+an LMDB directory, rados://PREFIX?conf=... (Ceph), or memory://NAME. This is how a store
+moves between LMDB and RADOS. Values are copied as stored (compressed, and encrypted data
+still sealed: no key is needed to copy it), in batches of fresh transactions.
+
+SRC is opened read-only and must be idle: a SRC that a process serves (owns) is refused,
+and if any process commits to SRC during the copy, the copy stops (exit 5). DST must not
+exist or be empty (else exit 4, nothing changed). Until the copy's last commit DST carries
+a marker and refuses to open ("an unfinished copy from SRC: delete it and copy again"), so
+an interrupted or killed copy leaves nothing that looks like a store. At the end DST is
+checked (fsck: exit 6 on problems; encrypted data is verified with --master-key, the same
+master key as SRC's). Progress goes to stderr (a tty, or --progress); the result, with the
+copy rate, to stdout (--json for scripts).
+"""
+
+
 def cmd_serve(eng: Engine, a: argparse.Namespace, out: Out) -> int:
     """NBD (Unix socket and/or TCP) and the AWS API on ``eng``, in the one serve loop."""
     from .aws.server import ApiServer
@@ -456,6 +502,16 @@ COMMANDS: dict[str, Callable[[Engine, argparse.Namespace, Out], int]] = {
 }
 
 
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ebsengine", description=(
         "EBS-style volumes and incremental snapshots in a local store."))
@@ -558,6 +614,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("fsck", help="verify every storage invariant (exit 6 on problems)")
     s.add_argument("--no-keys", action="store_true",
                    help="do not unwrap data keys: check encrypted data's structure only")
+
+    s = sub.add_parser("copy-store", help="copy a whole store to another (LMDB <-> RADOS)",
+                       description=COPY_STORE_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("source", metavar="SRC", help="the store to copy (left unchanged)")
+    s.add_argument("destination", metavar="DST",
+                   help="the new store (must not exist, or be empty)")
+    s.add_argument("--batch", type=_positive, default=1024, metavar="N",
+                   help="table rows per transaction (default 1024)")
+    s.add_argument("--chunk-batch", type=_positive, default=128, metavar="N",
+                   help="64 KiB chunks per transaction (default 128)")
+    s.add_argument("--progress", action="store_true", help="show progress even if not a tty")
 
     s = sub.add_parser("cost", help="what the metered usage costs at list prices")
     s.add_argument("--since", type=_moment, default=None, metavar="DATE",
@@ -875,6 +943,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"ebsengine: error: {problem}", file=sys.stderr)
             return EXIT_USAGE
     try:
+        if a.command == "copy-store":
+            return cmd_copy_store(a, out)
         return _run(a, out)
     except (EbsError, FileNotFoundError) as exc:
         return _report(exc, a.json, sys.stderr)

@@ -18,6 +18,10 @@ Sub-databases (key -> value; integers are unsigned big-endian so byte order = nu
 ``meta``
     ``b"format"`` -> ASCII decimal ``FORMAT_VERSION``; ``b"chunk_size"`` -> ASCII decimal;
     ``b"zstd_level"`` -> ASCII decimal; ``b"next_lineage"`` -> u64 (next free lineage id).
+    ``b"copying"`` (``COPY_MARKER``) -> JSON ``{"from", "since", "pid"}``: only while a store
+    copy (``storage/copy.py``) fills this store; written by its first commit that holds
+    data, removed by its last. A store carrying it is refused at open (an unfinished copy),
+    except by the copier itself.
 ``chunks``
     chunk key (``fingerprint[16] | collision_no u32``) -> ``codec u8 | payload``.
     ``codec`` 0 = raw (compression did not pay), 1 = zstd frame, 2 = sealed (format 3: the
@@ -226,6 +230,8 @@ PATCH_TAG = 0x50  # "P"
 MAP_KEY_SIZE = 16
 DIGEST_SIZE = 16
 PATCH_SIZE = 1 + 2 + DIGEST_SIZE + MAP_KEY_SIZE  # without its base
+
+COPY_MARKER = b"copying"  # meta key of an unfinished store copy (see ``meta`` above)
 
 DBS = ("meta", "chunks", "refs", "maps", "gens", "lineages", "volumes", "snapshots", "service",
        "blocksums", "snaps_by_volume", "pages")

@@ -142,7 +142,7 @@ class Engine:
         self._transfer = Transfer(self._records, self._maps, self._chunks, self._ctx,
                                   self._pool, self._devices, self._volumes)
         if not readonly:
-            recover_imports(self._records, self._maps)
+            recover_imports(self._records, self._maps, self._devices.lease_free)
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -207,25 +207,35 @@ class Engine:
         names = list(dict.fromkeys(flush))
         for vid in names:
             check_id(vid, "vol")
-        for vid in sorted(names):
-            self.flush_volume(vid)
-        # Lock order everywhere: engine lock, then the store's write lock.
-        with self._lock:
-            with self._store.write(freeing=True) as txn:
-                tx = Transaction(self, txn, frozenset(names))
-                tx.now = self._clock()
-                self._units.current = tx
-                try:
-                    yield tx
-                    if tx._grows:
-                        self._store._check_room(txn)
-                finally:
-                    self._units.current = None
-                    tx._open = False
-            if tx._freed:
-                self._store.after_free()
-            for fn in tx._after:
-                fn()
+        claims: list[Callable[[], None]] = []
+        try:
+            for vid in sorted(names):  # no other front end writes them until the unit ends
+                release = self._devices.claim(vid)
+                if release is not None:
+                    claims.append(release)
+            for vid in sorted(names):
+                self.flush_volume(vid)
+            # Lock order everywhere: engine lock, then the store's write lock.
+            with self._lock:
+                with self._store.write(freeing=True) as txn:
+                    tx = Transaction(self, txn, frozenset(names))
+                    tx._releases = claims
+                    tx.now = self._clock()
+                    self._units.current = tx
+                    try:
+                        yield tx
+                        if tx._grows:
+                            self._store._check_room(txn)
+                    finally:
+                        self._units.current = None
+                        tx._open = False
+                if tx._freed:
+                    self._store.after_free()
+                for fn in tx._after:
+                    fn()
+        finally:
+            for release in reversed(claims):
+                release()
 
     @contextlib.contextmanager
     def _unit(self, tx: Transaction | None, *, grows: bool = False,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 from ..block.maps import BlockMaps
@@ -17,15 +18,20 @@ from ..storage.base import Txn
 from .records import Records
 
 
-def recover_imports(records: Records, maps: BlockMaps) -> None:
+def recover_imports(records: Records, maps: BlockMaps,
+                    lease_free: Callable[[str], bool] | None = None) -> None:
     """On open: imports whose process is gone (a crash) are settled. A new volume that
     was being imported shows as ``error`` (delete it); a partial copy staged beside an
-    existing volume is dropped, the volume keeps its content."""
+    existing volume is dropped, the volume keeps its content. An importer on another host
+    cannot be looked up here: on a store with volume leases (``lease_free``) its import is
+    settled when the volume's lease, which an import holds throughout, is free."""
     with records.store.read() as txn:
         stale = [json.loads(v) for _, v in txn.cursor(db=records.db["volumes"])
                  if b'"importer"' in v]  # cheap: no JSON for the volumes at rest
     stale = [r for r in stale if r.get("importer") is not None
-             and not process_alive(r["importer"])]
+             and (not process_alive(r["importer"])
+                  or (lease_free is not None and elsewhere(r["importer"])
+                      and lease_free(r["id"])))]
     if not stale:
         return
     with records.store.write(freeing=True) as txn:
@@ -85,16 +91,26 @@ def _start_time(pid: int) -> str | None:
 
 
 def process_token() -> dict[str, Any]:
-    """Names this process across the machine's lifetime (pid reuse included)."""
+    """Names this process across the machine's lifetime (pid reuse included) and the
+    machine (a store on RADOS is shared by hosts)."""
     pid = os.getpid()
-    return {"pid": pid, "start": _start_time(pid), "boot": _boot_id()}
+    return {"pid": pid, "start": _start_time(pid), "boot": _boot_id(),
+            "host": os.uname().nodename}
+
+
+def elsewhere(token: Any) -> bool:
+    """Whether the token names a process of another host (older tokens name none)."""
+    return isinstance(token, dict) and token.get("host") not in (None, os.uname().nodename)
 
 
 def process_alive(token: Any) -> bool:
-    """Whether the process a :func:`process_token` names still runs. Without /proc the
-    answer is yes (never settle an import that may be running)."""
+    """Whether the process a :func:`process_token` names still runs. Without /proc, or for
+    a process of another host, the answer is yes (never settle an import that may be
+    running; see :func:`recover_imports`)."""
     if not isinstance(token, dict) or not isinstance(token.get("pid"), int):
         return False
+    if elsewhere(token):
+        return True
     boot = _boot_id()
     if not boot or token.get("start") is None:
         return True

@@ -72,9 +72,13 @@ class Snapshots:
             out.append(self._freeze(txn, lin, self.records.vol_rec(txn, volume_id), sid,
                                     description, tags, self.units.clock()))
 
-        with self.store.read() as txn:
-            self.records.vol_rec(txn, volume_id)
-        self.devices.cache(volume_id).flush(in_txn=freeze)  # the flush's commit holds the freeze
+        opened = volume_id not in self.devices.caches
+        cache = self.devices.cache(volume_id)  # VolumeInUse if another front end serves it
+        try:
+            cache.flush(in_txn=freeze)  # the flush's commit holds the freeze
+        finally:
+            if opened:
+                self.devices.drop_idle(volume_id)
         return out[0]
 
     def _freeze(self, txn: Txn, lin: Lineage, rec: dict[str, Any], sid: str,

@@ -173,25 +173,35 @@ class Transfer:
                 gib = max(1, -(-size // L.GIB))
                 vol = self.volumes.create_volume(size_gib=gib, volume_type=volume_type,
                                                  **create_args)
-                lid = self._begin_import(vol.id, None)
+                release = self.devices.claim(vol.id)  # no other front end opens it meanwhile
                 try:
-                    self._ingest(lid, fd, size, progress,
-                                 lambda txn: self._end_import(txn, vol.id, None))
-                except BaseException:
-                    self._abandon_import(vol.id, None)
-                    raise
+                    lid = self._begin_import(vol.id, None)
+                    try:
+                        self._ingest(lid, fd, size, progress,
+                                     lambda txn: self._end_import(txn, vol.id, None))
+                    except BaseException:
+                        self._abandon_import(vol.id, None)
+                        raise
+                finally:
+                    if release is not None:
+                        release()
                 return self._volume(vol.id)
             vol = self._volume(volume_id)
             if vol.size_bytes < size:
                 raise InvalidParameter(f"Image of {size} bytes does not fit volume "
                                        f"{volume_id} of {vol.size_bytes} bytes.")
-            staged = self._begin_import(volume_id, size)
+            release = self.devices.claim(volume_id)  # VolumeInUse if served elsewhere
             try:
-                self._ingest(staged, fd, size, progress,
-                             lambda txn: self._end_import(txn, volume_id, staged))
-            except BaseException:
-                self._abandon_import(volume_id, staged)
-                raise
+                staged = self._begin_import(volume_id, size)
+                try:
+                    self._ingest(staged, fd, size, progress,
+                                 lambda txn: self._end_import(txn, volume_id, staged))
+                except BaseException:
+                    self._abandon_import(volume_id, staged)
+                    raise
+            finally:
+                if release is not None:
+                    release()
             return self._volume(volume_id)
         finally:
             os.close(fd)
@@ -223,7 +233,7 @@ class Transfer:
                                            self.maps.load(txn, rec["lineage"]).domain).id
                     rec["staging"] = lid
                 self.records.put_vol(txn, rec)
-            self.devices.caches.pop(volume_id, None)  # flushed; reopened on the new lineage later
+            self.devices.forget(volume_id)  # flushed; reopened on the new lineage later
         return lid
 
     def _end_import(self, txn: Txn, volume_id: str, staged: int | None) -> None:

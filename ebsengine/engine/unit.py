@@ -33,6 +33,7 @@ class Transaction:
         self._grows = False   # something was added: the commit must leave the deletion reserve
         self._freed = False   # something was deleted: free space may need to be made usable
         self._after: list[Callable[[], None]] = []
+        self._releases: list[Callable[[], None]] = []  # claims held until the unit ends
 
     @property
     def open(self) -> bool:
@@ -42,6 +43,12 @@ class Transaction:
     def after_commit(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` once the unit has committed (not at all if it aborts)."""
         self._after.append(fn)
+
+    def hold(self, release: Callable[[], None] | None) -> None:
+        """Keep a claim (a volume's lease: ``VolumeCaches.claim``) until the unit ends,
+        committed or not; ``release`` ends it."""
+        if release is not None:
+            self._releases.append(release)
 
     def _use(self, engine: object) -> Txn:
         if engine is not self._engine:

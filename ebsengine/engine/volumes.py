@@ -28,7 +28,7 @@ from ..rules import (
 )
 from .devices import VolumeCaches
 from .domains import Domains
-from .imports import drop_import, importing
+from .imports import drop_import, elsewhere, importing
 from .records import Records
 from .unit import Transaction, Units
 
@@ -97,12 +97,16 @@ class Volumes:
 
     def delete_volume(self, volume_id: str, *, tx: Transaction | None = None) -> None:
         with self.units.unit(tx, frees=True) as (unit, txn):
+            self.records.vol_rec(txn, volume_id)  # NotFound first
+            claim = self.devices.claim(volume_id)  # not while another front end serves it
+            unit.hold(claim)
             # the unit holds the engine lock: no device can open the volume meanwhile
             cache = self.devices.caches.get(volume_id)
             if cache is not None and cache.users > 0:
                 raise VolumeInUse(f"Volume {volume_id} is open ({cache.users} device(s)).")
             rec = self.records.vol_rec(txn, volume_id)
-            if importing(rec):
+            # an importer on another host held the lease we now hold: it is gone
+            if importing(rec) and not (claim is not None and elsewhere(rec["importer"])):
                 raise IncorrectState(f"Volume {volume_id} is being imported into.")
             if rec.get("staging") is not None:  # left by a crashed import: drop it too
                 drop_import(self.records, self.maps, txn, rec, rec["staging"], delete=False)
@@ -122,7 +126,7 @@ class Volumes:
                 if cache is not None:
                     with cache.lock:
                         cache.drop()
-                    self.devices.caches.pop(volume_id, None)
+                    self.devices.forget(volume_id)
 
             unit.after_commit(forget)
 
@@ -133,6 +137,7 @@ class Volumes:
                       tx: Transaction | None = None) -> Volume:
         with self.units.unit(tx, grows=True) as (unit, txn):
             rec = self.records.vol_rec(txn, volume_id)
+            unit.hold(self.devices.claim(volume_id))  # not while another front end serves it
             new_size = rec["size_gib"] if size_gib is None else size_gib
             if isinstance(new_size, bool) or not isinstance(new_size, int):
                 raise InvalidParameter(f"Size must be a whole number of GiB, not {new_size!r}")

@@ -30,6 +30,10 @@ placement groups or an erasure-coded profile for the data pool). Options, all op
     seconds (default 60) that stored objects a commit stopped referencing (chunks, metadata
     nodes) are kept before they are removed, so that a reader in another process whose
     snapshot is that old still finds them;
+``lease``
+    seconds (default 30) a front end's lease on a volume lasts unless renewed: after a front
+    end dies, another one can take its volumes over this long after (see
+    :class:`~.rados_kv.RadosStore`);
 ``workdir``
     the store's local directory on this host (owner lock, control and NBD sockets; never any
     data): default ``~/.cache/ebsengine/rados/<hash of the pools and the conf>``.
@@ -76,8 +80,9 @@ READ_HINT = 128 * 1024  # bytes asked for by a first read; a longer object is re
 APPLICATION = "ebsengine"  # the pool application tag (Ceph warns about untagged pools)
 
 _POOL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,100}")
-_OPTIONS = ("conf", "id", "keyring", "timeout", "meta", "data", "grace", "workdir")
+_OPTIONS = ("conf", "id", "keyring", "timeout", "meta", "data", "grace", "lease", "workdir")
 DEFAULT_GRACE = 60.0
+DEFAULT_LEASE = 30.0
 
 # errno values that mean "the cluster cannot be reached or did not answer in time"
 _UNAVAILABLE = {errno.ETIMEDOUT, errno.ESHUTDOWN, errno.ENOTCONN, errno.ECONNREFUSED,
@@ -117,6 +122,7 @@ class RadosUrl:
     meta_pool: str = ""
     data_pool: str = ""
     grace: float = DEFAULT_GRACE
+    lease: float = DEFAULT_LEASE
     workdir: str | None = None
 
     def __str__(self) -> str:
@@ -167,6 +173,14 @@ def parse_url(url: str) -> RadosUrl:
             grace = -1.0
         if not (0 <= grace <= 86400):
             raise InvalidParameter(f"{url!r}: grace must be a number of seconds in [0, 86400]")
+    lease = DEFAULT_LEASE
+    if "lease" in one:
+        try:
+            lease = float(one["lease"])
+        except ValueError:
+            lease = -1.0
+        if not (1 <= lease <= 300):
+            raise InvalidParameter(f"{url!r}: lease must be a number of seconds in [1, 300]")
     meta = one.get("meta", prefix + ".meta")
     data = one.get("data", prefix + ".data")
     for name in (meta, data):
@@ -176,7 +190,7 @@ def parse_url(url: str) -> RadosUrl:
         raise InvalidParameter(f"{url!r}: the meta and data pools must differ")
     return RadosUrl(prefix=prefix, conf=one.get("conf"), id=one.get("id", "admin"),
                     keyring=one.get("keyring"), timeout=timeout, meta_pool=meta,
-                    data_pool=data, grace=grace, workdir=one.get("workdir"))
+                    data_pool=data, grace=grace, lease=lease, workdir=one.get("workdir"))
 
 
 def workdir(url: str | RadosUrl) -> str:

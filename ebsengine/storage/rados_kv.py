@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import xxhash
 
-from ..errors import CorruptStore, FormatError, StoreLocked, StoreOwned
+from ..errors import BackendUnavailable, CorruptStore, FormatError, StoreLocked, VolumeInUse
 from .base import DEFAULT_MAP_SIZE, ChunkBackend
 from .cowtree import NodeCache, Tree, check_tree
 from .memory import _DELETED, Committed, MemoryBackend, MemoryError_, _Overlay
@@ -70,7 +70,7 @@ ID_SIZE = 12  # random node ids: 96 bits, never reused
 LOCK_SECONDS = 30.0  # a dead writer's lock expires after this long
 LOCK_WAIT = 60.0  # begin(write=True) gives up (StoreLocked) after waiting this long
 DEFAULT_GRACE = 60.0  # freed nodes outlive their last commit by this long
-DEFAULT_REFRESH = 1.0  # a read transaction may see a root this old (other processes' commits)
+DEFAULT_REFRESH = 0.05  # a read transaction may see a root this old (other processes' commits)
 _HEAD = struct.Struct(">8sQI")  # magic, seq, number of tables
 _NAME = struct.Struct(">H")
 _FREE = struct.Struct(">Q")
@@ -294,7 +294,7 @@ class RadosKv(MemoryBackend):
         self.path = path
         self.pool = pool
         self.grace = grace
-        self.refresh = refresh
+        self.refresh_every = refresh
         self.lock_seconds = lock_seconds
         self.lock_wait = lock_wait
         self.cookie = f"{os.uname().nodename}:{os.getpid()}:{os.urandom(6).hex()}"
@@ -320,7 +320,7 @@ class RadosKv(MemoryBackend):
         """Read ``kv.root`` (if ``force`` or older than ``refresh``) and adopt it if it
         names a newer commit."""
         now = time.monotonic()
-        if not force and now - self._read_at < self.refresh:
+        if not force and now - self._read_at < self.refresh_every:
             return
         data, version = self.pool.read_versioned(ROOT)
         if data is None:
@@ -485,6 +485,12 @@ class RadosKv(MemoryBackend):
             if len(page) < 1000:
                 return out
 
+    def refresh(self) -> None:
+        """Read the newest root now: the next read transaction sees every commit made
+        before this call, by any process (one round trip)."""
+        if not self._locked:
+            self._load_root(force=True)
+
     # --- the rest of the protocol ---------------------------------------------------------
 
     def commit_id(self) -> int:
@@ -565,32 +571,50 @@ def _new_id() -> bytes:
     return os.urandom(ID_SIZE)
 
 
-OWNER_OBJECT = "store.owner"
-OWNER_LOCK = "owner"
+LEASE_PREFIX = "lease."
+LEASE_LOCK = "lease"
+DEFAULT_LEASE = 30.0  # seconds: a dead front end's volumes are free again after this long
+BLOCKLIST_SECONDS = 3600  # how long a fenced (taken-over) front end stays cut off
 
 
 class RadosStore(RadosKv):
     """A ``rados://`` store: :class:`RadosKv` on the metadata pool of a connection, the
-    chunks in its data pool (:class:`.rados_chunks.RadosChunks`), and ownership.
+    chunks in its data pool (:class:`.rados_chunks.RadosChunks`), volume leases, and
+    ownership on this host.
 
-    Ownership (see :mod:`.owner`) has two levels: on this host, the lock file in the
-    store's local directory (:func:`.store.local_dir`), exactly as for an LMDB store, so the
-    CLI finds a local server and goes through its control socket; across hosts, the RADOS
-    lock ``owner`` on ``store.owner``, renewed while the engine owns the store, whose
-    holder is written into that object so that a refusal names it."""
+    Several processes ("front ends", on one host or many) may serve one store at once; each
+    *volume* is written by one of them at a time. That one holds the volume's **lease**, the
+    RADOS lock ``lease`` on object ``lease.<volume id>``: taken when the front end opens the
+    volume for writing (or changes it: snapshot, resize, delete), renewed every third of its
+    duration (``lease=`` in the URL, default 30 s), released when it is done with it. The
+    object holds the holder's record (front end cookie, RADOS client address, host, pid). A
+    lease that expired because its holder died or stalled is taken over by the next front end
+    that asks; before using it, that front end **fences** the previous holder when the record
+    names one: it adds the holder's client address to the cluster's blocklist
+    (``BLOCKLIST_SECONDS``), so nothing a stalled holder still sends reaches the OSDs (RBD's
+    exclusive-lock does the same). A holder that released its lease clears the record, and
+    is not fenced.
+
+    Ownership on this host is the lock file in the store's local directory
+    (:func:`.store.local_dir`), exactly as for an LMDB store, so the CLI finds a local server
+    and goes through its control socket; two front ends on one host need two local
+    directories (``workdir=``)."""
 
     def __init__(self, conn: RadosConnection, *, path: str, workdir: str,
                  map_size: int = DEFAULT_MAP_SIZE, readonly: bool = False,
-                 grace: float = DEFAULT_GRACE, owner_seconds: float = LOCK_SECONDS) -> None:
+                 grace: float = DEFAULT_GRACE, lease_seconds: float = DEFAULT_LEASE) -> None:
         self.conn = conn
         self.workdir = workdir
         self.owner: StoreLock | None = None
-        self.owner_seconds = owner_seconds
+        self.lease_seconds = lease_seconds
+        self._leases: dict[str, int] = {}  # volume id -> claims held by this engine
+        self._lost: set[str] = set()
+        self._lease_mu = threading.Lock()
         self._renewer: threading.Thread | None = None
         self._janitor: threading.Thread | None = None
         self._stop = threading.Event()
         super().__init__(conn.meta, path=path, map_size=map_size, readonly=readonly,
-                         grace=grace)
+                         grace=grace, lock_seconds=min(LOCK_SECONDS, lease_seconds))
         if not readonly:
             os.makedirs(workdir, mode=0o700, exist_ok=True)
             self.owner = StoreLock.attach(workdir)
@@ -626,43 +650,109 @@ class RadosStore(RadosKv):
                 log.warning("rados sweep of %s failed (will retry): %s", self.path, exc)
 
     def own(self, wait: float = 0.0) -> None:
-        """Own the store: on this host (lock file), then across hosts (the RADOS lock);
-        StoreOwned naming the holder otherwise."""
-        if self.owner is None:
+        """Own the store on this host (the lock file of the local directory; see
+        :mod:`.owner`). Across hosts there is no store-wide owner: volumes have leases."""
+        if self.owner is not None:
+            self.owner.own(wait)
+
+    # --- volume leases ------------------------------------------------------------------
+
+    def _record(self) -> bytes:
+        return json.dumps({"cookie": self.cookie, "addr": self.conn.cluster.get_addrs(),
+                           "host": os.uname().nodename, "pid": os.getpid(),
+                           "cmdline": " ".join(sys.argv)[:200]}).encode()
+
+    def lease(self, volume_id: str) -> None:
+        """Take (or count one more claim on) the volume's lease; VolumeInUse naming the
+        front end that holds it."""
+        with self._lease_mu:
+            if volume_id in self._leases and volume_id not in self._lost:
+                self._leases[volume_id] += 1
+                return
+            name = LEASE_PREFIX + volume_id
+            if not self.pool.try_lock(name, LEASE_LOCK, self.cookie, self.lease_seconds,
+                                      desc="ebsengine volume lease"):
+                raise VolumeInUse(f"Volume {volume_id} is being served by another front end "
+                                  f"({_describe(self.pool.read_many([name])[0])}); it can "
+                                  f"be changed there, or here once that front end releases "
+                                  f"it or its lease ({self.lease_seconds:g} s) runs out")
+            try:
+                self._fence(name)
+                self.pool.put_many([(name, self._record())])
+            except BaseException:
+                self.pool.unlock(name, LEASE_LOCK, self.cookie)
+                raise
+            self._leases[volume_id] = self._leases.get(volume_id, 0) + 1
+            self._lost.discard(volume_id)
+            self._start_renewer()
+
+    def _fence(self, name: str) -> None:
+        """The lease was free, but its record names a holder that did not release it: cut
+        that client off before this one writes (see the class docstring)."""
+        raw = self.pool.read_many([name])[0]
+        if not raw:
             return
-        self.owner.own(wait)
-        if self._renewer is not None:
+        try:
+            prev = json.loads(raw)
+        except ValueError:
             return
-        deadline = time.monotonic() + wait
-        me = json.dumps({"pid": os.getpid(), "host": os.uname().nodename,
-                         "cmdline": " ".join(sys.argv), "since": time.time()})
-        while not self.pool.try_lock(OWNER_OBJECT, OWNER_LOCK, self.cookie,
-                                     self.owner_seconds, desc=me):
-            if time.monotonic() >= deadline:
-                raw = self.pool.read_many([OWNER_OBJECT])[0] or b"{}"
-                try:
-                    who = json.loads(raw)
-                    desc = f"process {who.get('pid')} on {who.get('host')} " \
-                           f"({who.get('cmdline', '')})"
-                except ValueError:
-                    desc = "another front end"
-                raise StoreOwned(f"store {self.path!r} is owned by {desc}, which serves it; "
-                                 f"nothing was changed. Open it read-only, or stop that "
-                                 f"server (its lock expires {self.owner_seconds:g} s after "
-                                 f"it dies)")
-            time.sleep(0.2)
-        self.pool.put_many([(OWNER_OBJECT, me.encode())])
-        self._renewer = threading.Thread(target=self._renew, name="rados-owner", daemon=True)
-        self._renewer.start()
+        if not isinstance(prev, dict) or prev.get("cookie") == self.cookie or \
+                not prev.get("addr"):
+            return
+        log.warning("taking over the lease %s from %s: fencing it", name, _describe(raw))
+        try:
+            self.conn.cluster.blocklist_add(str(prev["addr"]), BLOCKLIST_SECONDS)
+        except Exception as exc:  # noqa: BLE001 - any failure: refuse the takeover
+            raise BackendUnavailable(
+                f"cannot take over {name} from {_describe(raw)}: blocklisting that client "
+                f"failed ({exc}); the client needs the monitor cap to blocklist "
+                f"('allow command \"osd blocklist\"'). Nothing was changed") from None
+
+    def release(self, volume_id: str) -> None:
+        """Drop one claim; the last one clears the record and releases the lease."""
+        with self._lease_mu:
+            n = self._leases.get(volume_id, 0)
+            if n > 1:
+                self._leases[volume_id] = n - 1
+                return
+            self._leases.pop(volume_id, None)
+            lost = volume_id in self._lost
+            self._lost.discard(volume_id)
+        if n and not lost:
+            name = LEASE_PREFIX + volume_id
+            try:
+                self.pool.put_many([(name, b"")])
+                self.pool.unlock(name, LEASE_LOCK, self.cookie)
+            except Exception as exc:  # noqa: BLE001 - it expires by itself
+                log.warning("releasing %s: %s (it expires by itself)", name, exc)
+
+    def leased(self) -> list[str]:
+        """The volumes whose leases this engine holds (and has not lost)."""
+        with self._lease_mu:
+            return sorted(v for v in self._leases if v not in self._lost)
+
+    def _start_renewer(self) -> None:
+        if self._renewer is None:
+            self._renewer = threading.Thread(target=self._renew, name="rados-leases",
+                                             daemon=True)
+            self._renewer.start()
 
     def _renew(self) -> None:
-        while not self._stop.wait(self.owner_seconds / 3):
-            try:
-                if not self.pool.try_lock(OWNER_OBJECT, OWNER_LOCK, self.cookie,
-                                          self.owner_seconds):
-                    return  # lost (expired during a stall and taken): nothing to renew
-            except Exception:  # noqa: BLE001 - the cluster is away; retry next period
-                continue
+        while not self._stop.wait(self.lease_seconds / 3):
+            with self._lease_mu:
+                held = [v for v in self._leases if v not in self._lost]
+            for vid in held:
+                try:
+                    ok = self.pool.try_lock(LEASE_PREFIX + vid, LEASE_LOCK, self.cookie,
+                                            self.lease_seconds,
+                                            desc="ebsengine volume lease")
+                except Exception as exc:  # noqa: BLE001 - the cluster is away: retry
+                    log.warning("renewing the lease of %s: %s", vid, exc)
+                    continue
+                if not ok:
+                    log.error("lost the lease of %s to another front end", vid)
+                    with self._lease_mu:
+                        self._lost.add(vid)
 
     def close(self) -> None:
         try:
@@ -671,15 +761,24 @@ class RadosStore(RadosKv):
                 self._janitor.join(30)
             if self._renewer is not None:
                 self._renewer.join(5)
-                try:
-                    self.pool.unlock(OWNER_OBJECT, OWNER_LOCK, self.cookie)
-                except Exception:  # noqa: BLE001 - it expires by itself
-                    pass
+            with self._lease_mu:
+                held = list(self._leases)
+                self._leases = dict.fromkeys(held, 1)
+            for vid in held:
+                self.release(vid)
             super().close()
         finally:
             if self.owner is not None:
                 self.owner.release()
             self.conn.close()
+
+
+def _describe(raw: bytes | None) -> str:
+    try:
+        who = json.loads(raw or b"")
+        return f"process {who.get('pid')} on {who.get('host')} ({who.get('cmdline', '')})"
+    except (ValueError, AttributeError):
+        return "another front end"
 
 
 def open_rados(url: str, *, map_size: int = DEFAULT_MAP_SIZE,
@@ -690,7 +789,8 @@ def open_rados(url: str, *, map_size: int = DEFAULT_MAP_SIZE,
     conn = connect(parsed, create=not readonly)
     try:
         return RadosStore(conn, path=url, workdir=workdir(url), map_size=map_size,
-                          readonly=readonly, grace=parsed.grace)
+                          readonly=readonly, grace=parsed.grace,
+                          lease_seconds=parsed.lease)
     except BaseException:
         conn.close()
         raise

@@ -10,6 +10,7 @@ the block maps run inside the caller's transaction.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 import time
@@ -77,8 +78,11 @@ class Store:
     def __init__(self, path: str | os.PathLike[str] | None = None, *,
                  map_size: int = DEFAULT_MAP_SIZE, readonly: bool = False,
                  zstd_level: int = DEFAULT_ZSTD_LEVEL,
-                 backend: KvBackend | None = None, fix_permissions: bool = False) -> None:
+                 backend: KvBackend | None = None, fix_permissions: bool = False,
+                 copying: bool = False) -> None:
         opened = backend is None
+        #: this is the store copy filling the store: its marker does not refuse the open
+        self._copying = copying
         if backend is None:
             if path is None:
                 raise ValueError("Store needs a path or a backend")
@@ -114,6 +118,10 @@ class Store:
     def _init_meta(self, zstd_level: int) -> None:
         with self.env.begin(db=self.db["meta"]) as txn:
             fmt = txn.get(b"format")
+            marker = txn.get(L.COPY_MARKER)
+        if marker is not None and not self._copying:
+            raise FormatError(f"{self.path} holds an unfinished copy from "
+                              f"{copy_source(marker)}: delete it and copy again")
         if fmt is None:
             if self.readonly:
                 raise FormatError(f"{self.path} is not an ebsengine store")
@@ -309,6 +317,19 @@ class Store:
     def close(self) -> None:
         self.closed = True
         self.env.close()
+
+
+def copy_source(marker: bytes) -> str:
+    """Where the unfinished copy that left ``marker`` (``meta[COPY_MARKER]``) came from."""
+    try:
+        info = json.loads(marker)
+        src = info["from"]
+    except (ValueError, TypeError, KeyError):
+        return "an unknown store"
+    since = info.get("since")
+    when = (time.strftime(" (begun %Y-%m-%d %H:%M:%S UTC)", time.gmtime(since))
+            if isinstance(since, (int, float)) else "")
+    return f"{src!r}{when}"
 
 
 class _Job:
