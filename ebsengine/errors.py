@@ -240,10 +240,11 @@ class StoreOwned(StoreLocked):
 class BackendUnavailable(EbsError):
     """The storage backend could not be reached in time (a Ceph cluster that is down, its
     monitors or the OSDs holding the object unreachable, or the client's timeout passed):
-    the message says what failed. Nothing stored was lost and the operation that hit it
-    was not committed (a write whose objects were sent may leave unreferenced objects that
-    a sweep removes); retry once the cluster is back. The HTTP endpoint answers it with 503
-    (``Unavailable``), NBD with EIO."""
+    the message says what failed. Nothing stored was lost. A write that timed out may still
+    take effect once the cluster answers again (a timeout does not take back what was sent):
+    the engine's transaction that hit it was not committed, and objects it wrote are
+    unreferenced until a sweep removes them. Retry once the cluster is back. The HTTP
+    endpoint answers it with 503 (``Unavailable``), NBD with EIO."""
 
     code = "Unavailable"
     exit_code = 9

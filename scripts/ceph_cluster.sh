@@ -202,6 +202,9 @@ writable() { # a real object write and delete through a scratch pool, which is d
 start() {
   command -v ceph-mon >/dev/null || die "ceph-mon is not installed (bash scripts/setup.sh --test)"
   [ -e "$CONF" ] && die "$DIR already holds a cluster: stop it first"
+  if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+    die "port $PORT is in use (another cluster?): set CEPH_MON_PORT"
+  fi
   mkdir -p "$RUN" "$DIR/log" "$DIR/crash" "$DIR/mon.a" "$DIR/mgr.x"
   trap 'echo "ceph_cluster: start failed; last log lines:" >&2; tail -n 5 "$DIR"/log/*.log >&2 || true; stop' ERR
   local fsid i

@@ -158,8 +158,10 @@ class ChunkBackend(Protocol):
        transaction (never one snapshot held for the whole walk). It is for fsck and sweeps;
        the caller detects concurrent commits itself (:meth:`KvBackend.commit_id`).
     5. **Ordered collision listing.** ``collision_keys(txn, fp)`` returns the stored keys
-       whose first 16 bytes are ``fp``, ascending. (RADOS: a listing by prefix, or a small
-       per-fingerprint index object; collisions are vanishingly rare outside tests.)
+       whose first 16 bytes are ``fp``, ascending. A backend that keeps deleted chunks for a
+       grace period (RADOS: :mod:`.rados_chunks`) also lists those still kept, although
+       ``get_many``/``has_many`` hide them, so a collision number is not given to other
+       bytes while an older reader may still read the chunk under it.
     """
 
     #: whether an aborted transaction's puts vanish (True: LMDB, memory)

@@ -63,6 +63,7 @@ import hashlib
 import math
 import os
 import re
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -92,7 +93,21 @@ _FULL = {errno.ENOSPC, errno.EDQUOT}
 # or removed meanwhile)
 _CAS_LOST = {errno.ERANGE, errno.EOVERFLOW, errno.ENOENT, errno.EEXIST}
 
-LOCK_MUST_RENEW = 2  # LIBRADOS_LOCK_FLAG_MUST_RENEW: renew only a lock this cookie holds
+# Ceph's lock object class (cls_lock): lock type and flags of its "lock" call
+_LOCK_EXCLUSIVE = 1
+_LOCK_MAY_RENEW = 1  # taking a lock this cookie holds renews it
+_LOCK_MUST_RENEW = 2  # renew only: fails (ENOENT) unless this cookie holds the lock
+
+
+def _enc_str(text: str) -> bytes:
+    """A string in Ceph's encoding: u32 length (little-endian), then the bytes."""
+    b = text.encode()
+    return struct.pack("<I", len(b)) + b
+
+
+def _enc_struct(body: bytes, version: int = 1, compat: int = 1) -> bytes:
+    """A versioned struct in Ceph's encoding: version, oldest compatible version, length."""
+    return bytes([version, compat]) + struct.pack("<I", len(body)) + body
 
 
 @dataclass(frozen=True)
@@ -217,7 +232,7 @@ def translate_errno(n: int | None, what: str, detail: str = "") -> Exception:
     detail = f" ({detail})" if detail else ""
     if n in _FULL:
         return StoreFull(f"the Ceph cluster is full or the pool is at its quota: {what} "
-                         f"failed{detail}; nothing was changed")
+                         f"failed{detail}; nothing was committed (deleting frees space)")
     if n in (errno.EACCES, errno.EPERM):
         return BackendUnavailable(f"the Ceph cluster refused access: {what} failed{detail}; "
                                   f"check the client id, its keyring and its caps. "
@@ -273,6 +288,9 @@ class RadosConnection:
                 except rados.ObjectExists:
                     pass  # another client made it meanwhile
             ioctx = self.cluster.open_ioctx(name)
+            # a full cluster refuses writes at once (ENOSPC: StoreFull) instead of holding
+            # them until it has room or the timeout passes; deletes still go through
+            ioctx.set_osdmap_full_try()
             if create and APPLICATION not in ioctx.application_list():
                 ioctx.application_enable(APPLICATION)
             return ioctx
@@ -378,7 +396,8 @@ class Pool:
                  window: int = DEFAULT_WINDOW) -> None:
         """Write each ``(name, data)`` as a whole object (replacing any), ``window`` writes in
         flight; returns once every one is durable (acknowledged by all replicas), raises the
-        first failure after all have ended (the others may be written)."""
+        first failure after all have ended (the others may be written; so may a write that
+        timed out, later)."""
         if not items:
             return
         batch = _Batch(len(items), window)
@@ -505,7 +524,10 @@ class Pool:
         """Compare-and-swap: if the object is still at ``expected_version`` (None or 0: if
         it does not exist yet), replace its data with ``data`` (None: keep it) and apply
         the omap changes, all in one atomic operation. False (nothing changed) when the
-        version moved or the object appeared or vanished meanwhile."""
+        version moved or the object appeared or vanished meanwhile.
+
+        BackendUnavailable (a timeout) leaves the outcome unknown: the operation may still
+        be applied when the cluster answers again. Read the object's version to learn."""
         return self.cas_write_version(name, expected_version, data, omap_set=omap_set,
                                       omap_rm=omap_rm) is not None
 
@@ -576,40 +598,54 @@ class Pool:
     def try_lock(self, name: str, lockname: str, cookie: str, duration: float, *,
                  desc: str = "") -> bool:
         """Take exclusive lock ``lockname`` on object ``name`` (created if missing) for
-        ``duration`` seconds (rounded up to whole seconds), as ``cookie``; False if another
-        cookie holds it. Taking a lock this cookie already holds renews it."""
-        return self._lock(name, lockname, cookie, duration, desc, flags=1)
+        ``duration`` seconds, as ``cookie``; False if another cookie holds it. Taking a lock
+        this cookie already holds renews it.
+
+        The OSD judges the expiry by its own clock, from when it took the lock: a holder
+        renews well before (at a third of the duration, say) and stops writing once a
+        renewal is late, rather than counting on the last fraction of a second."""
+        return self._lock(name, lockname, cookie, duration, desc, _LOCK_MAY_RENEW)
 
     def renew_lock(self, name: str, lockname: str, cookie: str, duration: float, *,
                    desc: str = "") -> bool:
-        """Extend this cookie's lock by ``duration`` from now; False if it does not hold the
-        lock any more (it expired and another cookie took it, or it was broken)."""
-        return self._lock(name, lockname, cookie, duration, desc, flags=LOCK_MUST_RENEW)
+        """Extend this cookie's lock to ``duration`` from now; False if it does not hold the
+        lock any more (it expired, or was broken, and may have been taken by another)."""
+        return self._lock(name, lockname, cookie, duration, desc, _LOCK_MUST_RENEW)
 
     def _lock(self, name: str, lockname: str, cookie: str, duration: float, desc: str,
               flags: int) -> bool:
-        rados = _rados()
-        try:
-            self.ioctx.lock_exclusive(name, lockname, cookie, desc=desc,
-                                      duration=max(1, math.ceil(duration)), flags=flags)
-        except (rados.ObjectBusy, rados.ObjectExists):
-            return False
-        except rados.Error as exc:
-            if _errno_of(exc) in (errno.EBUSY, errno.EEXIST, errno.ENOENT):
-                return False
-            raise translate(exc, self._what(f"locking {lockname!r} on", name)) from None
-        return True
+        # Ceph's lock object class, called with arguments encoded here: the binding's
+        # lock_exclusive passes whole seconds plus an unset microseconds field, which made
+        # a 1 s lock last anywhere from 0.6 s to 3 s here.
+        if not 0 < duration < 2**31:
+            raise InvalidParameter(f"a lock duration must be positive seconds, not {duration}")
+        sec = int(duration)
+        nsec = min(round((duration - sec) * 1e9), 999_999_999)
+        body = (_enc_str(lockname) + bytes([_LOCK_EXCLUSIVE]) + _enc_str(cookie) + _enc_str("")
+                + _enc_str(desc) + struct.pack("<II", sec, nsec) + bytes([flags]))
+        code = self._call(name, "lock", _enc_struct(body), f"locking {lockname!r} on")
+        return code == 0
 
     def unlock(self, name: str, lockname: str, cookie: str) -> bool:
         """Release this cookie's lock; False if it did not hold it (expired or broken)."""
+        code = self._call(name, "unlock", _enc_struct(_enc_str(lockname) + _enc_str(cookie)),
+                          f"unlocking {lockname!r} on")
+        return code == 0
+
+    def _call(self, name: str, method: str, arg: bytes, what: str) -> int:
+        """Run ``lock.<method>`` on object ``name`` as a write; 0, or the errno of a refusal
+        (held by another, already held, not held)."""
         rados = _rados()
-        try:
-            self.ioctx.unlock(name, lockname, cookie)
-        except rados.ObjectNotFound:
-            return False
-        except rados.Error as exc:
-            raise translate(exc, self._what(f"unlocking {lockname!r} on", name)) from None
-        return True
+        with rados.WriteOpCtx() as op:
+            op.execute("lock", method, arg)
+            try:
+                self.ioctx.operate_write_op(op, name)
+            except rados.Error as exc:
+                n = _errno_of(exc)
+                if n in (errno.EBUSY, errno.EEXIST, errno.ENOENT):
+                    return n
+                raise translate(exc, self._what(what, name)) from None
+        return 0
 
     # --- listing ---------------------------------------------------------------------
 

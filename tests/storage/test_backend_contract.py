@@ -1,5 +1,7 @@
 """The contract every storage backend keeps (``ebsengine/storage/base.py``), run against each
-backend: LMDB and in-memory now, Ceph RADOS later (add it to ``BACKENDS``).
+backend: the key-value backends (``BACKENDS``); chunk backends over each of them and RADOS
+chunks (``CHUNK_BACKENDS``: objects on a Ceph cluster, metadata in memory; marked
+``needs_ceph``).
 
 Part 1 is the key-value backend (tables, transactions, cursors); part 2 the chunk backend
 (batch operations, ordering against the metadata commit, streaming iteration); part 3 the
@@ -14,6 +16,7 @@ import time
 
 import pytest
 
+from ceph_support import ceph_cluster, rados_pools  # noqa: F401 - fixtures
 from ebsengine import layout as L
 from ebsengine.errors import StoreFull
 from ebsengine.storage.base import MAX_KEY_SIZE, KvBackend
@@ -27,6 +30,9 @@ from ebsengine.storage.store import Store
 #: RADOS's object versions, conditional writes and locks); the same backend over a real
 #: cluster runs in tests/storage/test_rados_store.py.
 BACKENDS = ["lmdb", "memory", "radoskv"]
+#: chunk backends: KvChunks over each key-value backend, and RadosChunks (objects on the test
+#: Ceph cluster, metadata in memory)
+CHUNK_BACKENDS = [*BACKENDS, pytest.param("rados", marks=pytest.mark.needs_ceph)]
 
 
 def make_backend(kind: str, tmp_path, map_size: int = 1 << 30) -> KvBackend:
@@ -330,12 +336,34 @@ def chunk_key(tag: str, n: int = 0) -> bytes:
     return L.chunk_key(hashlib.md5(tag.encode()).digest(), n)
 
 
-@pytest.fixture
-def chunks(store):
-    return KvChunks(store, store.db["chunks"])
+@pytest.fixture(params=CHUNK_BACKENDS)
+def chunks(request, tmp_path):
+    """A chunk backend and (as its ``.store``) the metadata store it runs with."""
+    if request.param != "rados":
+        s = Store(backend=make_backend(request.param, tmp_path))
+        yield KvChunks(s, s.db["chunks"])
+        s.close()
+        return
+    from ebsengine.storage import rados_io
+    from ebsengine.storage.rados_chunks import RadosChunks
+    pools = request.getfixturevalue("rados_pools")
+    s = Store(backend=MemoryBackend())
+    conn = rados_io.connect(pools.url(timeout=20))
+    yield RadosChunks(conn, s, s.backend.open_db(b"chunk_index"),
+                      s.backend.open_db(b"chunk_gc"))
+    conn.close()
+    s.close()
 
 
-def test_chunk_batch_operations(store, chunks):
+def sweep_all(chunks) -> None:
+    """Let a backend that keeps deleted chunks for a grace period remove them now."""
+    if hasattr(chunks, "sweep"):
+        while chunks.sweep(now=time.time() + 10 * chunks.grace):
+            pass
+
+
+def test_chunk_batch_operations(chunks):
+    store = chunks.store
     keys = [chunk_key(f"c{i}") for i in range(50)]
     with store.write() as txn:
         chunks.put_many(txn, [(k, b"v" + k) for k in keys[:40]])
@@ -348,7 +376,8 @@ def test_chunk_batch_operations(store, chunks):
         assert chunks.has_many(txn, keys) == [False] * 10 + [True] * 30 + [False] * 10
 
 
-def test_chunk_reads_see_own_writes_and_deletes_wait_for_the_commit(store, chunks):
+def test_chunk_reads_see_own_writes_and_deletes_wait_for_the_commit(chunks):
+    store = chunks.store
     a, b = chunk_key("a"), chunk_key("b")
     with store.write() as txn:
         chunks.put_many(txn, [(a, b"A")])
@@ -365,7 +394,8 @@ def test_chunk_reads_see_own_writes_and_deletes_wait_for_the_commit(store, chunk
         assert chunks.get_many(txn, [a, b]) == [None, b"B"]
 
 
-def test_an_aborted_transaction_keeps_its_deletes_undone(store, chunks):
+def test_an_aborted_transaction_keeps_its_deletes_undone(chunks):
+    store = chunks.store
     a, n = chunk_key("a"), chunk_key("new")
     with store.write() as txn:
         chunks.put_many(txn, [(a, b"A")])
@@ -379,7 +409,8 @@ def test_an_aborted_transaction_keeps_its_deletes_undone(store, chunks):
             assert chunks.get_many(txn, [n]) == [None]
 
 
-def test_collision_keys_lists_one_fingerprint_in_order(store, chunks):
+def test_collision_keys_lists_one_fingerprint_in_order(chunks):
+    store = chunks.store
     fp = hashlib.md5(b"fp").digest()
     nxt = bytes(fp[:-1]) + bytes([fp[-1] + 1])
     with store.write() as txn:
@@ -391,7 +422,8 @@ def test_collision_keys_lists_one_fingerprint_in_order(store, chunks):
         assert chunks.collision_keys(txn, hashlib.md5(b"none").digest()) == []
 
 
-def test_iter_all_streams_every_chunk_in_bounded_batches(store, chunks):
+def test_iter_all_streams_every_chunk_in_bounded_batches(chunks):
+    store = chunks.store
     keys = sorted(chunk_key(f"c{i}") for i in range(1000))
     with store.write() as txn:
         chunks.put_many(txn, [(k, k[:4]) for k in keys])
@@ -400,7 +432,8 @@ def test_iter_all_streams_every_chunk_in_bounded_batches(store, chunks):
     assert [kv for b in batches for kv in b] == [(k, k[:4]) for k in keys]
 
 
-def test_iter_all_reads_each_batch_in_a_fresh_transaction(store, chunks):
+def test_iter_all_reads_each_batch_in_a_fresh_transaction(chunks):
+    store = chunks.store
     keys = sorted(chunk_key(f"c{i}") for i in range(200))
     with store.write() as txn:
         chunks.put_many(txn, [(k, b"v") for k in keys[:100]])
@@ -416,8 +449,9 @@ def test_iter_all_reads_each_batch_in_a_fresh_transaction(store, chunks):
     assert dict(rest)[keys[-1]] == b"late"
 
 
-def test_chunk_store_dedups_counts_and_frees_over_the_backend(store):
-    cs = ChunkStore(store)
+def test_chunk_store_dedups_counts_and_frees_over_the_backend(chunks):
+    store = chunks.store
+    cs = ChunkStore(store, chunks)
     data = hashlib.sha256(b"d").digest() * (L.CHUNK_SIZE // 32)
     fp = cs.fingerprints(data)[0]
     with store.write() as txn:
@@ -431,8 +465,11 @@ def test_chunk_store_dedups_counts_and_frees_over_the_backend(store):
         cs.decref(txn, k1)
         cs.decref(txn, k1)
     with store.read() as txn:
-        assert not cs.maybe_stored(txn, fp) and cs.refcount(txn, k1) == 0
+        assert cs.refcount(txn, k1) == 0 and chunks.get_many(txn, [k1]) == [None]
     assert list(cs.iter_stored()) == []
+    sweep_all(chunks)  # a chunk kept for a grace period still holds its number until then
+    with store.read() as txn:
+        assert not cs.maybe_stored(txn, fp)
 
 
 # --- part 3: the Store over a backend -----------------------------------------------------
