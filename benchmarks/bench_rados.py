@@ -106,7 +106,7 @@ def make_change(size: int, out: Path, fraction: float = 0.01, region: int = 64 <
     """gen_image.py's --mutate regions (same rng calls) as OFFSETS.json + DATA.bin."""
     import numpy as np
     rng = np.random.default_rng(seed)
-    n = int(round(size * fraction / region))
+    n = round(size * fraction / region)
     slots = rng.choice(size // region, size=n, replace=False)
     offsets = []
     with open(out.with_suffix(".bin"), "wb") as f:
