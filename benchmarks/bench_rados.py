@@ -25,7 +25,8 @@ Per round and per backend (``rados``: ``Engine('rados://PREFIX?conf=...')`` on f
 4. ``fio --ioengine=nbd`` 4 KiB random writes, QD1 and QD32, on that volume (same server).
 5. ``nbdcopy URI null:`` from a fresh server process (no warm cache).
 6. stored bytes: the OSD's BlueStore ``bluestore_allocated`` growth over the import
-   (object data) plus its BlueFS DB growth (omap: ebsengine's metadata), ebsengine's fsck
+   (object data) plus the omap keys and values of the pools, counted (the BlueFS DB growth is
+   shown too, but it also holds the WAL of deferred small writes), ebsengine's fsck
    ``stored_bytes`` (chunk payload, first round) and ``du`` for LMDB, ``rbd du`` for RBD.
 
 Medians over rounds, ratios rados/rbd and rados/lmdb, the goals of issue 10 (>= 0.5x RBD's
@@ -260,6 +261,27 @@ print(json.dumps({{"write_s": t1 - t0, "snap_s": t2 - t1}}))
 """
 
 
+POOL_BYTES = """
+import json, rados
+c = rados.Rados(conffile={conf!r}); c.connect()
+out = {{}}
+for pool in {pools!r}:
+    io = c.open_ioctx(pool)
+    n = data = omap = 0
+    for obj in io.list_objects():
+        n += 1
+        data += io.stat(obj.key)[0]
+        with rados.ReadOpCtx() as op:
+            it, _ = io.get_omap_vals(op, "", "", 1 << 30)
+            io.operate_read_op(op, obj.key)
+            omap += sum(len(k) + len(v or b"") for k, v in it)
+    out[pool] = {{"objects": n, "data": data, "omap": omap}}
+    io.close()
+c.shutdown()
+print(json.dumps(out))
+"""
+
+
 class NbdServer:
     """ebsengine ``serve`` on a store, or ``qemu-nbd`` on an RBD image."""
 
@@ -445,12 +467,17 @@ def one_round(a: argparse.Namespace, cl: Cluster, b: str, rep: int, image: Path,
                 rec("import_s", got["import_s"])
                 rec("snap_first_s", got["snap_s"])
         rec("import_osd_cpu_s", cpu_seconds(cl.osd_pid()) - osd0)
-        after = cl.counters() if b != "lmdb" else {}
+        after = cl.counters() if b != "lmdb" and profile is None else {}
         if after:
             rec("stored_osd_data_bytes", after["data"] - before["data"])
             rec("stored_osd_db_bytes", after["db"] - before["db"])
-            if b != "lmdb":
-                rec("stored_bytes", after["data"] - before["data"] + max(0, after["db"] - before["db"]))
+            # object data as BlueStore allocated it, plus the omap bytes counted key by key
+            # (BlueStore's DB growth also holds the WAL of deferred small writes: not data)
+            got_p, _ = run_code(sys.executable, POOL_BYTES.format(conf=cl.conf, pools=pools))
+            omap = sum(p["omap"] for p in got_p.values())
+            rec("stored_omap_bytes", omap)
+            rec("stored_logical_objects", sum(p["objects"] for p in got_p.values()))
+            rec("stored_bytes", after["data"] - before["data"] + omap)
         if b == "lmdb":
             rec("stored_bytes", du_bytes(tmp / "lmdba"))
         if b == "rbd":
