@@ -579,6 +579,9 @@ def report(a: argparse.Namespace, res: dict[str, dict[str, list[float]]], backen
             what = "time ratio" if k.endswith("_s") else "size ratio"
             print(f"  {k:22s} {what} {r:6.2f} (goal <= {limit:g}{' ie >= 0.5x throughput' if limit == 2.0 and k != 'snap_first_s' and k != 'snap_incr_s' else ''}): "
                   + ("met" if r <= limit else "MISSED"))
+    print("  (snap_incr_s: ebsengine's snapshot also commits the writes it has cached since the"
+          " previous one;\n   librbd sent them to the OSD during the writes: incr_write+snap_s"
+          " is the like-for-like figure)")
     for n in notes:
         print("note:", n)
     print("\nreproduce: PYTHONPATH=. python benchmarks/bench_rados.py "
