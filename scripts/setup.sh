@@ -4,7 +4,8 @@
 #   bash scripts/setup.sh --test    also what the test suite needs (block clients, FUSE,
 #                                   aws-cli, boto3, hypothesis, Ceph for the RADOS backend's
 #                                   tests: scripts/ceph_cluster.sh starts a throw-away cluster)
-#   bash scripts/setup.sh --bench   also what the benchmarks compare against (restic, moto)
+#   bash scripts/setup.sh --bench   also what the benchmarks compare against (restic, moto;
+#                                   RBD over NBD and librbd for benchmarks/bench_rados.py)
 # Safe to run again: installed packages are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +33,10 @@ if [ "$want_test" = 1 ]; then
 fi
 if [ "$want_bench" = 1 ]; then
   apt_pkgs+=(restic)
+  # benchmarks/bench_rados.py's RBD side: qemu-nbd serves an rbd: image over NBD through
+  # qemu-block-extra's rbd driver (rbd-nbd would need the kernel's /dev/nbd*, which containers
+  # like this one lack), and python3-rbd writes the 1% change through librbd
+  apt_pkgs+=(qemu-block-extra python3-rbd)
 fi
 missing=()
 for p in "${apt_pkgs[@]}"; do
