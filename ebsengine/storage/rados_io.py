@@ -157,30 +157,9 @@ def parse_url(url: str) -> RadosUrl:
         if len(values) != 1 or not values[0]:
             raise InvalidParameter(f"{url!r}: option {key} needs exactly one non-empty value")
         one[key] = values[0]
-    timeout = DEFAULT_TIMEOUT
-    if "timeout" in one:
-        try:
-            timeout = float(one["timeout"])
-        except ValueError:
-            timeout = -1.0
-        if not (0 < timeout <= 3600):
-            raise InvalidParameter(f"{url!r}: timeout must be a number of seconds in (0, 3600]")
-    grace = DEFAULT_GRACE
-    if "grace" in one:
-        try:
-            grace = float(one["grace"])
-        except ValueError:
-            grace = -1.0
-        if not (0 <= grace <= 86400):
-            raise InvalidParameter(f"{url!r}: grace must be a number of seconds in [0, 86400]")
-    lease = DEFAULT_LEASE
-    if "lease" in one:
-        try:
-            lease = float(one["lease"])
-        except ValueError:
-            lease = -1.0
-        if not (1 <= lease <= 300):
-            raise InvalidParameter(f"{url!r}: lease must be a number of seconds in [1, 300]")
+    timeout = _seconds(url, one, "timeout", DEFAULT_TIMEOUT, 0, 3600, low_open=True)
+    grace = _seconds(url, one, "grace", DEFAULT_GRACE, 0, 86400)
+    lease = _seconds(url, one, "lease", DEFAULT_LEASE, 1, 300)
     meta = one.get("meta", prefix + ".meta")
     data = one.get("data", prefix + ".data")
     for name in (meta, data):
@@ -191,6 +170,22 @@ def parse_url(url: str) -> RadosUrl:
     return RadosUrl(prefix=prefix, conf=one.get("conf"), id=one.get("id", "admin"),
                     keyring=one.get("keyring"), timeout=timeout, meta_pool=meta,
                     data_pool=data, grace=grace, lease=lease, workdir=one.get("workdir"))
+
+
+def _seconds(url: str, one: dict[str, str], key: str, default: float, low: float,
+             high: float, *, low_open: bool = False) -> float:
+    """Option ``key`` of ``url``: a number of seconds in [low, high] (``low_open``: (low,
+    high]), else ``default`` when absent; InvalidParameter for anything else."""
+    if key not in one:
+        return default
+    try:
+        value = float(one[key])
+    except ValueError:
+        value = float("nan")
+    if not ((low < value if low_open else low <= value) and value <= high):
+        span = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+        raise InvalidParameter(f"{url!r}: {key} must be a number of seconds in {span}")
+    return value
 
 
 def workdir(url: str | RadosUrl) -> str:
