@@ -18,6 +18,7 @@ import itertools
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -155,3 +156,54 @@ def rados_pools(ceph_cluster: Cluster) -> Iterator[Pools]:
         yield Pools(ceph_cluster, prefix)
     finally:
         drop_pools(ceph_cluster.conf, prefix)
+
+
+def private_cluster(**env: str) -> Iterator[Cluster]:
+    """A fixture body: a cluster of the test's own (``start_private_cluster(**env)``), its
+    daemons resumed (should the test have frozen them) and stopped after."""
+    why = rados_missing()
+    if why:
+        pytest.skip(why)
+    if shutil.which("ceph-mon") is None or shutil.which("ceph-osd") is None:
+        pytest.skip("ceph-mon and ceph-osd are not installed (bash scripts/setup.sh --test)")
+    c = start_private_cluster(**env)
+    try:
+        yield c
+    finally:
+        resume(c)
+        stop_cluster(c)
+
+
+def daemon_pids(c: Cluster) -> list[int]:
+    """The pids of the daemons of a cluster this session started (from its pid files)."""
+    if c.dir is None:
+        pytest.skip("the cluster was started outside the tests; they do not control it")
+    out = []
+    for f in sorted(Path(c.dir, "run").glob("*.pid")):
+        try:
+            pid = int(f.read_text().strip())
+            os.kill(pid, 0)
+        except (ValueError, OSError):
+            continue
+        out.append(pid)
+    return out
+
+
+def freeze(c: Cluster) -> list[int]:
+    """SIGSTOP every daemon of the cluster: it answers nothing, as a cluster that is down,
+    but keeps its data (memstore would lose it on a restart); :func:`resume` thaws it."""
+    pids = daemon_pids(c)
+    assert pids, f"no running daemons in {c.dir}"
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    return pids
+
+
+def resume(c: Cluster) -> None:
+    if c.dir is None or not os.path.isdir(c.dir):
+        return
+    for pid in daemon_pids(c):
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except OSError:
+            pass
