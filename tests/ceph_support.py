@@ -15,6 +15,7 @@ Use them from a test module with ``from ceph_support import ceph_cluster, rados_
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import random
 import shutil
@@ -22,6 +23,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -199,7 +201,14 @@ def freeze(c: Cluster) -> list[int]:
     return pids
 
 
-def resume(c: Cluster) -> None:
+def resume(c: Cluster, *, repeer: bool = False) -> None:
+    """SIGCONT every daemon of a frozen cluster. ``repeer``: then mark its OSDs down once, so
+    each starts a new interval and re-peers. A PG whose primary was frozen past its read
+    lease comes back "laggy" and, when no replica acks a lease renewal (always so with one
+    OSD), parks every op on it in ``waiting for readable`` until the next interval change:
+    a Ceph limitation (ceph/ceph-container#1682, ceph/ceph#71663), not the engine's, which a
+    restarted cluster does not have. The OSDs rejoin by themselves ("wrongly marked me
+    down") within a few seconds."""
     if c.dir is None or not os.path.isdir(c.dir):
         return
     for pid in daemon_pids(c):
@@ -207,3 +216,18 @@ def resume(c: Cluster) -> None:
             os.kill(pid, signal.SIGCONT)
         except OSError:
             pass
+    if repeer:
+        osds = sorted(f.name[len("osd."):-len(".pid")]
+                      for f in Path(c.dir, "run").glob("osd.*.pid"))
+        ceph = ["ceph", "-c", c.conf, "--connect-timeout", "30"]
+        subprocess.run([*ceph, "osd", "down", *osds], capture_output=True, text=True,
+                       timeout=60, check=True)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:  # until every OSD has rejoined
+            out = subprocess.run([*ceph, "osd", "dump", "-f", "json"], capture_output=True,
+                                 text=True, timeout=60)
+            if out.returncode == 0 and \
+                    sum(o["up"] for o in json.loads(out.stdout)["osds"]) == len(osds):
+                return
+            time.sleep(0.25)
+        raise RuntimeError(f"the OSDs of {c.dir} did not come back up after a re-peer")

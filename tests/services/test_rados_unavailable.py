@@ -68,7 +68,7 @@ def test_nbd_answers_eio_while_the_cluster_is_away_and_serves_again_after(cluste
                 r = c.cmd(nc.CMD_WRITE, 2 * BLOCK, BLOCK, nc.F_FUA, b"f" * BLOCK)
                 assert r.error == p.NBD_EIO  # a FUA write is a flush too
             finally:
-                resume(cluster)
+                resume(cluster, repeer=True)
 
             def flushed() -> None:
                 assert c.cmd(nc.CMD_FLUSH).error == 0
@@ -112,7 +112,7 @@ def test_http_answers_503_while_the_cluster_is_away_and_serves_again_after(clust
                 assert _error(ebs.list_snapshot_blocks, SnapshotId=snap) == \
                     ("ServiceUnavailableException", 503)
             finally:
-                resume(cluster)
+                resume(cluster, repeer=True)
 
             def works() -> str:
                 try:
