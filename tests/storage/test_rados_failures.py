@@ -10,9 +10,11 @@ liveness one, not a speed claim."""
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +24,16 @@ from ebsengine.errors import BackendUnavailable, CorruptStore
 
 pytestmark = [pytest.mark.needs_ceph, pytest.mark.slow]
 BLOCK = 64 * 1024
+
+
+def primary_of(be: object, pool: str, name: str) -> int:
+    """The OSD that is the acting primary of object ``name`` in ``pool``."""
+    import json
+    ret, out, err = be.conn.cluster.mon_command(  # type: ignore[attr-defined]
+        json.dumps({"prefix": "osd map", "pool": pool, "object": name, "format": "json"}),
+        b"")
+    assert ret == 0, err
+    return int(json.loads(out)["acting_primary"])
 
 
 @pytest.fixture
@@ -60,8 +72,12 @@ class Writer(threading.Thread):
             self.error = exc
 
 
-def test_killing_one_osd_of_three_under_write_load_loses_no_acknowledged_write(
-        three_osds: Cluster, tmp_path):
+@pytest.mark.parametrize("how", ["kill", "hang"])
+def test_losing_one_osd_of_three_under_write_load_loses_no_acknowledged_write(
+        three_osds: Cluster, tmp_path, how: str):
+    """``kill``: SIGKILL, then started again (its peers see the connection drop at once);
+    ``hang``: SIGSTOP then SIGCONT (a node that stops answering: it is noticed only after
+    the heartbeat grace, 4 s on the test cluster)."""
     url = three_osds.url("kill", workdir=str(tmp_path / "wd"), timeout=60)
     with ebsengine.Engine(url) as eng:
         be = eng._store.backend
@@ -76,16 +92,24 @@ def test_killing_one_osd_of_three_under_write_load_loses_no_acknowledged_write(
             time.sleep(3)
             before = w.count
             healthy = w.max_stall
-            three_osds.script("kill-osd", "1")
+            victim = primary_of(be, be.conn.meta.name, "kv.root")  # every commit waits on it
+            pid = int(Path(str(three_osds.dir), "run", f"osd.{victim}.pid").read_text())
+            if how == "kill":
+                three_osds.script("kill-osd", str(victim))
+            else:
+                os.kill(pid, signal.SIGSTOP)
             time.sleep(8)
             during = w.count - before
-            three_osds.script("start-osd", "1")
+            if how == "kill":
+                three_osds.script("start-osd", str(victim))
+            else:
+                os.kill(pid, signal.SIGCONT)
             time.sleep(3)
             w.stop.set()
             w.join(120)
             assert not w.is_alive()
             assert w.error is None, repr(w.error)
-            print(f"\nOSD kill: {w.count} acked writes ({during} in the 8 s after the kill), "
+            print(f"\nOSD {how} (osd.{victim}, the metadata root's primary): {w.count} acked writes ({during} in the 8 s after the kill), "
                   f"longest write+flush {w.max_stall:.2f} s (before the kill {healthy:.2f} s)")
             assert during > 0, "no write completed after the OSD was killed"
             assert w.max_stall < 30, f"I/O stalled for {w.max_stall:.1f} s"
