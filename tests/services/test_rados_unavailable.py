@@ -50,7 +50,10 @@ def test_nbd_answers_eio_while_the_cluster_is_away_and_serves_again_after(cluste
     with ebsengine.Engine(url) as eng:
         vid = eng.create_volume(1).id
         with NbdServer(eng, unix_path=tmp_path / "nbd.sock", tcp=None,
-                       background_flush=False) as srv, NbdClient(str(srv.unix_path)) as c:
+                       background_flush=False) as srv, \
+                NbdClient(str(srv.unix_path), timeout=6 * TIMEOUT) as c:
+            # a command may take a few timeouts (one per cluster round trip it makes before
+            # the first fails); the client's socket timeout bounds it at six
             c.go(vid)
             c.pwrite(0, b"o" * BLOCK)
             assert c.cmd(nc.CMD_FLUSH).error == 0
