@@ -15,12 +15,15 @@ Use them from a test module with ``from ceph_support import ceph_cluster, rados_
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -155,3 +158,76 @@ def rados_pools(ceph_cluster: Cluster) -> Iterator[Pools]:
         yield Pools(ceph_cluster, prefix)
     finally:
         drop_pools(ceph_cluster.conf, prefix)
+
+
+def private_cluster(**env: str) -> Iterator[Cluster]:
+    """A fixture body: a cluster of the test's own (``start_private_cluster(**env)``), its
+    daemons resumed (should the test have frozen them) and stopped after."""
+    why = rados_missing()
+    if why:
+        pytest.skip(why)
+    if shutil.which("ceph-mon") is None or shutil.which("ceph-osd") is None:
+        pytest.skip("ceph-mon and ceph-osd are not installed (bash scripts/setup.sh --test)")
+    c = start_private_cluster(**env)
+    try:
+        yield c
+    finally:
+        resume(c)
+        stop_cluster(c)
+
+
+def daemon_pids(c: Cluster) -> list[int]:
+    """The pids of the daemons of a cluster this session started (from its pid files)."""
+    if c.dir is None:
+        pytest.skip("the cluster was started outside the tests; they do not control it")
+    out = []
+    for f in sorted(Path(c.dir, "run").glob("*.pid")):
+        try:
+            pid = int(f.read_text().strip())
+            os.kill(pid, 0)
+        except (ValueError, OSError):
+            continue
+        out.append(pid)
+    return out
+
+
+def freeze(c: Cluster) -> list[int]:
+    """SIGSTOP every daemon of the cluster: it answers nothing, as a cluster that is down,
+    but keeps its data (memstore would lose it on a restart); :func:`resume` thaws it."""
+    pids = daemon_pids(c)
+    assert pids, f"no running daemons in {c.dir}"
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    return pids
+
+
+def resume(c: Cluster, *, repeer: bool = False) -> None:
+    """SIGCONT every daemon of a frozen cluster. ``repeer``: then mark its OSDs down once, so
+    each starts a new interval and re-peers. A PG whose primary was frozen past its read
+    lease comes back "laggy" and, when no replica acks a lease renewal (always so with one
+    OSD), parks every op on it in ``waiting for readable`` until the next interval change:
+    a Ceph limitation (ceph/ceph-container#1682, ceph/ceph#71663), not the engine's, which a
+    restarted cluster does not have. The OSDs rejoin by themselves ("wrongly marked me
+    down") within a few seconds."""
+    if c.dir is None or not os.path.isdir(c.dir):
+        return
+    for pid in daemon_pids(c):
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except OSError:
+            pass
+    if repeer:
+        osds = sorted(f.name[len("osd."):-len(".pid")]
+                      for f in Path(c.dir, "run").glob("osd.*.pid"))
+        ceph = ["ceph", "-c", c.conf, "--connect-timeout", "30"]
+        subprocess.run([*ceph, "osd", "down", *osds], capture_output=True, text=True,
+                       timeout=60, check=True)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:  # until every OSD has rejoined
+            out = subprocess.run([*ceph, "osd", "dump", "-f", "json"], capture_output=True,
+                                 text=True, timeout=60)
+            if out.returncode == 0 and \
+                    sum(o["up"] for o in json.loads(out.stdout)["osds"]) == len(osds):
+                return
+            time.sleep(0.25)
+        raise RuntimeError(f"the OSDs of {c.dir} did not come back up after a re-peer")

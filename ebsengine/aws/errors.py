@@ -78,6 +78,13 @@ def ec2_error(exc: BaseException) -> tuple[str, str, int]:
 
 #: engine error class -> (EBS exception, HTTP status, Reason); first match wins.
 _EBS_TABLE: list[tuple[type[BaseException], str, int, str | None]] = [
+    # the store's backend (a Ceph cluster) is away, or another process holds what the
+    # request needs: nothing was changed and a retry may work. The ebs model has no shape
+    # for this; AWS's front ends answer it, for every rest-json service, with the unmodelled
+    # 503 ServiceUnavailableException, which botocore retries (503 is a transient status in
+    # both its legacy and standard retry modes), never the 500 of a failure of our own
+    (engine_errors.BackendUnavailable, "ServiceUnavailableException", 503, None),
+    (engine_errors.StoreLocked, "ServiceUnavailableException", 503, None),
     (engine_errors.SnapshotNotFound, "ResourceNotFoundException", 404, "SNAPSHOT_NOT_FOUND"),
     (engine_errors.NotFound, "ResourceNotFoundException", 404, "DEPENDENCY_RESOURCE_NOT_FOUND"),
     (engine_errors.StoreFull, "ServiceQuotaExceededException", 402, "DEPENDENCY_SERVICE_QUOTA_EXCEEDED"),
@@ -100,6 +107,7 @@ _EBS_STATUS: dict[str, int] = {
     "ServiceQuotaExceededException": 402,
     "ConcurrentLimitExceededException": 400,
     "InternalServerException": 500,
+    "ServiceUnavailableException": 503,
 }
 
 

@@ -88,3 +88,13 @@ def test_an_over_long_url_gets_its_414(aws: Aws) -> None:
     finally:
         c.close()
     assert aws.ec2.describe_volumes()["Volumes"] == []  # still serving
+
+
+def test_an_unavailable_backend_is_a_503_on_both_protocols_never_a_500() -> None:
+    from ebsengine import errors as engine_errors
+    from ebsengine.aws.errors import ebs_error, ec2_error
+    for exc in (engine_errors.BackendUnavailable("the Ceph cluster is unavailable"),
+                engine_errors.StoreLocked("another process holds the writer lock")):
+        assert ec2_error(exc)[0::2] == ("Unavailable", 503)
+        code, _, status, reason = ebs_error(exc)
+        assert (code, status, reason) == ("ServiceUnavailableException", 503, None)
