@@ -240,14 +240,7 @@ class StoreLock:
                                "owning it (serving it, or opening a device)")
             time.sleep(0.05)
 
-    def disown(self) -> None:
-        """Stay a user but stop being an owner (idempotent): the last owner of this process
-        downgrades the lock to a read lock (when owning the store failed elsewhere)."""
-        with _REGISTRY_LOCK:
-            if self._entry is not None:
-                self._disown(self._entry, keep=True)
-
-    def _disown(self, entry: _Entry, *, keep: bool) -> None:
+    def _disown(self, entry: _Entry) -> None:
         if not self.owner:
             return
         self.owner = False
@@ -257,7 +250,7 @@ class StoreLock:
                 os.ftruncate(entry.fd, 0)
             except OSError:
                 pass
-            if keep or entry.users > 1:
+            if entry.users > 1:
                 _setlk(entry.fd, fcntl.LOCK_SH)  # a downgrade always succeeds
 
     def release(self) -> None:
@@ -267,7 +260,7 @@ class StoreLock:
             entry, self._entry = self._entry, None
             if entry is None:
                 return
-            self._disown(entry, keep=False)
+            self._disown(entry)
             entry.users -= 1
             if entry.users == 0:
                 _drop(entry)
