@@ -83,6 +83,13 @@ class VolumeCaches:
             if self.caches.pop(volume_id, None) is not None:
                 self._release(volume_id)
 
+    def retire(self, volume_id: str) -> None:
+        """The volume's deletion has committed: a store with leases drops its lease object
+        once this engine's claims on it end."""
+        retire = getattr(self.store.backend, "retire", None)
+        if retire is not None:
+            retire(volume_id)
+
     def lease_free(self, volume_id: str) -> bool:
         """Whether no front end holds the volume's lease (on a store with leases; elsewhere
         False: there is nothing to tell)."""

@@ -149,6 +149,7 @@ class Volumes:
             txn.delete(volume_id.encode(), db=self.store.db["volumes"])
 
             def forget() -> None:  # once committed: the cache's writes have nowhere to go
+                self.devices.retire(volume_id)
                 if cache is not None:
                     with cache.lock:
                         cache.drop()

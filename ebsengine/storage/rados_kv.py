@@ -609,6 +609,7 @@ class RadosStore(RadosKv):
         self.lease_seconds = lease_seconds
         self._leases: dict[str, int] = {}  # volume id -> claims held by this engine
         self._lost: set[str] = set()
+        self._retired: set[str] = set()  # deleted volumes: their lease object goes at release
         self._lease_mu = threading.Lock()
         self._renewer: threading.Thread | None = None
         self._janitor: threading.Thread | None = None
@@ -718,13 +719,33 @@ class RadosStore(RadosKv):
             self._leases.pop(volume_id, None)
             lost = volume_id in self._lost
             self._lost.discard(volume_id)
+            gone = volume_id in self._retired
+            self._retired.discard(volume_id)
         if n and not lost:
             name = LEASE_PREFIX + volume_id
             try:
-                self.pool.put_many([(name, b"")])
-                self.pool.unlock(name, LEASE_LOCK, self.cookie)
+                if gone:  # the volume was deleted: no lease object left behind
+                    self.pool.remove_many([name])
+                else:
+                    self.pool.put_many([(name, b"")])
+                    self.pool.unlock(name, LEASE_LOCK, self.cookie)
             except Exception as exc:  # noqa: BLE001 - it expires by itself
                 log.warning("releasing %s: %s (it expires by itself)", name, exc)
+
+    def retire(self, volume_id: str) -> None:
+        """The volume's deletion has committed: its lease object goes when the last claim
+        on it is released (removing it takes its lock along); right away if none is held."""
+        with self._lease_mu:
+            if volume_id in self._leases and volume_id not in self._lost:
+                self._retired.add(volume_id)
+                return
+        name = LEASE_PREFIX + volume_id
+        try:
+            if self.pool.try_lock(name, LEASE_LOCK, self.cookie, self.lease_seconds,
+                                  desc="ebsengine volume lease"):
+                self.pool.remove_many([name])
+        except Exception as exc:  # noqa: BLE001 - a leftover object is harmless
+            log.warning("removing the lease object of deleted %s: %s", volume_id, exc)
 
     def leased(self) -> list[str]:
         """The volumes whose leases this engine holds (and has not lost)."""

@@ -111,3 +111,28 @@ def test_orphan_nodes_of_a_commit_that_never_happened_are_swept(rados_pools, tmp
         assert orphan not in left
         assert reachable(be) <= left  # every node a tree reaches is still there
         assert eng.fsck().ok
+
+
+def test_a_deleted_volume_leaves_no_lease_object_behind(rados_pools, tmp_path):
+    from ebsengine.storage.rados_kv import LEASE_PREFIX
+    url = rados_pools.url(workdir=str(tmp_path / "wd"))
+    with ebsengine.Engine(url) as eng:
+        be = backend(eng)
+        kept, served, idle = (eng.create_volume(1).id for _ in range(3))
+        with eng.open_volume(served) as dev:
+            dev.pwrite(b"s" * CS, 0)
+        eng.create_snapshot(idle)  # leased for the snapshot, then released
+        with eng.open_volume(kept) as dev:
+            dev.pwrite(b"k" * CS, 0)
+        leases = objects(be.conn.meta, LEASE_PREFIX)
+        assert {LEASE_PREFIX + v for v in (kept, served, idle)} <= leases
+        eng.delete_volume(served)  # the deletion's own claim is the last one
+        eng.delete_volume(idle)
+        assert objects(be.conn.meta, LEASE_PREFIX) == leases - {LEASE_PREFIX + served,
+                                                                LEASE_PREFIX + idle}
+        dev = eng.open_volume(kept)  # a volume still open when another front end...
+        with pytest.raises(ebsengine.errors.VolumeInUse):
+            eng.delete_volume(kept)  # ...may not be deleted: its lease object stays
+        dev.close()
+        assert LEASE_PREFIX + kept in objects(be.conn.meta, LEASE_PREFIX)
+        assert eng.fsck().ok
