@@ -24,12 +24,13 @@ Every change is one engine unit of work: validated inside it, so a refusal leave
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ebsengine import errors
-from ebsengine.engine import Transaction
+from ebsengine.engine import Staged, Transaction
 from ebsengine.rules import (
     check_description,
     check_device_name,
@@ -439,7 +440,8 @@ class Images:
             out["Throughput"] = throughput
         return out
 
-    def _snapshot(self, scope: Scope, sid: str, tx: Transaction, *, owner: str) -> Any:
+    def _snapshot(self, scope: Scope, sid: str, tx: Transaction | None, *,
+                  owner: str) -> Any:
         """A completed snapshot of the scope's region that ``owner`` owns."""
         if not is_aws_id(sid, "snap"):
             raise _err("InvalidSnapshotID.Malformed", f'Invalid id: "{sid}" (expecting '
@@ -544,6 +546,52 @@ class Images:
             "ImageTags": image_tags, "SnapshotTags": snapshot_tags, "Encrypted": encrypted,
             "KmsKeyId": kms_key_id, "CompletionMinutes": completion_minutes})
         src_scope = Scope(source_region, scope.account_id)
+        with contextlib.ExitStack() as stack:
+            staged = self._stage_copies(scope, src_scope, source_image_id, encrypted,
+                                        kms_key_id, stack)
+            return self._copy(scope, src_scope, source_image_id, name, description,
+                              copy_image_tags, image_tags, snapshot_tags, encrypted,
+                              kms_key_id, token, digest, staged)
+
+    def _stage_copies(self, scope: Scope, src_scope: Scope, source_image_id: str,
+                      encrypted: bool | None, kms_key_id: str | None,
+                      stack: contextlib.ExitStack) -> dict[str, Staged]:
+        """The snapshot copies CopyImage makes under a new data key (encrypting a plaintext
+        snapshot, or another key), made before its unit in bounded transactions of their own
+        (``Engine.staged_copy``): the unit adopts them in O(1) instead of holding the store's
+        writer for the whole copy. Best effort: what cannot be staged now (the request is
+        wrong, a key unusable, the store full) is left to the unit, which copies or refuses
+        it itself, in its own order of checks; a staged copy it does not adopt is dropped
+        when ``stack`` closes."""
+        eng = self.cloud.engine
+        out: dict[str, Staged] = {}
+        try:
+            src = self.find(src_scope, source_image_id)
+            if src.state != "available":
+                return out
+            plans = []
+            for m in src.block_device_mappings:
+                sid = (m.get("Ebs") or {}).get("SnapshotId")
+                if sid:
+                    snap = self._snapshot(src_scope, str(sid), None, owner=src.owner_id)
+                    plans.append((snap.id, *self.cloud.encryption.resolve(
+                        scope, encrypted=encrypted, kms_key_id=kms_key_id,
+                        source_encrypted=bool(snap.encrypted))))
+            for sid, enc, key in plans:
+                if sid not in out:
+                    copy = stack.enter_context(eng.staged_copy(
+                        sid, encrypted=enc, kms_key_id=key, region=scope.region,
+                        account=scope.account_id))
+                    if copy is not None:
+                        out[sid] = copy
+        except errors.EbsError:
+            pass  # the unit meets the same condition and answers it
+        return out
+
+    def _copy(self, scope: Scope, src_scope: Scope, source_image_id: str, name: str,
+              description: str | None, copy_image_tags: bool, image_tags: dict[str, str],
+              snapshot_tags: dict[str, str], encrypted: bool | None, kms_key_id: str | None,
+              token: str | None, digest: str, staged: dict[str, Staged]) -> Image:
         eng = self.cloud.engine
         with eng.transaction() as tx:
             if token is not None:
@@ -578,7 +626,8 @@ class Images:
                     snap.id, description=f"Copied for DestinationAmi {new} from SourceAmi "
                                          f"{src.id} for SourceSnapshot {snap.id}",
                     tags=snapshot_tags or None, encrypted=enc, kms_key_id=key,
-                    region=scope.region, account=scope.account_id, tx=tx)
+                    region=scope.region, account=scope.account_id, tx=tx,
+                    staged=staged.pop(snap.id, None))
                 put_snapshot_region(eng, tx, copy.id, scope.region, scope.account_id)
                 self.cloud.meter.snapshot(tx, copy.id)
                 mappings.append({**m, "Ebs": {**(ebs or {}), "SnapshotId": copy.id,
@@ -590,7 +639,7 @@ class Images:
                           description=description, state="available",
                           creation_time=self.cloud.now(), block_device_mappings=mappings,
                           public=False, launch_users=[], source_instance_id=None,
-                          source_image_id=src.id, source_region=source_region,
+                          source_image_id=src.id, source_region=src_scope.region,
                           deregister_time=None, tags=tags)
             self.table.put(img, tx=tx)
             if token is not None:

@@ -21,6 +21,7 @@ and its record is swept by the next launch or termination.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time as _time
 from collections.abc import Iterable
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ebsengine import errors
-from ebsengine.engine import Transaction
+from ebsengine.engine import Staged, Transaction
 from ebsengine.rules import check_device_name, check_image_name, check_tags, is_aws_id, new_id
 from ebsengine.rules import tokens as token_rules
 
@@ -114,6 +115,12 @@ def check_instance_id(iid: object) -> str:
     if not is_aws_id(iid, "i"):
         raise errors.Ec2Error("InvalidInstanceID.Malformed", f'Invalid id: "{iid}"')
     return str(iid)
+
+
+def _take(staged: dict[str, list[Staged]], snapshot_id: str | None) -> Staged | None:
+    """One of the copies staged for ``snapshot_id``, if any is left."""
+    copies = staged.get(snapshot_id or "")
+    return copies.pop() if copies else None
 
 
 class Instances:
@@ -286,7 +293,7 @@ class Instances:
         raise errors.Ec2Error("InvalidKeyPair.NotFound", f"The key pair '{name}' does not exist")
 
     def _devices(self, scope: Scope, img: Image, overrides: list[dict[str, Any]] | None,
-                 tx: Transaction) -> list[dict[str, Any]]:
+                 tx: Transaction | None) -> list[dict[str, Any]]:
         """The EBS volumes to make: the AMI's mappings, overridden per DeviceName by the
         request's (``NoDevice`` removes one, new names add volumes). Each plan:
         ``{"device", "snapshot_id", "size", "type", "iops", "throughput", "encrypted",
@@ -440,6 +447,55 @@ class Instances:
         vol_tags = spec_tags(tag_specifications, "volume", allowed)
         eni_tags = spec_tags(tag_specifications, "network-interface", allowed)
         zone = (placement or {}).get("AvailabilityZone") or None
+        with contextlib.ExitStack() as stack:
+            staged = self._stage_copies(scope, image_id, block_device_mappings, max_count,
+                                        stack)
+            return self._launch(
+                scope, token, digest, image_id, itype, min_count, max_count, key_name,
+                security_group_ids, security_groups, subnet_id, private_ip,
+                block_device_mappings, user_data, zone, nic, disable_api_termination,
+                disable_api_stop, shutdown, ebs_optimized, monitoring, inst_tags, vol_tags,
+                eni_tags, staged)
+
+    def _stage_copies(self, scope: Scope, image_id: str,
+                      overrides: list[dict[str, Any]] | None, count: int,
+                      stack: contextlib.ExitStack) -> dict[str, list[Staged]]:
+        """The volume copies a launch of ``count`` instances makes under a new data key (an
+        encrypted volume of a plaintext snapshot, or under another key), by snapshot: made
+        before its unit in bounded transactions of their own (``Engine.staged_copy``), so
+        that the unit adopts them in O(1) instead of holding the store's writer for every
+        copy. Best effort: what cannot be staged now (the request is wrong, a key unusable,
+        the store full) is left to the unit, which copies or refuses it itself, in its own
+        order of checks; copies it does not adopt (fewer instances launched) are dropped
+        when ``stack`` closes."""
+        eng = self.cloud.engine
+        out: dict[str, list[Staged]] = {}
+        try:
+            plans = self._devices(scope, self.image(scope, image_id), overrides, None)
+            for p in plans:
+                if p["snapshot_id"] is None or not p["encrypted"]:
+                    continue
+                for _ in range(count):
+                    copy = stack.enter_context(eng.staged_copy(
+                        p["snapshot_id"], encrypted=True, kms_key_id=p["kms_key_id"],
+                        region=scope.region, account=scope.account_id))
+                    if copy is None:
+                        break  # no copy needed: the volumes read through to the snapshot
+                    out.setdefault(p["snapshot_id"], []).append(copy)
+        except errors.EbsError:
+            pass  # the unit meets the same condition and answers it
+        return out
+
+    def _launch(self, scope: Scope, token: str | None, digest: str, image_id: str,
+                itype: str, min_count: int, max_count: int, key_name: str | None,
+                security_group_ids: list[str] | None, security_groups: list[str] | None,
+                subnet_id: str | None, private_ip: str | None,
+                block_device_mappings: list[dict[str, Any]] | None, user_data: str | None,
+                zone: str | None, nic: dict[str, Any], disable_api_termination: bool,
+                disable_api_stop: bool, shutdown: str, ebs_optimized: bool, monitoring: bool,
+                inst_tags: dict[str, str], vol_tags: dict[str, str],
+                eni_tags: dict[str, str], staged: dict[str, list[Staged]]) -> list[Instance]:
+        c = self.cloud
         eng = c.engine
         with eng.transaction() as tx:
             if token is not None:  # a concurrent retry may have won
@@ -485,7 +541,8 @@ class Instances:
                         p["size"], p["type"], snapshot_id=p["snapshot_id"], iops=p["iops"],
                         throughput=p["throughput"], availability_zone=subnet.availability_zone,
                         encrypted=p["encrypted"], kms_key_id=p["kms_key_id"],
-                        tags=vol_tags or None, account=scope.account_id, tx=tx)
+                        tags=vol_tags or None, account=scope.account_id, tx=tx,
+                        staged=_take(staged, p["snapshot_id"]))
                     put_volume_owner(eng, tx, vol.id, scope.account_id)
                     eng.attach_volume(vol.id, iid, p["device"], p["delete_on_termination"],
                                       tx=tx)

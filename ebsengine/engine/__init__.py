@@ -36,8 +36,9 @@ Bulk transfers (``import_image``, ``export``, ``put_snapshot_block``) are not pa
 
 from ..errors import EbsError
 from .core import DEFAULT_DIRTY_LIMIT, Engine, default_store_path
+from .domains import Staged
 from .storecopy import CopyReport, copy_store
 from .unit import Transaction
 
-__all__ = ["DEFAULT_DIRTY_LIMIT", "CopyReport", "Engine", "EbsError", "Transaction",
+__all__ = ["DEFAULT_DIRTY_LIMIT", "CopyReport", "Engine", "EbsError", "Staged", "Transaction",
            "copy_store", "default_store_path"]

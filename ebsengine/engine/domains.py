@@ -217,8 +217,13 @@ class Domains:
             # a write transaction, rolled back: naming alias/aws/ebs makes it on first use
             with store.write() as txn:
                 point = source(txn)[0]
-                need = self.needs_copy(txn, point, encrypted=encrypted,
-                                       kms_key_id=kms_key_id, region=region, account=account)
+                # a key service used for the first time (its master check value, the
+                # region's alias/aws/ebs) is left to the unit: staging must not create what a
+                # refused request would then leave behind
+                need = not self._kms().first_use(kms_key_id, region or DEFAULT_REGION,
+                                                 account or DEFAULT_ACCOUNT, txn) and \
+                    self.needs_copy(txn, point, encrypted=encrypted, kms_key_id=kms_key_id,
+                                    region=region, account=account)
                 raise _Rollback
         except _Rollback:
             pass

@@ -754,6 +754,18 @@ class KeyService:
 
     # --- data-key domains (envelope encryption, as EBS does it) ---------------------------------
 
+    def first_use(self, kms_key_id: str | None, region: str, account: str,
+                  txn: Any = None) -> bool:
+        """Whether :meth:`new_domain` under ``kms_key_id`` would also create what the key
+        service makes on first use: the master key's check value, or the AWS-managed key a
+        predefined alias names (``None``: ``alias/aws/ebs``)."""
+        key_ref = EBS_ALIAS if kms_key_id is None else kms_key_id
+        with self._reading(txn) as t:
+            if self._get(t, NS_MASTER, "check") is None:
+                return True
+            name = self._managed_name(key_ref, region, account)
+            return name is not None and self._alias_rec(t, region, account, name) is None
+
     def new_domain(self, kms_key_id: str | None, region: str, account: str,
                    txn: Any = None) -> tuple[str, str]:
         """A new data-key domain: a fresh 256-bit data key, stored only wrapped (KMS

@@ -319,3 +319,38 @@ def test_pending_image_matures_with_its_snapshots(cloud: Cloud) -> None:
     with cloud.engine.transaction() as tx:
         cloud.engine.delete_snapshot(sid, tx=tx)
     assert cloud.images.find(EAST, "ami-0123456789abcdef0").state == "failed"
+
+
+def test_an_encrypting_copy_is_staged_before_its_unit_and_a_refused_one_leaves_nothing(
+        cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from ebsengine.engine import domains as domains_mod
+    monkeypatch.setattr(domains_mod, "STAGE_COMMIT_CHUNKS", 4)
+    monkeypatch.setattr(domains_mod, "STAGE_WINDOW", 3)
+    data = os.urandom(10 * 65536)
+    src = register(cloud, snapshot(cloud, data=data, owner=EAST.account_id))
+    # the region's first encrypted copy makes alias/aws/ebs: left to the unit, so that a
+    # refusal leaves no key behind
+    refused(cloud, "InvalidAMIName.Duplicate", cloud.images.copy, EAST, source_image_id=src.id,
+            source_region="us-east-1", name="base", encrypted=True)
+    before = cloud.engine._store.commit_id()
+    first = cloud.images.copy(EAST, source_image_id=src.id, source_region="us-east-1",
+                              name="first", encrypted=True)
+    assert cloud.engine._store.commit_id() - before <= 2  # copied in the unit, not in batches
+    # refused by the unit after its copy was staged: the staged copy goes, the store is
+    # as it was
+    refused(cloud, "InvalidAMIName.Duplicate", cloud.images.copy, EAST, source_image_id=src.id,
+            source_region="us-east-1", name="first", encrypted=True)
+    before = cloud.engine._store.commit_id()
+    enc = cloud.images.copy(EAST, source_image_id=src.id, source_region="us-east-1",
+                            name="enc", encrypted=True)
+    assert cloud.engine._store.commit_id() - before >= 10 // 4 + 1  # batches, then the unit
+    for img in (first, enc):
+        sid = img.block_device_mappings[0]["Ebs"]["SnapshotId"]
+        assert cloud.engine.get_snapshot(sid).encrypted
+        with cloud.engine.open_snapshot(sid) as dev:
+            assert dev.pread(len(data), 4096) == data
+    report = cloud.engine.fsck()
+    assert report.ok and "staged_copies" not in report.stats
+    assert cloud.check() == []

@@ -216,6 +216,9 @@ def _plain_snapshot(eng: ebsengine.Engine, chunks: int = 24) -> tuple[str, bytes
     _write(eng, vol.id, b"\x01" * 4096, at)              # a patch
     data[at:at + 4096] = b"\x01" * 4096
     snap = eng.create_snapshot(vol.id)
+    # the key service in use already (alias/aws/ebs made): its first use is copied in the
+    # request's unit, not staged (test_the_key_services_first_use_is_not_staged)
+    eng.kms.describe_key("alias/aws/ebs", REGION, ACCOUNT)
     return snap.id, bytes(data)
 
 
@@ -397,3 +400,24 @@ def test_a_staged_copy_is_adopted_only_by_a_unit_that_commits_the_same_request(e
     assert not any("copier" in lin for lin in _lineages(eng).values())
     assert len(eng.kms.domains()) == 2
     _clean(eng)
+
+
+def test_the_key_services_first_use_is_not_staged(eng, small_batches):
+    # staging would make alias/aws/ebs (and the master check value) outside the unit, and a
+    # request the unit then refuses would leave them behind: the unit copies by itself
+    vol = eng.create_volume(1)
+    _write(eng, vol.id, os.urandom(8 * CS))
+    sid = eng.create_snapshot(vol.id).id
+    before = store_digest(eng)
+    with pytest.raises(InvalidVolumeSize):
+        eng.create_volume(0, snapshot_id=sid, encrypted=True)
+    assert store_digest(eng) == before
+    with eng.staged_copy(sid, encrypted=True) as staged:
+        assert staged is None
+    assert store_digest(eng) == before
+    commits = eng._store.commit_id()
+    out = eng.create_volume(snapshot_id=sid, encrypted=True)
+    assert eng._store.commit_id() - commits == 1
+    with eng.staged_copy(sid, encrypted=True) as staged:  # the key exists now
+        assert staged is not None
+    assert _read(eng, out.id, 8 * CS) == _read(eng, sid, 8 * CS)
