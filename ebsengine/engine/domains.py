@@ -13,7 +13,9 @@ decoded and stored again, sealed in the new domain. Outside a unit of work that 
 *staged* (:meth:`Domains.staging`): made first, in transactions of at most
 ``STAGE_COMMIT_CHUNKS`` chunks, into a lineage marked ``copier``, then adopted in O(1) by the
 unit that makes the volume or snapshot; dropped if that unit fails, and at the next
-read-write open after a crash. Inside a unit given no staged copy, the unit copies itself.
+read-write open after a crash (on a store shared by hosts, a copy of another host's process
+once the lease its copier held is free). Inside a unit given no staged copy, the unit copies
+itself.
 
 A domain's record (its wrapped data key) lives as long as some lineage names the domain:
 the transaction that destroys the last one deletes it (:meth:`Domains.forget`, called by
@@ -31,13 +33,13 @@ from typing import TYPE_CHECKING
 from .. import layout as L
 from ..block.context import BlockContext
 from ..block.maps import BlockMaps, Lineage
-from ..errors import EbsError, IncorrectState, KmsError
+from ..errors import EbsError, IncorrectState, KmsError, VolumeInUse
 from ..kms.service import EBS_ALIAS
 from ..rules import DEFAULT_ACCOUNT, DEFAULT_REGION
 from ..storage.base import Txn
 from ..storage.chunks import ChunkStore
 from ..storage.sealing import Domain
-from .imports import process_alive, process_token
+from .imports import elsewhere, process_alive, process_token
 
 if TYPE_CHECKING:
     from ..kms import KeyService
@@ -232,16 +234,39 @@ class Domains:
         if not need:
             yield None
             return
-        staged = self.stage_copy(source, kms_key_id=kms_key_id, region=region,
-                                 account=account)
+        tag = "copy-" + uuid.uuid4().hex
+        self._lease(tag)
         try:
-            yield staged
+            staged = self.stage_copy(source, kms_key_id=kms_key_id, region=region,
+                                     account=account, tag=tag)
+            try:
+                yield staged
+            finally:
+                self.drop_staged(staged)  # a no-op once adopted
         finally:
-            self.drop_staged(staged)  # a no-op once adopted
+            self._unlease(tag)
+
+    # A staged copy on a store shared by hosts (``rados://``) is held under a lease named by
+    # its ``copy-`` id for as long as its copier runs, since no host can tell whether
+    # another's process is alive: :meth:`recover` drops another host's copy once that lease
+    # is free (expired: its copier is gone), and fences that copier off as it takes it.
+
+    def _lease(self, tag: str) -> None:
+        lease = getattr(self.chunks.store.backend, "lease", None)
+        if lease is not None:
+            lease(tag)
+
+    def _unlease(self, tag: str) -> None:
+        backend = self.chunks.store.backend
+        retire = getattr(backend, "retire", None)
+        release = getattr(backend, "release", None)
+        if retire is not None and release is not None:
+            retire(tag)  # its lease object goes with the last claim
+            release(tag)
 
     def stage_copy(self, source: Callable[[Txn], tuple[tuple[int, int], int]], *,
                    kms_key_id: str | None, region: str | None,
-                   account: str | None) -> Staged:
+                   account: str | None, tag: str | None = None) -> Staged:
         """Copy the data visible at ``source(txn)`` (see :meth:`staging`) into a new lineage
         of a new domain under ``kms_key_id``, in transactions of at most
         ``STAGE_COMMIT_CHUNKS`` chunks each. The lineage is marked as a staged copy
@@ -249,7 +274,7 @@ class Domains:
         failure (StoreFull, KmsError, the source deleted meanwhile...) the copy is dropped
         and the error raised: the store holds nothing of it."""
         store = self.chunks.store
-        tag = "copy-" + uuid.uuid4().hex
+        tag = tag or "copy-" + uuid.uuid4().hex
         with store.write() as txn:
             point, size = source(txn)
             src = self.unlock(self.domain_of(txn, point[0]), txn)
@@ -332,13 +357,30 @@ class Domains:
         with store.read() as txn:
             stale = [Lineage.from_json(L.read_u64(k), v) for k, v in txn.cursor(db=db)
                      if b'"copier"' in v]
-        stale = [lin for lin in stale if lin.copier is not None
-                 and not process_alive(lin.copier)]
-        if stale:
-            with store.write(freeing=True) as txn:
-                for lin in stale:
-                    self._drop_copy(txn, lin.id, lin.owner)
-            store.after_free()
+        leases = getattr(store.backend, "lease", None) is not None
+        gone: list[Lineage] = []
+        taken: list[str] = []
+        try:
+            for lin in stale:
+                if lin.copier is None:
+                    continue
+                if leases and lin.owner is not None and elsewhere(lin.copier):
+                    try:  # another host's copier: gone once its lease is free
+                        self._lease(lin.owner)
+                    except VolumeInUse:
+                        continue  # still copying there
+                    taken.append(lin.owner)
+                    gone.append(lin)
+                elif not process_alive(lin.copier):
+                    gone.append(lin)
+            if gone:
+                with store.write(freeing=True) as txn:
+                    for lin in gone:
+                        self._drop_copy(txn, lin.id, lin.owner)
+                store.after_free()
+        finally:
+            for tag in taken:
+                self._unlease(tag)
 
     def _arn(self, txn: Txn, kms_key_id: str, region: str, account: str | None) -> str | None:
         try:

@@ -214,3 +214,66 @@ def test_an_import_on_another_host_is_settled_only_once_its_lease_is_free(url):
             assert c.get_volume(vid).state == "error"  # settled, as a crashed import is
             c.delete_volume(vid)
             assert c.fsck().ok
+
+
+COPIER = textwrap.dedent("""
+    import os, sys, ebsengine
+    from ebsengine.engine import domains, imports
+    from ebsengine.storage.chunks import ChunkStore
+    url, sid = sys.argv[1], sys.argv[2]
+    other = {"pid": 4242, "start": "1", "boot": "x", "host": "another-host"}
+    domains.process_token = lambda: other  # a copier on another host
+    domains.STAGE_COMMIT_CHUNKS, domains.STAGE_WINDOW = 2, 2
+    real = ChunkStore.put
+    n = [0]
+    def put(self, *a, **kw):
+        n[0] += 1
+        if n[0] == 5:  # a batch or two committed: say so, then hang until killed
+            print("copying", flush=True)
+            sys.stdin.read()
+        return real(self, *a, **kw)
+    ChunkStore.put = put
+    eng = ebsengine.Engine(url)
+    eng.kms.describe_key("alias/aws/ebs", "us-east-1", "123456789012")
+    eng.create_volume(snapshot_id=sid, encrypted=True)
+""")
+
+
+def _staged(eng: ebsengine.Engine) -> list[int]:
+    import json
+    with eng._store.read() as txn:
+        return [L.read_u64(k) for k, v in txn.cursor(db=eng._store.db["lineages"])
+                if "copier" in json.loads(v)]
+
+
+def test_a_copy_staged_by_a_dead_front_end_on_another_host_goes_once_its_lease_is_free(
+        url, tmp_path):
+    lease = 2
+    with ebsengine.Engine(url("b", lease=lease)) as b:
+        vid = b.create_volume(1).id
+        with b.open_volume(vid) as dev:
+            dev.pwrite(os.urandom(12 * CS), 0)
+        sid = b.create_snapshot(vid).id
+    a = subprocess.Popen([sys.executable, "-c", COPIER, url("a", lease=lease), sid],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                         env=dict(os.environ))
+    try:
+        assert a.stdout is not None and a.stdout.readline() == "copying\n"
+        with ebsengine.Engine(url("b", lease=lease)) as b:  # its copier is alive: kept
+            assert len(_staged(b)) == 1
+        a.kill()  # no release: its lease stays until it expires
+        a.wait()
+    finally:
+        a.kill()
+        a.wait()
+        for f in (a.stdin, a.stdout):
+            if f is not None:
+                f.close()
+    time.sleep(lease + 1)
+    with ebsengine.Engine(url("b", lease=lease)) as b:  # the lease ran out: dropped
+        assert _staged(b) == []
+        assert b.kms.domains() == []
+        be = b._store.backend
+        assert not [o for o in be.conn.meta.list_objects("lease.copy-")]
+        report = b.fsck()
+        assert report.ok and "staged_copies" not in report.stats
