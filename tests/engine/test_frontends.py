@@ -274,6 +274,6 @@ def test_a_copy_staged_by_a_dead_front_end_on_another_host_goes_once_its_lease_i
         assert _staged(b) == []
         assert b.kms.domains() == []
         be = b._store.backend
-        assert not [o for o in be.conn.meta.list_objects("lease.copy-")]
+        assert not list(be.conn.meta.list_objects("lease.copy-"))
         report = b.fsck()
         assert report.ok and "staged_copies" not in report.stats
