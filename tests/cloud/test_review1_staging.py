@@ -7,9 +7,9 @@ import os
 from typing import Any
 
 import pytest
+from test_instances import SCOPE, Clock, _raises, env, small_batches  # noqa: F401
 
 from conftest import store_digest
-from test_instances import SCOPE, Clock, _raises, env, small_batches  # noqa: F401
 from test_aws_support import put_image
 
 ENC = [{"DeviceName": "/dev/xvda", "Ebs": {"Encrypted": True}}]
@@ -22,7 +22,7 @@ def _ready(cloud: Any) -> str:
 
 
 def test_a_launch_refused_by_its_unit_after_staging_leaves_the_store_as_it_was(
-        env: tuple[Any, Clock], small_batches: None) -> None:  # noqa: F811
+        env: tuple[Any, Clock], small_batches: None) -> None:
     cloud, _ = env
     ami = _ready(cloud)
     before = store_digest(cloud.engine)
@@ -32,7 +32,7 @@ def test_a_launch_refused_by_its_unit_after_staging_leaves_the_store_as_it_was(
 
 
 def test_a_launch_retried_with_its_client_token_leaves_the_store_as_it_was(
-        env: tuple[Any, Clock], small_batches: None) -> None:  # noqa: F811
+        env: tuple[Any, Clock], small_batches: None) -> None:
     cloud, _ = env
     ami = _ready(cloud)
     first = cloud.instances.run(SCOPE, image_id=ami, max_count=2, client_token="tok-1",
@@ -48,7 +48,7 @@ def test_a_launch_retried_with_its_client_token_leaves_the_store_as_it_was(
 
 
 def test_a_refused_launch_does_not_purge_an_expired_key_through_its_staged_copies(
-        env: tuple[Any, Clock], small_batches: None) -> None:  # noqa: F811
+        env: tuple[Any, Clock], small_batches: None) -> None:
     # staging's new_domain is a KMS write unit of its own, committed: it purges keys whose
     # deletion date has passed; the refused request's unit would have rolled that back
     cloud, clock = env
@@ -65,13 +65,14 @@ def test_a_refused_launch_does_not_purge_an_expired_key_through_its_staged_copie
 
 
 def test_a_copy_image_retried_with_its_client_token_stages_nothing(
-        tmp_path: Any, small_batches: None, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        tmp_path: Any, small_batches: None, monkeypatch: pytest.MonkeyPatch) -> None:
     # RunInstances answers a replayed token before staging; CopyImage stages (copies every
     # snapshot's data under a new key, then drops it) before its unit finds the token
+    from test_images import EAST, register, snapshot
+
     import ebsengine
     from ebsengine.cloud import Cloud
     from ebsengine.engine import domains as domains_mod
-    from test_images import EAST, register, snapshot
     with ebsengine.Engine(str(tmp_path / "store")) as eng:
         cloud = Cloud(eng)
         src = register(cloud, snapshot(cloud, data=os.urandom(10 * 65536),
