@@ -758,10 +758,14 @@ class KeyService:
                   txn: Any = None) -> bool:
         """Whether :meth:`new_domain` under ``kms_key_id`` would also create what the key
         service makes on first use: the master key's check value, or the AWS-managed key a
-        predefined alias names (``None``: ``alias/aws/ebs``)."""
+        predefined alias names (``None``: ``alias/aws/ebs``); or purge first (a key whose
+        deletion date has passed), which a refused request's unit would roll back."""
         key_ref = EBS_ALIAS if kms_key_id is None else kms_key_id
         with self._reading(txn) as t:
             if self._get(t, NS_MASTER, "check") is None:
+                return True
+            now = self.clock()  # a write unit would first purge keys deleted on the clock
+            if any(self._alive(rec, now) is None for _, rec in self._items(t, NS_KEYS)):
                 return True
             name = self._managed_name(key_ref, region, account)
             return name is not None and self._alias_rec(t, region, account, name) is None
