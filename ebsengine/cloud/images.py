@@ -548,14 +548,15 @@ class Images:
         src_scope = Scope(source_region, scope.account_id)
         with contextlib.ExitStack() as stack:
             staged = self._stage_copies(scope, src_scope, source_image_id, encrypted,
-                                        kms_key_id, stack)
+                                        kms_key_id, stack, token, digest)
             return self._copy(scope, src_scope, source_image_id, name, description,
                               copy_image_tags, image_tags, snapshot_tags, encrypted,
                               kms_key_id, token, digest, staged)
 
     def _stage_copies(self, scope: Scope, src_scope: Scope, source_image_id: str,
                       encrypted: bool | None, kms_key_id: str | None,
-                      stack: contextlib.ExitStack) -> dict[str, Staged]:
+                      stack: contextlib.ExitStack, token: str | None = None,
+                      digest: str = "") -> dict[str, Staged]:
         """The snapshot copies CopyImage makes under a new data key (encrypting a plaintext
         snapshot, or another key), made before its unit in bounded transactions of their own
         (``Engine.staged_copy``): the unit adopts them in O(1) instead of holding the store's
@@ -566,6 +567,9 @@ class Images:
         eng = self.cloud.engine
         out: dict[str, Staged] = {}
         try:
+            if token is not None and \
+                    self.cloud.tokens.previous(scope, "CopyImage", token, digest) is not None:
+                return out  # a retry: the unit returns the first copy, nothing to stage
             src = self.find(src_scope, source_image_id)
             if src.state != "available":
                 return out
