@@ -6,14 +6,15 @@ import os
 import subprocess
 import sys
 
-import ebsengine
 from test_frontends import COPIER, CS, _staged, url  # noqa: F401
+
+import ebsengine
 
 # the same copier, but a process of this host (its real process token)
 LOCAL_COPIER = COPIER.replace("domains.process_token = lambda: other", "pass")
 
 
-def test_a_copy_staged_by_a_dead_process_of_this_host_leaves_no_lease_object(url):  # noqa: F811
+def test_a_copy_staged_by_a_dead_process_of_this_host_leaves_no_lease_object(url):
     with ebsengine.Engine(url("b")) as b:
         vid = b.create_volume(1).id
         with b.open_volume(vid) as dev:
