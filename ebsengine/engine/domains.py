@@ -360,6 +360,7 @@ class Domains:
         leases = getattr(store.backend, "lease", None) is not None
         gone: list[Lineage] = []
         taken: list[str] = []
+        dead: list[str] = []  # copies of dead processes of this host: their lease objects
         try:
             for lin in stale:
                 if lin.copier is None:
@@ -373,11 +374,17 @@ class Domains:
                     gone.append(lin)
                 elif not process_alive(lin.copier):
                     gone.append(lin)
+                    if leases and lin.owner is not None:
+                        dead.append(lin.owner)
             if gone:
                 with store.write(freeing=True) as txn:
                     for lin in gone:
                         self._drop_copy(txn, lin.id, lin.owner)
                 store.after_free()
+            retire = getattr(store.backend, "retire", None)
+            if retire is not None:
+                for tag in dead:  # the dead copier's lock may not have expired yet
+                    retire(tag, holder_gone=True)
         finally:
             for tag in taken:
                 self._unlease(tag)

@@ -732,17 +732,20 @@ class RadosStore(RadosKv):
             except Exception as exc:  # noqa: BLE001 - it expires by itself
                 log.warning("releasing %s: %s (it expires by itself)", name, exc)
 
-    def retire(self, volume_id: str) -> None:
+    def retire(self, volume_id: str, *, holder_gone: bool = False) -> None:
         """The volume's deletion has committed: its lease object goes when the last claim
-        on it is released (removing it takes its lock along); right away if none is held."""
+        on it is released (removing it takes its lock along); right away if none is held.
+        ``holder_gone``: the caller knows the holder of a lock still on it is dead (a
+        process of this host): the object goes, lock and all."""
         with self._lease_mu:
             if volume_id in self._leases and volume_id not in self._lost:
                 self._retired.add(volume_id)
                 return
         name = LEASE_PREFIX + volume_id
         try:
-            if self.pool.try_lock(name, LEASE_LOCK, self.cookie, self.lease_seconds,
-                                  desc="ebsengine volume lease"):
+            if holder_gone or self.pool.try_lock(name, LEASE_LOCK, self.cookie,
+                                                 self.lease_seconds,
+                                                 desc="ebsengine volume lease"):
                 self.pool.remove_many([name])
         except Exception as exc:  # noqa: BLE001 - a leftover object is harmless
             log.warning("removing the lease object of deleted %s: %s", volume_id, exc)
