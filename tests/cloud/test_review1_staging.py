@@ -88,3 +88,27 @@ def test_a_copy_image_retried_with_its_client_token_stages_nothing(
                                   name="enc", encrypted=True, client_token="tok-1")
         assert again.id == first.id
         assert calls == []
+
+
+def test_a_launch_stages_no_more_copies_than_its_subnet_has_addresses(
+        env: tuple[Any, Clock], monkeypatch: pytest.MonkeyPatch) -> None:
+    # MaxCount beyond the subnet's free addresses launches fewer; MinCount beyond them
+    # launches none: staging MaxCount full copies first is O(MaxCount x data) of work the
+    # unit throws away (here 40 copies for at most 11 instances, or for none)
+    from ebsengine.engine import domains as domains_mod
+    cloud, _ = env
+    ami = _ready(cloud)
+    vpc = cloud.network.create_vpc(SCOPE, "10.7.0.0/16")
+    sub = cloud.network.create_subnet(SCOPE, vpc.id, "10.7.0.0/28")  # 11 free addresses
+    calls: list[Any] = []
+    real = domains_mod.Domains.stage_copy
+    monkeypatch.setattr(domains_mod.Domains, "stage_copy",
+                        lambda self, *a, **kw: calls.append(a) or real(self, *a, **kw))
+    before = store_digest(cloud.engine)
+    _raises("InsufficientFreeAddressesInSubnet", cloud.instances.run, SCOPE, image_id=ami,
+            subnet_id=sub.id, min_count=40, max_count=40, block_device_mappings=ENC)
+    assert store_digest(cloud.engine) == before
+    assert calls == []  # refused by its count: nothing worth staging
+    insts = cloud.instances.run(SCOPE, image_id=ami, subnet_id=sub.id, max_count=40,
+                                block_device_mappings=ENC)
+    assert len(calls) == len(insts) <= 11
