@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time as _time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -115,6 +115,14 @@ def check_instance_id(iid: object) -> str:
     if not is_aws_id(iid, "i"):
         raise errors.Ec2Error("InvalidInstanceID.Malformed", f'Invalid id: "{iid}"')
     return str(iid)
+
+
+class _Count(Exception):
+    """Ends the rolled-back unit of :meth:`Instances._launch_count`."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        self.n = n
 
 
 def _take(staged: dict[str, list[Staged]], snapshot_id: str | None) -> Staged | None:
@@ -448,8 +456,10 @@ class Instances:
         eni_tags = spec_tags(tag_specifications, "network-interface", allowed)
         zone = (placement or {}).get("AvailabilityZone") or None
         with contextlib.ExitStack() as stack:
-            staged = self._stage_copies(scope, image_id, block_device_mappings, max_count,
-                                        stack)
+            staged = self._stage_copies(
+                scope, image_id, block_device_mappings, stack,
+                lambda: self._launch_count(scope, subnet_id or nic.get("SubnetId"), zone, nic,
+                                           private_ip, min_count, max_count))
             return self._launch(
                 scope, token, digest, image_id, itype, min_count, max_count, key_name,
                 security_group_ids, security_groups, subnet_id, private_ip,
@@ -457,9 +467,29 @@ class Instances:
                 disable_api_stop, shutdown, ebs_optimized, monitoring, inst_tags, vol_tags,
                 eni_tags, staged)
 
+    def _launch_count(self, scope: Scope, subnet_id: str | None, zone: str | None,
+                      nic: dict[str, Any], private_ip: str | None, min_count: int,
+                      max_count: int) -> int:
+        """How many instances the launch's unit would start as the store is now (0: it
+        refuses them all), read as the unit reads it (in a unit rolled back: the region's
+        default network may be made on first use): the bound of what is worth staging."""
+        c = self.cloud
+        try:
+            with c.engine.transaction() as tx:
+                subnet = self._subnet(scope, subnet_id, zone, tx)
+                n = 1 if private_ip else len(c.addressing.free_private_ips(subnet, tx,
+                                                                           max_count))
+                if bool(nic.get("AssociatePublicIpAddress", subnet.map_public_ip_on_launch)):
+                    n = min(n, len(c.addressing.free_public_ips(tx, n)))
+                raise _Count(n)
+        except _Count as got:
+            n = got.n
+        return n if n >= min_count else 0
+
     def _stage_copies(self, scope: Scope, image_id: str,
-                      overrides: list[dict[str, Any]] | None, count: int,
-                      stack: contextlib.ExitStack) -> dict[str, list[Staged]]:
+                      overrides: list[dict[str, Any]] | None,
+                      stack: contextlib.ExitStack,
+                      launch_count: Callable[[], int]) -> dict[str, list[Staged]]:
         """The volume copies a launch of ``count`` instances makes under a new data key (an
         encrypted volume of a plaintext snapshot, or under another key), by snapshot: made
         before its unit in bounded transactions of their own (``Engine.staged_copy``), so
@@ -472,6 +502,8 @@ class Instances:
         out: dict[str, list[Staged]] = {}
         try:
             plans = self._devices(scope, self.image(scope, image_id), overrides, None)
+            count = launch_count() if any(p["snapshot_id"] is not None and p["encrypted"]
+                                          for p in plans) else 0
             for p in plans:
                 if p["snapshot_id"] is None or not p["encrypted"]:
                     continue
