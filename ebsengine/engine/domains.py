@@ -25,6 +25,7 @@ the transaction that destroys the last one deletes it (:meth:`Domains.forget`, c
 from __future__ import annotations
 
 import contextlib
+import logging
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING
 from .. import layout as L
 from ..block.context import BlockContext
 from ..block.maps import BlockMaps, Lineage
-from ..errors import EbsError, IncorrectState, KmsError, VolumeInUse
+from ..errors import BackendUnavailable, EbsError, IncorrectState, KmsError, VolumeInUse
 from ..kms.service import EBS_ALIAS
 from ..rules import DEFAULT_ACCOUNT, DEFAULT_REGION
 from ..storage.base import Txn
@@ -43,6 +44,8 @@ from .imports import elsewhere, process_alive, process_token
 
 if TYPE_CHECKING:
     from ..kms import KeyService
+
+log = logging.getLogger(__name__)
 
 #: data chunks a staged copy stores per transaction (64 KiB each: 128 MiB)
 STAGE_COMMIT_CHUNKS = 2048
@@ -370,6 +373,9 @@ class Domains:
                         self._lease(lin.owner)
                     except VolumeInUse:
                         continue  # still copying there
+                    except BackendUnavailable as exc:  # e.g. no cap to fence the copier
+                        log.warning("leaving the copy staged by %s: %s", lin.copier, exc)
+                        continue
                     taken.append(lin.owner)
                     gone.append(lin)
                 elif not process_alive(lin.copier):

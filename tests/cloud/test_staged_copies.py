@@ -1,5 +1,7 @@
-"""review1: a request refused (or replayed) after its copies were staged must leave the
-store exactly as it was (store_digest), as the same request without staging does."""
+"""RunInstances and CopyImage copies under a new data key, staged before their unit of work
+(``Engine.staged_copy``): a request refused (or replayed) after its copies were staged leaves
+the store exactly as it was (store_digest), as the same request without staging does, and a
+launch stages no more copies than it can launch."""
 
 from __future__ import annotations
 
