@@ -9,7 +9,7 @@ same run, alternating, and the ratio encrypted/plaintext (goal: at most 1.10, RE
    process, so no decoded chunk is cached).
 
 Usage: ``PYTHONPATH=. python benchmarks/bench_encryption.py [--image FILE] [--size-mib 2048]
-[--reps 2]``. Without ``--image`` the benchmark image of ``../shared/bench/gen_image.py`` is
+[--reps 2] [--out-only]``. Without ``--image`` the benchmark image of ``../shared/bench/gen_image.py`` is
 generated once into ``$EBSENGINE_BENCH_CACHE`` (default ``/var/tmp/ebsengine-bench``).
 """
 
@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,12 +110,39 @@ def timed(cmd: list[str]) -> float:
     return time.perf_counter() - t0
 
 
+def out_only(tmp: Path, image: Path, size: int, reps: int,
+             rec: Callable[[str, bool, float], None]) -> None:
+    """``nbdcopy out`` alone, for iterating on the read path: each volume is filled once."""
+    srvs = {}
+    for enc in (False, True):
+        d = tmp / f"out-{enc}"
+        d.mkdir()
+        srv = srvs[enc] = Served(d, size, enc)
+        srv.start()
+        try:
+            sh(["nbdcopy", "--flush", str(image), srv.uri])
+        finally:
+            srv.stop()
+    for rep in range(reps):
+        for enc in ((False, True) if rep % 2 == 0 else (True, False)):
+            srv = srvs[enc]
+            srv.start()
+            try:
+                rec("nbdcopy out s", enc, timed(["nbdcopy", srv.uri, "null:"]))
+            finally:
+                srv.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--image", type=Path, default=None)
     ap.add_argument("--size-mib", type=int, default=2048)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--no-nbd", action="store_true", help="only the import benchmark")
+    ap.add_argument("--out-only", action="store_true",
+                    help="only nbdcopy out: fill one plaintext and one encrypted volume once, "
+                         "then copy each out --reps times (a fresh server per copy, "
+                         "alternating order)")
     a = ap.parse_args(argv)
     image = ensure_image(a.image, a.size_mib)
     size = image.stat().st_size
@@ -129,7 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["EBSENGINE_MASTER_KEY"] = str(tmp / "master.key")
         run_py(f"import ebsengine; e = ebsengine.Engine({str(tmp / 'warm')!r}); "
                "e.create_volume(1, encrypted=True); e.close()")  # makes the master key
-        for rep in range(a.reps):
+        if a.out_only:
+            if not nbd:
+                raise SystemExit("--out-only needs nbdcopy and nbdinfo")
+            out_only(tmp, image, size, a.reps, rec)
+        for rep in range(0 if a.out_only else a.reps):
             for enc in ((False, True) if rep % 2 == 0 else (True, False)):
                 d = tmp / f"imp-{rep}-{enc}"
                 wall, cpu = import_once(image, d / "store", enc)
