@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import zstandard
 
@@ -68,10 +68,14 @@ def _seal(domain: Domain, inner: bytes, fp: bytes | None) -> bytes:
     return domain.seal(inner, b"chunk\0" + fp)
 
 
-def _open(value: bytes | memoryview, keys: Keyring | None, aad: bytes, what: str) -> bytes:
+def _open(value: bytes | memoryview, keys: Keyring | None, aad: bytes,
+          name: Callable[[], str]) -> bytes:
+    """A sealed value opened (``name()`` says what it is, in an error: built only then, as
+    every read of an encrypted chunk passes here)."""
     tag = bytes(value[1:1 + L.DOMAIN_TAG_SIZE])
     domain = keys.get(tag) if keys is not None else None
     if domain is None:
+        what = name()
         if keys is not None and keys.exists is not None and not keys.exists(f"dom-{tag.hex()}"):
             raise CorruptStore(f"{what} is sealed in dom-{tag.hex()}, which is no data-key "
                                f"domain of this store: tampered with")
@@ -80,7 +84,7 @@ def _open(value: bytes | memoryview, keys: Keyring | None, aad: bytes, what: str
     try:
         return domain.open(value, aad)
     except SealError as exc:
-        raise CorruptStore(f"{what} does not authenticate in domain {domain.id} ({exc}): "
+        raise CorruptStore(f"{name()} does not authenticate in domain {domain.id} ({exc}): "
                            f"tampered with or moved") from None
 
 
@@ -92,7 +96,8 @@ def decode_chunk(value: bytes | memoryview, key: bytes | None = None,
     if len(value) and value[0] == L.CODEC_SEALED:
         if key is None:
             raise KeyUnavailable("an encrypted chunk was read without its key")
-        value = _open(value, keys, b"chunk\0" + bytes(key), f"chunk {bytes(key).hex()}")
+        key = bytes(key)
+        value = _open(value, keys, b"chunk\0" + key, lambda: f"chunk {key.hex()}")
     kind = value[0] if len(value) else -1
     if kind == L.CODEC_RAW:
         out = bytes(value[1:])
@@ -168,8 +173,9 @@ def decode_pages(value: bytes | memoryview, size: int, page_key: bytes | None = 
     if len(value) and value[0] == L.CODEC_SEALED:
         if page_key is None:
             raise KeyUnavailable("encrypted pages were read without their page key")
-        value = _open(value, keys, b"pages\0" + bytes(page_key),
-                      f"the pages of patch {bytes(page_key).hex()}")
+        page_key = bytes(page_key)
+        value = _open(value, keys, b"pages\0" + page_key,
+                      lambda: f"the pages of patch {page_key.hex()}")
     kind = value[0] if len(value) else -1
     if kind == L.CODEC_RAW:
         out = bytes(value[1:])

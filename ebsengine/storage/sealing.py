@@ -105,6 +105,9 @@ class Domain:
         self._seal_key = _derive(data_key, b"seal")
         self._fp_key = _derive(data_key, b"fingerprint")
         self._fp_cipher = Cipher(algorithms.AES(self._fp_key), modes.ECB())
+        # keyed BLAKE2b's first block is the key: hashed once here, copied per message
+        self._value_prf = hashlib.blake2b(key=self._seal_key, digest_size=KEY_BYTES,
+                                          person=b"ebsengine/value")
 
     def __repr__(self) -> str:
         return f"Domain({self.id})"
@@ -130,9 +133,11 @@ class Domain:
     def _value_key(self, salt: bytes) -> AESGCM:
         """The one-message key of a value: keyed BLAKE2b-256 (a PRF) of its random salt
         under the sealing key. The same construction as :func:`seal`'s HKDF, at a third of
-        its cost (~1 us against ~3.5 us): on the read path of every chunk it counts."""
-        return AESGCM(hashlib.blake2b(salt, key=self._seal_key, digest_size=KEY_BYTES,
-                                      person=b"ebsengine/value").digest())
+        its cost (~1 us against ~3.5 us): on the read path of every chunk it counts. (From
+        a copy of the state after the key block: the same digest, at half the cost again.)"""
+        prf = self._value_prf.copy()
+        prf.update(salt)
+        return AESGCM(prf.digest())
 
     def seal(self, inner: bytes | bytearray | memoryview, aad: bytes) -> bytes:
         """``CODEC_SEALED | tag | salt | AES-256-GCM(inner)``: the stored form of an encoded
