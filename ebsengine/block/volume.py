@@ -40,7 +40,7 @@ from .. import codec
 from .. import layout as L
 from ..errors import Closed, CorruptStore, OutOfRange, SnapshotNotFound, VolumeNotFound
 from ..storage.base import Cursor, Txn
-from ..storage.envelope import encode_many, encode_pages
+from ..storage.envelope import RAW_MARK, encode_many, encode_pages_many
 from ..storage.sealing import Domain
 from .context import ZERO_CHUNK, BlockContext, page_digest, release_memory
 
@@ -397,6 +397,8 @@ class VolumeCache(_Source):
         the meantime, in which case those reads are stale and are done again. ``room=False``:
         the caller has made room already (:meth:`zero`, for its two partial chunks at once)."""
         mv = memoryview(data).cast("B")
+        if len(mv) == PS and not offset % PS and self._write_page(mv, offset, room):
+            return
         pieces = _pieces(offset, len(mv))
         self.ctx.last_io = time.monotonic()
         partial: list[tuple[int, int]] = []  # (idx, page) written in part
@@ -426,6 +428,42 @@ class VolumeCache(_Source):
                 values = self._values(txn, sorted({i for i, _ in need}))
                 for idx, p in need:
                     bases[(idx, p)] = self.ctx.page(txn, values[idx], p, self.domain)
+
+    def _write_page(self, mv: memoryview, offset: int, room: bool) -> bool:
+        """The common case of :meth:`write`, one whole aligned 4 KiB page, in fewer steps;
+        the same outcome as :meth:`_apply`. False (nothing done) if the dirty entry is a hole,
+        or there is none and the flushing one is a whole chunk or a hole: the general path
+        handles those."""
+        idx, within = divmod(offset, CS)
+        p = within // PS
+        self.ctx.last_io = time.monotonic()
+        if room and self.dirty_bytes + self.flushing_bytes + PS > self.dirty_limit:
+            self._make_room(PS)
+        with self.lock:
+            self._check()
+            e = self.dirty.get(idx, False)
+            if isinstance(e, bytearray):
+                e[within:within + PS] = mv
+                return True
+            if e is False:
+                below = self.flushing.get(idx, False)
+                if below is not False and not isinstance(below, PageSet):
+                    return False
+                e = self.dirty[idx] = PageSet()
+            elif not isinstance(e, PageSet):  # a hole
+                return False
+            pages = e.pages
+            if p in pages:
+                pages[p][:] = mv
+                return True
+            pages[p] = bytearray(mv)
+            self.dirty_bytes += PS
+            if len(pages) == L.PAGES_PER_CHUNK:  # whole again: one buffer
+                buf = bytearray(CS)
+                for q, page in pages.items():
+                    buf[q * PS:(q + 1) * PS] = page
+                self._set_dirty(idx, buf)
+            return True
 
     def _needs_base(self, idx: int, p: int) -> bool:
         """Whether a partial write of page ``p`` of chunk ``idx`` needs that page from the
@@ -594,8 +632,9 @@ class VolumeCache(_Source):
     def _patch(self, txn: Txn, mk: bytes, ps: PageSet, below: bytes | None
                ) -> tuple[str, object, bytes | None]:
         """What a page set becomes over the visible value ``below``: ``("chunk", bytes)`` if
-        it covers the whole chunk with what lies below, else ``("patch", (value, encoded
-        pages))``; the third item is the chunk key to take a reference on."""
+        it covers the whole chunk with what lies below, else ``("patch", (value, pages))`` with
+        the pages not encoded yet (:func:`encode_pages_many` does a flush's in one batch);
+        the third item is the chunk key to take a reference on."""
         pages: dict[int, bytes | bytearray] = {}
         base: bytes | None = None
         if below and L.is_patch(below):
@@ -612,8 +651,11 @@ class VolumeCache(_Source):
                 buf[p * PS:(p + 1) * PS] = page
             return "chunk", bytes(buf), None
         order = sorted(pages)
-        data = b"".join(pages[p] for p in order)
-        if codec.is_zero(data):
+        framed = b"".join([RAW_MARK, *[pages[p] for p in order]])  # the one copy of the pages
+        data = memoryview(framed)[1:]
+        # data[-1]: a written page nearly never ends in a zero byte unless it is all zeros, so
+        # only zero writes (and the rare page ending in 0) pay the full check
+        if not data[-1] and codec.is_zero(data):
             # Zeros written over zeros, or over the only non-zero pages of the base, make a
             # hole as before (zero chunks are never stored); only zero writes pay this check.
             if base is None:
@@ -626,8 +668,33 @@ class VolumeCache(_Source):
         mask = 0
         for p in order:
             mask |= 1 << p
-        value = L.patch_value(mask, page_digest(data, self.domain), mk, base)
-        return "patch", (value, encode_pages(data, L.PAGE_ZSTD_LEVEL, self.domain, mk)), base
+        return "patch", (mask, framed), base
+
+    def _finish_patches(self, patches: dict[int, tuple[bytes | None, bytes, tuple[int, bytes],
+                                                       bytes | None]]
+                        ) -> dict[int, tuple[bytes | None, bytes, tuple[bytes, bytes],
+                                             bytes | None]]:
+        """Patch values and stored pages of prepared patches (``_patch``'s ``(mask, RAW_MARK
+        + pages)``): the pages are compressed in one batch on the worker pool while this
+        thread digests them (both release the GIL), then sealed with their page keys."""
+        order = sorted(patches)
+        framed = [patches[i][2][1] for i in order]
+        mks = [patches[i][1] for i in order]
+        level, domain = L.PAGE_ZSTD_LEVEL, self.domain
+        fut = (self.ctx.pool.submit(encode_pages_many, framed, level, None)
+               if len(order) >= 64 else None)
+        values = []
+        for i, f in zip(order, framed, strict=True):
+            _, mk, (mask, _), base = patches[i]
+            values.append(L.patch_value(mask, page_digest(memoryview(f)[1:], domain), mk, base))
+        if fut is not None:
+            inners = fut.result()
+            stored = inners if domain is None else [
+                domain.seal(inner, b"pages\0" + mk) for inner, mk in zip(inners, mks, strict=True)]
+        else:
+            stored = encode_pages_many(framed, level, domain, mks)
+        return {i: (patches[i][0], patches[i][1], (v, st), patches[i][3])
+                for i, v, st in zip(order, values, stored, strict=True)}
 
     def _commit(self, items: list[tuple[int, Entry]],
                 in_txn: Callable[[Txn, object], None] | None) -> None:
@@ -661,6 +728,7 @@ class VolumeCache(_Source):
             # colliding fingerprint that turns out to hold other bytes is encoded inline by put).
             todo = [i for i in sorted(fulls)
                     if (fp := fps[i]) is not None and not chunks.maybe_stored(txn, fp)]
+        patches = self._finish_patches(patches)  # type: ignore[arg-type]
         encoded: dict[int, bytes] = dict(zip(
             todo, encode_many([memoryview(fulls[i]) for i in todo], chunks.level, ctx.pool,
                               self.domain, [fps[i] for i in todo]),  # type: ignore[misc]
@@ -688,7 +756,8 @@ class VolumeCache(_Source):
                     fulls[idx] = what  # type: ignore[assignment]
                     fps[idx] = chunks.fingerprints(what, self.domain)[0]  # type: ignore[arg-type]
                 else:
-                    patches[idx] = (below_now, mk, what, base)  # type: ignore[assignment]
+                    patches[idx] = self._finish_patches(
+                        {idx: (below_now, mk, what, base)})[idx]  # type: ignore[dict-item]
             for idx, _e in items:
                 if idx in patches:
                     _, _, (value, pages), base = patches[idx]
