@@ -35,6 +35,7 @@ import enum
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 
 from .. import codec
 from .. import layout as L
@@ -137,6 +138,23 @@ def _pieces(offset: int, n: int) -> list[tuple[int, int, int]]:
 
 def _touched(within: int, take: int) -> range:
     return range(within // PS, (within + take - 1) // PS + 1)
+
+
+PATCH_BATCH = 256  # prepared patches per pool task of a flush (:func:`_finish_patches`)
+PreparedPatch = tuple[int, bytes, bytes, bytes | None]  # mask, RAW_MARK + pages, map key, base
+
+
+def _finish_patches(prepared: list[PreparedPatch], domain: Domain | None
+                    ) -> list[tuple[bytes, bytes]]:
+    """``(patch value, stored pages)`` of patches prepared by ``VolumeCache._patch``: their
+    digests, and their pages compressed in one zstd batch and sealed with their page keys.
+    Pure computation that mostly releases the GIL (blake2b, zstd, AES-GCM), so a flush runs
+    it on the worker pool while it prepares the next patches."""
+    values = [L.patch_value(mask, page_digest(memoryview(framed)[1:], domain), mk, base)
+              for mask, framed, mk, base in prepared]
+    stored = encode_pages_many([p[1] for p in prepared], L.PAGE_ZSTD_LEVEL, domain,
+                               [p[2] for p in prepared])
+    return list(zip(values, stored, strict=True))
 
 
 class _Source:
@@ -670,32 +688,6 @@ class VolumeCache(_Source):
             mask |= 1 << p
         return "patch", (mask, framed), base
 
-    def _finish_patches(self, patches: dict[int, tuple[bytes | None, bytes, tuple[int, bytes],
-                                                       bytes | None]]
-                        ) -> dict[int, tuple[bytes | None, bytes, tuple[bytes, bytes],
-                                             bytes | None]]:
-        """Patch values and stored pages of prepared patches (``_patch``'s ``(mask, RAW_MARK
-        + pages)``): the pages are compressed in one batch on the worker pool while this
-        thread digests them (both release the GIL), then sealed with their page keys."""
-        order = sorted(patches)
-        framed = [patches[i][2][1] for i in order]
-        mks = [patches[i][1] for i in order]
-        level, domain = L.PAGE_ZSTD_LEVEL, self.domain
-        fut = (self.ctx.pool.submit(encode_pages_many, framed, level, None)
-               if len(order) >= 64 else None)
-        values = []
-        for i, f in zip(order, framed, strict=True):
-            _, mk, (mask, _), base = patches[i]
-            values.append(L.patch_value(mask, page_digest(memoryview(f)[1:], domain), mk, base))
-        if fut is not None:
-            inners = fut.result()
-            stored = inners if domain is None else [
-                domain.seal(inner, b"pages\0" + mk) for inner, mk in zip(inners, mks, strict=True)]
-        else:
-            stored = encode_pages_many(framed, level, domain, mks)
-        return {i: (patches[i][0], patches[i][1], (v, st), patches[i][3])
-                for i, v, st in zip(order, values, stored, strict=True)}
-
     def _commit(self, items: list[tuple[int, Entry]],
                 in_txn: Callable[[Txn, object], None] | None) -> None:
         ctx = self.ctx
@@ -704,6 +696,11 @@ class VolumeCache(_Source):
         fulls: dict[int, bytes | bytearray] = {}
         patches: dict[int, tuple[bytes | None, bytes, tuple[bytes, bytes], bytes | None]] = {}
         head = 0
+        order: list[tuple[int, bytes, bytes | None]] = []  # (idx, map key, base) submitted
+        futs: list[Future[list[tuple[bytes, bytes]]]] = []
+        below: dict[int, bytes | None] = {}
+        mask: int
+        framed: bytes
         with ctx.store.read() as txn:
             raw = txn.get(L.lineage_key(self.lineage), db=maps.lineages)
             lin = maps.load(txn, self.lineage) if raw is not None else None
@@ -713,13 +710,23 @@ class VolumeCache(_Source):
                 head = lin.head
                 idxs = [i for i, e in items if isinstance(e, PageSet)]
                 below = self._values(txn, idxs) if idxs else {}
+                # patches are finished (digested, compressed, sealed) in batches on the pool
+                # while the next ones are prepared here
+                batch: list[PreparedPatch] = []
                 for idx in idxs:
                     mk = L.map_key(self.lineage, idx, head)
                     kind, what, base = self._patch(txn, mk, entries[idx], below[idx])  # type: ignore[arg-type]
                     if kind == "chunk":
                         fulls[idx] = what  # type: ignore[assignment]
-                    else:
-                        patches[idx] = (below[idx], mk, what, base)  # type: ignore[assignment]
+                        continue
+                    mask, framed = what  # type: ignore[misc]  # a prepared patch
+                    order.append((idx, mk, base))
+                    batch.append((mask, framed, mk, base))
+                    if len(batch) == PATCH_BATCH:
+                        futs.append(ctx.pool.submit(_finish_patches, batch, self.domain))
+                        batch = []
+                if batch:
+                    futs.append(ctx.pool.submit(_finish_patches, batch, self.domain))
             for idx, e in items:
                 if isinstance(e, bytearray):
                     fulls[idx] = e
@@ -728,7 +735,9 @@ class VolumeCache(_Source):
             # colliding fingerprint that turns out to hold other bytes is encoded inline by put).
             todo = [i for i in sorted(fulls)
                     if (fp := fps[i]) is not None and not chunks.maybe_stored(txn, fp)]
-        patches = self._finish_patches(patches)  # type: ignore[arg-type]
+        finished = [r for f in futs for r in f.result()]
+        for (idx, mk, base), done in zip(order, finished, strict=True):
+            patches[idx] = (below[idx], mk, done, base)
         encoded: dict[int, bytes] = dict(zip(
             todo, encode_many([memoryview(fulls[i]) for i in todo], chunks.level, ctx.pool,
                               self.domain, [fps[i] for i in todo]),  # type: ignore[misc]
@@ -756,8 +765,9 @@ class VolumeCache(_Source):
                     fulls[idx] = what  # type: ignore[assignment]
                     fps[idx] = chunks.fingerprints(what, self.domain)[0]  # type: ignore[arg-type]
                 else:
-                    patches[idx] = self._finish_patches(
-                        {idx: (below_now, mk, what, base)})[idx]  # type: ignore[dict-item]
+                    mask, framed = what  # type: ignore[misc]  # a prepared patch
+                    done = _finish_patches([(mask, framed, mk, base)], self.domain)[0]
+                    patches[idx] = (below_now, mk, done, base)
             for idx, _e in items:
                 if idx in patches:
                     _, _, (value, pages), base = patches[idx]
