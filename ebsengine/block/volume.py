@@ -12,8 +12,10 @@ device opened on it, so several NBD connections see one volume):
 * ``flush`` (one at a time, ``flush_lock``) moves ``dirty`` to ``flushing``; outside any
   write transaction it fingerprints and compresses whole chunks and prepares *patches* for
   page sets (their pages, merged with the pages of a patch already visible there, no chunk
-  decompressed); then it commits chunks, patches, map entries and reference counts in one
-  LMDB write transaction at the lineage head (a synced commit: durable on return).
+  decompressed; their digests, compression and sealing run in batches on the worker pool
+  while the next patches are prepared); then it commits chunks, patches, map entries and
+  reference counts in one LMDB write transaction at the lineage head (a synced commit:
+  durable on return).
   Readers consult ``dirty``, then ``flushing``, then LMDB; the switch from ``flushing`` to
   LMDB happens under ``lock`` after the commit, and a reader that falls through to LMDB opens
   its read transaction while still holding ``lock``, so it never sees neither.
@@ -688,6 +690,16 @@ class VolumeCache(_Source):
             mask |= 1 << p
         return "patch", (mask, framed), base
 
+    def _submit_finish(self, batch: list[PreparedPatch]) -> Future[list[tuple[bytes, bytes]]]:
+        """:func:`_finish_patches` of ``batch`` on the worker pool (inline once the pool is
+        shut down: an engine closing while a flush is under way)."""
+        try:
+            return self.ctx.pool.submit(_finish_patches, batch, self.domain)
+        except RuntimeError:
+            done: Future[list[tuple[bytes, bytes]]] = Future()
+            done.set_result(_finish_patches(batch, self.domain))
+            return done
+
     def _commit(self, items: list[tuple[int, Entry]],
                 in_txn: Callable[[Txn, object], None] | None) -> None:
         ctx = self.ctx
@@ -723,10 +735,10 @@ class VolumeCache(_Source):
                     order.append((idx, mk, base))
                     batch.append((mask, framed, mk, base))
                     if len(batch) == PATCH_BATCH:
-                        futs.append(ctx.pool.submit(_finish_patches, batch, self.domain))
+                        futs.append(self._submit_finish(batch))
                         batch = []
                 if batch:
-                    futs.append(ctx.pool.submit(_finish_patches, batch, self.domain))
+                    futs.append(self._submit_finish(batch))
             for idx, e in items:
                 if isinstance(e, bytearray):
                     fulls[idx] = e
