@@ -42,11 +42,15 @@ class _Codecs(threading.local):
 _codecs = _Codecs()
 
 
+_ZSTD = bytes((L.CODEC_ZSTD,))
+_RAW = RAW_MARK = bytes((L.CODEC_RAW,))  # the codec byte of a value stored uncompressed
+
+
 def _plain(data: bytes | bytearray | memoryview, level: int) -> bytes:
     z = _codecs.compressor(level).compress(data)
     if len(z) < len(data) - len(data) // 16:
-        return bytes((L.CODEC_ZSTD,)) + z
-    return bytes((L.CODEC_RAW,)) + bytes(data)
+        return _ZSTD + z
+    return _RAW + data  # one copy (bytes + any buffer)
 
 
 def encode_chunk(data: bytes | bytearray | memoryview, level: int,
@@ -164,6 +168,32 @@ def encode_pages(data: bytes | bytearray | memoryview, level: int,
     if page_key is None:
         raise ValueError("sealing pages needs their page key")
     return domain.seal(inner, b"pages\0" + page_key)
+
+
+def encode_pages_many(framed: Sequence[bytes], level: int, domain: Domain | None = None,
+                      page_keys: Sequence[bytes] | None = None, threads: int = 1) -> list[bytes]:
+    """:func:`encode_pages` of many patches' pages at once, the same stored forms. Each item
+    of ``framed`` is ``RAW_MARK + pages`` (the raw stored form, built by the caller in the
+    one copy that joins the pages), and is stored as it is when zstd does not save 1/16,
+    so incompressible pages are never copied again. One ``multi_compress_to_buffer`` call
+    (``threads`` zstd threads; the GIL is released for the whole batch, so the caller may
+    digest the same pages on another thread meanwhile)."""
+    if domain is not None and (page_keys is None or len(page_keys) != len(framed)):
+        raise ValueError("sealing pages needs their page keys")
+    datas: list[bytes | bytearray | memoryview] = [memoryview(f)[1:] for f in framed]
+    if len(datas) < 8:
+        inners = [_plain(d, level) for d in datas]
+    else:
+        frames = _codecs.compressor(level).multi_compress_to_buffer(datas, threads=threads)
+        inners = []
+        for i, f in enumerate(framed):
+            z = frames[i]
+            n = len(f) - 1
+            inners.append(_ZSTD + z if len(z) < n - n // 16 else f)  # type: ignore[operator]
+    if domain is None:
+        return inners
+    return [domain.seal(inner, b"pages\0" + page_keys[i])  # type: ignore[index]
+            for i, inner in enumerate(inners)]
 
 
 def decode_pages(value: bytes | memoryview, size: int, page_key: bytes | None = None,
