@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -246,6 +247,23 @@ def _staged(eng: ebsengine.Engine) -> list[int]:
                 if "copier" in json.loads(v)]
 
 
+def _kill_copier_midway(code: str, u: str, sid: str, meanwhile: Callable[[], None] = lambda: None
+                        ) -> None:
+    """Run a copier script until it has committed part of its staged copy, call
+    ``meanwhile``, then SIGKILL it (no cleanup runs, its lease is not given back)."""
+    a = subprocess.Popen([sys.executable, "-c", code, u, sid], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True, env=dict(os.environ))
+    try:
+        assert a.stdout is not None and a.stdout.readline() == "copying\n"
+        meanwhile()
+    finally:
+        a.kill()
+        a.wait()
+        for f in (a.stdin, a.stdout):
+            if f is not None:
+                f.close()
+
+
 def test_a_copy_staged_by_a_dead_front_end_on_another_host_goes_once_its_lease_is_free(
         url, tmp_path):
     lease = 2
@@ -254,21 +272,12 @@ def test_a_copy_staged_by_a_dead_front_end_on_another_host_goes_once_its_lease_i
         with b.open_volume(vid) as dev:
             dev.pwrite(os.urandom(12 * CS), 0)
         sid = b.create_snapshot(vid).id
-    a = subprocess.Popen([sys.executable, "-c", COPIER, url("a", lease=lease), sid],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                         env=dict(os.environ))
-    try:
-        assert a.stdout is not None and a.stdout.readline() == "copying\n"
+
+    def alive() -> None:
         with ebsengine.Engine(url("b", lease=lease)) as b:  # its copier is alive: kept
             assert len(_staged(b)) == 1
-        a.kill()  # no release: its lease stays until it expires
-        a.wait()
-    finally:
-        a.kill()
-        a.wait()
-        for f in (a.stdin, a.stdout):
-            if f is not None:
-                f.close()
+
+    _kill_copier_midway(COPIER, url("a", lease=lease), sid, alive)  # its lease stays on
     time.sleep(lease + 1)
     with ebsengine.Engine(url("b", lease=lease)) as b:  # the lease ran out: dropped
         assert _staged(b) == []
@@ -289,19 +298,7 @@ def test_a_copy_staged_by_a_dead_process_of_this_host_leaves_no_lease_object(url
         with b.open_volume(vid) as dev:
             dev.pwrite(os.urandom(12 * CS), 0)
         sid = b.create_snapshot(vid).id
-    a = subprocess.Popen([sys.executable, "-c", LOCAL_COPIER, url("a"), sid],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                         env=dict(os.environ))
-    try:
-        assert a.stdout is not None and a.stdout.readline() == "copying\n"
-        a.kill()
-        a.wait()
-    finally:
-        a.kill()
-        a.wait()
-        for f in (a.stdin, a.stdout):
-            if f is not None:
-                f.close()
+    _kill_copier_midway(LOCAL_COPIER, url("a"), sid)
     with ebsengine.Engine(url("b")) as b:  # its copier is dead (this host can tell)
         assert _staged(b) == []
         be = b._store.backend
