@@ -269,7 +269,7 @@ class Domains:
 
     def stage_copy(self, source: Callable[[Txn], tuple[tuple[int, int], int]], *,
                    kms_key_id: str | None, region: str | None,
-                   account: str | None, tag: str | None = None) -> Staged:
+                   account: str | None, tag: str) -> Staged:
         """Copy the data visible at ``source(txn)`` (see :meth:`staging`) into a new lineage
         of a new domain under ``kms_key_id``, in transactions of at most
         ``STAGE_COMMIT_CHUNKS`` chunks each. The lineage is marked as a staged copy
@@ -277,7 +277,6 @@ class Domains:
         failure (StoreFull, KmsError, the source deleted meanwhile...) the copy is dropped
         and the error raised: the store holds nothing of it."""
         store = self.chunks.store
-        tag = tag or "copy-" + uuid.uuid4().hex
         with store.write() as txn:
             point, size = source(txn)
             src = self.unlock(self.domain_of(txn, point[0]), txn)
