@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import zstandard
 
@@ -44,6 +44,8 @@ _codecs = _Codecs()
 
 _ZSTD = bytes((L.CODEC_ZSTD,))
 _RAW = RAW_MARK = bytes((L.CODEC_RAW,))  # the codec byte of a value stored uncompressed
+_CHUNK_AAD = b"chunk\0"  # what a sealed value is, ahead of its key in its AAD
+_PAGES_AAD = b"pages\0"
 
 
 def _plain(data: bytes | bytearray | memoryview, level: int) -> bytes:
@@ -69,27 +71,35 @@ def _seal(domain: Domain, inner: bytes, fp: bytes | None) -> bytes:
         fp = L.chunk_key(fp, 0)
     if fp is None or len(fp) != L.KEY_SIZE:
         raise ValueError("sealing a chunk needs its fingerprint or key")
-    return domain.seal(inner, b"chunk\0" + fp)
+    return domain.seal(inner, _CHUNK_AAD + fp)
 
 
-def _open(value: bytes | memoryview, keys: Keyring | None, aad: bytes,
-          name: Callable[[], str]) -> bytes:
-    """A sealed value opened (``name()`` says what it is, in an error: built only then, as
-    every read of an encrypted chunk passes here)."""
+def _open(value: bytes | memoryview, keys: Keyring | None, kind: bytes,
+          key: bytes | memoryview) -> bytes:
+    """The inner encoding of a sealed ``kind`` value (``b"chunk\0"`` or ``b"pages\0"``)
+    stored under ``key``, which is bound in as authenticated data. Every read of an
+    encrypted chunk that misses the cache passes here, so the words of an error are built
+    only for an error (:func:`_what`)."""
     tag = bytes(value[1:1 + L.DOMAIN_TAG_SIZE])
     domain = keys.get(tag) if keys is not None else None
     if domain is None:
-        what = name()
+        what = _what(kind, key)
         if keys is not None and keys.exists is not None and not keys.exists(f"dom-{tag.hex()}"):
             raise CorruptStore(f"{what} is sealed in dom-{tag.hex()}, which is no data-key "
                                f"domain of this store: tampered with")
         raise KeyUnavailable(f"{what} is encrypted in data-key domain dom-{tag.hex()}, whose "
                              f"key is not unlocked here")
     try:
-        return domain.open(value, aad)
+        return domain.open(value, kind + key)
     except SealError as exc:
-        raise CorruptStore(f"{name()} does not authenticate in domain {domain.id} ({exc}): "
-                           f"tampered with or moved") from None
+        raise CorruptStore(f"{_what(kind, key)} does not authenticate in domain {domain.id} "
+                           f"({exc}): tampered with or moved") from None
+
+
+def _what(kind: bytes, key: bytes | memoryview) -> str:
+    if kind == _CHUNK_AAD:
+        return f"chunk {bytes(key).hex()}"
+    return f"the pages of patch {bytes(key).hex()}"
 
 
 def decode_chunk(value: bytes | memoryview, key: bytes | None = None,
@@ -100,8 +110,7 @@ def decode_chunk(value: bytes | memoryview, key: bytes | None = None,
     if len(value) and value[0] == L.CODEC_SEALED:
         if key is None:
             raise KeyUnavailable("an encrypted chunk was read without its key")
-        key = bytes(key)
-        value = _open(value, keys, b"chunk\0" + key, lambda: f"chunk {key.hex()}")
+        value = _open(value, keys, _CHUNK_AAD, key)
     kind = value[0] if len(value) else -1
     if kind == L.CODEC_RAW:
         out = bytes(value[1:])
@@ -167,7 +176,7 @@ def encode_pages(data: bytes | bytearray | memoryview, level: int,
         return inner
     if page_key is None:
         raise ValueError("sealing pages needs their page key")
-    return domain.seal(inner, b"pages\0" + page_key)
+    return domain.seal(inner, _PAGES_AAD + page_key)
 
 
 def encode_pages_many(framed: Sequence[bytes], level: int, domain: Domain | None = None,
@@ -192,7 +201,7 @@ def encode_pages_many(framed: Sequence[bytes], level: int, domain: Domain | None
             inners.append(_ZSTD + z if len(z) < n - n // 16 else f)  # type: ignore[operator]
     if domain is None:
         return inners
-    return [domain.seal(inner, b"pages\0" + page_keys[i])  # type: ignore[index]
+    return [domain.seal(inner, _PAGES_AAD + page_keys[i])  # type: ignore[index]
             for i, inner in enumerate(inners)]
 
 
@@ -203,9 +212,7 @@ def decode_pages(value: bytes | memoryview, size: int, page_key: bytes | None = 
     if len(value) and value[0] == L.CODEC_SEALED:
         if page_key is None:
             raise KeyUnavailable("encrypted pages were read without their page key")
-        page_key = bytes(page_key)
-        value = _open(value, keys, b"pages\0" + page_key,
-                      lambda: f"the pages of patch {page_key.hex()}")
+        value = _open(value, keys, _PAGES_AAD, page_key)
     kind = value[0] if len(value) else -1
     if kind == L.CODEC_RAW:
         out = bytes(value[1:])
