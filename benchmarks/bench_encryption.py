@@ -8,8 +8,16 @@ same run, alternating, and the ratio encrypted/plaintext (goal: at most 1.10, RE
 3. ``nbdcopy out``: ``nbdcopy URI null:`` of that volume (a new connection: a fresh server
    process, so no decoded chunk is cached).
 
+With ``--out-only --floor`` a third server is timed too: the plaintext volume served by a
+process whose chunk decode also makes the calls an encrypted read makes (the keyed BLAKE2b
+message key, ``AESGCM`` and its decrypt of a ciphertext as long as the stored value, to the
+nearest 512 bytes), on a fixed key and dummy ciphertexts and with none of the engine's own
+sealed-path code. Its ratio
+over plaintext is the cost of the cipher alone in this process, the floor any engine code
+around it could reach.
+
 Usage: ``PYTHONPATH=. python benchmarks/bench_encryption.py [--image FILE] [--size-mib 2048]
-[--reps 2] [--out-only]``. Without ``--image`` the benchmark image of ``../shared/bench/gen_image.py`` is
+[--reps 2] [--out-only [--floor]]``. Without ``--image`` the benchmark image of ``../shared/bench/gen_image.py`` is
 generated once into ``$EBSENGINE_BENCH_CACHE`` (default ``/var/tmp/ebsengine-bench``).
 """
 
@@ -73,10 +81,35 @@ def import_once(image: Path, store: Path, encrypted: bool) -> tuple[float, float
     return float(wall), float(cpu)
 
 
+#: a ``serve`` process's preamble for ``--floor``: every chunk decode also pays the cipher
+#: calls of a sealed value of its size (see the module doc), then decodes as plaintext
+FLOOR = """
+import hashlib, os
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+import ebsengine.storage.chunks as _chunks
+_plain_decode = _chunks.decode_chunk
+_prf = hashlib.blake2b(key=os.urandom(32), digest_size=32, person=b"ebsengine/value")
+_salt = os.urandom(32)
+_p = _prf.copy(); _p.update(_salt); _key = _p.digest()
+_aad = b"ebsengine/value/v1" + bytes(17) + b"chunk" + bytes(21)
+_ct = {}  # one dummy ciphertext per 512-byte length class (of the nearest length)
+def _decode(value, key=None, keys=None):
+    n = max(1, round(len(value) / 512)) * 512
+    ct = _ct.get(n)
+    if ct is None:
+        ct = _ct[n] = AESGCM(_key).encrypt(bytes(12), os.urandom(n), _aad)
+    p = _prf.copy(); p.update(_salt)
+    AESGCM(p.digest()).decrypt(bytes(12), ct, _aad)
+    return _plain_decode(value, key, keys)
+_chunks.decode_chunk = _decode
+"""
+
+
 class Served:
     """``serve`` on a store holding one volume (made plaintext or encrypted)."""
 
-    def __init__(self, tmp: Path, size: int, encrypted: bool) -> None:
+    def __init__(self, tmp: Path, size: int, encrypted: bool, preamble: str = "") -> None:
+        self.preamble = preamble
         self.store = tmp / "store"
         self.sock = tmp / "nbd.sock"
         code = (f"import ebsengine; e = ebsengine.Engine({str(self.store)!r}); "
@@ -87,7 +120,7 @@ class Served:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        code = ("import sys; from ebsengine.nbd.server import serve; "
+        code = (self.preamble + "\nimport sys; from ebsengine.nbd.server import serve; "
                 f"sys.exit(serve({str(self.store)!r}, {str(self.sock)!r}))")
         self.proc = subprocess.Popen([sys.executable, "-c", code], env=env(),
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -111,8 +144,9 @@ def timed(cmd: list[str]) -> float:
 
 
 def out_only(tmp: Path, image: Path, size: int, reps: int,
-             rec: Callable[[str, bool, float], None]) -> None:
-    """``nbdcopy out`` alone, for iterating on the read path: each volume is filled once."""
+             rec: Callable[[str, bool, float], None], floor: bool = False) -> None:
+    """``nbdcopy out`` alone, for iterating on the read path: each volume is filled once
+    (with ``floor``, the plaintext one is also served with :data:`FLOOR`)."""
     srvs = {}
     for enc in (False, True):
         d = tmp / f"out-{enc}"
@@ -123,14 +157,22 @@ def out_only(tmp: Path, image: Path, size: int, reps: int,
             sh(["nbdcopy", "--flush", str(image), srv.uri])
         finally:
             srv.stop()
+    kinds: list[bool | str] = [False, True, "floor"] if floor else [False, True]
     for rep in range(reps):
-        for enc in ((False, True) if rep % 2 == 0 else (True, False)):
-            srv = srvs[enc]
+        for kind in (kinds if rep % 2 == 0 else kinds[::-1]):
+            srv = srvs[kind is True]
+            srv.preamble = FLOOR if kind == "floor" else ""
             srv.start()
             try:
-                rec("nbdcopy out s", enc, timed(["nbdcopy", srv.uri, "null:"]))
+                took = timed(["nbdcopy", srv.uri, "null:"])
             finally:
                 srv.stop()
+            if kind == "floor":
+                rec("nbdcopy out s, floor", True, took)
+            else:
+                rec("nbdcopy out s", bool(kind), took)
+                if floor and kind is False:  # the floor's row compares with plaintext too
+                    rec("nbdcopy out s, floor", False, took)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size-mib", type=int, default=2048)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--no-nbd", action="store_true", help="only the import benchmark")
+    ap.add_argument("--floor", action="store_true",
+                    help="with --out-only: also time the plaintext volume served with the "
+                         "cipher's calls added to each chunk decode (see the module doc)")
     ap.add_argument("--out-only", action="store_true",
                     help="only nbdcopy out: fill one plaintext and one encrypted volume once, "
                          "then copy each out --reps times (a fresh server per copy, "
@@ -160,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.out_only:
             if not nbd:
                 raise SystemExit("--out-only needs nbdcopy and nbdinfo")
-            out_only(tmp, image, size, a.reps, rec)
+            out_only(tmp, image, size, a.reps, rec, a.floor)
         for rep in range(0 if a.out_only else a.reps):
             for enc in ((False, True) if rep % 2 == 0 else (True, False)):
                 d = tmp / f"imp-{rep}-{enc}"
