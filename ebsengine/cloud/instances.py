@@ -473,18 +473,43 @@ class Instances:
         """How many instances the launch's unit would start as the store is now (0: it
         refuses them all), read as the unit reads it (in a unit rolled back: the region's
         default network may be made on first use): the bound of what is worth staging."""
-        c = self.cloud
         try:
-            with c.engine.transaction() as tx:
+            with self.cloud.engine.transaction() as tx:
                 subnet = self._subnet(scope, subnet_id, zone, tx)
-                n = 1 if private_ip else len(c.addressing.free_private_ips(subnet, tx,
-                                                                           max_count))
-                if bool(nic.get("AssociatePublicIpAddress", subnet.map_public_ip_on_launch)):
-                    n = min(n, len(c.addressing.free_public_ips(tx, n)))
-                raise _Count(n)
+                auto_public = bool(nic.get("AssociatePublicIpAddress",
+                                           subnet.map_public_ip_on_launch))
+                ips, _ = self._addresses(subnet, private_ip, min_count, max_count,
+                                         auto_public, tx)
+                raise _Count(len(ips))
         except _Count as got:
-            n = got.n
-        return n if n >= min_count else 0
+            return got.n
+        except errors.Ec2Error:
+            return 0  # the unit refuses the launch, with this error
+
+    def _addresses(self, subnet: Subnet, private_ip: str | None, min_count: int, max_count: int,
+                   auto_public: bool, tx: Transaction) -> tuple[list[str], list[str]]:
+        """The private addresses of a launch's instances and, with ``auto_public``, a public
+        one for each. AWS: MaxCount beyond what the subnet (or the public pool) can hold
+        launches the largest number possible, MinCount beyond it launches none. The
+        addresses are read once, not once per instance: a huge MaxCount must not scan the
+        interfaces per launch."""
+        c = self.cloud
+        if private_ip:
+            ips = [c.addressing.allocate_private_ip(subnet, tx, wanted=private_ip)]
+        else:
+            ips = c.addressing.free_private_ips(subnet, tx, max_count)
+        if len(ips) < min_count:
+            raise errors.Ec2Error("InsufficientFreeAddressesInSubnet",
+                                  f"Insufficient free IP addresses in subnet {subnet.id} "
+                                  f"for {min_count} instance(s).")
+        publics = c.addressing.free_public_ips(tx, len(ips)) if auto_public else []
+        if auto_public and len(publics) < len(ips):
+            if len(publics) < min_count:
+                raise errors.Ec2Error("AddressLimitExceeded",
+                                      "The public address pool is exhausted "
+                                      f"({c.config.public_pool}).")
+            ips = ips[:len(publics)]
+        return ips, publics
 
     def _stage_copies(self, scope: Scope, image_id: str,
                       overrides: list[dict[str, Any]] | None,
@@ -546,24 +571,8 @@ class Instances:
                                        subnet.map_public_ip_on_launch))
             now = c.now()
             reservation = new_id("r")
-            # AWS: MaxCount beyond what the subnet can hold launches the largest number
-            # possible, MinCount beyond it launches none. The addresses are read once (not
-            # once per instance: a huge MaxCount must not scan the interfaces per launch).
-            if private_ip:
-                ips = [c.addressing.allocate_private_ip(subnet, tx, wanted=private_ip)]
-            else:
-                ips = c.addressing.free_private_ips(subnet, tx, max_count)
-            if len(ips) < min_count:
-                raise errors.Ec2Error("InsufficientFreeAddressesInSubnet",
-                                      f"Insufficient free IP addresses in subnet {subnet.id} "
-                                      f"for {min_count} instance(s).")
-            publics = c.addressing.free_public_ips(tx, len(ips)) if auto_public else []
-            if auto_public and len(publics) < len(ips):
-                if len(publics) < min_count:
-                    raise errors.Ec2Error("AddressLimitExceeded",
-                                          "The public address pool is exhausted "
-                                          f"({c.config.public_pool}).")
-                ips = ips[:len(publics)]
+            ips, publics = self._addresses(subnet, private_ip, min_count, max_count,
+                                           auto_public, tx)
             out: list[Instance] = []
             for index, ip in enumerate(ips):
                 iid = new_id("i")
