@@ -12,9 +12,8 @@ With ``--out-only --floor`` a third server is timed too: the plaintext volume se
 process whose chunk decode also makes the calls an encrypted read makes (the keyed BLAKE2b
 message key, ``AESGCM`` and its decrypt of a ciphertext as long as the stored value, to the
 nearest 512 bytes), on a fixed key and dummy ciphertexts and with none of the engine's own
-sealed-path code. Its ratio
-over plaintext is the cost of the cipher alone in this process, the floor any engine code
-around it could reach.
+sealed-path code. Its ratio over plaintext is the cost of the cipher alone in this process,
+the floor any engine code around it could reach.
 
 Usage: ``PYTHONPATH=. python benchmarks/bench_encryption.py [--image FILE] [--size-mib 2048]
 [--reps 2] [--out-only [--floor]]``. Without ``--image`` the benchmark image of ``../shared/bench/gen_image.py`` is
