@@ -142,9 +142,10 @@ class ChunkBackend(Protocol):
     1. **Puts before the metadata.** A chunk put in ``txn`` is readable by every
        transaction that can see ``txn``'s metadata commit: either it commits with ``txn``
        (LMDB, memory: same transaction, atomic) or it is durable before ``txn`` commits
-       (RADOS: ``put_many`` writes the objects, pipelined, and returns when they are
-       durable). A backend that cannot undo a put may leave unreferenced chunks behind
-       when ``txn`` aborts; ``iter_all`` shows them and a sweep (or fsck) finds them.
+       (RADOS: ``put_many`` starts the objects' writes, pipelined, and the metadata
+       backend waits for them to be durable before it publishes ``txn``'s commit). A
+       backend that cannot undo a put may leave unreferenced chunks behind when ``txn``
+       aborts; ``iter_all`` shows them and a sweep (or fsck) finds them.
     2. **Deletes after the metadata.** ``delete_many`` in ``txn`` must not remove anything
        before ``txn`` commits (the commit drops the last reference), and nothing at all if
        ``txn`` aborts. A non-transactional backend queues the deletes on the transaction

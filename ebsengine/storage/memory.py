@@ -36,6 +36,13 @@ _DELETED: Any = object()
 _ids = itertools.count(1)
 
 
+class CommitHook(Protocol):
+    """See :meth:`MemoryBackend.add_commit_hook`."""
+
+    def before_commit(self) -> None: ...
+    def end_write(self) -> None: ...
+
+
 class MemoryError_(Exception):
     """Misuse of a memory transaction (closed, read-only, bad key, ...)."""
 
@@ -184,6 +191,21 @@ class MemoryBackend:
         else:
             self._s = _State()
         self._closed = False
+        #: told before a write transaction's commit is published and when it ends (see
+        #: :meth:`add_commit_hook`)
+        self._commit_hooks: list[CommitHook] = []
+
+    def add_commit_hook(self, hook: CommitHook) -> None:
+        """Have ``hook`` told of every write transaction of this backend: its
+        ``before_commit()`` runs before a commit is published (raising fails the commit: the
+        transaction aborts), its ``end_write()`` once the transaction ended, committed or
+        not. For what writes outside the tables on a transaction's behalf and must be
+        durable before its commit (chunk objects: :mod:`.rados_chunks`)."""
+        self._commit_hooks.append(hook)
+
+    def _end_hooks(self) -> None:
+        for hook in self._commit_hooks:
+            hook.end_write()
 
     # --- the KvBackend protocol ---------------------------------------------------------------
 
@@ -253,7 +275,10 @@ class MemoryBackend:
 
     def _end_write(self) -> None:
         """Release what :meth:`_begin_write` took (after commit or abort)."""
-        self._s.writer.release()
+        try:
+            self._end_hooks()
+        finally:
+            self._s.writer.release()
 
     def _publish(self, base: dict[bytes | None, Committed],
                  over: dict[bytes | None, _Overlay]) -> None:
@@ -449,6 +474,8 @@ class MemoryTxn:
             return
         env = self._env
         try:
+            for hook in env._commit_hooks:
+                hook.before_commit()
             env._publish(self._base, self._over)
         finally:
             self._drop_base()

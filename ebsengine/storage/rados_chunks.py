@@ -13,11 +13,14 @@ reference counts) say it.
 
 How the contract of :class:`~.base.ChunkBackend` is kept:
 
-1. ``put_many`` writes the objects (``window`` in flight) and returns once they are durable,
-   then adds their index entries to ``txn``: the objects exist before any commit can refer to
-   them. If ``txn`` aborts (or the process dies first) the objects stay without an index
-   entry: orphans, which :meth:`RadosChunks.sweep_orphans` removes once they are older than a
-   grace period. A put of a key waiting in gc revives it (drops its gc entry).
+1. ``put_many`` starts the objects' writes (``window`` in flight, write-behind: it returns
+   without waiting unless the window is full) and adds their index entries to ``txn``; the
+   metadata backend calls :meth:`RadosChunks.before_commit` before it publishes ``txn``'s
+   commit, which waits until every object is durable (and fails the commit if one is not),
+   so the objects exist before any commit can refer to them. If ``txn`` aborts (or the
+   process dies first) the objects stay without an index entry: orphans, which
+   :meth:`RadosChunks.sweep_orphans` removes once they are older than a grace period. A put
+   of a key waiting in gc revives it (drops its gc entry).
 2. ``delete_many`` removes nothing: it moves the key from the index to gc in ``txn``, with a
    deadline ``grace`` seconds on (default 60). :meth:`RadosChunks.sweep` removes the objects
    of passed deadlines later. Queued deletes with a grace period rather than mark-and-sweep:
@@ -42,18 +45,22 @@ removes again (a missing object is fine).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
 from .. import layout as L
 from ..errors import CorruptStore
 from .base import Table, Txn
-from .rados_io import DEFAULT_WINDOW, RadosConnection
+from .rados_io import DEFAULT_WINDOW, RadosConnection, Writer
 from .store import Store
 
 OBJECT_PREFIX = "c."
 DEFAULT_GRACE = 60.0  # seconds a deleted chunk's object is kept
 SWEEP_BATCH = 1024
+#: chunk writes in flight behind a write transaction (write-behind, see put_many): on a
+#: one-OSD BlueStore cluster here, 64 imported 512 MiB in 10-30% less time than 16
+WRITE_WINDOW = 32
 
 
 def object_name(key: bytes) -> str:
@@ -84,7 +91,7 @@ class RadosChunks:
 
     def __init__(self, conn: RadosConnection, store: Store, index: Table, gc: Table, *,
                  grace: float = DEFAULT_GRACE, window: int = DEFAULT_WINDOW,
-                 clock: Callable[[], float] = time.time) -> None:
+                 write_window: int = WRITE_WINDOW, clock: Callable[[], float] = time.time) -> None:
         self.conn = conn
         self.pool = conn.data
         self.store = store
@@ -92,29 +99,92 @@ class RadosChunks:
         self.gc = gc
         self.grace = grace
         self.window = window
+        self.write_window = write_window
         self.clock = clock
+        self._writer: Writer | None = None  # the current write transaction's object writes
+        self._unwritten: dict[str, bytes] = {}  # object name -> value, until written
+        self._mu = threading.Lock()
+        add_hook = getattr(store.backend, "add_commit_hook", None)
+        #: whether commits wait for this backend's writes; if not, put_many waits itself
+        self.write_behind = add_hook is not None
+        if add_hook is not None:
+            add_hook(self)
 
     # --- the ChunkBackend contract ------------------------------------------------------
 
     def put_many(self, txn: Txn, items: Sequence[tuple[bytes, bytes]]) -> None:
         if not items:
             return
-        self.pool.put_many([(object_name(k), v) for k, v in items], window=self.window)
+        writer = self._writer
+        if writer is None:
+            writer = self._writer = self.pool.writer(self.write_window, self._written)
         index, gc = self.index, self.gc
-        for key, _ in items:
+        for key, value in items:
+            name = object_name(key)
+            with self._mu:
+                self._unwritten[name] = value
+            writer.put(name, value)
             txn.put(key, b"", db=index)
             txn.delete(key, db=gc)  # a key waiting out its grace is revived
+        if not self.write_behind:  # a backend without commit hooks: durable before return
+            self._writer = None
+            writer.wait()
+
+    # Write-behind: a put starts its object's write and returns; the writes of a write
+    # transaction are waited for in before_commit, which the metadata backend calls before
+    # it publishes the commit (so every object is durable before an index entry naming it
+    # commits: contract 1), and in end_write, after a commit or an abort. Until its write
+    # is acknowledged, a value is also kept here, so that the transaction reads its own
+    # puts without waiting for them. The backend has one writer at a time (per process
+    # and, through its writer lock, per store).
+
+    def _written(self, name: str) -> None:
+        with self._mu:
+            self._unwritten.pop(name, None)
+
+    def before_commit(self) -> None:
+        """Wait until every object put in the current write transaction is durable;
+        raises (and the commit fails) if one could not be written."""
+        writer = self._writer
+        if writer is not None:
+            writer.wait()
+
+    def end_write(self) -> None:
+        """The write transaction ended (committed or aborted): wait for its writes (an
+        aborted one's objects are orphans for :meth:`sweep_orphans`) and forget them."""
+        writer, self._writer = self._writer, None
+        try:
+            if writer is not None:
+                writer.wait()
+        except Exception:  # noqa: BLE001 - before_commit raised it to a commit already,
+            pass  # or the transaction aborted and nothing refers to the objects
+        finally:
+            with self._mu:
+                self._unwritten.clear()
 
     def get_many(self, txn: Txn, keys: Sequence[bytes]) -> list[bytes | None]:
         present = self.has_many(txn, keys)
-        wanted = [k for k, p in zip(keys, present, strict=True) if p]
-        values = iter(self.pool.read_many([object_name(k) for k in wanted], window=self.window))
+        wanted: list[str] = []
+        held: dict[str, bytes] = {}
+        with self._mu:
+            unwritten = self._unwritten
+            for k, p in zip(keys, present, strict=True):
+                if p:
+                    name = object_name(k)
+                    value = unwritten.get(name) if unwritten else None
+                    if value is None:
+                        wanted.append(name)
+                    else:
+                        held[name] = value
+        read = iter(self.pool.read_many(wanted, window=self.window))
         out: list[bytes | None] = []
         for key, p in zip(keys, present, strict=True):
             if not p:
                 out.append(None)
                 continue
-            value = next(values)
+            value = held.get(object_name(key)) if held else None
+            if value is None:
+                value = next(read)
             if value is None:
                 raise CorruptStore(f"chunk {key.hex()} is indexed but its object "
                                    f"{self.pool.name}/{object_name(key)} is missing")

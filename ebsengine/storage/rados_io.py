@@ -365,6 +365,69 @@ class _Batch:
                 c.wait_for_complete_and_cb()
 
 
+class Writer:
+    """Whole-object writes in flight while their producer goes on (write-behind).
+
+    :meth:`put` starts a write and returns at once, or once a slot is free when ``window``
+    are in flight; :meth:`wait` returns when every write started so far is durable, or
+    raises the first failure (after all have ended). ``done(name)``, if given, is called
+    from librados's callback thread when a write succeeds. One producer at a time.
+    """
+
+    def __init__(self, pool: Pool, window: int, done: Callable[[str], None] | None) -> None:
+        self.pool = pool
+        self.window = max(1, window)
+        self.done = done
+        self.failures: list[tuple[str, int]] = []
+        self.started = 0
+        self._cv = threading.Condition()
+        self._inflight: dict[int, Any] = {}  # completions whose callback has not run yet
+
+    def put(self, name: str, data: bytes | bytearray | memoryview) -> None:
+        rados = _rados()
+        n = self.started
+        with self._cv:
+            while len(self._inflight) >= self.window:
+                self._cv.wait()
+            self._inflight[n] = None  # the slot, taken before the write can end
+
+        def finished(c: Any) -> None:
+            code = c.get_return_value()
+            try:
+                if code < 0:
+                    self.failures.append((name, code))
+                elif self.done is not None:
+                    self.done(name)
+            finally:
+                with self._cv:
+                    self._inflight.pop(n, None)
+                    self._cv.notify_all()
+
+        try:
+            c = self.pool.ioctx.aio_write_full(name, bytes(data), oncomplete=finished)
+        except BaseException as exc:
+            with self._cv:
+                self._inflight.pop(n, None)
+                self._cv.notify_all()
+            if isinstance(exc, rados.Error):
+                raise translate(exc, self.pool._what("writing", name)) from None
+            raise
+        self.started += 1
+        with self._cv:
+            if n in self._inflight:  # keep the completion alive until its callback ran
+                self._inflight[n] = c
+
+    def wait(self) -> None:
+        """Until every write started has ended (librados times each out); then raise the
+        first failure, if any."""
+        with self._cv:
+            while self._inflight:
+                self._cv.wait()
+        if self.failures:
+            name, code = self.failures[0]
+            raise translate_errno(-code, self.pool._what("writing", name))
+
+
 class Pool:
     """Object I/O on one pool (an ioctx of a :class:`RadosConnection`)."""
 
@@ -475,6 +538,12 @@ class Pool:
             elif code != -errno.ENOENT:
                 raise translate_errno(-code, self._what("removing", name))
         return removed
+
+    def writer(self, window: int = DEFAULT_WINDOW,
+               done: Callable[[str], None] | None = None) -> Writer:
+        """An open-ended :meth:`put_many`: writes started one by one as a caller produces
+        them (``window`` in flight), waited for together (see :class:`Writer`)."""
+        return Writer(self, window, done)
 
     def _run(self, batch: _Batch, items: Iterable[Any], submit: Callable[[int, Any], Any],
              op: str) -> None:

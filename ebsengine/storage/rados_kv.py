@@ -392,9 +392,12 @@ class RadosKv(MemoryBackend):
 
     def _end_write(self) -> None:
         try:
-            self._release_lock()
+            self._end_hooks()  # before the lock goes (MemoryBackend's own call is then idle)
         finally:
-            super()._end_write()
+            try:
+                self._release_lock()
+            finally:
+                super()._end_write()
 
     def _publish(self, base: dict[bytes | None, Committed],
                  over: dict[bytes | None, _Overlay]) -> None:

@@ -5,6 +5,7 @@ entry naming a missing object). Against a real cluster (``needs_ceph``)."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import random
@@ -12,13 +13,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
 
 from ceph_support import ceph_cluster, rados_pools  # noqa: F401
 from ebsengine import layout as L
-from ebsengine.errors import CorruptStore
+from ebsengine.errors import BackendUnavailable, CorruptStore
 from ebsengine.storage import rados_io
 from ebsengine.storage.chunks import ChunkStore
 from ebsengine.storage.memory import MemoryBackend
@@ -180,6 +182,58 @@ def test_an_indexed_chunk_without_its_object_is_corruption_naming_it(rc):
         rc.get_many(txn, [a])
     with pytest.raises(CorruptStore, match=a.hex()):
         list(rc.iter_all())
+
+
+# --- write-behind: puts return before their objects are written; the commit waits ------------
+
+def test_a_transaction_reads_its_puts_in_flight_and_they_are_durable_once_committed(rc):
+    items = [(key(f"w{i}"), os.urandom(L.CHUNK_SIZE)) for i in range(200)]
+    with rc.store.write() as txn:
+        rc.put_many(txn, items[:100])
+        rc.put_many(txn, items[100:])
+        assert rc.get_many(txn, [k for k, _ in items]) == [v for _, v in items]
+    # the commit returned: every object is durable and readable by anyone
+    assert rc.pool.read_many([object_name(k) for k, _ in items]) == [v for _, v in items]
+    assert rc._unwritten == {} and rc._writer is None
+
+
+class FailingIoctx:
+    """The data pool's ioctx, except that writing one object name fails (as a write the
+    cluster did not answer in time does)."""
+
+    def __init__(self, real, poisoned: str, code: int) -> None:
+        self.real, self.poisoned, self.code = real, poisoned, code
+
+    def aio_write_full(self, name, data, oncomplete):
+        if name != self.poisoned:
+            return self.real.aio_write_full(name, data, oncomplete=oncomplete)
+
+        class Done:
+            def get_return_value(_self) -> int:
+                return -self.code
+
+        done = Done()
+        threading.Timer(0.05, oncomplete, (done,)).start()
+        return done
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+def test_a_failed_object_write_fails_the_commit_and_changes_nothing(rc, monkeypatch):
+    good, bad, later = key("good"), key("bad"), key("later")
+    monkeypatch.setattr(rc.pool, "ioctx", FailingIoctx(rc.pool.ioctx, object_name(bad),
+                                                       errno.ETIMEDOUT))
+    with pytest.raises(BackendUnavailable, match=object_name(bad)), \
+            rc.store.write() as txn:
+        rc.put_many(txn, [(good, b"G"), (bad, b"B")])
+    with rc.store.read() as txn:  # the commit did not happen: no index entry at all
+        assert rc.has_many(txn, [good, bad]) == [False, False]
+        assert list(txn.cursor(db=rc.index)) == []
+    with rc.store.write() as txn:  # the failure is not carried into the next transaction
+        rc.put_many(txn, [(later, b"L")])
+    with rc.store.read() as txn:
+        assert rc.get_many(txn, [later, good]) == [b"L", None]
 
 
 # --- a real crash: the writer is killed between writing objects and committing ----------------
