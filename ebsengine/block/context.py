@@ -13,7 +13,7 @@ import ctypes.util
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -74,10 +74,13 @@ class ChunkCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, txn: Txn, chunks: ChunkStore, key: bytes, tag: bytes | None) -> bytes:
+    def get(self, txn: Txn, chunks: ChunkStore, key: bytes, tag: bytes | None,
+            raw: bytes | None = None) -> bytes:
         """Decoded chunk ``key`` for a lineage of domain ``tag`` (None: plaintext; see
-        :func:`check_domain`)."""
-        raw = chunks.backend.get_many(txn, [key])[0]
+        :func:`check_domain`). ``raw``: its stored value, if the caller read it already in
+        ``txn`` (see :meth:`BlockContext.prefetch`)."""
+        if raw is None:
+            raw = chunks.backend.get_many(txn, [key])[0]
         if raw is None:
             raise CorruptStore(f"chunk {key.hex()} is referenced but missing")
         check_domain(raw, tag, f"chunk {key.hex()}")
@@ -220,10 +223,31 @@ class BlockContext:
             return False
         return self.content(txn, a, domain) == self.content(txn, b, domain)
 
+    def prefetch(self, txn: Txn, values: Iterable[bytes | None]) -> dict[bytes, bytes]:
+        """The stored values of the chunks that ``maps`` values read through, read in one
+        batch, for :meth:`fill`: only where the chunk backend is remote (RADOS: one
+        pipelined batch instead of a round trip per chunk); empty otherwise."""
+        if self.chunks.backend.transactional_puts:
+            return {}
+        keys: list[bytes] = []
+        for value in values:
+            if not value:
+                continue
+            key = L.parse_patch(value)[3] if L.is_patch(value) else value
+            if key is not None:
+                keys.append(key)
+        keys = sorted(set(keys))
+        if len(keys) < 2:
+            return {}
+        return {k: v for k, v in zip(keys, self.chunks.backend.get_many(txn, keys),
+                                     strict=True) if v is not None}
+
     def fill(self, txn: Txn, value: bytes | None, dst: memoryview, lo: int,
-             pages: list[int] | None, domain: Domain | None) -> None:
+             pages: list[int] | None, domain: Domain | None,
+             raws: dict[bytes, bytes] | None = None) -> None:
         """Copy bytes ``[lo, lo + len(dst))`` of what ``value`` reads as into ``dst``; with
-        ``pages``, only the parts of ``dst`` inside those 4 KiB pages of the chunk."""
+        ``pages``, only the parts of ``dst`` inside those 4 KiB pages of the chunk.
+        ``raws``: stored values already read in ``txn`` (:meth:`prefetch`)."""
         hi = lo + len(dst)
         spans = [(lo, hi)] if pages is None else [
             (max(lo, p * L.PAGE_SIZE), min(hi, (p + 1) * L.PAGE_SIZE)) for p in pages]
@@ -233,7 +257,8 @@ class BlockContext:
             return
         tag = _tag(domain)
         if not L.is_patch(value):
-            data = self.cache.get(txn, self.chunks, value, tag)
+            data = self.cache.get(txn, self.chunks, value, tag,
+                                  raws.get(value) if raws else None)
             for a, b in spans:
                 dst[a - lo:b - lo] = data[a:b]
             return
@@ -254,7 +279,8 @@ class BlockContext:
                     dst[pos - lo:end - lo] = stored[at:at + end - pos]
                 elif base is not None:
                     if base_data is None:
-                        base_data = self.cache.get(txn, self.chunks, base, tag)
+                        base_data = self.cache.get(txn, self.chunks, base, tag,
+                                                   raws.get(base) if raws else None)
                     dst[pos - lo:end - lo] = base_data[pos:end]
                 else:
                     dst[pos - lo:end - lo] = ZERO_PAGE[:end - pos]

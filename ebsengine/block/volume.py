@@ -229,11 +229,12 @@ class _Source:
         """Fill the parts of ``mv`` (at volume ``offset``) of chunk indexes ``want`` (all of
         each piece, or only the listed pages) from the store."""
         values = self._values(txn, sorted(want))
+        raws = self.ctx.prefetch(txn, values.values())
         pos = 0
         for idx, within, take in _pieces(offset, len(mv)):
             if idx in want:
                 self.ctx.fill(txn, values[idx], mv[pos:pos + take], within, want[idx],
-                              self.domain)
+                              self.domain, raws)
             pos += take
 
 

@@ -57,6 +57,32 @@ def test_data_and_metadata_live_in_their_pools_and_fsck_walks_the_trees(rados_po
             assert dev.pread(3 * CS, 0) == data
 
 
+def test_a_read_of_several_chunks_fetches_their_objects_in_one_batch(rados_pools, tmp_path,
+                                                                      monkeypatch):
+    url = rados_pools.url(workdir=str(tmp_path / "wd"))
+    data = os.urandom(6 * CS)
+    with ebsengine.Engine(url) as eng:
+        v = eng.create_volume(1).id
+        with eng.open_volume(v) as dev:
+            dev.pwrite(data, 0)
+            dev.pwrite(b"p" * 4096, 2 * CS)  # a patch over chunk 2: its base is fetched too
+            dev.flush()
+        want = bytearray(data)
+        want[2 * CS:2 * CS + 4096] = b"p" * 4096
+        pool = backend(eng).conn.data
+        calls: list[list[str]] = []
+        real = pool.read_many
+
+        def read_many(names, **kw):
+            calls.append(list(names))
+            return real(names, **kw)
+
+        monkeypatch.setattr(pool, "read_many", read_many)
+        with eng.open_volume(v) as dev:
+            assert dev.pread(6 * CS - 1000, 500) == bytes(want[500:6 * CS - 500])
+        assert [len(c) for c in calls] == [6]  # six objects, one batch, nothing read twice
+
+
 def test_fsck_reports_a_damaged_metadata_node_as_r1_and_does_not_crash(rados_pools, tmp_path):
     url = rados_pools.url(workdir=str(tmp_path / "wd"))
     with ebsengine.Engine(url) as eng:
