@@ -94,6 +94,10 @@ class ChunkCache:
         self._insert(key, raw, data)
         return data
 
+    def has_pages(self, value: bytes) -> bool:
+        """Whether the pages of patch ``value`` are cached (for some domain)."""
+        return value[:L.PATCH_SIZE] in self._lru
+
     def get_pages(self, txn: Txn, chunks: ChunkStore, pages_db: Table, value: bytes,
                   tag: bytes | None, keep: bool = True) -> bytes:
         """The decoded pages (ascending page order) of patch ``value``. Cached by the
@@ -226,16 +230,27 @@ class BlockContext:
     def prefetch(self, txn: Txn, values: Iterable[bytes | None]) -> dict[bytes, bytes]:
         """The stored values of the chunks that ``maps`` values read through, read in one
         batch, for :meth:`fill`: only where the chunk backend is remote (RADOS: one
-        pipelined batch instead of a round trip per chunk); empty otherwise."""
+        pipelined batch instead of a round trip per chunk); empty otherwise. The pages of
+        patches that the cache lacks are loaded in one batch too, where the metadata
+        backend can (``prefetch`` of a RADOS transaction)."""
         if self.chunks.backend.transactional_puts:
             return {}
         keys: list[bytes] = []
+        page_keys: list[bytes] = []
         for value in values:
             if not value:
                 continue
-            key = L.parse_patch(value)[3] if L.is_patch(value) else value
+            if L.is_patch(value):
+                _, _, page_key, key = L.parse_patch(value)
+                if not self.cache.has_pages(value):
+                    page_keys.append(page_key)
+            else:
+                key = value
             if key is not None:
                 keys.append(key)
+        hint = getattr(txn, "prefetch", None)
+        if hint is not None and len(page_keys) > 1:
+            hint(sorted(page_keys), db=self.pages_db)
         keys = sorted(set(keys))
         if len(keys) < 2:
             return {}

@@ -67,7 +67,7 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import accumulate, pairwise
 from operator import add
 from struct import pack, unpack_from
@@ -502,6 +502,33 @@ class Tree:
         if v is None or v.__class__ is bytes:
             return v
         return self._value(v)
+
+    def warm(self, keys: Iterable[bytes]) -> int:
+        """Load the out-of-line values (blobs) of ``keys`` that the node cache lacks, in one
+        batch, so that :meth:`get` of each then costs no round trip; returns how many
+        blobs were loaded. Leaves on the way are loaded one by one, as by :meth:`get`."""
+        if self.root is None:
+            return 0
+        get = self._cache.get
+        want: list[bytes] = []
+        for key in keys:
+            nid: bytes = self.root
+            node = self._load(nid)
+            for _ in range(self.depth - 1):
+                if node.kids is None:
+                    self._expect(nid, node, 1)
+                nid = node.kids[bisect_right(node.keys, key)]  # type: ignore[index]
+                node = self._load(nid)
+            if node.kind != LEAF:
+                self._expect(nid, node, 0)
+            i = bisect_left(node.keys, key)
+            if i < len(node.keys) and node.keys[i] == key:
+                v = node.vals[i]
+                if v.__class__ is BlobRef and get(v.id) is None:
+                    want.append(v.id)
+        if want:
+            self._load_many(sorted(set(want)))
+        return len(want)
 
     def seek(self, key: bytes | None, *, forward: bool, strict: bool) -> bytes | None:
         """Forward: the first key >= ``key`` (strict: > key), None: the first key. Backward:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 import threading
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 from ..errors import CorruptStore, StoreFull
@@ -393,6 +393,18 @@ class MemoryTxn:
             raise BadValsize("empty key")
         v = self._lookup(self._name(db), k) if len(k) <= MAX_KEY_SIZE else None
         return default if v is None else v
+
+    def prefetch(self, keys: Sequence[bytes], db: Table | None = None) -> None:
+        """A hint: ``get`` of these keys follows. A committed table that can load their
+        values in one batch (a RADOS tree's out-of-line values) does so now; keys this
+        transaction changed are skipped."""
+        self._usable()
+        name = self._name(db)
+        warm = getattr(self._base.get(name, _EMPTY), "warm", None)
+        if warm is None:
+            return
+        layers = self._layers(name)
+        warm([k for k in keys if not any(k in ov.changes for ov in layers)])
 
     def cursor(self, db: Table | None = None) -> MemoryCursor:
         self._usable()

@@ -83,6 +83,39 @@ def test_a_read_of_several_chunks_fetches_their_objects_in_one_batch(rados_pools
         assert [len(c) for c in calls] == [6]  # six objects, one batch, nothing read twice
 
 
+def test_a_cold_read_loads_the_pages_of_its_patches_in_one_batch(rados_pools, tmp_path,
+                                                                   monkeypatch):
+    url = rados_pools.url(workdir=str(tmp_path / "wd"))
+    data = os.urandom(4 * CS)
+    pages = [os.urandom(4096) for _ in range(3)]  # random: stored out of line (blobs)
+    with ebsengine.Engine(url) as eng:
+        v = eng.create_volume(1).id
+        with eng.open_volume(v) as dev:
+            dev.pwrite(data, 0)
+            dev.flush()
+            for i, page in enumerate(pages):  # three patches, over chunks 0, 1 and 3
+                dev.pwrite(page, (i if i < 2 else 3) * CS + 8192)
+            dev.flush()
+    want = bytearray(data)
+    for i, page in enumerate(pages):
+        at = (i if i < 2 else 3) * CS + 8192
+        want[at:at + 4096] = page
+    with ebsengine.Engine(url, readonly=True) as eng:  # a cold node cache
+        meta = backend(eng).conn.meta
+        batches: list[int] = []
+        real = meta.read_many
+
+        def read_many(names, **kw):
+            batches.append(len(names))
+            return real(names, **kw)
+
+        monkeypatch.setattr(meta, "read_many", read_many)
+        with eng.open_volume(v) as dev:
+            before = len(batches)
+            assert dev.pread(4 * CS, 0) == bytes(want)
+        assert 3 in batches[before:]  # the three patches' pages: one batch
+
+
 def test_fsck_reports_a_damaged_metadata_node_as_r1_and_does_not_crash(rados_pools, tmp_path):
     url = rados_pools.url(workdir=str(tmp_path / "wd"))
     with ebsengine.Engine(url) as eng:
