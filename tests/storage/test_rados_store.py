@@ -57,6 +57,19 @@ def test_data_and_metadata_live_in_their_pools_and_fsck_walks_the_trees(rados_po
             assert dev.pread(3 * CS, 0) == data
 
 
+def batch_sizes(monkeypatch, pool) -> list[int]:
+    """The number of objects of each ``read_many`` batch on ``pool`` from now on."""
+    sizes: list[int] = []
+    real = pool.read_many
+
+    def read_many(names, **kw):
+        sizes.append(len(names))
+        return real(names, **kw)
+
+    monkeypatch.setattr(pool, "read_many", read_many)
+    return sizes
+
+
 def test_a_read_of_several_chunks_fetches_their_objects_in_one_batch(rados_pools, tmp_path,
                                                                       monkeypatch):
     url = rados_pools.url(workdir=str(tmp_path / "wd"))
@@ -69,18 +82,10 @@ def test_a_read_of_several_chunks_fetches_their_objects_in_one_batch(rados_pools
             dev.flush()
         want = bytearray(data)
         want[2 * CS:2 * CS + 4096] = b"p" * 4096
-        pool = backend(eng).conn.data
-        calls: list[list[str]] = []
-        real = pool.read_many
-
-        def read_many(names, **kw):
-            calls.append(list(names))
-            return real(names, **kw)
-
-        monkeypatch.setattr(pool, "read_many", read_many)
+        batches = batch_sizes(monkeypatch, backend(eng).conn.data)
         with eng.open_volume(v) as dev:
             assert dev.pread(6 * CS - 1000, 500) == bytes(want[500:6 * CS - 500])
-        assert [len(c) for c in calls] == [6]  # six objects, one batch, nothing read twice
+        assert batches == [6]  # six objects, one batch, nothing read twice
 
 
 def test_a_cold_read_loads_the_pages_of_its_patches_in_one_batch(rados_pools, tmp_path,
@@ -101,15 +106,7 @@ def test_a_cold_read_loads_the_pages_of_its_patches_in_one_batch(rados_pools, tm
         at = (i if i < 2 else 3) * CS + 8192
         want[at:at + 4096] = page
     with ebsengine.Engine(url, readonly=True) as eng:  # a cold node cache
-        meta = backend(eng).conn.meta
-        batches: list[int] = []
-        real = meta.read_many
-
-        def read_many(names, **kw):
-            batches.append(len(names))
-            return real(names, **kw)
-
-        monkeypatch.setattr(meta, "read_many", read_many)
+        batches = batch_sizes(monkeypatch, backend(eng).conn.meta)
         with eng.open_volume(v) as dev:
             before = len(batches)
             assert dev.pread(4 * CS, 0) == bytes(want)
