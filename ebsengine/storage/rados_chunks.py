@@ -154,10 +154,8 @@ class RadosChunks:
         aborted one's objects are orphans for :meth:`sweep_orphans`) and forget them."""
         writer, self._writer = self._writer, None
         try:
-            if writer is not None:
-                writer.wait()
-        except Exception:  # noqa: BLE001 - before_commit raised it to a commit already,
-            pass  # or the transaction aborted and nothing refers to the objects
+            if writer is not None:  # a failure was raised to the commit by before_commit,
+                writer.settle()  # or the transaction aborted and nothing refers to the objects
         finally:
             with self._mu:
                 self._unwritten.clear()

@@ -417,12 +417,15 @@ class Writer:
             if n in self._inflight:  # keep the completion alive until its callback ran
                 self._inflight[n] = c
 
-    def wait(self) -> None:
-        """Until every write started has ended (librados times each out); then raise the
-        first failure, if any."""
+    def settle(self) -> None:
+        """Until every write started has ended (librados times each out)."""
         with self._cv:
             while self._inflight:
                 self._cv.wait()
+
+    def wait(self) -> None:
+        """:meth:`settle`, then raise the first failure, if any."""
+        self.settle()
         if self.failures:
             name, code = self.failures[0]
             raise translate_errno(-code, self.pool._what("writing", name))
@@ -458,17 +461,14 @@ class Pool:
         timed out, later)."""
         if not items:
             return
-        batch = _Batch(len(items), window)
-
-        def submit(i: int, item: tuple[str, Any]) -> Any:
-            name, data = item
-            return self.ioctx.aio_write_full(
-                name, bytes(data), oncomplete=lambda c: batch.done(i, c.get_return_value()))
-
-        self._run(batch, items, submit, "writing")
-        for (name, _), code in zip(items, batch.codes, strict=True):
-            if code < 0:
-                raise translate_errno(-code, self._what("writing", name))
+        writer = self.writer(window)
+        try:
+            for name, data in items:
+                writer.put(name, data)
+        except BaseException:
+            writer.settle()  # every write started has ended before the error is raised
+            raise
+        writer.wait()
 
     def read_many(self, names: Sequence[str], *, window: int = DEFAULT_WINDOW,
                   hint: int = READ_HINT) -> list[bytes | None]:
