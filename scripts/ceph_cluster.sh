@@ -112,6 +112,8 @@ paxos propose interval = 0.05
 osd heartbeat interval = 1
 osd heartbeat grace = 4
 mon osd min down reporters = 1
+# failure reports reach the monitor within 1 s, not on the 5 s report tick
+osd mon report interval = 1
 mon osd down out interval = 600
 # recovery at full speed (memstore and file OSDs count as rotating disks otherwise)
 osd recovery sleep = 0

@@ -23,7 +23,9 @@ placement groups or an erasure-coded profile for the data pool). Options, all op
 ``timeout``
     seconds (default 30) after which an operation that the cluster does not answer fails with
     :class:`~ebsengine.errors.BackendUnavailable` instead of waiting for ever: sets librados's
-    ``rados_osd_op_timeout``, ``rados_mon_op_timeout`` and ``client_mount_timeout``;
+    ``rados_osd_op_timeout``, ``rados_mon_op_timeout`` and ``client_mount_timeout`` (and an
+    unanswered operation makes the client fetch a newer OSD map after 2 s, see
+    ``_OBJECTER_AT_MOST``);
 ``meta`` / ``data``
     pool names that replace ``PREFIX.meta`` / ``PREFIX.data``;
 ``grace``
@@ -240,6 +242,16 @@ def translate_errno(n: int | None, what: str, detail: str = "") -> Exception:
     return EbsError(f"{what} failed: {errno.errorcode.get(n, n)} ({n}){detail}")
 
 
+# How soon the client asks the monitors for a newer OSD map when an operation goes unanswered
+# (librados's defaults: 10 s laggy, checked every 5 s). The client subscribes to maps only
+# when it needs one: after an OSD dies, the dropped connection makes it ask at once, but an
+# OSD that hangs (frozen, partitioned) drops nothing, so the ops queued to it would wait for
+# the objecter's tick even after the monitors have marked it down and its PGs have a new
+# primary: 2-10 s of stall added to the heartbeat grace. The same cap as asking a lagging
+# server again; a lower value in the conf is kept.
+_OBJECTER_AT_MOST = {"objecter_timeout": 2.0, "objecter_tick_interval": 1.0}
+
+
 class RadosConnection:
     """One client session with the cluster and the two pools of a store URL. Thread-safe
     (librados is); close it once (also a context manager)."""
@@ -259,6 +271,9 @@ class RadosConnection:
             secs = str(max(1, math.ceil(url.timeout)))
             for opt in ("rados_osd_op_timeout", "rados_mon_op_timeout", "client_mount_timeout"):
                 cluster.conf_set(opt, secs)
+            for opt, most in _OBJECTER_AT_MOST.items():
+                if float(cluster.conf_get(opt)) > most:
+                    cluster.conf_set(opt, str(most))
             if url.keyring:
                 cluster.conf_set("keyring", url.keyring)
             cluster.connect()
