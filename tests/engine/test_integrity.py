@@ -94,7 +94,10 @@ def st(store_path: str) -> Iterator[Store]:
         eng.complete_snapshot(direct)
         report = eng.fsck()
         assert report.ok, report.problems
-        yield Store(eng, store_path, a, b, restored, s1, s2, direct)
+        st = Store(eng, store_path, a, b, restored, s1, s2, direct)
+        yield st
+        st.eng.close()  # the test may have reopened it (a RADOS engine left open keeps its
+        # background sweeps polling the cluster after its pools are gone)
     finally:
         eng.close()
 
