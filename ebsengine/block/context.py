@@ -231,31 +231,33 @@ class BlockContext:
         """The stored values of the chunks that ``maps`` values read through, read in one
         batch, for :meth:`fill`: only where the chunk backend is remote (RADOS: one
         pipelined batch instead of a round trip per chunk); empty otherwise. The pages of
-        patches that the cache lacks are loaded in one batch too, where the metadata
-        backend can (``prefetch`` of a RADOS transaction)."""
+        patches that the cache lacks are loaded in one batch too (:meth:`prefetch_pages`)."""
         if self.chunks.backend.transactional_puts:
             return {}
+        present = [v for v in values if v is not None and v]
+        self.prefetch_pages(txn, present)
         keys: list[bytes] = []
-        page_keys: list[bytes] = []
-        for value in values:
-            if not value:
-                continue
-            if L.is_patch(value):
-                _, _, page_key, key = L.parse_patch(value)
-                if not self.cache.has_pages(value):
-                    page_keys.append(page_key)
-            else:
-                key = value
+        for value in present:
+            key = L.parse_patch(value)[3] if L.is_patch(value) else value
             if key is not None:
                 keys.append(key)
-        hint = getattr(txn, "prefetch", None)
-        if hint is not None and len(page_keys) > 1:
-            hint(sorted(page_keys), db=self.pages_db)
         keys = sorted(set(keys))
         if len(keys) < 2:
             return {}
         return {k: v for k, v in zip(keys, self.chunks.backend.get_many(txn, keys),
                                      strict=True) if v is not None}
+
+    def prefetch_pages(self, txn: Txn, values: Iterable[bytes | None]) -> None:
+        """Hint the page keys of the patches among ``values`` that the cache lacks to the
+        transaction, where its backend can load them in batches (``prefetch`` of a RADOS
+        transaction: a few round trips instead of one per patch, or per leaf)."""
+        hint = getattr(txn, "prefetch", None)
+        if hint is None:
+            return
+        page_keys = [L.parse_patch(v)[2] for v in values
+                     if v and L.is_patch(v) and not self.cache.has_pages(v)]
+        if len(page_keys) > 1:
+            hint(sorted(page_keys), db=self.pages_db)
 
     def fill(self, txn: Txn, value: bytes | None, dst: memoryview, lo: int,
              pages: list[int] | None, domain: Domain | None,

@@ -143,6 +143,7 @@ def _touched(within: int, take: int) -> range:
 
 
 PATCH_BATCH = 256  # prepared patches per pool task of a flush (:func:`_finish_patches`)
+PAGES_AHEAD = 256  # patches whose pages a flush loads ahead in one batch (remote metadata)
 PreparedPatch = tuple[int, bytes, bytes, bytes | None]  # mask, RAW_MARK + pages, map key, base
 
 
@@ -726,7 +727,12 @@ class VolumeCache(_Source):
                 # patches are finished (digested, compressed, sealed) in batches on the pool
                 # while the next ones are prepared here
                 batch: list[PreparedPatch] = []
-                for idx in idxs:
+                for n, idx in enumerate(idxs):
+                    if n % PAGES_AHEAD == 0:
+                        # the pages of the patches written over, which _patch reads (RADOS:
+                        # a few batched loads instead of a round trip each; a bounded run
+                        # at a time, so the node cache holds them until they are used)
+                        ctx.prefetch_pages(txn, [below[i] for i in idxs[n:n + PAGES_AHEAD]])
                     mk = L.map_key(self.lineage, idx, head)
                     kind, what, base = self._patch(txn, mk, entries[idx], below[idx])  # type: ignore[arg-type]
                     if kind == "chunk":

@@ -504,31 +504,59 @@ class Tree:
         return self._value(v)
 
     def warm(self, keys: Iterable[bytes]) -> int:
-        """Load the out-of-line values (blobs) of ``keys`` that the node cache lacks, in one
-        batch, so that :meth:`get` of each then costs no round trip; returns how many
-        blobs were loaded. Leaves on the way are loaded one by one, as by :meth:`get`."""
+        """Load what :meth:`get` of each of ``keys`` reads and the node cache lacks, one
+        batch per level (the internal nodes, then the leaves, then the out-of-line values),
+        so that the gets then cost no round trip: a few round trips however many leaves the
+        keys are spread over. Returns how many blobs were loaded."""
         if self.root is None:
             return 0
+        todo = sorted(set(keys))
+        if not todo:
+            return 0
+        frontier: list[tuple[bytes, list[bytes]]] = [(self.root, todo)]
+        for level in range(self.depth - 1, 0, -1):
+            nodes = self._load_many([nid for nid, _ in frontier])
+            below: dict[bytes, list[bytes]] = {}
+            for (nid, ks), node in zip(frontier, nodes, strict=True):
+                if node.kids is None:
+                    self._expect(nid, node, level)
+                for key in ks:
+                    below.setdefault(node.kids[bisect_right(node.keys, key)], []).append(key)  # type: ignore[index]
+            frontier = list(below.items())
         get = self._cache.get
         want: list[bytes] = []
-        for key in keys:
-            nid: bytes = self.root
-            node = self._load(nid)
-            for _ in range(self.depth - 1):
-                if node.kids is None:
-                    self._expect(nid, node, 1)
-                nid = node.kids[bisect_right(node.keys, key)]  # type: ignore[index]
-                node = self._load(nid)
+        leaves = self._load_many([nid for nid, _ in frontier])
+        for (nid, ks), node in zip(frontier, leaves, strict=True):
             if node.kind != LEAF:
                 self._expect(nid, node, 0)
-            i = bisect_left(node.keys, key)
-            if i < len(node.keys) and node.keys[i] == key:
-                v = node.vals[i]
-                if v.__class__ is BlobRef and get(v.id) is None:
-                    want.append(v.id)
+            for key in ks:
+                i = bisect_left(node.keys, key)
+                if i < len(node.keys) and node.keys[i] == key:
+                    v = node.vals[i]
+                    if v.__class__ is BlobRef and get(v.id) is None:
+                        want.append(v.id)
         if want:
             self._load_many(sorted(set(want)))
         return len(want)
+
+    def size_of(self, key: bytes) -> int | None:
+        """``len(get(key))`` (None: no such key) without loading an out-of-line value."""
+        nid = self.root
+        if nid is None:
+            return None
+        node = self._load(nid)
+        for _ in range(self.depth - 1):
+            if node.kids is None:
+                self._expect(nid, node, 1)
+            nid = node.kids[bisect_right(node.keys, key)]  # type: ignore[index]
+            node = self._load(nid)
+        if node.kind != LEAF:
+            self._expect(nid, node, 0)
+        i = bisect_left(node.keys, key)
+        if i == len(node.keys) or node.keys[i] != key:
+            return None
+        v = node.vals[i]
+        return len(v) if v.__class__ is bytes else v.length
 
     def seek(self, key: bytes | None, *, forward: bool, strict: bool) -> bytes | None:
         """Forward: the first key >= ``key`` (strict: > key), None: the first key. Backward:

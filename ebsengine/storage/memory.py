@@ -89,6 +89,10 @@ class _Version:
     def get(self, key: bytes) -> bytes | None:
         return self.data.get(key)
 
+    def size_of(self, key: bytes) -> int | None:
+        v = self.data.get(key)
+        return None if v is None else len(v)
+
     def seek(self, key: bytes | None, *, forward: bool, strict: bool) -> bytes | None:
         return _seek_sorted(self.keys, key, forward=forward, strict=strict)
 
@@ -104,6 +108,9 @@ class Committed(Protocol):
     @property
     def nbytes(self) -> int: ...
     def get(self, key: bytes) -> bytes | None: ...
+    def size_of(self, key: bytes) -> int | None:
+        """``len(get(key))``, or None; cheaper where values are stored apart."""
+        ...
     def seek(self, key: bytes | None, *, forward: bool, strict: bool) -> bytes | None:
         """The first key >= ``key`` (forward; > if strict; None: the first), or the last
         key <= ``key`` (backward; < if strict; None: the last); None when there is none."""
@@ -353,6 +360,17 @@ class MemoryTxn:
             t = t._parent
         return self._base.get(name, _EMPTY).get(key)
 
+    def _present(self, name: bytes | None, key: bytes) -> bool:
+        """``_lookup(name, key) is not None`` without reading a committed value (a RADOS
+        tree would load an out-of-line one)."""
+        t: MemoryTxn | None = self
+        while t is not None:
+            ov = t._over.get(name)
+            if ov is not None and key in ov.changes:
+                return ov.changes[key] is not _DELETED
+            t = t._parent
+        return self._base.get(name, _EMPTY).size_of(key) is not None
+
     def _seek(self, name: bytes | None, key: bytes | None, *, forward: bool,
               strict: bool) -> bytes | None:
         """The first live key after (forward) or before ``key`` (None: from the end)."""
@@ -377,9 +395,9 @@ class MemoryTxn:
         for ov in reversed(self._layers(name)):
             merged.update(ov.changes)
         for k, v in merged.items():
-            old = ver.get(k)
+            old = ver.size_of(k)  # a length, not the value (a RADOS blob would be loaded)
             if old is not None:
-                n -= len(k) + len(old) + ENTRY_OVERHEAD
+                n -= len(k) + old + ENTRY_OVERHEAD
             if v is not _DELETED:
                 n += len(k) + len(v) + ENTRY_OVERHEAD
         return n
@@ -450,7 +468,7 @@ class MemoryTxn:
 
     def _delete_in(self, name: bytes | None, k: bytes) -> bool:
         self._writable()
-        if self._lookup(name, k) is None:
+        if not self._present(name, k):
             return False
         ov = self._over.get(name)
         if ov is None:

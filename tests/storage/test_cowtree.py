@@ -381,6 +381,38 @@ def test_apply_rewrites_only_the_touched_paths() -> None:
     assert src.loaded < len(list(tree.node_ids())) // 3
 
 
+def test_warm_loads_each_level_in_one_batch_then_gets_read_nothing() -> None:
+    tree, model, src, _ids = build(2000, seed=7)
+    assert tree.depth >= 3
+    keys = sorted(model)[::7]  # spread over most of the leaves
+    want = {k: model[k] for k in keys}
+    cold = Tree.from_meta(src, NodeCache(), tree.to_meta(), node_size=NODE, blob_threshold=BLOB)
+    src.calls = 0
+    blobs = cold.warm([*reversed(keys), b"\xfe" * 13])  # any order; an absent key is fine
+    assert blobs == sum(len(v) > BLOB for v in want.values()) > 0
+    assert src.calls == tree.depth + 1  # each internal level, the leaves, the blobs
+    src.calls = 0
+    assert {k: cold.get(k) for k in keys} == want
+    assert src.calls == 0
+    assert cold.warm(keys) == 0 and src.calls == 0  # all cached: nothing read
+
+
+def test_size_of_is_the_value_length_without_loading_a_blob() -> None:
+    tree, model, src, _ids = build(600, seed=3)
+    cold = Tree.from_meta(src, NodeCache(), tree.to_meta(), node_size=NODE, blob_threshold=BLOB)
+    big = [k for k, v in model.items() if len(v) > BLOB]
+    assert big
+    for k in sorted(model):
+        assert cold.size_of(k) == len(model[k])
+    assert cold.size_of(b"\xfe" * 13) is None
+    leaves_and_up = src.loaded
+    src.loaded = 0
+    for k in big:
+        assert cold.get(k) == model[k]
+    assert src.loaded == len(big)  # only now are the blobs read
+    assert leaves_and_up <= len(list(tree.node_ids())) - len(big)
+
+
 def test_noop_changes_write_nothing() -> None:
     tree, model, src, ids = build(300)
     k = sorted(model)[10]

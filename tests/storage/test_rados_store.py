@@ -113,6 +113,35 @@ def test_a_cold_read_loads_the_pages_of_its_patches_in_one_batch(rados_pools, tm
         assert 3 in batches[before:]  # the three patches' pages: one batch
 
 
+def test_a_flush_over_patches_loads_their_pages_in_batches(rados_pools, tmp_path,
+                                                           monkeypatch):
+    """Writing into 40 patched chunks reads the 40 pages blobs it replaces in one batch (not
+    a round trip each), and dropping them reads nothing more: their length is in the leaf."""
+    url = rados_pools.url(workdir=str(tmp_path / "wd"))
+    n = 40
+    want = bytearray(os.urandom(n * CS))
+    with ebsengine.Engine(url) as eng:
+        v = eng.create_volume(1).id
+        with eng.open_volume(v) as dev:
+            dev.pwrite(want, 0)
+            dev.flush()
+            for i in range(n):  # random pages: stored out of line (blobs)
+                want[i * CS + 8192:i * CS + 12288] = os.urandom(4096)
+                dev.pwrite(want[i * CS + 8192:i * CS + 12288], i * CS + 8192)
+            dev.flush()
+    with ebsengine.Engine(url) as eng:  # cold caches
+        with eng.open_volume(v) as dev:
+            batches = batch_sizes(monkeypatch, backend(eng).conn.meta)
+            for i in range(n):
+                want[i * CS + 16384:i * CS + 20480] = os.urandom(4096)
+                dev.pwrite(want[i * CS + 16384:i * CS + 20480], i * CS + 16384)
+            dev.flush()
+            monkeypatch.undo()
+            assert dev.pread(n * CS, 0) == bytes(want)
+    assert n in batches  # the pages of the 40 patches: one batch
+    assert batches.count(1) <= 6, batches  # the root and the paths down: a few single reads
+
+
 def test_fsck_reports_a_damaged_metadata_node_as_r1_and_does_not_crash(rados_pools, tmp_path):
     url = rados_pools.url(workdir=str(tmp_path / "wd"))
     with ebsengine.Engine(url) as eng:
