@@ -191,9 +191,12 @@ class BlockContext:
     # Every method below takes ``domain``, the domain of the lineage the value was read for
     # (None: a plaintext lineage): a stored value of any other domain is CorruptStore.
 
-    def chunk(self, txn: Txn, key: bytes, domain: Domain | None) -> bytes:
-        """Decoded bytes of stored chunk ``key`` (through the cache)."""
-        return self.cache.get(txn, self.chunks, key, _tag(domain))
+    def chunk(self, txn: Txn, key: bytes, domain: Domain | None,
+              raws: dict[bytes, bytes] | None = None) -> bytes:
+        """Decoded bytes of stored chunk ``key`` (through the cache); ``raws``: stored
+        values already read in ``txn`` (:meth:`prefetch`)."""
+        return self.cache.get(txn, self.chunks, key, _tag(domain),
+                              None if raws is None else raws.get(key))
 
     def patch_pages(self, txn: Txn, value: bytes, domain: Domain | None) -> dict[int, bytes]:
         """``{page number: 4 KiB}`` of a patch value's stored pages (for flushes, folds and
@@ -203,14 +206,17 @@ class BlockContext:
                                     keep=False)
         return {p: data[i * L.PAGE_SIZE:(i + 1) * L.PAGE_SIZE] for i, p in enumerate(nums)}
 
-    def content(self, txn: Txn, value: bytes | None, domain: Domain | None) -> bytes:
-        """The 64 KiB a ``maps`` value (or None: nothing stored) reads as."""
+    def content(self, txn: Txn, value: bytes | None, domain: Domain | None,
+                raws: dict[bytes, bytes] | None = None) -> bytes:
+        """The 64 KiB a ``maps`` value (or None: nothing stored) reads as; ``raws`` as
+        for :meth:`chunk`."""
         if not value:
             return ZERO_CHUNK
         if not L.is_patch(value):
-            return self.chunk(txn, value, domain)
+            return self.chunk(txn, value, domain, raws)
         base = L.parse_patch(value)[3]
-        out = bytearray(self.chunk(txn, base, domain) if base is not None else ZERO_CHUNK)
+        out = bytearray(self.chunk(txn, base, domain, raws) if base is not None
+                        else ZERO_CHUNK)
         for p, page in self.patch_pages(txn, value, domain).items():
             out[p * L.PAGE_SIZE:(p + 1) * L.PAGE_SIZE] = page
         return bytes(out)

@@ -94,10 +94,11 @@ class Folder:
                 cands.sort(key=lambda c: -c[0])
                 more = len(cands) > BATCH
                 work = []
+                raws = ctx.prefetch(txn, [value for _, _, value in cands[:BATCH]])
                 for _, mk, value in cands[:BATCH]:
                     try:  # a patch of a domain whose key is not unlocked here stays a patch
                         domain = ctx.lineage_domain(txn, L.parse_map_key(mk)[0])
-                        data = ctx.content(txn, value, domain)
+                        data = ctx.content(txn, value, domain, raws)
                         fp = ctx.chunks.fingerprints(data, domain)[0]
                     except KeyUnavailable:
                         if len(self._locked) > 65536:

@@ -384,7 +384,7 @@ class MemoryTxn:
                     best = k
             if best is None:
                 return None
-            if self._lookup(name, best) is not None:
+            if self._present(name, best):  # (not _lookup: a cursor's value is read lazily)
                 return best
             key, strict = best, True
 
@@ -596,7 +596,7 @@ class MemoryCursor:
     def set_key(self, key: Buf) -> bool:
         self._txn._usable()
         k = _key(key)
-        return self._go(k if self._txn._lookup(self._name, k) is not None else None)
+        return self._go(k if self._txn._present(self._name, k) else None)
 
     def first(self) -> bool:
         self._txn._usable()

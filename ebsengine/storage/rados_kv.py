@@ -61,6 +61,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("ebsengine.rados")
 
 ROOT = "kv.root"
+#: metadata node writes in flight at a commit: a flush over 7,500 patched chunks (as many
+#: pages blobs) committed in 13% less time with 64 than with 16 (one memstore OSD)
+NODE_WRITE_WINDOW = 64
 LOCK = "kv.lock"  # the object carrying the writer lock (locking creates an empty object)
 WRITER_LOCK = "writer"
 ROOT_MAGIC = b"EBSKVR01"
@@ -80,8 +83,9 @@ _NO_NAME = 0xFFFF  # the name length that marks the main (unnamed) table
 class ObjectPool(Protocol):
     """The operations of one pool that the metadata needs (:class:`.rados_io.Pool`'s)."""
 
-    def put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
-        """Write whole objects, pipelined; durable when it returns."""
+    def put_many(self, items: Sequence[tuple[str, bytes]], *, window: int = 16) -> None:
+        """Write whole objects, pipelined (``window`` in flight); durable when it
+        returns."""
         ...
 
     def read_many(self, names: Sequence[str]) -> list[bytes | None]:
@@ -138,7 +142,7 @@ class DictPool:
                 raise OSError(5, "injected pool failure")
             self.fail_after -= 1
 
-    def put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+    def put_many(self, items: Sequence[tuple[str, bytes]], *, window: int = 16) -> None:
         with self._mu:
             for name, data in items:
                 self._mutating()
@@ -422,7 +426,7 @@ class RadosKv(MemoryBackend):
             return  # nothing changed: no commit to publish
         seq = base.seq + 1
         if new_nodes:
-            self.pool.put_many(new_nodes)
+            self.pool.put_many(new_nodes, window=NODE_WRITE_WINDOW)
         omap_set: dict[str, bytes] = {}
         if freed:
             omap_set[f"{FREE_PREFIX}{seq:016x}"] = _FREE.pack(now_ns) + \

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from ebsengine.errors import CorruptStore, FormatError, StoreLocked
+from ebsengine.storage import cowtree
 from ebsengine.storage.rados_kv import NODE_PREFIX, ROOT, DictPool, RadosKv, node_name
 
 
@@ -202,3 +203,49 @@ def test_a_missing_node_is_corruption_not_an_empty_table():
     b = kv_on(pool)
     with pytest.raises(CorruptStore, match="missing"):
         items(b, b.open_db(b"t"))
+
+
+class CountingPool(DictPool):
+    def __init__(self) -> None:
+        super().__init__()
+        self.read: list[str] = []
+
+    def read_many(self, names):
+        self.read.extend(names)
+        return super().read_many(names)
+
+
+def test_keys_deletes_and_byte_counts_read_no_out_of_line_value():
+    """A cursor walking keys, a delete and the size check of a commit need only the leaves:
+    the values stored apart (blobs: the folder's scan of ``pages``, a flush dropping old
+    pages) are read when a value is asked for, and only then."""
+    pool = CountingPool()
+    kv = kv_on(pool)
+    t = kv.open_db(b"t")
+    big = {f"k{i:03}".encode(): bytes([i]) * 3000 for i in range(60)}
+    with kv.begin(write=True, db=t) as txn:
+        for k, v in big.items():
+            txn.put(k, v)
+    cold = kv_on(pool)
+    t = cold.open_db(b"t")
+    blobs = {node_name(i) for tree in cold.trees().values() for i in tree.node_ids()}
+    pool.read.clear()
+    with cold.begin(db=t) as txn:
+        cur = txn.cursor()
+        keys = []
+        found = cur.first()
+        while found:
+            keys.append(cur.key())
+            found = cur.next()
+        assert keys == sorted(big)
+        assert cur.set_key(b"k007") and not cur.set_key(b"nope")
+    with cold.begin(write=True, db=t) as txn:
+        assert txn.delete(b"k010") and not txn.delete(b"k010")
+
+    def is_blob(name: str) -> bool:
+        return name in blobs and pool.objects[name][0][0] == cowtree.BLOB
+
+    assert [n for n in pool.read if is_blob(n)] == []
+    with cold.begin(db=t) as txn:
+        assert txn.get(b"k007") == big[b"k007"] and txn.get(b"k010") is None
+    assert any(is_blob(n) for n in pool.read)  # the one value asked for
