@@ -336,6 +336,12 @@ def fio(uri: str, qd: int, runtime: float, tmp: Path) -> float:
     return float(json.loads(out.read_text())["jobs"][0]["write"]["iops"])
 
 
+def qemu_has_rbd() -> bool:
+    """Whether qemu lists the rbd block driver (a module of its own package on Debian)."""
+    out = subprocess.run(["qemu-img", "--help"], capture_output=True, text=True).stdout
+    return "rbd" in out.partition("Supported formats:")[2].split()
+
+
 def du_bytes(path: Path) -> int:
     return int(sh(["du", "-s", "-B1", str(path)]).stdout.split()[0])
 
@@ -365,6 +371,10 @@ def main(argv: list[str] | None = None) -> int:
         if not shutil.which(tool):
             print(f"missing {tool}: bash scripts/setup.sh --bench", file=sys.stderr)
             return 2
+    if "rbd" in backends and "nbd" not in skip and not qemu_has_rbd():
+        print("qemu-nbd has no rbd driver (apt package qemu-block-extra): "
+              "bash scripts/setup.sh --bench", file=sys.stderr)
+        return 2
     if a.profile is not None and not shutil.which("py-spy"):
         print("missing py-spy (pip install py-spy)", file=sys.stderr)
         return 2
