@@ -240,7 +240,7 @@ class BlockContext:
         patches that the cache lacks are loaded in one batch too (:meth:`prefetch_pages`)."""
         if self.chunks.backend.transactional_puts:
             return {}
-        present = [v for v in values if v is not None and v]
+        present = [v for v in values if v]
         self.prefetch_pages(txn, present)
         keys: list[bytes] = []
         for value in present:

@@ -247,8 +247,7 @@ def translate_errno(n: int | None, what: str, detail: str = "") -> Exception:
 # when it needs one: after an OSD dies, the dropped connection makes it ask at once, but an
 # OSD that hangs (frozen, partitioned) drops nothing, so the ops queued to it would wait for
 # the objecter's tick even after the monitors have marked it down and its PGs have a new
-# primary: 2-10 s of stall added to the heartbeat grace. The same cap as asking a lagging
-# server again; a lower value in the conf is kept.
+# primary: 2-10 s of stall added to the heartbeat grace. A lower value in the conf is kept.
 _OBJECTER_AT_MOST = {"objecter_timeout": 2.0, "objecter_tick_interval": 1.0}
 
 
