@@ -62,6 +62,9 @@ MiB = 1 << 20
 GiB = 1 << 30
 TICK = os.sysconf("SC_CLK_TCK")
 BACKENDS = ("rados", "lmdb", "rbd")
+#: more backends --backends may name: rados-alone is the RADOS store with one object per
+#: chunk (``pack=0``), the layout before packs, for a same-run comparison
+EXTRA_BACKENDS = {"rados-alone": "&pack=0"}
 # (metric, direction, goal) for rados/rbd: throughput >= 0.5x, i.e. time <= 2x
 GOALS = {"import+snap_s": 2.0, "nbdcopy_in_s": 2.0, "nbdcopy_out_s": 2.0,
          "snap_first_s": 2.0, "snap_incr_s": 2.0, "stored_bytes": 1.0}
@@ -366,6 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     reps = a.reps or (1 if a.quick else 2)
     fio_rt = a.fio_runtime or (3.0 if a.quick else 5.0)
     backends = a.backends.split(",")
+    unknown = set(backends) - set(BACKENDS) - set(EXTRA_BACKENDS)
+    if unknown:
+        print(f"unknown backend(s) {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
     skip = set(filter(None, a.skip.split(",")))
     for tool in ("rbd", "qemu-nbd", "nbdcopy", "nbdinfo", "fio"):
         if not shutil.which(tool):
@@ -431,12 +438,13 @@ def one_round(a: argparse.Namespace, cl: Cluster, b: str, rep: int, image: Path,
         profile.mkdir(parents=True, exist_ok=True)
 
     def store_for(suffix: str) -> str:
-        if b == "rados":
-            prefix = f"{tag}{suffix}"
+        if b.startswith("rados"):
+            prefix = f"{tag}{suffix}".replace("-", "")
             for p in (f"{prefix}.meta", f"{prefix}.data"):
                 cl.pool_create(p)
                 pools.append(p)
-            return f"rados://{prefix}?conf={cl.conf}&workdir={tmp / ('wd' + suffix)}"
+            return (f"rados://{prefix}?conf={cl.conf}&workdir={tmp / ('wd' + suffix)}"
+                    f"{EXTRA_BACKENDS.get(b, '')}")
         return str(tmp / f"lmdb{suffix}")
 
     try:
@@ -524,7 +532,7 @@ def one_round(a: argparse.Namespace, cl: Cluster, b: str, rep: int, image: Path,
                    "--discard=unmap", f"rbd:{pool}/nbd:conf={cl.conf}"]
             uri = f"nbd+unix:///?socket={sock}"
         else:
-            store2 = store_for("b") if b == "rados" else str(tmp / "lmdbb")
+            store2 = store_for("b") if b.startswith("rados") else str(tmp / "lmdbb")
             got, _ = run_code(sys.executable, EBS_CREATE.format(store=store2, gib=gib))
             cmd = [sys.executable, "-c", "import sys; from ebsengine.nbd.server import serve; "
                    f"sys.exit(serve({store2!r}, {str(sock)!r}))"]

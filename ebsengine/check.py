@@ -1,4 +1,4 @@
-"""``fsck``: verify every invariant written down in ``layout.py`` (I1-I11, and R1 on RADOS).
+"""``fsck``: verify every invariant written down in ``layout.py`` (I1-I11, and R1-R2 on RADOS).
 
 The check never holds one read transaction for its whole run (on LMDB that would stop
 the pages that concurrent commits free from being reused, so a busy store would fill up
@@ -171,6 +171,10 @@ def _check_pass(store: Store, chunks: ChunkStore, maps: BlockMaps, batch: int,
         stats.update(extra)
         if found:  # the tables cannot be read as they are: report what is known
             return FsckReport(ok=False, problems=problems, stats=dict(stats), unverified=[])
+    packs = getattr(chunks.backend, "check", None)
+    if packs is not None:  # R2: where a backend keeps chunk bytes (rados://: its packs)
+        for msg in packs():
+            bad(msg)
     rd = _Reader(store, chunks, batch, chunk_batch)
     try:
         # I1 format

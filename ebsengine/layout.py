@@ -131,14 +131,23 @@ one LMDB file:
   point of a transaction, nodes are written before it, and nodes a commit stopped using are
   listed in the root's omap and removed after a grace period. Node, root and freed-list
   formats: ``storage/cowtree.py`` and ``storage/rados_kv.py``;
-* the chunk bytes of ``chunks`` are objects ``c.<hex chunk key>`` of the data pool
-  (``PREFIX.data``), written and durable before the commit that references them. Two more
-  tables exist only on RADOS stores: ``rados_index`` (chunk key -> ``b""``: the chunks that
-  are stored, the RADOS counterpart of ``chunks``'s keys, written in the commit that puts the
-  object) and ``rados_gc`` (chunk key -> deadline: objects whose last reference a commit
-  dropped, removed only after the deadline; a later put of the key within the grace revives
-  it). See ``storage/rados_chunks.py``. An object with no ``rados_index`` entry is an orphan
-  of a transaction that did not commit; a sweep removes it once older than the grace.
+* the chunk bytes of ``chunks`` are in the data pool (``PREFIX.data``), written and durable
+  before the commit that references them: in *packs*, objects ``p.<hex pack id>`` holding
+  the encoded values of the chunks one write transaction put (up to ``pack=`` MiB each,
+  default 4) and a trailer listing them, or alone, one object ``c.<hex chunk key>`` per
+  chunk (``pack=0``, and every chunk stored before format 4). Four more tables exist only
+  on RADOS stores: ``rados_index`` (chunk key -> location: ``b""`` for a chunk alone, else
+  ``pack id[16] | offset u32 | length u32``; the chunks that are stored, the RADOS
+  counterpart of ``chunks``'s keys, written in the commit that puts the bytes),
+  ``rados_gc`` (chunk key -> deadline u64 ms | location: chunks whose last reference a
+  commit dropped, kept until the deadline; a later put of the key within the grace revives
+  it), ``rados_packs`` (pack id -> ``count u32 | live u64 | size u64``: the entries of
+  ``rados_index`` and ``rados_gc`` naming the pack, their bytes, the end of its last chunk)
+  and ``rados_pack_gc`` (pack id -> deadline: packs no entry names, removed after the
+  deadline). Pack trailer and the rules that keep these in step:
+  ``storage/rados_chunks.py``. An object that none of these tables names is an orphan of a
+  transaction that did not commit (or of a sweep that died after its commit); a sweep
+  removes it once older than the grace.
 
 Format history and migration
 ----------------------------
@@ -151,6 +160,10 @@ Format history and migration
 * 3: encrypted lineages (``domain``, ``CODEC_SEALED`` values). Every format-2 store is a valid
   format-3 store; a read-write open writes the new format number (older code then refuses it
   instead of misreading a sealed value).
+* 4: chunk packs on RADOS stores (``rados_packs``, ``rados_pack_gc``, locations in
+  ``rados_index`` and ``rados_gc``). Every format-3 store is a valid format-4 store (its
+  chunks are alone, ``b""`` locations); a read-write open writes 4, so older code refuses a
+  store whose chunks it would look for in the wrong objects.
 
 How a point in time is read
 ---------------------------
@@ -206,6 +219,11 @@ R1  (``rados://`` stores) The root decodes and every table's tree is sound: each
     between separators, levels are consistent, and the tree's entry count and byte count
     match its leaves (``cowtree.check_tree``). On RADOS stores, I2-I4's "present in
     ``chunks``" means "indexed in ``rados_index``, with its object in the data pool".
+R2  (``rados://`` stores) Every location in ``rados_index`` and ``rados_gc`` is well formed
+    and names a pack recorded in ``rados_packs``, inside its recorded size; each record's
+    count and bytes are exactly those of the entries naming it; no record is unnamed or
+    also queued in ``rados_pack_gc``; every recorded pack's object exists and holds at least
+    its chunks and a trailer (``RadosChunks.check``).
 
 """
 
@@ -213,7 +231,7 @@ from __future__ import annotations
 
 import struct
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 CHUNK_SIZE = 64 * 1024
 BLOCK_SIZE = 512 * 1024
 CHUNKS_PER_BLOCK = BLOCK_SIZE // CHUNK_SIZE

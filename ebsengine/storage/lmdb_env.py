@@ -38,7 +38,9 @@ class LmdbBackend:
         #: store is refused (StoreOwned) while another process owns it; read-only takes none
         self.owner: StoreLock | None = None if readonly else StoreLock.attach(self.path)
         try:
-            self.env = lmdb.open(self.path, map_size=map_size, max_dbs=len(L.DBS) + 2,
+            # room beyond the store's own tables for a chunk backend's (RadosChunks keeps
+            # four: index, gc, packs, pack gc) over an LMDB metadata store
+            self.env = lmdb.open(self.path, map_size=map_size, max_dbs=len(L.DBS) + 4,
                                  subdir=True, readonly=readonly, sync=True, metasync=True,
                                  readahead=True, writemap=False, max_readers=1024, lock=True,
                                  mode=FILE_MODE)  # LMDB makes its files this & ~umask

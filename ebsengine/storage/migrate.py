@@ -31,6 +31,7 @@ def build_snaps_by_volume(txn: Txn, db: Mapping[str, Table]) -> None:
 STEPS: dict[int, list[Step]] = {
     1: [build_snaps_by_volume],
     2: [],  # format 3 only adds what format 2 never holds (sealed values, lineage domains)
+    3: [],  # format 4 only adds what format 3 never holds (RADOS packs; chunks alone stay)
 }
 
 

@@ -36,6 +36,11 @@ placement groups or an erasure-coded profile for the data pool). Options, all op
     seconds (default 30) a front end's lease on a volume lasts unless renewed: after a front
     end dies, another one can take its volumes over this long after (see
     :class:`~.rados_kv.RadosStore`);
+``pack``
+    MiB (default 4, at most 64) of chunks a write transaction gathers into one object of the
+    data pool (a *pack*, see :mod:`.rados_chunks`), so that an import writes a few large
+    objects instead of one small object per chunk; ``0`` writes one object per chunk.
+    Either way the store reads both kinds;
 ``workdir``
     the store's local directory on this host (owner lock, control and NBD sockets; never any
     data): default ``~/.cache/ebsengine/rados/<hash of the pools and the conf>``.
@@ -82,7 +87,9 @@ READ_HINT = 128 * 1024  # bytes asked for by a first read; a longer object is re
 APPLICATION = "ebsengine"  # the pool application tag (Ceph warns about untagged pools)
 
 _POOL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,100}")
-_OPTIONS = ("conf", "id", "keyring", "timeout", "meta", "data", "grace", "lease", "workdir")
+_OPTIONS = ("conf", "id", "keyring", "timeout", "meta", "data", "grace", "lease", "pack",
+            "workdir")
+DEFAULT_PACK_MIB = 4
 DEFAULT_GRACE = 60.0
 DEFAULT_LEASE = 30.0
 
@@ -125,6 +132,7 @@ class RadosUrl:
     data_pool: str = ""
     grace: float = DEFAULT_GRACE
     lease: float = DEFAULT_LEASE
+    pack_mib: int = DEFAULT_PACK_MIB
     workdir: str | None = None
 
     def __str__(self) -> str:
@@ -162,6 +170,10 @@ def parse_url(url: str) -> RadosUrl:
     timeout = _seconds(url, one, "timeout", DEFAULT_TIMEOUT, 0, 3600, low_open=True)
     grace = _seconds(url, one, "grace", DEFAULT_GRACE, 0, 86400)
     lease = _seconds(url, one, "lease", DEFAULT_LEASE, 1, 300)
+    pack = one.get("pack", str(DEFAULT_PACK_MIB))
+    if not pack.isdigit() or int(pack) > 64:
+        raise InvalidParameter(f"{url!r}: pack must be a whole number of MiB from 0 to 64, "
+                               f"not {pack!r}")
     meta = one.get("meta", prefix + ".meta")
     data = one.get("data", prefix + ".data")
     for name in (meta, data):
@@ -171,7 +183,8 @@ def parse_url(url: str) -> RadosUrl:
         raise InvalidParameter(f"{url!r}: the meta and data pools must differ")
     return RadosUrl(prefix=prefix, conf=one.get("conf"), id=one.get("id", "admin"),
                     keyring=one.get("keyring"), timeout=timeout, meta_pool=meta,
-                    data_pool=data, grace=grace, lease=lease, workdir=one.get("workdir"))
+                    data_pool=data, grace=grace, lease=lease, pack_mib=int(pack),
+                    workdir=one.get("workdir"))
 
 
 def _seconds(url: str, one: dict[str, str], key: str, default: float, low: float,
@@ -507,6 +520,32 @@ class Pool:
             else:
                 data = bytes(data or b"")
                 out.append(data if len(data) < hint else self.read(name, hint * 4))
+        return out
+
+    def read_ranges(self, ranges: Sequence[tuple[str, int, int]], *,
+                    window: int = DEFAULT_WINDOW) -> list[bytes | None]:
+        """The bytes of each ``(name, offset, length)`` (None: no such object), ``window``
+        reads in flight. A range past the object's end comes back short: the caller checks
+        the length."""
+        if not ranges:
+            return []
+        batch = _Batch(len(ranges), window)
+
+        def submit(i: int, item: tuple[str, int, int]) -> Any:
+            name, offset, length = item
+            return self.ioctx.aio_read(
+                name, length, offset,
+                oncomplete=lambda c, data: batch.done(i, c.get_return_value(), data))
+
+        self._run(batch, ranges, submit, "reading")
+        out: list[bytes | None] = []
+        for (name, _, _), code, data in zip(ranges, batch.codes, batch.results, strict=True):
+            if code == -errno.ENOENT:
+                out.append(None)
+            elif code < 0:
+                raise translate_errno(-code, self._what("reading", name))
+            else:
+                out.append(bytes(data or b""))
         return out
 
     def stat_many(self, names: Sequence[str], *,

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Protocol
 import xxhash
 
 from ..errors import BackendUnavailable, CorruptStore, FormatError, StoreLocked, VolumeInUse
-from .base import DEFAULT_MAP_SIZE, ChunkBackend
+from .base import DEFAULT_MAP_SIZE, ChunkBackend, Table
 from .cowtree import NodeCache, Tree, check_tree
 from .memory import _DELETED, Committed, MemoryBackend, MemoryError_, _Overlay
 from .owner import StoreLock
@@ -629,10 +629,20 @@ class RadosStore(RadosKv):
 
     def chunk_backend(self, store: Store) -> ChunkBackend:
         from .rados_chunks import RadosChunks
-        chunks = RadosChunks(self.conn, store, self.open_db(b"rados_index",
-                                                            create=not self.readonly),
-                             self.open_db(b"rados_gc", create=not self.readonly),
-                             grace=self.grace)
+
+        def table(name: bytes, optional: bool = False) -> Table | None:
+            try:
+                return self.open_db(name, create=not self.readonly)
+            except MemoryError_:
+                if optional:  # a store from before packs, opened read-only: it has none
+                    return None
+                raise
+
+        index, gc = table(b"rados_index"), table(b"rados_gc")
+        assert index is not None and gc is not None
+        chunks = RadosChunks(self.conn, store, index, gc, table(b"rados_packs", True),
+                             table(b"rados_pack_gc", True), grace=self.grace,
+                             pack_size=self.conn.url.pack_mib << 20)
         if not self.readonly and self._janitor is None:
             self._janitor = threading.Thread(target=self._sweeps, args=(chunks,),
                                              name="rados-janitor", daemon=True)
@@ -648,6 +658,8 @@ class RadosStore(RadosKv):
         while not self._stop.wait(period):
             try:
                 while chunks.sweep() > 0 and not self._stop.is_set():
+                    pass
+                while chunks.compact() > 0 and not self._stop.is_set():
                     pass
                 self.collect()
                 if not orphans_done and time.monotonic() - started >= self.grace:

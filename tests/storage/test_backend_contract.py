@@ -1,6 +1,6 @@
 """The contract every storage backend keeps (``ebsengine/storage/base.py``), run against each
 backend: the key-value backends (``BACKENDS``); chunk backends over each of them and RADOS
-chunks (``CHUNK_BACKENDS``: objects on a Ceph cluster, metadata in memory; marked
+chunks (``CHUNK_BACKENDS``: one object per chunk, or packs, on a Ceph cluster, metadata in memory; marked
 ``needs_ceph``).
 
 Part 1 is the key-value backend (tables, transactions, cursors); part 2 the chunk backend
@@ -32,7 +32,8 @@ from ebsengine.storage.store import Store
 BACKENDS = ["lmdb", "memory", "radoskv"]
 #: chunk backends: KvChunks over each key-value backend, and RadosChunks (objects on the test
 #: Ceph cluster, metadata in memory)
-CHUNK_BACKENDS = [*BACKENDS, pytest.param("rados", marks=pytest.mark.needs_ceph)]
+CHUNK_BACKENDS = [*BACKENDS, pytest.param("rados", marks=pytest.mark.needs_ceph),
+                  pytest.param("rados-packs", marks=pytest.mark.needs_ceph)]
 
 
 def make_backend(kind: str, tmp_path, map_size: int = 1 << 30) -> KvBackend:
@@ -339,7 +340,7 @@ def chunk_key(tag: str, n: int = 0) -> bytes:
 @pytest.fixture(params=CHUNK_BACKENDS)
 def chunks(request, tmp_path):
     """A chunk backend and (as its ``.store``) the metadata store it runs with."""
-    if request.param != "rados":
+    if not request.param.startswith("rados"):
         s = Store(backend=make_backend(request.param, tmp_path))
         yield KvChunks(s, s.db["chunks"])
         s.close()
@@ -349,8 +350,12 @@ def chunks(request, tmp_path):
     pools = request.getfixturevalue("rados_pools")
     s = Store(backend=MemoryBackend())
     conn = rados_io.connect(pools.url(timeout=20))
-    yield RadosChunks(conn, s, s.backend.open_db(b"chunk_index"),
-                      s.backend.open_db(b"chunk_gc"))
+    b = s.backend
+    if request.param == "rados":  # one object per chunk
+        yield RadosChunks(conn, s, b.open_db(b"chunk_index"), b.open_db(b"chunk_gc"))
+    else:  # small packs, so that a test's chunks fill several
+        yield RadosChunks(conn, s, b.open_db(b"chunk_index"), b.open_db(b"chunk_gc"),
+                          b.open_db(b"packs"), b.open_db(b"pack_gc"), pack_size=100_000)
     conn.close()
     s.close()
 

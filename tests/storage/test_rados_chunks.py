@@ -1,7 +1,9 @@
 """RadosChunks beyond the shared contract (tests/storage/test_backend_contract.py runs that):
 the grace period of deleted chunks, revival, orphans left by transactions that aborted or
 died, and what a crash between writing objects and committing leaves (orphans, never an index
-entry naming a missing object). Against a real cluster (``needs_ceph``)."""
+entry naming a missing object); then the same for chunks in packs, with their ranged reads,
+pack records, pack removal and compaction, and fsck's R2 check of them. Against a real
+cluster (``needs_ceph``)."""
 
 from __future__ import annotations
 
@@ -24,7 +26,15 @@ from ebsengine.errors import BackendUnavailable, CorruptStore
 from ebsengine.storage import rados_io
 from ebsengine.storage.chunks import ChunkStore
 from ebsengine.storage.memory import MemoryBackend
-from ebsengine.storage.rados_chunks import RadosChunks, key_of, object_name
+from ebsengine.storage.rados_chunks import (
+    RadosChunks,
+    key_of,
+    object_name,
+    pack_name,
+    pack_of,
+    parse_location,
+    parse_pack,
+)
 from ebsengine.storage.store import Store
 
 pytestmark = pytest.mark.needs_ceph
@@ -58,7 +68,23 @@ def key(tag: str, n: int = 0) -> bytes:
 
 
 def objects(rc) -> set[bytes]:
-    return {key_of(n) for n in rc.pool.list_objects("c.")}
+    """The chunk keys whose bytes are in the data pool: objects alone, and what every pack's
+    trailer lists."""
+    out = {key_of(n) for n in rc.pool.list_objects("c.")}
+    for name in rc.pool.list_objects("p."):
+        out |= {k for k, _, _ in parse_pack(rc.pool.read(name, 1 << 23), name)}
+    return out
+
+
+def packs(rc) -> set[str]:
+    return set(rc.pool.list_objects("p."))
+
+
+def named_by_packs(rc) -> set[bytes]:
+    """The chunk keys that index or gc entries locate in a pack."""
+    with rc.store.read() as txn:
+        return {bytes(k) for table, skip in ((rc.index, 0), (rc.gc, 8))
+                for k, v in txn.cursor(db=table) if len(v) > skip}
 
 
 def test_objects_are_named_by_their_key(rc):
@@ -245,10 +271,12 @@ WRITER = textwrap.dedent("""
     from ebsengine.storage.rados_chunks import RadosChunks
     from ebsengine.storage.store import Store
 
-    url, path, mode, seed = sys.argv[1:5]
+    url, path, mode, seed, pack = sys.argv[1:6]
     s = Store(path)
     conn = rados_io.connect(url)
-    rc = RadosChunks(conn, s, s.backend.open_db(b"chunk_index"), s.backend.open_db(b"chunk_gc"))
+    rc = RadosChunks(conn, s, s.backend.open_db(b"chunk_index"), s.backend.open_db(b"chunk_gc"),
+                     s.backend.open_db(b"packs"), s.backend.open_db(b"pack_gc"),
+                     pack_size=int(pack))
     rnd = random.Random(int(seed))
 
     def key(i):
@@ -271,17 +299,20 @@ WRITER = textwrap.dedent("""
 """)
 
 
-def run_writer(url: str, path: str, mode: str, seed: int) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-c", WRITER, url, path, mode, str(seed)],
+def run_writer(url: str, path: str, mode: str, seed: int,
+               pack: int = 0) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", WRITER, url, path, mode, str(seed),
+                             str(pack)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
 
 
-def reopen(url: str, path: str):
+def reopen(url: str, path: str, pack: int = 0):
     s = Store(path)
     conn = rados_io.connect(url)
     return s, conn, RadosChunks(conn, s, s.backend.open_db(b"chunk_index"),
-                                s.backend.open_db(b"chunk_gc"))
+                                s.backend.open_db(b"chunk_gc"), s.backend.open_db(b"packs"),
+                                s.backend.open_db(b"pack_gc"), pack_size=pack)
 
 
 def check_no_dangling(rc) -> set[bytes]:
@@ -308,34 +339,219 @@ def test_a_writer_killed_before_its_commit_leaves_orphans_only(rados_pools, tmp_
         s.close()
 
 
+@pytest.mark.parametrize("pack", [0, 20_000], ids=["alone", "packed"])
 def test_writers_killed_at_random_points_never_leave_a_dangling_index_entry(rados_pools,
-                                                                            tmp_path):
+                                                                            tmp_path, pack):
     url, path = rados_pools.url(timeout=20), str(tmp_path / "store")
     rnd = random.Random(5)
     for seed in range(2, 5):
-        p = run_writer(url, path, "forever", seed)
+        p = run_writer(url, path, "forever", seed, pack)
         assert p.stdout is not None
         for _ in range(rnd.randrange(3, 12)):  # let it commit a few transactions
             assert p.stdout.readline().startswith("committed"), p.stderr.read() if p.stderr else ""
         time.sleep(rnd.random() * 0.05)
         p.kill()
         p.communicate(timeout=60)
-        s, conn, rc = reopen(url, path)
+        s, conn, rc = reopen(url, path, pack)
         try:
             indexed = check_no_dangling(rc)
             with s.read() as txn:
                 waiting = {k for k, _ in txn.cursor(db=rc.gc)}
             assert indexed and not indexed & waiting
             assert indexed | waiting <= objects(rc)  # the rest are orphans
+            assert rc.check() == []
         finally:
             conn.close()
             s.close()
-    s, conn, rc = reopen(url, path)
+    s, conn, rc = reopen(url, path, pack)
     try:
         rc.sweep_orphans(grace=0, now=time.time() + 2)
         with s.read() as txn:
             waiting = {k for k, _ in txn.cursor(db=rc.gc)}
-        assert objects(rc) == check_no_dangling(rc) | waiting
+        if pack:  # a pack keeps its dead chunks' bytes until compaction: what is named
+            assert named_by_packs(rc) == check_no_dangling(rc) | waiting
+        else:
+            assert objects(rc) == check_no_dangling(rc) | waiting
+        assert rc.check() == []
     finally:
         conn.close()
         s.close()
+
+
+# --- chunks in packs ---------------------------------------------------------------------------
+
+@pytest.fixture
+def rp(rados_pools, clock):
+    """RadosChunks writing packs of at most 20,000 bytes."""
+    s = Store(backend=MemoryBackend())
+    conn = rados_io.connect(rados_pools.url(timeout=20))
+    b = s.backend
+    yield RadosChunks(conn, s, b.open_db(b"chunk_index"), b.open_db(b"chunk_gc"),
+                      b.open_db(b"packs"), b.open_db(b"pack_gc"), grace=60, clock=clock,
+                      pack_size=20_000)
+    conn.close()
+    s.close()
+
+
+class CountingReads:
+    """The data pool's ioctx, counting reads (and the bytes asked for)."""
+
+    def __init__(self, real) -> None:
+        self.real, self.reads, self.asked = real, 0, 0
+
+    def aio_read(self, name, length, offset, oncomplete):
+        self.reads += 1
+        self.asked += length
+        return self.real.aio_read(name, length, offset, oncomplete=oncomplete)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+def located(rc, k: bytes):
+    with rc.store.read() as txn:
+        return parse_location(txn.get(k, db=rc.index))
+
+
+def test_a_transaction_writes_its_chunks_as_packs_and_reads_neighbours_in_one_read(
+        rp, monkeypatch):
+    items = [(key(f"k{i}"), os.urandom(3000 + i)) for i in range(12)]
+    with rp.store.write() as txn:
+        rp.put_many(txn, items[:5])
+        rp.put_many(txn, items[5:])
+        # its own puts read back before anything is written: the open pack and those in flight
+        assert rp.get_many(txn, [k for k, _ in items]) == [v for _, v in items]
+    # 12 chunks of ~3 KB: packs of 20,000 bytes hold 7 (the 7th fills it), then 5; no object
+    # of its own per chunk
+    assert len(packs(rp)) == 2 and not list(rp.pool.list_objects("c."))
+    assert objects(rp) == {k for k, _ in items}
+    first = located(rp, items[0][0])
+    assert first is not None and first[1:] == (0, 3000)
+    assert {located(rp, k)[0] for k, _ in items[:7]} == {first[0]}
+    counting = CountingReads(rp.pool.ioctx)
+    monkeypatch.setattr(rp.pool, "ioctx", counting)
+    with rp.store.read() as txn:
+        assert rp.get_many(txn, [k for k, _ in items[1:4]]) == [v for _, v in items[1:4]]
+        assert counting.reads == 1 and counting.asked == sum(len(v) for _, v in items[1:4])
+        assert rp.get_many(txn, [k for k, _ in items]) == [v for _, v in items]
+        assert counting.reads == 3  # one per pack
+    assert rp.check() == []
+
+
+def test_a_deleted_packed_chunk_is_readable_for_its_grace_and_its_pack_goes_last(rp, clock):
+    a, b = key("a"), key("b")
+    with rp.store.write() as txn:
+        rp.put_many(txn, [(a, b"A" * 100), (b, b"B" * 100)])
+    (pack,) = packs(rp)
+    old_reader = rp.store.read()
+    with rp.store.write() as txn:
+        rp.delete_many(txn, [a])
+    with rp.store.read() as txn:
+        assert rp.get_many(txn, [a, b]) == [None, b"B" * 100]
+    assert rp.get_many(old_reader, [a]) == [b"A" * 100]
+    old_reader.abort()
+    clock.now += 61
+    assert rp.sweep() == 1 and packs(rp) == {pack}  # b still lives in it
+    assert rp.check() == []
+    with rp.store.write() as txn:
+        rp.delete_many(txn, [b])
+    clock.now += 61
+    assert rp.sweep() == 1 and packs(rp) == {pack}  # no entry names it: queued for a grace
+    with rp.store.read() as txn:
+        assert list(txn.cursor(db=rp.packs)) == []
+        assert [pack_name(bytes(p)) for p, _ in txn.cursor(db=rp.pack_gc)] == [pack]
+    assert rp.check() == []
+    clock.now += 61
+    assert rp.sweep() == 1 and packs(rp) == set()
+    with rp.store.read() as txn:
+        assert list(txn.cursor(db=rp.pack_gc)) == []
+    assert rp.check() == [] and rp.sweep() == 0
+
+
+def test_a_put_of_a_packed_chunk_waiting_in_gc_names_its_old_place_and_writes_nothing(
+        rp, clock):
+    a = key("a")
+    with rp.store.write() as txn:
+        rp.put_many(txn, [(a, b"A" * 50)])
+    where = located(rp, a)
+    with rp.store.write() as txn:
+        rp.delete_many(txn, [a])
+    with rp.store.write() as txn:
+        rp.put_many(txn, [(a, b"A" * 50)])
+        assert rp.pending(txn) == 0
+    assert located(rp, a) == where and len(packs(rp)) == 1
+    with rp.store.write() as txn:  # delete and put again in one transaction
+        rp.delete_many(txn, [a])
+        rp.put_many(txn, [(a, b"A" * 50)])
+    clock.now += 3600
+    assert rp.sweep() == 0 and rp.sweep_orphans(0) == 0
+    with rp.store.read() as txn:
+        assert rp.get_many(txn, [a]) == [b"A" * 50]
+    assert located(rp, a) == where and rp.check() == []
+
+
+def test_compaction_moves_the_live_chunks_of_a_sparse_pack_and_old_readers_keep_theirs(
+        rp, clock):
+    keys = [key(f"c{i}") for i in range(6)]
+    values = [os.urandom(3000) for _ in keys]
+    with rp.store.write() as txn:
+        rp.put_many(txn, list(zip(keys, values, strict=True)))
+    (old,) = packs(rp)
+    assert rp.compact() == 0  # nothing is sparse yet
+    with rp.store.write() as txn:
+        rp.delete_many(txn, keys[:4])
+    clock.now += 61
+    assert rp.sweep() == 4 and rp.check() == []
+    reader = rp.store.read()
+    assert rp.compact() == 1
+    new = packs(rp) - {old}
+    assert len(new) == 1 and {located(rp, k)[0] for k in keys[4:]} == {pack_of(new.pop())}
+    with rp.store.read() as txn:
+        assert rp.get_many(txn, keys) == [None] * 4 + values[4:]
+        assert [bytes(p) for p, _ in txn.cursor(db=rp.pack_gc)] == [pack_of(old)]
+    assert rp.get_many(reader, keys[4:]) == values[4:]  # from the old pack
+    reader.abort()
+    assert rp.check() == [] and rp.compact() == 0
+    clock.now += 61
+    assert rp.sweep() == 1 and old not in packs(rp)
+    with rp.store.read() as txn:
+        assert rp.get_many(txn, keys[4:]) == values[4:]
+    assert rp.check() == []
+
+
+def test_an_aborted_transaction_leaves_an_orphan_pack_that_the_orphan_sweep_removes(rp, clock):
+    kept, lost = key("kept"), key("lost")
+    with rp.store.write() as txn:
+        rp.put_many(txn, [(kept, b"K" * 10)])
+    with pytest.raises(RuntimeError), rp.store.write() as txn:
+        rp.put_many(txn, [(lost, b"L" * 10)])
+        rp.before_commit()  # its pack is written, as a commit that then fails writes it
+        raise RuntimeError("the metadata commit fails")
+    assert len(packs(rp)) == 2 and objects(rp) == {kept, lost}
+    assert rp.sweep_orphans() == 0  # younger than the grace
+    clock.now += 120
+    assert rp.sweep_orphans() == 1 and objects(rp) == {kept}
+    with rp.store.read() as txn:
+        assert rp.get_many(txn, [kept, lost]) == [b"K" * 10, None]
+    assert rp.check() == []
+
+
+def test_check_reports_pack_records_that_disagree_and_missing_packs(rp):
+    a, b = key("a"), key("b")
+    with rp.store.write() as txn:
+        rp.put_many(txn, [(a, b"A" * 10), (b, b"B" * 10)])
+    pid = located(rp, a)[0]
+    with rp.store.write() as txn:
+        txn.put(pid, txn.get(pid, db=rp.packs)[:4] + bytes(16), db=rp.packs)
+    assert any("records count 2, 0 bytes" in p for p in rp.check())
+    with rp.store.write() as txn:
+        txn.delete(pid, db=rp.packs)
+    assert any("which has no record" in p for p in rp.check())
+    with rp.store.write() as txn:
+        txn.put(pid, bytes([2, 0, 0, 0]) + (20).to_bytes(8, "little") +
+                (20).to_bytes(8, "little"), db=rp.packs)
+    assert rp.check() == []
+    rp.pool.remove_many([pack_name(pid)])
+    assert any("is missing" in p for p in rp.check())
+    with rp.store.read() as txn, pytest.raises(CorruptStore, match=a.hex()):
+        rp.get_many(txn, [a])

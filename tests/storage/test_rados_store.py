@@ -1,6 +1,6 @@
 """A whole store on the test Ceph cluster (``rados://``): what is particular to RADOS — the
-objects in the pools, fsck's R1 over the metadata trees, the sweeps that remove what waited
-out its grace, orphans of commits that never happened. The engine's behaviour on RADOS is
+objects in the pools (packs by default, one object per chunk with ``pack=0``), fsck's R1 and
+R2, the sweeps that remove what waited out its grace, orphans of commits that never happened. The engine's behaviour on RADOS is
 covered by the suites that run on every backend (``any_store_path`` in tests/conftest.py)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 import ebsengine
 from ebsengine import layout as L
-from ebsengine.storage.rados_chunks import OBJECT_PREFIX
+from ebsengine.storage.rados_chunks import OBJECT_PREFIX, PACK_PREFIX, parse_pack
 from ebsengine.storage.rados_kv import NODE_PREFIX, ROOT, RadosStore
 
 pytestmark = pytest.mark.needs_ceph
@@ -21,6 +21,19 @@ CS = L.CHUNK_SIZE
 
 def objects(pool, prefix: str) -> set[str]:
     return set(pool.list_objects(prefix))
+
+
+def stored_chunks(pool) -> list[bytes]:
+    """The chunk keys the data pool holds bytes of: one per object alone, and every entry
+    of every pack's trailer (a key twice means its bytes are stored twice)."""
+    out = [bytes.fromhex(n[len(OBJECT_PREFIX):]) for n in objects(pool, OBJECT_PREFIX)]
+    for name in objects(pool, PACK_PREFIX):
+        out += [k for k, _, _ in parse_pack(pool.read(name, 1 << 23) or b"", name)]
+    return out
+
+
+#: the two layouts of chunk bytes (the URL's ``pack=``): packs of 4 MiB, or one object each
+LAYOUTS = pytest.mark.parametrize("pack", [4, 0], ids=["packed", "alone"])
 
 
 def reachable(be: RadosStore) -> set[str]:
@@ -33,9 +46,10 @@ def backend(eng: ebsengine.Engine) -> RadosStore:
     return be
 
 
+@LAYOUTS
 def test_data_and_metadata_live_in_their_pools_and_fsck_walks_the_trees(rados_pools,
-                                                                          tmp_path):
-    url = rados_pools.url(workdir=str(tmp_path / "wd"))
+                                                                          tmp_path, pack):
+    url = rados_pools.url(workdir=str(tmp_path / "wd"), pack=pack)
     data = os.urandom(3 * CS)
     with ebsengine.Engine(url) as eng:
         v = eng.create_volume(1).id
@@ -44,7 +58,11 @@ def test_data_and_metadata_live_in_their_pools_and_fsck_walks_the_trees(rados_po
             dev.pwrite(b"p" * 4096, 10 * CS)  # a patch: its pages are a blob in the tree
         eng.create_snapshot(v)
         be = backend(eng)
-        assert len(objects(be.conn.data, OBJECT_PREFIX)) == 3  # the three chunks, once each
+        assert len(stored_chunks(be.conn.data)) == 3  # the three chunks, once each
+        # packed: the write-back's one transaction wrote one pack (and no object alone)
+        assert len(objects(be.conn.data, PACK_PREFIX if pack else OBJECT_PREFIX)) == \
+            (1 if pack else 3)
+        assert not objects(be.conn.data, OBJECT_PREFIX if pack else PACK_PREFIX)
         assert ROOT in objects(be.conn.meta, "kv.")
         report = eng.fsck()
         assert report.ok, report.problems
@@ -58,21 +76,24 @@ def test_data_and_metadata_live_in_their_pools_and_fsck_walks_the_trees(rados_po
 
 
 def batch_sizes(monkeypatch, pool) -> list[int]:
-    """The number of objects of each ``read_many`` batch on ``pool`` from now on."""
+    """The number of objects (or ranges) of each ``read_many`` (``read_ranges``) batch on
+    ``pool`` from now on."""
     sizes: list[int] = []
-    real = pool.read_many
+    for method in ("read_many", "read_ranges"):
+        real = getattr(pool, method)
 
-    def read_many(names, **kw):
-        sizes.append(len(names))
-        return real(names, **kw)
+        def counted(names, real=real, **kw):
+            sizes.append(len(names))
+            return real(names, **kw)
 
-    monkeypatch.setattr(pool, "read_many", read_many)
+        monkeypatch.setattr(pool, method, counted)
     return sizes
 
 
+@LAYOUTS
 def test_a_read_of_several_chunks_fetches_their_objects_in_one_batch(rados_pools, tmp_path,
-                                                                      monkeypatch):
-    url = rados_pools.url(workdir=str(tmp_path / "wd"))
+                                                                      monkeypatch, pack):
+    url = rados_pools.url(workdir=str(tmp_path / "wd"), pack=pack)
     data = os.urandom(6 * CS)
     with ebsengine.Engine(url) as eng:
         v = eng.create_volume(1).id
@@ -85,7 +106,9 @@ def test_a_read_of_several_chunks_fetches_their_objects_in_one_batch(rados_pools
         batches = batch_sizes(monkeypatch, backend(eng).conn.data)
         with eng.open_volume(v) as dev:
             assert dev.pread(6 * CS - 1000, 500) == bytes(want[500:6 * CS - 500])
-        assert batches == [6]  # six objects, one batch, nothing read twice
+        # alone: six objects, one batch, nothing read twice; packed: the six are neighbours
+        # in one pack, read as one range
+        assert batches == ([1] if pack else [6])
 
 
 def test_a_cold_read_loads_the_pages_of_its_patches_in_one_batch(rados_pools, tmp_path,
@@ -160,21 +183,22 @@ def test_fsck_reports_a_damaged_metadata_node_as_r1_and_does_not_crash(rados_poo
     assert any(p.startswith("R1:") and name[len(NODE_PREFIX):] in p for p in report.problems)
 
 
-def test_deleted_chunks_and_freed_nodes_go_after_the_grace(rados_pools, tmp_path):
-    url = rados_pools.url(workdir=str(tmp_path / "wd"), grace=1)
+@LAYOUTS
+def test_deleted_chunks_and_freed_nodes_go_after_the_grace(rados_pools, tmp_path, pack):
+    url = rados_pools.url(workdir=str(tmp_path / "wd"), grace=1, pack=pack)
     with ebsengine.Engine(url) as eng:
         be = backend(eng)
         v = eng.create_volume(1).id
         with eng.open_volume(v) as dev:
             dev.pwrite(os.urandom(4 * CS), 0)
-        assert len(objects(be.conn.data, OBJECT_PREFIX)) == 4
+        assert len(stored_chunks(be.conn.data)) == 4
         eng.delete_volume(v)
         # within the grace the objects stay (a reader elsewhere may still read them) ...
-        assert len(objects(be.conn.data, OBJECT_PREFIX)) == 4
+        assert len(stored_chunks(be.conn.data)) == 4
         deadline = time.monotonic() + 20
-        while objects(be.conn.data, OBJECT_PREFIX) and time.monotonic() < deadline:
-            time.sleep(0.2)  # ... then the store's own sweeps remove them
-        assert objects(be.conn.data, OBJECT_PREFIX) == set()
+        while objects(be.conn.data, "") and time.monotonic() < deadline:
+            time.sleep(0.2)  # ... then the store's own sweeps remove them (a pack: a grace later)
+        assert objects(be.conn.data, "") == set()
         while be.pending_free() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert be.pending_free() == 0
@@ -221,3 +245,33 @@ def test_a_deleted_volume_leaves_no_lease_object_behind(rados_pools, tmp_path):
         dev.close()
         assert LEASE_PREFIX + kept in objects(be.conn.meta, LEASE_PREFIX)
         assert eng.fsck().ok
+
+
+def test_compaction_gives_back_the_space_of_deleted_chunks_and_snapshots_read_the_same(
+        rados_pools, tmp_path):
+    """Eight chunks written back together share one pack; trimming six leaves it mostly
+    dead, and the store's own background sweep compacts it: the volume and its snapshot read
+    the same bytes, fsck is clean, and the data pool holds each live chunk once."""
+    url = rados_pools.url(workdir=str(tmp_path / "wd"), grace=1)
+    keep = os.urandom(2 * CS)
+    with ebsengine.Engine(url) as eng:
+        be = backend(eng)
+        v = eng.create_volume(1).id
+        with eng.open_volume(v) as dev:
+            dev.pwrite(keep + os.urandom(6 * CS), 0)
+            dev.flush()  # one write-back, one transaction, one pack
+            (first,) = objects(be.conn.data, PACK_PREFIX)
+            dev.trim(2 * CS, 6 * CS)
+            dev.flush()
+        snap = eng.create_snapshot(v).id
+        deadline = time.monotonic() + 30
+        while first in objects(be.conn.data, PACK_PREFIX) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert first not in objects(be.conn.data, PACK_PREFIX)
+        assert len(stored_chunks(be.conn.data)) == 2  # the six dead went with their pack
+        with eng.open_volume(v) as dev:
+            assert dev.pread(8 * CS, 0) == keep + bytes(6 * CS)
+        with eng.open_snapshot(snap) as ro:
+            assert ro.pread(2 * CS, 0) == keep
+        report = eng.fsck()
+        assert report.ok, report.problems
