@@ -549,7 +549,7 @@ class RadosChunks:
         the last call stopped) into new packs, in one write transaction; returns how many
         packs it emptied of indexed chunks. Their space comes back after the grace (pack
         gc), or once the gc entries still naming them are swept."""
-        if not self.pack_size or self.packs is None:
+        if self.packs is None:  # (with pack=0, the live chunks move to objects alone)
             return 0
         with self.store.write() as txn:
             sparse: list[bytes] = []
