@@ -329,7 +329,8 @@ class RadosChunks:
         op, self._open = self._open, None
         if op is None or not op.entries:
             return
-        data = bytes(op.buf + pack_trailer(op.entries))
+        op.buf += pack_trailer(op.entries)
+        data = bytes(op.buf)  # the one copy (the writer keeps it as it is)
         name = pack_name(op.pid)
         with self._mu:
             self._unwritten[name] = data
