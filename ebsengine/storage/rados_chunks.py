@@ -83,7 +83,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from .. import layout as L
-from ..errors import CorruptStore
+from ..errors import BackendUnavailable, CorruptStore
 from .base import Table, Txn
 from .rados_io import DEFAULT_WINDOW, RadosConnection, Writer
 from .store import Store
@@ -230,6 +230,13 @@ class RadosChunks:
         self._writer: Writer | None = None  # the current write transaction's object writes
         self._unwritten: dict[str, bytes] = {}  # object name -> value, until written
         self._open: _OpenPack | None = None  # the pack being filled
+        #: why a pack of the current write transaction was not written (its entries may
+        #: already be in the transaction, from a child that committed into it): the commit
+        #: must fail
+        self._lost: BaseException | None = None
+        #: packs compaction found nothing to move out of (gc entries keep them): their
+        #: record then, so they are looked at again only once it changed
+        self._barren: dict[bytes, bytes] = {}
         self._compact_from = b""  # where compact's next scan of the pack records starts
         self._mu = threading.Lock()
         add_hook = getattr(store.backend, "add_commit_hook", None)
@@ -248,10 +255,15 @@ class RadosChunks:
         else:
             self._put_alone(txn, items)
         if not self.write_behind:  # a backend without commit hooks: durable before return
-            self._seal()
-            writer, self._writer = self._writer, None
-            if writer is not None:
-                writer.wait()
+            try:
+                self._seal()
+                writer, self._writer = self._writer, None
+                if writer is not None:
+                    writer.wait()
+            finally:
+                self._lost = None
+                with self._mu:
+                    self._unwritten.clear()
 
     def _put_alone(self, txn: Txn, items: Sequence[tuple[bytes, bytes]]) -> None:
         writer = self._writer_now()
@@ -329,12 +341,18 @@ class RadosChunks:
         op, self._open = self._open, None
         if op is None or not op.entries:
             return
-        op.buf += pack_trailer(op.entries)
-        data = bytes(op.buf)  # the one copy (the writer keeps it as it is)
-        name = pack_name(op.pid)
-        with self._mu:
-            self._unwritten[name] = data
-        self._writer_now().put(name, data)
+        try:
+            op.buf += pack_trailer(op.entries)
+            data = bytes(op.buf)  # the one copy (the writer keeps it as it is)
+            name = pack_name(op.pid)
+            with self._mu:
+                self._unwritten[name] = data
+            self._writer_now().put(name, data)
+        except BaseException as exc:
+            # the put that filled the pack fails (its transaction, maybe a child, aborts),
+            # but entries of the pack may be in the transaction already: fail its commit
+            self._lost = exc
+            raise
 
     # Write-behind: a put starts its object's write (or adds to the open pack) and
     # returns; the writes of a write transaction are waited for in before_commit, which
@@ -357,12 +375,17 @@ class RadosChunks:
         writer = self._writer
         if writer is not None:
             writer.wait()
+        if self._lost is not None:
+            raise BackendUnavailable(f"a pack of this transaction could not be written "
+                                     f"({self._lost!r}); nothing was committed") \
+                from self._lost
 
     def end_write(self) -> None:
         """The write transaction ended (committed or aborted): wait for its writes (an
         aborted one's objects are orphans for :meth:`sweep_orphans`) and forget them."""
         writer, self._writer = self._writer, None
         self._open = None
+        self._lost = None
         try:
             if writer is not None:  # a failure was raised to the commit by before_commit,
                 writer.settle()  # or the transaction aborted and nothing refers to the objects
@@ -435,7 +458,9 @@ class RadosChunks:
                 run, lo, hi = [w], w[0], w[0] + w[1]
             ranges.append((name, lo, hi - lo))
             parts.append(run)
-        got = self.pool.read_ranges(ranges, window=self.window)
+        reading = [r for r in ranges if r[2] > 0]  # (a chunk of no bytes reads as such)
+        fetched = iter(self.pool.read_ranges(reading, window=self.window))
+        got = [next(fetched) if n > 0 else b"" for _, _, n in ranges]
         for (name, lo, n), run, data in zip(ranges, parts, got, strict=True):
             if data is None or len(data) < n:
                 i = run[0][2]
@@ -487,10 +512,10 @@ class RadosChunks:
                 yield out
 
     def _read_settled(self, items: Sequence[tuple[bytes, bytes]]) -> list[bytes | None]:
-        """:meth:`_read` of a batch whose objects were not all there: the entries still
-        indexed as they were (the others were deleted meanwhile) must read."""
+        """:meth:`_read` of a batch whose objects were not all there (deleted, or moved by a
+        compaction, since it was listed): what is indexed now must read."""
         with self.store.read() as txn:
-            now = [(k, v if txn.get(k, db=self.index) == v else None) for k, v in items]
+            now = [(k, txn.get(k, db=self.index)) for k, _ in items]
         return self._read(now)
 
     # --- removing objects ---------------------------------------------------------------
@@ -548,8 +573,9 @@ class RadosChunks:
         """Copy the indexed chunks of up to ``limit`` sparse packs (live bytes below
         :data:`COMPACT_BELOW` of their size; among the first ``scan`` records after where
         the last call stopped) into new packs, in one write transaction; returns how many
-        packs it emptied of indexed chunks. Their space comes back after the grace (pack
-        gc), or once the gc entries still naming them are swept."""
+        chunks it moved. Their old packs' space comes back after the grace (pack gc), or
+        once the gc entries still naming them are swept. A pack with nothing indexed to
+        move is looked at again only once its record changed."""
         if self.packs is None:  # (with pack=0, the live chunks move to objects alone)
             return 0
         with self.store.write() as txn:
@@ -559,30 +585,38 @@ class RadosChunks:
             found = cur.set_range(start) if start else cur.first()
             looked = 0
             while found and looked < scan and len(sparse) < limit:
-                _, live, size = parse_pack_record(cur.value())
-                if live < size * COMPACT_BELOW:
-                    sparse.append(bytes(cur.key()))
+                pid, rec = bytes(cur.key()), bytes(cur.value())
+                _, live, size = parse_pack_record(rec)
+                if live < size * COMPACT_BELOW and self._barren.get(pid) != rec:
+                    sparse.append(pid)
                 looked += 1
                 found = cur.next()
             self._compact_from = bytes(cur.key()) if found else b""
             if not sparse:
                 return 0
             datas = self.pool.read_many([pack_name(p) for p in sparse], window=self.window,
-                                        hint=self.pack_size * 2)
+                                        hint=max(self.pack_size, DEFAULT_PACK_SIZE) * 2)
             moved: list[tuple[bytes, bytes]] = []
             for pid, data in zip(sparse, datas, strict=True):
                 name = pack_name(pid)
                 if data is None:
                     raise CorruptStore(f"pack {self.pool.name}/{name} has a record but no "
                                        f"object")
+                before = len(moved)
                 for key, off, length in parse_pack(data, name):
                     loc = location(pid, off, length)
                     if txn.get(key, db=self.index) == loc:
                         txn.delete(key, db=self.index)
                         self._unref(txn, loc)
                         moved.append((key, data[off:off + length]))
+                if len(moved) == before:  # only gc entries name it: they go by themselves
+                    if len(self._barren) >= 65536:
+                        self._barren.clear()
+                    rec = txn.get(pid, db=self.packs)
+                    if rec is not None:
+                        self._barren[pid] = bytes(rec)
             self.put_many(txn, moved)
-            return len(sparse)
+            return len(moved)
 
     def sweep_orphans(self, grace: float | None = None, *, now: float | None = None,
                       batch: int = SWEEP_BATCH) -> int:
@@ -607,9 +641,10 @@ class RadosChunks:
 
     def _named(self, txn: Txn, name: str) -> bool:
         key = key_of(name)
-        if key is not None:
-            return txn.get(key, db=self.index) is not None or \
-                txn.get(key, db=self.gc) is not None
+        if key is not None:  # named by an entry of a chunk alone (not one now in a pack)
+            loc = txn.get(key, db=self.index)
+            dead = txn.get(key, db=self.gc)
+            return loc == b"" or (dead is not None and len(dead) == 8)
         pid = pack_of(name)
         assert pid is not None
         return any(table is not None and txn.get(pid, db=table) is not None

@@ -503,6 +503,7 @@ class Pool:
         object longer than ``hint`` bytes is read again whole."""
         if not names:
             return []
+        hint = max(hint, 4096)  # (a read of length 0 means "all of it" to RADOS)
         batch = _Batch(len(names), window)
 
         def submit(i: int, name: str) -> Any:
@@ -517,8 +518,8 @@ class Pool:
                 out.append(None)
             elif code < 0:
                 raise translate_errno(-code, self._what("reading", name))
-            else:
-                data = bytes(data or b"")
+            else:  # the binding leaves its buffer whole when nothing was read: cut to code
+                data = bytes(data[:code]) if data else b""
                 out.append(data if len(data) < hint else self.read(name, hint * 4))
         return out
 
@@ -529,6 +530,8 @@ class Pool:
         the length."""
         if not ranges:
             return []
+        if any(length <= 0 for _, _, length in ranges):  # RADOS reads length 0 as "all"
+            raise ValueError("read_ranges: every range needs a positive length")
         batch = _Batch(len(ranges), window)
 
         def submit(i: int, item: tuple[str, int, int]) -> Any:
@@ -544,8 +547,8 @@ class Pool:
                 out.append(None)
             elif code < 0:
                 raise translate_errno(-code, self._what("reading", name))
-            else:
-                out.append(bytes(data or b""))
+            else:  # the binding leaves its buffer whole when nothing was read: cut to code
+                out.append(bytes(data[:code]) if data else b"")
         return out
 
     def stat_many(self, names: Sequence[str], *,

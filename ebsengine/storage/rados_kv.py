@@ -659,8 +659,7 @@ class RadosStore(RadosKv):
             try:
                 while chunks.sweep() > 0 and not self._stop.is_set():
                     pass
-                while chunks.compact() > 0 and not self._stop.is_set():
-                    pass
+                chunks.compact()  # a few packs a period: the sweeps above come first
                 self.collect()
                 if not orphans_done and time.monotonic() - started >= self.grace:
                     chunks.sweep_orphans()

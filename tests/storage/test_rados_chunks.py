@@ -503,7 +503,7 @@ def test_compaction_moves_the_live_chunks_of_a_sparse_pack_and_old_readers_keep_
     clock.now += 61
     assert rp.sweep() == 4 and rp.check() == []
     reader = rp.store.read()
-    assert rp.compact() == 1
+    assert rp.compact() == 2  # the two live chunks
     new = packs(rp) - {old}
     assert len(new) == 1 and {located(rp, k)[0] for k in keys[4:]} == {pack_of(new.pop())}
     with rp.store.read() as txn:
@@ -555,3 +555,115 @@ def test_check_reports_pack_records_that_disagree_and_missing_packs(rp):
     assert any("is missing" in p for p in rp.check())
     with rp.store.read() as txn, pytest.raises(CorruptStore, match=a.hex()):
         rp.get_many(txn, [a])
+
+
+def test_compaction_moves_nothing_out_of_a_pack_only_gc_entries_keep_and_does_not_loop(
+        rp, clock, monkeypatch):
+    keys = [key(f"g{i}") for i in range(5)]
+    with rp.store.write() as txn:
+        rp.put_many(txn, [(k, os.urandom(3000)) for k in keys])
+    with rp.store.write() as txn:
+        rp.delete_many(txn, keys[:4])
+    clock.now += 61
+    with rp.store.write() as txn:
+        rp.delete_many(txn, keys[4:])  # its grace has not passed: it keeps the pack
+    assert rp.sweep() == 4
+    counting = CountingReads(rp.pool.ioctx)
+    monkeypatch.setattr(rp.pool, "ioctx", counting)
+    assert [rp.compact() for _ in range(3)] == [0, 0, 0]
+    assert counting.reads == 1  # read once: then known to hold nothing to move
+    clock.now += 61
+    assert rp.sweep() == 1 and rp.sweep() == 0  # the last entry, then (a grace on) its pack
+    clock.now += 61
+    assert rp.sweep() == 1 and packs(rp) == set() and rp.check() == []
+
+
+def test_a_store_opened_with_pack_0_compacts_its_packs_into_objects_alone(rp, clock):
+    keys = [key(f"z{i}") for i in range(6)]
+    values = [os.urandom(3000) for _ in keys]
+    with rp.store.write() as txn:
+        rp.put_many(txn, list(zip(keys, values, strict=True)))
+    with rp.store.write() as txn:
+        rp.delete_many(txn, keys[:4])
+    clock.now += 61
+    assert rp.sweep() == 4
+    alone = RadosChunks(rp.conn, rp.store, rp.index, rp.gc, rp.packs, rp.pack_gc, grace=60,
+                        clock=clock, pack_size=0)
+    assert alone.compact() == 2
+    assert {key_of(n) for n in rp.pool.list_objects("c.")} == set(keys[4:])
+    with rp.store.read() as txn:
+        assert alone.get_many(txn, keys) == [None] * 4 + values[4:]
+    assert alone.check() == []
+
+
+class SubmitFails:
+    """The data pool's ioctx, except that starting the write of a pack raises."""
+
+    def __init__(self, real) -> None:
+        self.real = real
+
+    def aio_write_full(self, name, data, oncomplete):
+        if name.startswith("p."):
+            raise RuntimeError("could not submit")
+        return self.real.aio_write_full(name, data, oncomplete=oncomplete)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+def test_a_pack_that_could_not_be_written_fails_the_commit_of_every_entry_in_it(
+        rp, monkeypatch):
+    """A child transaction commits a chunk into the open pack; a second child's put fills
+    the pack, whose write fails, and aborts: the parent's commit must fail too (its first
+    chunk's entry names that pack)."""
+    first, second = key("first"), key("second")
+    monkeypatch.setattr(rp.pool, "ioctx", SubmitFails(rp.pool.ioctx))
+    with pytest.raises(BackendUnavailable, match="could not be written"), \
+            rp.store.write() as txn:
+        child = rp.store.backend.begin(parent=txn, write=True)
+        rp.put_many(child, [(first, b"1" * 100)])
+        child.commit()
+        child = rp.store.backend.begin(parent=txn, write=True)
+        with pytest.raises(RuntimeError):
+            rp.put_many(child, [(second, b"2" * 30_000)])  # fills the pack: sealed, fails
+        child.abort()
+    with rp.store.read() as txn:
+        assert rp.get_many(txn, [first, second]) == [None, None]
+        assert list(txn.cursor(db=rp.index)) == []
+    monkeypatch.undo()
+    with rp.store.write() as txn:  # the next transaction is not poisoned
+        rp.put_many(txn, [(first, b"1" * 100)])
+    with rp.store.read() as txn:
+        assert rp.get_many(txn, [first]) == [b"1" * 100]
+
+
+def test_ranges_past_an_objects_end_come_back_short_not_as_garbage(rp):
+    rp.pool.put_many([("short", b"0123456789")])
+    assert rp.pool.read_ranges([("short", 100, 50), ("short", 5, 50), ("short", 0, 3)]) == \
+        [b"", b"56789", b"012"]
+    assert rp.pool.read_many(["short"], hint=4) == [b"0123456789"]
+    rp.pool.put_many([("empty", b"")])
+    assert rp.pool.read_many(["empty"]) == [b""]
+    with pytest.raises(ValueError):
+        rp.pool.read_ranges([("short", 0, 0)])
+
+
+def test_a_chunk_alone_revived_into_a_pack_leaves_its_old_object_to_the_orphan_sweep(
+        rp, clock):
+    """A chunk stored alone (pack=0), deleted, then put again by a store writing packs: its
+    bytes go into a pack, and the old object alone is an orphan for the sweep."""
+    a = key("a")
+    alone = RadosChunks(rp.conn, rp.store, rp.index, rp.gc, rp.packs, rp.pack_gc, grace=60,
+                        clock=clock, pack_size=0)
+    with rp.store.write() as txn:
+        alone.put_many(txn, [(a, b"A" * 10)])
+    with rp.store.write() as txn:
+        rp.delete_many(txn, [a])
+    with rp.store.write() as txn:
+        rp.put_many(txn, [(a, b"A" * 10)])
+    assert located(rp, a) is not None and object_name(a) in set(rp.pool.list_objects("c."))
+    clock.now += 120
+    assert rp.sweep_orphans() == 1 and not list(rp.pool.list_objects("c."))
+    with rp.store.read() as txn:
+        assert rp.get_many(txn, [a]) == [b"A" * 10]
+    assert rp.check() == []
