@@ -130,7 +130,10 @@ one LMDB file:
   the root write (a compound op asserting the root's object version) is the single commit
   point of a transaction, nodes are written before it, and nodes a commit stopped using are
   listed in the root's omap and removed after a grace period. Node, root and freed-list
-  formats: ``storage/cowtree.py`` and ``storage/rados_kv.py``;
+  formats: ``storage/cowtree.py`` and ``storage/rados_kv.py``. Nodes are cut at 32 KiB and
+  values over 1 KiB are blobs, except in ``pages``, whose leaves go to 128 KiB and keep page
+  sets of up to 16 KiB inline (``rados_kv.TABLE_SHAPES``; R1 checks each tree against its
+  shape; a tree of the default shape is a valid ``pages`` tree);
 * the chunk bytes of ``chunks`` are in the data pool (``PREFIX.data``), written and durable
   before the commit that references them: in *packs*, objects ``p.<hex pack id>`` holding
   the encoded values of the chunks one write transaction put (up to ``pack=`` MiB each,

@@ -49,7 +49,7 @@ import xxhash
 
 from ..errors import BackendUnavailable, CorruptStore, FormatError, StoreLocked, VolumeInUse
 from .base import DEFAULT_MAP_SIZE, ChunkBackend, Table
-from .cowtree import NodeCache, Tree, check_tree
+from .cowtree import BLOB_THRESHOLD, NODE_SIZE, NodeCache, NodeSource, Tree, check_tree
 from .memory import _DELETED, Committed, MemoryBackend, MemoryError_, _Overlay
 from .owner import StoreLock
 
@@ -244,6 +244,23 @@ def encode_root(seq: int, tables: dict[bytes | None, Tree]) -> bytes:
     return body + xxhash.xxh3_64_digest(body)
 
 
+#: tables whose trees take another shape than cowtree's defaults: ``name -> (node size,
+#: blob threshold)``. ``pages`` holds the page sets of patches (a few KiB each, nearly all
+#: over the default 1 KiB threshold): kept inline in leaves of up to 128 KiB, a read of
+#: neighbouring chunks' patches (a copy out, an export) fetches one leaf per ~10-30 of
+#: them instead of one blob object each, and a flush writes that many fewer objects.
+TABLE_SHAPES: dict[bytes | None, tuple[int, int]] = {b"pages": (128 << 10, 16 << 10)}
+
+
+def new_tree(name: bytes | None, nodes: NodeSource, cache: NodeCache,
+             meta: bytes | None = None) -> Tree:
+    """Table ``name``'s tree (empty, or the one ``meta`` describes), in its shape."""
+    size, threshold = TABLE_SHAPES.get(name, (NODE_SIZE, BLOB_THRESHOLD))
+    if meta is None:
+        return Tree(nodes, cache, node_size=size, blob_threshold=threshold)
+    return Tree.from_meta(nodes, cache, meta, node_size=size, blob_threshold=threshold)
+
+
 def decode_root(data: bytes, nodes: _Nodes, cache: NodeCache) -> tuple[int, dict[bytes | None,
                                                                                Tree]]:
     if len(data) < _HEAD.size + 8 or xxhash.xxh3_64_digest(data[:-8]) != data[-8:]:
@@ -263,7 +280,7 @@ def decode_root(data: bytes, nodes: _Nodes, cache: NodeCache) -> tuple[int, dict
                 pos += ln
             (ml,) = _NAME.unpack_from(data, pos)
             pos += 2
-            tables[name] = Tree.from_meta(nodes, cache, data[pos:pos + ml])
+            tables[name] = new_tree(name, nodes, cache, data[pos:pos + ml])
             pos += ml
     except struct.error as exc:
         raise CorruptStore(f"the metadata root {ROOT} is damaged ({exc})") from None
@@ -415,7 +432,7 @@ class RadosKv(MemoryBackend):
         for name, ov in over.items():
             changes = [(k, None if ov.changes[k] is _DELETED else ov.changes[k])
                        for k in ov.keys]
-            tree = tables.get(name) or Tree(self._nodes, self._cache)
+            tree = tables.get(name) or new_tree(name, self._nodes, self._cache)
             new, nodes, gone = tree.apply(changes, _new_id)
             tables[name] = new
             new_nodes.extend((node_name(i), data) for i, data in nodes)

@@ -115,7 +115,8 @@ def test_a_cold_read_loads_the_pages_of_its_patches_in_one_batch(rados_pools, tm
                                                                    monkeypatch):
     url = rados_pools.url(workdir=str(tmp_path / "wd"))
     data = os.urandom(4 * CS)
-    pages = [os.urandom(4096) for _ in range(3)]  # random: stored out of line (blobs)
+    # five random pages a patch (20 KiB): over the pages table's inline limit (blobs)
+    pages = [os.urandom(5 * 4096) for _ in range(3)]
     with ebsengine.Engine(url) as eng:
         v = eng.create_volume(1).id
         with eng.open_volume(v) as dev:
@@ -127,7 +128,7 @@ def test_a_cold_read_loads_the_pages_of_its_patches_in_one_batch(rados_pools, tm
     want = bytearray(data)
     for i, page in enumerate(pages):
         at = (i if i < 2 else 3) * CS + 8192
-        want[at:at + 4096] = page
+        want[at:at + len(page)] = page
     with ebsengine.Engine(url, readonly=True) as eng:  # a cold node cache
         batches = batch_sizes(monkeypatch, backend(eng).conn.meta)
         with eng.open_volume(v) as dev:
@@ -148,21 +149,47 @@ def test_a_flush_over_patches_loads_their_pages_in_batches(rados_pools, tmp_path
         with eng.open_volume(v) as dev:
             dev.pwrite(want, 0)
             dev.flush()
-            for i in range(n):  # random pages: stored out of line (blobs)
-                want[i * CS + 8192:i * CS + 12288] = os.urandom(4096)
-                dev.pwrite(want[i * CS + 8192:i * CS + 12288], i * CS + 8192)
+            for i in range(n):  # five random pages: stored out of line (blobs)
+                want[i * CS + 8192:i * CS + 28672] = os.urandom(20480)
+                dev.pwrite(want[i * CS + 8192:i * CS + 28672], i * CS + 8192)
             dev.flush()
     with ebsengine.Engine(url) as eng:  # cold caches
         with eng.open_volume(v) as dev:
             batches = batch_sizes(monkeypatch, backend(eng).conn.meta)
             for i in range(n):
-                want[i * CS + 16384:i * CS + 20480] = os.urandom(4096)
-                dev.pwrite(want[i * CS + 16384:i * CS + 20480], i * CS + 16384)
+                want[i * CS + 32768:i * CS + 36864] = os.urandom(4096)
+                dev.pwrite(want[i * CS + 32768:i * CS + 36864], i * CS + 32768)
             dev.flush()
             monkeypatch.undo()
             assert dev.pread(n * CS, 0) == bytes(want)
     assert n in batches  # the pages of the 40 patches: one batch
     assert batches.count(1) <= 6, batches  # the root and the paths down: a few single reads
+
+
+def test_the_pages_of_neighbouring_patches_share_leaves_and_read_together(rados_pools,
+                                                                          tmp_path,
+                                                                          monkeypatch):
+    """Patches of a few pages keep them inline in the ``pages`` tree's large leaves: a cold
+    read of 40 patched chunks reads a few metadata objects, not one per patch."""
+    url = rados_pools.url(workdir=str(tmp_path / "wd"))
+    n = 40
+    want = bytearray(os.urandom(n * CS))
+    with ebsengine.Engine(url) as eng:
+        v = eng.create_volume(1).id
+        with eng.open_volume(v) as dev:
+            dev.pwrite(want, 0)
+            dev.flush()
+            for i in range(n):
+                want[i * CS + 8192:i * CS + 12288] = os.urandom(4096)
+                dev.pwrite(want[i * CS + 8192:i * CS + 12288], i * CS + 8192)
+        tree = backend(eng).trees()[b"pages"]
+        assert tree.count == n and sum(1 for _ in tree.node_ids()) <= 3
+    with ebsengine.Engine(url, readonly=True) as eng:  # a cold node cache
+        batches = batch_sizes(monkeypatch, backend(eng).conn.meta)
+        with eng.open_volume(v) as dev:
+            before = sum(batches)
+            assert dev.pread(n * CS, 0) == bytes(want)
+        assert sum(batches) - before <= 10, batches  # paths and leaves; 40 blobs before
 
 
 def test_fsck_reports_a_damaged_metadata_node_as_r1_and_does_not_crash(rados_pools, tmp_path):
