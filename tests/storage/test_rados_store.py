@@ -137,22 +137,31 @@ def test_a_cold_read_loads_the_pages_of_its_patches_in_one_batch(rados_pools, tm
         assert 3 in batches[before:]  # the three patches' pages: one batch
 
 
-def test_a_flush_over_patches_loads_their_pages_in_batches(rados_pools, tmp_path,
-                                                           monkeypatch):
-    """Writing into 40 patched chunks reads the 40 pages blobs it replaces in one batch (not
-    a round trip each), and dropping them reads nothing more: their length is in the leaf."""
-    url = rados_pools.url(workdir=str(tmp_path / "wd"))
-    n = 40
+def patched_volume(url: str, n: int, length: int) -> tuple[str, bytearray, int]:
+    """A volume of ``n`` random chunks, each then patched with ``length`` random bytes at
+    8 KiB into it; returns its id, its content and the number of nodes of ``pages``."""
     want = bytearray(os.urandom(n * CS))
     with ebsengine.Engine(url) as eng:
         v = eng.create_volume(1).id
         with eng.open_volume(v) as dev:
             dev.pwrite(want, 0)
             dev.flush()
-            for i in range(n):  # five random pages: stored out of line (blobs)
-                want[i * CS + 8192:i * CS + 28672] = os.urandom(20480)
-                dev.pwrite(want[i * CS + 8192:i * CS + 28672], i * CS + 8192)
+            for i in range(n):
+                want[i * CS + 8192:i * CS + 8192 + length] = os.urandom(length)
+                dev.pwrite(want[i * CS + 8192:i * CS + 8192 + length], i * CS + 8192)
             dev.flush()
+        tree = backend(eng).trees()[b"pages"]
+        assert tree.count == n
+        return v, want, sum(1 for _ in tree.node_ids())
+
+
+def test_a_flush_over_patches_loads_their_pages_in_batches(rados_pools, tmp_path,
+                                                           monkeypatch):
+    """Writing into 40 patched chunks reads the 40 pages blobs it replaces in one batch (not
+    a round trip each), and dropping them reads nothing more: their length is in the leaf."""
+    url = rados_pools.url(workdir=str(tmp_path / "wd"))
+    n = 40
+    v, want, _ = patched_volume(url, n, 20480)  # five random pages: out of line (blobs)
     with ebsengine.Engine(url) as eng:  # cold caches
         with eng.open_volume(v) as dev:
             batches = batch_sizes(monkeypatch, backend(eng).conn.meta)
@@ -173,17 +182,8 @@ def test_the_pages_of_neighbouring_patches_share_leaves_and_read_together(rados_
     read of 40 patched chunks reads a few metadata objects, not one per patch."""
     url = rados_pools.url(workdir=str(tmp_path / "wd"))
     n = 40
-    want = bytearray(os.urandom(n * CS))
-    with ebsengine.Engine(url) as eng:
-        v = eng.create_volume(1).id
-        with eng.open_volume(v) as dev:
-            dev.pwrite(want, 0)
-            dev.flush()
-            for i in range(n):
-                want[i * CS + 8192:i * CS + 12288] = os.urandom(4096)
-                dev.pwrite(want[i * CS + 8192:i * CS + 12288], i * CS + 8192)
-        tree = backend(eng).trees()[b"pages"]
-        assert tree.count == n and sum(1 for _ in tree.node_ids()) <= 3
+    v, want, nodes = patched_volume(url, n, 4096)
+    assert nodes <= 3
     with ebsengine.Engine(url, readonly=True) as eng:  # a cold node cache
         batches = batch_sizes(monkeypatch, backend(eng).conn.meta)
         with eng.open_volume(v) as dev:
