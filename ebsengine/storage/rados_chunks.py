@@ -109,7 +109,7 @@ _LOC = struct.Struct(f"<{PACK_ID_SIZE}sII")  # pack id, offset, length
 _REC = struct.Struct("<IQQ")  # count, live bytes, size
 _ENTRY = struct.Struct(f"<{L.KEY_SIZE}sII")  # trailer: key, offset, length
 _TAIL = struct.Struct(f"<I{len(PACK_MAGIC)}s")  # trailer: count, magic
-LOCATION_SIZE = _LOC.size
+_DEADLINE = 8  # a gc value: deadline u64 (ms), then the chunk's location
 
 
 def object_name(key: bytes) -> str:
@@ -191,6 +191,18 @@ def parse_pack(data: bytes, name: str) -> list[tuple[bytes, int, int]]:
 
 def _ms(t: float) -> bytes:
     return L.u64(max(0, int(t * 1000)))
+
+
+def _due(txn: Txn, table: Table, cutoff: int, limit: int) -> list[tuple[bytes, bytes]]:
+    """Up to ``limit`` ``(key, value)`` of ``table`` whose value starts with a deadline (u64
+    ms) of at most ``cutoff``, in key order."""
+    out: list[tuple[bytes, bytes]] = []
+    for key, value in txn.cursor(db=table):
+        if L.read_u64(value[:_DEADLINE]) <= cutoff:
+            out.append((bytes(key), bytes(value)))
+            if len(out) >= limit:
+                break
+    return out
 
 
 @dataclass
@@ -280,8 +292,8 @@ class RadosChunks:
             dead = txn.get(key, db=gc)
             if dead is not None:  # a key waiting out its grace is revived
                 txn.delete(key, db=gc)
-                if len(dead) > 8:
-                    self._unref(txn, dead[8:])
+                if len(dead) > _DEADLINE:
+                    self._unref(txn, dead[_DEADLINE:])
 
     def _put_packed(self, txn: Txn, items: Sequence[tuple[bytes, bytes]]) -> None:
         index, gc = self.index, self.gc
@@ -291,8 +303,8 @@ class RadosChunks:
             dead = txn.get(key, db=gc)
             if dead is not None:
                 txn.delete(key, db=gc)
-                if len(dead) > 8:  # its bytes are still in their pack: name them again
-                    txn.put(key, dead[8:], db=index)
+                if len(dead) > _DEADLINE:  # its bytes are still in their pack: name them
+                    txn.put(key, dead[_DEADLINE:], db=index)
                     continue
             op = self._open
             if op is None:
@@ -543,12 +555,7 @@ class RadosChunks:
         docstring). The names of packs due for removal are added to ``packs_gone``: remove
         them once ``txn`` committed (they are left as orphans if not given)."""
         cutoff = L.read_u64(_ms(self.clock() if now is None else now))
-        due: list[tuple[bytes, bytes]] = []
-        for key, value in txn.cursor(db=self.gc):
-            if L.read_u64(value[:8]) <= cutoff:
-                due.append((bytes(key), bytes(value[8:])))
-                if len(due) >= limit:
-                    break
+        due = [(key, value[_DEADLINE:]) for key, value in _due(txn, self.gc, cutoff, limit)]
         if due:
             self.pool.remove_many([object_name(k) for k, loc in due if not loc],
                                   window=self.window)
@@ -557,12 +564,7 @@ class RadosChunks:
                 if loc:
                     self._unref(txn, loc)
         if self.pack_gc is not None:
-            packs: list[bytes] = []
-            for pid, deadline in txn.cursor(db=self.pack_gc):
-                if L.read_u64(deadline) <= cutoff:
-                    packs.append(bytes(pid))
-                    if len(packs) >= limit:
-                        break
+            packs = [pid for pid, _ in _due(txn, self.pack_gc, cutoff, limit)]
             for pid in packs:
                 txn.delete(pid, db=self.pack_gc)
             if packs_gone is not None:
@@ -644,7 +646,7 @@ class RadosChunks:
         if key is not None:  # named by an entry of a chunk alone (not one now in a pack)
             loc = txn.get(key, db=self.index)
             dead = txn.get(key, db=self.gc)
-            return loc == b"" or (dead is not None and len(dead) == 8)
+            return loc == b"" or (dead is not None and len(dead) == _DEADLINE)
         pid = pack_of(name)
         assert pid is not None
         return any(table is not None and txn.get(pid, db=table) is not None
@@ -671,7 +673,7 @@ class RadosChunks:
         counter per pack)."""
         problems: list[str] = []
         counted: dict[bytes, list[int]] = {}  # pid -> [count, live, end]
-        for table, skip in ((self.index, 0), (self.gc, 8)):
+        for table, skip in ((self.index, 0), (self.gc, _DEADLINE)):
             for items in self.store.scan(table):
                 for key, value in items:
                     try:

@@ -504,24 +504,9 @@ class Pool:
         if not names:
             return []
         hint = max(hint, 4096)  # (a read of length 0 means "all of it" to RADOS)
-        batch = _Batch(len(names), window)
-
-        def submit(i: int, name: str) -> Any:
-            return self.ioctx.aio_read(
-                name, hint, 0, oncomplete=lambda c, data: batch.done(i, c.get_return_value(),
-                                                                     data))
-
-        self._run(batch, names, submit, "reading")
-        out: list[bytes | None] = []
-        for name, code, data in zip(names, batch.codes, batch.results, strict=True):
-            if code == -errno.ENOENT:
-                out.append(None)
-            elif code < 0:
-                raise translate_errno(-code, self._what("reading", name))
-            else:  # the binding leaves its buffer whole when nothing was read: cut to code
-                data = bytes(data[:code]) if data else b""
-                out.append(data if len(data) < hint else self.read(name, hint * 4))
-        return out
+        heads = self.read_ranges([(name, 0, hint) for name in names], window=window)
+        return [data if data is None or len(data) < hint else self.read(name, hint * 4)
+                for name, data in zip(names, heads, strict=True)]
 
     def read_ranges(self, ranges: Sequence[tuple[str, int, int]], *,
                     window: int = DEFAULT_WINDOW) -> list[bytes | None]:

@@ -76,17 +76,16 @@ def test_data_and_metadata_live_in_their_pools_and_fsck_walks_the_trees(rados_po
 
 
 def batch_sizes(monkeypatch, pool) -> list[int]:
-    """The number of objects (or ranges) of each ``read_many`` (``read_ranges``) batch on
-    ``pool`` from now on."""
+    """The number of objects (or ranges) of each batch read from ``pool`` from now on
+    (``read_many`` reads through ``read_ranges``)."""
     sizes: list[int] = []
-    for method in ("read_many", "read_ranges"):
-        real = getattr(pool, method)
+    real = pool.read_ranges
 
-        def counted(names, real=real, **kw):
-            sizes.append(len(names))
-            return real(names, **kw)
+    def counted(ranges, **kw):
+        sizes.append(len(ranges))
+        return real(ranges, **kw)
 
-        monkeypatch.setattr(pool, method, counted)
+    monkeypatch.setattr(pool, "read_ranges", counted)
     return sizes
 
 
