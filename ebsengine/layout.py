@@ -129,7 +129,9 @@ one LMDB file:
   one root object ``kv.root`` naming each table's root node and the commit sequence number;
   the root write (a compound op asserting the root's object version) is the single commit
   point of a transaction, nodes are written before it, and nodes a commit stopped using are
-  listed in the root's omap and removed after a grace period. Node, root and freed-list
+  listed in the root's omap and removed after a grace period (a sweep that removes objects
+  first rewrites the omap key ``w.fence``, so that a writer whose lock ran out under it
+  cannot commit past the sweep: its swap names the old version). Node, root and freed-list
   formats: ``storage/cowtree.py`` and ``storage/rados_kv.py``. Nodes are cut at 32 KiB and
   values over 1 KiB are blobs, except in ``pages``, whose leaves go to 128 KiB and keep page
   sets of up to 16 KiB inline (``rados_kv.TABLE_SHAPES``; R1 checks each tree against its

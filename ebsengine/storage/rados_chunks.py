@@ -69,8 +69,13 @@ nothing is written. Sweeps run in a write transaction of the metadata store and 
 objects of chunks alone before it commits (packs: after, see above): the backend's
 one-writer-at-a-time rule keeps every ``put_many`` (which also runs in a write
 transaction) out meanwhile, so a sweep never removes an object that a concurrent
-transaction just wrote. If the sweep's commit fails, its entries stay and the next sweep
-removes again (a missing object is fine).
+transaction just wrote. Across processes that rule is the metadata writer lock, which
+expires: a writer that stalled past it may still mean to commit entries naming objects a
+sweep now finds unnamed (its packs) or drops (a gc'd key it revived). So a sweep first
+*fences* (the ``fence`` callable, :meth:`.rados_kv.RadosKv.fence_writers`): it changes the
+metadata root's version, so every write transaction that began before the sweep's fails to
+commit. If the sweep's commit fails, its entries stay and the next sweep removes again (a
+missing object is fine).
 """
 
 from __future__ import annotations
@@ -226,7 +231,8 @@ class RadosChunks:
                  packs: Table | None = None, pack_gc: Table | None = None, *,
                  grace: float = DEFAULT_GRACE, window: int = DEFAULT_WINDOW,
                  write_window: int = WRITE_WINDOW, pack_size: int = DEFAULT_PACK_SIZE,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 fence: Callable[[], None] | None = None) -> None:
         self.conn = conn
         self.pool = conn.data
         self.store = store
@@ -239,6 +245,9 @@ class RadosChunks:
         self.window = window
         self.write_window = write_window
         self.clock = clock
+        #: called in a write transaction before it removes objects that an uncommitted
+        #: transaction of another process could still mean to name (see ``_fence``)
+        self.fence = fence
         self._writer: Writer | None = None  # the current write transaction's object writes
         self._unwritten: dict[str, bytes] = {}  # object name -> value, until written
         self._open: _OpenPack | None = None  # the pack being filled
@@ -557,8 +566,10 @@ class RadosChunks:
         cutoff = L.read_u64(_ms(self.clock() if now is None else now))
         due = [(key, value[_DEADLINE:]) for key, value in _due(txn, self.gc, cutoff, limit)]
         if due:
-            self.pool.remove_many([object_name(k) for k, loc in due if not loc],
-                                  window=self.window)
+            alone = [object_name(k) for k, loc in due if not loc]
+            if alone:
+                self._fence()
+                self.pool.remove_many(alone, window=self.window)
             for key, loc in due:
                 txn.delete(key, db=self.gc)
                 if loc:
@@ -661,7 +672,19 @@ class RadosChunks:
             stats = self.pool.stat_many(candidates, window=self.window)
             old = [n for n, st in zip(candidates, stats, strict=True)
                    if st is not None and st.mtime <= cutoff]
+            if not old:
+                return 0
+            self._fence()
             return self.pool.remove_many(old, window=self.window)
+
+    def _fence(self) -> None:
+        """Before removing, inside a write transaction, objects that no committed entry
+        names (orphans) or whose entries this transaction drops (chunks alone past their
+        grace): another process's write transaction that began before ours, and whose writer
+        lock ran out under it, could be about to commit entries naming them (its packs,
+        or a revival of a gc'd key). The fence makes such a commit fail."""
+        if self.fence is not None:
+            self.fence()
 
     # --- fsck ---------------------------------------------------------------------------
 

@@ -69,6 +69,8 @@ WRITER_LOCK = "writer"
 ROOT_MAGIC = b"EBSKVR01"
 NODE_PREFIX = "n."
 FREE_PREFIX = "f"
+#: the root's omap key that :meth:`RadosKv.fence_writers` rewrites (u64 ns; outside FREE_PREFIX)
+FENCE_KEY = "w.fence"
 ID_SIZE = 12  # random node ids: 96 bits, never reused
 LOCK_SECONDS = 30.0  # a dead writer's lock expires after this long
 LOCK_WAIT = 60.0  # begin(write=True) gives up (StoreLocked) after waiting this long
@@ -468,6 +470,28 @@ class RadosKv(MemoryBackend):
                 self._free_seen = seq  # what we know of the records is still complete
             self._s.txnid = seq
 
+    def fence_writers(self) -> None:
+        """Inside a write transaction: make every write transaction that another process
+        began before this one's lock unable to commit. A writer whose lock ran out under it
+        (a stall longer than ``lock_seconds``) still means to publish with a compare-and-swap
+        on ``kv.root``'s object version; this rewrites the root's omap key
+        :data:`FENCE_KEY`, which changes that version, so such a commit fails (StoreLocked)
+        instead of naming objects removed meanwhile. Call it before removing objects that
+        only an uncommitted transaction could still mean to name (orphans, the objects of
+        gc entries removed before the commit that drops them). StoreLocked, and nothing
+        changed, if the root moved since this transaction took the lock (then this process's
+        own lock ran out: it must remove nothing)."""
+        if not self._locked:
+            raise RuntimeError("fence_writers() needs a write transaction")
+        version = self.pool.cas_write_version(
+            ROOT, self._version, None, omap_set={FENCE_KEY: struct.pack("<Q", time.time_ns())})
+        if version is None:
+            raise StoreLocked(f"{self.path}: the metadata root changed under this writer "
+                              f"(its lock expired and another process committed); nothing "
+                              f"was removed")
+        with self._mu:
+            self._version = version
+
     def _collect(self, now_ns: int) -> list[str]:
         """Remove the nodes of freed-node records that are past their grace and that no
         read transaction of this process can see; their omap keys, for the root write.
@@ -557,34 +581,47 @@ class RadosKv(MemoryBackend):
     def sweep_orphan_nodes(self, grace: float | None = None) -> int:
         """Remove metadata nodes that no committed tree reaches and no freed-node record
         names, once older than ``grace`` (default: the store's): what commits that never
-        reached their root write (a crash, a lost lock) left behind. Returns how many."""
+        reached their root write (a crash, a lost lock) left behind. Lists the pool without
+        the writer lock, then removes in one write transaction that first fences off older
+        writers (:meth:`fence_writers`: a stalled one may have written its nodes and still
+        mean to publish them) and checks the candidates against the trees again. Returns
+        how many it removed."""
         grace = self.grace if grace is None else grace
-        keep = {node_name(i) for tree in self.trees().values() for i in tree.node_ids()}
-        self._list_free()
-        with self._mu:
-            keep.update(n for _, _, names in self._free.values() for n in names)
         stat = getattr(self.pool, "stat_many", None)
         list_objects = getattr(self.pool, "list_objects", None)
         if stat is None or list_objects is None:
             return 0
+        keep = self._reachable()
         cutoff = time.time() - grace
-        removed = 0
+        old: list[str] = []
         batch: list[str] = []
 
-        def flush() -> int:
-            old = [n for n, st in zip(batch, stat(batch), strict=True)
-                   if st is not None and st.mtime <= cutoff]
-            return int(self.pool.remove_many(old)) if old else 0
+        def settle() -> None:
+            old.extend(n for n, st in zip(batch, stat(batch), strict=True)
+                       if st is not None and st.mtime <= cutoff)
+            batch.clear()
 
         for name in list_objects(NODE_PREFIX):
             if name not in keep:
                 batch.append(name)
                 if len(batch) >= 1024:
-                    removed += flush()
-                    batch = []
-        if batch:
-            removed += flush()
-        return removed
+                    settle()
+        settle()
+        if not old:
+            return 0
+        with self.begin(write=True):
+            self.fence_writers()
+            keep = self._reachable()  # commits since the listing
+            gone = [n for n in old if n not in keep]
+            return int(self.pool.remove_many(gone)) if gone else 0
+
+    def _reachable(self) -> set[str]:
+        """The nodes of every committed tree and of every freed-node record."""
+        keep = {node_name(i) for tree in self.trees().values() for i in tree.node_ids()}
+        self._list_free()
+        with self._mu:
+            keep.update(n for _, _, names in self._free.values() for n in names)
+        return keep
 
     def close(self) -> None:
         self._release_lock()
@@ -659,7 +696,8 @@ class RadosStore(RadosKv):
         assert index is not None and gc is not None
         chunks = RadosChunks(self.conn, store, index, gc, table(b"rados_packs", True),
                              table(b"rados_pack_gc", True), grace=self.grace,
-                             pack_size=self.conn.url.pack_mib << 20)
+                             pack_size=self.conn.url.pack_mib << 20,
+                             fence=self.fence_writers)
         if not self.readonly and self._janitor is None:
             self._janitor = threading.Thread(target=self._sweeps, args=(chunks,),
                                              name="rados-janitor", daemon=True)

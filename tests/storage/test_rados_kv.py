@@ -114,6 +114,46 @@ def test_a_writer_whose_lock_expired_cannot_overwrite_the_next_writers_commit():
     assert items(b, b.open_db(b"t")) == [(b"k", b"b")]
 
 
+def test_a_fence_stops_a_writer_whose_lock_expired_even_if_nothing_else_commits():
+    """A sweep that removes orphans changes no table: without the fence its commit would
+    leave the root's version as it was, and the stalled writer's swap would still succeed
+    (naming objects the sweep removed meanwhile)."""
+    pool = DictPool()
+    a = kv_on(pool, lock_seconds=0.1)
+    ta = a.open_db(b"t")
+    with a.begin(write=True, db=ta) as txn:
+        txn.put(b"k", b"first")
+    slow = a.begin(write=True, db=ta)
+    slow.put(b"k", b"stale")
+    time.sleep(0.2)  # a stalls past its lock; b takes it, fences, changes no table
+    b = kv_on(pool)
+    with b.begin(write=True):
+        b.fence_writers()
+    with pytest.raises(StoreLocked, match="not committed"):
+        slow.commit()
+    assert items(b, b.open_db(b"t")) == [(b"k", b"first")]
+    with a.begin(write=True, db=ta) as txn:  # a's next transaction commits as usual
+        txn.put(b"k", b"next")
+    assert items(b, b.open_db(b"t")) == [(b"k", b"next")]
+
+
+def test_a_fence_refuses_a_writer_that_lost_its_own_lock():
+    pool = DictPool()
+    a = kv_on(pool, lock_seconds=0.1)
+    ta = a.open_db(b"t")
+    slow = a.begin(write=True, db=ta)
+    time.sleep(0.2)
+    b = kv_on(pool)
+    with b.begin(write=True, db=b.open_db(b"t")) as txn:
+        txn.put(b"k", b"b")
+    with pytest.raises(StoreLocked, match="nothing was removed"):
+        a.fence_writers()  # (inside slow): a must not go on to remove anything
+    slow.abort()
+    with pytest.raises(RuntimeError):
+        a.fence_writers()  # outside a write transaction
+    assert items(a, ta) == [(b"k", b"b")]
+
+
 def test_a_crash_before_the_root_write_leaves_the_last_commit_and_only_orphans():
     pool = DictPool()
     a = kv_on(pool)

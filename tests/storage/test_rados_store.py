@@ -6,12 +6,14 @@ covered by the suites that run on every backend (``any_store_path`` in tests/con
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import pytest
 
 import ebsengine
 from ebsengine import layout as L
+from ebsengine.errors import StoreLocked
 from ebsengine.storage.rados_chunks import OBJECT_PREFIX, PACK_PREFIX, parse_pack
 from ebsengine.storage.rados_kv import NODE_PREFIX, ROOT, RadosStore
 
@@ -246,6 +248,98 @@ def test_orphan_nodes_of_a_commit_that_never_happened_are_swept(rados_pools, tmp
         assert orphan not in left
         assert reachable(be) <= left  # every node a tree reaches is still there
         assert eng.fsck().ok
+
+
+def two_front_ends(rados_pools, tmp_path, **opts):
+    """Two engines on one store (their own local directories), writer lock of 1 s."""
+    def url(wd: str) -> str:
+        return rados_pools.url(workdir=str(tmp_path / wd), grace=0, lease=1, **opts)
+    return ebsengine.Engine(url("a")), ebsengine.Engine(url("b"))
+
+
+def no_frees_due(eng: ebsengine.Engine) -> None:
+    """Remove the freed nodes that are due now, so that a later commit with no table change
+    writes no root (removing them would change the root's version by itself)."""
+    be = backend(eng)
+    be.collect()
+    assert be.pending_free() == 0
+
+
+@LAYOUTS
+def test_a_writer_that_stalled_past_its_lock_cannot_commit_packs_a_sweep_removed(
+        rados_pools, tmp_path, pack):
+    """Front end a writes chunk objects in a write transaction, then stalls past its writer
+    lock and the grace; b's orphan sweep removes them. a's commit must fail rather than
+    index objects that are gone (the sweep changes no table: only its fence stops a)."""
+    a, b = two_front_ends(rados_pools, tmp_path, pack=pack and 1)
+    with a, b:
+        data = backend(a).conn.data
+        before = objects(data, "")
+        items = [(L.chunk_key(os.urandom(16), 0), os.urandom(300_000)) for _ in range(5)]
+        no_frees_due(b)
+        cm = a._store.write()
+        txn = cm.__enter__()
+        a._chunks.backend.put_many(txn, items)  # packed: the first 1 MiB goes out at once
+        deadline = time.monotonic() + 10
+        while not objects(data, "") - before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        written = objects(data, "") - before
+        assert written
+        time.sleep(2.2)  # past a's lock (1 s) and the grace (0; RADOS keeps whole seconds)
+        b._chunks.backend.sweep_orphans(grace=0)  # (b's own sweeper may have been first)
+        assert not written & objects(data, "")
+        with pytest.raises(StoreLocked, match="not committed"):
+            cm.__exit__(None, None, None)
+        for eng in (a, b):
+            report = eng.fsck()
+            assert report.ok, report.problems
+
+
+def test_a_writer_that_stalled_before_its_root_write_cannot_publish_swept_nodes(
+        rados_pools, tmp_path, monkeypatch):
+    a, b = two_front_ends(rados_pools, tmp_path)
+    with a, b:
+        be = backend(a)
+        table = be.open_db(b"scratch")
+        entered, go = threading.Event(), threading.Event()
+        swap = be.pool.cas_write_version
+
+        def stalled(*args, **kw):
+            if threading.current_thread().name == "stalled-writer":
+                entered.set()
+                go.wait(30)
+            return swap(*args, **kw)
+
+        monkeypatch.setattr(be.pool, "cas_write_version", stalled)
+        failed: list[BaseException] = []
+
+        def write() -> None:
+            try:
+                with a._store.write() as txn:
+                    for i in range(200):
+                        txn.put(b"k%04d" % i, os.urandom(200), db=table)
+            except BaseException as exc:  # noqa: BLE001 - the test looks at it
+                failed.append(exc)
+
+        no_frees_due(b)
+        before = objects(be.conn.meta, NODE_PREFIX)
+        t = threading.Thread(target=write, name="stalled-writer")
+        t.start()
+        assert entered.wait(30)  # its nodes are written, its root write waits
+        written = objects(be.conn.meta, NODE_PREFIX) - before
+        assert written
+        time.sleep(2.2)
+        backend(b).sweep_orphan_nodes(grace=0)  # (b's own sweeper may have been first)
+        assert not written & objects(be.conn.meta, NODE_PREFIX)
+        go.set()
+        t.join(30)
+        assert len(failed) == 1 and isinstance(failed[0], StoreLocked), failed
+        monkeypatch.undo()
+        for eng in (a, b):
+            report = eng.fsck()
+            assert report.ok, report.problems
+        with a._store.read() as txn:
+            assert txn.get(b"k0000", db=table) is None
 
 
 def test_a_deleted_volume_leaves_no_lease_object_behind(rados_pools, tmp_path):
