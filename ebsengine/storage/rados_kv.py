@@ -332,6 +332,7 @@ class RadosKv(MemoryBackend):
         self._free: dict[str, tuple[int, int, list[str]]] = {}
         self._free_seen: int | None = None  # the root seq at which _free was last listed
         self._locked = False
+        self._locked_at = 0.0  # when this process took the writer lock (monotonic)
         self._removed = 0  # nodes the last commit removed (collect())
         self._load_root(force=True)
         if self._version is None and not readonly:
@@ -339,15 +340,25 @@ class RadosKv(MemoryBackend):
 
     # --- the root -------------------------------------------------------------------------
 
-    def _load_root(self, *, force: bool = False) -> None:
-        """Read ``kv.root`` (if ``force`` or older than ``refresh``) and adopt it if it
-        names a newer commit."""
+    def _load_root(self, *, force: bool = False, writer: bool = False) -> None:
+        """Read ``kv.root`` (if ``force`` or older than ``refresh``) and adopt it if it is
+        newer than what this process knows: a higher commit number, or the same one at a
+        higher object version (a fence, see :meth:`fence_writers`; RADOS versions of one
+        object only grow, so a slow read never rolls the known version back). While this
+        process holds the writer lock only the writer's own load (``writer``, when it takes
+        the lock) may change them: the root it extends and the version its swap asserts
+        must stay the ones it read under the lock, or a writer whose lock ran out would
+        adopt a fence meant to stop it."""
         now = time.monotonic()
         if not force and now - self._read_at < self.refresh_every:
+            return
+        if self._locked and not writer:
             return
         data, version = self.pool.read_versioned(ROOT)
         if data is None:
             with self._mu:
+                if self._locked and not writer:
+                    return
                 self._read_at = now
                 self._version = None
             return
@@ -356,15 +367,17 @@ class RadosKv(MemoryBackend):
             return
         seq, tables = decode_root(data, self._nodes, self._cache)
         with self._mu:
+            if self._locked and not writer:
+                return
             self._read_at = now
-            if seq > self._current.seq or (seq == self._current.seq and force):
-                snap = _Snapshot(tables)
-                snap.seq = seq
-                self._current = snap
+            newer = self._version is None or version > self._version
+            if seq > self._current.seq or (seq == self._current.seq and newer):
+                if seq > self._current.seq or force:
+                    snap = _Snapshot(tables)
+                    snap.seq = seq
+                    self._current = snap
                 self._version = version
-            elif seq == self._current.seq:
-                self._version = version
-            # else: a read that raced a newer commit of ours; keep the newer one
+            # else: a read that raced a newer commit or fence; keep the newer one
 
     def _create_root(self) -> None:
         snap = self._current
@@ -399,7 +412,8 @@ class RadosKv(MemoryBackend):
                 time.sleep(delay)
                 delay = min(delay * 2, 0.05)
             self._locked = True
-            self._load_root(force=True)  # under the lock: the newest commit, ours to extend
+            self._locked_at = time.monotonic()
+            self._load_root(force=True, writer=True)  # the newest commit, ours to extend
         except BaseException:
             self._release_lock()
             super()._end_write()
@@ -480,9 +494,16 @@ class RadosKv(MemoryBackend):
         only an uncommitted transaction could still mean to name (orphans, the objects of
         gc entries removed before the commit that drops them). StoreLocked, and nothing
         changed, if the root moved since this transaction took the lock (then this process's
-        own lock ran out: it must remove nothing)."""
+        own lock ran out: it must remove nothing). Also StoreLocked if this transaction has
+        held the lock for over half its duration: the lock could lapse before the removal
+        that follows, and a removal cannot be fenced itself."""
         if not self._locked:
             raise RuntimeError("fence_writers() needs a write transaction")
+        held = time.monotonic() - self._locked_at
+        if held > self.lock_seconds / 2:
+            raise StoreLocked(f"{self.path}: this writer has held the metadata writer lock "
+                              f"for {held:.1f} s, too close to its {self.lock_seconds:g} s to "
+                              f"remove objects safely; nothing was removed")
         version = self.pool.cas_write_version(
             ROOT, self._version, None, omap_set={FENCE_KEY: struct.pack("<Q", time.time_ns())})
         if version is None:
@@ -559,8 +580,9 @@ class RadosKv(MemoryBackend):
         return self._removed
 
     def trees(self) -> dict[bytes | None, Tree]:
-        """The committed trees, by table name (for fsck)."""
-        self._load_root(force=not self._locked)
+        """The committed trees, by table name (for fsck): the newest commit, or while this
+        process writes, the one its write transaction extends."""
+        self._load_root(force=True)  # (a no-op under the writer lock)
         return {n: t for n, t in self._current.items() if isinstance(t, Tree)}
 
     def check_structure(self) -> tuple[list[str], dict[str, int]]:
@@ -610,10 +632,12 @@ class RadosKv(MemoryBackend):
         if not old:
             return 0
         with self.begin(write=True):
-            self.fence_writers()
             keep = self._reachable()  # commits since the listing
             gone = [n for n in old if n not in keep]
-            return int(self.pool.remove_many(gone)) if gone else 0
+            if not gone:
+                return 0
+            self.fence_writers()  # (refuses if the walk took the lock near its end)
+            return int(self.pool.remove_many(gone))
 
     def _reachable(self) -> set[str]:
         """The nodes of every committed tree and of every freed-node record."""

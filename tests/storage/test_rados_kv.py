@@ -154,6 +154,90 @@ def test_a_fence_refuses_a_writer_that_lost_its_own_lock():
     assert items(a, ta) == [(b"k", b"b")]
 
 
+class ListedPool(DictPool):
+    """DictPool with a listing and stats, so that sweep_orphan_nodes runs over it (nothing
+    is old enough to remove)."""
+
+    def list_objects(self, prefix: str = "") -> list[str]:
+        with self._mu:
+            return [n for n in self.objects if n.startswith(prefix)]
+
+    def stat_many(self, names):
+        return [None for _ in names]
+
+
+@pytest.mark.parametrize("call", ["check_structure", "sweep_orphan_nodes"])
+def test_another_thread_of_a_fenced_writer_does_not_let_it_adopt_the_fence(call):
+    """fsck's tree walk or the janitor's listing, in the stalled writer's own process, reads
+    the root while the writer's transaction is open: it must not hand the writer the
+    fenced version (the same commit number), or the stale swap would succeed."""
+    pool = ListedPool()
+    a = kv_on(pool, lock_seconds=0.1)
+    ta = a.open_db(b"t")
+    with a.begin(write=True, db=ta) as txn:
+        txn.put(b"k", b"first")
+    slow = a.begin(write=True, db=ta)
+    slow.put(b"k", b"stale")
+    time.sleep(0.2)
+    b = kv_on(pool)
+    with b.begin(write=True):
+        b.fence_writers()
+    other = threading.Thread(target=getattr(a, call))
+    other.start()
+    other.join()
+    with pytest.raises(StoreLocked, match="not committed"):
+        slow.commit()
+    assert items(b, b.open_db(b"t")) == [(b"k", b"first")]
+
+
+class HeldReadPool(DictPool):
+    """Holds the root read of the thread named "late" until ``go`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read, self.go = threading.Event(), threading.Event()
+
+    def read_versioned(self, name):
+        got = super().read_versioned(name)
+        if threading.current_thread().name == "late":
+            self.read.set()
+            self.go.wait(10)
+        return got
+
+
+@pytest.mark.parametrize("call", ["refresh", "_snapshot"])
+def test_a_slow_root_read_never_rolls_the_known_version_back(call):
+    """A read of the root from before another process's fence that returns after this
+    process's writer took the lock and read the fenced root must not put the older
+    version back: the writer's lock is valid and its commit must go through."""
+    pool = HeldReadPool()
+    p, other = kv_on(pool), kv_on(pool)
+    tp = p.open_db(b"t")
+    late = threading.Thread(target=getattr(p, call), name="late")
+    late.start()
+    assert pool.read.wait(10)
+    with other.begin(write=True):
+        other.fence_writers()
+    w = p.begin(write=True, db=tp)
+    w.put(b"k", b"v")
+    pool.go.set()
+    late.join()
+    w.commit()
+    assert items(other, other.open_db(b"t")) == [(b"k", b"v")]
+
+
+def test_a_fence_is_refused_once_the_lock_is_half_spent():
+    """A removal cannot be fenced itself: a sweeper whose transaction held the lock for
+    over half its duration could lose it before removing, so it removes nothing."""
+    pool = DictPool()
+    a = kv_on(pool, lock_seconds=0.2)
+    with a.begin(write=True):
+        a.fence_writers()  # fresh lock: fine
+        time.sleep(0.15)
+        with pytest.raises(StoreLocked, match="nothing was removed"):
+            a.fence_writers()
+
+
 def test_a_crash_before_the_root_write_leaves_the_last_commit_and_only_orphans():
     pool = DictPool()
     a = kv_on(pool)

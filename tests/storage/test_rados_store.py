@@ -252,8 +252,10 @@ def test_orphan_nodes_of_a_commit_that_never_happened_are_swept(rados_pools, tmp
 
 def two_front_ends(rados_pools, tmp_path, **opts):
     """Two engines on one store (their own local directories), writer lock of 1 s."""
+    opts = {"grace": 0, **opts}
+
     def url(wd: str) -> str:
-        return rados_pools.url(workdir=str(tmp_path / wd), grace=0, lease=1, **opts)
+        return rados_pools.url(workdir=str(tmp_path / wd), lease=1, **opts)
     return ebsengine.Engine(url("a")), ebsengine.Engine(url("b"))
 
 
@@ -290,6 +292,66 @@ def test_a_writer_that_stalled_past_its_lock_cannot_commit_packs_a_sweep_removed
         assert not written & objects(data, "")
         with pytest.raises(StoreLocked, match="not committed"):
             cm.__exit__(None, None, None)
+        for eng in (a, b):
+            report = eng.fsck()
+            assert report.ok, report.problems
+
+
+def test_a_writer_that_stalled_cannot_commit_a_revival_between_a_sweeps_removal_and_commit(
+        rados_pools, tmp_path, monkeypatch):
+    """A chunk alone is past its grace; front end a, stalled past its lock, has revived it
+    (rewritten its object, dropped its gc entry) in an open transaction. b's sweep removes
+    the object before its own commit: a's commit landing in between must fail, or the
+    index would name a removed object."""
+    from ebsengine.storage.rados_chunks import object_name
+    a, b = two_front_ends(rados_pools, tmp_path, pack=0, grace=2)
+    with a, b:
+        rc_a = a._chunks.backend
+        k, value = L.chunk_key(os.urandom(16), 0), os.urandom(5000)
+        with a._store.write() as txn:
+            rc_a.put_many(txn, [(k, value)])
+        with a._store.write() as txn:
+            rc_a.delete_many(txn, [k])  # into gc, due in 2 s
+        revived, commit, done = threading.Event(), threading.Event(), threading.Event()
+        outcome: list[BaseException | None] = []
+
+        def stalled_writer() -> None:
+            try:
+                with a._store.write() as txn:
+                    rc_a.put_many(txn, [(k, value)])  # the revival: rewrites the object
+                    revived.set()
+                    commit.wait(30)  # stalls past its lock; commits when told
+                outcome.append(None)
+            except BaseException as exc:  # noqa: BLE001 - the test looks at it
+                outcome.append(exc)
+            done.set()
+
+        data = backend(b).conn.data
+        remove = data.remove_many
+
+        def removing(names, **kw):
+            n = remove(names, **kw)
+            if object_name(k) in names and not commit.is_set():
+                commit.set()  # a's commit lands between b's removal and b's commit
+                done.wait(30)
+            return n
+
+        monkeypatch.setattr(data, "remove_many", removing)  # (b's own sweeper too)
+        writer = threading.Thread(target=stalled_writer)
+        writer.start()
+        assert revived.wait(30)
+        time.sleep(2.5)  # past a's lock (1 s) and k's deadline
+        deadline = time.monotonic() + 20
+        while not commit.is_set() and time.monotonic() < deadline:
+            try:
+                b._chunks.backend.sweep()
+            except StoreLocked:
+                pass  # (b's own sweeper raced this one, or a committed first)
+            time.sleep(0.1)
+        commit.set()
+        writer.join(30)
+        assert len(outcome) == 1 and isinstance(outcome[0], StoreLocked), outcome
+        monkeypatch.undo()
         for eng in (a, b):
             report = eng.fsck()
             assert report.ok, report.problems
