@@ -465,18 +465,35 @@ class Pool:
         self.conn = conn
         self.ioctx = ioctx
         self.name: str = ioctx.get_pool_name()
-        # get_last_version() reports the last operation of the ioctx: versioned operations
-        # take turns so each reads its own
+        # get_last_version() reports the last synchronous operation of an ioctx, whichever
+        # thread ran it (a lease renewal, an omap read): versioned operations run on an
+        # ioctx of their own, one at a time, so each reads its own version
         self._version_lock = threading.Lock()
+        self._vioctx: Any = None
 
     def _what(self, op: str, name: str | None = None) -> str:
         return f"{op} {self.name}/{name}" if name is not None else f"{op} in pool {self.name}"
 
+    def _versioned(self) -> Any:
+        """The ioctx of versioned operations (call with ``_version_lock`` held)."""
+        if self._vioctx is None:
+            rados = _rados()
+            try:
+                ioctx = self.conn.cluster.open_ioctx(self.name)
+            except rados.Error as exc:
+                raise translate(exc, f"opening pool {self.name!r}") from None
+            ioctx.set_osdmap_full_try()
+            self._vioctx = ioctx
+        return self._vioctx
+
     def close(self) -> None:
-        try:
-            self.ioctx.close()
-        except Exception:  # noqa: BLE001 - closing: nothing useful to do with its error
-            pass
+        for ioctx in (self.ioctx, self._vioctx):
+            if ioctx is None:
+                continue
+            try:
+                ioctx.close()
+            except Exception:  # noqa: BLE001 - closing: nothing useful to do with its error
+                pass
 
     # --- batched I/O -----------------------------------------------------------------
 
@@ -606,14 +623,15 @@ class Pool:
         rados = _rados()
         length = max(hint, 4096)
         with self._version_lock:
+            ioctx = self._versioned()
             while True:
                 try:
-                    data = self.ioctx.read(name, length, 0)
+                    data = ioctx.read(name, length, 0)
                 except rados.ObjectNotFound:
                     return None, 0
                 except rados.Error as exc:
                     raise translate(exc, self._what("reading", name)) from None
-                version = int(self.ioctx.get_last_version())
+                version = int(ioctx.get_last_version())
                 if len(data) < length:
                     return bytes(data), version
                 length *= 4
@@ -642,6 +660,7 @@ class Pool:
         """:meth:`cas_write` returning the object's new version (None: the swap lost)."""
         rados = _rados()
         with self._version_lock, rados.WriteOpCtx() as op:
+            ioctx = self._versioned()
             if expected_version:
                 op.assert_version(expected_version)
             else:
@@ -649,17 +668,17 @@ class Pool:
             if data is not None:
                 op.write_full(bytes(data))
             if omap_rm:
-                self.ioctx.remove_omap_keys(op, tuple(omap_rm))
+                ioctx.remove_omap_keys(op, tuple(omap_rm))
             if omap_set:
                 keys = tuple(omap_set)
-                self.ioctx.set_omap(op, keys, tuple(bytes(omap_set[k]) for k in keys))
+                ioctx.set_omap(op, keys, tuple(bytes(omap_set[k]) for k in keys))
             try:
-                self.ioctx.operate_write_op(op, name)
+                ioctx.operate_write_op(op, name)
             except rados.Error as exc:
                 if _errno_of(exc) in _CAS_LOST:
                     return None
                 raise translate(exc, self._what("compare-and-swap of", name)) from None
-            return int(self.ioctx.get_last_version())
+            return int(ioctx.get_last_version())
 
     def write_full(self, name: str, data: bytes) -> None:
         """Replace one object's data (unconditionally)."""

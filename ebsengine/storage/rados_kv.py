@@ -344,11 +344,12 @@ class RadosKv(MemoryBackend):
         """Read ``kv.root`` (if ``force`` or older than ``refresh``) and adopt it if it is
         newer than what this process knows: a higher commit number, or the same one at a
         higher object version (a fence, see :meth:`fence_writers`; RADOS versions of one
-        object only grow, so a slow read never rolls the known version back). While this
-        process holds the writer lock only the writer's own load (``writer``, when it takes
-        the lock) may change them: the root it extends and the version its swap asserts
-        must stay the ones it read under the lock, or a writer whose lock ran out would
-        adopt a fence meant to stop it."""
+        object only grow, so a reader's slow read never rolls the known version back; the
+        writer's load under the lock is taken as it is). While this process holds the
+        writer lock only the writer's own load (``writer``, when it takes the lock) may
+        change them: the root it extends and the version its swap asserts must stay the
+        ones it read under the lock, or a writer whose lock ran out would adopt a fence
+        meant to stop it."""
         now = time.monotonic()
         if not force and now - self._read_at < self.refresh_every:
             return
@@ -370,9 +371,11 @@ class RadosKv(MemoryBackend):
             if self._locked and not writer:
                 return
             self._read_at = now
+            # the writer's own read under the lock is what its swap must assert, whatever
+            # was known before (a wrong version must not stick: every swap would fail)
             newer = self._version is None or version > self._version
-            if seq > self._current.seq or (seq == self._current.seq and newer):
-                if seq > self._current.seq or force:
+            if writer or seq > self._current.seq or (seq == self._current.seq and newer):
+                if writer or force or seq > self._current.seq:
                     snap = _Snapshot(tables)
                     snap.seq = seq
                     self._current = snap

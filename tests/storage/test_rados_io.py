@@ -209,6 +209,36 @@ def test_concurrent_compare_and_swap_loses_no_update(conn):
     assert conn.meta.read("counter") == b"100"
 
 
+def test_versions_are_the_objects_own_while_other_threads_run_lock_and_omap_calls(conn):
+    """An ioctx reports the version of its last synchronous operation, whichever thread ran
+    it: a lease renewal or an omap read on another thread must not become the version a
+    swap returns (a wrong one makes the next swap fail, and a too-high one would stick)."""
+    pool = conn.meta
+    for _ in range(200):  # the other object's version well above ours
+        pool.try_lock("lease.other", "lease", "c", 30.0)
+    stop = threading.Event()
+
+    def other_calls() -> None:
+        while not stop.is_set():
+            pool.try_lock("lease.other", "lease", "c", 30.0)
+            pool.omap_get("lease.other")
+
+    t = threading.Thread(target=other_calls, daemon=True)
+    t.start()
+    try:
+        v = pool.cas_write_version("mine", None, b"0")
+        for i in range(1, 1500):
+            assert v is not None
+            got = pool.cas_write_version("mine", v, b"%d" % i)
+            assert got is not None, f"swap {i}: the version returned before was not ours"
+            _, real = pool.read_versioned("mine")
+            assert real == got
+            v = got
+    finally:
+        stop.set()
+        t.join(30)
+
+
 @pytest.mark.needs_ceph
 def test_exclusive_locks_renew_expire_and_release(conn):
     m = conn.meta
