@@ -9,7 +9,8 @@ comparing ebsengine trees in the same run (``--trees /work/main,.``: before and 
   restored 8 levels deep vs 1 level deep; prints us/read and the ratio (goal <= 1.2x).
 * ``memory``: ``serve`` (default dirty limit, 256 MiB) receives ``nbdcopy --flush IMG``
   into a 2 GiB volume; prints RssAnon idle, peak during the copy and 8 s after (goal: peak
-  <= 2x the dirty limit + 128 MiB; after within 64 MiB of idle).
+  <= 2x the dirty limit + 128 MiB; after within 64 MiB of idle), the copy's time and the
+  server's CPU. ``--reps N`` runs N rounds over the trees, interleaved, and prints medians.
 
 Each tree runs in its own child process with ``PYTHONPATH`` set to it.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -67,7 +69,14 @@ def depth(tree: str, tmp: str) -> None:
     shutil.rmtree(d, ignore_errors=True)
 
 
-def memory(tree: str, tmp: str, image: str) -> None:
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def memory(tree: str, tmp: str, image: str) -> tuple[float, float, int]:
+    """Copy time, server CPU seconds and peak RssAnon (MiB) of one copy in."""
     d = os.path.join(tmp, "mem")
     shutil.rmtree(d, ignore_errors=True)
     os.makedirs(d)
@@ -103,15 +112,16 @@ def memory(tree: str, tmp: str, image: str) -> None:
 
         t = threading.Thread(target=watch)
         t.start()
-        t0 = time.time()
+        t0, c0 = time.time(), cpu_seconds(p.pid)
         subprocess.run(["nbdcopy", "--flush", image, f"nbd+unix:///{vol}?socket={sock}"],
                        check=True)
-        took = time.time() - t0
+        took, cpu = time.time() - t0, cpu_seconds(p.pid) - c0
         time.sleep(8)
         stop.set()
         t.join()
         print(f"{tree}: RssAnon idle {idle} MiB, peak {peak[0]} MiB, 8 s after {anon()} MiB "
-              f"(copy {took:.1f} s)")
+              f"(copy {took:.2f} s, server CPU {cpu:.2f} s)", flush=True)
+        return took, cpu, peak[0]
     finally:
         p.terminate()
         p.wait()
@@ -123,14 +133,23 @@ def main() -> int:
     ap.add_argument("what", choices=["depth", "memory"])
     ap.add_argument("--trees", default=".", help="comma list of ebsengine checkouts")
     ap.add_argument("--image", default="/var/tmp/ebsengine-bench/base.img")
+    ap.add_argument("--reps", type=int, default=1, help="rounds over the trees (interleaved)")
     args = ap.parse_args()
+    runs: dict[str, list[tuple[float, float, int]]] = {}
     with tempfile.TemporaryDirectory(prefix="ebs-wp-", dir="/var/tmp") as tmp:
-        for tree in args.trees.split(","):
-            tree = os.path.abspath(tree)
-            if args.what == "depth":
-                depth(tree, tmp)
-            else:
-                memory(tree, tmp, args.image)
+        for _ in range(args.reps):
+            for tree in args.trees.split(","):
+                tree = os.path.abspath(tree)
+                if args.what == "depth":
+                    depth(tree, tmp)
+                else:
+                    runs.setdefault(tree, []).append(memory(tree, tmp, args.image))
+    if args.reps > 1 and runs:
+        print(f"medians of {args.reps} rounds:")
+        for tree, got in runs.items():
+            print(f"  {tree}: copy {statistics.median(r[0] for r in got):.2f} s, server CPU "
+                  f"{statistics.median(r[1] for r in got):.2f} s, peak RssAnon "
+                  f"{statistics.median(r[2] for r in got):.0f} MiB (max {max(r[2] for r in got)})")
     return 0
 
 

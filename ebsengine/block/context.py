@@ -324,17 +324,38 @@ _libc: ctypes.CDLL | None = None
 _trim_lock = threading.Lock()
 
 
+#: glibc arenas a server keeps (``mallopt(M_ARENA_MAX)``). With one per thread, chunk buffers
+#: that request threads allocated and the flushing thread freed stayed in their arenas:
+#: ``serve``'s peak during a 2 GiB nbdcopy in was 464-899 MiB over 19 runs (6 over its goal,
+#: 640 MiB); with 2, 492-571 MiB over 6 (README, benchmarks/bench_writepath.py memory)
+SERVER_ARENAS = 2
+_M_ARENA_MAX = -8
+
+
+def _libc_handle() -> ctypes.CDLL:
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _libc = ctypes.CDLL(None)
+    return _libc
+
+
+def limit_arenas(arenas: int = SERVER_ARENAS) -> None:
+    """Cap the heap arenas of this process (a long-running server: call it before it starts
+    its request threads). Best effort; a no-op off glibc."""
+    with _trim_lock:
+        mallopt = getattr(_libc_handle(), "mallopt", None)
+        if mallopt is not None:
+            mallopt(_M_ARENA_MAX, arenas)
+
+
 def release_memory() -> None:
     """Give freed heap memory back to the OS (glibc keeps freed 64 KiB buffers in its arenas
     otherwise: a burst of writes would stay resident). Best effort; a no-op off glibc."""
-    global _libc
     with _trim_lock:
-        if _libc is None:
-            try:
-                _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-                _libc.malloc_trim.argtypes = [ctypes.c_size_t]
-            except (OSError, AttributeError):
-                _libc = ctypes.CDLL(None)
-        trim = getattr(_libc, "malloc_trim", None)
+        trim = getattr(_libc_handle(), "malloc_trim", None)
         if trim is not None:
             trim(0)

@@ -33,6 +33,8 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Protocol
 
+from ..block.context import limit_arenas
+
 #: what ``signal.signal`` returns and takes: a handler, SIG_DFL/SIG_IGN, or None
 _Handler = Callable[[int, FrameType | None], object] | int | None
 
@@ -106,6 +108,7 @@ def run_services(
     # for it (fio randread QD1 after randwrite: ~0.8k IOPS; see benchmarks/bench_nbd.py).
     switch = sys.getswitchinterval()
     sys.setswitchinterval(min(switch, SWITCH_INTERVAL))
+    limit_arenas()  # before the request threads start (block/context.py says why)
     previous: dict[signal.Signals, _Handler] = {}
     if in_main:
         for sig in (signal.SIGTERM, signal.SIGINT):
