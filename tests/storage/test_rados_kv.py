@@ -114,18 +114,25 @@ def test_a_writer_whose_lock_expired_cannot_overwrite_the_next_writers_commit():
     assert items(b, b.open_db(b"t")) == [(b"k", b"b")]
 
 
-def test_a_fence_stops_a_writer_whose_lock_expired_even_if_nothing_else_commits():
-    """A sweep that removes orphans changes no table: without the fence its commit would
-    leave the root's version as it was, and the stalled writer's swap would still succeed
-    (naming objects the sweep removed meanwhile)."""
-    pool = DictPool()
+def stalled_writer(pool: DictPool) -> tuple[RadosKv, object, object]:
+    """Process a (lock of 0.1 s) committed k=first, then began a write transaction putting
+    k=stale and stalled past its lock: (a, its table, the open transaction)."""
     a = kv_on(pool, lock_seconds=0.1)
     ta = a.open_db(b"t")
     with a.begin(write=True, db=ta) as txn:
         txn.put(b"k", b"first")
     slow = a.begin(write=True, db=ta)
     slow.put(b"k", b"stale")
-    time.sleep(0.2)  # a stalls past its lock; b takes it, fences, changes no table
+    time.sleep(0.2)
+    return a, ta, slow
+
+
+def test_a_fence_stops_a_writer_whose_lock_expired_even_if_nothing_else_commits():
+    """A sweep that removes orphans changes no table: without the fence its commit would
+    leave the root's version as it was, and the stalled writer's swap would still succeed
+    (naming objects the sweep removed meanwhile)."""
+    pool = DictPool()
+    a, ta, slow = stalled_writer(pool)  # b takes the lock, fences, changes no table
     b = kv_on(pool)
     with b.begin(write=True):
         b.fence_writers()
@@ -172,13 +179,7 @@ def test_another_thread_of_a_fenced_writer_does_not_let_it_adopt_the_fence(call)
     the root while the writer's transaction is open: it must not hand the writer the
     fenced version (the same commit number), or the stale swap would succeed."""
     pool = ListedPool()
-    a = kv_on(pool, lock_seconds=0.1)
-    ta = a.open_db(b"t")
-    with a.begin(write=True, db=ta) as txn:
-        txn.put(b"k", b"first")
-    slow = a.begin(write=True, db=ta)
-    slow.put(b"k", b"stale")
-    time.sleep(0.2)
+    a, _, slow = stalled_writer(pool)
     b = kv_on(pool)
     with b.begin(write=True):
         b.fence_writers()

@@ -273,6 +273,16 @@ def until(done, timeout: float = 20.0) -> None:
         time.sleep(0.1)
 
 
+def refused_and_clean(outcome: list, monkeypatch, *engines: ebsengine.Engine) -> None:
+    """The stalled writer's commit was refused (StoreLocked), and, the test's patches
+    undone, every front end's fsck is clean."""
+    assert len(outcome) == 1 and isinstance(outcome[0], StoreLocked), outcome
+    monkeypatch.undo()
+    for eng in engines:
+        report = eng.fsck()
+        assert report.ok, report.problems
+
+
 def no_frees_due(eng: ebsengine.Engine) -> None:
     """Remove the freed nodes that are due now, so that a later commit with no table change
     writes no root (removing them would change the root's version by itself)."""
@@ -364,11 +374,7 @@ def test_a_writer_that_stalled_cannot_commit_a_revival_between_a_sweeps_removal_
             time.sleep(0.1)
         commit.set()
         writer.join(30)
-        assert len(outcome) == 1 and isinstance(outcome[0], StoreLocked), outcome
-        monkeypatch.undo()
-        for eng in (a, b):
-            report = eng.fsck()
-            assert report.ok, report.problems
+        refused_and_clean(outcome, monkeypatch, a, b)
 
 
 def test_a_writer_that_stalled_before_its_root_write_cannot_publish_swept_nodes(
@@ -409,11 +415,7 @@ def test_a_writer_that_stalled_before_its_root_write_cannot_publish_swept_nodes(
               not written & objects(be.conn.meta, NODE_PREFIX))
         go.set()
         t.join(30)
-        assert len(failed) == 1 and isinstance(failed[0], StoreLocked), failed
-        monkeypatch.undo()
-        for eng in (a, b):
-            report = eng.fsck()
-            assert report.ok, report.problems
+        refused_and_clean(failed, monkeypatch, a, b)
         with a._store.read() as txn:
             assert txn.get(b"k0000", db=table) is None
 
