@@ -607,16 +607,17 @@ class RadosKv(MemoryBackend):
         """Remove metadata nodes that no committed tree reaches and no freed-node record
         names, once older than ``grace`` (default: the store's): what commits that never
         reached their root write (a crash, a lost lock) left behind. Lists the pool without
-        the writer lock, then removes in one write transaction that first fences off older
+        the writer lock, then removes in one write transaction that checks the candidates
+        against the trees again if anything committed meanwhile, and fences off older
         writers (:meth:`fence_writers`: a stalled one may have written its nodes and still
-        mean to publish them) and checks the candidates against the trees again. Returns
-        how many it removed."""
+        mean to publish them) before it removes. Returns how many it removed."""
         grace = self.grace if grace is None else grace
         stat = getattr(self.pool, "stat_many", None)
         list_objects = getattr(self.pool, "list_objects", None)
         if stat is None or list_objects is None:
             return 0
         keep = self._reachable()
+        seq = self._current.seq  # what keep describes
         cutoff = time.time() - grace
         old: list[str] = []
         batch: list[str] = []
@@ -635,7 +636,8 @@ class RadosKv(MemoryBackend):
         if not old:
             return 0
         with self.begin(write=True):
-            keep = self._reachable()  # commits since the listing
+            if self._current.seq != seq:  # commits since the listing (a fence changes none)
+                keep = self._reachable()
             gone = [n for n in old if n not in keep]
             if not gone:
                 return 0
