@@ -27,6 +27,8 @@ import tempfile
 import threading
 import time
 
+from bench_nbd import cpu_seconds  # (this directory is the script's: sys.path[0])
+
 DEPTH = r'''
 import os, random, shutil, sys, time
 import ebsengine
@@ -67,12 +69,6 @@ def depth(tree: str, tmp: str) -> None:
                          capture_output=True, text=True, check=True).stdout.strip()
     print(f"{tree}: {out}")
     shutil.rmtree(d, ignore_errors=True)
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def memory(tree: str, tmp: str, image: str) -> tuple[float, float, int]:
