@@ -102,9 +102,13 @@ def free_port() -> int:
 def start_server(path: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     # cwd: ``python -c`` puts the working directory first on sys.path, before PYTHONPATH
+    # the server imports the same ebsengine as this script, even from a relative PYTHONPATH
+    here = os.path.dirname(os.path.dirname(os.path.abspath(ebsengine.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [here, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]))
     proc = subprocess.Popen([sys.executable, "-c", SERVER, path, str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            cwd=os.path.dirname(path))
+                            cwd=os.path.dirname(path), env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
