@@ -44,11 +44,15 @@ MiB = 1 << 20
 GiB = 1 << 30
 TICK = os.sysconf("SC_CLK_TCK")
 
-GOALS = {  # the performance goals (README, "Benchmarks"): ours/nbdkit must be >= these
+# The performance goals: ours/nbdkit must be >= these. The storage-core issue's (README,
+# "Benchmarks"), which are DESIGN.md's or stricter (nbdcopy out: 0.5x there, 0.3x in DESIGN.md).
+GOALS = {
     "nbdcopy_in_GiBps": 0.5,
-    "nbdcopy_out_GiBps": 0.3,
-    "randwrite_qd1_iops": 0.4,
-    "randwrite_qd32_iops": 0.2,
+    "nbdcopy_out_GiBps": 0.5,
+    "randwrite_qd1_iops": 0.5,
+    "randwrite_qd32_iops": 0.3,
+    "randread_qd1_iops": 0.6,
+    "randread_qd32_iops": 0.4,
 }
 
 
