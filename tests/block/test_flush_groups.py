@@ -1,0 +1,114 @@
+"""A flush commits in write transactions of at most ``FLUSH_GROUP`` chunks (which bounds what
+it holds at once), and behaves as one flush: a snapshot taken by it holds every write
+acknowledged before it, and a flush that fails in a later transaction loses nothing."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from ebsengine.block import volume as volmod
+from ebsengine.errors import StoreFull
+
+from block_support import eng  # noqa: F401  (eng: a fixture)
+
+CS = 64 * 1024
+PS = 4096
+CHUNKS = 23  # several groups of 4, the last one short
+
+
+def _write(dev, model: bytearray, rng: random.Random) -> None:
+    """Whole chunks, single pages over stored chunks, partial pages and a hole, over
+    ``CHUNKS`` chunks."""
+    for idx in range(CHUNKS):
+        kind = idx % 4
+        if kind == 0:
+            data, off = rng.randbytes(CS), idx * CS
+        elif kind == 1:
+            data, off = rng.randbytes(PS), idx * CS + rng.randrange(16) * PS
+        elif kind == 2:
+            data, off = rng.randbytes(100), idx * CS + rng.randrange(CS - 100)
+        else:
+            dev.trim(idx * CS, CS)
+            model[idx * CS:(idx + 1) * CS] = bytes(CS)
+            continue
+        dev.pwrite(data, off)
+        model[off:off + len(data)] = data
+
+
+@pytest.fixture
+def small_groups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """FLUSH_GROUP = 4; returns the sizes of the groups ``_commit`` was called with."""
+    monkeypatch.setattr(volmod, "FLUSH_GROUP", 4)
+    sizes: list[int] = []
+    real = volmod.VolumeCache._commit
+
+    def counting(self, items, in_txn):  # type: ignore[no-untyped-def]
+        sizes.append(len(items))
+        return real(self, items, in_txn)
+
+    monkeypatch.setattr(volmod.VolumeCache, "_commit", counting)
+    return sizes
+
+
+def test_a_flush_commits_in_groups_and_reads_back(eng, small_groups) -> None:  # noqa: F811
+    rng = random.Random(7)
+    vol = eng.create_volume(size_gib=1)
+    model = bytearray(CHUNKS * CS)
+    with eng.open_volume(vol.id) as dev:
+        base = rng.randbytes(CHUNKS * CS)
+        dev.pwrite(base, 0)
+        model[:] = base
+        dev.flush()
+        assert small_groups == [4] * 5 + [3]
+        small_groups.clear()
+        _write(dev, model, rng)
+        snap = eng.create_snapshot(vol.id)  # the flush of a snapshot, in groups too
+        assert sum(small_groups) == CHUNKS and max(small_groups) == 4 and len(small_groups) > 1
+        dev.pwrite(rng.randbytes(CS), 0)  # after the snapshot: not in it
+        dev.flush()
+        assert dev.pread(CS, CS) == model[CS:2 * CS]
+    with eng.open_snapshot(snap.id) as ro:
+        assert ro.pread(CHUNKS * CS, 0) == model
+    report = eng.fsck()
+    assert report.ok, report.problems
+
+
+def test_a_flush_failing_in_a_later_group_loses_nothing(eng, small_groups,  # noqa: F811
+                                                         monkeypatch) -> None:
+    rng = random.Random(8)
+    vol = eng.create_volume(size_gib=1)
+    model = bytearray(CHUNKS * CS)
+    with eng.open_volume(vol.id) as dev:
+        dev.pwrite(rng.randbytes(CHUNKS * CS), 0)
+        model[:] = dev.pread(CHUNKS * CS, 0)
+        dev.flush()
+        _write(dev, model, rng)
+        real = volmod.VolumeCache._commit  # the counting one
+        calls = []
+
+        def failing(self, items, in_txn):  # type: ignore[no-untyped-def]
+            calls.append(len(items))
+            if len(calls) == 3:
+                raise StoreFull("refused (test)")
+            return real(self, items, in_txn)
+
+        monkeypatch.setattr(volmod.VolumeCache, "_commit", failing)
+        with pytest.raises(StoreFull):
+            eng.create_snapshot(vol.id)
+        assert len(calls) == 3 and not eng.list_snapshots(vol.id)
+        assert dev.pread(CHUNKS * CS, 0) == model  # two groups stored, the rest still cached
+        # newer writes over entries that were being flushed, before the next flush
+        for idx in (1, 9, 22):
+            off = idx * CS + 3 * PS
+            data = rng.randbytes(PS + 10)
+            dev.pwrite(data, off)
+            model[off:off + len(data)] = data
+        monkeypatch.setattr(volmod.VolumeCache, "_commit", real)
+        snap = eng.create_snapshot(vol.id)
+        assert dev.pread(CHUNKS * CS, 0) == model
+    with eng.open_snapshot(snap.id) as ro:
+        assert ro.pread(CHUNKS * CS, 0) == model
+    report = eng.fsck()
+    assert report.ok, report.problems
