@@ -11,6 +11,9 @@ comparing ebsengine trees in the same run (``--trees /work/main,.``: before and 
   into a 2 GiB volume; prints RssAnon idle, peak during the copy and 8 s after (goal: peak
   <= 2x the dirty limit + 128 MiB; after within 64 MiB of idle), the copy's time and the
   server's CPU. ``--reps N`` runs N rounds over the trees, interleaved, and prints medians.
+  ``--randwrite S`` then runs ``fio`` 4 KiB random writes at QD32 for S seconds over the
+  copied image and prints the peak during them, 8 s after, and fio's IOPS (the issue's
+  principle that memory follows the dirty limit, for the write path's page sets).
 
 Each tree runs in its own child process with ``PYTHONPATH`` set to it.
 """
@@ -18,6 +21,7 @@ Each tree runs in its own child process with ``PYTHONPATH`` set to it.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -66,25 +70,31 @@ def depth(tree: str, tmp: str) -> None:
     d = os.path.join(tmp, "depth")
     shutil.rmtree(d, ignore_errors=True)
     out = subprocess.run([sys.executable, "-c", DEPTH, d], env=dict(os.environ, PYTHONPATH=tree),
-                         capture_output=True, text=True, check=True).stdout.strip()
+                         capture_output=True, text=True, check=True, cwd=tmp).stdout.strip()
     print(f"{tree}: {out}")
     shutil.rmtree(d, ignore_errors=True)
 
 
-def memory(tree: str, tmp: str, image: str) -> tuple[float, float, int]:
-    """Copy time, server CPU seconds and peak RssAnon (MiB) of one copy in."""
+def memory(tree: str, tmp: str, image: str, randwrite: float = 0.0) -> tuple[float, float, int, int]:
+    """Copy time, server CPU seconds and peak RssAnon (MiB) of one copy in, and the peak
+    during ``randwrite`` seconds of fio random writes after it (0 if none)."""
     d = os.path.join(tmp, "mem")
     shutil.rmtree(d, ignore_errors=True)
     os.makedirs(d)
     env = dict(os.environ, PYTHONPATH=tree)
     store, sock = d + "/store", d + "/sock"
-    vol = subprocess.run(
+    # cwd: ``python -c`` puts the working directory first on sys.path, before PYTHONPATH
+    # (run from a checkout, every "tree" would otherwise run that checkout's code)
+    vol, where = subprocess.run(
         [sys.executable, "-c", (f"import ebsengine; e = ebsengine.Engine({store!r}); "
-                               f"print(e.create_volume(size_gib=2).id); e.close()")],
-        env=env, capture_output=True, text=True, check=True).stdout.strip()
+                               f"print(e.create_volume(size_gib=2).id, ebsengine.__file__); "
+                               "e.close()")],
+        env=env, capture_output=True, text=True, check=True, cwd=tmp).stdout.split()
+    if not os.path.abspath(where).startswith(os.path.join(tree, "")):
+        raise SystemExit(f"{tree}: the child imported ebsengine from {where}")
     p = subprocess.Popen([sys.executable, "-c", ("import sys; from ebsengine.nbd.server import "
                           f"serve; sys.exit(serve({store!r}, {sock!r}))")],
-                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp)
 
     def anon() -> int:
         with open(f"/proc/{p.pid}/status") as f:
@@ -113,11 +123,26 @@ def memory(tree: str, tmp: str, image: str) -> tuple[float, float, int]:
                        check=True)
         took, cpu = time.time() - t0, cpu_seconds(p.pid) - c0
         time.sleep(8)
-        stop.set()
-        t.join()
         print(f"{tree}: RssAnon idle {idle} MiB, peak {peak[0]} MiB, 8 s after {anon()} MiB "
               f"(copy {took:.2f} s, server CPU {cpu:.2f} s)", flush=True)
-        return took, cpu, peak[0]
+        copy_peak, rw_peak = peak[0], 0
+        if randwrite > 0:
+            before = anon()
+            peak[0] = before
+            fio = subprocess.run(
+                ["fio", "--name=rw", "--ioengine=nbd", f"--uri=nbd+unix:///{vol}?socket={sock}",
+                 "--rw=randwrite", "--bs=4k", "--size=1G", "--iodepth=32",
+                 f"--runtime={randwrite}", "--time_based", "--output-format=json"],
+                check=True, capture_output=True, text=True)
+            out = fio.stdout[fio.stdout.index("{"):]  # the nbd engine may print a line first
+            iops = json.loads(out)["jobs"][0]["write"]["iops"]
+            time.sleep(8)
+            rw_peak = peak[0]
+            print(f"{tree}: randwrite QD32 {randwrite:g} s: RssAnon before {before} MiB, peak "
+                  f"{rw_peak} MiB, 8 s after {anon()} MiB ({iops:,.0f} IOPS)", flush=True)
+        stop.set()
+        t.join()
+        return took, cpu, copy_peak, rw_peak
     finally:
         p.terminate()
         p.wait()
@@ -130,8 +155,10 @@ def main() -> int:
     ap.add_argument("--trees", default=".", help="comma list of ebsengine checkouts")
     ap.add_argument("--image", default="/var/tmp/ebsengine-bench/base.img")
     ap.add_argument("--reps", type=int, default=1, help="rounds over the trees (interleaved)")
+    ap.add_argument("--randwrite", type=float, default=0.0, metavar="S",
+                    help="memory: then S seconds of fio 4 KiB random writes at QD32")
     args = ap.parse_args()
-    runs: dict[str, list[tuple[float, float, int]]] = {}
+    runs: dict[str, list[tuple[float, float, int, int]]] = {}
     with tempfile.TemporaryDirectory(prefix="ebs-wp-", dir="/var/tmp") as tmp:
         for _ in range(args.reps):
             for tree in args.trees.split(","):
@@ -139,13 +166,15 @@ def main() -> int:
                 if args.what == "depth":
                     depth(tree, tmp)
                 else:
-                    runs.setdefault(tree, []).append(memory(tree, tmp, args.image))
+                    runs.setdefault(tree, []).append(memory(tree, tmp, args.image, args.randwrite))
     if args.reps > 1 and runs:
         print(f"medians of {args.reps} rounds:")
         for tree, got in runs.items():
             print(f"  {tree}: copy {statistics.median(r[0] for r in got):.2f} s, server CPU "
                   f"{statistics.median(r[1] for r in got):.2f} s, peak RssAnon "
-                  f"{statistics.median(r[2] for r in got):.0f} MiB (max {max(r[2] for r in got)})")
+                  f"{statistics.median(r[2] for r in got):.0f} MiB (max {max(r[2] for r in got)})"
+                  + (f", randwrite peak {statistics.median(r[3] for r in got):.0f} MiB (max "
+                     f"{max(r[3] for r in got)})" if args.randwrite > 0 else ""))
     return 0
 
 
