@@ -619,15 +619,8 @@ class VolumeCache(_Source):
             flushed = self.flushing_bytes
             try:
                 items = sorted(self.flushing.items())
-                groups = [items[i:i + FLUSH_GROUP] for i in range(0, len(items), FLUSH_GROUP)]
-                if in_txn is not None and not groups:
-                    groups = [[]]
-                for n, group in enumerate(groups):
-                    last = n == len(groups) - 1
-                    self._commit(group, in_txn if last else None)
-                    if not last:
-                        with self.lock:  # stored values changed under the flushing entries
-                            self.epoch += 1
+                if items or in_txn is not None:
+                    self._commit_groups(items, in_txn)
             except BaseException:
                 with self.lock:
                     for idx, e in self.flushing.items():
@@ -645,6 +638,19 @@ class VolumeCache(_Source):
             del items
         if flushed >= TRIM_AFTER:
             release_memory()
+
+    def _commit_groups(self, items: list[tuple[int, Entry]],
+                       in_txn: Callable[[Txn, object], None] | None) -> None:
+        """Commit ``items`` in transactions of ``FLUSH_GROUP`` chunks, ``in_txn`` in the last
+        one. (A method of its own so that its groups, which hold the flushed buffers, are
+        gone before :meth:`flush` trims the heap.)"""
+        groups = [items[i:i + FLUSH_GROUP] for i in range(0, len(items), FLUSH_GROUP)] or [[]]
+        for n, group in enumerate(groups):
+            last = n == len(groups) - 1
+            self._commit(group, in_txn if last else None)
+            if not last:
+                with self.lock:  # stored values changed under the flushing entries
+                    self.epoch += 1
 
     def _reapply(self, idx: int, older: Entry) -> None:
         """After a failed flush: lay the newer dirty page set of ``idx`` over the older
