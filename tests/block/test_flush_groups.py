@@ -7,11 +7,10 @@ from __future__ import annotations
 import random
 
 import pytest
+from block_support import eng  # noqa: F401  (eng: a fixture)
 
 from ebsengine.block import volume as volmod
 from ebsengine.errors import StoreFull
-
-from block_support import eng  # noqa: F401  (eng: a fixture)
 
 CS = 64 * 1024
 PS = 4096
@@ -52,7 +51,7 @@ def small_groups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return sizes
 
 
-def test_a_flush_commits_in_groups_and_reads_back(eng, small_groups) -> None:  # noqa: F811
+def test_a_flush_commits_in_groups_and_reads_back(eng, small_groups) -> None:
     rng = random.Random(7)
     vol = eng.create_volume(size_gib=1)
     model = bytearray(CHUNKS * CS)
@@ -75,7 +74,7 @@ def test_a_flush_commits_in_groups_and_reads_back(eng, small_groups) -> None:  #
     assert report.ok, report.problems
 
 
-def test_a_flush_failing_in_a_later_group_loses_nothing(eng, small_groups,  # noqa: F811
+def test_a_flush_failing_in_a_later_group_loses_nothing(eng, small_groups,
                                                          monkeypatch) -> None:
     rng = random.Random(8)
     vol = eng.create_volume(size_gib=1)
