@@ -75,10 +75,11 @@ class ChunkCache:
         self.misses = 0
 
     def get(self, txn: Txn, chunks: ChunkStore, key: bytes, tag: bytes | None,
-            raw: bytes | None = None) -> bytes:
+            raw: bytes | None = None, keep: bool = True) -> bytes:
         """Decoded chunk ``key`` for a lineage of domain ``tag`` (None: plaintext; see
         :func:`check_domain`). ``raw``: its stored value, if the caller read it already in
-        ``txn`` (see :meth:`BlockContext.prefetch`)."""
+        ``txn`` (see :meth:`BlockContext.prefetch`). With ``keep=False`` a miss is not
+        cached (bulk and background readers: they would evict what reads use)."""
         if raw is None:
             raw = chunks.backend.get_many(txn, [key])[0]
         if raw is None:
@@ -91,7 +92,11 @@ class ChunkCache:
                 self.hits += 1
                 return hit[1]
         data = chunks.decode(key, raw)  # outside the lock: other readers go on meanwhile
-        self._insert(key, raw, data)
+        if keep:
+            self._insert(key, raw, data)
+        else:
+            with self._lock:
+                self.misses += 1
         return data
 
     def has_pages(self, value: bytes) -> bool:
@@ -193,10 +198,11 @@ class BlockContext:
 
     def chunk(self, txn: Txn, key: bytes, domain: Domain | None,
               raws: dict[bytes, bytes] | None = None) -> bytes:
-        """Decoded bytes of stored chunk ``key`` (through the cache); ``raws``: stored
-        values already read in ``txn`` (:meth:`prefetch`)."""
+        """Decoded bytes of stored chunk ``key``; ``raws``: stored values already read in
+        ``txn`` (:meth:`prefetch`). For flushes, folds, copies and comparisons: a cached
+        chunk is used, a miss does not fill the read cache (only reads, :meth:`fill`, do)."""
         return self.cache.get(txn, self.chunks, key, _tag(domain),
-                              None if raws is None else raws.get(key))
+                              None if raws is None else raws.get(key), keep=False)
 
     def patch_pages(self, txn: Txn, value: bytes, domain: Domain | None) -> dict[int, bytes]:
         """``{page number: 4 KiB}`` of a patch value's stored pages (for flushes, folds and
@@ -208,8 +214,8 @@ class BlockContext:
 
     def content(self, txn: Txn, value: bytes | None, domain: Domain | None,
                 raws: dict[bytes, bytes] | None = None) -> bytes:
-        """The 64 KiB a ``maps`` value (or None: nothing stored) reads as; ``raws`` as
-        for :meth:`chunk`."""
+        """The 64 KiB a ``maps`` value (or None: nothing stored) reads as; ``raws`` and
+        the read cache as for :meth:`chunk`."""
         if not value:
             return ZERO_CHUNK
         if not L.is_patch(value):

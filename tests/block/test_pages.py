@@ -246,6 +246,39 @@ def test_decoded_chunk_cache_bounded_and_used(eng) -> None:
     assert cache.bytes == 0  # freed chunks leave the cache
 
 
+def test_folding_and_exports_leave_the_read_cache_to_reads(eng, tmp_path) -> None:
+    """The folder, an export and a snapshot comparison decode chunks too: they use cached
+    ones but do not cache what they decode, so a hot set of reads stays cached through a
+    fold of many patches."""
+    vol = eng.create_volume(size_gib=1)
+    hot, cold = range(4), range(4, 24)
+    with eng.open_volume(vol.id) as dev:
+        dev.pwrite(b"".join(sha_bytes(f"c{i}", CS) for i in range(24)), 0)
+        dev.flush()
+        for i in cold:  # one page over each cold chunk: 20 patches, each on a stored base
+            dev.pwrite(sha_bytes(f"p{i}", PS), i * CS + 5 * PS)
+        dev.flush()
+    cache = eng._ctx.cache
+    cache.clear()
+    cache.limit = 6 * 2 * CS  # the hot set (4 chunks) and a little more
+    with eng.open_volume(vol.id) as dev:
+        for i in hot:
+            assert dev.pread(PS, i * CS) == sha_bytes(f"c{i}", CS)[:PS]
+        hot_bytes = cache.bytes
+        assert eng.fold() == len(cold)  # decodes 20 bases the cache has not got
+        snap = eng.create_snapshot(vol.id)
+        eng.export(snap.id, tmp_path / "img")
+        assert cache.bytes == hot_bytes
+        hits = cache.hits
+        for i in hot:
+            assert dev.pread(PS, i * CS + PS) == sha_bytes(f"c{i}", CS)[PS:2 * PS]
+        assert cache.hits == hits + len(hot)
+        for i in cold:
+            want = bytearray(sha_bytes(f"c{i}", CS))
+            want[5 * PS:6 * PS] = sha_bytes(f"p{i}", PS)
+            assert dev.pread(CS, i * CS) == want
+
+
 def test_reads_through_a_deep_restore_chain(eng) -> None:
     """Eight levels of restores, each changing pages and chunks; every level reads right,
     before and after folding (locations cached per volume stay valid)."""
