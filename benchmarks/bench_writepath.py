@@ -12,8 +12,9 @@ comparing ebsengine trees in the same run (``--trees /work/main,.``: before and 
   <= 2x the dirty limit + 128 MiB; after within 64 MiB of idle), the copy's time and the
   server's CPU. ``--reps N`` runs N rounds over the trees, interleaved, and prints medians.
   ``--randwrite S`` then runs ``fio`` 4 KiB random writes at QD32 for S seconds over the
-  copied image and prints the peak during them, 8 s after, and fio's IOPS (the issue's
-  principle that memory follows the dirty limit, for the write path's page sets).
+  copied image and prints the peak during them, RssAnon every 8 s after them for ``--tail``
+  seconds (default 8), and fio's IOPS (the issue's principle that memory follows the dirty
+  limit, for the write path's page sets).
 
 Each tree runs in its own child process with ``PYTHONPATH`` set to it.
 """
@@ -75,9 +76,12 @@ def depth(tree: str, tmp: str) -> None:
     shutil.rmtree(d, ignore_errors=True)
 
 
-def memory(tree: str, tmp: str, image: str, randwrite: float = 0.0) -> tuple[float, float, int, int]:
+def memory(tree: str, tmp: str, image: str, randwrite: float = 0.0,
+           tail: float = 8.0) -> tuple[float, float, int, int]:
     """Copy time, server CPU seconds and peak RssAnon (MiB) of one copy in, and the peak
-    during ``randwrite`` seconds of fio random writes after it (0 if none)."""
+    during ``randwrite`` seconds of fio random writes after it (0 if none). After the random
+    writes RssAnon is sampled every 8 s for ``tail`` seconds (the folder starts merging
+    their patches after 5 quiet seconds)."""
     d = os.path.join(tmp, "mem")
     shutil.rmtree(d, ignore_errors=True)
     os.makedirs(d)
@@ -136,10 +140,14 @@ def memory(tree: str, tmp: str, image: str, randwrite: float = 0.0) -> tuple[flo
                 check=True, capture_output=True, text=True)
             out = fio.stdout[fio.stdout.index("{"):]  # the nbd engine may print a line first
             iops = json.loads(out)["jobs"][0]["write"]["iops"]
-            time.sleep(8)
+            after = []
+            for _ in range(max(1, round(tail / 8))):
+                time.sleep(8)
+                after.append(anon())
             rw_peak = peak[0]
+            series = ", ".join(f"{8 * (i + 1)} s {a}" for i, a in enumerate(after))
             print(f"{tree}: randwrite QD32 {randwrite:g} s: RssAnon before {before} MiB, peak "
-                  f"{rw_peak} MiB, 8 s after {anon()} MiB ({iops:,.0f} IOPS)", flush=True)
+                  f"{rw_peak} MiB, after: {series} MiB ({iops:,.0f} IOPS)", flush=True)
         stop.set()
         t.join()
         return took, cpu, copy_peak, rw_peak
@@ -157,6 +165,8 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=1, help="rounds over the trees (interleaved)")
     ap.add_argument("--randwrite", type=float, default=0.0, metavar="S",
                     help="memory: then S seconds of fio 4 KiB random writes at QD32")
+    ap.add_argument("--tail", type=float, default=8.0, metavar="S",
+                    help="memory: seconds RssAnon is sampled (every 8 s) after the random writes")
     args = ap.parse_args()
     runs: dict[str, list[tuple[float, float, int, int]]] = {}
     with tempfile.TemporaryDirectory(prefix="ebs-wp-", dir="/var/tmp") as tmp:
@@ -166,7 +176,8 @@ def main() -> int:
                 if args.what == "depth":
                     depth(tree, tmp)
                 else:
-                    runs.setdefault(tree, []).append(memory(tree, tmp, args.image, args.randwrite))
+                    runs.setdefault(tree, []).append(memory(tree, tmp, args.image, args.randwrite,
+                                                                    args.tail))
     if args.reps > 1 and runs:
         print(f"medians of {args.reps} rounds:")
         for tree, got in runs.items():
