@@ -611,33 +611,40 @@ class VolumeCache(_Source):
         """Commit every acknowledged write durably; ``in_txn(txn, lineage)`` runs inside the
         same transaction (after the writes) when given — used to freeze a snapshot."""
         with self.flush_lock:
-            self.ctx.last_io = time.monotonic()
-            with self.lock:
-                self._check()
-                self.flushing, self.dirty = self.dirty, {}
-                self.flushing_bytes, self.dirty_bytes = self.dirty_bytes, 0
-            flushed = self.flushing_bytes
-            try:
-                items = sorted(self.flushing.items())
-                if items or in_txn is not None:
-                    self._commit_groups(items, in_txn)
-            except BaseException:
-                with self.lock:
-                    for idx, e in self.flushing.items():
-                        if idx not in self.dirty:
-                            self._set_dirty(idx, e)
-                        elif isinstance(self.dirty[idx], PageSet) and e is not None:
-                            self._reapply(idx, e)
-                    self.flushing, self.flushing_bytes = {}, 0
-                    self.flushed.notify_all()
-                raise
-            with self.lock:
-                self.flushing, self.flushing_bytes = {}, 0
-                self.epoch += 1
-                self.flushed.notify_all()
-            del items
+            flushed = self.flush_held(in_txn)
         if flushed >= TRIM_AFTER:
             release_memory()
+
+    def flush_held(self, in_txn: Callable[[Txn, object], None] | None = None) -> int:
+        """:meth:`flush` by a caller that holds ``flush_lock``; returns the bytes flushed
+        (the caller trims the heap after a large flush). A unit of work holds the lock from
+        its last flush until its own transaction is open, so no later flush commits some of
+        its groups before the unit's snapshot freezes."""
+        self.ctx.last_io = time.monotonic()
+        with self.lock:
+            self._check()
+            self.flushing, self.dirty = self.dirty, {}
+            self.flushing_bytes, self.dirty_bytes = self.dirty_bytes, 0
+        flushed = self.flushing_bytes
+        try:
+            items = sorted(self.flushing.items())
+            if items or in_txn is not None:
+                self._commit_groups(items, in_txn)
+        except BaseException:
+            with self.lock:
+                for idx, e in self.flushing.items():
+                    if idx not in self.dirty:
+                        self._set_dirty(idx, e)
+                    elif isinstance(self.dirty[idx], PageSet) and e is not None:
+                        self._reapply(idx, e)
+                self.flushing, self.flushing_bytes = {}, 0
+                self.flushed.notify_all()
+            raise
+        with self.lock:
+            self.flushing, self.flushing_bytes = {}, 0
+            self.epoch += 1
+            self.flushed.notify_all()
+        return flushed
 
     def _commit_groups(self, items: list[tuple[int, Entry]],
                        in_txn: Callable[[Txn, object], None] | None) -> None:

@@ -22,8 +22,11 @@ included, commits in between: the unit sees and freezes one state.
 
 Snapshots in a unit: a volume's acknowledged writes may still sit in its write-back cache,
 and a cache can only commit in a transaction of its own. So the volumes to snapshot are
-named up front (``flush=``): their caches are flushed just before the unit begins, and
-:meth:`Engine.create_snapshot` with ``tx=`` refuses a volume not named. Each snapshot then
+named up front (``flush=``): their caches are flushed just before the unit begins (the
+last time with their flush locks held until the unit's transaction is open: a flush commits
+in several transactions when it is large, and none that begins later may commit some of
+them before the unit's snapshots freeze), and :meth:`Engine.create_snapshot` with ``tx=``
+refuses a volume not named. Each snapshot then
 holds every write acknowledged before :meth:`Engine.transaction` was called and is a point
 in time of its volume (all writes acknowledged before some instant while the unit opened,
 none after); snapshots of several volumes freeze in the one commit, so they hold together

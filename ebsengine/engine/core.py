@@ -218,9 +218,23 @@ class Engine:
                     claims.append(release)
             for vid in sorted(names):
                 self.flush_volume(vid)
-            # Lock order everywhere: engine lock, then the store's write lock.
+            # Lock order everywhere: engine lock, then a volume's flush lock, then the
+            # store's write lock.
             with self._lock:
-                with self._store.write(freeing=True) as txn:
+                with contextlib.ExitStack() as unit_txn:
+                    # The unit's point in time: its volumes are flushed once more, their
+                    # flush locks held until the unit's transaction is open, so a flush
+                    # that begins later (a writer past its dirty limit, the NBD
+                    # write-back) commits after the unit, never some of its groups before
+                    # the unit's snapshots freeze.
+                    held = [c for c in (self._caches.get(vid) for vid in sorted(names))
+                            if c is not None and not c.deleted]
+                    with contextlib.ExitStack() as locks:
+                        for cache in held:
+                            locks.enter_context(cache.flush_lock)
+                        for cache in held:
+                            cache.flush_held()
+                        txn = unit_txn.enter_context(self._store.write(freeing=True))
                     tx = Transaction(self, txn, frozenset(names))
                     tx._releases = claims
                     tx.now = self._clock()

@@ -141,6 +141,60 @@ def test_snapshot_in_a_unit_holds_every_acknowledged_write(eng: ebsengine.Engine
         assert ro.pread(12, 100) == b"acknowledged"
 
 
+def test_a_flush_in_groups_does_not_split_around_a_units_snapshot(
+        eng: ebsengine.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flush commits in groups of ``FLUSH_GROUP`` chunks. One that another writer begins
+    after the unit's own flush must not land some groups before the unit's snapshot and
+    the rest after it: the snapshot holds the writes it flushed, or none of them."""
+    from ebsengine.block import volume as volmod
+    cs = L.CHUNK_SIZE
+    monkeypatch.setattr(volmod, "FLUSH_GROUP", 2)
+    vol = eng.create_volume(size_gib=1)
+    data = bytes(range(256)) * (6 * cs // 256)  # 6 chunks: 3 groups
+    first_group = threading.Event()
+    real_commit = volmod.VolumeCache._commit
+    writer_thread: list[threading.Thread] = []
+
+    def commit(self, items, in_txn):  # type: ignore[no-untyped-def]
+        real_commit(self, items, in_txn)
+        if threading.current_thread() in writer_thread and not first_group.is_set():
+            first_group.set()
+            time.sleep(0.3)  # between two groups: the unit tries to freeze meanwhile
+
+    monkeypatch.setattr(volmod.VolumeCache, "_commit", commit)
+    errors: list[BaseException] = []
+    dev = eng.open_volume(vol.id)
+
+    def writer() -> None:
+        try:
+            dev.pwrite(data, 0)
+            dev.flush()
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    real_flush_volume = eng.flush_volume
+
+    def flush_volume(volume_id: str) -> None:  # the unit's first flush, then the writer's
+        real_flush_volume(volume_id)
+        t = threading.Thread(target=writer)
+        writer_thread.append(t)
+        t.start()
+        assert first_group.wait(10)
+
+    monkeypatch.setattr(eng, "flush_volume", flush_volume)
+    try:
+        with eng.transaction(flush=[vol.id]) as tx:
+            snap = eng.create_snapshot(vol.id, tx=tx)
+        writer_thread[0].join()
+    finally:
+        dev.close()
+    assert not errors, errors
+    with eng.open_snapshot(snap.id) as ro:
+        got = ro.pread(len(data), 0)
+    held = [got[i * cs:(i + 1) * cs] == data[i * cs:(i + 1) * cs] for i in range(6)]
+    assert all(held) or got == bytes(len(data)), f"chunks the snapshot holds: {held}"
+
+
 def test_a_snapshot_needs_its_volume_flushed_for_the_unit(eng: ebsengine.Engine) -> None:
     vol = eng.create_volume(size_gib=1)
     before = store_digest(eng)
