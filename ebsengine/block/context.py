@@ -285,9 +285,12 @@ class BlockContext:
                 dst[a - lo:b - lo] = ZERO_CHUNK[:b - a]
             return
         tag = _tag(domain)
+        # The cache saves the decompression of a chunk between reads of parts of it; a read
+        # of the whole chunk (a copy, a scan) decodes it once and leaves the cache as it is.
+        keep = pages is not None or lo != 0 or hi != L.CHUNK_SIZE
         if not L.is_patch(value):
             data = self.cache.get(txn, self.chunks, value, tag,
-                                  raws.get(value) if raws else None)
+                                  raws.get(value) if raws else None, keep=keep)
             for a, b in spans:
                 dst[a - lo:b - lo] = data[a:b]
             return
@@ -309,7 +312,8 @@ class BlockContext:
                 elif base is not None:
                     if base_data is None:
                         base_data = self.cache.get(txn, self.chunks, base, tag,
-                                                   raws.get(base) if raws else None)
+                                                   raws.get(base) if raws else None,
+                                                   keep=keep)
                     dst[pos - lo:end - lo] = base_data[pos:end]
                 else:
                     dst[pos - lo:end - lo] = ZERO_PAGE[:end - pos]

@@ -246,6 +246,26 @@ def test_decoded_chunk_cache_bounded_and_used(eng) -> None:
     assert cache.bytes == 0  # freed chunks leave the cache
 
 
+def test_only_reads_of_parts_of_a_chunk_fill_the_read_cache(eng, monkeypatch) -> None:
+    """The cache saves decompressions between reads of parts of one chunk; a read of whole
+    chunks (a copy, a scan) decodes each once and evicts nothing."""
+    vol = eng.create_volume(size_gib=1)
+    with eng.open_volume(vol.id) as dev:
+        dev.pwrite(b"".join(sha_bytes(f"w{i}", CS) for i in range(8)), 0)
+        dev.flush()
+        cache = eng._ctx.cache
+        cache.clear()
+        decodes = CallCounter(monkeypatch, "decode_chunk")
+        whole = b"".join(sha_bytes(f"w{i}", CS) for i in range(8))
+        assert dev.pread(8 * CS, 0) == whole
+        assert decodes.n == 8 and cache.bytes == 0
+        for p in range(16):  # a chunk read page by page: decoded once
+            assert dev.pread(PS, 2 * CS + p * PS) == sha_bytes("w2", CS)[p * PS:(p + 1) * PS]
+        assert decodes.n == 9 and cache.bytes > 0
+        assert dev.pread(8 * CS, 0) == whole  # the cached chunk is used, the others decoded
+        assert decodes.n == 16
+
+
 def test_folding_and_exports_leave_the_read_cache_to_reads(eng, tmp_path) -> None:
     """The folder, an export and a snapshot comparison decode chunks too: they use cached
     ones but do not cache what they decode, so a hot set of reads stays cached through a
