@@ -15,6 +15,8 @@ comparing ebsengine trees in the same run (``--trees /work/main,.``: before and 
   copied image and prints the peak during them, RssAnon every 8 s after them for ``--tail``
   seconds (default 8), and fio's IOPS (the issue's principle that memory follows the dirty
   limit, for the write path's page sets).
+* ``out``: one ``serve`` per tree holding the image, then ``--reps`` interleaved rounds of
+  ``nbdcopy URI null:``; prints the copy's time and the server's CPU, and their medians.
 
 Each tree runs in its own child process with ``PYTHONPATH`` set to it.
 """
@@ -76,13 +78,10 @@ def depth(tree: str, tmp: str) -> None:
     shutil.rmtree(d, ignore_errors=True)
 
 
-def memory(tree: str, tmp: str, image: str, randwrite: float = 0.0,
-           tail: float = 8.0) -> tuple[float, float, int, int]:
-    """Copy time, server CPU seconds and peak RssAnon (MiB) of one copy in, and the peak
-    during ``randwrite`` seconds of fio random writes after it (0 if none). After the random
-    writes RssAnon is sampled every 8 s for ``tail`` seconds (the folder starts merging
-    their patches after 5 quiet seconds)."""
-    d = os.path.join(tmp, "mem")
+def start_server(tree: str, tmp: str, name: str) -> tuple[subprocess.Popen[bytes], str, str]:
+    """``serve`` of ``tree``'s code on a fresh store in ``tmp/name`` holding one 2 GiB volume:
+    (process, volume id, socket path)."""
+    d = os.path.join(tmp, name)
     shutil.rmtree(d, ignore_errors=True)
     os.makedirs(d)
     env = dict(os.environ, PYTHONPATH=tree)
@@ -99,6 +98,47 @@ def memory(tree: str, tmp: str, image: str, randwrite: float = 0.0,
     p = subprocess.Popen([sys.executable, "-c", ("import sys; from ebsengine.nbd.server import "
                           f"serve; sys.exit(serve({store!r}, {sock!r}))")],
                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp)
+    while not os.path.exists(sock):
+        time.sleep(0.05)
+    return p, vol, sock
+
+
+def copy_out(trees: list[str], tmp: str, image: str, reps: int) -> None:
+    """One ``serve`` per tree holding the image (copied in first), then ``reps`` rounds of
+    ``nbdcopy URI null:`` over the trees, interleaved; prints each copy's time and the
+    server's CPU, and the medians."""
+    servers = []
+    try:
+        for n, tree in enumerate(trees):
+            p, vol, sock = start_server(tree, tmp, f"out{n}")
+            servers.append((tree, p, f"nbd+unix:///{vol}?socket={sock}"))
+            subprocess.run(["nbdcopy", "--flush", image, servers[-1][2]], check=True)
+        time.sleep(6)  # the write-back and the heap trim after the copy in
+        got: dict[str, list[tuple[float, float]]] = {}
+        for _ in range(reps):
+            for tree, p, uri in servers:
+                t0, c0 = time.time(), cpu_seconds(p.pid)
+                subprocess.run(["nbdcopy", uri, "null:"], check=True)
+                took, cpu = time.time() - t0, cpu_seconds(p.pid) - c0
+                got.setdefault(tree, []).append((took, cpu))
+                print(f"{tree}: copy out {took:.2f} s, server CPU {cpu:.2f} s", flush=True)
+        print(f"medians of {reps} rounds:")
+        for tree, runs in got.items():
+            print(f"  {tree}: copy out {statistics.median(r[0] for r in runs):.2f} s, server "
+                  f"CPU {statistics.median(r[1] for r in runs):.2f} s")
+    finally:
+        for _, p, _ in servers:
+            p.terminate()
+            p.wait()
+
+
+def memory(tree: str, tmp: str, image: str, randwrite: float = 0.0,
+           tail: float = 8.0) -> tuple[float, float, int, int]:
+    """Copy time, server CPU seconds and peak RssAnon (MiB) of one copy in, and the peak
+    during ``randwrite`` seconds of fio random writes after it (0 if none). After the random
+    writes RssAnon is sampled every 8 s for ``tail`` seconds (the folder starts merging
+    their patches after 5 quiet seconds)."""
+    p, vol, sock = start_server(tree, tmp, "mem")
 
     def anon() -> int:
         with open(f"/proc/{p.pid}/status") as f:
@@ -108,8 +148,6 @@ def memory(tree: str, tmp: str, image: str, randwrite: float = 0.0,
         return 0
 
     try:
-        while not os.path.exists(sock):
-            time.sleep(0.05)
         time.sleep(1)
         idle = anon()
         peak = [idle]
@@ -154,12 +192,11 @@ def memory(tree: str, tmp: str, image: str, randwrite: float = 0.0,
     finally:
         p.terminate()
         p.wait()
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["depth", "memory"])
+    ap.add_argument("what", choices=["depth", "memory", "out"])
     ap.add_argument("--trees", default=".", help="comma list of ebsengine checkouts")
     ap.add_argument("--image", default="/var/tmp/ebsengine-bench/base.img")
     ap.add_argument("--reps", type=int, default=1, help="rounds over the trees (interleaved)")
@@ -170,6 +207,10 @@ def main() -> int:
     args = ap.parse_args()
     runs: dict[str, list[tuple[float, float, int, int]]] = {}
     with tempfile.TemporaryDirectory(prefix="ebs-wp-", dir="/var/tmp") as tmp:
+        if args.what == "out":
+            copy_out([os.path.abspath(t) for t in args.trees.split(",")], tmp, args.image,
+                     args.reps)
+            return 0
         for _ in range(args.reps):
             for tree in args.trees.split(","):
                 tree = os.path.abspath(tree)
