@@ -40,14 +40,19 @@ Sub-databases (key -> value; integers are unsigned big-endian so byte order = nu
 
     * ``b""`` (0 bytes), a tombstone: the chunk reads as zeros from this generation on;
     * a chunk key (20 bytes): the chunk holds that stored chunk;
-    * a *patch* (35 or 55 bytes): ``PATCH_TAG u8 | mask u16 | digest[16] | page key[16] |
+    * a *patch* (35 or 55 bytes): ``tag u8 | mask u16 | digest[16] | page key[16] |
       base`` where ``base`` is a chunk key (20 bytes) or empty (the base reads as zeros). The
       chunk reads as ``base`` with the 4 KiB pages whose bit is set in ``mask`` (bit ``p`` =
       bytes ``[p * PAGE_SIZE, (p + 1) * PAGE_SIZE)``) replaced by the pages stored in
       ``pages[page key]``. The page key is the entry's own map key (entries never move: a
-      snapshot freezes a patch as it freezes any entry, with no copy); ``digest`` is
-      BLAKE2b-128 of those pages, concatenated in ascending order. Since the page key names
-      the entry, equal patch values are the same entry, hence equal content.
+      snapshot freezes a patch as it freezes any entry, with no copy); ``digest`` is a
+      128-bit digest of those pages, concatenated in ascending order, and ``tag`` says which:
+      ``PATCH_TAG_XXH`` (``X``, format 5) xxh3-128 (canonical, big-endian), written in
+      plaintext lineages; ``PATCH_TAG`` (``P``) BLAKE2b-128, keyed in an encrypted domain
+      (the only tag written there: a keyless digest of plaintext pages would be a
+      fingerprint of them beside the ciphertext) and unkeyed in plaintext patches of
+      formats 2-4. Readers do not need the digest; fsck checks it. Since the page key
+      names the entry, equal patch values are the same entry, hence equal content.
 
     ``~gen`` is ``0xFFFFFFFF - gen`` so that a cursor ``set_range(lineage|idx|~G)`` lands on
     the newest entry with ``gen <= G``.
@@ -169,6 +174,11 @@ Format history and migration
   ``rados_index`` and ``rados_gc``). Every format-3 store is a valid format-4 store (its
   chunks are alone, ``b""`` locations); a read-write open writes 4, so older code refuses a
   store whose chunks it would look for in the wrong objects.
+* 5: plaintext patches carry an xxh3-128 digest of their pages (tag ``PATCH_TAG_XXH``; at
+  4 KiB random writes BLAKE2b was about a tenth of a flush's CPU). Every format-4 store is
+  a valid format-5 store (its patches keep tag ``PATCH_TAG`` and their BLAKE2b digests,
+  checked as such, until a write or a fold replaces them); a read-write open writes 5, so
+  older code, which knows one tag, refuses a store it would report as corrupt.
 
 How a point in time is read
 ---------------------------
@@ -211,7 +221,9 @@ I9  ``blocksums`` entries belong to pending snapshots and name blocks inside the
 I10 Every patch value is well formed: its page key is its own map key, its mask is not
     empty, its base (if any) is a stored chunk (counted in I4); ``pages`` holds exactly the
     page keys of the patch entries; each ``pages`` value decodes to ``popcount(mask)`` pages
-    whose BLAKE2b-128 (keyed in an encrypted domain) is the patch's digest.
+    whose digest by the patch's tag is the patch's digest (xxh3-128 for ``PATCH_TAG_XXH``,
+    BLAKE2b-128 for ``PATCH_TAG``, keyed in an encrypted domain); a patch of an encrypted
+    lineage has tag ``PATCH_TAG``.
 I11 A lineage's ``domain`` equals its base lineage's and names a domain record
     (``service``: ``kms.domains``); every domain record is named by some lineage (it is
     deleted in the transaction that destroys its domain's last lineage); every chunk and
@@ -236,7 +248,7 @@ from __future__ import annotations
 
 import struct
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 CHUNK_SIZE = 64 * 1024
 BLOCK_SIZE = 512 * 1024
 CHUNKS_PER_BLOCK = BLOCK_SIZE // CHUNK_SIZE
@@ -257,7 +269,9 @@ PAGE_SIZE = 4096  # the write unit of a patch
 PAGES_PER_CHUNK = CHUNK_SIZE // PAGE_SIZE
 FULL_MASK = (1 << PAGES_PER_CHUNK) - 1
 PAGE_ZSTD_LEVEL = 1
-PATCH_TAG = 0x50  # "P"
+PATCH_TAG = 0x50  # "P": BLAKE2b-128 digest (keyed in an encrypted domain)
+PATCH_TAG_XXH = 0x58  # "X" (format 5): xxh3-128 digest, plaintext lineages only
+PATCH_TAGS = (PATCH_TAG, PATCH_TAG_XXH)
 MAP_KEY_SIZE = 16
 DIGEST_SIZE = 16
 PATCH_SIZE = 1 + 2 + DIGEST_SIZE + MAP_KEY_SIZE  # without its base
@@ -337,15 +351,23 @@ def is_patch(value: bytes) -> bool:
     return len(value) in (PATCH_SIZE, PATCH_SIZE + KEY_SIZE)
 
 
-def patch_value(mask: int, digest: bytes, page_key: bytes, base: bytes | None) -> bytes:
-    """A patch ``maps`` value (see ``maps``/``pages`` above)."""
-    return _PATCH.pack(PATCH_TAG, mask, digest, page_key) + (base or b"")
+def patch_value(mask: int, digest: bytes, page_key: bytes, base: bytes | None,
+                tag: int = PATCH_TAG_XXH) -> bytes:
+    """A patch ``maps`` value (see ``maps``/``pages`` above); ``tag`` names the digest."""
+    if tag not in PATCH_TAGS:
+        raise ValueError(f"unknown patch tag {tag:#x}")
+    return _PATCH.pack(tag, mask, digest, page_key) + (base or b"")
+
+
+def patch_tag(value: bytes) -> int:
+    """The tag of a patch value: which digest it carries (see ``maps`` above)."""
+    return value[0]
 
 
 def parse_patch(value: bytes) -> tuple[int, bytes, bytes, bytes | None]:
     """Inverse of :func:`patch_value`: ``(mask, digest, page key, base or None)``;
-    ValueError if ``value`` is not a well-formed patch."""
-    if not is_patch(value) or value[0] != PATCH_TAG:
+    ValueError if ``value`` is not a well-formed patch (an unknown tag included)."""
+    if not is_patch(value) or value[0] not in PATCH_TAGS:
         raise ValueError(f"not a patch value: {value.hex()}")
     _, mask, digest, page_key = _PATCH.unpack_from(value)
     base = value[PATCH_SIZE:] or None

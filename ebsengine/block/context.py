@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
+import xxhash
+
 from .. import layout as L
 from ..errors import Closed, CorruptStore, KeyUnavailable
 from ..storage.base import Table, Txn
@@ -49,12 +51,27 @@ def check_domain(raw: bytes | memoryview, tag: bytes | None, what: str) -> None:
                            f"tampered with")
 
 
-def page_digest(data: bytes | bytearray | memoryview, domain: Domain | None = None) -> bytes:
-    """The digest a patch value carries of its pages (see ``layout.py``; keyed in an
-    encrypted domain)."""
-    if domain is not None:
-        return domain.page_digest(data)
-    return hashlib.blake2b(data, digest_size=L.DIGEST_SIZE).digest()
+def patch_tag_for(domain: Domain | None) -> int:
+    """The tag (digest kind) of the patches a lineage of ``domain`` writes (``layout.py``,
+    ``maps``): xxh3-128 in plaintext, keyed BLAKE2b-128 in an encrypted domain."""
+    return L.PATCH_TAG if domain is not None else L.PATCH_TAG_XXH
+
+
+def page_digest(data: bytes | bytearray | memoryview, domain: Domain | None = None,
+                tag: int | None = None) -> bytes:
+    """The digest a patch value of tag ``tag`` (by default the one ``domain`` writes)
+    carries of its pages (see ``layout.py``, ``maps``). ValueError for an xxh3 tag in an
+    encrypted domain, or an unknown tag."""
+    if tag is None:
+        tag = patch_tag_for(domain)
+    if tag == L.PATCH_TAG_XXH and domain is None:
+        return xxhash.xxh3_128_digest(data)
+    if tag == L.PATCH_TAG:
+        if domain is not None:
+            return domain.page_digest(data)
+        return hashlib.blake2b(data, digest_size=L.DIGEST_SIZE).digest()
+    raise ValueError(f"patch tag {tag:#x} is not valid in "
+                     f"{'an encrypted' if domain is not None else 'a plaintext'} lineage")
 
 
 class ChunkCache:

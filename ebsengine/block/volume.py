@@ -47,7 +47,7 @@ from ..errors import Closed, CorruptStore, OutOfRange, SnapshotNotFound, VolumeN
 from ..storage.base import Cursor, Txn
 from ..storage.envelope import RAW_MARK, encode_many, encode_pages_many
 from ..storage.sealing import Domain
-from .context import ZERO_CHUNK, BlockContext, page_digest, release_memory
+from .context import ZERO_CHUNK, BlockContext, page_digest, patch_tag_for, release_memory
 
 PS = L.PAGE_SIZE
 CS = L.CHUNK_SIZE
@@ -159,9 +159,10 @@ def _finish_patches(prepared: list[PreparedPatch], domain: Domain | None
                     ) -> list[tuple[bytes, bytes]]:
     """``(patch value, stored pages)`` of patches prepared by ``VolumeCache._patch``: their
     digests, and their pages compressed in one zstd batch and sealed with their page keys.
-    Pure computation that mostly releases the GIL (blake2b, zstd, AES-GCM), so a flush runs
+    Pure computation that mostly releases the GIL (zstd, AES-GCM, keyed blake2b), so a flush runs
     it on the worker pool while it prepares the next patches."""
-    values = [L.patch_value(mask, page_digest(memoryview(framed)[1:], domain), mk, base)
+    tag = patch_tag_for(domain)
+    values = [L.patch_value(mask, page_digest(memoryview(framed)[1:], domain, tag), mk, base, tag)
               for mask, framed, mk, base in prepared]
     stored = encode_pages_many([p[1] for p in prepared], L.PAGE_ZSTD_LEVEL, domain,
                                [p[2] for p in prepared])
