@@ -4,6 +4,7 @@ comparing ebsengine trees in the same run (``--trees /work/main,.``: before and 
 
     python benchmarks/bench_writepath.py depth  --trees /work/main,.
     python benchmarks/bench_writepath.py memory --trees /work/main,. --image IMG
+    python benchmarks/bench_writepath.py library --trees /work/main,. --reps 5
 
 * ``depth``: random 4 KiB reads (cached chunks, so resolution is what is timed) of a volume
   restored 8 levels deep vs 1 level deep; prints us/read and the ratio (goal <= 1.2x).
@@ -17,6 +18,13 @@ comparing ebsengine trees in the same run (``--trees /work/main,.``: before and 
   limit, for the write path's page sets).
 * ``out``: one ``serve`` per tree holding the image, then ``--reps`` interleaved rounds of
   ``nbdcopy URI null:``; prints the copy's time and the server's CPU, and their medians.
+* ``library``: the issue's library random-write figure as an A/B. Each tree imports the
+  image once into its own template store (a tree may write a newer format than the other
+  reads); each round copies every template, syncs, and times 20,000 random 4 KiB
+  ``dev.pwrite`` over the first GiB of the imported volume plus the final ``dev.flush()``
+  (the plan of ``bench_engine.py``'s ``test_randwrite_engine``), interleaved with the
+  baseline, ``os.pwrite`` of the same plan to a 1 GiB sparse raw file + ``fsync``. Prints
+  each round, then medians and their ratio to the baseline's (goal >= 0.5x).
 
 Each tree runs in its own child process with ``PYTHONPATH`` set to it.
 """
@@ -67,6 +75,93 @@ eng.close()
 m = {k: sorted(x)[1] for k, x in res.items()}
 print("us/read depth 1 %.1f, depth 8 %.1f: ratio %.2fx" % (m[1], m[8], m[8] / m[1]))
 '''
+
+
+LIB_IMPORT = r'''
+import sys
+import ebsengine
+with ebsengine.Engine(sys.argv[1]) as eng:
+    vol = eng.import_image(sys.argv[2])
+    eng.create_snapshot(vol.id)
+    print(vol.id)
+'''
+
+#: ``bench_engine._randwrite_plan(1 GiB, 20,000)``: offsets, then 1,024 random 4 KiB buffers
+LIB_PLAN = r'''
+import os, random, resource, sys, time
+rnd = random.Random(5)
+offs = [rnd.randrange((1 << 30) // 4096) * 4096 for _ in range(20000)]
+pool = rnd.randbytes(4096 * 1024)
+bufs = [memoryview(pool)[i * 4096:(i + 1) * 4096] for i in range(1024)]
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+'''
+
+LIB_RUN = LIB_PLAN + r'''
+import ebsengine
+eng = ebsengine.Engine(sys.argv[1])
+dev = eng.open_volume(sys.argv[2])
+c0, t0 = cpu(), time.perf_counter()
+for i, off in enumerate(offs):
+    dev.pwrite(bufs[i & 1023], off)
+t1 = time.perf_counter()
+dev.flush()
+t2 = time.perf_counter()
+print(t2 - t0, t2 - t1, cpu() - c0)
+dev.close()
+eng.close()
+'''
+
+LIB_RAW = LIB_PLAN + r'''
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+os.ftruncate(fd, 1 << 30)
+c0, t0 = cpu(), time.perf_counter()
+for i, off in enumerate(offs):
+    os.pwrite(fd, bufs[i & 1023], off)
+t1 = time.perf_counter()
+os.fsync(fd)
+t2 = time.perf_counter()
+print(t2 - t0, t2 - t1, cpu() - c0)
+os.close(fd)
+'''
+
+
+def library(trees: list[str], tmp: str, image: str, reps: int) -> None:
+    """The ``library`` figure (see the module's docstring)."""
+    def child(tree: str | None, code: str, *argv: str) -> str:
+        env = dict(os.environ, PYTHONPATH=tree) if tree else dict(os.environ)
+        return subprocess.run([sys.executable, "-c", code, *argv], env=env, check=True,
+                              capture_output=True, text=True, cwd=tmp).stdout.strip()
+
+    templates = {}
+    for n, tree in enumerate(trees):
+        tpl = os.path.join(tmp, f"tpl{n}")
+        templates[tree] = (tpl, child(tree, LIB_IMPORT, tpl, image).splitlines()[-1])
+    got: dict[str, list[tuple[float, float, float]]] = {}
+    for _ in range(reps):
+        for name in [*trees, "raw"]:
+            work = os.path.join(tmp, "work")
+            shutil.rmtree(work, ignore_errors=True)
+            if name == "raw":
+                os.sync()
+                out = child(None, LIB_RAW, os.path.join(tmp, "raw.img"))
+            else:
+                shutil.copytree(templates[name][0], work)
+                os.sync()
+                out = child(name, LIB_RUN, work, templates[name][1])
+            wall, flush, cpu = (float(x) for x in out.split())
+            got.setdefault(name, []).append((wall, flush, cpu))
+            print(f"{name}: {wall:.3f} s (final flush/fsync {flush:.3f} s), CPU {cpu:.2f} s",
+                  flush=True)
+        shutil.rmtree(os.path.join(tmp, "work"), ignore_errors=True)
+    raw = statistics.median(r[0] for r in got["raw"])
+    print(f"medians of {reps} rounds (20,000 writes):")
+    for name, runs in got.items():
+        wall = statistics.median(r[0] for r in runs)
+        print(f"  {name}: {wall:.3f} s = {20000 / wall:,.0f} IOPS, final flush "
+              f"{statistics.median(r[1] for r in runs):.3f} s, CPU "
+              f"{statistics.median(r[2] for r in runs):.2f} s: {raw / wall:.2f}x the raw file")
 
 
 def depth(tree: str, tmp: str) -> None:
@@ -196,7 +291,7 @@ def memory(tree: str, tmp: str, image: str, randwrite: float = 0.0,
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["depth", "memory", "out"])
+    ap.add_argument("what", choices=["depth", "memory", "out", "library"])
     ap.add_argument("--trees", default=".", help="comma list of ebsengine checkouts")
     ap.add_argument("--image", default="/var/tmp/ebsengine-bench/base.img")
     ap.add_argument("--reps", type=int, default=1, help="rounds over the trees (interleaved)")
@@ -207,9 +302,9 @@ def main() -> int:
     args = ap.parse_args()
     runs: dict[str, list[tuple[float, float, int, int]]] = {}
     with tempfile.TemporaryDirectory(prefix="ebs-wp-", dir="/var/tmp") as tmp:
-        if args.what == "out":
-            copy_out([os.path.abspath(t) for t in args.trees.split(",")], tmp, args.image,
-                     args.reps)
+        if args.what in ("out", "library"):
+            run = copy_out if args.what == "out" else library
+            run([os.path.abspath(t) for t in args.trees.split(",")], tmp, args.image, args.reps)
             return 0
         for _ in range(args.reps):
             for tree in args.trees.split(","):
