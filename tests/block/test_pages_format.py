@@ -204,6 +204,18 @@ def _patches_of(e: ebsengine.Engine) -> list[tuple[bytes, bytes]]:
         return patch_entries(txn, e)
 
 
+def _encrypted_patch(e: ebsengine.Engine) -> tuple[bytes, bytes, bytes]:
+    """One page written into a fresh encrypted volume: its patch's map key and value, and
+    the page."""
+    vol = e.create_volume(size_gib=1, encrypted=True)
+    page = sha_bytes("secret page", PS)
+    with e.open_volume(vol.id) as dev:
+        dev.pwrite(page, 2 * PS)
+        dev.flush()
+    [(key, value)] = _patches_of(e)
+    return key, value, page
+
+
 def test_plaintext_patches_carry_an_xxh3_digest_of_their_pages(eng_plain: ebsengine.Engine
                                                                ) -> None:
     """Format 5: a partial write in a plaintext lineage stores a patch tagged
@@ -227,12 +239,7 @@ def test_encrypted_patches_keep_a_keyed_blake2b_digest(eng_plain: ebsengine.Engi
     """An unkeyed digest of plaintext pages would fingerprint them beside their ciphertext:
     an encrypted lineage's patches stay tagged ``PATCH_TAG``, keyed with the domain."""
     e = eng_plain
-    vol = e.create_volume(size_gib=1, encrypted=True)
-    page = sha_bytes("secret page", PS)
-    with e.open_volume(vol.id) as dev:
-        dev.pwrite(page, 2 * PS)
-        dev.flush()
-    [(key, value)] = _patches_of(e)
+    key, value, page = _encrypted_patch(e)
     assert L.patch_tag(value) == L.PATCH_TAG
     digest = L.parse_patch(value)[1]
     with e._store.read() as txn:
@@ -246,12 +253,7 @@ def test_encrypted_patches_keep_a_keyed_blake2b_digest(eng_plain: ebsengine.Engi
 
 def test_an_xxh3_tag_in_an_encrypted_lineage_is_flagged(eng_plain: ebsengine.Engine) -> None:
     e = eng_plain
-    vol = e.create_volume(size_gib=1, encrypted=True)
-    page = sha_bytes("secret page", PS)
-    with e.open_volume(vol.id) as dev:
-        dev.pwrite(page, 2 * PS)
-        dev.flush()
-    [(key, value)] = _patches_of(e)
+    key, value, page = _encrypted_patch(e)
     mask, _, pk, base = L.parse_patch(value)
     forged = L.patch_value(mask, xxhash.xxh3_128_digest(page), pk, base, L.PATCH_TAG_XXH)
     with e._store.env.begin(write=True) as txn:
