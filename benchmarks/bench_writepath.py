@@ -23,8 +23,9 @@ comparing ebsengine trees in the same run (``--trees /work/main,.``: before and 
   reads); each round copies every template, syncs, and times 20,000 random 4 KiB
   ``dev.pwrite`` over the first GiB of the imported volume plus the final ``dev.flush()``
   (the plan of ``bench_engine.py``'s ``test_randwrite_engine``), interleaved (the order
-  rotated each round) with the baseline, ``os.pwrite`` of the same plan to a 1 GiB sparse raw file + ``fsync``. Prints
-  each round, then medians and their ratio to the baseline's (goal >= 0.5x).
+  rotated each round) with the baseline, ``os.pwrite`` of the same plan to a 1 GiB sparse
+  raw file + ``fsync``. Prints each round, then medians and their ratio to the baseline's
+  (goal >= 0.5x).
 
 Each tree runs in its own child process with ``PYTHONPATH`` set to it.
 """
@@ -141,8 +142,8 @@ def library(trees: list[str], tmp: str, image: str, reps: int) -> None:
     got: dict[str, list[tuple[float, float, float]]] = {}
     names = [*trees, "raw"]
     for rep in range(reps):
-        # rotated each round: in a fixed order the first tree of a round was the slow one
-        # (0.94 s against 0.77 s for the same code, 7 rounds, 2026-12-07)
+        # rotated each round, so no tree always runs in the same place: rounds here are
+        # bimodal for the same code (README, "Patch digests"), and order must not add to it
         for name in names[rep % len(names):] + names[:rep % len(names)]:
             work = os.path.join(tmp, "work")
             shutil.rmtree(work, ignore_errors=True)

@@ -23,34 +23,30 @@ PS = L.PAGE_SIZE
 
 
 @pytest.fixture
-def patched(store_path: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[ebsengine.Engine]:
-    """A store holding patches: over a base chunk (frozen in a snapshot, and at the head)
-    and over nothing."""
-    monkeypatch.setattr(foldermod, "QUIET", 3600.0)  # no background folding under the test
-    e = ebsengine.Engine(store_path)
-    try:
-        vol = e.create_volume(size_gib=1)
-        with e.open_volume(vol.id) as dev:
-            dev.pwrite(sha_bytes("base", CS), 0)
-            dev.flush()
-            dev.pwrite(sha_bytes("p1", PS), PS)
-            e.create_snapshot(vol.id)
-            dev.pwrite(sha_bytes("p3", 2 * PS), 3 * PS)
-            dev.pwrite(b"tiny", 5 * CS + 7)
-        report = e.fsck()
-        assert report.ok, report.problems
-        assert report.stats["patches"] == 3
-        yield e
-    finally:
-        e.close()
-
-
-@pytest.fixture
 def eng_plain(store_path: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[ebsengine.Engine]:
     """An empty store, with no background folding under the test."""
     monkeypatch.setattr(foldermod, "QUIET", 3600.0)
     with ebsengine.Engine(store_path) as e:
         yield e
+
+
+@pytest.fixture
+def patched(eng_plain: ebsengine.Engine) -> ebsengine.Engine:
+    """A store holding patches: over a base chunk (frozen in a snapshot, and at the head)
+    and over nothing."""
+    e = eng_plain
+    vol = e.create_volume(size_gib=1)
+    with e.open_volume(vol.id) as dev:
+        dev.pwrite(sha_bytes("base", CS), 0)
+        dev.flush()
+        dev.pwrite(sha_bytes("p1", PS), PS)
+        e.create_snapshot(vol.id)
+        dev.pwrite(sha_bytes("p3", 2 * PS), 3 * PS)
+        dev.pwrite(b"tiny", 5 * CS + 7)
+    report = e.fsck()
+    assert report.ok, report.problems
+    assert report.stats["patches"] == 3
+    return e
 
 
 def patch_entries(txn: lmdb.Transaction, e: ebsengine.Engine) -> list[tuple[bytes, bytes]]:
@@ -295,7 +291,6 @@ def test_format_4_store_with_blake2b_patches_opens_reads_and_passes_fsck(
             txn.put(k, old, db=e._store.db["maps"])
         txn.put(b"format", b"4", db=e._store.db["meta"])
     e.close()
-    old_patches = None
     with ebsengine.Engine(store_path, readonly=True) as ro:
         old_patches = _patches_of(ro)
         assert {L.patch_tag(v) for _, v in old_patches} == {L.PATCH_TAG}
