@@ -15,9 +15,9 @@ device opened on it, so several NBD connections see one volume):
   decompressed; their digests, compression and sealing run in batches on the worker pool
   while the next patches are prepared); then it commits chunks, patches, map entries and
   reference counts in LMDB write transactions at the lineage head, one per
-  ``FLUSH_GROUP`` chunks (synced commits: durable on return). The flushing entries stay
-  visible until the last one has committed; a failed flush puts them all back in ``dirty``
-  (writing again what an earlier transaction stored changes nothing).
+  ``FLUSH_GROUP`` chunks (synced commits: durable on return). Each group's entries leave
+  ``flushing`` (and give their bytes back to writers waiting for room) once their group
+  has committed; a failed flush puts the rest back in ``dirty``.
   Readers consult ``dirty``, then ``flushing``, then LMDB; the switch from ``flushing`` to
   LMDB happens under ``lock`` after the commit, and a reader that falls through to LMDB opens
   its read transaction while still holding ``lock``, so it never sees neither.
@@ -653,12 +653,23 @@ class VolumeCache(_Source):
         one. (A method of its own so that its groups, which hold the flushed buffers, are
         gone before :meth:`flush` trims the heap.)"""
         groups = [items[i:i + FLUSH_GROUP] for i in range(0, len(items), FLUSH_GROUP)] or [[]]
-        for n, group in enumerate(groups):
+        items.clear()  # each group's buffers go with the group (see below)
+        for n in range(len(groups)):
+            group, groups[n] = groups[n], []
             last = n == len(groups) - 1
             self._commit(group, in_txn if last else None)
             if not last:
-                with self.lock:  # stored values changed under the flushing entries
-                    self.epoch += 1
+                # The group is durable: its entries leave ``flushing`` (readers now find them
+                # in the store) and give their bytes back, so writers waiting for room go on
+                # while the later groups commit instead of stalling for the whole flush. No
+                # reference to its buffers is left here, so the room given back is free.
+                done = [idx for idx, _ in group]
+                del group
+                with self.lock:
+                    self.epoch += 1  # stored values changed under the flushing entries
+                    for idx in done:
+                        self.flushing_bytes -= _entry_bytes(self.flushing.pop(idx))
+                    self.flushed.notify_all()
 
     def _reapply(self, idx: int, older: Entry) -> None:
         """After a failed flush: lay the newer dirty page set of ``idx`` over the older

@@ -5,6 +5,7 @@ acknowledged before it, and a flush that fails in a later transaction loses noth
 from __future__ import annotations
 
 import random
+import sys
 
 import pytest
 from block_support import eng  # noqa: F401  (eng: a fixture)
@@ -111,3 +112,38 @@ def test_a_flush_failing_in_a_later_group_loses_nothing(eng, small_groups,
         assert ro.pread(CHUNKS * CS, 0) == model
     report = eng.fsck()
     assert report.ok, report.problems
+
+
+def test_a_committed_group_gives_its_room_back_and_its_buffers_go(eng, small_groups,
+                                                                   monkeypatch) -> None:
+    """Once a group has committed, its entries leave ``flushing`` and their bytes leave
+    ``flushing_bytes`` (writers waiting for room go on), and nothing of the flush holds
+    their buffers any more (the room given back is memory given back)."""
+    rng = random.Random(3)
+    vol = eng.create_volume(size_gib=1)
+    with eng.open_volume(vol.id) as dev:
+        cache = dev._src
+        bufs = []
+        for idx in range(12):  # three groups of four whole chunks
+            dev.pwrite(rng.randbytes(CS), idx * CS)
+            bufs.append(cache.dirty[idx])
+        seen = []
+        real = volmod.VolumeCache._commit  # the counting one
+
+        def watching(self, items, in_txn):  # type: ignore[no-untyped-def]
+            seen.append((sorted(self.flushing), self.flushing_bytes,
+                         [sys.getrefcount(b) for b in bufs[:4]]))
+            return real(self, items, in_txn)
+
+        monkeypatch.setattr(volmod.VolumeCache, "_commit", watching)
+        want = b"".join(bufs)
+        dev.flush()
+        assert small_groups == [4, 4, 4]
+        assert [s[0] for s in seen] == [list(range(12)), list(range(4, 12)),
+                                        list(range(8, 12))]
+        assert [s[1] for s in seen] == [12 * CS, 8 * CS, 4 * CS]
+        # bufs, the slice, the loop variable and getrefcount's argument: nothing else holds
+        # the first group's buffers once it is in (the flush held them all before)
+        assert seen[0][2] == [6] * 4, seen
+        assert seen[1][2] == seen[2][2] == [4] * 4, seen
+        assert dev.pread(12 * CS, 0) == want
