@@ -237,7 +237,7 @@ def _check_pass(store: Store, chunks: ChunkStore, maps: BlockMaps, batch: int,
         map_triples: set[tuple[int, int, int]] = set()
         per_interval: dict[tuple[int, int, int], int] = defaultdict(int)
         live_cache: dict[int, list[int]] = {}
-        patches: dict[bytes, bytes] = {}  # map key -> patch value
+        patches: dict[bytes, tuple[bytes, int, bytes]] = {}  # pages key -> (patch, mask, digest)
         for k, v in rd.rows("maps"):
             stats["map_entries"] += 1
             try:
@@ -246,8 +246,12 @@ def _check_pass(store: Store, chunks: ChunkStore, maps: BlockMaps, batch: int,
                 bad(f"I6: malformed map key {k.hex()}")
                 continue
             map_triples.add((lid, idx, gen))
-            if L.is_patch(v):
-                patches[bytes(k)] = bytes(v)  # its pages are not orphans, whatever else
+            if L.is_patch(v):  # its pages are not orphans, whatever else
+                try:
+                    for key, m, d in L.patch_layers(bytes(v)):
+                        patches[key] = (bytes(v), m, d)
+                except ValueError:
+                    patches[bytes(k)] = (bytes(v), 0, b"")
             lin = lineages.get(lid)
             if lin is None:
                 bad(f"I6: map entry {lid}/{idx}/{gen} belongs to unknown lineage {lid}")
@@ -255,14 +259,20 @@ def _check_pass(store: Store, chunks: ChunkStore, maps: BlockMaps, batch: int,
             if L.is_patch(v):
                 try:
                     mask, _, page_key, base = L.parse_patch(v)
+                    layers = L.patch_layers(v)
                 except ValueError:
                     bad(f"I10: map entry {lid}/{idx}/{gen} has a malformed patch value")
                     continue
                 if page_key != k:
                     bad(f"I10: patch {lid}/{idx}/{gen} names the pages of another entry")
-                if not mask or mask > L.FULL_MASK:
+                union = 0
+                for _, m, _ in layers:
+                    union |= m
+                    if not m:
+                        bad(f"I10: patch {lid}/{idx}/{gen} has an empty layer")
+                if not mask or mask > L.FULL_MASK or union != mask:
                     bad(f"I10: patch {lid}/{idx}/{gen} has a bad page mask {mask:#x}")
-                if lin.domain and L.patch_tag(v) != L.PATCH_TAG:
+                if lin.domain and L.DIGEST_OF[L.patch_tag(v)] != L.PATCH_TAG:
                     bad(f"I10: patch {lid}/{idx}/{gen} of an encrypted lineage carries an "
                         f"unkeyed xxh3 digest of its pages")
                 if base is not None:
@@ -347,18 +357,18 @@ def _check_pass(store: Store, chunks: ChunkStore, maps: BlockMaps, batch: int,
 
         # I10 pages: exactly one per patch, decoding to its mask's pages with its digest
         for k, v in rd.rows("pages"):
-            stats["patches"] += 1
+            stats["patches"] += len(k) == L.MAP_KEY_SIZE  # a patch's first (or only) layer
+            stats["page_layers"] += 1
             stats["page_bytes"] += len(v) - 1
-            value = patches.pop(bytes(k), None)
-            if value is None:
+            layer = patches.pop(bytes(k), None)
+            if layer is None:
                 bad(f"I10: pages {k.hex()} belong to no patch entry (orphan)")
                 continue
-            try:
-                mask, digest, _, _ = L.parse_patch(value)
-            except ValueError:
-                continue  # reported with its map entry
+            value, mask, digest = layer
+            if not mask:
+                continue  # a malformed patch: reported with its map entry
             tag = sealed_tag(v)
-            plid = L.parse_map_key(bytes(k))[0]
+            plid = L.parse_map_key(bytes(k)[:L.MAP_KEY_SIZE])[0]
             if plid in lineages and want_tag(plid) != tag:
                 bad(f"I11: pages {k.hex()} are sealed in {_dom(tag)} but belong to lineage "
                     f"{plid} of {_dom(want_tag(plid))}")
@@ -379,7 +389,7 @@ def _check_pass(store: Store, chunks: ChunkStore, maps: BlockMaps, batch: int,
                 bad(f"I10: pages {k.hex()} do not match their patch's digest")
         for k in sorted(patches)[:20]:
             try:
-                lid, idx, gen = L.parse_map_key(k)
+                lid, idx, gen = L.parse_map_key(k[:L.MAP_KEY_SIZE])
                 bad(f"I10: patch {lid}/{idx}/{gen} has no pages")
             except struct.error:
                 bad(f"I10: patch {k.hex()} has no pages")

@@ -53,14 +53,29 @@ Sub-databases (key -> value; integers are unsigned big-endian so byte order = nu
       fingerprint of them beside the ciphertext) and unkeyed in plaintext patches of
       formats 2-4. Readers do not need the digest; fsck checks it. Since the page key
       names the entry, equal patch values are the same entry, hence equal content.
+    * a *layered patch* (format 6; ``20 + 18 n`` or ``40 + 18 n`` bytes, ``2 <= n <=
+      MAX_LAYERS``): ``tag u8 | mask u16 | page key[16] | n u8 | n x (layer mask u16 |
+      layer digest[16]) | base``, tag ``PATCH_TAG_LAYERS_XXH`` (``L``, xxh3-128 digests,
+      plaintext) or ``PATCH_TAG_LAYERS`` (``K``, keyed BLAKE2b-128, encrypted). The pages
+      of layer ``i`` (oldest first) are stored at :func:`layer_key` ``(page key, i)`` (the
+      page key itself for layer 0), each layer digested like a patch's pages; ``mask`` is
+      the union of the layer masks and page ``p`` reads from the newest layer holding it.
+      A flush over a patch at the same map key adds a layer of just its new pages instead
+      of rewriting the pages already stored (at 4 KiB random writes, a flush per second
+      rewrote each page several times before a fold); a patch with ``MAX_LAYERS`` layers,
+      or whose layers hold more than a chunk of pages, is rewritten as one layer.
+
+    A value longer than a chunk key is a patch of either kind (its tag tells which).
 
     ``~gen`` is ``0xFFFFFFFF - gen`` so that a cursor ``set_range(lineage|idx|~G)`` lands on
     the newest entry with ``gen <= G``.
 ``pages``
-    page key (= the map key of a patch entry) -> ``codec u8 | payload``, the pages of that
-    patch (``popcount(mask) * PAGE_SIZE`` bytes once decoded), codec as in ``chunks`` (zstd at
-    ``PAGE_ZSTD_LEVEL`` when it saves 1/16, else raw). Written in the commit that writes the
-    patch, deleted in the commit that drops or replaces it. A patch is the result of partial
+    page key (= the map key of a patch entry; with a layer number ``u8`` >= 1 appended for
+    the later layers of a layered patch) -> ``codec u8 | payload``, the pages of that
+    patch or layer (``popcount(mask) * PAGE_SIZE`` bytes once decoded), codec as in
+    ``chunks`` (zstd at ``PAGE_ZSTD_LEVEL`` when it saves 1/16, else raw). Written in the
+    commit that writes the patch (or its layer), deleted in the commit that drops or
+    replaces it (a new layer keeps those below it). A patch is the result of partial
     writes to a chunk: they cost no read or decompression of the chunk. A background *folder*
     later replaces a patch, in place (same key, same generation), with the chunk key of its
     content (one compression for all its pages); content and visibility do not change.
@@ -179,6 +194,10 @@ Format history and migration
   a valid format-5 store (its patches keep tag ``PATCH_TAG`` and their BLAKE2b digests,
   checked as such, until a write or a fold replaces them); a read-write open writes 5, so
   older code, which knows one tag, refuses a store it would report as corrupt.
+* 6: layered patches (tags ``PATCH_TAG_LAYERS_XXH`` and ``PATCH_TAG_LAYERS``, pages rows at
+  17-byte layer keys). Every format-5 store is a valid format-6 store (it has no layered
+  patch); a read-write open writes 6, so older code refuses a store whose patches it would
+  call malformed.
 
 How a point in time is read
 ---------------------------
@@ -219,11 +238,14 @@ I7  Every volume names a lineage whose ``owner`` is that volume (and so does its
 I8  ``allocated`` of a lineage with a head equals the number of data chunks visible there.
 I9  ``blocksums`` entries belong to pending snapshots and name blocks inside them.
 I10 Every patch value is well formed: its page key is its own map key, its mask is not
-    empty, its base (if any) is a stored chunk (counted in I4); ``pages`` holds exactly the
-    page keys of the patch entries; each ``pages`` value decodes to ``popcount(mask)`` pages
-    whose digest by the patch's tag is the patch's digest (xxh3-128 for ``PATCH_TAG_XXH``,
-    BLAKE2b-128 for ``PATCH_TAG``, keyed in an encrypted domain); a patch of an encrypted
-    lineage has tag ``PATCH_TAG``.
+    empty, its base (if any) is a stored chunk (counted in I4); a layered patch has 2 to
+    ``MAX_LAYERS`` layers, none empty, whose masks' union is its mask; ``pages`` holds
+    exactly the page keys (layer keys) of the patch entries (layers); each ``pages`` value
+    decodes to ``popcount(mask)`` pages of its patch or layer, whose digest by the patch's
+    tag is the patch's or layer's digest (xxh3-128 for ``PATCH_TAG_XXH`` and
+    ``PATCH_TAG_LAYERS_XXH``, BLAKE2b-128 for ``PATCH_TAG`` and ``PATCH_TAG_LAYERS``, keyed
+    in an encrypted domain); a patch of an encrypted lineage has tag ``PATCH_TAG`` or
+    ``PATCH_TAG_LAYERS``.
 I11 A lineage's ``domain`` equals its base lineage's and names a domain record
     (``service``: ``kms.domains``); every domain record is named by some lineage (it is
     deleted in the transaction that destroys its domain's last lineage); every chunk and
@@ -248,7 +270,7 @@ from __future__ import annotations
 
 import struct
 
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 CHUNK_SIZE = 64 * 1024
 BLOCK_SIZE = 512 * 1024
 CHUNKS_PER_BLOCK = BLOCK_SIZE // CHUNK_SIZE
@@ -271,7 +293,17 @@ FULL_MASK = (1 << PAGES_PER_CHUNK) - 1
 PAGE_ZSTD_LEVEL = 1
 PATCH_TAG = 0x50  # "P": BLAKE2b-128 digest (keyed in an encrypted domain)
 PATCH_TAG_XXH = 0x58  # "X" (format 5): xxh3-128 digest, plaintext lineages only
+PATCH_TAG_LAYERS_XXH = 0x4C  # "L" (format 6): layered, xxh3-128 digests (plaintext)
+PATCH_TAG_LAYERS = 0x4B  # "K" (format 6): layered, BLAKE2b-128 digests (keyed: encrypted)
 PATCH_TAGS = (PATCH_TAG, PATCH_TAG_XXH)
+LAYERED_TAGS = (PATCH_TAG_LAYERS_XXH, PATCH_TAG_LAYERS)
+#: the layered tag of each one-layer tag, and the digest kind (a one-layer tag) of each tag
+LAYERED_OF = {PATCH_TAG_XXH: PATCH_TAG_LAYERS_XXH, PATCH_TAG: PATCH_TAG_LAYERS}
+DIGEST_OF = {PATCH_TAG: PATCH_TAG, PATCH_TAG_XXH: PATCH_TAG_XXH,
+             PATCH_TAG_LAYERS: PATCH_TAG, PATCH_TAG_LAYERS_XXH: PATCH_TAG_XXH}
+MAX_LAYERS = 8
+LAYER_SIZE = 2 + 16  # layer mask, layer digest
+LAYERED_SIZE = 1 + 2 + 16 + 1  # tag, mask, page key, layer count (then the layers, the base)
 MAP_KEY_SIZE = 16
 DIGEST_SIZE = 16
 PATCH_SIZE = 1 + 2 + DIGEST_SIZE + MAP_KEY_SIZE  # without its base
@@ -283,6 +315,8 @@ DBS = ("meta", "chunks", "refs", "maps", "gens", "lineages", "volumes", "snapsho
 
 _MAPKEY = struct.Struct(">QII")
 _PATCH = struct.Struct(">BH16s16s")
+_LAYER = struct.Struct(">H16s")
+_U16 = struct.Struct(">H")
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
 TOMBSTONE = b""
@@ -347,8 +381,9 @@ def service_key(namespace: str, key: str) -> bytes:
 
 
 def is_patch(value: bytes) -> bool:
-    """Whether a ``maps`` value is a patch (else a chunk key or a tombstone)."""
-    return len(value) in (PATCH_SIZE, PATCH_SIZE + KEY_SIZE)
+    """Whether a ``maps`` value is a patch, one-layer or layered (else a chunk key or a
+    tombstone)."""
+    return len(value) > KEY_SIZE
 
 
 def patch_value(mask: int, digest: bytes, page_key: bytes, base: bytes | None,
@@ -364,14 +399,108 @@ def patch_tag(value: bytes) -> int:
     return value[0]
 
 
-def parse_patch(value: bytes) -> tuple[int, bytes, bytes, bytes | None]:
-    """Inverse of :func:`patch_value`: ``(mask, digest, page key, base or None)``;
-    ValueError if ``value`` is not a well-formed patch (an unknown tag included)."""
-    if not is_patch(value) or value[0] not in PATCH_TAGS:
+def _layer_count(value: bytes) -> int:
+    """Layers of a layered patch value (ValueError if its length or count is not one)."""
+    n = value[LAYERED_SIZE - 1] if len(value) >= LAYERED_SIZE else 0
+    if value[0] not in LAYERED_TAGS or not 2 <= n <= MAX_LAYERS \
+            or len(value) - LAYERED_SIZE - n * LAYER_SIZE not in (0, KEY_SIZE):
         raise ValueError(f"not a patch value: {value.hex()}")
-    _, mask, digest, page_key = _PATCH.unpack_from(value)
-    base = value[PATCH_SIZE:] or None
-    return mask, digest, page_key, base
+    return n
+
+
+def parse_patch(value: bytes) -> tuple[int, bytes, bytes, bytes | None]:
+    """Inverse of :func:`patch_value`: ``(mask, digest, page key, base or None)`` (for a
+    layered patch: the union mask, and ``b""`` for the digest: see :func:`patch_layers`);
+    ValueError if ``value`` is not a well-formed patch (an unknown tag included)."""
+    if len(value) in (PATCH_SIZE, PATCH_SIZE + KEY_SIZE) and value[0] in PATCH_TAGS:
+        _, mask, digest, page_key = _PATCH.unpack_from(value)
+        return mask, digest, page_key, value[PATCH_SIZE:] or None
+    if not is_patch(value) or value[0] not in LAYERED_TAGS:
+        raise ValueError(f"not a patch value: {value.hex()}")
+    n = _layer_count(value)
+    mask = _U16.unpack_from(value, 1)[0]
+    end = LAYERED_SIZE + n * LAYER_SIZE
+    return mask, b"", value[3:19], value[end:] or None
+
+
+def layer_key(page_key: bytes, i: int) -> bytes:
+    """Where the pages of layer ``i`` of a patch are stored (``pages``)."""
+    return page_key if i == 0 else page_key + bytes((i,))
+
+
+def patch_layers(value: bytes) -> list[tuple[bytes, int, bytes]]:
+    """``(pages key, mask, digest)`` of each layer of a patch, oldest first (one for a
+    one-layer patch); ValueError if ``value`` is not a well-formed patch."""
+    mask, digest, page_key, _ = parse_patch(value)
+    if value[0] in PATCH_TAGS:
+        return [(page_key, mask, digest)]
+    end = LAYERED_SIZE + value[LAYERED_SIZE - 1] * LAYER_SIZE
+    return [(layer_key(page_key, i), m, d)
+            for i, (m, d) in enumerate(_LAYER.iter_unpack(value[LAYERED_SIZE:end]))]
+
+
+def lays_on(value: bytes, prior: bytes) -> bool:
+    """Whether patch ``value`` is patch ``prior`` with one more layer on top (what
+    :func:`add_layer` makes of it): the same page key, base and layers below."""
+    if not value or value[0] not in LAYERED_TAGS or not is_patch(prior) \
+            or layer_count(value) != layer_count(prior) + 1 or chunk_of(value) != chunk_of(prior):
+        return False
+    n = layer_count(prior)
+    if prior[0] in LAYERED_TAGS:
+        return value[3:19] == prior[3:19] and \
+            value[LAYERED_SIZE:LAYERED_SIZE + n * LAYER_SIZE] == \
+            prior[LAYERED_SIZE:LAYERED_SIZE + n * LAYER_SIZE]
+    return value[3:19] == prior[3 + DIGEST_SIZE:PATCH_SIZE] and \
+        value[LAYERED_SIZE:LAYERED_SIZE + LAYER_SIZE] == prior[1:3 + DIGEST_SIZE]
+
+
+def layer_count(value: bytes) -> int:
+    """Layers of a well-formed patch value (1 for a one-layer patch)."""
+    return value[LAYERED_SIZE - 1] if value[0] in LAYERED_TAGS else 1
+
+
+def layer_masks(value: bytes) -> list[int]:
+    """The mask of each layer of a well-formed patch value, oldest first."""
+    if value[0] not in LAYERED_TAGS:
+        return [_U16.unpack_from(value, 1)[0]]
+    return [_U16.unpack_from(value, LAYERED_SIZE + i * LAYER_SIZE)[0]
+            for i in range(value[LAYERED_SIZE - 1])]
+
+
+def add_layer(prior: bytes, mask: int, digest: bytes, tag: int) -> bytes:
+    """The layered patch ``maps`` value of well-formed patch ``prior`` (at its own page key)
+    with one more layer ``(mask, digest)`` of layered tag ``tag`` on top: what
+    :func:`layered_value` makes of its layers and that one, without parsing them."""
+    base = chunk_of(prior) or b""
+    if prior[0] in LAYERED_TAGS:
+        n = prior[LAYERED_SIZE - 1]
+        below = prior[LAYERED_SIZE:LAYERED_SIZE + n * LAYER_SIZE]
+    else:
+        n, below = 1, prior[1:3] + prior[3:3 + DIGEST_SIZE]
+    if tag not in LAYERED_TAGS or n + 1 > MAX_LAYERS:
+        raise ValueError(f"bad layered patch: tag {tag:#x}, {n + 1} layers")
+    union = _U16.unpack_from(prior, 1)[0] | mask
+    page_key = prior[3 + DIGEST_SIZE:PATCH_SIZE] if prior[0] in PATCH_TAGS else prior[3:19]
+    return b"".join([struct.pack(">BH16sB", tag, union, page_key, n + 1), below,
+                     _LAYER.pack(mask, digest), base])
+
+
+def layered_value(tag: int, layers: list[tuple[int, bytes]], page_key: bytes,
+                  base: bytes | None) -> bytes:
+    """A layered patch ``maps`` value of ``(mask, digest)`` layers, oldest first."""
+    if tag not in LAYERED_TAGS or not 2 <= len(layers) <= MAX_LAYERS:
+        raise ValueError(f"bad layered patch: tag {tag:#x}, {len(layers)} layers")
+    union = 0
+    for m, _ in layers:
+        union |= m
+    return b"".join([struct.pack(">BH16sB", tag, union, page_key, len(layers)),
+                     *[_LAYER.pack(m, d) for m, d in layers], base or b""])
+
+
+def patch_head(value: bytes) -> bytes:
+    """A patch value without its base: what names its pages (the decoded-pages cache key)."""
+    base = chunk_of(value)
+    return value[:-KEY_SIZE] if base is not None else value
 
 
 def chunk_of(value: bytes) -> bytes | None:
@@ -379,8 +508,11 @@ def chunk_of(value: bytes) -> bytes | None:
     None."""
     if len(value) == KEY_SIZE:
         return value
-    if len(value) == PATCH_SIZE + KEY_SIZE:
+    if len(value) == PATCH_SIZE + KEY_SIZE and value[0] in PATCH_TAGS:
         return value[PATCH_SIZE:]
+    if len(value) > LAYERED_SIZE and value[0] in LAYERED_TAGS \
+            and (len(value) - LAYERED_SIZE) % LAYER_SIZE == KEY_SIZE % LAYER_SIZE:
+        return value[-KEY_SIZE:]
     return None
 
 

@@ -62,8 +62,7 @@ def page_digest(data: bytes | bytearray | memoryview, domain: Domain | None = No
     """The digest a patch value of tag ``tag`` (by default the one ``domain`` writes)
     carries of its pages (see ``layout.py``, ``maps``). ValueError for an xxh3 tag in an
     encrypted domain, or an unknown tag."""
-    if tag is None:
-        tag = patch_tag_for(domain)
+    tag = patch_tag_for(domain) if tag is None else L.DIGEST_OF.get(tag, -1)
     if tag == L.PATCH_TAG_XXH and domain is None:
         return xxhash.xxh3_128_digest(data)
     if tag == L.PATCH_TAG:
@@ -118,17 +117,19 @@ class ChunkCache:
 
     def has_pages(self, value: bytes) -> bool:
         """Whether the pages of patch ``value`` are cached (for some domain)."""
-        return value[:L.PATCH_SIZE] in self._lru
+        return L.patch_head(value) in self._lru
 
     def get_pages(self, txn: Txn, chunks: ChunkStore, pages_db: Table, value: bytes,
                   tag: bytes | None, keep: bool = True) -> bytes:
-        """The decoded pages (ascending page order) of patch ``value``. Cached by the
-        patch's header with no store read on a hit: the header holds the digest of exactly
-        these pages and the map key they are stored at, so equal headers mean equal pages
-        (a rewrite of the patch changes its digest, a fold removes the patch); a hit also
-        needs the domain ``tag`` the pages were checked against (:func:`check_domain`). With
-        ``keep=False`` a miss is not cached (pages about to be replaced: flush, fold)."""
-        head = value[:L.PATCH_SIZE]
+        """The decoded pages (ascending page order, the newest layer's where layers
+        overlap) of patch ``value``. Cached by the patch's header (its value without the
+        base) with no store read on a hit: the header holds the digest of exactly these
+        pages (of each layer) and the map key they are stored at, so equal headers mean
+        equal pages (a rewrite of the patch changes a digest, a new layer adds one, a fold
+        removes the patch); a hit also needs the domain ``tag`` the pages were checked
+        against (:func:`check_domain`). With ``keep=False`` a miss is not cached (pages
+        about to be replaced: flush, fold)."""
+        head = L.patch_head(value)
         mark = tag or b""
         with self._lock:
             hit = self._lru.get(head)
@@ -136,12 +137,21 @@ class ChunkCache:
                 self._lru.move_to_end(head)
                 self.hits += 1
                 return hit[1]
-        mask, _, page_key, _ = L.parse_patch(value)
-        raw = txn.get(page_key, db=pages_db)
-        if raw is None:
-            raise CorruptStore(f"the pages of patch {page_key.hex()} are missing")
-        check_domain(raw, tag, f"the pages of patch {page_key.hex()}")
-        data = decode_pages(raw, mask.bit_count() * L.PAGE_SIZE, page_key, chunks.keys)
+        layers = L.patch_layers(value)
+        got: dict[int, bytes | memoryview] = {}
+        for page_key, mask, _ in layers:
+            raw = txn.get(page_key, db=pages_db)
+            if raw is None:
+                raise CorruptStore(f"the pages of patch {page_key.hex()} are missing")
+            check_domain(raw, tag, f"the pages of patch {page_key.hex()}")
+            data = decode_pages(raw, mask.bit_count() * L.PAGE_SIZE, page_key, chunks.keys)
+            if len(layers) == 1:
+                break
+            view = memoryview(data)
+            for i, p in enumerate(L.mask_pages(mask)):
+                got[p] = view[i * L.PAGE_SIZE:(i + 1) * L.PAGE_SIZE]
+        if len(layers) > 1:
+            data = b"".join(got[p] for p in sorted(got))
         if keep:
             self._insert(head, mark, data)
         return data
@@ -283,8 +293,8 @@ class BlockContext:
         hint = getattr(txn, "prefetch", None)
         if hint is None:
             return
-        page_keys = [L.parse_patch(v)[2] for v in values
-                     if v and L.is_patch(v) and not self.cache.has_pages(v)]
+        page_keys = [k for v in values if v and L.is_patch(v) and not self.cache.has_pages(v)
+                     for k, _, _ in L.patch_layers(v)]
         if len(page_keys) > 1:
             hint(sorted(page_keys), db=self.pages_db)
 

@@ -78,6 +78,9 @@ class Folder:
                 wrapped = False
                 while found:
                     mk = cur.key()
+                    if len(mk) != L.MAP_KEY_SIZE:  # a later layer's pages: its patch is at mk
+                        found = cur.next()
+                        continue
                     value = txn.get(mk, db=ctx.maps.maps)
                     if value is not None and L.is_patch(value) and value not in self._skip \
                             and value not in self._locked:

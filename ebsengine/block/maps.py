@@ -247,31 +247,39 @@ class BlockMaps:
         ``floor`` is :meth:`head_floor`. The head interval ``(floor, head]`` keeps at most one
         entry per index: an entry already in it is replaced (its reference and pages
         released), even if it has an older generation left there by a merged snapshot
-        deletion. The caller has taken the reference on ``key`` (or on a patch's base) and
-        saves ``lin`` (``allocated`` is kept up to date).
+        deletion. The caller has taken the reference on ``key`` (or on a patch's base),
+        except for a layer laid on the patch already at the head (``layout.lays_on``), which
+        keeps that patch's base and layers; and saves ``lin`` (``allocated`` is kept up to
+        date).
         """
         assert lin.head is not None
         head = lin.head
         cur = cur or txn.cursor(db=self.maps)
         e = self.entry(txn, lin.id, idx, head, cur)
+        mk = L.map_key(lin.id, idx, head)
+        in_place = False
+        below: bytes | None = None
         if e is not None and e[0] > floor:
             was_data = bool(e[1])
-            below = self.resolve(txn, [(lin.id, floor), *chain[1:]], idx, cur)
+            if key is None:  # what lies below decides between a tombstone and nothing
+                below = self.resolve(txn, [(lin.id, floor), *chain[1:]], idx, cur)
             if e[0] != head or key is None:
                 self._drop_entry(txn, lin.id, idx, e[0])
-            else:
-                self.release(txn, L.map_key(lin.id, idx, head), e[1])
+            else:  # replaced in place (its gens entry stays); a new layer keeps those below
+                self.release(txn, mk, e[1], keep=key)
+                in_place = True
         else:
             below = (e[1] or None) if e is not None else self.resolve(txn, chain[1:], idx, cur)
             was_data = below is not None
-        mk = L.map_key(lin.id, idx, head)
         if key is not None:
             txn.put(mk, key, db=self.maps)
-            txn.put(L.gen_key(lin.id, head, idx), b"", db=self.gens)
+            if not in_place:
+                txn.put(L.gen_key(lin.id, head, idx), b"", db=self.gens)
             if L.is_patch(key):
                 if pages is None or L.parse_patch(key)[2] != mk:
                     raise ValueError("a patch is stored at its own map key, with its pages")
-                txn.put(mk, pages, db=self.pages)
+                # ``pages`` are its newest layer's (a one-layer patch: all of them)
+                txn.put(L.layer_key(mk, L.layer_count(key) - 1), pages, db=self.pages)
         elif below is not None:
             txn.put(mk, L.TOMBSTONE, db=self.maps)
             txn.put(L.gen_key(lin.id, head, idx), b"", db=self.gens)
@@ -286,16 +294,22 @@ class BlockMaps:
         txn.delete(mk, db=self.maps)
         txn.delete(L.gen_key(lid, gen, idx), db=self.gens)
 
-    def release(self, txn: Txn, mk: bytes, value: bytes) -> None:
+    def release(self, txn: Txn, mk: bytes, value: bytes, keep: bytes | None = None) -> None:
         """Release what the map value at ``mk`` holds: its chunk reference (a chunk key or a
-        patch's base) and a patch's pages. The entry itself is the caller's."""
+        patch's base) and a patch's pages (all its layers, but those that ``keep``, the
+        value replacing it at ``mk``, still has: a layer laid over them). The entry itself
+        is the caller's."""
         key = L.chunk_of(value)
-        if key is not None:
-            self.unref(txn, key)
+        if key is not None and not (keep is not None and L.lays_on(keep, value)):
+            self.unref(txn, key)  # (a layer laid on the patch keeps its base reference)
         if L.is_patch(value):
-            txn.delete(mk, db=self.pages)
+            # layer i of a patch at mk is stored at layer_key(mk, i), whatever its pages: a
+            # patch replacing it there with n layers writes layer n - 1 and keeps those below
+            kept = L.layer_count(keep) - 1 if keep is not None and L.is_patch(keep) else 0
+            for i in range(kept, L.layer_count(value)):
+                txn.delete(L.layer_key(mk, i), db=self.pages)
             if self.on_free is not None:  # decoded pages are cached by the patch's header
-                self.on_free(value[:L.PATCH_SIZE])
+                self.on_free(L.patch_head(value))
 
     def unref(self, txn: Txn, key: bytes) -> None:
         self.chunks.decref(txn, key)
@@ -305,8 +319,8 @@ class BlockMaps:
     def entry_stored_size(self, txn: Txn, mk: bytes, value: bytes) -> int:
         """Stored bytes of an entry: its chunk's (a chunk key) or its pages' (a patch)."""
         if L.is_patch(value):
-            raw = txn.get(mk, db=self.pages)
-            return 0 if raw is None else len(raw) - 1
+            raws = [txn.get(k, db=self.pages) for k, _, _ in L.patch_layers(value)]
+            return sum(len(raw) - 1 for raw in raws if raw is not None)
         return self.chunks.stored_size(txn, value) if value else 0
 
     # --- dropping points --------------------------------------------------------------------

@@ -11,10 +11,11 @@ device opened on it, so several NBD connections see one volume):
   (from a cached entry, else from the store). Nothing touches LMDB in the write itself.
 * ``flush`` (one at a time, ``flush_lock``) moves ``dirty`` to ``flushing``; outside any
   write transaction it fingerprints and compresses whole chunks and prepares *patches* for
-  page sets (their pages, merged with the pages of a patch already visible there, no chunk
-  decompressed; their digests, compression and sealing run in batches on the worker pool
-  while the next patches are prepared); then it commits chunks, patches, map entries and
-  reference counts in LMDB write transactions at the lineage head, one per
+  page sets (over a patch written at the head since the last snapshot, a new layer of just
+  the page set's pages; else its pages merged with those of the patch visible there; no
+  chunk decompressed either way; their digests, compression and sealing run in batches on
+  the worker pool while the next patches are prepared); then it commits chunks, patches,
+  map entries and reference counts in LMDB write transactions at the lineage head, one per
   ``FLUSH_GROUP`` chunks (synced commits: durable on return). Each group's entries leave
   ``flushing`` (and give their bytes back to writers waiting for room) once their group
   has committed; a failed flush puts the rest back in ``dirty``.
@@ -152,20 +153,28 @@ PATCH_BATCH = 256  # prepared patches per pool task of a flush (:func:`_finish_p
 #: about 1 GiB (README, bench_writepath.py memory --randwrite). A synced commit costs ~0.5 ms.
 FLUSH_GROUP = 1024
 PAGES_AHEAD = 256  # patches whose pages a flush loads ahead in one batch (remote metadata)
-PreparedPatch = tuple[int, bytes, bytes, bytes | None]  # mask, RAW_MARK + pages, map key, base
+#: mask, RAW_MARK + pages, map key, base, and the patch a new layer is laid over (or None)
+PreparedPatch = tuple[int, bytes, bytes, bytes | None, bytes | None]
 
 
 def _finish_patches(prepared: list[PreparedPatch], domain: Domain | None
                     ) -> list[tuple[bytes, bytes]]:
     """``(patch value, stored pages)`` of patches prepared by ``VolumeCache._patch``: their
-    digests, and their pages compressed in one zstd batch and sealed with their page keys.
-    Pure computation that mostly releases the GIL (zstd, AES-GCM, keyed blake2b), so a flush runs
-    it on the worker pool while it prepares the next patches."""
+    digests, and their pages (a new layer's: only its own) compressed in one zstd batch and
+    sealed with their pages keys. Pure computation that mostly releases the GIL (zstd,
+    AES-GCM, keyed blake2b), so a flush runs it on the worker pool while it prepares the
+    next patches."""
     tag = patch_tag_for(domain)
-    values = [L.patch_value(mask, page_digest(memoryview(framed)[1:], domain, tag), mk, base, tag)
-              for mask, framed, mk, base in prepared]
-    stored = encode_pages_many([p[1] for p in prepared], L.PAGE_ZSTD_LEVEL, domain,
-                               [p[2] for p in prepared])
+    values, keys = [], []
+    for mask, framed, mk, base, prior in prepared:
+        digest = page_digest(memoryview(framed)[1:], domain, tag)
+        if prior is None:
+            values.append(L.patch_value(mask, digest, mk, base, tag))
+            keys.append(mk)
+        else:
+            values.append(L.add_layer(prior, mask, digest, L.LAYERED_OF[tag]))
+            keys.append(L.layer_key(mk, L.layer_count(prior)))
+    stored = encode_pages_many([p[1] for p in prepared], L.PAGE_ZSTD_LEVEL, domain, keys)
     return list(zip(values, stored, strict=True))
 
 
@@ -696,7 +705,16 @@ class VolumeCache(_Source):
         """What a page set becomes over the visible value ``below``: ``("chunk", bytes)`` if
         it covers the whole chunk with what lies below, else ``("patch", (value, pages))`` with
         the pages not encoded yet (:func:`encode_pages_many` does a flush's in one batch);
-        the third item is the chunk key to take a reference on."""
+        the third item is the chunk key to take a reference on.
+
+        Over a patch at the same map key (written since the last snapshot) the page set
+        becomes a new layer of just its pages, ``("patch", (mask, framed, below))``: the
+        pages stored below are neither read nor written again. Else, or when that patch has
+        :data:`layout.MAX_LAYERS` layers, holds a chunk's worth of pages in them or would
+        cover the whole chunk, its pages are merged into one new layer, as here."""
+        layer = self._layer(mk, ps, below)
+        if layer is not None:
+            return layer
         pages: dict[int, bytes | bytearray] = {}
         base: bytes | None = None
         if below and L.is_patch(below):
@@ -730,7 +748,29 @@ class VolumeCache(_Source):
         mask = 0
         for p in order:
             mask |= 1 << p
-        return "patch", (mask, framed), base
+        return "patch", (mask, framed, None), base
+
+    def _layer(self, mk: bytes, ps: PageSet, below: bytes | None
+               ) -> tuple[str, object, bytes | None] | None:
+        """:meth:`_patch` of a page set as a new layer over patch ``below``, or None if it
+        is not to be one (see there)."""
+        if not below or not L.is_patch(below):
+            return None
+        union, _, page_key, base = L.parse_patch(below)
+        if page_key != mk or L.DIGEST_OF[below[0]] != patch_tag_for(self.domain):
+            return None  # frozen below a snapshot, or a format-4 digest: merged instead
+        masks = L.layer_masks(below)
+        mask = ps.mask
+        whole = union | mask
+        if len(masks) >= L.MAX_LAYERS or whole == L.FULL_MASK \
+                or sum(m.bit_count() for m in masks) + len(ps.pages) > L.PAGES_PER_CHUNK \
+                or (base is None and whole.bit_count() * PS >= CS - 2 * PS):
+            return None
+        order = sorted(ps.pages)
+        framed = b"".join([RAW_MARK, *[ps.pages[p] for p in order]])
+        if not framed[-1] and codec.is_zero(memoryview(framed)[1:]):
+            return None  # zeros may make a hole: the merge path finds out
+        return "patch", (mask, framed, below), base
 
     def _submit_finish(self, batch: list[PreparedPatch]) -> Future[list[tuple[bytes, bytes]]]:
         """:func:`_finish_patches` of ``batch`` on the worker pool (inline once the pool is
@@ -755,6 +795,7 @@ class VolumeCache(_Source):
         below: dict[int, bytes | None] = {}
         mask: int
         framed: bytes
+        prior: bytes | None
         with ctx.store.read() as txn:
             raw = txn.get(L.lineage_key(self.lineage), db=maps.lineages)
             lin = maps.load(txn, self.lineage) if raw is not None else None
@@ -772,15 +813,19 @@ class VolumeCache(_Source):
                         # the pages of the patches written over, which _patch reads (RADOS:
                         # a few batched loads instead of a round trip each; a bounded run
                         # at a time, so the node cache holds them until they are used)
-                        ctx.prefetch_pages(txn, [below[i] for i in idxs[n:n + PAGES_AHEAD]])
+                        # (not those of patches at the head's own keys: a layer goes on them)
+                        ctx.prefetch_pages(txn, [
+                            v for i in idxs[n:n + PAGES_AHEAD] if (v := below[i]) and not (
+                                L.is_patch(v) and L.parse_patch(v)[2] == L.map_key(
+                                    self.lineage, i, head))])
                     mk = L.map_key(self.lineage, idx, head)
                     kind, what, base = self._patch(txn, mk, entries[idx], below[idx])  # type: ignore[arg-type]
                     if kind == "chunk":
                         fulls[idx] = what  # type: ignore[assignment]
                         continue
-                    mask, framed = what  # type: ignore[misc]  # a prepared patch
+                    mask, framed, prior = what  # type: ignore[misc]  # a prepared patch
                     order.append((idx, mk, base))
-                    batch.append((mask, framed, mk, base))
+                    batch.append((mask, framed, mk, base, prior))
                     if len(batch) == PATCH_BATCH:
                         futs.append(self._submit_finish(batch))
                         batch = []
@@ -824,14 +869,14 @@ class VolumeCache(_Source):
                     fulls[idx] = what  # type: ignore[assignment]
                     fps[idx] = chunks.fingerprints(what, self.domain)[0]  # type: ignore[arg-type]
                 else:
-                    mask, framed = what  # type: ignore[misc]  # a prepared patch
-                    done = _finish_patches([(mask, framed, mk, base)], self.domain)[0]
+                    mask, framed, prior = what  # type: ignore[misc]  # a prepared patch
+                    done = _finish_patches([(mask, framed, mk, base, prior)], self.domain)[0]
                     patches[idx] = (below_now, mk, done, base)
             for idx, _e in items:
                 if idx in patches:
-                    _, _, (value, pages), base = patches[idx]
-                    if base is not None:
-                        chunks.incref(txn, base)
+                    prior, _, (value, pages), base = patches[idx]
+                    if base is not None and not (prior and L.lays_on(value, prior)):
+                        chunks.incref(txn, base)  # (a new layer keeps the reference below)
                     maps.set_head(txn, lin, chain, idx, value, floor, cur, pages=pages)
                 elif idx in fulls:
                     fp = fps[idx]

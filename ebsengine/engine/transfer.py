@@ -96,11 +96,12 @@ class Transfer:
     def _pages_of(self, txn: Txn, patch: bytes, tag: bytes | None) -> bool:
         """Whether the pages of ``patch`` are stored; CorruptStore if they are not sealed in
         the domain of the lineage exported (``check_domain``: a tampered map)."""
-        page_key = L.parse_patch(patch)[2]
-        raw = txn.get(page_key, db=self.ctx.pages_db)
-        if raw is not None:
+        for page_key, _, _ in L.patch_layers(patch):
+            raw = txn.get(page_key, db=self.ctx.pages_db)
+            if raw is None:
+                return False
             check_domain(raw, tag, f"the pages of patch {page_key.hex()}")
-        return raw is not None
+        return True
 
     def _export_once(self, resource_id: str, fd: int,
                      progress: Callable[[int, int], None] | None) -> int | None:

@@ -33,6 +33,7 @@ STEPS: dict[int, list[Step]] = {
     2: [],  # format 3 only adds what format 2 never holds (sealed values, lineage domains)
     3: [],  # format 4 only adds what format 3 never holds (RADOS packs; chunks alone stay)
     4: [],  # format 5 only adds a patch tag (xxh3 digests); format-4 patches stay valid
+    5: [],  # format 6 only adds layered patches; format-5 patches stay valid
 }
 
 

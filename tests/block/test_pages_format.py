@@ -5,29 +5,21 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import lmdb
 import pytest
 import xxhash
+from block_support import assert_fsck_finds, eng_plain  # noqa: F401  (eng_plain: a fixture)
 
 import ebsengine
 from conftest import sha_bytes, store_digest
 from ebsengine import layout as L
-from ebsengine.block import folder as foldermod
 from ebsengine.errors import FormatError
 from ebsengine.storage.envelope import decode_pages, encode_pages
 
 CS = L.CHUNK_SIZE
 PS = L.PAGE_SIZE
-
-
-@pytest.fixture
-def eng_plain(store_path: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[ebsengine.Engine]:
-    """An empty store, with no background folding under the test."""
-    monkeypatch.setattr(foldermod, "QUIET", 3600.0)
-    with ebsengine.Engine(store_path) as e:
-        yield e
 
 
 @pytest.fixture
@@ -118,12 +110,7 @@ def patch_base_ref_not_counted(txn, e):
 def test_fsck_finds_patch_damage(patched: ebsengine.Engine,
                                  corrupt: Callable[[lmdb.Transaction, ebsengine.Engine],
                                                    tuple[str, str]]) -> None:
-    with patched._store.env.begin(write=True) as txn:
-        label, needle = corrupt(txn, patched)
-    report = patched.fsck()
-    assert not report.ok
-    assert any(p.startswith(label + ":") and needle in p for p in report.problems), \
-        report.problems
+    assert_fsck_finds(patched, corrupt)
 
 
 def test_format_1_store_is_migrated_on_open(store_path: str) -> None:
@@ -301,7 +288,7 @@ def test_format_4_store_with_blake2b_patches_opens_reads_and_passes_fsck(
         assert report.stats["patches"] == 3
     with ebsengine.Engine(store_path) as rw:
         with rw._store.read() as txn:
-            assert txn.get(b"format", db=rw._store.db["meta"]) == b"5"
+            assert txn.get(b"format", db=rw._store.db["meta"]) == str(L.FORMAT_VERSION).encode()
         assert _patches_of(rw) == old_patches  # no migration step rewrites them
         assert rw.fsck().ok
         with rw.open_volume(vol_id) as dev:

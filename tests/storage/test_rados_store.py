@@ -156,14 +156,19 @@ def patched_volume(url: str, n: int, length: int) -> tuple[str, bytearray, int]:
         return v, want, sum(1 for _ in tree.node_ids())
 
 
+@pytest.mark.parametrize("frozen", [True, False], ids=["under-a-snapshot", "at-the-head"])
 def test_a_flush_over_patches_loads_their_pages_in_batches(rados_pools, tmp_path,
-                                                           monkeypatch):
-    """Writing into 40 patched chunks reads the 40 pages blobs it replaces in one batch (not
-    a round trip each), and dropping them reads nothing more: their length is in the leaf."""
+                                                           monkeypatch, frozen):
+    """Writing into 40 patched chunks frozen by a snapshot reads the 40 pages blobs it
+    merges in one batch (not a round trip each); over patches at the head it reads none of
+    them (it lays a layer over each), and dropping them reads nothing more either: their
+    length is in the leaf."""
     url = rados_pools.url(workdir=str(tmp_path / "wd"))
     n = 40
     v, want, _ = patched_volume(url, n, 20480)  # five random pages: out of line (blobs)
     with ebsengine.Engine(url) as eng:  # cold caches
+        if frozen:
+            eng.create_snapshot(v)
         with eng.open_volume(v) as dev:
             batches = batch_sizes(monkeypatch, backend(eng).conn.meta)
             for i in range(n):
@@ -172,7 +177,11 @@ def test_a_flush_over_patches_loads_their_pages_in_batches(rados_pools, tmp_path
             dev.flush()
             monkeypatch.undo()
             assert dev.pread(n * CS, 0) == bytes(want)
-    assert n in batches  # the pages of the 40 patches: one batch
+        assert eng.fsck().ok
+    if frozen:
+        assert n in batches  # the pages of the 40 patches: one batch
+    else:
+        assert max(batches) < n, batches
     assert batches.count(1) <= 6, batches  # the root and the paths down: a few single reads
 
 
