@@ -232,11 +232,11 @@ def copy_out(trees: list[str], tmp: str, image: str, reps: int) -> None:
 
 
 def memory(tree: str, tmp: str, image: str, randwrite: float = 0.0,
-           tail: float = 8.0) -> tuple[float, float, int, int]:
+           tail: float = 8.0) -> tuple[float, float, int, int, float]:
     """Copy time, server CPU seconds and peak RssAnon (MiB) of one copy in, and the peak
-    during ``randwrite`` seconds of fio random writes after it (0 if none). After the random
-    writes RssAnon is sampled every 8 s for ``tail`` seconds (the folder starts merging
-    their patches after 5 quiet seconds)."""
+    during ``randwrite`` seconds of fio random writes after it and their IOPS (0 if none).
+    After the random writes RssAnon is sampled every 8 s for ``tail`` seconds (the folder
+    starts merging their patches after 5 quiet seconds)."""
     p, vol, sock = start_server(tree, tmp, "mem")
 
     def anon() -> int:
@@ -266,7 +266,7 @@ def memory(tree: str, tmp: str, image: str, randwrite: float = 0.0,
         time.sleep(8)
         print(f"{tree}: RssAnon idle {idle} MiB, peak {peak[0]} MiB, 8 s after {anon()} MiB "
               f"(copy {took:.2f} s, server CPU {cpu:.2f} s)", flush=True)
-        copy_peak, rw_peak = peak[0], 0
+        copy_peak, rw_peak, iops = peak[0], 0, 0.0
         if randwrite > 0:
             before = anon()
             peak[0] = before
@@ -287,7 +287,7 @@ def memory(tree: str, tmp: str, image: str, randwrite: float = 0.0,
                   f"{rw_peak} MiB, after: {series} MiB ({iops:,.0f} IOPS)", flush=True)
         stop.set()
         t.join()
-        return took, cpu, copy_peak, rw_peak
+        return took, cpu, copy_peak, rw_peak, iops
     finally:
         p.terminate()
         p.wait()
@@ -304,7 +304,7 @@ def main() -> int:
     ap.add_argument("--tail", type=float, default=8.0, metavar="S",
                     help="memory: seconds RssAnon is sampled (every 8 s) after the random writes")
     args = ap.parse_args()
-    runs: dict[str, list[tuple[float, float, int, int]]] = {}
+    runs: dict[str, list[tuple[float, float, int, int, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="ebs-wp-", dir="/var/tmp") as tmp:
         if args.what in ("out", "library"):
             run = copy_out if args.what == "out" else library
@@ -325,7 +325,9 @@ def main() -> int:
                   f"{statistics.median(r[1] for r in got):.2f} s, peak RssAnon "
                   f"{statistics.median(r[2] for r in got):.0f} MiB (max {max(r[2] for r in got)})"
                   + (f", randwrite peak {statistics.median(r[3] for r in got):.0f} MiB (max "
-                     f"{max(r[3] for r in got)})" if args.randwrite > 0 else ""))
+                     f"{max(r[3] for r in got)}), "
+                     f"{statistics.median(r[4] for r in got):,.0f} IOPS"
+                     if args.randwrite > 0 else ""))
     return 0
 
 
