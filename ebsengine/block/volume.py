@@ -750,22 +750,29 @@ class VolumeCache(_Source):
             mask |= 1 << p
         return "patch", (mask, framed, None), base
 
+    def _layer_fits(self, mk: bytes, ps: PageSet, below: bytes | None) -> bool:
+        """Whether page set ``ps`` may be a new layer over ``below`` (:meth:`_layer` may still
+        merge pages that are all zeros)."""
+        if not below or not L.is_patch(below):
+            return False
+        union, _, page_key, base = L.parse_patch(below)
+        if page_key != mk or L.DIGEST_OF[below[0]] != patch_tag_for(self.domain):
+            return False  # frozen below a snapshot, or a format-4 digest: merged instead
+        masks = L.layer_masks(below)
+        whole = union | ps.mask
+        return not (len(masks) >= L.MAX_LAYERS or whole == L.FULL_MASK
+                    or sum(m.bit_count() for m in masks) + len(ps.pages) > L.PAGES_PER_CHUNK
+                    or (base is None and whole.bit_count() * PS >= CS - 2 * PS))
+
     def _layer(self, mk: bytes, ps: PageSet, below: bytes | None
                ) -> tuple[str, object, bytes | None] | None:
         """:meth:`_patch` of a page set as a new layer over patch ``below``, or None if it
         is not to be one (see there)."""
-        if not below or not L.is_patch(below):
+        if not self._layer_fits(mk, ps, below):
             return None
-        union, _, page_key, base = L.parse_patch(below)
-        if page_key != mk or L.DIGEST_OF[below[0]] != patch_tag_for(self.domain):
-            return None  # frozen below a snapshot, or a format-4 digest: merged instead
-        masks = L.layer_masks(below)
+        assert below is not None
+        base = L.chunk_of(below)
         mask = ps.mask
-        whole = union | mask
-        if len(masks) >= L.MAX_LAYERS or whole == L.FULL_MASK \
-                or sum(m.bit_count() for m in masks) + len(ps.pages) > L.PAGES_PER_CHUNK \
-                or (base is None and whole.bit_count() * PS >= CS - 2 * PS):
-            return None
         order = sorted(ps.pages)
         framed = b"".join([RAW_MARK, *[ps.pages[p] for p in order]])
         if not framed[-1] and codec.is_zero(memoryview(framed)[1:]):
@@ -813,11 +820,10 @@ class VolumeCache(_Source):
                         # the pages of the patches written over, which _patch reads (RADOS:
                         # a few batched loads instead of a round trip each; a bounded run
                         # at a time, so the node cache holds them until they are used)
-                        # (not those of patches at the head's own keys: a layer goes on them)
+                        # (not those a layer goes on: they are not read)
                         ctx.prefetch_pages(txn, [
-                            v for i in idxs[n:n + PAGES_AHEAD] if (v := below[i]) and not (
-                                L.is_patch(v) and L.parse_patch(v)[2] == L.map_key(
-                                    self.lineage, i, head))])
+                            below[i] for i in idxs[n:n + PAGES_AHEAD] if not self._layer_fits(
+                                L.map_key(self.lineage, i, head), entries[i], below[i])])  # type: ignore[arg-type]
                     mk = L.map_key(self.lineage, idx, head)
                     kind, what, base = self._patch(txn, mk, entries[idx], below[idx])  # type: ignore[arg-type]
                     if kind == "chunk":

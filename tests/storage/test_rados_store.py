@@ -156,29 +156,30 @@ def patched_volume(url: str, n: int, length: int) -> tuple[str, bytearray, int]:
         return v, want, sum(1 for _ in tree.node_ids())
 
 
-@pytest.mark.parametrize("frozen", [True, False], ids=["under-a-snapshot", "at-the-head"])
+@pytest.mark.parametrize("case", ["under-a-snapshot", "too-many-pages", "layered"])
 def test_a_flush_over_patches_loads_their_pages_in_batches(rados_pools, tmp_path,
-                                                           monkeypatch, frozen):
-    """Writing into 40 patched chunks frozen by a snapshot reads the 40 pages blobs it
-    merges in one batch (not a round trip each); over patches at the head it reads none of
-    them (it lays a layer over each), and dropping them reads nothing more either: their
-    length is in the leaf."""
+                                                           monkeypatch, case):
+    """Writing into 40 patched chunks whose pages it merges (frozen by a snapshot, or too
+    many pages for a layer) reads their 40 pages blobs in one batch (not a round trip
+    each); over patches it lays a layer on, it reads none of them; and dropping them reads
+    nothing more either: their length is in the leaf."""
     url = rados_pools.url(workdir=str(tmp_path / "wd"))
     n = 40
     v, want, _ = patched_volume(url, n, 20480)  # five random pages: out of line (blobs)
+    at, length = (16384, 49152) if case == "too-many-pages" else (32768, 4096)  # 5 + 12 > 16
     with ebsengine.Engine(url) as eng:  # cold caches
-        if frozen:
+        if case == "under-a-snapshot":
             eng.create_snapshot(v)
         with eng.open_volume(v) as dev:
             batches = batch_sizes(monkeypatch, backend(eng).conn.meta)
             for i in range(n):
-                want[i * CS + 32768:i * CS + 36864] = os.urandom(4096)
-                dev.pwrite(want[i * CS + 32768:i * CS + 36864], i * CS + 32768)
+                want[i * CS + at:i * CS + at + length] = os.urandom(length)
+                dev.pwrite(want[i * CS + at:i * CS + at + length], i * CS + at)
             dev.flush()
             monkeypatch.undo()
             assert dev.pread(n * CS, 0) == bytes(want)
         assert eng.fsck().ok
-    if frozen:
+    if case != "layered":
         assert n in batches  # the pages of the 40 patches: one batch
     else:
         assert max(batches) < n, batches
