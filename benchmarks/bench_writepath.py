@@ -5,6 +5,7 @@ comparing ebsengine trees in the same run (``--trees /work/main,.``: before and 
     python benchmarks/bench_writepath.py depth  --trees /work/main,.
     python benchmarks/bench_writepath.py memory --trees /work/main,. --image IMG
     python benchmarks/bench_writepath.py library --trees /work/main,. --reps 5
+    python benchmarks/bench_writepath.py flushes --trees /work/main,. --reps 3
 
 * ``depth``: random 4 KiB reads (cached chunks, so resolution is what is timed) of a volume
   restored 8 levels deep vs 1 level deep; prints us/read and the ratio (goal <= 1.2x).
@@ -26,6 +27,10 @@ comparing ebsengine trees in the same run (``--trees /work/main,.``: before and 
   rotated each round) with the baseline, ``os.pwrite`` of the same plan to a 1 GiB sparse
   raw file + ``fsync``. Prints each round, then medians and their ratio to the baseline's
   (goal >= 0.5x).
+* ``flushes``: what a flush of page writes costs as patches accumulate between folds. Over
+  8,192 stored chunks, 6 rounds of one new 4 KiB page per chunk (at a new place each round)
+  then ``dev.flush()``, with no fold in between; prints us per patch (wall/CPU) of each
+  round's flush, per run and as medians over ``--reps`` runs, trees interleaved.
 
 Each tree runs in its own child process with ``PYTHONPATH`` set to it.
 """
@@ -126,6 +131,52 @@ t2 = time.perf_counter()
 print(t2 - t0, t2 - t1, cpu() - c0)
 os.close(fd)
 '''
+
+
+FLUSHES = r'''
+import os, sys, time
+import ebsengine
+from ebsengine.block import folder
+folder.QUIET = 3600.0  # no fold between the rounds: what the flushes themselves cost
+CS, PS, N, ROUNDS = 65536, 4096, int(sys.argv[2]), int(sys.argv[3])
+with ebsengine.Engine(sys.argv[1]) as e:
+    vol = e.create_volume(size_gib=2).id
+    with e.open_volume(vol) as dev:
+        blob = os.urandom(64 * CS)
+        for i in range(0, N, 64):
+            dev.pwrite(blob, i * CS)
+        dev.flush()
+        pages = [os.urandom(PS) for _ in range(256)]
+        out = []
+        for r in range(ROUNDS):
+            for i in range(N):  # one new page per chunk per round, at a new place
+                dev.pwrite(pages[(i + r) % 256], i * CS + ((i * 7 + r * 3) % 16) * PS)
+            t, c = time.perf_counter(), time.process_time()
+            dev.flush()
+            out.append(f"{time.perf_counter() - t:.4f},{time.process_time() - c:.4f}")
+print(" ".join(out))
+'''
+
+
+def flushes(trees: list[str], tmp: str, reps: int, chunks: int = 8192, rounds: int = 6) -> None:
+    """The ``flushes`` figure (see the module's docstring)."""
+    got: dict[str, list[list[tuple[float, float]]]] = {}
+    for rep in range(reps):
+        for tree in trees[rep % len(trees):] + trees[:rep % len(trees)]:  # rotated
+            d = os.path.join(tmp, "flushes")
+            shutil.rmtree(d, ignore_errors=True)
+            out = subprocess.run([sys.executable, "-c", FLUSHES, d, str(chunks), str(rounds)],
+                                 env=dict(os.environ, PYTHONPATH=tree), capture_output=True,
+                                 text=True, check=True, cwd=tmp).stdout.split()
+            runs = [(float(w), float(c)) for w, c in (x.split(",") for x in out)]
+            got.setdefault(tree, []).append(runs)
+            print(f"{tree}: us per patch (wall/CPU) by round: " + " ".join(
+                f"{w * 1e6 / chunks:.0f}/{c * 1e6 / chunks:.0f}" for w, c in runs), flush=True)
+    print(f"medians of {reps} runs, us per patch by round ({chunks:,} patches a flush):")
+    for tree, runs_ in got.items():
+        print(f"  {tree}: " + " ".join(
+            f"{statistics.median(r[n][0] for r in runs_) * 1e6 / chunks:.0f}"
+            for n in range(rounds)))
 
 
 def library(trees: list[str], tmp: str, image: str, reps: int) -> None:
@@ -295,7 +346,7 @@ def memory(tree: str, tmp: str, image: str, randwrite: float = 0.0,
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["depth", "memory", "out", "library"])
+    ap.add_argument("what", choices=["depth", "memory", "out", "library", "flushes"])
     ap.add_argument("--trees", default=".", help="comma list of ebsengine checkouts")
     ap.add_argument("--image", default="/var/tmp/ebsengine-bench/base.img")
     ap.add_argument("--reps", type=int, default=1, help="rounds over the trees (interleaved)")
@@ -306,6 +357,9 @@ def main() -> int:
     args = ap.parse_args()
     runs: dict[str, list[tuple[float, float, int, int, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="ebs-wp-", dir="/var/tmp") as tmp:
+        if args.what == "flushes":
+            flushes([os.path.abspath(t) for t in args.trees.split(",")], tmp, args.reps)
+            return 0
         if args.what in ("out", "library"):
             run = copy_out if args.what == "out" else library
             run([os.path.abspath(t) for t in args.trees.split(",")], tmp, args.image, args.reps)
