@@ -138,7 +138,7 @@ import os, sys, time
 import ebsengine
 from ebsengine.block import folder
 folder.QUIET = 3600.0  # no fold between the rounds: what the flushes themselves cost
-CS, PS, N, ROUNDS = 65536, 4096, int(sys.argv[2]), int(sys.argv[3])
+CS, PS, N, ROUNDS, READS = 65536, 4096, int(sys.argv[2]), int(sys.argv[3]), 20000
 with ebsengine.Engine(sys.argv[1]) as e:
     vol = e.create_volume(size_gib=2).id
     with e.open_volume(vol) as dev:
@@ -154,8 +154,19 @@ with ebsengine.Engine(sys.argv[1]) as e:
             t, c = time.perf_counter(), time.process_time()
             dev.flush()
             out.append(f"{time.perf_counter() - t:.4f},{time.process_time() - c:.4f}")
+        import random
+        rnd, buf = random.Random(7), bytearray(PS)
+        plan = [(i, (i * 7 + rnd.randrange(ROUNDS) * 3) % 16)
+                for i in (rnd.randrange(N) for _ in range(READS))]
+        t = time.perf_counter()
+        for i, p in plan:  # a page some round wrote: it lies in one of the patch's layers
+            dev.preadinto(buf, i * CS + p * PS)
+        out.append(f"{time.perf_counter() - t:.4f},0")
 print(" ".join(out))
 '''
+
+
+FLUSH_READS = 20000  # READS of FLUSHES
 
 
 def flushes(trees: list[str], tmp: str, reps: int, chunks: int = 8192, rounds: int = 6) -> None:
@@ -171,12 +182,16 @@ def flushes(trees: list[str], tmp: str, reps: int, chunks: int = 8192, rounds: i
             runs = [(float(w), float(c)) for w, c in (x.split(",") for x in out)]
             got.setdefault(tree, []).append(runs)
             print(f"{tree}: us per patch (wall/CPU) by round: " + " ".join(
-                f"{w * 1e6 / chunks:.0f}/{c * 1e6 / chunks:.0f}" for w, c in runs), flush=True)
-    print(f"medians of {reps} runs, us per patch by round ({chunks:,} patches a flush):")
+                f"{w * 1e6 / chunks:.0f}/{c * 1e6 / chunks:.0f}" for w, c in runs[:rounds])
+                + f"; then us per random read of a written page: "
+                f"{runs[rounds][0] * 1e6 / FLUSH_READS:.1f}", flush=True)
+    print(f"medians of {reps} runs, us per patch by round ({chunks:,} patches a flush), "
+          f"us per read:")
     for tree, runs_ in got.items():
         print(f"  {tree}: " + " ".join(
             f"{statistics.median(r[n][0] for r in runs_) * 1e6 / chunks:.0f}"
-            for n in range(rounds)))
+            for n in range(rounds)) + f"; reads "
+            f"{statistics.median(r[rounds][0] for r in runs_) * 1e6 / FLUSH_READS:.1f}")
 
 
 def library(trees: list[str], tmp: str, image: str, reps: int) -> None:

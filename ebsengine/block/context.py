@@ -73,6 +73,17 @@ def page_digest(data: bytes | bytearray | memoryview, domain: Domain | None = No
                      f"{'an encrypted' if domain is not None else 'a plaintext'} lineage")
 
 
+#: the first byte of a single layer's cache key (:meth:`ChunkCache.get_layer`): 35 or 36
+#: bytes, where chunk keys are 16 and patch headers begin with a tag
+_LAYER_MARK = b"\x00"
+
+
+
+def _layer_cache_key(layer: tuple[bytes, int, bytes]) -> bytes:
+    page_key, mask, digest = layer
+    return _LAYER_MARK + page_key + mask.to_bytes(2, "big") + digest
+
+
 class ChunkCache:
     """Decoded chunks by chunk key, LRU, bounded by bytes (decoded + stored form).
 
@@ -119,6 +130,10 @@ class ChunkCache:
         """Whether the pages of patch ``value`` are cached (for some domain)."""
         return L.patch_head(value) in self._lru
 
+    def has_layer(self, layer: tuple[bytes, int, bytes]) -> bool:
+        """Whether one layer's pages are cached (:meth:`get_layer`; for some domain)."""
+        return _layer_cache_key(layer) in self._lru
+
     def get_pages(self, txn: Txn, chunks: ChunkStore, pages_db: Table, value: bytes,
                   tag: bytes | None, keep: bool = True) -> bytes:
         """The decoded pages (ascending page order, the newest layer's where layers
@@ -138,23 +153,47 @@ class ChunkCache:
                 self.hits += 1
                 return hit[1]
         layers = L.patch_layers(value)
-        got: dict[int, bytes | memoryview] = {}
-        for page_key, mask, _ in layers:
-            raw = txn.get(page_key, db=pages_db)
-            if raw is None:
-                raise CorruptStore(f"the pages of patch {page_key.hex()} are missing")
-            check_domain(raw, tag, f"the pages of patch {page_key.hex()}")
-            data = decode_pages(raw, mask.bit_count() * L.PAGE_SIZE, page_key, chunks.keys)
-            if len(layers) == 1:
-                break
-            view = memoryview(data)
-            for i, p in enumerate(L.mask_pages(mask)):
-                got[p] = view[i * L.PAGE_SIZE:(i + 1) * L.PAGE_SIZE]
-        if len(layers) > 1:
+        if len(layers) == 1:
+            data = self._decode_layer(txn, chunks, pages_db, layers[0][0], layers[0][1], tag)
+        else:
+            got: dict[int, bytes | memoryview] = {}
+            for page_key, mask, _ in layers:
+                view = memoryview(self._decode_layer(txn, chunks, pages_db, page_key, mask, tag))
+                for i, p in enumerate(L.mask_pages(mask)):
+                    got[p] = view[i * L.PAGE_SIZE:(i + 1) * L.PAGE_SIZE]
             data = b"".join(got[p] for p in sorted(got))
         if keep:
             self._insert(head, mark, data)
         return data
+
+    def get_layer(self, txn: Txn, chunks: ChunkStore, pages_db: Table,
+                  layer: tuple[bytes, int, bytes], tag: bytes | None) -> bytes:
+        """The decoded pages (ascending page order) of one layer ``(pages key, mask,
+        digest)`` of a patch (:func:`layout.patch_layers`), cached: a read of a page of a
+        layered patch decodes only the layer that holds it, and the layers below a new one
+        stay cached. Keyed like :meth:`get_pages` by what names the pages (the row, the
+        mask and the digest of exactly these pages) and the domain ``tag``."""
+        page_key, mask, _ = layer
+        key = _layer_cache_key(layer)
+        mark = tag or b""
+        with self._lock:
+            hit = self._lru.get(key)
+            if hit is not None and hit[0] == mark:
+                self._lru.move_to_end(key)
+                self.hits += 1
+                return hit[1]
+        data = self._decode_layer(txn, chunks, pages_db, page_key, mask, tag)
+        self._insert(key, mark, data)
+        return data
+
+    @staticmethod
+    def _decode_layer(txn: Txn, chunks: ChunkStore, pages_db: Table, page_key: bytes,
+                      mask: int, tag: bytes | None) -> bytes:
+        raw = txn.get(page_key, db=pages_db)
+        if raw is None:
+            raise CorruptStore(f"the pages of patch {page_key.hex()} are missing")
+        check_domain(raw, tag, f"the pages of patch {page_key.hex()}")
+        return decode_pages(raw, mask.bit_count() * L.PAGE_SIZE, page_key, chunks.keys)
 
     def _insert(self, key: bytes, raw: bytes, data: bytes) -> None:
         with self._lock:
@@ -293,8 +332,9 @@ class BlockContext:
         hint = getattr(txn, "prefetch", None)
         if hint is None:
             return
-        page_keys = [k for v in values if v and L.is_patch(v) and not self.cache.has_pages(v)
-                     for k, _, _ in L.patch_layers(v)]
+        page_keys = [layer[0] for v in values if v and L.is_patch(v)
+                     and not self.cache.has_pages(v) for layer in L.patch_layers(v)
+                     if not self.cache.has_layer(layer)]
         if len(page_keys) > 1:
             hint(sorted(page_keys), db=self.pages_db)
 
@@ -322,6 +362,11 @@ class BlockContext:
                 dst[a - lo:b - lo] = data[a:b]
             return
         mask, _, _, base = L.parse_patch(value)
+        # A partial read of a layered patch decodes only the layers holding the pages it
+        # reads (the newest layer that has a page holds it); a whole-chunk read decodes
+        # the union once and, like a whole chunk's, leaves the cache as it is.
+        layers = L.patch_layers(value) if keep and value[0] in L.LAYERED_TAGS else None
+        decoded: dict[int, bytes] = {}
         stored: bytes | None = None
         base_data: bytes | None = None
         for a, b in spans:
@@ -330,12 +375,23 @@ class BlockContext:
                 p = pos // L.PAGE_SIZE
                 end = min(b, (p + 1) * L.PAGE_SIZE)
                 if mask >> p & 1:
-                    if stored is None:
-                        stored = self.cache.get_pages(txn, self.chunks, self.pages_db, value,
-                                                      tag)
+                    if layers is not None:
+                        n = len(layers) - 1
+                        while not layers[n][1] >> p & 1:
+                            n -= 1
+                        have = decoded.get(n)
+                        if have is None:
+                            have = decoded[n] = self.cache.get_layer(
+                                txn, self.chunks, self.pages_db, layers[n], tag)
+                        below = layers[n][1] & ((1 << p) - 1)
+                    else:
+                        if stored is None:
+                            stored = self.cache.get_pages(txn, self.chunks, self.pages_db,
+                                                          value, tag, keep=keep)
+                        have, below = stored, mask & ((1 << p) - 1)
                     # page p is the n-th stored page, n = the pages of the mask below it
-                    at = (mask & ((1 << p) - 1)).bit_count() * L.PAGE_SIZE + pos % L.PAGE_SIZE
-                    dst[pos - lo:end - lo] = stored[at:at + end - pos]
+                    at = below.bit_count() * L.PAGE_SIZE + pos % L.PAGE_SIZE
+                    dst[pos - lo:end - lo] = have[at:at + end - pos]
                 elif base is not None:
                     if base_data is None:
                         base_data = self.cache.get(txn, self.chunks, base, tag,

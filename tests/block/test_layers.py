@@ -14,6 +14,7 @@ from block_support import assert_fsck_finds, eng_plain  # noqa: F401  (eng_plain
 
 import ebsengine
 from ebsengine import layout as L
+from ebsengine.block import context as ctxmod
 from ebsengine.block import volume as volmod
 from ebsengine.block.volume import HOLE
 from ebsengine.storage.envelope import encode_pages
@@ -134,6 +135,62 @@ def test_the_newest_layer_wins_where_layers_overlap(e: ebsengine.Engine) -> None
     assert e.fsck().ok
     with e.open_volume(vol) as dev:  # a fresh read cache
         assert dev.pread(CS, 0) == bytes(want)
+
+
+def test_a_page_read_decodes_only_the_layer_holding_it(e: ebsengine.Engine,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read of some pages of a layered patch decodes the layers that hold them (the newest
+    layer with a page holds it), each once, and keeps them: the layers below a new layer
+    stay cached."""
+    vol = e.create_volume(size_gib=1).id
+    want = bytearray(os.urandom(CS))
+
+    def write(dev: ebsengine.Device, p: int) -> None:
+        want[p * PS:(p + 1) * PS] = page = os.urandom(PS)
+        dev.pwrite(page, p * PS)
+        dev.flush()
+
+    with e.open_volume(vol) as dev:
+        dev.pwrite(want, 0)
+        dev.flush()
+        for p in [1, 2, 1, 3, 2, 1]:
+            write(dev, p)
+    [value] = patches(e).values()
+    layers = L.patch_layers(value)
+    assert [m for _, m, _ in layers] == [2, 4, 2, 8, 4, 2]
+    decoded: list[bytes] = []
+    real = ctxmod.decode_pages
+
+    def spy(raw, size, page_key=None, keys=None):  # type: ignore[no-untyped-def]
+        decoded.append(page_key)
+        return real(raw, size, page_key, keys)
+
+    monkeypatch.setattr(ctxmod, "decode_pages", spy)
+    e._ctx.cache.clear()
+
+    def page(dev: ebsengine.Device, p: int, n: int = 1) -> None:
+        assert dev.pread(n * PS, p * PS) == bytes(want[p * PS:(p + n) * PS]), p
+
+    with e.open_volume(vol) as dev:
+        for p in (3, 2, 1, 0, 5):  # one page a read, from a cold cache
+            page(dev, p)
+        # page 3 is layer 3's, 2 layer 4's, 1 layer 5's; 0 and 5 are the base chunk's
+        assert decoded == [layers[3][0], layers[4][0], layers[5][0]]
+        page(dev, 1, 3)  # pages 1-3 in one read, and each page again: all cached
+        for p in (1, 2, 3):
+            page(dev, p)
+        assert len(decoded) == 3
+        dev.pread(PS // 2, 2 * PS + 100)  # part of a page: the same layer, cached
+        assert len(decoded) == 3
+        write(dev, 4)  # a seventh layer: the six below it stay cached
+        [value] = patches(e).values()
+        assert L.layer_masks(value)[-1] == 16 and len(decoded) == 3
+        for p in (1, 2, 3, 4):
+            page(dev, p)
+        assert decoded[3:] == [L.patch_layers(value)[6][0]]
+        page(dev, 0, 16)  # a whole-chunk read decodes the union (and does not cache it)
+        assert len(decoded) == 3 + 1 + 7
+    assert e.fsck().ok
 
 
 def test_layers_are_bounded_and_rewritten_as_one(e: ebsengine.Engine) -> None:
