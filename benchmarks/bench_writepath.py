@@ -30,7 +30,9 @@ comparing ebsengine trees in the same run (``--trees /work/main,.``: before and 
 * ``flushes``: what a flush of page writes costs as patches accumulate between folds. Over
   8,192 stored chunks, 6 rounds of one new 4 KiB page per chunk (at a new place each round)
   then ``dev.flush()``, with no fold in between; prints us per patch (wall/CPU) of each
-  round's flush, per run and as medians over ``--reps`` runs, trees interleaved.
+  round's flush, per run and as medians over ``--reps`` runs, trees interleaved; then
+  20,000 random 4 KiB reads of pages the rounds wrote (a cold read cache: each lies in one
+  layer of its patch), as us per read.
 
 Each tree runs in its own child process with ``PYTHONPATH`` set to it.
 """
