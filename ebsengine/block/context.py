@@ -112,12 +112,9 @@ class ChunkCache:
         if raw is None:
             raise CorruptStore(f"chunk {key.hex()} is referenced but missing")
         check_domain(raw, tag, f"chunk {key.hex()}")
-        with self._lock:
-            hit = self._lru.get(key)
-            if hit is not None and hit[0] == raw:
-                self._lru.move_to_end(key)
-                self.hits += 1
-                return hit[1]
+        hit = self._hit(key, raw)
+        if hit is not None:
+            return hit
         data = chunks.decode(key, raw)  # outside the lock: other readers go on meanwhile
         if keep:
             self._insert(key, raw, data)
@@ -146,12 +143,9 @@ class ChunkCache:
         about to be replaced: flush, fold)."""
         head = L.patch_head(value)
         mark = tag or b""
-        with self._lock:
-            hit = self._lru.get(head)
-            if hit is not None and hit[0] == mark:
-                self._lru.move_to_end(head)
-                self.hits += 1
-                return hit[1]
+        hit = self._hit(head, mark)
+        if hit is not None:
+            return hit
         layers = L.patch_layers(value)
         if len(layers) == 1:
             data = self._decode_layer(txn, chunks, pages_db, layers[0][0], layers[0][1], tag)
@@ -176,12 +170,9 @@ class ChunkCache:
         page_key, mask, _ = layer
         key = _layer_cache_key(layer)
         mark = tag or b""
-        with self._lock:
-            hit = self._lru.get(key)
-            if hit is not None and hit[0] == mark:
-                self._lru.move_to_end(key)
-                self.hits += 1
-                return hit[1]
+        hit = self._hit(key, mark)
+        if hit is not None:
+            return hit
         data = self._decode_layer(txn, chunks, pages_db, page_key, mask, tag)
         self._insert(key, mark, data)
         return data
@@ -194,6 +185,17 @@ class ChunkCache:
             raise CorruptStore(f"the pages of patch {page_key.hex()} are missing")
         check_domain(raw, tag, f"the pages of patch {page_key.hex()}")
         return decode_pages(raw, mask.bit_count() * L.PAGE_SIZE, page_key, chunks.keys)
+
+    def _hit(self, key: bytes, check: bytes) -> bytes | None:
+        """The cached data of ``key`` if it was cached from ``check`` (the stored value, or
+        the domain mark of pages), made the most recently used; else None."""
+        with self._lock:
+            hit = self._lru.get(key)
+            if hit is None or hit[0] != check:
+                return None
+            self._lru.move_to_end(key)
+            self.hits += 1
+            return hit[1]
 
     def _insert(self, key: bytes, raw: bytes, data: bytes) -> None:
         with self._lock:
