@@ -497,12 +497,6 @@ def layered_value(tag: int, layers: list[tuple[int, bytes]], page_key: bytes,
                      *[_LAYER.pack(m, d) for m, d in layers], base or b""])
 
 
-def patch_head(value: bytes) -> bytes:
-    """A patch value without its base: what names its pages (the decoded-pages cache key)."""
-    base = chunk_of(value)
-    return value[:-KEY_SIZE] if base is not None else value
-
-
 def chunk_of(value: bytes) -> bytes | None:
     """The chunk key a ``maps`` value holds a reference on (a chunk key, a patch's base), or
     None."""

@@ -73,24 +73,29 @@ def page_digest(data: bytes | bytearray | memoryview, domain: Domain | None = No
                      f"{'an encrypted' if domain is not None else 'a plaintext'} lineage")
 
 
-#: the first byte of a single layer's cache key (:meth:`ChunkCache.get_layer`): 35 or 36
-#: bytes, where chunk keys are 16 and patch headers begin with a tag
+#: the first byte of the cache key of a patch layer's pages (:func:`_layer_cache_key`): 35
+#: or 36 bytes, where chunk keys are ``KEY_SIZE`` (20) bytes
 _LAYER_MARK = b"\x00"
 
 
-
 def _layer_cache_key(layer: tuple[bytes, int, bytes]) -> bytes:
+    """What names the pages of one patch layer ``(pages row, mask, digest)``: the row, the
+    mask and the digest of exactly these pages, so equal keys mean equal pages (a rewrite of
+    the row changes the digest; a fold, a merge or a release drops the row and discards
+    the entry, :meth:`ChunkCache.discard_layers`)."""
     page_key, mask, digest = layer
     return _LAYER_MARK + page_key + mask.to_bytes(2, "big") + digest
 
 
 class ChunkCache:
-    """Decoded chunks by chunk key, LRU, bounded by bytes (decoded + stored form).
+    """Decoded chunks by chunk key and the decoded pages of patch layers by what names them
+    (:func:`_layer_cache_key`), one LRU, bounded by bytes (decoded + stored form, or domain
+    mark).
 
-    An entry is used only if the stored value read in the caller's transaction is the very
-    value it was decoded from, so a chunk freed and stored again under the same key (by this
-    or another process) is never served stale. :meth:`discard` frees memory early when a
-    chunk is freed.
+    A chunk entry is used only if the stored value read in the caller's transaction is the
+    very value it was decoded from, so a chunk freed and stored again under the same key (by
+    this or another process) is never served stale. :meth:`discard` and
+    :meth:`discard_layers` free memory early when a chunk or a patch's pages are freed.
     """
 
     def __init__(self, limit: int = DEFAULT_CACHE_BYTES) -> None:
@@ -123,58 +128,46 @@ class ChunkCache:
                 self.misses += 1
         return data
 
-    def has_pages(self, value: bytes) -> bool:
-        """Whether the pages of patch ``value`` are cached (for some domain)."""
-        return L.patch_head(value) in self._lru
-
     def has_layer(self, layer: tuple[bytes, int, bytes]) -> bool:
-        """Whether one layer's pages are cached (:meth:`get_layer`; for some domain)."""
+        """Whether one patch layer's pages are cached (for some domain)."""
         return _layer_cache_key(layer) in self._lru
 
     def get_pages(self, txn: Txn, chunks: ChunkStore, pages_db: Table, value: bytes,
                   tag: bytes | None, keep: bool = True) -> bytes:
         """The decoded pages (ascending page order, the newest layer's where layers
-        overlap) of patch ``value``. Cached by the patch's header (its value without the
-        base) with no store read on a hit: the header holds the digest of exactly these
-        pages (of each layer) and the map key they are stored at, so equal headers mean
-        equal pages (a rewrite of the patch changes a digest, a new layer adds one, a fold
-        removes the patch); a hit also needs the domain ``tag`` the pages were checked
-        against (:func:`check_domain`). With ``keep=False`` a miss is not cached (pages
-        about to be replaced: flush, fold)."""
-        head = L.patch_head(value)
-        mark = tag or b""
-        hit = self._hit(head, mark)
-        if hit is not None:
-            return hit
+        overlap) of patch ``value``, from its layers (:meth:`get_layer`); ``keep`` as
+        there."""
         layers = L.patch_layers(value)
         if len(layers) == 1:
-            data = self._decode_layer(txn, chunks, pages_db, layers[0][0], layers[0][1], tag)
-        else:
-            got: dict[int, bytes | memoryview] = {}
-            for page_key, mask, _ in layers:
-                view = memoryview(self._decode_layer(txn, chunks, pages_db, page_key, mask, tag))
-                for i, p in enumerate(L.mask_pages(mask)):
-                    got[p] = view[i * L.PAGE_SIZE:(i + 1) * L.PAGE_SIZE]
-            data = b"".join(got[p] for p in sorted(got))
-        if keep:
-            self._insert(head, mark, data)
-        return data
+            return self.get_layer(txn, chunks, pages_db, layers[0], tag, keep)
+        got: dict[int, bytes | memoryview] = {}
+        for layer in layers:
+            view = memoryview(self.get_layer(txn, chunks, pages_db, layer, tag, keep))
+            for i, p in enumerate(L.mask_pages(layer[1])):
+                got[p] = view[i * L.PAGE_SIZE:(i + 1) * L.PAGE_SIZE]
+        return b"".join(got[p] for p in sorted(got))
 
     def get_layer(self, txn: Txn, chunks: ChunkStore, pages_db: Table,
-                  layer: tuple[bytes, int, bytes], tag: bytes | None) -> bytes:
-        """The decoded pages (ascending page order) of one layer ``(pages key, mask,
-        digest)`` of a patch (:func:`layout.patch_layers`), cached: a read of a page of a
-        layered patch decodes only the layer that holds it, and the layers below a new one
-        stay cached. Keyed like :meth:`get_pages` by what names the pages (the row, the
-        mask and the digest of exactly these pages) and the domain ``tag``."""
-        page_key, mask, _ = layer
+                  layer: tuple[bytes, int, bytes], tag: bytes | None,
+                  keep: bool = True) -> bytes:
+        """The decoded pages (ascending page order) of one layer ``(pages row, mask,
+        digest)`` of a patch (:func:`layout.patch_layers`), cached by what names them
+        (:func:`_layer_cache_key`) with no store read on a hit; a hit also needs the domain
+        ``tag`` the pages were checked against (:func:`check_domain`). A read of a page of
+        a layered patch decodes only the layer holding it, and the layers below a new one
+        stay cached. With ``keep=False`` a miss is not cached (pages about to be replaced,
+        whole-chunk reads: flush, fold, copies)."""
         key = _layer_cache_key(layer)
         mark = tag or b""
         hit = self._hit(key, mark)
         if hit is not None:
             return hit
-        data = self._decode_layer(txn, chunks, pages_db, page_key, mask, tag)
-        self._insert(key, mark, data)
+        data = self._decode_layer(txn, chunks, pages_db, layer[0], layer[1], tag)
+        if keep:
+            self._insert(key, mark, data)
+        else:
+            with self._lock:
+                self.misses += 1
         return data
 
     @staticmethod
@@ -210,6 +203,12 @@ class ChunkCache:
                     _, (r, d) = self._lru.popitem(last=False)
                     self.bytes -= len(r) + len(d)
 
+    def discard_layers(self, value: bytes, first: int = 0) -> None:
+        """Forget the pages of layers ``first``, ``first + 1``, ... of patch ``value`` (their
+        rows were deleted)."""
+        for layer in L.patch_layers(value)[first:]:
+            self.discard(_layer_cache_key(layer))
+
     def discard(self, key: bytes) -> None:
         with self._lock:
             old = self._lru.pop(key, None)
@@ -242,6 +241,7 @@ class BlockContext:
     def __post_init__(self) -> None:
         self.pages_db = self.store.db["pages"]
         self.maps.on_free = self.cache.discard
+        self.maps.on_free_layers = self.cache.discard_layers
 
     # --- domains ----------------------------------------------------------------------------
 
@@ -335,8 +335,7 @@ class BlockContext:
         if hint is None:
             return
         page_keys = [layer[0] for v in values if v and L.is_patch(v)
-                     and not self.cache.has_pages(v) for layer in L.patch_layers(v)
-                     if not self.cache.has_layer(layer)]
+                     for layer in L.patch_layers(v) if not self.cache.has_layer(layer)]
         if len(page_keys) > 1:
             hint(sorted(page_keys), db=self.pages_db)
 
@@ -364,12 +363,10 @@ class BlockContext:
                 dst[a - lo:b - lo] = data[a:b]
             return
         mask, _, _, base = L.parse_patch(value)
-        # A partial read of a layered patch decodes only the layers holding the pages it
-        # reads (the newest layer that has a page holds it); a whole-chunk read decodes
-        # the union once and, like a whole chunk's, leaves the cache as it is.
-        layers = L.patch_layers(value) if keep and value[0] in L.LAYERED_TAGS else None
+        # A read decodes only the layers holding the pages it reads (the newest layer with
+        # a page holds it), each once.
+        layers = L.patch_layers(value)
         decoded: dict[int, bytes] = {}
-        stored: bytes | None = None
         base_data: bytes | None = None
         for a, b in spans:
             pos = a
@@ -377,22 +374,19 @@ class BlockContext:
                 p = pos // L.PAGE_SIZE
                 end = min(b, (p + 1) * L.PAGE_SIZE)
                 if mask >> p & 1:
-                    if layers is not None:
-                        n = len(layers) - 1
-                        while not layers[n][1] >> p & 1:
-                            n -= 1
-                        have = decoded.get(n)
-                        if have is None:
-                            have = decoded[n] = self.cache.get_layer(
-                                txn, self.chunks, self.pages_db, layers[n], tag)
-                        below = layers[n][1] & ((1 << p) - 1)
-                    else:
-                        if stored is None:
-                            stored = self.cache.get_pages(txn, self.chunks, self.pages_db,
-                                                          value, tag, keep=keep)
-                        have, below = stored, mask & ((1 << p) - 1)
-                    # page p is the n-th stored page, n = the pages of the mask below it
-                    at = below.bit_count() * L.PAGE_SIZE + pos % L.PAGE_SIZE
+                    n = len(layers) - 1
+                    while n >= 0 and not layers[n][1] >> p & 1:
+                        n -= 1
+                    if n < 0:
+                        raise CorruptStore(f"patch {layers[0][0].hex()} has page {p} in its "
+                                           f"mask and in none of its layers")
+                    have = decoded.get(n)
+                    if have is None:
+                        have = decoded[n] = self.cache.get_layer(
+                            txn, self.chunks, self.pages_db, layers[n], tag, keep)
+                    # page p is the k-th page of its layer, k = the layer's pages below it
+                    at = (layers[n][1] & ((1 << p) - 1)).bit_count() * L.PAGE_SIZE \
+                        + pos % L.PAGE_SIZE
                     dst[pos - lo:end - lo] = have[at:at + end - pos]
                 elif base is not None:
                     if base_data is None:

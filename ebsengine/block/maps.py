@@ -74,9 +74,10 @@ class BlockMaps:
         self.gens = store.db["gens"]
         self.lineages = store.db["lineages"]
         self.pages = store.db["pages"]
-        #: called with a chunk key once its last reference is released, and with a patch's
-        #: header once its pages are (cache eviction)
+        #: called with a chunk key once its last reference is released (cache eviction)
         self.on_free: Callable[[bytes], None] | None = None
+        #: called with a patch value and the first of its layers whose rows were deleted
+        self.on_free_layers: Callable[[bytes, int], None] | None = None
         #: called in the transaction that destroys the last lineage of a data-key domain,
         #: with that domain's id (the engine deletes the domain's record: its wrapped key)
         self.on_domain_gone: Callable[[Txn, str], None] | None = None
@@ -308,8 +309,8 @@ class BlockMaps:
             kept = L.layer_count(keep) - 1 if keep is not None and L.is_patch(keep) else 0
             for i in range(kept, L.layer_count(value)):
                 txn.delete(L.layer_key(mk, i), db=self.pages)
-            if self.on_free is not None:  # decoded pages are cached by the patch's header
-                self.on_free(L.patch_head(value))
+            if self.on_free_layers is not None:  # decoded pages are cached per layer
+                self.on_free_layers(value, kept)
 
     def unref(self, txn: Txn, key: bytes) -> None:
         self.chunks.decref(txn, key)

@@ -139,25 +139,27 @@ def test_the_newest_layer_wins_where_layers_overlap(e: ebsengine.Engine) -> None
 
 def test_a_page_read_decodes_only_the_layer_holding_it(e: ebsengine.Engine,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """A read of some pages of a layered patch decodes the layers that hold them (the newest
-    layer with a page holds it), each once, and keeps them: the layers below a new layer
-    stay cached."""
+    """A read of some pages of a layered patch decodes only the layers that hold them (the
+    newest layer with a page holds it), each once, and keeps them: the layers below a new
+    layer stay cached, a whole-chunk read uses them (and caches nothing it decodes), and a
+    fold forgets them."""
     vol = e.create_volume(size_gib=1).id
     want = bytearray(os.urandom(CS))
 
-    def write(dev: ebsengine.Device, p: int) -> None:
-        want[p * PS:(p + 1) * PS] = page = os.urandom(PS)
-        dev.pwrite(page, p * PS)
+    def write(dev: ebsengine.Device, *ps: int) -> None:
+        for p in ps:
+            want[p * PS:(p + 1) * PS] = page = os.urandom(PS)
+            dev.pwrite(page, p * PS)
         dev.flush()
 
     with e.open_volume(vol) as dev:
         dev.pwrite(want, 0)
         dev.flush()
-        for p in [1, 2, 1, 3, 2, 1]:
-            write(dev, p)
+        for ps in [(1, 2, 3, 5), (2,), (1, 3), (6, 7), (2, 7)]:
+            write(dev, *ps)
     [value] = patches(e).values()
     layers = L.patch_layers(value)
-    assert [m for _, m, _ in layers] == [2, 4, 2, 8, 4, 2]
+    assert [m for _, m, _ in layers] == [0b101110, 0b100, 0b1010, 0b11000000, 0b10000100]
     decoded: list[bytes] = []
     real = ctxmod.decode_pages
 
@@ -172,25 +174,62 @@ def test_a_page_read_decodes_only_the_layer_holding_it(e: ebsengine.Engine,
         assert dev.pread(n * PS, p * PS) == bytes(want[p * PS:(p + n) * PS]), p
 
     with e.open_volume(vol) as dev:
-        for p in (3, 2, 1, 0, 5):  # one page a read, from a cold cache
+        # one page a read from a cold cache: 5 is the 4th page of layer 0, 3 the 2nd of
+        # layer 2, 6 the 1st of layer 3, 7 the 2nd of layer 4; 0 and 4 are the base's
+        for p in (5, 3, 6, 7, 0, 4):
             page(dev, p)
-        # page 3 is layer 3's, 2 layer 4's, 1 layer 5's; 0 and 5 are the base chunk's
-        assert decoded == [layers[3][0], layers[4][0], layers[5][0]]
-        page(dev, 1, 3)  # pages 1-3 in one read, and each page again: all cached
-        for p in (1, 2, 3):
+        assert decoded == [layers[0][0], layers[2][0], layers[3][0], layers[4][0]]
+        page(dev, 0, 8)  # pages 0-7 in one read (1 and 2 from layers 2 and 4): all cached
+        for p in range(8):
             page(dev, p)
-        assert len(decoded) == 3
-        dev.pread(PS // 2, 2 * PS + 100)  # part of a page: the same layer, cached
-        assert len(decoded) == 3
-        write(dev, 4)  # a seventh layer: the six below it stay cached
+        dev.pread(PS // 2, 2 * PS + 100)  # part of a page
+        assert len(decoded) == 4
+        write(dev, 4)  # a sixth layer: the five below it stay cached
         [value] = patches(e).values()
-        assert L.layer_masks(value)[-1] == 16 and len(decoded) == 3
-        for p in (1, 2, 3, 4):
-            page(dev, p)
-        assert decoded[3:] == [L.patch_layers(value)[6][0]]
-        page(dev, 0, 16)  # a whole-chunk read decodes the union (and does not cache it)
-        assert len(decoded) == 3 + 1 + 7
+        assert L.layer_masks(value)[-1] == 0b10000 and len(decoded) == 4
+        page(dev, 0, 8)
+        assert decoded[4:] == [L.patch_layers(value)[5][0]]
+        e._ctx.cache.clear()
+        # a whole-chunk read decodes every layer holding a page it reads (not layer 1:
+        # layer 4 covers its page) and caches none of them
+        page(dev, 0, 16)
+        page(dev, 0, 16)
+        assert len(decoded) == 5 + 2 * 5 and layers[1][0] not in decoded[5:]
+        page(dev, 3)
+        assert len(decoded) == 5 + 2 * 5 + 1
+    e.fold()
+    assert not patches(e)
+    assert not [k for k in e._ctx.cache._lru if k[:1] == ctxmod._LAYER_MARK]
+    assert read0(e, vol) == bytes(want)
     assert e.fsck().ok
+
+
+def test_cached_layers_are_checked_against_the_reader_s_domain(e: ebsengine.Engine) -> None:
+    """A cached layer is served only to a reader of the domain it was checked against: a map
+    value naming another lineage's cached layers reads as CorruptStore."""
+    for enc in (True, False):
+        a = e.create_volume(size_gib=1, encrypted=True).id
+        b = e.create_volume(size_gib=1, encrypted=enc).id
+        with e.open_volume(a) as dev:
+            dev.pwrite(os.urandom(2 * PS), 0)
+            dev.flush()
+            dev.pwrite(os.urandom(PS), PS)
+            dev.flush()
+            dev.pread(PS, 0)
+            dev.pread(PS, PS)  # both layers of a's patch are cached
+        with e.open_volume(b) as dev:
+            dev.pwrite(os.urandom(PS), 0)
+            dev.flush()
+        ps = patches(e)
+        [(ka, va)] = [(k, v) for k, v in ps.items() if v[0] in L.LAYERED_TAGS]
+        [kb] = [k for k, v in ps.items() if k != ka and v[0] in L.PATCH_TAGS]
+        with e._store.env.begin(write=True) as txn:  # b's map now names a's layers
+            txn.put(kb, va[:-L.KEY_SIZE] if L.chunk_of(va) else va, db=e._store.db["maps"])
+        for off in (0, PS):
+            with e.open_volume(b) as dev, pytest.raises(ebsengine.errors.CorruptStore):
+                dev.pread(PS, off)
+        for vol in (a, b):
+            e.delete_volume(vol)
 
 
 def test_layers_are_bounded_and_rewritten_as_one(e: ebsengine.Engine) -> None:
@@ -413,8 +452,7 @@ def test_layered_values_are_built_and_read_back_exactly() -> None:
             layers.append((1 << n, bytes([n]) * 16))
             assert nxt == L.layered_value(L.PATCH_TAG_LAYERS_XXH, layers, pk, b)
             assert L.lays_on(nxt, v) and not L.lays_on(v, nxt) and not L.lays_on(nxt, nxt)
-            assert L.is_patch(nxt) and L.chunk_of(nxt) == b and L.patch_head(nxt) == nxt[
-                :len(nxt) - (L.KEY_SIZE if b else 0)]
+            assert L.is_patch(nxt) and L.chunk_of(nxt) == b
             assert L.parse_patch(nxt) == (sum(m for m, _ in layers), b"", pk, b)
             assert [(m, d) for _, m, d in L.patch_layers(nxt)] == layers
             assert len(nxt) not in (0, L.KEY_SIZE, L.PATCH_SIZE, L.PATCH_SIZE + L.KEY_SIZE)
