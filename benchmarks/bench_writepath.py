@@ -6,6 +6,7 @@ comparing ebsengine trees in the same run (``--trees /work/main,.``: before and 
     python benchmarks/bench_writepath.py memory --trees /work/main,. --image IMG
     python benchmarks/bench_writepath.py library --trees /work/main,. --reps 5
     python benchmarks/bench_writepath.py flushes --trees /work/main,. --reps 3
+    python benchmarks/bench_writepath.py reads --trees /work/main,. --reps 2
 
 * ``depth``: random 4 KiB reads (cached chunks, so resolution is what is timed) of a volume
   restored 8 levels deep vs 1 level deep; prints us/read and the ratio (goal <= 1.2x).
@@ -33,6 +34,12 @@ comparing ebsengine trees in the same run (``--trees /work/main,.``: before and 
   round's flush, per run and as medians over ``--reps`` runs, trees interleaved; then
   20,000 random 4 KiB reads of pages the rounds wrote (a cold read cache: each lies in one
   layer of its patch), as us per read.
+
+* ``reads``: random reads around random writes over NBD. ``serve`` receives ``nbdcopy --flush
+  IMG`` into a 2 GiB volume, then ``fio`` 4 KiB random writes at QD32 for 10 s, random reads
+  at QD1 and at QD32 for 10 s each right after them (while the last write-back flush and
+  the folder run), and both again after 30 s of quiet; prints the IOPS of each, per round,
+  trees interleaved (``--reps``).
 
 Each tree runs in its own child process with ``PYTHONPATH`` set to it.
 """
@@ -361,9 +368,43 @@ def memory(tree: str, tmp: str, image: str, randwrite: float = 0.0,
         p.wait()
 
 
+def fio_iops(uri: str, rw: str, qd: int, runtime: float) -> float:
+    """IOPS of ``fio`` 4 KiB ``rw`` at depth ``qd`` over the first GiB of ``uri``."""
+    out = subprocess.run(
+        ["fio", "--name=b", "--ioengine=nbd", f"--uri={uri}", f"--rw={rw}", "--bs=4k",
+         "--size=1G", f"--iodepth={qd}", f"--runtime={runtime}", "--time_based",
+         "--norandommap", "--output-format=json"],
+        check=True, capture_output=True, text=True).stdout
+    job = json.loads(out[out.index("{"):])["jobs"][0]  # the nbd engine may print a line first
+    return float(job["read" if "read" in rw else "write"]["iops"])
+
+
+def reads(trees: list[str], tmp: str, image: str, reps: int) -> None:
+    """The ``reads`` figure (see the module's docstring)."""
+    steps = ["randwrite QD32", "randread QD1", "randread QD32", "30 s later: randread QD1",
+             "randread QD32"]
+    for rep in range(reps):
+        for tree in trees[rep % len(trees):] + trees[:rep % len(trees)]:  # rotated
+            p, vol, sock = start_server(tree, tmp, "reads")
+            uri = f"nbd+unix:///{vol}?socket={sock}"
+            try:
+                subprocess.run(["nbdcopy", "--flush", image, uri], check=True)
+                time.sleep(6)  # the write-back and the heap trim after the copy in
+                got = [fio_iops(uri, "randwrite", 32, 10), fio_iops(uri, "randread", 1, 10),
+                       fio_iops(uri, "randread", 32, 10)]
+                time.sleep(30)
+                got += [fio_iops(uri, "randread", 1, 10), fio_iops(uri, "randread", 32, 10)]
+            finally:
+                p.terminate()
+                p.wait()
+            print(f"{tree}: " + ", ".join(f"{s} {g:,.0f}" for s, g in zip(steps, got,
+                                                                          strict=True))
+                  + " IOPS", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["depth", "memory", "out", "library", "flushes"])
+    ap.add_argument("what", choices=["depth", "memory", "out", "library", "flushes", "reads"])
     ap.add_argument("--trees", default=".", help="comma list of ebsengine checkouts")
     ap.add_argument("--image", default="/var/tmp/ebsengine-bench/base.img")
     ap.add_argument("--reps", type=int, default=1, help="rounds over the trees (interleaved)")
@@ -377,8 +418,8 @@ def main() -> int:
         if args.what == "flushes":
             flushes([os.path.abspath(t) for t in args.trees.split(",")], tmp, args.reps)
             return 0
-        if args.what in ("out", "library"):
-            run = copy_out if args.what == "out" else library
+        if args.what in ("out", "library", "reads"):
+            run = {"out": copy_out, "library": library, "reads": reads}[args.what]
             run([os.path.abspath(t) for t in args.trees.split(",")], tmp, args.image, args.reps)
             return 0
         trees = [os.path.abspath(t) for t in args.trees.split(",")]
