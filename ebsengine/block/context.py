@@ -121,11 +121,7 @@ class ChunkCache:
         if hit is not None:
             return hit
         data = chunks.decode(key, raw)  # outside the lock: other readers go on meanwhile
-        if keep:
-            self._insert(key, raw, data)
-        else:
-            with self._lock:
-                self.misses += 1
+        self._missed(key, raw, data, keep)
         return data
 
     def has_layer(self, layer: tuple[bytes, int, bytes]) -> bool:
@@ -163,11 +159,7 @@ class ChunkCache:
         if hit is not None:
             return hit
         data = self._decode_layer(txn, chunks, pages_db, layer[0], layer[1], tag)
-        if keep:
-            self._insert(key, mark, data)
-        else:
-            with self._lock:
-                self.misses += 1
+        self._missed(key, mark, data, keep)
         return data
 
     @staticmethod
@@ -189,6 +181,15 @@ class ChunkCache:
             self._lru.move_to_end(key)
             self.hits += 1
             return hit[1]
+
+    def _missed(self, key: bytes, check: bytes, data: bytes, keep: bool) -> None:
+        """Count a miss of ``key``, caching what it decoded (``data``, from ``check``) only
+        with ``keep``."""
+        if keep:
+            self._insert(key, check, data)
+        else:
+            with self._lock:
+                self.misses += 1
 
     def _insert(self, key: bytes, raw: bytes, data: bytes) -> None:
         with self._lock:
