@@ -147,7 +147,7 @@ import os, sys, time
 import ebsengine
 from ebsengine.block import folder
 folder.QUIET = 3600.0  # no fold between the rounds: what the flushes themselves cost
-CS, PS, N, ROUNDS, READS = 65536, 4096, int(sys.argv[2]), int(sys.argv[3]), 20000
+CS, PS, N, ROUNDS, READS = 65536, 4096, *(int(a) for a in sys.argv[2:5])
 with ebsengine.Engine(sys.argv[1]) as e:
     vol = e.create_volume(size_gib=2).id
     with e.open_volume(vol) as dev:
@@ -175,7 +175,7 @@ print(" ".join(out))
 '''
 
 
-FLUSH_READS = 20000  # READS of FLUSHES
+FLUSH_READS = 20000  # random reads after the rounds of FLUSHES
 
 
 def flushes(trees: list[str], tmp: str, reps: int, chunks: int = 8192, rounds: int = 6) -> None:
@@ -185,7 +185,8 @@ def flushes(trees: list[str], tmp: str, reps: int, chunks: int = 8192, rounds: i
         for tree in trees[rep % len(trees):] + trees[:rep % len(trees)]:  # rotated
             d = os.path.join(tmp, "flushes")
             shutil.rmtree(d, ignore_errors=True)
-            out = subprocess.run([sys.executable, "-c", FLUSHES, d, str(chunks), str(rounds)],
+            out = subprocess.run([sys.executable, "-c", FLUSHES, d, str(chunks), str(rounds),
+                                  str(FLUSH_READS)],
                                  env=dict(os.environ, PYTHONPATH=tree), capture_output=True,
                                  text=True, check=True, cwd=tmp).stdout.split()
             runs = [(float(w), float(c)) for w, c in (x.split(",") for x in out)]
@@ -345,13 +346,8 @@ def memory(tree: str, tmp: str, image: str, randwrite: float = 0.0,
         if randwrite > 0:
             before = anon()
             peak[0] = before
-            fio = subprocess.run(
-                ["fio", "--name=rw", "--ioengine=nbd", f"--uri=nbd+unix:///{vol}?socket={sock}",
-                 "--rw=randwrite", "--bs=4k", "--size=1G", "--iodepth=32",
-                 f"--runtime={randwrite}", "--time_based", "--output-format=json"],
-                check=True, capture_output=True, text=True)
-            out = fio.stdout[fio.stdout.index("{"):]  # the nbd engine may print a line first
-            iops = json.loads(out)["jobs"][0]["write"]["iops"]
+            iops = fio_iops(f"nbd+unix:///{vol}?socket={sock}", "randwrite", 32, randwrite,
+                            randommap=True)
             after = []
             for _ in range(max(1, round(tail / 8))):
                 time.sleep(8)
@@ -368,12 +364,13 @@ def memory(tree: str, tmp: str, image: str, randwrite: float = 0.0,
         p.wait()
 
 
-def fio_iops(uri: str, rw: str, qd: int, runtime: float) -> float:
-    """IOPS of ``fio`` 4 KiB ``rw`` at depth ``qd`` over the first GiB of ``uri``."""
+def fio_iops(uri: str, rw: str, qd: int, runtime: float, randommap: bool = False) -> float:
+    """IOPS of ``fio`` 4 KiB ``rw`` at depth ``qd`` over the first GiB of ``uri`` (with
+    ``randommap``, fio's default: no offset twice until every block was done once)."""
     out = subprocess.run(
         ["fio", "--name=b", "--ioengine=nbd", f"--uri={uri}", f"--rw={rw}", "--bs=4k",
          "--size=1G", f"--iodepth={qd}", f"--runtime={runtime}", "--time_based",
-         "--norandommap", "--output-format=json"],
+         *([] if randommap else ["--norandommap"]), "--output-format=json"],
         check=True, capture_output=True, text=True).stdout
     job = json.loads(out[out.index("{"):])["jobs"][0]  # the nbd engine may print a line first
     return float(job["read" if "read" in rw else "write"]["iops"])
