@@ -16,9 +16,9 @@ device opened on it, so several NBD connections see one volume):
   chunk decompressed either way; their digests, compression and sealing run in batches on
   the worker pool while the next patches are prepared); then it commits chunks, patches,
   map entries and reference counts in LMDB write transactions at the lineage head, one per
-  ``FLUSH_GROUP`` chunks (synced commits: durable on return). Each group's entries leave
-  ``flushing`` (and give their bytes back to writers waiting for room) once their group
-  has committed; a failed flush puts the rest back in ``dirty``.
+  ``FLUSH_GROUP_BYTES`` of prepared chunks and pages (synced commits: durable on
+  return). Each group's entries leave ``flushing`` (and give their bytes back to writers
+  waiting for room) once their group has committed; a failed flush puts the rest back in ``dirty``.
   Readers consult ``dirty``, then ``flushing``, then LMDB; the switch from ``flushing`` to
   LMDB happens under ``lock`` after the commit, and a reader that falls through to LMDB opens
   its read transaction while still holding ``lock``, so it never sees neither.
@@ -146,12 +146,16 @@ def _touched(within: int, take: int) -> range:
 
 
 PATCH_BATCH = 256  # prepared patches per pool task of a flush (:func:`_finish_patches`)
-#: chunks a flush commits per write transaction. What a flush prepares for a page set (the
-#: merged pages of the patch it replaces, their compressed form, the transaction's dirty
-#: pages) follows the size of the patch already stored, not the dirty bytes: with one
-#: transaction per flush, 4 KiB random writes under a 256 MiB dirty limit took ``serve`` to
-#: about 1 GiB (README, bench_writepath.py memory --randwrite). A synced commit costs ~0.5 ms.
-FLUSH_GROUP = 1024
+#: bytes a flush's write transaction holds prepared (a chunk: 64 KiB; a patch: the pages it
+#: stores, with those of the patch it merges), about: a flush commits in groups of that
+#: size, each entry of a group once (at most ``FLUSH_GROUP_MAX`` of them). What a flush
+#: prepares for a page set follows the size of the patch already stored, not the dirty
+#: bytes, and its compressed form and the transaction's dirty LMDB pages come on top: with
+#: one transaction per flush, 4 KiB random writes under a 256 MiB dirty limit took ``serve``
+#: to about 1 GiB (README, bench_writepath.py memory --randwrite). Groups of 1,024 chunks
+#: bounded that as well, but cost a synced commit (~15 ms here) per 1,024 single pages.
+FLUSH_GROUP_BYTES = 32 * 1024 * 1024
+FLUSH_GROUP_MAX = 16384
 PAGES_AHEAD = 256  # patches whose pages a flush loads ahead in one batch (remote metadata)
 #: mask, RAW_MARK + pages, map key, base, and the patch a new layer is laid over (or None)
 PreparedPatch = tuple[int, bytes, bytes, bytes | None, bytes | None]
@@ -658,27 +662,31 @@ class VolumeCache(_Source):
 
     def _commit_groups(self, items: list[tuple[int, Entry]],
                        in_txn: Callable[[Txn, object], None] | None) -> None:
-        """Commit ``items`` in transactions of ``FLUSH_GROUP`` chunks, ``in_txn`` in the last
-        one. (A method of its own so that its groups, which hold the flushed buffers, are
-        gone before :meth:`flush` trims the heap.)"""
-        groups = [items[i:i + FLUSH_GROUP] for i in range(0, len(items), FLUSH_GROUP)] or [[]]
-        items.clear()  # each group's buffers go with the group (see below)
-        for n in range(len(groups)):
-            group, groups[n] = groups[n], []
-            last = n == len(groups) - 1
-            self._commit(group, in_txn if last else None)
-            if not last:
-                # The group is durable: its entries leave ``flushing`` (readers now find them
-                # in the store) and give their bytes back, so writers waiting for room go on
-                # while the later groups commit instead of stalling for the whole flush. No
-                # reference to its buffers is left here, so the room given back is free.
-                done = [idx for idx, _ in group]
-                del group
-                with self.lock:
-                    self.epoch += 1  # stored values changed under the flushing entries
-                    for idx in done:
-                        self.flushing_bytes -= _entry_bytes(self.flushing.pop(idx))
-                    self.flushed.notify_all()
+        """Commit ``items`` in transactions of about ``FLUSH_GROUP_BYTES`` each (see there),
+        ``in_txn`` in the last one. (A method of its own so that its groups, which hold the
+        flushed buffers, are gone before :meth:`flush` trims the heap.)"""
+        pending: list[tuple[int, Entry] | None] = list(items)
+        items.clear()  # each group's buffers go once it has committed (see below)
+        pos = 0
+        while True:
+            window = pending[pos:pos + FLUSH_GROUP_MAX]
+            last = pos + len(window) == len(pending)
+            taken = self._commit(window, in_txn if last else None)  # type: ignore[arg-type]
+            if last and taken == len(window):
+                return
+            # The group is durable: its entries leave ``flushing`` (readers now find them in
+            # the store) and give their bytes back, so writers waiting for room go on while
+            # the later groups commit instead of stalling for the whole flush. No reference
+            # to its buffers is left here, so the room given back is free.
+            done = [e[0] for e in window[:taken]]  # type: ignore[index]
+            del window
+            pending[pos:pos + taken] = [None] * taken
+            pos += taken
+            with self.lock:
+                self.epoch += 1  # stored values changed under the flushing entries
+                for idx in done:
+                    self.flushing_bytes -= _entry_bytes(self.flushing.pop(idx))
+                self.flushed.notify_all()
 
     def _reapply(self, idx: int, older: Entry) -> None:
         """After a failed flush: lay the newer dirty page set of ``idx`` over the older
@@ -790,13 +798,14 @@ class VolumeCache(_Source):
             return done
 
     def _commit(self, items: list[tuple[int, Entry]],
-                in_txn: Callable[[Txn, object], None] | None) -> None:
+                in_txn: Callable[[Txn, object], None] | None) -> int:
+        """Commit the first entries of ``items`` (sorted by index) that hold about
+        ``FLUSH_GROUP_BYTES`` once prepared, at least one, in one write transaction; returns
+        how many. ``in_txn`` runs in it only if it takes them all."""
         ctx = self.ctx
         maps, chunks = ctx.maps, ctx.chunks
-        entries = dict(items)
         fulls: dict[int, bytes | bytearray] = {}
         patches: dict[int, tuple[bytes | None, bytes, tuple[bytes, bytes], bytes | None]] = {}
-        head = 0
         order: list[tuple[int, bytes, bytes | None]] = []  # (idx, map key, base) submitted
         futs: list[Future[list[tuple[bytes, bytes]]]] = []
         below: dict[int, bytes | None] = {}
@@ -808,38 +817,53 @@ class VolumeCache(_Source):
             lin = maps.load(txn, self.lineage) if raw is not None else None
             if lin is None or lin.owner != self.id or lin.head is None:
                 raise VolumeNotFound(f"The volume '{self.id}' does not exist.")
-            if lin.head is not None:
-                head = lin.head
-                idxs = [i for i, e in items if isinstance(e, PageSet)]
-                below = self._values(txn, idxs) if idxs else {}
-                # patches are finished (digested, compressed, sealed) in batches on the pool
-                # while the next ones are prepared here
-                batch: list[PreparedPatch] = []
-                for n, idx in enumerate(idxs):
-                    if n % PAGES_AHEAD == 0:
-                        # the pages of the patches written over, which _patch reads (RADOS:
-                        # a few batched loads instead of a round trip each; a bounded run
-                        # at a time, so the node cache holds them until they are used)
-                        # (not those a layer goes on: they are not read)
-                        ctx.prefetch_pages(txn, [
-                            below[i] for i in idxs[n:n + PAGES_AHEAD] if not self._layer_fits(
-                                L.map_key(self.lineage, i, head), entries[i], below[i])])  # type: ignore[arg-type]
-                    mk = L.map_key(self.lineage, idx, head)
-                    kind, what, base = self._patch(txn, mk, entries[idx], below[idx])  # type: ignore[arg-type]
-                    if kind == "chunk":
-                        fulls[idx] = what  # type: ignore[assignment]
-                        continue
-                    mask, framed, prior = what  # type: ignore[misc]  # a prepared patch
-                    order.append((idx, mk, base))
-                    batch.append((mask, framed, mk, base, prior))
-                    if len(batch) == PATCH_BATCH:
-                        futs.append(self._submit_finish(batch))
-                        batch = []
-                if batch:
-                    futs.append(self._submit_finish(batch))
-            for idx, e in items:
+            head = lin.head
+            # patches are finished (digested, compressed, sealed) in batches on the pool
+            # while the next ones are prepared here
+            batch: list[PreparedPatch] = []
+            held = 0  # bytes the group holds prepared: its chunks, its patches' pages
+            taken = len(items)
+            for pos, (idx, e) in enumerate(items):
+                if held >= FLUSH_GROUP_BYTES:
+                    taken = pos
+                    break
                 if isinstance(e, bytearray):
                     fulls[idx] = e
+                    held += CS
+                    continue
+                if e is None:
+                    held += PS  # (a hole's entries and tombstones)
+                    continue
+                if idx not in below:
+                    # the visible values of the next page sets, and the pages of the patches
+                    # they are written over, which _patch reads (RADOS: a few batched loads
+                    # instead of a round trip each; a bounded run at a time, so the node
+                    # cache holds them until they are used; not those a layer goes on:
+                    # they are not read)
+                    ahead = [(i, x) for i, x in items[pos:pos + PAGES_AHEAD]
+                             if isinstance(x, PageSet)]
+                    below.update(self._values(txn, [i for i, _ in ahead]))
+                    ctx.prefetch_pages(txn, [
+                        below[i] for i, x in ahead if not self._layer_fits(
+                            L.map_key(self.lineage, i, head), x, below[i])])
+                mk = L.map_key(self.lineage, idx, head)
+                kind, what, base = self._patch(txn, mk, e, below[idx])
+                if kind == "chunk":
+                    fulls[idx] = what  # type: ignore[assignment]
+                    held += CS
+                    continue
+                mask, framed, prior = what  # type: ignore[misc]  # a prepared patch
+                held += max(len(framed), PS)
+                order.append((idx, mk, base))
+                batch.append((mask, framed, mk, base, prior))
+                if len(batch) == PATCH_BATCH:
+                    futs.append(self._submit_finish(batch))
+                    batch = []
+            if batch:
+                futs.append(self._submit_finish(batch))
+            if taken < len(items):
+                items, in_txn = items[:taken], None
+            entries = dict(items)
             fps = {i: chunks.fingerprints(b, self.domain)[0] for i, b in fulls.items()}
             # Compress, outside the write transaction, the chunks probably not stored yet (a
             # colliding fingerprint that turns out to hold other bytes is encoded inline by put).
@@ -894,4 +918,5 @@ class VolumeCache(_Source):
             if in_txn is not None:
                 in_txn(txn, lin)
             maps.save(txn, lin)
+        return len(items)
 

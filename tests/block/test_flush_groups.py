@@ -1,5 +1,5 @@
-"""A flush commits in write transactions of at most ``FLUSH_GROUP`` chunks (which bounds what
-it holds at once), and behaves as one flush: a snapshot taken by it holds every write
+"""A flush commits in write transactions of about ``FLUSH_GROUP_BYTES`` of prepared chunks
+and pages each (which bounds what it holds at once), and behaves as one flush: a snapshot taken by it holds every write
 acknowledged before it, and a flush that fails in a later transaction loses nothing."""
 
 from __future__ import annotations
@@ -39,14 +39,15 @@ def _write(dev, model: bytearray, rng: random.Random) -> None:
 
 @pytest.fixture
 def small_groups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """FLUSH_GROUP = 4; returns the sizes of the groups ``_commit`` was called with."""
-    monkeypatch.setattr(volmod, "FLUSH_GROUP", 4)
+    """Groups of four chunks' bytes; returns the sizes of the groups ``_commit`` took."""
+    monkeypatch.setattr(volmod, "FLUSH_GROUP_BYTES", 4 * CS)
     sizes: list[int] = []
     real = volmod.VolumeCache._commit
 
     def counting(self, items, in_txn):  # type: ignore[no-untyped-def]
-        sizes.append(len(items))
-        return real(self, items, in_txn)
+        taken = real(self, items, in_txn)
+        sizes.append(taken)
+        return taken
 
     monkeypatch.setattr(volmod.VolumeCache, "_commit", counting)
     return sizes
@@ -65,7 +66,7 @@ def test_a_flush_commits_in_groups_and_reads_back(eng, small_groups) -> None:
         small_groups.clear()
         _write(dev, model, rng)
         snap = eng.create_snapshot(vol.id)  # the flush of a snapshot, in groups too
-        assert sum(small_groups) == CHUNKS and max(small_groups) == 4 and len(small_groups) > 1
+        assert sum(small_groups) == CHUNKS and len(small_groups) > 1
         dev.pwrite(rng.randbytes(CS), 0)  # after the snapshot: not in it
         dev.flush()
         assert dev.pread(CS, CS) == model[CS:2 * CS]
@@ -85,6 +86,7 @@ def test_a_flush_failing_in_a_later_group_loses_nothing(eng, small_groups,
         model[:] = dev.pread(CHUNKS * CS, 0)
         dev.flush()
         _write(dev, model, rng)
+        monkeypatch.setattr(volmod, "FLUSH_GROUP_BYTES", CS)  # groups of about 4 entries
         real = volmod.VolumeCache._commit  # the counting one
         calls = []
 
@@ -147,3 +149,47 @@ def test_a_committed_group_gives_its_room_back_and_its_buffers_go(eng, small_gro
         assert seen[0][2] == [6] * 4, seen
         assert seen[1][2] == seen[2][2] == [4] * 4, seen
         assert dev.pread(12 * CS, 0) == want
+
+
+def test_a_group_is_bounded_by_the_bytes_it_prepares_not_by_its_entries(
+        eng, small_groups) -> None:
+    """Single pages over stored chunks prepare one page each: many go in one group (each
+    group is a synced commit). Pages merged with a patch frozen below a snapshot prepare
+    that patch's pages too, and fill a group sooner."""
+    rng = random.Random(11)
+    vol = eng.create_volume(size_gib=1)
+    n = 40
+    model = bytearray(n * CS)
+    with eng.open_volume(vol.id) as dev:
+        dev.pwrite(rng.randbytes(n * CS), 0)
+        model[:] = dev.pread(n * CS, 0)
+        dev.flush()
+        assert small_groups == [4] * 10  # whole chunks: 64 KiB each
+        small_groups.clear()
+        for idx in range(n):  # one page each: 4 KiB prepared
+            off = idx * CS + (idx % 16) * PS
+            page = rng.randbytes(PS)
+            dev.pwrite(page, off)
+            model[off:off + PS] = page
+        dev.flush()
+        assert small_groups == [n]
+        small_groups.clear()
+        for idx in range(12):  # patches of 10 pages, then frozen
+            for p in range(10):
+                off = idx * CS + p * PS
+                page = rng.randbytes(PS)
+                dev.pwrite(page, off)
+                model[off:off + PS] = page
+        eng.create_snapshot(vol.id)
+        small_groups.clear()
+        for idx in range(12):  # a new page over each: merged with the frozen 10
+            off = idx * CS + 12 * PS
+            page = rng.randbytes(PS)
+            dev.pwrite(page, off)
+            model[off:off + PS] = page
+        dev.flush()
+        assert small_groups == [6, 6]  # 11-12 pages (44-48 KiB) each: six pass 4 x 64 KiB
+        assert dev.pread(n * CS, 0) == model
+    report = eng.fsck()
+    assert report.ok, report.problems
+

@@ -143,12 +143,12 @@ def test_snapshot_in_a_unit_holds_every_acknowledged_write(eng: ebsengine.Engine
 
 def test_a_flush_in_groups_does_not_split_around_a_units_snapshot(
         eng: ebsengine.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A flush commits in groups of ``FLUSH_GROUP`` chunks. One that another writer begins
+    """A flush commits in groups (of ``FLUSH_GROUP_BYTES``). One that another writer begins
     after the unit's own flush must not land some groups before the unit's snapshot and
     the rest after it: the snapshot holds the writes it flushed, or none of them."""
     from ebsengine.block import volume as volmod
     cs = L.CHUNK_SIZE
-    monkeypatch.setattr(volmod, "FLUSH_GROUP", 2)
+    monkeypatch.setattr(volmod, "FLUSH_GROUP_BYTES", 2 * cs)
     vol = eng.create_volume(size_gib=1)
     data = bytes(range(256)) * (6 * cs // 256)  # 6 chunks: 3 groups
     first_group = threading.Event()
@@ -156,10 +156,11 @@ def test_a_flush_in_groups_does_not_split_around_a_units_snapshot(
     writer_thread: list[threading.Thread] = []
 
     def commit(self, items, in_txn):  # type: ignore[no-untyped-def]
-        real_commit(self, items, in_txn)
+        taken = real_commit(self, items, in_txn)
         if threading.current_thread() in writer_thread and not first_group.is_set():
             first_group.set()
             time.sleep(0.3)  # between two groups: the unit tries to freeze meanwhile
+        return taken
 
     monkeypatch.setattr(volmod.VolumeCache, "_commit", commit)
     errors: list[BaseException] = []
