@@ -812,6 +812,7 @@ class VolumeCache(_Source):
         mask: int
         framed: bytes
         prior: bytes | None
+        seen = ctx.store.commit_id()  # read before the transaction begins: see below
         with ctx.store.read() as txn:
             raw = txn.get(L.lineage_key(self.lineage), db=maps.lineages)
             lin = maps.load(txn, self.lineage) if raw is not None else None
@@ -885,7 +886,9 @@ class VolumeCache(_Source):
             floor = maps.head_floor(lin)
             cur = txn.cursor(db=maps.maps)
             redo = [i for i in patches if lin.head != head]
-            if not redo and patches:
+            if not redo and patches and ctx.store.commit_id() != seen:
+                # a commit since the values were read (a fold, elsewhere too) may have
+                # changed some: those are prepared again; with none, none changed
                 now = self._values(txn, sorted(patches))
                 redo = [i for i, p in patches.items() if now[i] != p[0]]
             for idx in redo:  # what lies below changed (a fold): prepare it again

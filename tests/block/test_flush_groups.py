@@ -8,7 +8,7 @@ import random
 import sys
 
 import pytest
-from block_support import eng  # noqa: F401  (eng: a fixture)
+from block_support import eng, eng_plain  # noqa: F401  (fixtures)
 
 from ebsengine.block import volume as volmod
 from ebsengine.errors import StoreFull
@@ -193,3 +193,58 @@ def test_a_group_is_bounded_by_the_bytes_it_prepares_not_by_its_entries(
     report = eng.fsck()
     assert report.ok, report.problems
 
+
+def test_a_fold_between_a_flush_s_two_transactions_makes_it_prepare_again(
+        eng_plain, monkeypatch) -> None:
+    """A flush prepares its patches over the values it read, then writes them in a second
+    transaction. A fold committed in between replaces those values (patches become
+    chunks): the patches are prepared again over the new values; with no commit in
+    between, the values are not read a second time."""
+    eng = eng_plain
+    rng = random.Random(5)
+    n = 6
+    vol = eng.create_volume(size_gib=1)
+    model = bytearray(n * CS)
+    reads: list[int] = []
+    real_values = volmod._Source._values
+
+    def values(self, txn, idxs):  # type: ignore[no-untyped-def]
+        reads.append(len(idxs))
+        return real_values(self, txn, idxs)
+
+    monkeypatch.setattr(volmod._Source, "_values", values)
+
+    def pages(page_no: int) -> None:
+        for idx in range(n):
+            off = idx * CS + page_no * PS
+            data = rng.randbytes(PS)
+            dev.pwrite(data, off)
+            model[off:off + PS] = data
+
+    with eng.open_volume(vol.id) as dev:
+        dev.pwrite(rng.randbytes(n * CS), 0)
+        model[:] = dev.pread(n * CS, 0)
+        dev.flush()
+        pages(1)
+        reads.clear()
+        dev.flush()  # patches of one layer at the head
+        assert reads == [n]  # read once: no commit came between the two transactions
+        real_encode = volmod.encode_many
+        folded: list[int] = []
+
+        def fold_first(*args, **kwargs):  # type: ignore[no-untyped-def]
+            if not folded:  # between the flush's read and write transactions
+                folded.append(eng._folder.fold_all())
+            return real_encode(*args, **kwargs)
+
+        monkeypatch.setattr(volmod, "encode_many", fold_first)
+        pages(2)  # prepared as new layers over those patches, which the fold replaces
+        reads.clear()
+        dev.flush()
+        assert folded == [n]
+        assert reads[0] == n and len(reads) > 1  # read again after the fold's commit
+        assert dev.pread(n * CS, 0) == model
+    report = eng.fsck()
+    assert report.ok, report.problems
+    with eng.open_volume(vol.id) as dev:
+        assert dev.pread(n * CS, 0) == model
