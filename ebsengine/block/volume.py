@@ -655,9 +655,10 @@ class VolumeCache(_Source):
                 self.flushed.notify_all()
             raise
         with self.lock:
-            self.flushing, self.flushing_bytes = {}, 0
+            gone, self.flushing, self.flushing_bytes = self.flushing, {}, 0
             self.epoch += 1
             self.flushed.notify_all()
+        del gone  # its buffers are freed here, outside the lock that writers wait for
         return flushed
 
     def _commit_groups(self, items: list[tuple[int, Entry]],
@@ -684,9 +685,10 @@ class VolumeCache(_Source):
             pos += taken
             with self.lock:
                 self.epoch += 1  # stored values changed under the flushing entries
-                for idx in done:
-                    self.flushing_bytes -= _entry_bytes(self.flushing.pop(idx))
+                gone = [self.flushing.pop(idx) for idx in done]
+                self.flushing_bytes -= sum(map(_entry_bytes, gone))
                 self.flushed.notify_all()
+            del gone  # freed outside the lock (thousands of buffers in a group)
 
     def _reapply(self, idx: int, older: Entry) -> None:
         """After a failed flush: lay the newer dirty page set of ``idx`` over the older
