@@ -842,13 +842,14 @@ class VolumeCache(_Source):
                     # they are written over, which _patch reads (RADOS: a few batched loads
                     # instead of a round trip each; a bounded run at a time, so the node
                     # cache holds them until they are used; not those a layer goes on:
-                    # they are not read)
+                    # they are not read; a generator: a backend that takes no hints, as
+                    # LMDB, does not pay for the question)
                     ahead = [(i, x) for i, x in items[pos:pos + PAGES_AHEAD]
                              if isinstance(x, PageSet)]
                     below.update(self._values(txn, [i for i, _ in ahead]))
-                    ctx.prefetch_pages(txn, [
+                    ctx.prefetch_pages(txn, (
                         below[i] for i, x in ahead if not self._layer_fits(
-                            L.map_key(self.lineage, i, head), x, below[i])])
+                            L.map_key(self.lineage, i, head), x, below[i])))
                 mk = L.map_key(self.lineage, idx, head)
                 kind, what, base = self._patch(txn, mk, e, below[idx])
                 if kind == "chunk":
