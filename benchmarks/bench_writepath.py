@@ -7,6 +7,7 @@ comparing ebsengine trees in the same run (``--trees /work/main,.``: before and 
     python benchmarks/bench_writepath.py library --trees /work/main,. --reps 5
     python benchmarks/bench_writepath.py flushes --trees /work/main,. --reps 3
     python benchmarks/bench_writepath.py reads --trees /work/main,. --reps 2
+    python benchmarks/bench_writepath.py fresh --trees /work/main,. --reps 3 [--rados CONF]
 
 * ``depth``: random 4 KiB reads (cached chunks, so resolution is what is timed) of a volume
   restored 8 levels deep vs 1 level deep; prints us/read and the ratio (goal <= 1.2x).
@@ -40,6 +41,12 @@ comparing ebsengine trees in the same run (``--trees /work/main,.``: before and 
   at QD1 and at QD32 for 10 s each right after them (while the last write-back flush and
   the folder run), and both again after 30 s of quiet; prints the IOPS of each, per round,
   trees interleaved (``--reps``).
+
+* ``fresh``: the ``library`` plan on a fresh 1 GiB volume (no import under it), each run on
+  a new store: an LMDB directory, or with ``--rados CONF`` a RADOS store on new pools of
+  the cluster ``CONF`` names (``rados://ebswpN?conf=CONF``; the pools are deleted after);
+  prints the writes + flush and the flush alone, per round and as medians, trees
+  interleaved.
 
 Each tree runs in its own child process with ``PYTHONPATH`` set to it.
 """
@@ -139,6 +146,22 @@ os.fsync(fd)
 t2 = time.perf_counter()
 print(t2 - t0, t2 - t1, cpu() - c0)
 os.close(fd)
+'''
+
+
+FRESH_RUN = LIB_PLAN + r'''
+import ebsengine
+eng = ebsengine.Engine(sys.argv[1])
+dev = eng.open_volume(eng.create_volume(size_gib=1).id)
+t0 = time.perf_counter()
+for i, off in enumerate(offs):
+    dev.pwrite(bufs[i & 1023], off)
+t1 = time.perf_counter()
+dev.flush()
+t2 = time.perf_counter()
+print(t2 - t0, t2 - t1)
+dev.close()
+eng.close()
 '''
 
 
@@ -242,6 +265,37 @@ def library(trees: list[str], tmp: str, image: str, reps: int) -> None:
         print(f"  {name}: {wall:.3f} s = {20000 / wall:,.0f} IOPS, final flush "
               f"{statistics.median(r[1] for r in runs):.3f} s, CPU "
               f"{statistics.median(r[2] for r in runs):.2f} s: {raw / wall:.2f}x the raw file")
+
+
+def fresh(trees: list[str], tmp: str, reps: int, rados: str | None) -> None:
+    """The ``fresh`` figure (see the module's docstring)."""
+    got: dict[str, list[tuple[float, float]]] = {}
+    for rep in range(reps):
+        for n, tree in enumerate(trees[rep % len(trees):] + trees[:rep % len(trees)]):
+            d = os.path.join(tmp, "fresh")
+            shutil.rmtree(d, ignore_errors=True)
+            prefix = f"ebswp{os.getpid()}r{rep}t{n}"
+            store = d if rados is None else (
+                f"rados://{prefix}?conf={rados}&workdir={os.path.join(tmp, 'fresh-w')}")
+            try:
+                out = subprocess.run([sys.executable, "-c", FRESH_RUN, store],
+                                     env=dict(os.environ, PYTHONPATH=tree), capture_output=True,
+                                     text=True, check=True, cwd=tmp).stdout.split()
+            finally:
+                if rados is not None:
+                    for pool in (f"{prefix}.meta", f"{prefix}.data"):
+                        subprocess.run(["ceph", "-c", rados, "osd", "pool", "rm", pool, pool,
+                                        "--yes-i-really-really-mean-it"],
+                                       capture_output=True, check=False)
+            wall, flush = float(out[-2]), float(out[-1])
+            got.setdefault(tree, []).append((wall, flush))
+            print(f"{tree}: {wall:.3f} s (final flush {flush:.3f} s)", flush=True)
+    print(f"medians of {reps} rounds (20,000 writes on a fresh volume"
+          f"{', RADOS' if rados else ', LMDB'}):")
+    for tree, runs in got.items():
+        wall = statistics.median(r[0] for r in runs)
+        print(f"  {tree}: {wall:.3f} s = {20000 / wall:,.0f} IOPS, final flush "
+              f"{statistics.median(r[1] for r in runs):.3f} s")
 
 
 def depth(tree: str, tmp: str) -> None:
@@ -401,7 +455,8 @@ def reads(trees: list[str], tmp: str, image: str, reps: int) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["depth", "memory", "out", "library", "flushes", "reads"])
+    ap.add_argument("what", choices=["depth", "memory", "out", "library", "flushes", "reads",
+                                     "fresh"])
     ap.add_argument("--trees", default=".", help="comma list of ebsengine checkouts")
     ap.add_argument("--image", default="/var/tmp/ebsengine-bench/base.img")
     ap.add_argument("--reps", type=int, default=1, help="rounds over the trees (interleaved)")
@@ -409,9 +464,15 @@ def main() -> int:
                     help="memory: then S seconds of fio 4 KiB random writes at QD32")
     ap.add_argument("--tail", type=float, default=8.0, metavar="S",
                     help="memory: seconds RssAnon is sampled (every 8 s) after the random writes")
+    ap.add_argument("--rados", default=None, metavar="CONF",
+                    help="fresh: on RADOS stores of the cluster this ceph.conf names")
     args = ap.parse_args()
     runs: dict[str, list[tuple[float, float, int, int, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="ebs-wp-", dir="/var/tmp") as tmp:
+        if args.what == "fresh":
+            fresh([os.path.abspath(t) for t in args.trees.split(",")], tmp, args.reps,
+                  args.rados)
+            return 0
         if args.what == "flushes":
             flushes([os.path.abspath(t) for t in args.trees.split(",")], tmp, args.reps)
             return 0
