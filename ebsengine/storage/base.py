@@ -117,7 +117,9 @@ class KvBackend(Protocol):
         ...
     def commit_id(self) -> int:
         """A number that changes with every commit (by any process): two equal readings
-        mean no commit happened between them."""
+        mean no commit happened between them. It never runs ahead of what readers see: a
+        transaction begun after a reading sees that commit or a newer one, so a reading
+        before a read transaction and an equal one later prove it saw the newest state."""
         ...
     def reclaim(self) -> None:
         """Best effort: make space freed by recent commits usable by the next writer

@@ -77,7 +77,13 @@ class LmdbBackend:
         return used * self._psize
 
     def commit_id(self) -> int:
-        return int(self.env.info()["last_txnid"])
+        # The id of the snapshot a reader begun now gets, not ``env.info()["last_txnid"]``: a
+        # commit writes its meta page (which env.info() reads) before it publishes the txnid
+        # new readers take, so in between env.info() is one ahead of what a transaction
+        # begun after it sees (a reviewer's count: a third of all readings under a busy
+        # writer), and "no commit since" would hold for a reader of the older state.
+        with self.env.begin() as txn:
+            return int(txn.id())
 
     def reclaim(self) -> None:
         """Commit two tiny transactions (best effort).
