@@ -238,6 +238,9 @@ class BlockContext:
     #: held by a fold round, and by an export attempt so that no fold replaces a value the
     #: export has resolved (a fold keeps the content, but a resolved patch's pages would go)
     fold_lock: threading.Lock = field(default_factory=threading.Lock)
+    #: ``no_unit(what)`` refuses work that needs a write transaction of its own on a thread
+    #: inside the engine's unit of work, which holds the store's writer (the engine sets it)
+    no_unit: Callable[[str], None] = field(default=lambda what: None)
 
     def __post_init__(self) -> None:
         self.pages_db = self.store.db["pages"]

@@ -623,7 +623,10 @@ class VolumeCache(_Source):
 
     def flush(self, in_txn: Callable[[Txn, object], None] | None = None) -> None:
         """Commit every acknowledged write durably; ``in_txn(txn, lineage)`` runs inside the
-        same transaction (after the writes) when given — used to freeze a snapshot."""
+        same transaction (after the writes) when given — used to freeze a snapshot.
+        Refused (``ctx.no_unit``) on a thread inside a unit of work: its commit would wait
+        for the unit's own, which may wait for this flush lock."""
+        self.ctx.no_unit(f"a flush of volume {self.id}")
         with self.flush_lock:
             flushed = self.flush_held(in_txn)
         if flushed >= TRIM_AFTER:

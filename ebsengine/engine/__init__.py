@@ -33,7 +33,9 @@ none after); snapshots of several volumes freeze in the one commit, so they hold
 every write whose flush completed before it: crash-consistent with each other.
 
 A unit belongs to the thread that opened it. On that thread, engine calls without ``tx=``
-and device I/O would need a second write transaction and are refused (no nesting).
+and device flushes (``Device.flush``, or a write that passes the dirty limit) would need a
+second write transaction and are refused with IncorrectState (no nesting); reads, and
+writes the cache takes, go on.
 Bulk transfers (``import_image``, ``export``, ``put_snapshot_block``) are not part of units.
 """
 

@@ -119,15 +119,15 @@ class Engine:
         self._pool = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2)),
                                         thread_name_prefix="ebsengine-zstd")
         self._dirty_limit = dirty_limit
+        self._units = threading.local()  # .current: the unit open on this thread, if any
         self._ctx = BlockContext(self._store, self._chunks, self._maps, self._pool,
-                                 lambda: self._closed)
+                                 lambda: self._closed, no_unit=self._no_unit)
         self._domains = Domains(self._chunks, self._maps, self._ctx, lambda: self.kms)
         self._chunks.keys.exists = lambda domain_id: self.kms.has_domain(domain_id)
         self._maps.on_domain_gone = self._domains.forget
         self._folder = Folder(self._ctx)
         if not readonly:
             self._folder.start()
-        self._units = threading.local()  # .current: the unit open on this thread, if any
         self._closed = False
         self._clock: Callable[[], float] = time.time
         units = Units(self._unit, self._reading, self._no_unit, lambda: self._clock())

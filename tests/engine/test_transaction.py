@@ -248,3 +248,39 @@ def test_service_items_limit(eng: ebsengine.Engine) -> None:
     assert [k for k, _ in eng.service_items("ns", limit=2)] == ["k0", "k1"]
     assert len(eng.service_items("ns")) == 5
     assert L.service_key("ns", "k0").startswith(b"ns")
+
+
+@pytest.mark.parametrize("where", ["lmdb", "memory"])
+def test_a_device_flush_on_the_unit_s_thread_is_refused_and_the_unit_goes_on(
+        store_path: str, where: str) -> None:
+    """A flush needs a write transaction of its own, and the unit holds the store's writer:
+    ``Device.flush`` (or a write past the dirty limit) on the unit's thread is refused with
+    IncorrectState, instead of hanging (memory://) or failing as a corrupt store (LMDB), and
+    the unit and the refused write leave everything as it was meant to be."""
+    cs = L.CHUNK_SIZE
+    path = store_path if where == "lmdb" else f"memory://unit-flush-{time.monotonic_ns()}"
+    with ebsengine.Engine(path, dirty_limit=4 * cs) as eng:
+        vol = eng.create_volume(size_gib=1)
+        dev = eng.open_volume(vol.id)
+        try:
+            dev.pwrite(b"a" * cs, 0)
+            with eng.transaction(flush=[vol.id]) as tx:
+                dev.pwrite(b"b" * cs, cs)  # the cache takes it: no flush needed
+                with pytest.raises(IncorrectState, match="unit of work"):
+                    dev.flush()
+                taken = 2
+                with pytest.raises(IncorrectState, match="unit of work"):
+                    for taken in range(2, 8):  # until the cache passes its limit: a flush
+                        dev.pwrite(bytes([taken]) * cs, taken * cs)
+                snap = eng.create_snapshot(vol.id, tx=tx)
+            want = b"a" * cs + b"b" * cs + b"".join(bytes([i]) * cs for i in range(2, taken))
+            assert 2 < taken < 7 and dev.pread(8 * cs, 0) == want + bytes((8 - taken) * cs)
+            dev.flush()  # after the unit: fine
+        finally:
+            dev.close()
+        with eng.open_snapshot(snap.id) as ro:
+            assert ro.pread(2 * cs, 0) == b"a" * cs + bytes(cs)  # b came after the unit began
+        with eng.open_volume(vol.id) as dev2:
+            assert dev2.pread(8 * cs, 0) == want + bytes((8 - taken) * cs)
+        report = eng.fsck()
+        assert report.ok, report.problems
