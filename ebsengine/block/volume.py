@@ -860,7 +860,7 @@ class VolumeCache(_Source):
                     held += CS
                     continue
                 mask, framed, prior = what  # type: ignore[misc]  # a prepared patch
-                held += max(len(framed), PS)
+                held += len(framed)  # (RAW_MARK + its pages)
                 order.append((idx, mk, base))
                 batch.append((mask, framed, mk, base, prior))
                 if len(batch) == PATCH_BATCH:
